@@ -1,0 +1,16 @@
+//! The tokio side of the transport: UDP sockets, the impairment layer, and the driver that runs the
+//! sans-IO `rdt` state machine. This is the only asynchronous code in the crate.
+//!
+//! - [`impair`]: a seeded model of a bad path (loss, bursty loss, delay, jitter, reordering,
+//!   duplication, corruption, a bandwidth cap with a tail-drop queue). Pure logic, given `now`.
+//! - [`udp`]: sockets over `quinn-udp` (GSO sends, GRO and `recvmmsg` receives) with buffers raised by
+//!   `socket2`, and [`udp::ImpairedSocket`], which puts [`impair`] in front of the sends.
+//!
+//! Impairment is off unless a test or benchmark configures it or the `LEFT_IMPAIR` environment
+//! variable is set, e.g. `LEFT_IMPAIR="loss=0.01,delay=5ms,seed=7"`; see
+//! [`impair::ImpairmentConfig::parse`] for every key.
+
+#![warn(missing_docs)]
+
+pub mod impair;
+pub mod udp;
