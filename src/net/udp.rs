@@ -562,14 +562,19 @@ async fn run_delay_queue(shared: Arc<Shared>) {
 
 /// Raises the socket buffers, forcing past `net.core.[rw]mem_max` when allowed and asked to.
 fn raise_buffers(socket: &socket2::Socket, config: &SocketConfig) -> io::Result<BufferSizes> {
-    // The kernel reports double what it was asked for (see socket(7)); `granted < requested`
-    // means it capped us.
+    // Linux reports double what it was asked for (see socket(7)), so a report below twice the
+    // request means `net.core.[rw]mem_max` capped us.
+    let factor = if cfg!(any(target_os = "linux", target_os = "android")) {
+        2
+    } else {
+        1
+    };
     let _ = socket.set_send_buffer_size(config.send_buffer);
-    if config.force_buffers && socket.send_buffer_size()? < config.send_buffer {
+    if config.force_buffers && socket.send_buffer_size()? < config.send_buffer * factor {
         force_buffer(socket, libc::SO_SNDBUFFORCE, config.send_buffer);
     }
     let _ = socket.set_recv_buffer_size(config.recv_buffer);
-    if config.force_buffers && socket.recv_buffer_size()? < config.recv_buffer {
+    if config.force_buffers && socket.recv_buffer_size()? < config.recv_buffer * factor {
         force_buffer(socket, libc::SO_RCVBUFFORCE, config.recv_buffer);
     }
     Ok(BufferSizes {

@@ -1,0 +1,603 @@
+//! Bulk-transfer benchmark: rdt against quinn (QUIC) over loopback, through the same impaired UDP
+//! sockets.
+//!
+//! ```text
+//! cargo run --release --example transport_bench -- --bytes N --loss FRACTION [--encryption off]
+//!     [--runs 3] [--seed S] [--impair SPEC] [--only rdt|quinn]
+//! ```
+//!
+//! Each run moves `--bytes` (default 1 GiB) over one connection and one unidirectional stream, from
+//! one endpoint to another in the same process on one two-thread tokio runtime. Both transports use
+//! [`left::net::udp::ImpairedSocket`]: the same socket buffers (8 MiB asked), GSO/GRO, and the same
+//! seeded impairment (`--loss` random loss on both directions, plus any `--impair` keys in
+//! `LEFT_IMPAIR` syntax). quinn gets its default crypto (rustls, ring) and CUBIC, 1200-byte initial
+//! datagrams probing up to 1452, like rdt, and the same flow-control windows.
+//!
+//! The receiver checks every byte against the sender's pattern (a 1 MiB + 13 random block repeated;
+//! the odd period catches misplaced data), so goodput counts only verified bytes. Goodput is
+//! `bytes / wall time` from connect to the last byte verified, in MB/s (10^6 bytes); CPU is the
+//! process's user + system time over the same interval (`getrusage`), per GiB moved. Runs alternate
+//! rdt, quinn, rdt, quinn, ...; the median of `--runs` runs of each is reported. Output: one JSON
+//! object on stdout, a table on stderr.
+
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use left::net::impair::ImpairmentConfig;
+use left::net::udp::{ImpairedSocket, RecvMeta, SocketConfig, Transmit, RECEIVE_BATCH};
+use rand::{RngCore, SeedableRng};
+
+/// Period of the payload pattern: 1 MiB plus a prime, so data put at the wrong offset mismatches.
+const PATTERN_PERIOD: usize = (1 << 20) + 13;
+/// Bytes handed to a stream write at a time.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Flow-control windows given to quinn, matching rdt's per-connection buffer default.
+const FLOW_WINDOW: u64 = 32 << 20;
+/// A run that takes longer than this is reported as failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+struct Options {
+    bytes: u64,
+    loss: f64,
+    encryption: bool,
+    runs: usize,
+    seed: u64,
+    impair: ImpairmentConfig,
+    only: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Measurement {
+    secs: f64,
+    cpu_secs: f64,
+}
+
+impl Measurement {
+    fn mb_s(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.secs / 1e6
+    }
+    fn cpu_per_gib(&self, bytes: u64) -> f64 {
+        self.cpu_secs / (bytes as f64 / (1u64 << 30) as f64)
+    }
+}
+
+fn main() {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("transport_bench: {e}");
+            eprintln!(
+                "usage: transport_bench [--bytes N] [--loss FRACTION] [--encryption on|off] [--runs N] [--seed S] [--impair SPEC] [--only rdt|quinn]"
+            );
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let pattern = Arc::new(make_pattern(options.seed));
+    let sizes = runtime.block_on(async {
+        let s = ImpairedSocket::bind("127.0.0.1:0".parse().unwrap(), &SocketConfig::default())
+            .expect("bind loopback");
+        (
+            s.socket().buffer_sizes(),
+            s.socket().max_gso_segments(),
+            s.socket().gro_segments(),
+        )
+    });
+    eprintln!(
+        "transport_bench: {} bytes, loss {}, encryption {}, {} runs; socket buffers asked {} got snd {} rcv {}, gso {} gro {}",
+        options.bytes,
+        options.loss,
+        if options.encryption { "on" } else { "off" },
+        options.runs,
+        sizes.0.send_requested,
+        sizes.0.send_granted,
+        sizes.0.recv_granted,
+        sizes.1,
+        sizes.2
+    );
+    let mut rdt = Vec::new();
+    let mut quinn = Vec::new();
+    let mut errors = Vec::new();
+    for run in 0..options.runs {
+        let run_seed = options.seed.wrapping_add(run as u64 * 1000);
+        if options.only.as_deref() != Some("quinn") {
+            match runtime.block_on(measure(rdt_transfer(&options, run_seed, pattern.clone()))) {
+                Ok(m) => {
+                    eprintln!(
+                        "  run {run} rdt:   {:8.1} MB/s  {:6.2} cpu s/GiB",
+                        m.mb_s(options.bytes),
+                        m.cpu_per_gib(options.bytes)
+                    );
+                    rdt.push(m)
+                }
+                Err(e) => {
+                    eprintln!("  run {run} rdt failed: {e}");
+                    errors.push(format!("rdt run {run}: {e}"));
+                }
+            }
+        }
+        if options.only.as_deref() != Some("rdt") {
+            match runtime.block_on(measure(quinn_transfer(&options, run_seed, pattern.clone()))) {
+                Ok(m) => {
+                    eprintln!(
+                        "  run {run} quinn: {:8.1} MB/s  {:6.2} cpu s/GiB",
+                        m.mb_s(options.bytes),
+                        m.cpu_per_gib(options.bytes)
+                    );
+                    quinn.push(m)
+                }
+                Err(e) => {
+                    eprintln!("  run {run} quinn failed: {e}");
+                    errors.push(format!("quinn run {run}: {e}"));
+                }
+            }
+        }
+    }
+    let median = |v: &[Measurement], f: &dyn Fn(&Measurement) -> f64| -> Option<f64> {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        xs.sort_by(|a, b| a.total_cmp(b));
+        (!xs.is_empty()).then(|| xs[xs.len() / 2])
+    };
+    let bytes = options.bytes;
+    let rdt_mb_s = median(&rdt, &|m| m.mb_s(bytes));
+    let quinn_mb_s = median(&quinn, &|m| m.mb_s(bytes));
+    let rdt_cpu = median(&rdt, &|m| m.cpu_per_gib(bytes));
+    let quinn_cpu = median(&quinn, &|m| m.cpu_per_gib(bytes));
+    let ratio = match (rdt_mb_s, quinn_mb_s) {
+        (Some(r), Some(q)) if q > 0.0 => Some(r / q),
+        _ => None,
+    };
+    let fmt = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
+    eprintln!();
+    eprintln!("| transport | goodput MB/s (median) | CPU s/GiB (median) | runs |");
+    eprintln!("|---|---|---|---|");
+    eprintln!(
+        "| rdt   | {} | {} | {} |",
+        fmt(rdt_mb_s),
+        fmt(rdt_cpu),
+        rdt.len()
+    );
+    eprintln!(
+        "| quinn | {} | {} | {} |",
+        fmt(quinn_mb_s),
+        fmt(quinn_cpu),
+        quinn.len()
+    );
+    eprintln!("rdt/quinn goodput ratio: {}", fmt(ratio));
+    let json = serde_json::json!({
+        "bytes": options.bytes,
+        "loss": options.loss,
+        "encryption": if options.encryption { "on" } else { "off" },
+        "runs": options.runs,
+        "seed": options.seed,
+        "impairment": options.impair.to_string(),
+        "rdt_mb_s": rdt_mb_s,
+        "quinn_mb_s": quinn_mb_s,
+        "rdt_cpu_s_per_gib": rdt_cpu,
+        "quinn_cpu_s_per_gib": quinn_cpu,
+        "rdt_over_quinn": ratio,
+        "rdt_runs_mb_s": rdt.iter().map(|m| m.mb_s(bytes)).collect::<Vec<_>>(),
+        "quinn_runs_mb_s": quinn.iter().map(|m| m.mb_s(bytes)).collect::<Vec<_>>(),
+        "socket_send_buffer": sizes.0.send_granted,
+        "socket_recv_buffer": sizes.0.recv_granted,
+        "gso_segments": sizes.1,
+        "gro_segments": sizes.2,
+        "errors": errors,
+    });
+    println!("{json}");
+    if !errors.is_empty() {
+        std::process::exit(1);
+    }
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut o = Options {
+        bytes: 1 << 30,
+        loss: 0.0,
+        encryption: true,
+        runs: 3,
+        seed: 1,
+        impair: ImpairmentConfig::default(),
+        only: None,
+    };
+    let mut extra: Option<ImpairmentConfig> = None;
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--bytes" => o.bytes = parse_bytes(&value("--bytes")?)?,
+            "--loss" => {
+                let v = value("--loss")?;
+                o.loss = v
+                    .parse()
+                    .map_err(|_| format!("--loss {v:?} is not a number"))?;
+                if !(0.0..1.0).contains(&o.loss) {
+                    return Err(format!("--loss {v} must be in [0, 1)"));
+                }
+            }
+            "--encryption" => {
+                o.encryption = match value("--encryption")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(format!("--encryption {v:?}: expected on or off")),
+                }
+            }
+            "--runs" => {
+                let v = value("--runs")?;
+                o.runs = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--runs {v:?} is not a positive integer"))?;
+            }
+            "--seed" => {
+                let v = value("--seed")?;
+                o.seed = v
+                    .parse()
+                    .map_err(|_| format!("--seed {v:?} is not an unsigned integer"))?;
+            }
+            "--impair" => {
+                let v = value("--impair")?;
+                extra = Some(v.parse().map_err(|e| format!("--impair: {e}"))?);
+            }
+            "--only" => {
+                let v = value("--only")?;
+                if v != "rdt" && v != "quinn" {
+                    return Err(format!("--only {v:?}: expected rdt or quinn"));
+                }
+                o.only = Some(v);
+            }
+            "--bench" => {} // passed by `cargo bench`; harmless
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if o.bytes == 0 {
+        return Err("--bytes must be positive".into());
+    }
+    let mut impair = extra.unwrap_or_default();
+    if o.loss > 0.0 {
+        impair.loss = o.loss;
+    }
+    impair.seed = o.seed;
+    impair.validate().map_err(|e| e.to_string())?;
+    o.impair = impair;
+    Ok(o)
+}
+
+/// Parses `1073741824`, `1G`, `256M`, `64K` (binary multiples).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (number, shift) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 10),
+        Some('M') => (&s[..s.len() - 1], 20),
+        Some('G') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("--bytes {s:?} is not a size like 1073741824 or 1G"))
+}
+
+fn make_pattern(seed: u64) -> Vec<u8> {
+    let mut pattern = vec![0u8; PATTERN_PERIOD];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7061_7474).fill_bytes(&mut pattern);
+    pattern
+}
+
+/// The sender's bytes for stream offset `offset`, at most `max` of them (never crossing a period).
+fn pattern_at(pattern: &[u8], offset: u64, max: usize) -> &[u8] {
+    let start = (offset % PATTERN_PERIOD as u64) as usize;
+    let end = (start + max).min(PATTERN_PERIOD);
+    &pattern[start..end]
+}
+
+/// Checks received bytes at stream offset `offset` against the pattern.
+fn verify(pattern: &[u8], offset: u64, mut data: &[u8]) -> bool {
+    let mut offset = offset;
+    while !data.is_empty() {
+        let expected = pattern_at(pattern, offset, data.len());
+        if data[..expected.len()] != *expected {
+            return false;
+        }
+        data = &data[expected.len()..];
+        offset += expected.len() as u64;
+    }
+    true
+}
+
+/// The two sockets of a run: impaired alike, with seeds of their own.
+fn socket_pair(
+    options: &Options,
+    run_seed: u64,
+) -> io::Result<(Arc<ImpairedSocket>, Arc<ImpairedSocket>)> {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+    let config = |seed: u64| SocketConfig {
+        impairment: options
+            .impair
+            .is_active()
+            .then(|| options.impair.with_seed(seed)),
+        ..SocketConfig::default()
+    };
+    let a = ImpairedSocket::bind(loopback, &config(run_seed.wrapping_mul(2)))?;
+    let b = ImpairedSocket::bind(loopback, &config(run_seed.wrapping_mul(2) + 1))?;
+    Ok((Arc::new(a), Arc::new(b)))
+}
+
+/// Runs `transfer` and measures its wall time and the process's CPU time.
+async fn measure(
+    transfer: impl Future<Output = Result<(), String>>,
+) -> Result<Measurement, String> {
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    match tokio::time::timeout(RUN_TIMEOUT, transfer).await {
+        Ok(Ok(())) => Ok(Measurement {
+            secs: t0.elapsed().as_secs_f64(),
+            cpu_secs: cpu_seconds() - cpu0,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("timed out after {RUN_TIMEOUT:?}")),
+    }
+}
+
+/// User plus system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes a `rusage` we own; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+// ---------------------------------------------------------------------------------------------
+// rdt
+
+async fn rdt_transfer(
+    options: &Options,
+    run_seed: u64,
+    pattern: Arc<Vec<u8>>,
+) -> Result<(), String> {
+    rdt_side::transfer(options, run_seed, pattern).await
+}
+
+mod rdt_side {
+    use super::*;
+
+    pub async fn transfer(
+        _options: &Options,
+        _run_seed: u64,
+        _pattern: Arc<Vec<u8>>,
+    ) -> Result<(), String> {
+        Err("rdt driver not available yet".into())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// quinn
+
+async fn quinn_transfer(
+    options: &Options,
+    run_seed: u64,
+    pattern: Arc<Vec<u8>>,
+) -> Result<(), String> {
+    let (client_socket, server_socket) =
+        socket_pair(options, run_seed).map_err(|e| format!("bind: {e}"))?;
+    let server_addr = server_socket.local_addr().map_err(|e| e.to_string())?;
+    let (server_config, client_config) = quinn_configs(options)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let server = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        Arc::new(QuinnSocket(server_socket)),
+        runtime.clone(),
+    )
+    .map_err(|e| format!("quinn server endpoint: {e}"))?;
+    let mut client = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        Arc::new(QuinnSocket(client_socket)),
+        runtime,
+    )
+    .map_err(|e| format!("quinn client endpoint: {e}"))?;
+    client.set_default_client_config(client_config);
+
+    let bytes = options.bytes;
+    let receiver = tokio::spawn({
+        let server = server.clone();
+        let pattern = pattern.clone();
+        async move {
+            let incoming = server.accept().await.ok_or("server endpoint closed")?;
+            let conn = incoming.await.map_err(|e| format!("accept: {e}"))?;
+            let mut stream = conn
+                .accept_uni()
+                .await
+                .map_err(|e| format!("accept_uni: {e}"))?;
+            let mut received = 0u64;
+            while let Some(chunk) = stream
+                .read_chunk(usize::MAX, true)
+                .await
+                .map_err(|e| format!("read: {e}"))?
+            {
+                if chunk.offset != received {
+                    return Err(format!("chunk at {} expected {received}", chunk.offset));
+                }
+                if !verify(&pattern, received, &chunk.bytes) {
+                    return Err(format!("corrupt data near offset {received}"));
+                }
+                received += chunk.bytes.len() as u64;
+            }
+            if received != bytes {
+                return Err(format!("received {received} of {bytes} bytes"));
+            }
+            conn.close(0u32.into(), b"done");
+            Ok::<_, String>(())
+        }
+    });
+    let conn = client
+        .connect(server_addr, "localhost")
+        .map_err(|e| format!("connect: {e}"))?
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut stream = conn
+        .open_uni()
+        .await
+        .map_err(|e| format!("open_uni: {e}"))?;
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(WRITE_CHUNK as u64) as usize;
+        let data = pattern_at(&pattern, sent, n);
+        stream
+            .write_all(data)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        sent += data.len() as u64;
+    }
+    stream.finish().map_err(|e| format!("finish: {e}"))?;
+    receiver
+        .await
+        .map_err(|e| format!("receiver task: {e}"))??;
+    conn.close(0u32.into(), b"done");
+    client.close(0u32.into(), b"done");
+    server.close(0u32.into(), b"done");
+    Ok(())
+}
+
+fn quinn_configs(options: &Options) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let _ = options; // quinn always encrypts: "--encryption off" applies to rdt only.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .map_err(|e| format!("rcgen: {e}"))?;
+    let cert_der = CertificateDer::from(cert.cert);
+    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let transport = Arc::new(quinn_transport());
+    let mut server = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key.into())
+        .map_err(|e| format!("server config: {e}"))?;
+    server.transport_config(transport.clone());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(cert_der)
+        .map_err(|e| format!("root store: {e}"))?;
+    let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))
+        .map_err(|e| format!("client config: {e}"))?;
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+fn quinn_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    let window = quinn::VarInt::from_u64(FLOW_WINDOW).expect("window fits a varint");
+    t.initial_mtu(1200)
+        .min_mtu(1200)
+        .mtu_discovery_config(Some({
+            let mut m = quinn::MtuDiscoveryConfig::default();
+            m.upper_bound(1452);
+            m
+        }))
+        .stream_receive_window(window)
+        .receive_window(window)
+        .send_window(FLOW_WINDOW)
+        .max_idle_timeout(Some(
+            Duration::from_secs(30)
+                .try_into()
+                .expect("idle timeout fits"),
+        ));
+    t
+}
+
+/// quinn's socket trait over our impaired socket, so quinn's datagrams cross the same path.
+#[derive(Debug)]
+struct QuinnSocket(Arc<ImpairedSocket>);
+
+impl quinn::AsyncUdpSocket for QuinnSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(QuinnPoller {
+            socket: self.0.clone(),
+            writable: None,
+        })
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> io::Result<()> {
+        self.0.try_send(&Transmit {
+            destination: transmit.destination,
+            contents: transmit.contents,
+            segment_size: transmit.segment_size,
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        // Our socket speaks quinn-udp 0.6 and quinn 0.11 speaks 0.5: receive into our metadata and
+        // copy the fields quinn reads.
+        let mut ours = [RecvMeta::default(); RECEIVE_BATCH];
+        let k = bufs.len().min(meta.len()).min(RECEIVE_BATCH);
+        let n = std::task::ready!(self.0.poll_recv(cx, &mut bufs[..k], &mut ours[..k]))?;
+        for (theirs, ours) in meta.iter_mut().zip(&ours[..n]) {
+            theirs.addr = ours.addr;
+            theirs.len = ours.len;
+            theirs.stride = ours.stride;
+            theirs.ecn = None;
+            theirs.dst_ip = ours.dst_ip;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.0.socket().max_gso_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.0.socket().gro_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.0.socket().may_fragment()
+    }
+}
+
+type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
+
+struct QuinnPoller {
+    socket: Arc<ImpairedSocket>,
+    writable: Option<WritableFuture>,
+}
+
+impl std::fmt::Debug for QuinnPoller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuinnPoller").finish_non_exhaustive()
+    }
+}
+
+impl quinn::UdpPoller for QuinnPoller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let fut = this.writable.get_or_insert_with(|| {
+            let socket = this.socket.clone();
+            Box::pin(async move { socket.writable().await })
+        });
+        let result = fut.as_mut().poll(cx);
+        if result.is_ready() {
+            this.writable = None;
+        }
+        result
+    }
+}
