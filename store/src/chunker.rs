@@ -1,0 +1,1 @@
+//! chunker (work in progress).

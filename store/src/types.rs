@@ -1,0 +1,228 @@
+//! Plain public types of the store API: configuration, options, reports, progress.
+
+use crate::ids::{Hash, NodeId};
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Store configuration, fixed at `create` and recorded in the store's meta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// Minimum chunk size in bytes (FastCDC), default 16 KiB.
+    pub chunk_min: u32,
+    /// Average chunk size in bytes, default 64 KiB.
+    pub chunk_avg: u32,
+    /// Maximum chunk size in bytes, default 256 KiB. Also the decode limit of one chunk.
+    pub chunk_max: u32,
+    /// Bytes for RocksDB memtables + block cache (default 64 MiB).
+    pub memory_budget: u64,
+    /// Absolute path of the share folder this store snapshots.
+    pub share_root: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            chunk_min: 16 * 1024,
+            chunk_avg: 64 * 1024,
+            chunk_max: 256 * 1024,
+            memory_budget: 64 * 1024 * 1024,
+            share_root: None,
+        }
+    }
+}
+
+/// Progress sink, called from worker threads; must be cheap.
+pub trait Progress: Sync {
+    /// A phase starts (`what` is a short label), with its total size when known.
+    fn start(&self, what: &str, total_bytes: Option<u64>);
+    /// `bytes` more bytes were processed.
+    fn advance(&self, bytes: u64);
+    /// The phase is over.
+    fn finish(&self);
+}
+
+/// A [`Progress`] that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// Options of [`crate::Store::add`].
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// Store what symlinks point to instead of the link.
+    pub follow_links: bool,
+    /// Ignore the scan cache: read and hash every file.
+    pub rehash: bool,
+    /// Snapshot message.
+    pub message: String,
+    /// This device's X25519 public key (recorded in the snapshot).
+    pub device: [u8; 32],
+}
+
+/// What [`crate::Store::add`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AddReport {
+    /// The new snapshot; `None` when nothing changed.
+    pub snapshot: Option<NodeId>,
+    /// The head after the add.
+    pub head: Option<NodeId>,
+    /// Files in the snapshot tree that was scanned.
+    pub files: u64,
+    /// Folders scanned (the root included).
+    pub dirs: u64,
+    /// Symlinks scanned.
+    pub symlinks: u64,
+    /// File bytes actually read from disk.
+    pub bytes_read: u64,
+    /// Plain bytes of chunks not already stored.
+    pub bytes_new: u64,
+    /// Encoded bytes written (chunks + nodes).
+    pub bytes_stored: u64,
+    /// Files that could not be stored, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A file `add` could not store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// Path relative to the share root.
+    pub path: PathBuf,
+    /// Why (one line).
+    pub reason: String,
+}
+
+/// A snapshot: one version of the whole share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Root folder node.
+    pub root: NodeId,
+    /// Parent snapshots (first parent first).
+    pub parents: Vec<NodeId>,
+    /// Device that made it.
+    pub device: [u8; 32],
+    /// Creation time, ns since the Unix epoch.
+    pub time_ns: i64,
+    /// Free text.
+    pub message: String,
+}
+
+/// Kind of a folder entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// Regular file.
+    File,
+    /// Folder.
+    Dir,
+    /// Symbolic link (stored verbatim).
+    Symlink,
+}
+
+/// One entry listed by [`crate::Store::ls`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LsEntry {
+    /// Name as raw bytes.
+    pub name: OsString,
+    /// Kind.
+    pub kind: EntryKind,
+    /// Permission bits (and file type bits are not included).
+    pub mode: u32,
+    /// File size, link target length, or 0 for folders.
+    pub size: u64,
+    /// Modification time in ns since the epoch.
+    pub mtime_ns: i64,
+    /// File/folder node; for a symlink, BLAKE3 of its target.
+    pub id: NodeId,
+    /// The link target, for symlinks.
+    pub link_target: Option<OsString>,
+}
+
+/// Options of [`crate::Store::restore`].
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore into a non-empty target (overwriting what is there).
+    pub force: bool,
+}
+
+/// What [`crate::Store::restore`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    /// Files written.
+    pub files: u64,
+    /// Folders created or updated.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// File bytes written.
+    pub bytes_written: u64,
+}
+
+/// What [`crate::Store::verify`] found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Chunks re-hashed.
+    pub chunks_checked: u64,
+    /// Nodes re-hashed.
+    pub nodes_checked: u64,
+    /// Plain bytes of chunks re-hashed.
+    pub bytes_checked: u64,
+    /// Every missing or corrupt object.
+    pub problems: Vec<Problem>,
+}
+
+/// Kind of stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ObjectKind {
+    /// A chunk.
+    Chunk,
+    /// A node.
+    Node,
+}
+
+/// What is wrong with an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ProblemKind {
+    /// Referenced but not stored.
+    Missing,
+    /// Stored but its bytes do not match its id (or do not decode).
+    Corrupt,
+}
+
+/// One missing or corrupt object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Chunk or node.
+    pub object: ObjectKind,
+    /// Its id.
+    pub id: Hash,
+    /// Missing or corrupt.
+    pub kind: ProblemKind,
+    /// Paths (in the newest snapshot that uses it) that use it, at most 10.
+    pub paths: Vec<PathBuf>,
+}
+
+/// Options of [`crate::Store::gc`].
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Keep the trees of only the last N snapshots of head's first-parent history (snapshot nodes
+    /// themselves are always kept). `None`: keep every tree reachable from refs.
+    pub keep_last: Option<usize>,
+}
+
+/// What [`crate::Store::gc`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Chunks deleted.
+    pub chunks_removed: u64,
+    /// Nodes deleted.
+    pub nodes_removed: u64,
+    /// Store size on disk before.
+    pub bytes_before: u64,
+    /// Store size on disk after.
+    pub bytes_after: u64,
+}
