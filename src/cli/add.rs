@@ -1,0 +1,151 @@
+//! `left add`: snapshot the share, or some paths inside it, as the new head.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use left::identity::Identity;
+use left_store::{AddOptions, AddReport};
+use serde_json::json;
+
+use super::{
+    absolute, fmt, open_store, share_root, CliError, Global, Output, EXIT_OK, EXIT_PARTIAL,
+};
+
+/// Arguments of `left add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Files or folders inside the share to snapshot (default: the whole share); the rest of the
+    /// tree is kept as in the previous snapshot
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Store what symlinks point to instead of the links themselves
+    #[arg(long)]
+    follow_links: bool,
+    /// Read and hash every file, even those the scan cache says are unchanged
+    #[arg(long)]
+    rehash: bool,
+    /// Snapshot message
+    #[arg(short, long, value_name = "MSG")]
+    message: Option<String>,
+}
+
+/// Runs `left add`.
+pub(crate) fn run(global: &Global, out: &Output, args: AddArgs) -> anyhow::Result<u8> {
+    let (store_dir, store) = open_store(global)?;
+    let share = share_root(&store_dir, &store)?;
+    // The store folder may be given through a link; compare canonical forms.
+    let store_canon = std::fs::canonicalize(&store_dir).unwrap_or_else(|_| store_dir.clone());
+    let mut only = Vec::with_capacity(args.paths.len());
+    let mut whole = false;
+    for given in &args.paths {
+        let rel = share_relative(&share, &store_canon, given)?;
+        if rel.as_os_str().is_empty() {
+            // The share root itself: snapshot everything (after checking the other paths).
+            whole = true;
+        }
+        only.push(rel);
+    }
+    if whole {
+        only.clear();
+    }
+    let device = Identity::load(&store_dir)
+        .context("cannot read the device key")?
+        .device_id();
+    let opts = AddOptions {
+        follow_links: args.follow_links,
+        rehash: args.rehash,
+        message: args.message.unwrap_or_default(),
+        device: device.0,
+    };
+    let progress = out.progress();
+    let report = store
+        .add(&share, &only, &opts, &progress)
+        .with_context(|| format!("cannot snapshot {}", share.display()))?;
+    drop(progress);
+    print(out, &report)?;
+    Ok(if report.skipped.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_PARTIAL
+    })
+}
+
+/// `given` relative to the share root, checked to exist and to lie inside the share and outside the
+/// store. Links and `..` in the parent folders are resolved; the last component is not, so
+/// `left add link` stores the link itself.
+fn share_relative(share: &Path, store: &Path, given: &Path) -> anyhow::Result<PathBuf> {
+    let abs = absolute(given)?;
+    let missing = || CliError::PathMissing {
+        path: given.to_owned(),
+    };
+    let resolved = match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent).map(|p| p.join(name)),
+        _ => std::fs::canonicalize(&abs),
+    }
+    .map_err(|_| missing())?;
+    if std::fs::symlink_metadata(&resolved).is_err() {
+        return Err(missing().into());
+    }
+    if resolved.starts_with(store) {
+        return Err(CliError::PathInStore {
+            path: given.to_owned(),
+        }
+        .into());
+    }
+    match resolved.strip_prefix(share) {
+        Ok(rel) => Ok(rel.to_owned()),
+        Err(_) => Err(CliError::PathOutsideShare {
+            path: given.to_owned(),
+            share: share.to_owned(),
+        }
+        .into()),
+    }
+}
+
+fn print(out: &Output, r: &AddReport) -> anyhow::Result<()> {
+    // Skipped files go to stderr whatever the output mode: they are warnings, and exit code 3 says so.
+    if !r.skipped.is_empty() {
+        let mut err = std::io::stderr().lock();
+        for s in &r.skipped {
+            let _ = err.write_all(b"left: skipped ");
+            let _ = err.write_all(s.path.as_os_str().as_bytes());
+            let _ = writeln!(err, ": {}", s.reason);
+        }
+    }
+    out.json(&json!({
+        "snapshot": r.snapshot.map(|id| id.to_string()),
+        "head": r.head.map(|id| id.to_string()),
+        "files": r.files,
+        "dirs": r.dirs,
+        "symlinks": r.symlinks,
+        "bytes_read": r.bytes_read,
+        "bytes_new": r.bytes_new,
+        "bytes_stored": r.bytes_stored,
+        "skipped": r.skipped.iter().map(|s| json!({
+            "path": fmt::json_path(&s.path),
+            "reason": s.reason,
+        })).collect::<Vec<_>>(),
+    }))?;
+    let what = match (r.snapshot, r.head) {
+        (Some(id), _) => format!("snapshot {}", id.fmt_short()),
+        (None, Some(head)) => format!("no changes, head stays {}", head.fmt_short()),
+        (None, None) => "nothing to snapshot".to_owned(),
+    };
+    let mut line = format!(
+        "{what}: {} files, {} dirs, {} symlinks; read {}, new {}, stored {}",
+        r.files,
+        r.dirs,
+        r.symlinks,
+        fmt::bytes(r.bytes_read),
+        fmt::bytes(r.bytes_new),
+        fmt::bytes(r.bytes_stored)
+    );
+    if !r.skipped.is_empty() {
+        line.push_str(&format!("; {} skipped (listed above)", r.skipped.len()));
+    }
+    out.human(line)?;
+    Ok(())
+}

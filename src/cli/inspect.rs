@@ -1,0 +1,229 @@
+//! `left log`, `left ls` and `left restore`: reading snapshots back.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use left::identity::DeviceId;
+use left_store::{NodeId, RestoreOptions, Store};
+use serde_json::json;
+
+use super::{absolute, fmt, head, open_store, Global, Output, EXIT_OK};
+
+/// Arguments of `left log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Show at most N snapshots
+    #[arg(short = 'n', long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+/// Arguments of `left ls`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "With one argument, it is taken as SNAPSHOT when it looks like one (head, \
+head~N, or a hex id prefix of at least 4 characters naming a snapshot), else as a PATH in head."
+)]
+pub struct LsArgs {
+    /// Snapshot: head (default), head~N, a full hex id or a unique prefix of at least 4 characters
+    #[arg(value_name = "SNAPSHOT")]
+    snapshot: Option<String>,
+    /// Folder or file inside the snapshot, relative to the share root (default: the root)
+    #[arg(value_name = "PATH")]
+    path: Option<PathBuf>,
+}
+
+/// Arguments of `left restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot: head, head~N, a full hex id or a unique prefix of at least 4 characters
+    #[arg(value_name = "SNAPSHOT")]
+    snapshot: String,
+    /// Only this folder or file of the snapshot, relative to the share root
+    #[arg(value_name = "PATH")]
+    path: Option<PathBuf>,
+    /// Folder to write into (created if missing; must be empty unless --force)
+    #[arg(long, value_name = "DIR")]
+    to: PathBuf,
+    /// Write into a non-empty folder, replacing what the snapshot holds
+    #[arg(long)]
+    force: bool,
+}
+
+/// Runs `left log`.
+pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Result<u8> {
+    let (_, store) = open_store(global)?;
+    let entries = match store.head().context("cannot read the head")? {
+        Some(head) => store
+            .log(head, args.limit.unwrap_or(usize::MAX))
+            .context("cannot read the history")?,
+        None => Vec::new(),
+    };
+    out.json(&json!({
+        "snapshots": entries.iter().map(|(id, s)| json!({
+            "id": id.to_string(),
+            "root": s.root.to_string(),
+            "parents": s.parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "device": DeviceId(s.device).to_string(),
+            "time_ns": s.time_ns,
+            "message": s.message,
+        })).collect::<Vec<_>>(),
+    }))?;
+    if entries.is_empty() {
+        out.human("no snapshots yet (run `left add`)")?;
+    }
+    for (id, s) in &entries {
+        let merge = if s.parents.len() > 1 { " (merge)" } else { "" };
+        out.data(format!(
+            "{} {} {}{merge} {}",
+            id.fmt_short(),
+            fmt::time(s.time_ns),
+            DeviceId(s.device).fmt_short(),
+            s.message
+        ))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// Runs `left ls`.
+pub(crate) fn ls(global: &Global, out: &Output, args: LsArgs) -> anyhow::Result<u8> {
+    let (_, store) = open_store(global)?;
+    let (snapshot, path) = match (args.snapshot, args.path) {
+        (None, _) => (head(&store)?, PathBuf::new()),
+        (Some(spec), Some(path)) => (resolve(&store, &spec)?, path),
+        (Some(one), None) => match looks_like_spec(&one).then(|| store.resolve(&one)) {
+            Some(Ok(id)) => (id, PathBuf::new()),
+            _ => (head(&store)?, PathBuf::from(one)),
+        },
+    };
+    let path = snapshot_path(&path);
+    let entries = store.ls(snapshot, &path).with_context(|| {
+        format!(
+            "cannot list /{} in {}",
+            path.display(),
+            snapshot.fmt_short()
+        )
+    })?;
+    out.json(&json!({
+        "snapshot": snapshot.to_string(),
+        "path": fmt::json_path(&path),
+        "entries": entries.iter().map(|e| json!({
+            "name": e.name.to_string_lossy(),
+            "kind": match e.kind {
+                left_store::EntryKind::File => "file",
+                left_store::EntryKind::Dir => "dir",
+                left_store::EntryKind::Symlink => "symlink",
+            },
+            "mode": e.mode,
+            "size": e.size,
+            "mtime_ns": e.mtime_ns,
+            "id": e.id.to_string(),
+            "link_target": e.link_target.as_ref().map(|t| t.to_string_lossy()),
+        })).collect::<Vec<_>>(),
+    }))?;
+    for e in &entries {
+        let mut line = format!(
+            "{} {:>12} {} ",
+            fmt::mode(e.kind, e.mode),
+            e.size,
+            fmt::time(e.mtime_ns)
+        )
+        .into_bytes();
+        line.extend_from_slice(fmt::raw(&e.name));
+        if let Some(target) = &e.link_target {
+            line.extend_from_slice(b" -> ");
+            line.extend_from_slice(fmt::raw(target));
+        }
+        out.data(line)?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// Runs `left restore`.
+pub(crate) fn restore(global: &Global, out: &Output, args: RestoreArgs) -> anyhow::Result<u8> {
+    let (_, store) = open_store(global)?;
+    let snapshot = resolve(&store, &args.snapshot)?;
+    let path = args.path.as_deref().map(snapshot_path);
+    let target = absolute(&args.to)?;
+    let progress = out.progress();
+    let report = store
+        .restore(
+            snapshot,
+            path.as_deref(),
+            &target,
+            &RestoreOptions { force: args.force },
+            &progress,
+        )
+        .with_context(|| {
+            format!(
+                "cannot restore {} to {}",
+                snapshot.fmt_short(),
+                target.display()
+            )
+        })?;
+    drop(progress);
+    out.json(&json!({
+        "snapshot": snapshot.to_string(),
+        "path": path.as_deref().map(fmt::json_path),
+        "to": fmt::json_path(&target),
+        "files": report.files,
+        "dirs": report.dirs,
+        "symlinks": report.symlinks,
+        "bytes_written": report.bytes_written,
+    }))?;
+    out.human(format!(
+        "restored {}{} to {}: {} files, {} dirs, {} symlinks, {}",
+        snapshot.fmt_short(),
+        path.as_deref()
+            .map(|p| format!(":/{}", p.display()))
+            .unwrap_or_default(),
+        target.display(),
+        report.files,
+        report.dirs,
+        report.symlinks,
+        fmt::bytes(report.bytes_written)
+    ))?;
+    Ok(EXIT_OK)
+}
+
+fn resolve(store: &Store, spec: &str) -> anyhow::Result<NodeId> {
+    store
+        .resolve(spec)
+        .with_context(|| format!("unknown snapshot {spec:?}"))
+}
+
+/// Whether `s` has the syntax of a snapshot spec: head, head~N, or 4 to 64 hex digits.
+fn looks_like_spec(s: &str) -> bool {
+    s == "head"
+        || s.strip_prefix("head~")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+        || ((4..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A path inside a snapshot: relative to the share root, without `.` or a leading `/`.
+fn snapshot_path(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_syntax() {
+        assert!(looks_like_spec("head"));
+        assert!(looks_like_spec("head~3"));
+        assert!(looks_like_spec("1a2B"));
+        assert!(!looks_like_spec("abc"));
+        assert!(!looks_like_spec("docs"));
+        assert!(!looks_like_spec("head~x"));
+    }
+
+    #[test]
+    fn snapshot_paths() {
+        assert_eq!(snapshot_path(Path::new("/a/./b")), PathBuf::from("a/b"));
+        assert_eq!(snapshot_path(Path::new(".")), PathBuf::new());
+    }
+}

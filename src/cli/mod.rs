@@ -1,0 +1,325 @@
+//! The `left` command line: argument parsing, store discovery, output and exit codes.
+//!
+//! Each subcommand lives in its own file and does three things: turn its arguments into store options,
+//! call one [`left_store::Store`] operation, and print the result either as a one-line human summary
+//! or (with `--json`) as exactly one JSON object on stdout. Progress bars go to stderr, only on a
+//! terminal, and only once an operation has run for about a second ([`progress`]).
+//!
+//! This module is part of the binary, not the library: it is the one place (with `main.rs`) that uses
+//! `anyhow`. Errors that need a hint for the user are [`CliError`] values or store errors, which
+//! [`hint`] recognises anywhere in an error chain.
+
+mod add;
+mod fmt;
+mod init;
+mod inspect;
+mod maintain;
+mod progress;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use left_store::Store;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: an error (message on stderr).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: bad usage (unknown option, missing argument), reported by clap.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the command finished but some files were skipped (listed on stderr and in --json).
+pub const EXIT_PARTIAL: u8 = 3;
+
+const AFTER_HELP: &str = "\
+Store discovery: --store PATH, else $LEFT_STORE, else the nearest folder named .left in the current
+folder or one of its parents.
+
+Exit codes:
+  0  success
+  1  error (the cause is printed on stderr as `left: ...`)
+  2  usage error (bad option or argument)
+  3  finished, but some files were skipped (listed on stderr, and under \"skipped\" with --json)";
+
+/// left: peer-to-peer file sync on a content-addressed store.
+#[derive(Debug, Parser)]
+#[command(name = "left", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Store folder to use (default: $LEFT_STORE, else .left in the current folder or a parent)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Print exactly one JSON object on stdout instead of the human summary
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing on success except --json output; no progress bars
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make DIR (default: the current folder) a share: create its store and this device's keys
+    Init(init::InitArgs),
+    /// Snapshot the share (or only the given paths inside it) as the new head
+    Add(add::AddArgs),
+    /// Show the history of snapshots, newest first
+    Log(inspect::LogArgs),
+    /// List a folder (or one file) of a snapshot
+    Ls(inspect::LsArgs),
+    /// Write a snapshot (or one path of it) into a folder, exactly as it was
+    Restore(inspect::RestoreArgs),
+    /// Re-hash every chunk and node the snapshots use; name what is missing or corrupt
+    Verify,
+    /// Drop chunks and nodes no snapshot needs and shrink the store on disk
+    Gc(maintain::GcArgs),
+    /// Print this device's id (its public key)
+    Id,
+}
+
+/// Errors of the command line itself; each carries the hint shown under it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// No store found by discovery.
+    #[error("not inside a left share: no .left folder in {} or above", cwd.display())]
+    NotInShare {
+        /// Where discovery started.
+        cwd: PathBuf,
+    },
+    /// A path given on the command line does not exist.
+    #[error("{} does not exist", path.display())]
+    PathMissing {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// A path given to `add` lies outside the share.
+    #[error("{} is outside the share {}", path.display(), share.display())]
+    PathOutsideShare {
+        /// The path as given.
+        path: PathBuf,
+        /// The share root.
+        share: PathBuf,
+    },
+    /// A path given to `add` lies inside the store folder.
+    #[error("{} is inside the store folder, which is never snapshot", path.display())]
+    PathInStore {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// The store's config has no share folder.
+    #[error("the store at {} records no share folder", store.display())]
+    NoShareRoot {
+        /// The store folder.
+        store: PathBuf,
+    },
+    /// The store has no snapshot yet.
+    #[error("the store has no snapshot yet")]
+    NoSnapshot,
+    /// `verify` found problems (already printed).
+    #[error("verify found {count} problem(s)")]
+    VerifyFailed {
+        /// Number of problems.
+        count: usize,
+    },
+}
+
+/// Runs the parsed command line; returns the process exit code on success.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let out = Output {
+        json: cli.global.json,
+        quiet: cli.global.quiet,
+    };
+    match cli.command {
+        Command::Init(args) => init::run(&cli.global, &out, args),
+        Command::Add(args) => add::run(&cli.global, &out, args),
+        Command::Log(args) => inspect::log(&cli.global, &out, args),
+        Command::Ls(args) => inspect::ls(&cli.global, &out, args),
+        Command::Restore(args) => inspect::restore(&cli.global, &out, args),
+        Command::Verify => maintain::verify(&cli.global, &out),
+        Command::Gc(args) => maintain::gc(&cli.global, &out, args),
+        Command::Id => init::id(&cli.global, &out),
+    }
+}
+
+/// A hint on what to do next for the error, if one is known.
+pub fn hint(err: &anyhow::Error) -> Option<String> {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<CliError>() {
+            return match e {
+                CliError::NotInShare { .. } => Some(
+                    "run `left init` in the share folder, or pass --store PATH (or set LEFT_STORE)"
+                        .into(),
+                ),
+                CliError::PathOutsideShare { share, .. } => Some(format!(
+                    "paths given to `left add` must lie inside {}",
+                    share.display()
+                )),
+                CliError::NoSnapshot => Some("run `left add` first".into()),
+                CliError::VerifyFailed { .. } => Some(
+                    "the paths listed above cannot be restored from this store; \
+                     keep a copy of the store for inspection and add the files again if you still have them"
+                        .into(),
+                ),
+                _ => None,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<left_store::Error>() {
+            return match e {
+                left_store::Error::Locked { .. } => Some(
+                    "another left command is using this store: wait for it to finish (or stop it)"
+                        .into(),
+                ),
+                left_store::Error::DiskFull { .. } => Some(
+                    "free some disk space and run the command again; the previous snapshot is intact"
+                        .into(),
+                ),
+                left_store::Error::Corrupt { .. } => {
+                    Some("run `left verify` to list every damaged object and the paths using it".into())
+                }
+                _ => None,
+            };
+        }
+        if let Some(left::identity::Error::Missing { .. }) =
+            cause.downcast_ref::<left::identity::Error>()
+        {
+            return Some("this store has no device key; was it made by `left init`?".into());
+        }
+    }
+    None
+}
+
+/// Where results go: stdout, human or JSON.
+pub(crate) struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Output {
+    /// Prints a human summary line (unless --json or -q).
+    pub fn human(&self, line: impl AsRef<[u8]>) -> io::Result<()> {
+        if self.json || self.quiet {
+            return Ok(());
+        }
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(line.as_ref())?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()
+    }
+
+    /// Prints a line of the command's result, such as a listing (unless --json; -q does not hide it).
+    pub fn data(&self, line: impl AsRef<[u8]>) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(line.as_ref())?;
+        stdout.write_all(b"\n")
+    }
+
+    /// Prints the JSON object (only with --json).
+    pub fn json(&self, value: &serde_json::Value) -> io::Result<()> {
+        if !self.json {
+            return Ok(());
+        }
+        let mut stdout = io::stdout().lock();
+        serde_json::to_writer(&mut stdout, value)?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()
+    }
+
+    /// A progress sink: a bar on a terminal, nothing otherwise or with -q.
+    pub fn progress(&self) -> progress::Bar {
+        progress::Bar::new(!self.quiet)
+    }
+}
+
+/// The store folder chosen by --store, LEFT_STORE, or discovery from the current folder.
+pub(crate) fn store_dir(global: &Global) -> anyhow::Result<PathBuf> {
+    if let Some(p) = global.store.clone().or_else(|| {
+        std::env::var_os("LEFT_STORE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }) {
+        return absolute(&p);
+    }
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join(".left");
+        if candidate.is_dir() {
+            return Ok(candidate);
+        }
+    }
+    Err(CliError::NotInShare { cwd }.into())
+}
+
+/// Opens the store found by [`store_dir`].
+pub(crate) fn open_store(global: &Global) -> anyhow::Result<(PathBuf, Store)> {
+    let dir = store_dir(global)?;
+    let store =
+        Store::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
+    Ok((dir, store))
+}
+
+/// The share folder recorded in the store, canonicalised.
+pub(crate) fn share_root(store_dir: &Path, store: &Store) -> anyhow::Result<PathBuf> {
+    let root = store
+        .config()
+        .share_root
+        .clone()
+        .ok_or_else(|| CliError::NoShareRoot {
+            store: store_dir.to_owned(),
+        })?;
+    std::fs::canonicalize(&root)
+        .with_context(|| format!("cannot open the share folder {}", root.display()))
+}
+
+/// The head snapshot, or [`CliError::NoSnapshot`].
+pub(crate) fn head(store: &Store) -> anyhow::Result<left_store::NodeId> {
+    store
+        .head()
+        .context("cannot read the head")?
+        .ok_or_else(|| CliError::NoSnapshot.into())
+}
+
+/// `p` made absolute against the current folder (without resolving links).
+pub(crate) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in ["0  success", "1  error", "2  usage", "3  finished"] {
+            assert!(help.contains(code), "missing {code:?} in help:\n{help}");
+        }
+    }
+
+    #[test]
+    fn hints_are_found_through_context() {
+        let err = anyhow::Error::from(left_store::Error::Locked { pid: 42 }).context("opening");
+        assert!(hint(&err).unwrap().contains("wait"));
+        let err = anyhow::Error::from(CliError::NotInShare { cwd: "/x".into() });
+        assert!(hint(&err).unwrap().contains("left init"));
+        assert!(hint(&anyhow::anyhow!("plain")).is_none());
+    }
+}
