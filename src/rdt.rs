@@ -1,0 +1,303 @@
+//! rdt: our reliable, congestion-controlled, encrypted transport over UDP, as a state machine with
+//! no IO.
+//!
+//! rdt moves ordered byte streams between two devices that share a key. It follows quinn-proto's
+//! sans-IO design: the core never touches a socket, never reads a clock and never uses a global
+//! RNG. The caller feeds it datagrams and the current time and drains what it wants sent, when it
+//! wants to be woken, and what happened. That makes it deterministic: the network simulator in
+//! `tests/it/rdt_sim.rs` replays any run from a seed.
+//!
+//! # Driving it
+//! One [`Endpoint`] per UDP socket. The driver loop is:
+//!
+//! 1. for every datagram received: [`Endpoint::handle_datagram`]`(now, from, bytes)`;
+//! 2. when the timer from [`Endpoint::poll_timeout`] expires: [`Endpoint::handle_timeout`]`(now)`;
+//! 3. then drain [`Endpoint::poll_transmit`]`(now, &mut buf)` until `None`, sending
+//!    `buf[..t.size]` to `t.destination` (as `t.size / segment_size` GSO segments when
+//!    `t.segment_size` is set), drain [`Endpoint::poll_event`], and re-arm the timer from
+//!    [`Endpoint::poll_timeout`].
+//!
+//! Connections are created by [`Endpoint::connect`] (initiator) or accepted automatically when a
+//! valid first handshake message arrives (responder, if [`EndpointConfig::accept`] is set); both
+//! report [`Event::Connected`] with the peer's device key. Streams are driven through
+//! [`Endpoint::connection`]: [`Connection::open`], [`Connection::write`] (returns how many bytes
+//! flow control accepted), [`Connection::finish`], [`Connection::read`], [`Connection::reset`],
+//! [`Connection::close`]. Stream 0 ([`StreamId::CONTROL`]) is open from the start for ordered
+//! control messages; other streams are independent, so a loss delays only the stream it hits.
+//!
+//! # What it does
+//! - Packets: a clear header (version, kind, connection id, packet number) and AEAD-sealed frames;
+//!   see [`packet`] for the format. A sliding window drops duplicates and replays.
+//! - Handshake: Noise XXpsk0 with the share key as PSK; see [`crypto`] for why that pattern and how
+//!   a sender without the key is refused before any Diffie-Hellman. Encryption can be switched off
+//!   ([`TransportConfig::encryption`]): packets are then authenticated but sent in clear; both
+//!   sides must agree or the handshake fails with [`ConnectionError::EncryptionMismatch`] on both.
+//! - Loss recovery as RFC 9002 (packet threshold 3, time threshold 9/8 RTT, PTO with backoff);
+//!   lost frames, not packets, are retransmitted. Congestion control behind
+//!   [`congestion::Controller`] (CUBIC by default, NewReno), with pacing.
+//! - Path MTU: datagrams start at 1200 bytes and probe up to [`TransportConfig::max_datagram_size`]
+//!   with padded probes; a lost probe is not congestion, and a black hole after probing falls back
+//!   to 1200 bytes.
+//! - Before a responder has validated the initiator's address it sends at most 3x the bytes it
+//!   received, and under load ([`RetryPolicy`]) it answers with a stateless retry token first.
+//!
+//! # What it does not do
+//! No sockets, timers or threads (that is `src/net`), no connection migration beyond following the
+//! latest authenticated source address, no 0-RTT, no unreliable datagrams.
+#![warn(missing_docs)]
+
+pub mod congestion;
+pub mod conn;
+pub mod crypto;
+pub mod endpoint;
+pub mod frame;
+pub mod packet;
+pub mod pacing;
+pub mod range_set;
+pub mod rtt;
+pub mod stream;
+
+use std::time::Duration;
+
+pub use congestion::CongestionAlgorithm;
+pub use conn::{Connection, ConnectionStats, Side};
+pub use crypto::CipherSuite;
+pub use endpoint::{ConnectionHandle, DropReason, Endpoint, EndpointStats};
+pub use stream::{StreamError, StreamId};
+
+/// Smallest datagram payload every path must carry (and the size of the first client packet).
+pub const INITIAL_DATAGRAM_SIZE: u16 = 1200;
+/// Default probing ceiling: 1500-byte Ethernet MTU minus IPv6 (40) and UDP (8) headers.
+pub const DEFAULT_MAX_DATAGRAM_SIZE: u16 = 1452;
+
+/// Close codes at or above this value are reserved for the transport.
+pub const TRANSPORT_CODE_BASE: u64 = 1 << 32;
+/// Close code: the peer broke the protocol.
+pub const CODE_PROTOCOL_VIOLATION: u64 = TRANSPORT_CODE_BASE + 1;
+/// Close code: the peer's device key is not allowed.
+pub const CODE_KEY_REFUSED: u64 = TRANSPORT_CODE_BASE + 2;
+/// Close code: encryption settings differ.
+pub const CODE_ENCRYPTION_MISMATCH: u64 = TRANSPORT_CODE_BASE + 3;
+
+/// Per-connection transport settings. Both sides choose their own; flow-control windows are what
+/// *we* grant the peer.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Encrypt packets (true) or only authenticate them (false). Must match the peer's.
+    pub encryption: bool,
+    /// AEAD for Data packets (the initiator's choice wins).
+    pub cipher: CipherSuite,
+    /// Congestion controller.
+    pub congestion: CongestionAlgorithm,
+    /// Pace sends over the round trip.
+    pub pacing: bool,
+    /// RTT assumed before the first sample.
+    pub initial_rtt: Duration,
+    /// Close the connection after this long without an authenticated packet.
+    pub idle_timeout: Duration,
+    /// Send a PING after this long without sending (None: never).
+    pub keep_alive: Option<Duration>,
+    /// Give up a handshake after this long.
+    pub handshake_timeout: Duration,
+    /// Connection-level receive window in bytes (bounds buffered stream data).
+    pub connection_window: u64,
+    /// Per-stream receive window in bytes.
+    pub stream_window: u64,
+    /// Streams the peer may have open at once (besides the control stream).
+    pub max_streams: u64,
+    /// Largest datagram payload to probe for, in bytes (at least 1200).
+    pub max_datagram_size: u16,
+    /// Wait this long after a black hole before probing the path MTU again.
+    pub mtu_probe_retry: Duration,
+    /// Acknowledge after this many ack-eliciting packets.
+    pub ack_frequency: u32,
+    /// Acknowledge at most this long after an ack-eliciting packet.
+    pub max_ack_delay: Duration,
+    /// Most datagrams one `poll_transmit` may batch for GSO.
+    pub max_gso_segments: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            encryption: true,
+            cipher: CipherSuite::default(),
+            congestion: CongestionAlgorithm::default(),
+            pacing: true,
+            initial_rtt: Duration::from_millis(333),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Some(Duration::from_secs(10)),
+            handshake_timeout: Duration::from_secs(10),
+            connection_window: 32 << 20,
+            stream_window: 16 << 20,
+            max_streams: 256,
+            max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
+            mtu_probe_retry: Duration::from_secs(600),
+            ack_frequency: 2,
+            max_ack_delay: Duration::from_millis(10),
+            max_gso_segments: 10,
+        }
+    }
+}
+
+/// When a responder demands a stateless retry before keeping any handshake state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Never (address validation then comes from the handshake itself).
+    Never,
+    /// Always.
+    Always,
+    /// When more than this many handshakes are in progress.
+    WhenPendingAbove(usize),
+}
+
+/// Endpoint settings: identity, share key, who may connect.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// This device's X25519 static secret.
+    pub static_secret: [u8; 32],
+    /// The share key, used as the Noise pre-shared key.
+    pub psk: [u8; 32],
+    /// If set, only these device public keys may connect (either direction).
+    pub allowed_peers: Option<Vec<[u8; 32]>>,
+    /// Accept incoming handshakes.
+    pub accept: bool,
+    /// Stateless retry policy.
+    pub retry: RetryPolicy,
+    /// Handshakes in progress beyond which new ones are dropped.
+    pub max_pending_handshakes: usize,
+    /// Seed for connection ids and ephemeral keys (production: from the OS).
+    pub seed: u64,
+    /// Transport settings for every connection.
+    pub transport: TransportConfig,
+}
+
+impl EndpointConfig {
+    /// A config with defaults for everything but the keys and the seed.
+    pub fn new(static_secret: [u8; 32], psk: [u8; 32], seed: u64) -> Self {
+        Self {
+            static_secret,
+            psk,
+            allowed_peers: None,
+            accept: true,
+            retry: RetryPolicy::WhenPendingAbove(64),
+            max_pending_handshakes: 1024,
+            seed,
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// What to send: `buf[..size]` to `destination`, as one datagram or, when `segment_size` is set,
+/// as consecutive datagrams of `segment_size` bytes (the last may be shorter), ready for GSO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// Where to send.
+    pub destination: core::net::SocketAddr,
+    /// Bytes written to the buffer.
+    pub size: usize,
+    /// Size of each datagram when more than one was written.
+    pub segment_size: Option<usize>,
+}
+
+/// Something that happened on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The handshake completed; `peer_key` is the peer's device (static) public key.
+    Connected {
+        /// The peer's X25519 static public key.
+        peer_key: [u8; 32],
+    },
+    /// The peer opened a stream.
+    StreamOpened {
+        /// The stream.
+        id: StreamId,
+    },
+    /// A stream has data (or its end) to read.
+    StreamReadable {
+        /// The stream.
+        id: StreamId,
+    },
+    /// A stream that refused a write has credit again.
+    StreamWritable {
+        /// The stream.
+        id: StreamId,
+    },
+    /// Everything written on a finished stream was acknowledged.
+    StreamFinished {
+        /// The stream.
+        id: StreamId,
+    },
+    /// The peer reset a stream.
+    StreamReset {
+        /// The stream.
+        id: StreamId,
+        /// The peer's error code.
+        code: u64,
+    },
+    /// The connection ended; no more events follow.
+    ConnectionLost {
+        /// Why.
+        reason: ConnectionError,
+    },
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// No authenticated packet arrived within the idle timeout.
+    #[error("timed out: no packet from the peer within the idle timeout")]
+    TimedOut,
+    /// The handshake did not complete in time (peer unreachable, or a different share key).
+    #[error("handshake timed out: peer unreachable or its share key differs")]
+    HandshakeTimedOut,
+    /// The peer closed the connection.
+    #[error("closed by peer with code {code}: {reason}")]
+    PeerClosed {
+        /// The peer's code.
+        code: u64,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// We closed the connection.
+    #[error("closed locally")]
+    LocallyClosed,
+    /// The peer broke the protocol.
+    #[error("protocol violation: {reason}")]
+    ProtocolViolation {
+        /// What it did.
+        reason: &'static str,
+    },
+    /// The two sides disagree about encryption.
+    #[error("encryption setting mismatch: ours is {}, the peer's is {}", on_off(*local), on_off(*peer))]
+    EncryptionMismatch {
+        /// Our setting.
+        local: bool,
+        /// The peer's setting.
+        peer: bool,
+    },
+    /// The peer's device key is not in our allow-list.
+    #[error("peer device key {} is not allowed", short_key(key))]
+    PeerKeyRefused {
+        /// The refused key.
+        key: [u8; 32],
+    },
+    /// The peer refused our device key.
+    #[error("the peer does not allow our device key")]
+    RefusedByPeer,
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn short_key(k: &[u8; 32]) -> String {
+    k[..6].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,1434 @@
+//! One connection's state machine: handshake, packet protection, loss recovery, congestion
+//! control, pacing, path-MTU discovery, acknowledgements and streams.
+//!
+//! A `Connection` is owned by an [`Endpoint`](crate::rdt::Endpoint), which routes datagrams to it
+//! by connection id; applications reach it through `Endpoint::connection` to use streams.
+//!
+//! Method taxonomy (as in quinn-proto): `handle_*` feed input, `poll_*` drain output, and the stream
+//! methods (`open`, `write`, `finish`, `read`, `reset`, `close`) are the application's API. Nothing
+//! here reads a clock: every method that needs the time takes `now`.
+//!
+//! Loss recovery follows RFC 9002: a packet is lost when a packet sent 3 or more packet numbers
+//! later is acknowledged, or when it is older than 9/8 of the RTT and something sent later was
+//! acknowledged; when nothing is acknowledged for a probe timeout (PTO, doubled on each expiry) the
+//! sender sends up to two probe packets, which may exceed the congestion window. Lost *frames* are
+//! requeued (stream ranges, credit updates, resets), never whole packets.
+//!
+//! Acknowledgements are sent after `ack_frequency` ack-eliciting packets, immediately when a packet
+//! arrives out of order, or after `max_ack_delay`; they are written when the driver next polls, so
+//! one ACK covers a whole received batch.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use core::net::SocketAddr;
+use rand::RngCore;
+use rand_chacha::ChaCha20Rng;
+
+use crate::rdt::congestion::Controller;
+use crate::rdt::crypto::{self, CipherSuite, PacketKey};
+use crate::rdt::frame::{self, Decoder, Frame, Reader, Writer};
+use crate::rdt::packet::{self, Kind, ReplayWindow, DATA_HEADER_LEN, TAG_LEN};
+use crate::rdt::pacing::Pacer;
+use crate::rdt::range_set::RangeSet;
+use crate::rdt::rtt::RttEstimator;
+use crate::rdt::stream::{Limits, StreamError, StreamId, StreamMeta, Streams, Violation};
+use crate::rdt::{
+    ConnectionError, Event, Transmit, TransportConfig, CODE_ENCRYPTION_MISMATCH, CODE_KEY_REFUSED,
+    CODE_PROTOCOL_VIOLATION, INITIAL_DATAGRAM_SIZE,
+};
+
+/// Which end of the handshake a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Sent the first handshake message.
+    Initiator,
+    /// Answered it.
+    Responder,
+}
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Datagrams sent.
+    pub sent_packets: u64,
+    /// Datagram bytes sent.
+    pub sent_bytes: u64,
+    /// Authenticated datagrams received.
+    pub recv_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// PTO probe packets sent (these may exceed the congestion window).
+    pub probe_packets: u64,
+    /// Congestion events (window reductions requested).
+    pub congestion_events: u64,
+    /// Packets that failed authentication.
+    pub auth_failures: u64,
+    /// Duplicate or replayed packets dropped.
+    pub duplicates: u64,
+    /// Current datagram size.
+    pub mtu: u16,
+    /// Times the datagram size fell back to 1200 after a black hole.
+    pub black_holes: u64,
+    /// Handshake packets retransmitted.
+    pub handshake_retransmits: u64,
+}
+
+/// Keys and policy shared by every connection of an endpoint.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub static_secret: [u8; 32],
+    pub static_pub: [u8; 32],
+    pub psk: [u8; 32],
+    pub allowed: Option<Vec<[u8; 32]>>,
+}
+
+impl Identity {
+    fn allows(&self, key: &[u8; 32]) -> bool {
+        self.allowed.as_ref().is_none_or(|a| a.contains(key))
+    }
+}
+
+/// Parameters carried in handshake payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Params {
+    pub encryption: bool,
+    pub suite: CipherSuite,
+    pub limits: Limits,
+}
+
+const PARAMS_VERSION: u8 = 1;
+
+impl Params {
+    pub fn from_config(c: &TransportConfig) -> Self {
+        Self {
+            encryption: c.encryption,
+            suite: c.cipher,
+            limits: Limits {
+                max_data: c.connection_window,
+                max_stream_data: c.stream_window,
+                max_streams: c.max_streams,
+            },
+        }
+    }
+
+    pub fn encode(&self, out: &mut [u8; 40]) -> usize {
+        let mut w = Writer::new(out, 0);
+        w.u8(PARAMS_VERSION);
+        w.u8(u8::from(self.encryption));
+        w.u8(self.suite.to_byte());
+        w.varint(self.limits.max_data.min(frame::VARINT_MAX));
+        w.varint(self.limits.max_stream_data.min(frame::VARINT_MAX));
+        w.varint(self.limits.max_streams.min(frame::VARINT_MAX));
+        w.pos
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(b);
+        if r.u8().ok()? != PARAMS_VERSION {
+            return None;
+        }
+        let encryption = match r.u8().ok()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let suite = CipherSuite::from_byte(r.u8().ok()?)?;
+        let limits = Limits {
+            max_data: r.varint().ok()?,
+            max_stream_data: r.varint().ok()?,
+            max_streams: r.varint().ok()?,
+        };
+        Some(Self { encryption, suite, limits })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Handshake,
+    Established,
+    Closing { until: Instant },
+    Draining { until: Instant },
+    Drained,
+}
+
+/// Retransmittable content of a sent packet.
+#[derive(Debug, Clone, Copy)]
+enum Retx {
+    Stream(StreamMeta),
+    MaxData,
+    MaxStreams,
+    Credit(u64),
+    Reset(u64),
+    HandshakeDone,
+}
+
+#[derive(Debug)]
+struct SentPacket {
+    time: Instant,
+    size: u16,
+    ack_eliciting: bool,
+    mtu_probe: bool,
+    retx: Vec<Retx>,
+}
+
+struct Handshake {
+    noise: Option<snow::HandshakeState>,
+    /// The last handshake message we sent, resent on loss.
+    msg: Vec<u8>,
+    token: Vec<u8>,
+    send_pending: bool,
+    timer: Option<Instant>,
+    backoff: u32,
+    first_sent: Option<Instant>,
+    retransmitted: bool,
+    deadline: Instant,
+    recv_bytes: u64,
+    sent_bytes: u64,
+    validated: bool,
+    retried: bool,
+}
+
+/// Path MTU discovery state (a binary search between the current and the maximum size).
+#[derive(Debug)]
+struct Mtud {
+    current: u16,
+    max: u16,
+    lo: u16,
+    hi: u16,
+    probe: Option<(u64, u16)>,
+    fails: u8,
+    next_probe: Option<Instant>,
+    black_hole_losses: u32,
+}
+
+const MTU_SEARCH_DONE_GAP: u16 = 20;
+const BLACK_HOLE_THRESHOLD: u32 = 5;
+
+impl Mtud {
+    fn new(max: u16) -> Self {
+        let max = max.max(INITIAL_DATAGRAM_SIZE);
+        Self {
+            current: INITIAL_DATAGRAM_SIZE,
+            max,
+            lo: INITIAL_DATAGRAM_SIZE,
+            hi: max + 1,
+            probe: None,
+            fails: 0,
+            next_probe: None,
+            black_hole_losses: 0,
+        }
+    }
+
+    fn candidate(&self) -> Option<u16> {
+        if self.hi - self.lo <= MTU_SEARCH_DONE_GAP || self.current >= self.max {
+            return None;
+        }
+        // Try the maximum first (the common case on a clean path), then bisect.
+        Some(if self.hi == self.max + 1 { self.max } else { self.lo + (self.hi - self.lo) / 2 })
+    }
+
+    fn due(&self, now: Instant) -> Option<u16> {
+        if self.probe.is_some() || self.next_probe.is_none_or(|t| t > now) {
+            return None;
+        }
+        self.candidate()
+    }
+}
+
+/// A connection. See the module docs.
+pub struct Connection {
+    side: Side,
+    config: Arc<TransportConfig>,
+    identity: Arc<Identity>,
+    local_cid: u64,
+    remote_cid: u64,
+    initial_dcid: u64,
+    remote: SocketAddr,
+    state: State,
+    hs: Option<Box<Handshake>>,
+    confirmed: bool,
+    peer_key: Option<[u8; 32]>,
+    send_key: Option<PacketKey>,
+    recv_key: Option<PacketKey>,
+    // Packet numbers and acknowledgements.
+    next_pn: u64,
+    replay: ReplayWindow,
+    received: RangeSet,
+    largest_recv_time: Option<Instant>,
+    ack_pending: bool,
+    ack_eliciting_since_ack: u32,
+    ack_deadline: Option<Instant>,
+    ack_now: bool,
+    // Recovery.
+    sent: VecDeque<Option<SentPacket>>,
+    sent_base: u64,
+    in_flight: u64,
+    eliciting_in_flight: u64,
+    largest_acked: Option<u64>,
+    loss_time: Option<Instant>,
+    pto_count: u32,
+    last_eliciting_sent: Option<Instant>,
+    probes: u8,
+    rtt: RttEstimator,
+    cc: Box<dyn Controller>,
+    pacer: Pacer,
+    pace_until: Option<Instant>,
+    app_limited: bool,
+    mtud: Mtud,
+    // Pending control frames.
+    ping_pending: bool,
+    handshake_done_pending: bool,
+    close_frame: Option<(u64, Bytes)>,
+    close_send_pending: bool,
+    streams: Option<Streams>,
+    peer_params: Option<Params>,
+    events: VecDeque<Event>,
+    idle_deadline: Instant,
+    last_sent: Instant,
+    last_now: Instant,
+    stats: ConnectionStats,
+    retx_pool: Vec<Vec<Retx>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("side", &self.side)
+            .field("local_cid", &format_args!("{:016x}", self.local_cid))
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)]
+    fn base(
+        side: Side,
+        config: Arc<TransportConfig>,
+        identity: Arc<Identity>,
+        local_cid: u64,
+        remote_cid: u64,
+        initial_dcid: u64,
+        remote: SocketAddr,
+        now: Instant,
+        hs: Box<Handshake>,
+    ) -> Self {
+        let mtu = INITIAL_DATAGRAM_SIZE;
+        Self {
+            side,
+            cc: config.congestion.build(mtu),
+            rtt: RttEstimator::new(config.initial_rtt),
+            mtud: Mtud::new(config.max_datagram_size),
+            idle_deadline: now + config.idle_timeout,
+            config,
+            identity,
+            local_cid,
+            remote_cid,
+            initial_dcid,
+            remote,
+            state: State::Handshake,
+            hs: Some(hs),
+            confirmed: false,
+            peer_key: None,
+            send_key: None,
+            recv_key: None,
+            next_pn: 0,
+            replay: ReplayWindow::default(),
+            received: RangeSet::new(),
+            largest_recv_time: None,
+            ack_pending: false,
+            ack_eliciting_since_ack: 0,
+            ack_deadline: None,
+            ack_now: false,
+            sent: VecDeque::new(),
+            sent_base: 0,
+            in_flight: 0,
+            eliciting_in_flight: 0,
+            largest_acked: None,
+            loss_time: None,
+            pto_count: 0,
+            last_eliciting_sent: None,
+            probes: 0,
+            pacer: Pacer::new(mtu),
+            pace_until: None,
+            app_limited: true,
+            ping_pending: false,
+            handshake_done_pending: false,
+            close_frame: None,
+            close_send_pending: false,
+            streams: None,
+            peer_params: None,
+            events: VecDeque::new(),
+            last_sent: now,
+            last_now: now,
+            stats: ConnectionStats { mtu, ..Default::default() },
+            retx_pool: Vec::new(),
+        }
+    }
+
+    /// Starts a handshake towards `remote`.
+    pub(crate) fn new_initiator(
+        config: Arc<TransportConfig>,
+        identity: Arc<Identity>,
+        local_cid: u64,
+        initial_dcid: u64,
+        remote: SocketAddr,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Result<Self, snow::Error> {
+        let mut noise =
+            crypto::build_handshake(true, &identity.static_secret, &identity.static_pub, &identity.psk, seed)?;
+        let mut payload = [0u8; 40];
+        let n = Params::from_config(&config).encode(&mut payload);
+        let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
+        let len = noise.write_message(&payload[..n], &mut msg)?;
+        msg.truncate(len);
+        let hs = Box::new(Handshake {
+            noise: Some(noise),
+            msg,
+            token: Vec::new(),
+            send_pending: true,
+            timer: None,
+            backoff: 0,
+            first_sent: None,
+            retransmitted: false,
+            deadline: now + config.handshake_timeout,
+            recv_bytes: 0,
+            sent_bytes: 0,
+            validated: true,
+            retried: false,
+        });
+        Ok(Self::base(Side::Initiator, config, identity, local_cid, initial_dcid, initial_dcid, remote, now, hs))
+    }
+
+    /// Answers a first handshake message that already passed the PSK check in `noise`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new_responder(
+        config: Arc<TransportConfig>,
+        identity: Arc<Identity>,
+        mut noise: snow::HandshakeState,
+        peer: Params,
+        local_cid: u64,
+        remote_cid: u64,
+        initial_dcid: u64,
+        remote: SocketAddr,
+        recv_bytes: u64,
+        validated: bool,
+        now: Instant,
+    ) -> Result<Self, snow::Error> {
+        let mut payload = [0u8; 40];
+        let ours = Params::from_config(&config);
+        let n = ours.encode(&mut payload);
+        let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
+        let len = noise.write_message(&payload[..n], &mut msg)?;
+        msg.truncate(len);
+        let hs = Box::new(Handshake {
+            noise: Some(noise),
+            msg,
+            token: Vec::new(),
+            send_pending: true,
+            timer: None,
+            backoff: 0,
+            first_sent: None,
+            retransmitted: false,
+            deadline: now + config.handshake_timeout,
+            recv_bytes,
+            sent_bytes: 0,
+            validated,
+            retried: validated,
+        });
+        let mut c =
+            Self::base(Side::Responder, config, identity, local_cid, remote_cid, initial_dcid, remote, now, hs);
+        c.peer_params = Some(peer);
+        if peer.encryption != ours.encryption {
+            // Answer anyway so the initiator learns our setting and fails with the same error.
+            c.fail(now, ConnectionError::EncryptionMismatch { local: ours.encryption, peer: peer.encryption });
+        }
+        Ok(c)
+    }
+
+    // ---- Application API ----
+
+    /// Opens a new stream.
+    pub fn open(&mut self) -> Result<StreamId, StreamError> {
+        self.live_streams()?.open()
+    }
+
+    /// Queues bytes on a stream; returns how many flow control accepted (possibly 0).
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let streams = self.live_streams()?;
+        // Copy only what flow control will accept.
+        let n = (streams.credit(id)?.min(data.len() as u64)) as usize;
+        streams.write(id, Bytes::copy_from_slice(&data[..n]))
+    }
+
+    /// Queues shared bytes on a stream without copying; returns how many were accepted.
+    pub fn write_bytes(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
+        self.live_streams()?.write(id, data)
+    }
+
+    /// Ends the stream after the bytes written so far.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.live_streams()?.finish(id)
+    }
+
+    /// Abandons sending on a stream with an application error code.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        self.live_streams()?.reset(id, code)
+    }
+
+    /// Reads up to `max` ordered bytes. `Ok(None)`: the stream ended and everything was read.
+    /// `Err(StreamError::Blocked)`: nothing yet; a [`Event::StreamReadable`] follows.
+    pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, StreamError> {
+        let streams = self.streams.as_mut().ok_or(StreamError::NotConnected)?;
+        streams.read(id, max)
+    }
+
+    /// Closes the connection with an application code and reason (at most 1024 bytes are sent).
+    pub fn close(&mut self, now: Instant, code: u64, reason: &[u8]) {
+        let reason = &reason[..reason.len().min(frame::MAX_REASON_LEN)];
+        self.close_with(now, code, reason, ConnectionError::LocallyClosed);
+    }
+
+    // ---- Inputs ----
+
+    /// Handles one datagram addressed to this connection.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+        self.last_now = self.last_now.max(now);
+        let Ok((kind, _)) = packet::parse_prefix(&data) else { return };
+        if let Some(hs) = self.hs.as_mut() {
+            if !hs.validated && from == self.remote {
+                hs.recv_bytes += data.len() as u64;
+            }
+        }
+        match self.state {
+            State::Drained => return,
+            State::Draining { .. } => return,
+            State::Closing { .. } => {
+                if kind == Kind::Data && self.send_key.is_some() {
+                    self.close_send_pending = true;
+                }
+                if self.side == Side::Responder && kind == Kind::Initial {
+                    // A failed handshake still answers retransmitted first messages (bounded by 3x).
+                    if let Some(hs) = self.hs.as_mut() {
+                        hs.send_pending = true;
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        match kind {
+            Kind::Initial => {
+                if self.side == Side::Responder && self.state == State::Handshake {
+                    if let Some(hs) = self.hs.as_mut() {
+                        hs.send_pending = true;
+                    }
+                }
+            }
+            Kind::Retry => self.handle_retry(&data),
+            Kind::Handshake => self.handle_handshake(now, &data),
+            Kind::Data => self.handle_data(now, from, data),
+        }
+    }
+
+    /// Handles expired timers. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        match self.state {
+            State::Drained => return,
+            State::Closing { until } | State::Draining { until } => {
+                if now >= until {
+                    self.state = State::Drained;
+                }
+                return;
+            }
+            State::Handshake => {
+                if let Some(hs) = &self.hs {
+                    if now >= hs.deadline {
+                        self.lost(ConnectionError::HandshakeTimedOut);
+                        return;
+                    }
+                }
+            }
+            State::Established => {}
+        }
+        if now >= self.idle_deadline && self.state == State::Established {
+            self.lost(ConnectionError::TimedOut);
+            return;
+        }
+        let pto = self.pto_base();
+        if let Some(hs) = self.hs.as_mut() {
+            if hs.timer.is_some_and(|t| now >= t) {
+                hs.send_pending = true;
+                hs.retransmitted = true;
+                hs.backoff = (hs.backoff + 1).min(6);
+                hs.timer = None;
+                self.stats.handshake_retransmits += 1;
+            }
+        }
+        if self.state != State::Established {
+            return;
+        }
+        let _ = pto;
+        if self.ack_deadline.is_some_and(|t| now >= t) {
+            self.ack_now = true;
+            self.ack_deadline = None;
+        }
+        if self.loss_time.is_some_and(|t| now >= t) {
+            self.detect_lost(now);
+        } else if self.pto_deadline().is_some_and(|t| now >= t) {
+            self.pto_count = (self.pto_count + 1).min(16);
+            self.probes = 2;
+            self.ping_pending = true;
+        }
+        if let Some(k) = self.config.keep_alive {
+            if now >= self.last_sent + k {
+                self.ping_pending = true;
+            }
+        }
+    }
+
+    // ---- Outputs ----
+
+    /// Writes the next datagram(s) to send into `buf` (at least 1452 bytes, more to batch).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.last_now = self.last_now.max(now);
+        if let Some(n) = self.write_handshake(now, buf) {
+            return Some(self.transmit(n, None));
+        }
+        match self.state {
+            State::Established => {}
+            State::Closing { .. } if self.close_send_pending => {
+                self.close_send_pending = false;
+                let n = self.write_close(buf)?;
+                return Some(self.transmit(n, None));
+            }
+            _ => return None,
+        }
+        if let Some(size) = self.mtud.due(now) {
+            if buf.len() >= usize::from(size) && self.can_send_eliciting(now, u64::from(size)) {
+                let n = self.write_data(now, &mut buf[..usize::from(size)], Some(size))?;
+                return Some(self.transmit(n, None));
+            }
+        }
+        let mtu = usize::from(self.mtud.current);
+        let mut total = 0;
+        let mut count = 0;
+        while count < self.config.max_gso_segments.max(1) && buf.len() - total >= mtu {
+            let Some(n) = self.write_data(now, &mut buf[total..total + mtu], None) else { break };
+            total += n;
+            count += 1;
+            if n < mtu {
+                break;
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        Some(self.transmit(total, (count > 1).then_some(mtu)))
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        match self.state {
+            State::Drained => return None,
+            State::Closing { until } | State::Draining { until } => return Some(until),
+            State::Handshake => {
+                if let Some(hs) = &self.hs {
+                    at(Some(hs.deadline));
+                    at(hs.timer);
+                }
+                return t;
+            }
+            State::Established => {}
+        }
+        if let Some(hs) = &self.hs {
+            at(hs.timer);
+        }
+        at(Some(self.idle_deadline));
+        at(self.ack_deadline);
+        at(self.loss_time.or_else(|| self.pto_deadline()));
+        at(self.config.keep_alive.map(|k| self.last_sent + k));
+        if self.has_eliciting_to_send() {
+            at(self.pace_until);
+        }
+        // A probe that is due but waits for congestion window is sent on the next ack, not a timer.
+        at(self.mtud.next_probe.filter(|&t| t > self.last_now && self.mtud.probe.is_none() && self.mtud.candidate().is_some()));
+        t
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- Introspection ----
+
+    /// Which side of the handshake this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The peer's device key, once the handshake has revealed it.
+    pub fn peer_key(&self) -> Option<[u8; 32]> {
+        self.peer_key
+    }
+
+    /// The peer's current address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Whether the handshake completed and the connection is not closing.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// Whether the connection is gone for good.
+    pub fn is_drained(&self) -> bool {
+        self.state == State::Drained
+    }
+
+    /// Bytes in flight (sent, ack-eliciting, neither acknowledged nor lost).
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// The congestion window in bytes.
+    pub fn congestion_window(&self) -> u64 {
+        self.cc.window()
+    }
+
+    /// The smoothed RTT.
+    pub fn rtt(&self) -> Duration {
+        self.rtt.get()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats;
+        s.mtu = self.mtud.current;
+        s
+    }
+
+    /// Stream bytes written but not yet acknowledged by the peer.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.streams.as_ref().map_or(0, |s| s.unacked_bytes())
+    }
+
+    pub(crate) fn local_cid(&self) -> u64 {
+        self.local_cid
+    }
+
+    pub(crate) fn initial_dcid(&self) -> u64 {
+        self.initial_dcid
+    }
+
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.state == State::Handshake
+    }
+
+    // ---- Internals: state changes ----
+
+    fn live_streams(&mut self) -> Result<&mut Streams, StreamError> {
+        if self.state != State::Established {
+            return Err(StreamError::NotConnected);
+        }
+        self.streams.as_mut().ok_or(StreamError::NotConnected)
+    }
+
+    fn transmit(&self, size: usize, segment_size: Option<usize>) -> Transmit {
+        Transmit { destination: self.remote, size, segment_size }
+    }
+
+    fn pto_base(&self) -> Duration {
+        self.rtt.pto_base() + self.config.max_ack_delay
+    }
+
+    fn pto_deadline(&self) -> Option<Instant> {
+        if self.eliciting_in_flight == 0 {
+            return None;
+        }
+        let backoff = 1u32 << self.pto_count.min(16);
+        Some(self.last_eliciting_sent? + self.pto_base() * backoff)
+    }
+
+    /// Ends the connection without sending anything.
+    fn lost(&mut self, reason: ConnectionError) {
+        if self.state != State::Drained {
+            self.events.push_back(Event::ConnectionLost { reason });
+            self.state = State::Drained;
+        }
+    }
+
+    /// Ends a connection whose handshake cannot complete, keeping the state a short while so the
+    /// peer's retransmissions still get our last message (and thus the same error).
+    fn fail(&mut self, now: Instant, reason: ConnectionError) {
+        self.events.push_back(Event::ConnectionLost { reason });
+        self.state = State::Closing { until: now + 3 * self.pto_base() };
+    }
+
+    fn close_with(&mut self, now: Instant, code: u64, reason: &[u8], error: ConnectionError) {
+        match self.state {
+            State::Established => {
+                self.close_frame = Some((code, Bytes::copy_from_slice(reason)));
+                self.close_send_pending = true;
+                self.events.push_back(Event::ConnectionLost { reason: error });
+                self.state = State::Closing { until: now + 3 * self.pto_base() };
+            }
+            State::Handshake => self.lost(error),
+            _ => {}
+        }
+    }
+
+    fn violation(&mut self, now: Instant, reason: &'static str) {
+        tracing::debug!(reason, "rdt: closing on protocol violation");
+        self.close_with(now, CODE_PROTOCOL_VIOLATION, reason.as_bytes(), ConnectionError::ProtocolViolation { reason });
+    }
+
+    // ---- Internals: handshake ----
+
+    fn handle_retry(&mut self, data: &[u8]) {
+        if self.side != Side::Initiator || self.state != State::Handshake {
+            return;
+        }
+        let Ok(p) = packet::parse_long(data) else { return };
+        let Some(hs) = self.hs.as_mut() else { return };
+        if hs.retried || p.src != self.initial_dcid || p.token.is_empty() {
+            return;
+        }
+        let tag = crypto::retry_tag(&self.identity.psk, &data[..p.tagged_len]);
+        if !crypto::ct_eq(&tag, p.payload) {
+            self.stats.auth_failures += 1;
+            return;
+        }
+        hs.retried = true;
+        hs.token = p.token.to_vec();
+        hs.send_pending = true;
+    }
+
+    fn handle_handshake(&mut self, now: Instant, data: &[u8]) {
+        let Ok(p) = packet::parse_long(data) else { return };
+        let Some(hs) = self.hs.as_mut() else { return };
+        let Some(noise) = hs.noise.as_mut() else { return };
+        if self.state != State::Handshake || !noise.is_my_turn() && noise.is_handshake_finished() {
+            return;
+        }
+        let mut payload = [0u8; packet::MAX_NOISE_LEN];
+        match self.side {
+            Side::Initiator => {
+                // Message 2: the responder's ephemeral and static keys and its parameters.
+                let Ok(n) = noise.read_message(p.payload, &mut payload) else {
+                    self.stats.auth_failures += 1;
+                    return;
+                };
+                let Some(peer) = Params::decode(&payload[..n]) else {
+                    self.lost(ConnectionError::ProtocolViolation { reason: "bad handshake parameters" });
+                    return;
+                };
+                if let (Some(t), false) = (hs.first_sent, hs.retransmitted) {
+                    self.rtt.update(Duration::ZERO, now.saturating_duration_since(t));
+                }
+                self.remote_cid = p.src;
+                if peer.encryption != self.config.encryption {
+                    self.lost(ConnectionError::EncryptionMismatch {
+                        local: self.config.encryption,
+                        peer: peer.encryption,
+                    });
+                    return;
+                }
+                let Some(key) = remote_static(noise) else { return };
+                let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
+                let Ok(len) = noise.write_message(&[], &mut msg) else { return };
+                msg.truncate(len);
+                let (k_i2r, k_r2i) = noise.dangerously_get_raw_split();
+                hs.noise = None;
+                hs.msg = msg;
+                hs.send_pending = true;
+                hs.backoff = 0;
+                hs.retransmitted = false;
+                hs.timer = None;
+                let suite = self.config.cipher;
+                self.establish(now, key, &k_i2r, &k_r2i, suite, peer);
+            }
+            Side::Responder => {
+                // Message 3: the initiator's static key.
+                let Ok(_) = noise.read_message(p.payload, &mut payload) else {
+                    self.stats.auth_failures += 1;
+                    return;
+                };
+                let Some(key) = remote_static(noise) else { return };
+                let (k_i2r, k_r2i) = noise.dangerously_get_raw_split();
+                if let (Some(t), false) = (hs.first_sent, hs.retransmitted) {
+                    self.rtt.update(Duration::ZERO, now.saturating_duration_since(t));
+                }
+                self.hs = None;
+                let Some(peer) = self.peer_params else { return };
+                self.handshake_done_pending = true;
+                self.establish(now, key, &k_r2i, &k_i2r, peer.suite, peer);
+            }
+        }
+    }
+
+    fn establish(&mut self, now: Instant, key: [u8; 32], send: &[u8; 32], recv: &[u8; 32], suite: CipherSuite, peer: Params) {
+        let enc = self.config.encryption;
+        self.send_key = Some(PacketKey::new(suite, send, enc));
+        self.recv_key = Some(PacketKey::new(suite, recv, enc));
+        self.peer_key = Some(key);
+        let local = Params::from_config(&self.config).limits;
+        self.streams = Some(Streams::new(self.side == Side::Initiator, local, peer.limits));
+        self.peer_params = Some(peer);
+        self.state = State::Established;
+        self.idle_deadline = now + self.config.idle_timeout;
+        self.mtud.next_probe = Some(now);
+        if !self.identity.allows(&key) {
+            tracing::debug!("rdt: refusing peer device key");
+            self.close_with(now, CODE_KEY_REFUSED, b"device key not allowed", ConnectionError::PeerKeyRefused { key });
+            return;
+        }
+        self.events.push_back(Event::Connected { peer_key: key });
+    }
+
+    fn write_handshake(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let pto = self.pto_base();
+        let side = self.side;
+        let (local, remote) = (self.local_cid, self.remote_cid);
+        let hs = self.hs.as_mut()?;
+        if !hs.send_pending {
+            return None;
+        }
+        if matches!(self.state, State::Drained | State::Draining { .. }) {
+            return None;
+        }
+        let initial = side == Side::Initiator && hs.noise.is_some();
+        let kind = if initial { Kind::Initial } else { Kind::Handshake };
+        let mut n = packet::write_long(buf, kind, remote, local, &hs.token, &hs.msg)?;
+        if initial {
+            let pad = usize::from(INITIAL_DATAGRAM_SIZE);
+            if buf.len() < pad {
+                return None;
+            }
+            buf[n..pad].fill(0);
+            n = pad;
+        }
+        if !hs.validated && hs.sent_bytes + n as u64 > 3 * hs.recv_bytes {
+            // Anti-amplification: wait for more bytes from the unvalidated peer.
+            return None;
+        }
+        hs.sent_bytes += n as u64;
+        hs.send_pending = false;
+        if hs.first_sent.is_none() {
+            hs.first_sent = Some(now);
+        }
+        if side == Side::Initiator {
+            hs.timer = Some(now + pto.max(Duration::from_millis(1)) * (1 << hs.backoff) + pto);
+        }
+        self.stats.sent_packets += 1;
+        self.stats.sent_bytes += n as u64;
+        Some(n)
+    }
+
+    // ---- Internals: data packets ----
+
+    fn handle_data(&mut self, now: Instant, from: SocketAddr, mut data: BytesMut) {
+        let Some(key) = self.recv_key.as_ref() else { return };
+        if data.len() < DATA_HEADER_LEN + TAG_LEN {
+            return;
+        }
+        let truncated = u32::from_be_bytes(data[9..13].try_into().expect("length checked"));
+        let pn = packet::decode_pn(truncated, self.replay.largest());
+        if !self.replay.is_fresh(pn) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let Ok(body_len) = key.open(pn, &mut data, DATA_HEADER_LEN) else {
+            self.stats.auth_failures += 1;
+            return;
+        };
+        // Authenticated from here on.
+        self.replay.mark(pn);
+        self.stats.recv_packets += 1;
+        self.idle_deadline = now + self.config.idle_timeout.max(3 * self.pto_base());
+        if self.side == Side::Initiator && !self.confirmed {
+            self.confirmed = true;
+            self.hs = None;
+        }
+        let largest_before = self.received.max();
+        if largest_before.is_none_or(|l| pn > l) {
+            self.largest_recv_time = Some(now);
+            if from != self.remote {
+                self.remote = from;
+            }
+        }
+        let out_of_order = largest_before.is_some_and(|l| pn < l || pn > l + 1);
+        self.received.insert_one(pn);
+        self.received.truncate_low(64);
+        let datagram_len = data.len();
+        let bytes = data.freeze();
+        let body = bytes.slice(DATA_HEADER_LEN..DATA_HEADER_LEN + body_len);
+        let mut eliciting = false;
+        for f in Decoder::new(&body) {
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(error = %e, "rdt: bad frame");
+                    self.violation(now, "malformed frame");
+                    return;
+                }
+            };
+            match f {
+                Frame::Padding | Frame::Ack(_) | Frame::Close { .. } => {}
+                _ => eliciting = true,
+            }
+            if let Err(reason) = self.handle_frame(now, f, &body, datagram_len) {
+                self.violation(now, reason);
+                return;
+            }
+            if self.state != State::Established {
+                return;
+            }
+        }
+        if eliciting {
+            self.ack_pending = true;
+            self.ack_eliciting_since_ack += 1;
+            if out_of_order {
+                self.ack_now = true;
+            }
+            if self.ack_deadline.is_none() {
+                self.ack_deadline = Some(now + self.config.max_ack_delay);
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, now: Instant, f: Frame<'_>, body: &Bytes, datagram_len: usize) -> Result<(), &'static str> {
+        let events = &mut self.events;
+        match f {
+            Frame::Padding | Frame::Ping => {}
+            Frame::Ack(ack) => self.on_ack(now, ack)?,
+            Frame::Stream { id, offset, fin, data } => {
+                // Small frames are copied so a tiny frame cannot pin a whole datagram in memory.
+                let bytes = if data.len() * 4 < datagram_len {
+                    Bytes::copy_from_slice(&body[data])
+                } else {
+                    body.slice(data)
+                };
+                let streams = self.streams.as_mut().ok_or("stream frame before handshake")?;
+                streams.on_stream_frame(id, offset, fin, bytes, events).map_err(Violation::reason)?;
+            }
+            Frame::MaxData(m) => self.streams.as_mut().ok_or("early frame")?.on_max_data(m, events),
+            Frame::MaxStreamData { id, max } => self
+                .streams
+                .as_mut()
+                .ok_or("early frame")?
+                .on_max_stream_data(id, max, events)
+                .map_err(Violation::reason)?,
+            Frame::MaxStreams(m) => self.streams.as_mut().ok_or("early frame")?.on_max_streams(m),
+            Frame::ResetStream { id, code, final_size } => self
+                .streams
+                .as_mut()
+                .ok_or("early frame")?
+                .on_reset(id, code, final_size, events)
+                .map_err(Violation::reason)?,
+            Frame::Close { code, reason } => {
+                let reason = match code {
+                    CODE_KEY_REFUSED => ConnectionError::RefusedByPeer,
+                    CODE_ENCRYPTION_MISMATCH => ConnectionError::EncryptionMismatch {
+                        local: self.config.encryption,
+                        peer: !self.config.encryption,
+                    },
+                    _ => ConnectionError::PeerClosed { code, reason: String::from_utf8_lossy(reason).into_owned() },
+                };
+                self.events.push_back(Event::ConnectionLost { reason });
+                self.state = State::Draining { until: now + 3 * self.pto_base() };
+            }
+            Frame::HandshakeDone => {
+                if self.side != Side::Initiator {
+                    return Err("handshake-done from the initiator");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, now: Instant, ack: frame::AckFrame<'_>) -> Result<(), &'static str> {
+        if ack.largest >= self.next_pn {
+            return Err("ack of an unsent packet");
+        }
+        if self.largest_acked.is_none_or(|l| ack.largest > l) {
+            self.largest_acked = Some(ack.largest);
+        }
+        let mut newly_eliciting = false;
+        let mut largest_newly: Option<Instant> = None;
+        let end = self.sent_base + self.sent.len() as u64;
+        for r in ack.iter() {
+            let lo = r.start.max(self.sent_base);
+            let hi = r.end.min(end);
+            for pn in lo..hi {
+                let idx = (pn - self.sent_base) as usize;
+                let Some(p) = self.sent[idx].take() else { continue };
+                if pn == ack.largest {
+                    largest_newly = Some(p.time);
+                }
+                newly_eliciting |= p.ack_eliciting;
+                self.on_packet_acked(now, p);
+            }
+        }
+        if let (Some(sent), true) = (largest_newly, newly_eliciting) {
+            let delay = Duration::from_micros(ack.delay_us).min(self.config.max_ack_delay);
+            self.rtt.update(delay, now.saturating_duration_since(sent));
+        }
+        if largest_newly.is_some() || newly_eliciting {
+            self.pto_count = 0;
+        }
+        self.detect_lost(now);
+        self.trim_sent();
+        Ok(())
+    }
+
+    fn on_packet_acked(&mut self, now: Instant, mut p: SentPacket) {
+        if p.ack_eliciting {
+            self.in_flight -= u64::from(p.size);
+            self.eliciting_in_flight -= 1;
+            self.cc.on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
+        }
+        if p.mtu_probe {
+            self.mtud.probe = None;
+            self.mtud.lo = p.size;
+            self.mtud.fails = 0;
+            self.mtud.current = p.size;
+            self.mtud.next_probe = Some(now);
+            self.cc.on_mtu_update(p.size);
+        }
+        if p.size > INITIAL_DATAGRAM_SIZE {
+            self.mtud.black_hole_losses = 0;
+        }
+        let events = &mut self.events;
+        for r in p.retx.drain(..) {
+            if let (Retx::Stream(m), Some(s)) = (r, self.streams.as_mut()) {
+                s.on_frame_acked(&m, events);
+            } else if let (Retx::Reset(id), Some(s)) = (r, self.streams.as_mut()) {
+                s.on_reset_result(id, true);
+            }
+        }
+        self.retx_pool.push(p.retx);
+    }
+
+    fn detect_lost(&mut self, now: Instant) {
+        self.loss_time = None;
+        let Some(largest) = self.largest_acked else { return };
+        let delay = (self.rtt.latest().max(self.rtt.get()) * 9 / 8).max(Duration::from_millis(1));
+        let mut lost_newest: Option<Instant> = None;
+        let mut idx = 0;
+        while idx < self.sent.len() {
+            let pn = self.sent_base + idx as u64;
+            if pn > largest {
+                break;
+            }
+            let Some(p) = &self.sent[idx] else {
+                idx += 1;
+                continue;
+            };
+            if p.time + delay <= now || largest >= pn + 3 {
+                let p = self.sent[idx].take().expect("checked above");
+                if !p.mtu_probe {
+                    lost_newest = Some(lost_newest.map_or(p.time, |t| t.max(p.time)));
+                }
+                self.on_packet_lost(now, p);
+            } else {
+                let t = p.time + delay;
+                self.loss_time = Some(self.loss_time.map_or(t, |x| x.min(t)));
+            }
+            idx += 1;
+        }
+        if let Some(sent) = lost_newest {
+            self.stats.congestion_events += 1;
+            self.cc.on_congestion_event(now, sent, false);
+        }
+    }
+
+    fn on_packet_lost(&mut self, now: Instant, mut p: SentPacket) {
+        self.stats.lost_packets += 1;
+        if p.ack_eliciting {
+            self.in_flight -= u64::from(p.size);
+            self.eliciting_in_flight -= 1;
+        }
+        if p.mtu_probe {
+            self.mtud.probe = None;
+            self.mtud.fails += 1;
+            if self.mtud.fails >= 3 {
+                self.mtud.hi = p.size;
+                self.mtud.fails = 0;
+            }
+            self.mtud.next_probe = Some(now);
+        } else if p.size > INITIAL_DATAGRAM_SIZE {
+            self.mtud.black_hole_losses += 1;
+            if self.mtud.black_hole_losses >= BLACK_HOLE_THRESHOLD {
+                // Large packets keep disappearing while the path once carried them: fall back.
+                tracing::debug!("rdt: path MTU black hole, falling back to 1200");
+                self.stats.black_holes += 1;
+                self.mtud.current = INITIAL_DATAGRAM_SIZE;
+                self.mtud.lo = INITIAL_DATAGRAM_SIZE;
+                self.mtud.hi = self.mtud.max + 1;
+                self.mtud.black_hole_losses = 0;
+                self.mtud.next_probe = Some(now + self.config.mtu_probe_retry);
+                self.cc.on_mtu_update(INITIAL_DATAGRAM_SIZE);
+            }
+        }
+        for r in p.retx.drain(..) {
+            match r {
+                Retx::Stream(m) => {
+                    if let Some(s) = self.streams.as_mut() {
+                        s.on_frame_lost(&m);
+                    }
+                }
+                Retx::MaxData => {
+                    if let Some(s) = self.streams.as_mut() {
+                        s.max_data_pending = true;
+                    }
+                }
+                Retx::MaxStreams => {
+                    if let Some(s) = self.streams.as_mut() {
+                        s.max_streams_pending = true;
+                    }
+                }
+                Retx::Credit(id) => {
+                    if let Some(s) = self.streams.as_mut() {
+                        s.on_credit_lost(id);
+                    }
+                }
+                Retx::Reset(id) => {
+                    if let Some(s) = self.streams.as_mut() {
+                        s.on_reset_result(id, false);
+                    }
+                }
+                Retx::HandshakeDone => self.handshake_done_pending = true,
+            }
+        }
+        self.retx_pool.push(p.retx);
+    }
+
+    fn trim_sent(&mut self) {
+        while let Some(None) = self.sent.front() {
+            self.sent.pop_front();
+            self.sent_base += 1;
+        }
+    }
+
+    fn has_eliciting_to_send(&self) -> bool {
+        self.ping_pending
+            || self.handshake_done_pending
+            || self.streams.as_ref().is_some_and(|s| s.has_pending() || s.max_data_pending || s.max_streams_pending)
+    }
+
+    fn ack_due(&self, now: Instant) -> bool {
+        self.ack_pending
+            && (self.ack_now
+                || self.ack_eliciting_since_ack >= self.config.ack_frequency
+                || self.ack_deadline.is_some_and(|t| now >= t))
+    }
+
+    /// Whether congestion control and pacing allow an ack-eliciting packet of `size` now.
+    fn can_send_eliciting(&mut self, now: Instant, size: u64) -> bool {
+        if self.probes > 0 {
+            return true;
+        }
+        if self.in_flight + size > self.cc.window() {
+            // An acknowledgement, not a timer, unblocks this.
+            self.app_limited = false;
+            self.pace_until = None;
+            return false;
+        }
+        if self.config.pacing {
+            let rtt = if self.rtt.has_sample() { self.rtt.get() } else { self.config.initial_rtt };
+            if let Some(t) = self.pacer.delay(now, size, self.mtud.current, self.cc.window(), rtt) {
+                self.pace_until = Some(t);
+                return false;
+            }
+        }
+        self.pace_until = None;
+        true
+    }
+
+    /// Writes one Data packet into `buf` (whose length is the datagram limit). `probe` is the size
+    /// of an MTU probe to pad to.
+    fn write_data(&mut self, now: Instant, buf: &mut [u8], probe: Option<u16>) -> Option<usize> {
+        let limit = buf.len();
+        let eliciting_ok = self.has_eliciting_to_send() || probe.is_some();
+        let can_elicit = eliciting_ok && self.can_send_eliciting(now, limit as u64);
+        let ack = self.ack_due(now) || (can_elicit && self.ack_pending);
+        if !ack && !can_elicit {
+            if !eliciting_ok {
+                self.app_limited = true;
+            }
+            return None;
+        }
+        let pn = self.next_pn;
+        let mut retx = self.retx_pool.pop().unwrap_or_default();
+        let end = limit - TAG_LEN;
+        let mut w = Writer::new(&mut buf[..end], DATA_HEADER_LEN);
+        if ack {
+            let delay = self.largest_recv_time.map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64);
+            if frame::write_ack(&mut w, &self.received, delay, end - DATA_HEADER_LEN) {
+                self.ack_pending = false;
+                self.ack_now = false;
+                self.ack_eliciting_since_ack = 0;
+                self.ack_deadline = None;
+            }
+        }
+        let mut eliciting = false;
+        if can_elicit {
+            if probe.is_some() {
+                w.u8(frame::ty::PING);
+                eliciting = true;
+            } else {
+                if self.handshake_done_pending && w.remaining() >= 1 {
+                    w.u8(frame::ty::HANDSHAKE_DONE);
+                    self.handshake_done_pending = false;
+                    retx.push(Retx::HandshakeDone);
+                    eliciting = true;
+                }
+                if let Some(s) = self.streams.as_mut() {
+                    if s.max_data_pending && w.remaining() >= 9 {
+                        w.u8(frame::ty::MAX_DATA);
+                        w.varint(s.recv_max_data());
+                        s.max_data_pending = false;
+                        retx.push(Retx::MaxData);
+                        eliciting = true;
+                    }
+                    if s.max_streams_pending && w.remaining() >= 9 {
+                        w.u8(frame::ty::MAX_STREAMS);
+                        w.varint(s.local_max_streams());
+                        s.max_streams_pending = false;
+                        retx.push(Retx::MaxStreams);
+                        eliciting = true;
+                    }
+                    let mut resets = Vec::new();
+                    let mut credits = Vec::new();
+                    s.write_control(&mut w, &mut resets, &mut credits);
+                    for id in resets {
+                        retx.push(Retx::Reset(id));
+                        eliciting = true;
+                    }
+                    for id in credits {
+                        retx.push(Retx::Credit(id));
+                        eliciting = true;
+                    }
+                    while w.remaining() > 8 {
+                        let Some(m) = s.write_stream_frame(&mut w) else { break };
+                        retx.push(Retx::Stream(m));
+                        eliciting = true;
+                    }
+                }
+                if !eliciting && self.ping_pending && w.remaining() >= 1 {
+                    w.u8(frame::ty::PING);
+                    eliciting = true;
+                }
+            }
+        }
+        if eliciting {
+            self.ping_pending = false;
+        }
+        let mut len = w.pos;
+        if len == DATA_HEADER_LEN {
+            self.retx_pool.push(retx);
+            return None;
+        }
+        if let Some(size) = probe {
+            let target = usize::from(size) - TAG_LEN;
+            buf[len..target].fill(0);
+            len = target;
+        }
+        packet::write_data_header(buf, self.remote_cid, pn);
+        let key = self.send_key.as_ref().expect("established connections have keys");
+        let n = key.seal(pn, buf, DATA_HEADER_LEN, len);
+        self.next_pn += 1;
+        if eliciting && self.probes > 0 {
+            self.probes -= 1;
+            self.stats.probe_packets += 1;
+        }
+        let size = n as u16;
+        if eliciting {
+            self.in_flight += u64::from(size);
+            self.eliciting_in_flight += 1;
+            self.last_eliciting_sent = Some(now);
+            self.cc.on_sent(now, u64::from(size));
+            self.pacer.on_sent(u64::from(size));
+        }
+        if probe.is_some() {
+            self.mtud.probe = Some((pn, size));
+        }
+        self.sent.push_back(Some(SentPacket { time: now, size, ack_eliciting: eliciting, mtu_probe: probe.is_some(), retx }));
+        if !eliciting {
+            // Ack-only packets are never acknowledged themselves; forget them at once.
+            if let Some(Some(p)) = self.sent.back_mut().map(Option::take) {
+                self.retx_pool.push(p.retx);
+            }
+            self.trim_sent();
+        }
+        self.last_sent = now;
+        self.stats.sent_packets += 1;
+        self.stats.sent_bytes += n as u64;
+        Some(n)
+    }
+
+    fn write_close(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let (code, reason) = self.close_frame.clone()?;
+        let key = self.send_key.as_ref()?;
+        let need = DATA_HEADER_LEN + 1 + 8 + 8 + reason.len() + TAG_LEN;
+        if buf.len() < need {
+            return None;
+        }
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let mut w = Writer::new(buf, DATA_HEADER_LEN);
+        w.u8(frame::ty::CLOSE);
+        w.varint(code);
+        w.varint(reason.len() as u64);
+        w.slice(&reason);
+        let len = w.pos;
+        packet::write_data_header(buf, self.remote_cid, pn);
+        let n = key.seal(pn, buf, DATA_HEADER_LEN, len);
+        // Keep our record of packet numbers dense.
+        self.sent.push_back(None);
+        self.trim_sent();
+        Some(n)
+    }
+}
+
+fn remote_static(noise: &snow::HandshakeState) -> Option<[u8; 32]> {
+    noise.get_remote_static()?.try_into().ok()
+}
+
+/// Draws a random connection id.
+pub(crate) fn random_cid(rng: &mut ChaCha20Rng) -> u64 {
+    rng.next_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_round_trip_and_reject() {
+        let p = Params::from_config(&TransportConfig::default());
+        let mut b = [0u8; 40];
+        let n = p.encode(&mut b);
+        assert_eq!(Params::decode(&b[..n]), Some(p));
+        for cut in 0..n {
+            assert_eq!(Params::decode(&b[..cut]), None);
+        }
+        b[1] = 7;
+        assert_eq!(Params::decode(&b[..n]), None);
+    }
+}

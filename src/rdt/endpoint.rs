@@ -1,0 +1,360 @@
+//! The endpoint: one per UDP socket. It owns the connections, routes datagrams to them by
+//! connection id, accepts handshakes, answers floods with stateless retries and aggregates the
+//! connections' transmits, timers and events.
+//!
+//! Refusals happen here, as cheaply as possible, and are counted by [`DropReason`]: a datagram
+//! that is not ours, is truncated, or names no connection costs a header parse; a first handshake
+//! message without the share key costs the PSK check (hashing and one AEAD open, no Diffie-Hellman)
+//! and leaves no state behind.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use core::net::SocketAddr;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::rdt::conn::{self, Connection, Identity, Params};
+use crate::rdt::crypto::{self, TokenKey};
+use crate::rdt::packet::{self, Kind};
+use crate::rdt::{EndpointConfig, Event, RetryPolicy, Transmit, TransportConfig, INITIAL_DATAGRAM_SIZE};
+
+/// Identifies a connection within its endpoint. Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionHandle(pub u64);
+
+/// Why the endpoint dropped a datagram without any state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a well-formed rdt header (wrong version, unknown kind, truncated).
+    #[error("malformed packet header")]
+    Malformed,
+    /// Names a connection id we do not have.
+    #[error("unknown connection id")]
+    UnknownConnection,
+    /// A first handshake message in a datagram under 1200 bytes.
+    #[error("initial packet not padded to 1200 bytes")]
+    InitialTooSmall,
+    /// A first handshake message failed the PSK check (wrong share key, corrupted, or garbage).
+    #[error("handshake refused: wrong share key or corrupted first message")]
+    HandshakeAuth,
+    /// Handshake parameters could not be decoded.
+    #[error("handshake parameters malformed")]
+    BadParams,
+    /// The endpoint does not accept incoming connections.
+    #[error("not accepting connections")]
+    NotAccepting,
+    /// Too many handshakes in progress.
+    #[error("too many pending handshakes")]
+    Overloaded,
+    /// A retry token was invalid or expired.
+    #[error("invalid retry token")]
+    BadToken,
+}
+
+/// Endpoint counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// The last drop reason.
+    pub last_drop: Option<DropReason>,
+    /// Retry packets sent.
+    pub retries_sent: u64,
+    /// Connections accepted (handshakes started as responder).
+    pub accepted: u64,
+}
+
+impl EndpointStats {
+    /// How many datagrams were dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.dropped.get(&format!("{reason:?}")).copied().unwrap_or(0)
+    }
+}
+
+/// The endpoint. See the module docs.
+pub struct Endpoint {
+    config: Arc<TransportConfig>,
+    identity: Arc<Identity>,
+    accept: bool,
+    retry: RetryPolicy,
+    max_pending: usize,
+    rng: ChaCha20Rng,
+    token_key: TokenKey,
+    epoch: Option<Instant>,
+    conns: BTreeMap<u64, Connection>,
+    by_cid: HashMap<u64, u64>,
+    by_initial: HashMap<(SocketAddr, u64), u64>,
+    next_handle: u64,
+    rr: u64,
+    stateless: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<(ConnectionHandle, Event)>,
+    stats: EndpointStats,
+}
+
+const MAX_STATELESS_QUEUE: usize = 64;
+
+impl Endpoint {
+    /// A new endpoint.
+    pub fn new(config: EndpointConfig) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
+        let token_key = TokenKey::new(&crypto::seed_from(&mut rng));
+        let mut transport = config.transport;
+        transport.max_datagram_size = transport.max_datagram_size.max(INITIAL_DATAGRAM_SIZE);
+        Self {
+            identity: Arc::new(Identity {
+                static_pub: crypto::public_key(&config.static_secret),
+                static_secret: config.static_secret,
+                psk: config.psk,
+                allowed: config.allowed_peers,
+            }),
+            config: Arc::new(transport),
+            accept: config.accept,
+            retry: config.retry,
+            max_pending: config.max_pending_handshakes,
+            rng,
+            token_key,
+            epoch: None,
+            conns: BTreeMap::new(),
+            by_cid: HashMap::new(),
+            by_initial: HashMap::new(),
+            next_handle: 0,
+            rr: 0,
+            stateless: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// This endpoint's device (static) public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.identity.static_pub
+    }
+
+    /// Starts a connection to `remote`; the handle reports [`Event::Connected`] or
+    /// [`Event::ConnectionLost`].
+    pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> ConnectionHandle {
+        let local = self.fresh_cid();
+        let initial_dcid = self.rng.next_u64();
+        let seed = crypto::seed_from(&mut self.rng);
+        let conn = Connection::new_initiator(self.config.clone(), self.identity.clone(), local, initial_dcid, remote, seed, now)
+            .expect("the Noise pattern and our own keys are valid");
+        self.insert(conn)
+    }
+
+    /// The connection behind a handle, while it exists.
+    pub fn connection(&mut self, h: ConnectionHandle) -> Option<&mut Connection> {
+        self.conns.get_mut(&h.0)
+    }
+
+    /// The connection behind a handle, read-only.
+    pub fn connection_ref(&self, h: ConnectionHandle) -> Option<&Connection> {
+        self.conns.get(&h.0)
+    }
+
+    /// Handles of the live connections.
+    pub fn handles(&self) -> Vec<ConnectionHandle> {
+        self.conns.keys().map(|&k| ConnectionHandle(k)).collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+        self.epoch.get_or_insert(now);
+        let (kind, dst) = match packet::parse_prefix(&data) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::trace!(error = %e, %from, "rdt: dropping datagram");
+                return self.drop(DropReason::Malformed);
+            }
+        };
+        let target = match kind {
+            Kind::Initial => self.by_initial.get(&(from, dst)).or_else(|| self.by_cid.get(&dst)).copied(),
+            _ => self.by_cid.get(&dst).copied(),
+        };
+        if let Some(h) = target {
+            if let Some(c) = self.conns.get_mut(&h) {
+                c.handle_datagram(now, from, data);
+            }
+            return;
+        }
+        if kind != Kind::Initial {
+            return self.drop(DropReason::UnknownConnection);
+        }
+        if let Err(reason) = self.accept_initial(now, from, &data) {
+            tracing::debug!(%from, %reason, "rdt: refusing handshake");
+            self.drop(reason);
+        }
+    }
+
+    /// Handles expired timers of every connection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for c in self.conns.values_mut() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+        self.reap();
+    }
+
+    /// Writes the next datagram(s) to send into `buf` (at least 1452 bytes; a multiple of the
+    /// datagram size lets several go out as one GSO batch).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((to, bytes)) = self.stateless.pop_front() {
+            if buf.len() >= bytes.len() {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                return Some(Transmit { destination: to, size: bytes.len(), segment_size: None });
+            }
+        }
+        // Round robin, starting after the connection that sent last.
+        let keys: Vec<u64> = self.conns.range(self.rr + 1..).chain(self.conns.range(..=self.rr)).map(|(&k, _)| k).collect();
+        for k in keys {
+            let c = self.conns.get_mut(&k).expect("key from the map");
+            if let Some(t) = c.poll_transmit(now, buf) {
+                self.rr = k;
+                return Some(t);
+            }
+        }
+        self.reap();
+        None
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns.values().filter_map(Connection::poll_timeout).min()
+    }
+
+    /// The next event of any connection.
+    pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        for (&k, c) in self.conns.iter_mut() {
+            if let Some(e) = c.poll_event() {
+                return Some((ConnectionHandle(k), e));
+            }
+        }
+        None
+    }
+
+    fn drop(&mut self, reason: DropReason) {
+        *self.stats.dropped.entry(format!("{reason:?}")).or_default() += 1;
+        self.stats.last_drop = Some(reason);
+    }
+
+    fn fresh_cid(&mut self) -> u64 {
+        loop {
+            let cid = conn::random_cid(&mut self.rng);
+            if !self.by_cid.contains_key(&cid) {
+                return cid;
+            }
+        }
+    }
+
+    fn insert(&mut self, conn: Connection) -> ConnectionHandle {
+        let h = self.next_handle;
+        self.next_handle += 1;
+        self.by_cid.insert(conn.local_cid(), h);
+        self.conns.insert(h, conn);
+        ConnectionHandle(h)
+    }
+
+    /// Removes drained connections, keeping their last events.
+    fn reap(&mut self) {
+        let dead: Vec<u64> = self.conns.iter().filter(|(_, c)| c.is_drained()).map(|(&k, _)| k).collect();
+        for k in dead {
+            let mut c = self.conns.remove(&k).expect("key from the map");
+            while let Some(e) = c.poll_event() {
+                self.events.push_back((ConnectionHandle(k), e));
+            }
+            self.by_cid.remove(&c.local_cid());
+            if c.side() == crate::rdt::Side::Responder {
+                self.by_initial.remove(&(c.remote_address(), c.initial_dcid()));
+                self.by_initial.retain(|_, v| *v != k);
+            }
+        }
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        self.epoch.map_or(0, |e| now.saturating_duration_since(e).as_millis() as u64)
+    }
+
+    fn accept_initial(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Result<(), DropReason> {
+        if !self.accept {
+            return Err(DropReason::NotAccepting);
+        }
+        if data.len() < usize::from(INITIAL_DATAGRAM_SIZE) {
+            return Err(DropReason::InitialTooSmall);
+        }
+        let p = packet::parse_long(data).map_err(|_| DropReason::Malformed)?;
+        let pending = self.conns.values().filter(|c| c.is_handshaking()).count();
+        let validated = if p.token.is_empty() {
+            let want_retry = match self.retry {
+                RetryPolicy::Never => false,
+                RetryPolicy::Always => true,
+                RetryPolicy::WhenPendingAbove(n) => pending > n,
+            };
+            if want_retry {
+                self.send_retry(now, from, p.src, p.dst);
+                return Ok(());
+            }
+            false
+        } else {
+            if !self.token_key.check(p.token, from, p.src, p.dst, self.now_ms(now)) {
+                return Err(DropReason::BadToken);
+            }
+            true
+        };
+        if pending >= self.max_pending {
+            return Err(DropReason::Overloaded);
+        }
+        // The PSK check: hashing and one AEAD open, no Diffie-Hellman.
+        let seed = crypto::seed_from(&mut self.rng);
+        let id = &self.identity;
+        let mut noise = crypto::build_handshake(false, &id.static_secret, &id.static_pub, &id.psk, seed)
+            .map_err(|_| DropReason::HandshakeAuth)?;
+        let mut payload = [0u8; packet::MAX_NOISE_LEN];
+        let n = noise.read_message(p.payload, &mut payload).map_err(|_| DropReason::HandshakeAuth)?;
+        let peer = Params::decode(&payload[..n]).ok_or(DropReason::BadParams)?;
+        let local = self.fresh_cid();
+        let conn = Connection::new_responder(
+            self.config.clone(),
+            self.identity.clone(),
+            noise,
+            peer,
+            local,
+            p.src,
+            p.dst,
+            from,
+            data.len() as u64,
+            validated,
+            now,
+        )
+        .map_err(|_| DropReason::HandshakeAuth)?;
+        let h = self.insert(conn);
+        self.by_initial.insert((from, p.dst), h.0);
+        self.stats.accepted += 1;
+        Ok(())
+    }
+
+    fn send_retry(&mut self, now: Instant, to: SocketAddr, client_cid: u64, odcid: u64) {
+        if self.stateless.len() >= MAX_STATELESS_QUEUE {
+            return self.drop(DropReason::Overloaded);
+        }
+        let token = self.token_key.issue(to, client_cid, odcid, self.now_ms(now));
+        let mut buf = vec![0u8; 128];
+        let n = packet::write_long(&mut buf, Kind::Retry, client_cid, odcid, &token, &[]).expect("buffer fits a retry");
+        let tag = crypto::retry_tag(&self.identity.psk, &buf[..n]);
+        buf[n..n + packet::TAG_LEN].copy_from_slice(&tag);
+        buf.truncate(n + packet::TAG_LEN);
+        self.stats.retries_sent += 1;
+        self.stateless.push_back((to, buf));
+    }
+}

@@ -1,0 +1,708 @@
+//! Streams: ordered byte streams with per-stream and per-connection flow control.
+//!
+//! Stream ids are `2 n + s` where `s` is the opener's side (0 initiator, 1 responder) and `n` counts
+//! that side's streams from 1; stream 0 is the control stream, open on both sides from the start.
+//! Every stream is bidirectional. A side may open only as many streams as the peer's cumulative
+//! MAX_STREAMS allows, and the peer raises it as streams close, so the number of live streams is
+//! bounded by configuration.
+//!
+//! Send side: written bytes are kept (as `Bytes` chunks, no copy) until acknowledged; lost ranges go
+//! to a retransmission set and are re-sent as new frames, possibly split differently.
+//! Receive side: out-of-order segments wait in a map keyed by offset, non-overlapping, until the gap
+//! before them fills. The peer may send only up to the offsets we advertised, and the sum of those
+//! is capped by the connection window, so buffered bytes never exceed the configured windows.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::rdt::frame::{self, Writer};
+use crate::rdt::range_set::RangeSet;
+use crate::rdt::Event;
+
+/// A stream id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u64);
+
+impl StreamId {
+    /// The ordered control stream, open from the start on both sides.
+    pub const CONTROL: StreamId = StreamId(0);
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream {}", self.0)
+    }
+}
+
+/// Errors from stream operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// No such stream (never opened, or already closed and forgotten).
+    #[error("unknown stream")]
+    UnknownStream,
+    /// Nothing to read now; a `StreamReadable` event follows when there is.
+    #[error("no data ready")]
+    Blocked,
+    /// The peer reset the stream with this code.
+    #[error("stream reset by peer with code {0}")]
+    Reset(u64),
+    /// The stream was already finished or reset locally.
+    #[error("stream already finished")]
+    Finished,
+    /// The connection is not established (handshake pending or closed).
+    #[error("connection not established")]
+    NotConnected,
+    /// The peer allows no more streams now.
+    #[error("peer stream limit reached")]
+    StreamLimit,
+}
+
+/// What a sent STREAM frame carried, kept to retransmit or release it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamMeta {
+    pub id: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub fin: bool,
+}
+
+/// Violations of the stream rules by the peer (the connection closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    FlowControl,
+    StreamLimit,
+    FinalSize,
+    BadStream,
+}
+
+impl Violation {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::FlowControl => "peer exceeded flow-control credit",
+            Self::StreamLimit => "peer exceeded stream limit",
+            Self::FinalSize => "peer changed a stream's final size",
+            Self::BadStream => "peer used a stream we never opened",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SendStream {
+    chunks: VecDeque<(u64, Bytes)>,
+    write_offset: u64,
+    sent_offset: u64,
+    max_data: u64,
+    acked: RangeSet,
+    acked_below: u64,
+    retransmit: RangeSet,
+    fin: bool,
+    fin_sent: bool,
+    fin_acked: bool,
+    fin_lost: bool,
+    reset: Option<u64>,
+    reset_pending: bool,
+    reset_acked: bool,
+    blocked: bool,
+    queued: bool,
+}
+
+impl SendStream {
+    fn has_pending(&self) -> bool {
+        if self.reset.is_some() {
+            return false;
+        }
+        !self.retransmit.is_empty()
+            || self.sent_offset < self.write_offset
+            || (self.fin && (!self.fin_sent || self.fin_lost))
+    }
+
+    fn is_done(&self) -> bool {
+        (self.fin && self.fin_acked && self.acked_below >= self.write_offset) || self.reset_acked
+    }
+
+    /// Copies `range` of written data into `out`.
+    fn copy(&self, range: Range<u64>, out: &mut [u8]) {
+        let mut i = self.chunks.partition_point(|(off, b)| off + b.len() as u64 <= range.start);
+        let mut pos = range.start;
+        let mut o = 0;
+        while pos < range.end {
+            let (off, b) = &self.chunks[i];
+            let from = (pos - off) as usize;
+            let n = (b.len() - from).min((range.end - pos) as usize);
+            out[o..o + n].copy_from_slice(&b[from..from + n]);
+            o += n;
+            pos += n as u64;
+            i += 1;
+        }
+    }
+
+    fn on_ack(&mut self, r: Range<u64>) {
+        self.acked.insert(r.clone());
+        self.retransmit.remove(r);
+        if let Some(first) = self.acked.first() {
+            if first.start <= self.acked_below {
+                self.acked_below = self.acked_below.max(first.end);
+                self.acked.remove(0..self.acked_below);
+            }
+        }
+        while let Some((off, b)) = self.chunks.front() {
+            if off + b.len() as u64 <= self.acked_below {
+                self.chunks.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RecvStream {
+    segments: BTreeMap<u64, Bytes>,
+    received: RangeSet,
+    read_offset: u64,
+    highest: u64,
+    final_size: Option<u64>,
+    max_data: u64,
+    reset: Option<u64>,
+    done: bool,
+    notified: bool,
+    credit_pending: bool,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    send: SendStream,
+    recv: RecvStream,
+}
+
+/// All streams of a connection.
+#[derive(Debug)]
+pub(crate) struct Streams {
+    side: u64,
+    map: BTreeMap<u64, Stream>,
+    next_local: u64,
+    peer_max_streams: u64,
+    local_max_streams: u64,
+    remote_closed: RangeSet,
+    pub max_streams_pending: bool,
+    send_queue: VecDeque<u64>,
+    // Connection flow control, send side.
+    send_max_data: u64,
+    written: u64,
+    // Connection flow control, receive side.
+    recv_max_data: u64,
+    recv_highest_total: u64,
+    read_total: u64,
+    pub max_data_pending: bool,
+    conn_window: u64,
+    stream_window: u64,
+    initial_peer_stream_window: u64,
+    credit_queue: VecDeque<u64>,
+    reset_queue: VecDeque<u64>,
+}
+
+/// Initial flow-control parameters exchanged in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub max_data: u64,
+    pub max_stream_data: u64,
+    pub max_streams: u64,
+}
+
+impl Streams {
+    pub fn new(initiator: bool, local: Limits, peer: Limits) -> Self {
+        let mut s = Self {
+            side: if initiator { 0 } else { 1 },
+            map: BTreeMap::new(),
+            next_local: 1,
+            peer_max_streams: peer.max_streams,
+            local_max_streams: local.max_streams,
+            remote_closed: RangeSet::new(),
+            max_streams_pending: false,
+            send_queue: VecDeque::new(),
+            send_max_data: peer.max_data,
+            written: 0,
+            recv_max_data: local.max_data,
+            recv_highest_total: 0,
+            read_total: 0,
+            max_data_pending: false,
+            conn_window: local.max_data,
+            stream_window: local.max_stream_data,
+            initial_peer_stream_window: peer.max_stream_data,
+            credit_queue: VecDeque::new(),
+            reset_queue: VecDeque::new(),
+        };
+        s.insert(0);
+        s
+    }
+
+    fn insert(&mut self, id: u64) {
+        let mut st = Stream::default();
+        st.send.max_data = self.initial_peer_stream_window;
+        st.recv.max_data = self.stream_window;
+        self.map.insert(id, st);
+    }
+
+    fn is_local(&self, id: u64) -> bool {
+        id == 0 && self.side == 0 || id != 0 && id & 1 == self.side
+    }
+
+    /// Opens a new local stream.
+    pub fn open(&mut self) -> Result<StreamId, StreamError> {
+        if self.next_local > self.peer_max_streams {
+            return Err(StreamError::StreamLimit);
+        }
+        let id = 2 * self.next_local + self.side;
+        self.next_local += 1;
+        self.insert(id);
+        Ok(StreamId(id))
+    }
+
+    /// Accepts as much of `data` as flow control allows; returns the count.
+    pub fn write(&mut self, id: StreamId, mut data: Bytes) -> Result<usize, StreamError> {
+        let conn_credit = self.send_max_data - self.written;
+        let st = self.map.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        let s = &mut st.send;
+        if s.fin || s.reset.is_some() {
+            return Err(StreamError::Finished);
+        }
+        let credit = (s.max_data - s.write_offset).min(conn_credit);
+        let n = (data.len() as u64).min(credit) as usize;
+        if n < data.len() {
+            s.blocked = true;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        data.truncate(n);
+        s.chunks.push_back((s.write_offset, data));
+        s.write_offset += n as u64;
+        self.written += n as u64;
+        if !s.queued {
+            s.queued = true;
+            self.send_queue.push_back(id.0);
+        }
+        Ok(n)
+    }
+
+    /// How many bytes a write on `id` would accept now.
+    pub fn credit(&self, id: StreamId) -> Result<u64, StreamError> {
+        let st = self.map.get(&id.0).ok_or(StreamError::UnknownStream)?;
+        if st.send.fin || st.send.reset.is_some() {
+            return Err(StreamError::Finished);
+        }
+        Ok((st.send.max_data - st.send.write_offset).min(self.send_max_data - self.written))
+    }
+
+    /// Marks the end of the stream.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let st = self.map.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        if st.send.fin || st.send.reset.is_some() {
+            return Err(StreamError::Finished);
+        }
+        st.send.fin = true;
+        if !st.send.queued {
+            st.send.queued = true;
+            self.send_queue.push_back(id.0);
+        }
+        Ok(())
+    }
+
+    /// Abandons sending on the stream.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        let st = self.map.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        if st.send.reset.is_some() || st.send.fin_acked {
+            return Err(StreamError::Finished);
+        }
+        st.send.reset = Some(code);
+        st.send.reset_pending = true;
+        st.send.chunks.clear();
+        st.send.retransmit.clear();
+        self.reset_queue.push_back(id.0);
+        Ok(())
+    }
+
+    /// Reads up to `max` ordered bytes. `Ok(None)` means the stream ended and all was read.
+    pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, StreamError> {
+        let st = self.map.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
+        let r = &mut st.recv;
+        if let Some(code) = r.reset {
+            return Err(StreamError::Reset(code));
+        }
+        let Some(mut entry) = r.segments.first_entry() else {
+            if r.final_size == Some(r.read_offset) {
+                if !r.done {
+                    r.done = true;
+                    self.maybe_remove(id.0);
+                }
+                return Ok(None);
+            }
+            r.notified = false;
+            return Err(StreamError::Blocked);
+        };
+        if *entry.key() != r.read_offset {
+            r.notified = false;
+            return Err(StreamError::Blocked);
+        }
+        let chunk = if entry.get().len() <= max {
+            entry.remove()
+        } else {
+            let head = entry.get_mut().split_to(max);
+            let rest = r.segments.remove(&r.read_offset).expect("entry exists");
+            r.segments.insert(r.read_offset + max as u64, rest);
+            head
+        };
+        let n = chunk.len() as u64;
+        r.read_offset += n;
+        self.read_total += n;
+        // Raise the stream's credit once half its window is consumed.
+        if r.final_size.is_none() && r.max_data - r.read_offset < self.stream_window / 2 {
+            r.max_data = r.read_offset + self.stream_window;
+            if !r.credit_pending {
+                r.credit_pending = true;
+                self.credit_queue.push_back(id.0);
+            }
+        }
+        if self.recv_max_data - self.read_total < self.conn_window / 2 {
+            self.recv_max_data = self.read_total + self.conn_window;
+            self.max_data_pending = true;
+        }
+        Ok(Some(chunk))
+    }
+
+    fn maybe_remove(&mut self, id: u64) {
+        let Some(st) = self.map.get(&id) else { return };
+        if !(st.recv.done && st.send.is_done()) {
+            return;
+        }
+        self.map.remove(&id);
+        if !self.is_local(id) {
+            self.remote_closed.insert_one(id / 2);
+            if id != 0 {
+                self.local_max_streams += 1;
+                self.max_streams_pending = true;
+            }
+        }
+    }
+
+    /// Looks up (or, for a valid new peer stream, creates) the stream a frame refers to.
+    fn remote_get(&mut self, id: u64, events: &mut VecDeque<Event>) -> Result<Option<&mut Stream>, Violation> {
+        if !self.map.contains_key(&id) {
+            if self.is_local(id) {
+                return if id / 2 < self.next_local { Ok(None) } else { Err(Violation::BadStream) };
+            }
+            let n = id / 2;
+            if self.remote_closed.contains(n) {
+                return Ok(None);
+            }
+            if n > self.local_max_streams {
+                return Err(Violation::StreamLimit);
+            }
+            self.insert(id);
+            events.push_back(Event::StreamOpened { id: StreamId(id) });
+        }
+        Ok(self.map.get_mut(&id))
+    }
+
+    /// Handles a received STREAM frame.
+    pub fn on_stream_frame(
+        &mut self,
+        id: u64,
+        offset: u64,
+        fin: bool,
+        data: Bytes,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), Violation> {
+        let recv_limit = self.recv_max_data;
+        let mut total = self.recv_highest_total;
+        let Some(st) = self.remote_get(id, events)? else { return Ok(()) };
+        let r = &mut st.recv;
+        let end = offset + data.len() as u64;
+        if end > r.max_data {
+            return Err(Violation::FlowControl);
+        }
+        if let Some(f) = r.final_size {
+            if end > f || (fin && end != f) {
+                return Err(Violation::FinalSize);
+            }
+        } else if fin {
+            if end < r.highest {
+                return Err(Violation::FinalSize);
+            }
+            r.final_size = Some(end);
+        }
+        if end > r.highest {
+            total += end - r.highest;
+            if total > recv_limit {
+                return Err(Violation::FlowControl);
+            }
+            r.highest = end;
+        }
+        if r.reset.is_none() {
+            // Store only the parts not yet received, so segments never overlap.
+            let mut pos = offset.max(r.read_offset);
+            while pos < end {
+                // Skip over what is already there.
+                let covered = r.received.iter().find(|x| x.start <= pos && x.end > pos).map(|x| x.end);
+                if let Some(c) = covered {
+                    pos = c;
+                    continue;
+                }
+                let next_start = r
+                    .received
+                    .iter()
+                    .map(|x| x.start)
+                    .find(|&s| s > pos)
+                    .unwrap_or(u64::MAX)
+                    .min(end);
+                let piece = data.slice((pos - offset) as usize..(next_start - offset) as usize);
+                r.segments.insert(pos, piece);
+                r.received.insert(pos..next_start);
+                pos = next_start;
+            }
+            let readable = r.segments.first_key_value().is_some_and(|(&k, _)| k == r.read_offset)
+                || r.final_size == Some(r.read_offset);
+            if readable && !r.notified {
+                r.notified = true;
+                events.push_back(Event::StreamReadable { id: StreamId(id) });
+            }
+        }
+        self.recv_highest_total = total;
+        Ok(())
+    }
+
+    /// Handles RESET_STREAM.
+    pub fn on_reset(&mut self, id: u64, code: u64, final_size: u64, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+        let limit = self.recv_max_data;
+        let mut total = self.recv_highest_total;
+        let Some(st) = self.remote_get(id, events)? else { return Ok(()) };
+        let r = &mut st.recv;
+        if r.final_size.is_some_and(|f| f != final_size) || final_size < r.highest || final_size > r.max_data {
+            return Err(Violation::FinalSize);
+        }
+        total += final_size - r.highest;
+        if total > limit {
+            return Err(Violation::FlowControl);
+        }
+        r.highest = final_size;
+        r.final_size = Some(final_size);
+        if r.reset.is_none() {
+            r.reset = Some(code);
+            r.done = true;
+            let unread = final_size - r.read_offset;
+            r.segments.clear();
+            events.push_back(Event::StreamReset { id: StreamId(id), code });
+            self.read_total += unread;
+        }
+        self.recv_highest_total = total;
+        self.maybe_remove(id);
+        Ok(())
+    }
+
+    /// Handles MAX_STREAM_DATA.
+    pub fn on_max_stream_data(&mut self, id: u64, max: u64, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+        let Some(st) = self.remote_get(id, events)? else { return Ok(()) };
+        if max > st.send.max_data {
+            st.send.max_data = max;
+            if st.send.blocked {
+                st.send.blocked = false;
+                events.push_back(Event::StreamWritable { id: StreamId(id) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles MAX_DATA.
+    pub fn on_max_data(&mut self, max: u64, events: &mut VecDeque<Event>) {
+        if max > self.send_max_data {
+            self.send_max_data = max;
+            for (&id, st) in self.map.iter_mut() {
+                if st.send.blocked {
+                    st.send.blocked = false;
+                    events.push_back(Event::StreamWritable { id: StreamId(id) });
+                }
+            }
+        }
+    }
+
+    /// Handles MAX_STREAMS.
+    pub fn on_max_streams(&mut self, max: u64) {
+        self.peer_max_streams = self.peer_max_streams.max(max);
+    }
+
+    /// The cumulative stream limit we grant the peer.
+    pub fn local_max_streams(&self) -> u64 {
+        self.local_max_streams
+    }
+
+    /// The connection-level credit we grant the peer.
+    pub fn recv_max_data(&self) -> u64 {
+        self.recv_max_data
+    }
+
+    /// A STREAM frame was acknowledged.
+    pub fn on_frame_acked(&mut self, m: &StreamMeta, events: &mut VecDeque<Event>) {
+        let Some(st) = self.map.get_mut(&m.id) else { return };
+        let s = &mut st.send;
+        if s.reset.is_some() {
+            return;
+        }
+        s.on_ack(m.offset..m.offset + m.len);
+        if m.fin {
+            s.fin_acked = true;
+            s.fin_lost = false;
+        }
+        if s.is_done() {
+            events.push_back(Event::StreamFinished { id: StreamId(m.id) });
+            self.maybe_remove(m.id);
+        }
+    }
+
+    /// A STREAM frame was lost: queue its unacknowledged bytes again.
+    pub fn on_frame_lost(&mut self, m: &StreamMeta) {
+        let Some(st) = self.map.get_mut(&m.id) else { return };
+        let s = &mut st.send;
+        if s.reset.is_some() {
+            return;
+        }
+        let start = m.offset.max(s.acked_below);
+        let end = m.offset + m.len;
+        if start < end {
+            s.retransmit.insert(start..end);
+            for r in s.acked.iter().collect::<Vec<_>>() {
+                if r.start < end && r.end > start {
+                    s.retransmit.remove(r);
+                }
+            }
+        }
+        if m.fin && !s.fin_acked {
+            s.fin_lost = true;
+        }
+        if s.has_pending() && !s.queued {
+            s.queued = true;
+            self.send_queue.push_back(m.id);
+        }
+    }
+
+    /// A RESET_STREAM was acknowledged or lost.
+    pub fn on_reset_result(&mut self, id: u64, acked: bool) {
+        let Some(st) = self.map.get_mut(&id) else { return };
+        if acked {
+            st.send.reset_acked = true;
+            self.maybe_remove(id);
+        } else if !st.send.reset_pending {
+            st.send.reset_pending = true;
+            self.reset_queue.push_back(id);
+        }
+    }
+
+    /// A MAX_STREAM_DATA frame was lost: send the current value again.
+    pub fn on_credit_lost(&mut self, id: u64) {
+        if let Some(st) = self.map.get_mut(&id) {
+            if !st.recv.credit_pending && st.recv.final_size.is_none() {
+                st.recv.credit_pending = true;
+                self.credit_queue.push_back(id);
+            }
+        }
+    }
+
+    /// Whether any stream has data, fin, resets or credit to send.
+    pub fn has_pending(&self) -> bool {
+        !self.send_queue.is_empty() || !self.credit_queue.is_empty() || !self.reset_queue.is_empty()
+    }
+
+    /// Writes pending RESET_STREAM and MAX_STREAM_DATA frames that fit; records them in `resets`
+    /// and `credits`.
+    pub fn write_control(&mut self, w: &mut Writer<'_>, resets: &mut Vec<u64>, credits: &mut Vec<u64>) {
+        while let Some(&id) = self.reset_queue.front() {
+            let Some(st) = self.map.get_mut(&id) else {
+                self.reset_queue.pop_front();
+                continue;
+            };
+            let code = st.send.reset.unwrap_or(0);
+            let need = 1 + 8 + 8 + 8;
+            if w.remaining() < need {
+                return;
+            }
+            w.u8(frame::ty::RESET_STREAM);
+            w.varint(id);
+            w.varint(code);
+            w.varint(st.send.write_offset);
+            st.send.reset_pending = false;
+            resets.push(id);
+            self.reset_queue.pop_front();
+        }
+        while let Some(&id) = self.credit_queue.front() {
+            let Some(st) = self.map.get_mut(&id) else {
+                self.credit_queue.pop_front();
+                continue;
+            };
+            if w.remaining() < 1 + 8 + 8 {
+                return;
+            }
+            w.u8(frame::ty::MAX_STREAM_DATA);
+            w.varint(id);
+            w.varint(st.recv.max_data);
+            st.recv.credit_pending = false;
+            credits.push(id);
+            self.credit_queue.pop_front();
+        }
+    }
+
+    /// Writes one STREAM frame (retransmissions first) if any stream has something and it fits.
+    pub fn write_stream_frame(&mut self, w: &mut Writer<'_>) -> Option<StreamMeta> {
+        while let Some(id) = self.send_queue.pop_front() {
+            let Some(st) = self.map.get_mut(&id) else { continue };
+            let s = &mut st.send;
+            s.queued = false;
+            if !s.has_pending() {
+                continue;
+            }
+            let space = w.remaining();
+            // Choose the range: a retransmission, else new data.
+            let (offset, avail, is_new) = if let Some(r) = s.retransmit.first() {
+                (r.start, r.end - r.start, false)
+            } else {
+                (s.sent_offset, s.write_offset - s.sent_offset, true)
+            };
+            let hdr = frame::stream_header_len(id, offset, avail.min(space as u64));
+            if space < hdr + usize::from(avail > 0) {
+                // Does not fit; keep it queued for the next packet.
+                s.queued = true;
+                self.send_queue.push_front(id);
+                return None;
+            }
+            let len = avail.min((space - hdr) as u64);
+            let end = offset + len;
+            let fin = s.fin && end == s.write_offset && (is_new || s.fin_lost || !s.fin_sent);
+            frame::write_stream_header(w, id, offset, len, fin);
+            let pos = w.pos;
+            s.copy(offset..end, &mut w.buf[pos..pos + len as usize]);
+            w.pos += len as usize;
+            if is_new {
+                s.sent_offset = end;
+            } else {
+                s.retransmit.remove(offset..end);
+            }
+            if fin {
+                s.fin_sent = true;
+                s.fin_lost = false;
+            }
+            if s.has_pending() {
+                s.queued = true;
+                self.send_queue.push_back(id);
+            }
+            return Some(StreamMeta { id, offset, len, fin });
+        }
+        None
+    }
+
+    /// Bytes of stream data written but not yet acknowledged, over all streams.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.map.values().map(|s| s.send.write_offset - s.send.acked_below).sum()
+    }
+}
