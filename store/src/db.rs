@@ -1,1 +1,374 @@
-//! db (work in progress).
+//! RocksDB layout, durability rules and fault hooks.
+//!
+//! ## On-disk format (format version [`FORMAT_VERSION`])
+//!
+//! A store folder holds `lock` (an flock'ed file with the holder's pid) and `db/`, one RocksDB
+//! database with these column families (all keys of objects are the 32 raw id bytes):
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `chunks` | chunk id | encoded chunk: codec byte + payload (BlobDB: values >= 4 KiB live in blob files) |
+//! | `chunk_index` | chunk id | [`IndexEntry`]: plain length u32 LE, codec u8, encoded length u32 LE (9 bytes) |
+//! | `nodes` | node id | encoded node (version byte + postcard) |
+//! | `complete` | node id | empty: the node *and its whole subtree* are stored |
+//! | `refs` | name (`head`, later `peers/<id>`) | 32-byte snapshot node id |
+//! | `scan` | path bytes relative to the share | [`crate::store`] scan-cache record (size, mtime, ctime, inode, file node) |
+//! | `meta` | `format`, `config`, `shallow/<snapshot id>` | u32 LE version; JSON [`crate::StoreConfig`]; snapshots whose trees gc dropped |
+//!
+//! RocksDB's own block compression is off: chunks are compressed by us, once, and the encoded form is
+//! what travels on the wire.
+//!
+//! ## Durability
+//!
+//! - Chunks and nodes are written with the WAL on but unsynced: a killed process (SIGKILL, abort) loses
+//!   nothing it wrote; a power cut may lose the tail, never corrupt what is referenced.
+//! - Write order within an operation: chunks (with their index entries), then nodes bottom-up, each
+//!   node together with its `complete` mark once everything below it is stored; the ref moves last, in
+//!   a **synced** batch. A power cut therefore leaves the previous head or the new one, whole.
+//! - A crash in between leaves at worst unreferenced chunks and nodes: the next `add` finds them in the
+//!   index and reuses them (they count as already stored), and `gc` removes what stays unreferenced.
+//! - "Present" for a node means complete (the mark in `complete`), set bottom-up: a walk may skip a
+//!   complete subtree and still be right after a crash mid-fetch.
+//!
+//! ## Memory
+//!
+//! One budget ([`crate::StoreConfig::memory_budget`]): an LRU block cache of that size, and a write
+//! buffer manager charging all memtables to that cache (at most half of it), shared by every column
+//! family. Values are bounded (a chunk <= chunk_max + 1, a node <= 64 KiB), so RSS does not grow with
+//! the input.
+//!
+//! ## Fault hooks (tests only)
+//!
+//! `LEFT_FAULT=fail-write:N` makes the N-th write batch of the process fail as if the disk were full
+//! ([`Error::DiskFull`]); `LEFT_FAULT=abort-write:N` calls `std::process::abort()` just before the
+//! N-th write batch. The variable is read once per process.
+
+use crate::error::{Error, Result};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Format version written in `meta/format`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Column family names.
+pub mod cf {
+    /// Encoded chunks.
+    pub const CHUNKS: &str = "chunks";
+    /// Chunk index (presence without loading).
+    pub const CHUNK_INDEX: &str = "chunk_index";
+    /// Encoded nodes.
+    pub const NODES: &str = "nodes";
+    /// Completeness marks.
+    pub const COMPLETE: &str = "complete";
+    /// Refs.
+    pub const REFS: &str = "refs";
+    /// Scan cache.
+    pub const SCAN: &str = "scan";
+    /// Meta.
+    pub const META: &str = "meta";
+    /// All of them.
+    pub const ALL: [&str; 7] = [CHUNKS, CHUNK_INDEX, NODES, COMPLETE, REFS, SCAN, META];
+}
+
+/// Chunk index record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Plain length.
+    pub len: u32,
+    /// Codec byte.
+    pub codec: u8,
+    /// Encoded length (codec byte included).
+    pub enc_len: u32,
+}
+
+impl IndexEntry {
+    /// 9-byte encoding.
+    pub fn to_bytes(self) -> [u8; 9] {
+        let mut b = [0u8; 9];
+        b[..4].copy_from_slice(&self.len.to_le_bytes());
+        b[4] = self.codec;
+        b[5..].copy_from_slice(&self.enc_len.to_le_bytes());
+        b
+    }
+    /// Parses the 9-byte encoding.
+    pub fn from_bytes(b: &[u8]) -> Result<IndexEntry> {
+        if b.len() != 9 {
+            return Err(Error::corrupt("chunk index entry has a bad length"));
+        }
+        Ok(IndexEntry {
+            len: u32::from_le_bytes(b[..4].try_into().expect("4 bytes")),
+            codec: b[4],
+            enc_len: u32::from_le_bytes(b[5..].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Fail(u64),
+    Abort(u64),
+}
+
+fn fault() -> Option<Fault> {
+    static F: OnceLock<Option<Fault>> = OnceLock::new();
+    *F.get_or_init(|| {
+        let v = std::env::var("LEFT_FAULT").ok()?;
+        let (kind, n) = v.split_once(':')?;
+        let n: u64 = n.trim().parse().ok()?;
+        match kind {
+            "fail-write" => Some(Fault::Fail(n)),
+            "abort-write" => Some(Fault::Abort(n)),
+            _ => None,
+        }
+    })
+}
+
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// The opened database.
+pub struct Db {
+    db: DB,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens (or with `create`, creates) the database at `path` within `budget` bytes of memory.
+    pub fn open(path: &Path, create: bool, budget: u64) -> Result<Db> {
+        let budget = budget.max(8 << 20) as usize;
+        let cache = Cache::new_lru_cache(budget);
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+            budget / 2,
+            false,
+            cache.clone(),
+        );
+        let mut opts = Options::default();
+        opts.create_if_missing(create);
+        opts.create_missing_column_families(true);
+        opts.set_write_buffer_manager(&wbm);
+        opts.set_max_open_files(256);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_max_total_wal_size((budget as u64).max(32 << 20));
+        opts.set_keep_log_file_num(2);
+        opts.set_max_log_file_size(1 << 20);
+        opts.set_compression_type(DBCompressionType::None);
+
+        let mut descs = Vec::new();
+        for name in cf::ALL {
+            let mut o = Options::default();
+            o.set_compression_type(DBCompressionType::None);
+            o.set_write_buffer_manager(&wbm);
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_cache_index_and_filter_blocks(true);
+            if name != cf::CHUNKS {
+                t.set_bloom_filter(10.0, false);
+            }
+            o.set_block_based_table_factory(&t);
+            let wb = if name == cf::CHUNKS {
+                budget / 4
+            } else {
+                budget / 16
+            };
+            o.set_write_buffer_size(wb.clamp(1 << 20, 32 << 20));
+            if name == cf::CHUNKS {
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(4096);
+                o.set_blob_file_size(64 << 20);
+                o.set_enable_blob_gc(true);
+                o.set_blob_compression_type(DBCompressionType::None);
+            }
+            descs.push(ColumnFamilyDescriptor::new(name, o));
+        }
+        let db = DB::open_cf_descriptors(&opts, path, descs).map_err(|e| map_err(path, e))?;
+        Ok(Db {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Handle of a column family (all exist after open).
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    /// The raw database (for iteration).
+    pub fn raw(&self) -> &DB {
+        &self.db
+    }
+
+    /// Reads one value.
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(cf), key)
+            .map_err(|e| map_err(&self.path, e))
+    }
+
+    /// Whether a key exists.
+    pub fn exists(&self, cf: &str, key: &[u8]) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(cf), key)
+            .map_err(|e| map_err(&self.path, e))?
+            .is_some())
+    }
+
+    /// Batched presence of many keys.
+    pub fn exists_many(&self, cf: &str, keys: &[&[u8]]) -> Result<Vec<bool>> {
+        let r = self
+            .db
+            .batched_multi_get_cf(self.cf(cf), keys.iter().copied(), false);
+        r.into_iter()
+            .map(|v| v.map(|v| v.is_some()).map_err(|e| map_err(&self.path, e)))
+            .collect()
+    }
+
+    /// Batched reads of many keys.
+    pub fn get_many(&self, cf: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let r = self
+            .db
+            .batched_multi_get_cf(self.cf(cf), keys.iter().copied(), false);
+        r.into_iter()
+            .map(|v| {
+                v.map(|v| v.map(|s| s.to_vec()))
+                    .map_err(|e| map_err(&self.path, e))
+            })
+            .collect()
+    }
+
+    /// Writes a batch (WAL on; `sync` forces it to disk). Honors the fault hooks.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let n = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
+        match fault() {
+            Some(Fault::Fail(k)) if k == n => {
+                return Err(Error::DiskFull {
+                    path: self.path.clone(),
+                })
+            }
+            Some(Fault::Abort(k)) if k == n => std::process::abort(),
+            _ => {}
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| map_err(&self.path, e))
+    }
+
+    /// All keys of a column family, in order (values included).
+    pub fn iter(&self, cf: &str) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_ {
+        let path = self.path.clone();
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::Start)
+            .map(move |r| r.map_err(|e| map_err(&path, e)))
+    }
+
+    /// Keys starting with `prefix`.
+    pub fn iter_prefix<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+        let path = self.path.clone();
+        self.db
+            .iterator_cf(
+                self.cf(cf),
+                IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            )
+            .map(move |r| r.map_err(|e| map_err(&path, e)))
+            .take_while(move |r| {
+                r.as_ref()
+                    .map(|(k, _)| k.starts_with(prefix))
+                    .unwrap_or(true)
+            })
+    }
+
+    /// Flushes memtables and compacts everything, forcing blob garbage collection, so deleted data
+    /// really leaves the disk.
+    pub fn compact_all(&self) -> Result<()> {
+        let p = &self.path;
+        for name in cf::ALL {
+            self.db.flush_cf(self.cf(name)).map_err(|e| map_err(p, e))?;
+        }
+        let chunks = self.cf(cf::CHUNKS);
+        self.db
+            .set_options_cf(
+                chunks,
+                &[
+                    ("blob_garbage_collection_age_cutoff", "1.0"),
+                    ("blob_garbage_collection_force_threshold", "0.0"),
+                ],
+            )
+            .map_err(|e| map_err(p, e))?;
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        co.set_exclusive_manual_compaction(true);
+        for name in cf::ALL {
+            self.db
+                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        self.db
+            .set_options_cf(
+                chunks,
+                &[
+                    ("blob_garbage_collection_age_cutoff", "0.25"),
+                    ("blob_garbage_collection_force_threshold", "1.0"),
+                ],
+            )
+            .map_err(|e| map_err(p, e))?;
+        Ok(())
+    }
+
+    /// Flushes the WAL to disk.
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(|e| map_err(&self.path, e))
+    }
+}
+
+/// Maps a RocksDB error, recognising a full disk.
+pub fn map_err(path: &Path, e: rocksdb::Error) -> Error {
+    let s = e.into_string();
+    if s.contains("No space left") || s.contains("ENOSPC") {
+        Error::DiskFull {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::Db(s)
+    }
+}
+
+/// A write batch that counts the bytes it carries.
+#[derive(Default)]
+pub struct Batch {
+    /// The RocksDB batch.
+    pub inner: WriteBatch,
+    /// Value bytes put so far.
+    pub bytes: u64,
+}
+
+impl Batch {
+    /// Puts a key in a column family.
+    pub fn put(&mut self, db: &Db, cf: &str, key: &[u8], value: &[u8]) {
+        self.bytes += value.len() as u64;
+        self.inner.put_cf(db.cf(cf), key, value);
+    }
+    /// Deletes a key.
+    pub fn delete(&mut self, db: &Db, cf: &str, key: &[u8]) {
+        self.inner.delete_cf(db.cf(cf), key);
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}

@@ -74,7 +74,9 @@ impl FromStr for Hash {
 macro_rules! newtype {
     ($name:ident, $doc:literal) => {
         #[doc = $doc]
-        #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+        #[derive(
+            Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+        )]
         pub struct $name(pub Hash);
 
         impl $name {
@@ -118,7 +120,10 @@ mod tests {
         let h = Hash::of(b"abc");
         let s = h.to_string();
         assert_eq!(s.len(), 64);
-        assert_eq!(s, "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+        assert_eq!(
+            s,
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
         assert_eq!(s.parse::<Hash>().unwrap(), h);
         assert_eq!(h.fmt_short(), "6437b3ac3846");
         assert!("xyz".parse::<Hash>().is_err());

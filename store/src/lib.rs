@@ -21,16 +21,19 @@
 //! later). It is not safe to open one store from two processes: the second gets [`Error::Locked`].
 #![warn(missing_docs)]
 
+mod add;
 pub mod chunker;
 pub mod codec;
 pub mod db;
 mod error;
 mod ids;
+mod maint;
 pub mod node;
+mod restore;
 mod store;
 mod types;
 
 pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};
-pub use store::Store;
+pub use store::{ObjectId, Store};
 pub use types::*;

@@ -1,88 +1,903 @@
-//! The [`Store`] handle (skeleton: bodies being filled in).
+//! The [`Store`] handle: opening and locking, refs, object access for sync (`has_many`, `missing`,
+//! `diff`, `get_*`/`put_*`), and the read side (`resolve`, `snapshot`, `log`, `ls`).
+//!
+//! `add` lives in [`crate::add`], `restore` in [`crate::restore`], `verify` and `gc` in
+//! [`crate::maint`]. Every method takes `&self`; a store-wide read/write lock keeps `gc` from running
+//! while an `add` or a `put_*` is writing objects it has not referenced yet.
 
+use crate::codec;
+use crate::db::{cf, Batch, Db, IndexEntry, FORMAT_VERSION};
+use crate::node::{Child, Content, DirEntry, DirNode, Node, Target};
 use crate::*;
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Component, Path, PathBuf};
+use std::sync::RwLock;
+
+/// An object id: a chunk or a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectId {
+    /// A chunk.
+    Chunk(ChunkId),
+    /// A node.
+    Node(NodeId),
+}
 
 /// An open store (holds the exclusive lock until dropped).
 pub struct Store {
-    #[allow(dead_code)]
-    dir: PathBuf,
-    cfg: StoreConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) cfg: StoreConfig,
+    pub(crate) db: Db,
+    _lock: File,
+    /// Held for reading by writers of objects (add, put), for writing by gc.
+    pub(crate) op: RwLock<()>,
 }
 
-fn todo_err() -> Error {
-    Error::Db("not implemented yet".into())
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    // SAFETY: flock on a valid descriptor owned by `f`.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            return Err(Error::Locked {
+                pid: s.trim().parse().unwrap_or(0),
+            });
+        }
+        return Err(Error::io(&path, err));
+    }
+    f.set_len(0).map_err(|e| Error::io(&path, e))?;
+    write!(f, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
+    Ok(f)
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 impl Store {
-    /// Creates a new store folder (must not exist or be empty).
+    /// Creates a new store folder (must not exist or be empty). Does not create identity keys.
     pub fn create(store_dir: &Path, cfg: StoreConfig) -> Result<Store> {
-        Ok(Store { dir: store_dir.to_path_buf(), cfg })
+        chunker::ChunkSizes {
+            min: cfg.chunk_min,
+            avg: cfg.chunk_avg,
+            max: cfg.chunk_max,
+        }
+        .validate()?;
+        if let Ok(mut rd) = fs::read_dir(store_dir) {
+            if rd.next().is_some() {
+                return Err(Error::AlreadyExists {
+                    path: store_dir.to_path_buf(),
+                });
+            }
+        }
+        fs::create_dir_all(store_dir).map_err(|e| Error::io(store_dir, e))?;
+        let lock = lock(store_dir)?;
+        let db = Db::open(&store_dir.join("db"), true, cfg.memory_budget)?;
+        let mut b = Batch::default();
+        b.put(&db, cf::META, b"format", &FORMAT_VERSION.to_le_bytes());
+        let json = serde_json::to_vec(&cfg).map_err(|e| Error::Invalid(format!("config: {e}")))?;
+        b.put(&db, cf::META, b"config", &json);
+        db.write(b.inner, true)?;
+        Ok(Store {
+            dir: store_dir.to_path_buf(),
+            cfg,
+            db,
+            _lock: lock,
+            op: RwLock::new(()),
+        })
     }
-    /// Opens an existing store, taking an exclusive lock.
+
+    /// Opens an existing store, taking an exclusive lock (flock on a lock file holding the pid):
+    /// a second opener gets [`Error::Locked`].
     pub fn open(store_dir: &Path) -> Result<Store> {
-        Err(Error::NotAStore { path: store_dir.to_path_buf() })
+        let dbdir = store_dir.join("db");
+        if !dbdir.join("CURRENT").exists() {
+            return Err(Error::NotAStore {
+                path: store_dir.to_path_buf(),
+            });
+        }
+        let lock = lock(store_dir)?;
+        // Budget from the recorded config; open with the default first to read it.
+        let db = Db::open(&dbdir, false, StoreConfig::default().memory_budget)?;
+        let ver = db
+            .get(cf::META, b"format")?
+            .ok_or_else(|| Error::NotAStore {
+                path: store_dir.to_path_buf(),
+            })?;
+        let ver = u32::from_le_bytes(
+            ver.get(..4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0xff; 4]),
+        );
+        if ver != FORMAT_VERSION {
+            return Err(Error::Version {
+                found: ver,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let cfg: StoreConfig = serde_json::from_slice(
+            &db.get(cf::META, b"config")?
+                .ok_or_else(|| Error::corrupt("store config is missing"))?,
+        )
+        .map_err(|e| Error::corrupt(format!("store config does not parse: {e}")))?;
+        chunker::ChunkSizes {
+            min: cfg.chunk_min,
+            avg: cfg.chunk_avg,
+            max: cfg.chunk_max,
+        }
+        .validate()?;
+        let db = if cfg.memory_budget != StoreConfig::default().memory_budget {
+            drop(db);
+            Db::open(&dbdir, false, cfg.memory_budget)?
+        } else {
+            db
+        };
+        Ok(Store {
+            dir: store_dir.to_path_buf(),
+            cfg,
+            db,
+            _lock: lock,
+            op: RwLock::new(()),
+        })
     }
+
     /// The store's configuration.
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
     }
+
+    /// The store folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn sizes(&self) -> chunker::ChunkSizes {
+        chunker::ChunkSizes {
+            min: self.cfg.chunk_min,
+            avg: self.cfg.chunk_avg,
+            max: self.cfg.chunk_max,
+        }
+    }
+
     /// Current head snapshot.
     pub fn head(&self) -> Result<Option<NodeId>> {
-        Ok(None)
+        self.get_ref("head")
     }
-    /// Snapshot the share folder (or only the given paths) as the new head.
-    pub fn add(
+
+    /// Reads a ref.
+    pub fn get_ref(&self, name: &str) -> Result<Option<NodeId>> {
+        match self.db.get(cf::REFS, name.as_bytes())? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 32] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::corrupt(format!("ref {name} is corrupt")))?;
+                Ok(Some(NodeId(Hash(b))))
+            }
+        }
+    }
+
+    /// Moves a ref to a snapshot whose tree must be complete (synced batch).
+    pub fn set_ref(&self, name: &str, id: NodeId) -> Result<()> {
+        if !self.has_nodes(&[id])?[0] {
+            return Err(Error::not_found(format!(
+                "snapshot {id} is not completely stored"
+            )));
+        }
+        let mut b = Batch::default();
+        b.put(&self.db, cf::REFS, name.as_bytes(), id.as_bytes());
+        self.db.write(b.inner, true)
+    }
+
+    /// All refs (name, snapshot).
+    pub fn refs(&self) -> Result<Vec<(String, NodeId)>> {
+        let mut out = Vec::new();
+        for r in self.db.iter(cf::REFS) {
+            let (k, v) = r?;
+            let b: [u8; 32] = (*v)
+                .try_into()
+                .map_err(|_| Error::corrupt("a ref is corrupt"))?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), NodeId(Hash(b))));
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- objects
+
+    /// Batched presence of chunks (from the index: never loads a chunk).
+    pub fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let keys: Vec<&[u8]> = ids.iter().map(|i| &i.as_bytes()[..]).collect();
+        self.db.exists_many(cf::CHUNK_INDEX, &keys)
+    }
+
+    /// Batched presence of nodes, where present means complete (whole subtree stored).
+    pub fn has_nodes(&self, ids: &[NodeId]) -> Result<Vec<bool>> {
+        let keys: Vec<&[u8]> = ids.iter().map(|i| &i.as_bytes()[..]).collect();
+        self.db.exists_many(cf::COMPLETE, &keys)
+    }
+
+    /// Batched presence of chunks and (complete) nodes.
+    pub fn has_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        let chunks: Vec<ChunkId> = ids
+            .iter()
+            .filter_map(|i| {
+                if let ObjectId::Chunk(c) = i {
+                    Some(*c)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let nodes: Vec<NodeId> = ids
+            .iter()
+            .filter_map(|i| {
+                if let ObjectId::Node(n) = i {
+                    Some(*n)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let mut c = self.has_chunks(&chunks)?.into_iter();
+        let mut n = self.has_nodes(&nodes)?.into_iter();
+        Ok(ids
+            .iter()
+            .map(|i| match i {
+                ObjectId::Chunk(_) => c.next().unwrap_or(false),
+                ObjectId::Node(_) => n.next().unwrap_or(false),
+            })
+            .collect())
+    }
+
+    /// Index record of a chunk.
+    pub fn chunk_info(&self, id: ChunkId) -> Result<Option<IndexEntry>> {
+        self.db
+            .get(cf::CHUNK_INDEX, id.as_bytes())?
+            .map(|b| IndexEntry::from_bytes(&b))
+            .transpose()
+    }
+
+    /// The encoded bytes of a chunk (codec byte + payload), as stored and sent on the wire.
+    pub fn get_chunk(&self, id: ChunkId) -> Result<Option<Vec<u8>>> {
+        self.db.get(cf::CHUNKS, id.as_bytes())
+    }
+
+    /// The plain bytes of a chunk, verified against its id.
+    pub fn read_chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
+        let enc = self
+            .get_chunk(id)?
+            .ok_or_else(|| Error::not_found(format!("chunk {id} is missing")))?;
+        codec::decode_verified(&id, &enc, self.cfg.chunk_max as usize)
+    }
+
+    /// Stores an encoded chunk after verifying it decodes (bounded) to bytes hashing to `id`.
+    /// Returns whether it was new.
+    pub fn put_chunk(&self, id: ChunkId, encoded: &[u8]) -> Result<bool> {
+        let _g = self.op.read().expect("op lock");
+        let plain = codec::decode_verified(&id, encoded, self.cfg.chunk_max as usize)?;
+        if self.has_chunks(&[id])?[0] {
+            return Ok(false);
+        }
+        let mut b = Batch::default();
+        b.put(&self.db, cf::CHUNKS, id.as_bytes(), encoded);
+        let ie = IndexEntry {
+            len: plain.len() as u32,
+            codec: encoded[0],
+            enc_len: encoded.len() as u32,
+        };
+        b.put(&self.db, cf::CHUNK_INDEX, id.as_bytes(), &ie.to_bytes());
+        self.db.write(b.inner, false)?;
+        Ok(true)
+    }
+
+    /// The encoded bytes of a node.
+    pub fn get_node(&self, id: NodeId) -> Result<Option<Vec<u8>>> {
+        self.db.get(cf::NODES, id.as_bytes())
+    }
+
+    /// A decoded, verified node; a missing node is [`Error::NotFound`].
+    pub fn read_node(&self, id: NodeId) -> Result<Node> {
+        let b = self
+            .get_node(id)?
+            .ok_or_else(|| Error::not_found(format!("node {id} is missing")))?;
+        Node::decode_verified(&id, &b)
+    }
+
+    /// Stores an encoded node after verifying its hash and decoding it, and marks it complete when
+    /// everything below it is already complete. Returns whether it is now complete.
+    pub fn put_node(&self, id: NodeId, bytes: &[u8]) -> Result<bool> {
+        let _g = self.op.read().expect("op lock");
+        let node = Node::decode_verified(&id, bytes)?;
+        let mut b = Batch::default();
+        b.put(&self.db, cf::NODES, id.as_bytes(), bytes);
+        let complete = self.children_complete(&node)?;
+        if complete {
+            b.put(&self.db, cf::COMPLETE, id.as_bytes(), b"");
+        }
+        self.db.write(b.inner, false)?;
+        Ok(complete)
+    }
+
+    fn children_complete(&self, node: &Node) -> Result<bool> {
+        let (mut cs, mut ns) = (Vec::new(), Vec::new());
+        for c in node.children() {
+            match c {
+                Child::Chunk(id, _) => cs.push(id),
+                Child::Node(id) => ns.push(id),
+            }
+        }
+        Ok(self.has_chunks(&cs)?.into_iter().all(|x| x)
+            && self.has_nodes(&ns)?.into_iter().all(|x| x))
+    }
+
+    /// Sets completeness marks bottom-up under `root` (after nodes were stored top-down, as a fetch
+    /// does). Returns whether `root` is complete.
+    pub fn mark_complete(&self, root: NodeId) -> Result<bool> {
+        if self.has_nodes(&[root])?[0] {
+            return Ok(true);
+        }
+        let Some(bytes) = self.get_node(root)? else {
+            return Ok(false);
+        };
+        let node = Node::decode_verified(&root, &bytes)?;
+        let mut all = true;
+        for c in node.children() {
+            match c {
+                Child::Chunk(id, _) => all &= self.has_chunks(&[id])?[0],
+                Child::Node(id) => all &= self.mark_complete(id)?,
+            }
+        }
+        if all {
+            let mut b = Batch::default();
+            b.put(&self.db, cf::COMPLETE, root.as_bytes(), b"");
+            self.db.write(b.inner, false)?;
+        }
+        Ok(all)
+    }
+
+    /// Walks the tree under `root`, skipping complete subtrees, and calls `f` with batches of at most
+    /// `batch` ids that are not stored (nodes not stored at all, and chunks). Memory stays bounded:
+    /// the walk holds one node's children per level.
+    pub fn missing(
         &self,
-        _share_root: &Path,
-        _only: &[PathBuf],
-        _opts: &AddOptions,
-        _progress: &dyn Progress,
-    ) -> Result<AddReport> {
-        Err(todo_err())
+        root: NodeId,
+        batch: usize,
+        f: &mut dyn FnMut(&[ObjectId]) -> Result<()>,
+    ) -> Result<()> {
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(batch);
+        let mut seen = Seen::default();
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            if self.has_nodes(&[id])?[0] || !seen.insert(ObjectId::Node(id)) {
+                continue;
+            }
+            let Some(bytes) = self.get_node(id)? else {
+                push(&mut out, ObjectId::Node(id), batch, f)?;
+                continue;
+            };
+            let node = Node::decode_verified(&id, &bytes)?;
+            let children = node.children();
+            let chunk_ids: Vec<ChunkId> = children
+                .iter()
+                .filter_map(|c| {
+                    if let Child::Chunk(c, _) = c {
+                        Some(*c)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            for (c, has) in chunk_ids.iter().zip(self.has_chunks(&chunk_ids)?) {
+                if !has && seen.insert(ObjectId::Chunk(*c)) {
+                    push(&mut out, ObjectId::Chunk(*c), batch, f)?;
+                }
+            }
+            for c in children.iter().rev() {
+                if let Child::Node(n) = c {
+                    stack.push(*n);
+                }
+            }
+        }
+        if !out.is_empty() {
+            f(&out)?;
+        }
+        Ok(())
     }
-    /// Resolves "head", "head~N", a full hex id or a unique prefix of >= 4 hex chars.
-    pub fn resolve(&self, _spec: &str) -> Result<NodeId> {
-        Err(todo_err())
+
+    /// Streams (in batches of at most `batch`) the ids of nodes and chunks reachable from `b` that are
+    /// not reachable from `a`, skipping subtrees equal in both. Folders are compared by entry name and
+    /// chunk lists node by node, so an object that moved between paths may be reported although `a`
+    /// holds it elsewhere (a superset of the exact set difference; receivers check with `has_many`).
+    /// `a` and `b` are snapshot or tree node ids; both must be stored.
+    pub fn diff(
+        &self,
+        a: NodeId,
+        b: NodeId,
+        batch: usize,
+        f: &mut dyn FnMut(&[ObjectId]) -> Result<()>,
+    ) -> Result<()> {
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(batch);
+        let mut seen = Seen::default();
+        self.diff_rec(Some(a), b, batch, &mut out, &mut seen, f)?;
+        if !out.is_empty() {
+            f(&out)?;
+        }
+        Ok(())
     }
+
+    fn diff_rec(
+        &self,
+        a: Option<NodeId>,
+        b: NodeId,
+        batch: usize,
+        out: &mut Vec<ObjectId>,
+        seen: &mut Seen,
+        f: &mut dyn FnMut(&[ObjectId]) -> Result<()>,
+    ) -> Result<()> {
+        if a == Some(b) || !seen.insert(ObjectId::Node(b)) {
+            return Ok(());
+        }
+        push(out, ObjectId::Node(b), batch, f)?;
+        let nb = self.read_node(b)?;
+        let na = match a {
+            Some(a) => Some(self.read_node(a)?),
+            None => None,
+        };
+        match (&na, &nb) {
+            // Folders: pair entries by name (through every level of a wide folder).
+            (Some(Node::Dir(_)), Node::Dir(DirNode::Leaf(_)))
+            | (Some(Node::Dir(_)), Node::Dir(DirNode::Index { .. })) => {
+                let ea = self.dir_entries(a.expect("some"))?;
+                let ia = index_nodes(self, a.expect("some"))?;
+                // Interior folder nodes of b that a lacks.
+                for n in index_nodes(self, b)? {
+                    if n != b && !ia.contains(&n) && seen.insert(ObjectId::Node(n)) {
+                        push(out, ObjectId::Node(n), batch, f)?;
+                    }
+                }
+                let eb = self.dir_entries(b)?;
+                let mut ai = 0;
+                for e in &eb {
+                    while ai < ea.len() && ea[ai].name < e.name {
+                        ai += 1;
+                    }
+                    let prev = ea.get(ai).filter(|x| x.name == e.name);
+                    if let Target::Node(id) = e.target {
+                        let pa = prev.and_then(|p| {
+                            if let Target::Node(x) = p.target {
+                                Some(x)
+                            } else {
+                                None
+                            }
+                        });
+                        self.diff_rec(pa, id, batch, out, seen, f)?;
+                    }
+                }
+            }
+            _ => {
+                // Chunk lists, files, snapshots: pair children by position level by level; a chunk
+                // is new unless a's node at the same place holds it.
+                let ca: HashSet<Child> = na
+                    .as_ref()
+                    .map(|n| n.children().into_iter().collect())
+                    .unwrap_or_default();
+                let a_nodes: Vec<NodeId> = na
+                    .as_ref()
+                    .map(|n| {
+                        n.children()
+                            .into_iter()
+                            .filter_map(|c| {
+                                if let Child::Node(x) = c {
+                                    Some(x)
+                                } else {
+                                    None
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut ai = a_nodes.iter();
+                for c in nb.children() {
+                    match c {
+                        Child::Chunk(id, _) => {
+                            if !ca.contains(&c) && seen.insert(ObjectId::Chunk(id)) {
+                                push(out, ObjectId::Chunk(id), batch, f)?;
+                            }
+                        }
+                        Child::Node(id) => {
+                            let pa = if ca.contains(&c) {
+                                Some(id)
+                            } else {
+                                ai.next().copied()
+                            };
+                            self.diff_rec(pa, id, batch, out, seen, f)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- read side
+
+    /// All entries of the folder rooted at `id`, in name order (every level of a wide folder).
+    pub fn dir_entries(&self, id: NodeId) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        self.dir_entries_into(id, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn dir_entries_into(&self, id: NodeId, out: &mut Vec<DirEntry>, depth: u32) -> Result<()> {
+        if depth > node::MAX_LEVEL as u32 {
+            return Err(Error::corrupt(format!("folder node {id} is too deep")));
+        }
+        match self.read_node(id)? {
+            Node::Dir(DirNode::Leaf(e)) => out.extend(e),
+            Node::Dir(DirNode::Index { children, .. }) => {
+                for c in children {
+                    self.dir_entries_into(c, out, depth + 1)?;
+                }
+            }
+            _ => return Err(Error::corrupt(format!("node {id} is not a folder"))),
+        }
+        Ok(())
+    }
+
+    /// Resolves "head", "head~N" (first parent), a full hex id, or a unique hex prefix of >= 4 chars.
+    pub fn resolve(&self, spec: &str) -> Result<NodeId> {
+        let spec = spec.trim();
+        let (base, back) = match spec.split_once('~') {
+            Some((b, n)) => (
+                b,
+                n.parse::<usize>()
+                    .map_err(|_| Error::Invalid(format!("bad snapshot spec {spec:?}")))?,
+            ),
+            None => (spec, 0),
+        };
+        let mut id = if base == "head" || base == "HEAD" {
+            self.head()?
+                .ok_or_else(|| Error::not_found("no snapshot yet (head is empty)"))?
+        } else {
+            self.resolve_hex(base)?
+        };
+        for i in 0..back {
+            let s = self.snapshot(id)?;
+            id = *s.parents.first().ok_or_else(|| {
+                Error::not_found(format!("{spec}: history has only {} snapshots", i + 1))
+            })?;
+        }
+        Ok(id)
+    }
+
+    fn resolve_hex(&self, s: &str) -> Result<NodeId> {
+        let nib = Hash::hex_nibbles(s).filter(|n| n.len() >= 4 && n.len() <= 64);
+        let Some(nib) = nib else {
+            return Err(Error::Invalid(format!(
+                "bad snapshot spec {s:?} (use head, head~N or a hex id of 4+ chars)"
+            )));
+        };
+        let prefix: Vec<u8> = nib
+            .chunks(2)
+            .filter(|p| p.len() == 2)
+            .map(|p| p[0] << 4 | p[1])
+            .collect();
+        let odd = (nib.len() % 2 == 1).then(|| nib[nib.len() - 1]);
+        let mut found = Vec::new();
+        for r in self.db.iter_prefix(cf::NODES, &prefix) {
+            let (k, v) = r?;
+            if let Some(n) = odd {
+                if k.get(prefix.len()).map(|b| b >> 4) != Some(n) {
+                    continue;
+                }
+            }
+            if v.len() >= 2 && v[1] == 3 {
+                // Variant 3 of Node: a snapshot (checked again on decode).
+                let b: [u8; 32] = (*k)
+                    .try_into()
+                    .map_err(|_| Error::corrupt("bad node key"))?;
+                found.push(NodeId(Hash(b)));
+                if found.len() > 1 {
+                    break;
+                }
+            }
+        }
+        match found.len() {
+            0 => Err(Error::not_found(format!("no snapshot {s}"))),
+            1 => Ok(found[0]),
+            _ => Err(Error::Invalid(format!("snapshot prefix {s} is ambiguous"))),
+        }
+    }
+
     /// Reads a snapshot node.
-    pub fn snapshot(&self, _id: NodeId) -> Result<Snapshot> {
-        Err(todo_err())
+    pub fn snapshot(&self, id: NodeId) -> Result<Snapshot> {
+        match self.read_node(id) {
+            Ok(Node::Snapshot(s)) => Ok(s),
+            Ok(_) => Err(Error::Invalid(format!("{id} is not a snapshot"))),
+            Err(Error::NotFound { .. }) => Err(Error::not_found(format!("no snapshot {id}"))),
+            Err(e) => Err(e),
+        }
     }
+
     /// Ancestors of `from` (itself first), newest first, at most `limit`.
-    pub fn log(&self, _from: NodeId, _limit: usize) -> Result<Vec<(NodeId, Snapshot)>> {
-        Err(todo_err())
+    pub fn log(&self, from: NodeId, limit: usize) -> Result<Vec<(NodeId, Snapshot)>> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut heap = std::collections::BinaryHeap::new();
+        let mut snaps = std::collections::HashMap::new();
+        let s = self.snapshot(from)?;
+        seen.insert(from);
+        heap.push((s.time_ns, from));
+        snaps.insert(from, s);
+        while let Some((_, id)) = heap.pop() {
+            let s = snaps.remove(&id).expect("pushed with its snapshot");
+            if out.len() >= limit {
+                break;
+            }
+            for p in &s.parents {
+                if seen.insert(*p) {
+                    match self.snapshot(*p) {
+                        Ok(ps) => {
+                            heap.push((ps.time_ns, *p));
+                            snaps.insert(*p, ps);
+                        }
+                        Err(Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            out.push((id, s));
+        }
+        Ok(out)
     }
-    /// Entries of the folder at `path` in `snapshot`.
-    pub fn ls(&self, _snapshot: NodeId, _path: &Path) -> Result<Vec<LsEntry>> {
-        Err(todo_err())
+
+    /// Whether gc dropped the tree of this snapshot (`gc --keep-last`).
+    pub fn is_shallow(&self, snapshot: NodeId) -> Result<bool> {
+        self.db.exists(cf::META, &shallow_key(snapshot))
     }
-    /// Restores `snapshot` (or `path` inside it) into `target`.
-    pub fn restore(
+
+    /// Root folder of a snapshot whose tree is kept.
+    pub(crate) fn snapshot_root(&self, snapshot: NodeId) -> Result<NodeId> {
+        let s = self.snapshot(snapshot)?;
+        if self.is_shallow(snapshot)? {
+            return Err(Error::not_found(format!(
+                "the files of snapshot {} were dropped by gc",
+                snapshot.fmt_short()
+            )));
+        }
+        Ok(s.root)
+    }
+
+    /// Finds the entry at `path` (relative, no `..`) under folder `root`. `None` for the root itself.
+    pub(crate) fn lookup(&self, root: NodeId, path: &Path) -> Result<Option<DirEntry>> {
+        let comps = rel_components(path)?;
+        let mut dir = root;
+        let mut found = None;
+        for (i, c) in comps.iter().enumerate() {
+            let entries = self.dir_entries(dir)?;
+            let e = entries.into_iter().find(|e| &e.name == c).ok_or_else(|| {
+                Error::not_found(format!("{} is not in the snapshot", path.display()))
+            })?;
+            if i + 1 < comps.len() {
+                match (&e.kind, &e.target) {
+                    (EntryKind::Dir, Target::Node(id)) => dir = *id,
+                    _ => {
+                        return Err(Error::not_found(format!(
+                            "{} is not in the snapshot",
+                            path.display()
+                        )))
+                    }
+                }
+            }
+            found = Some(e);
+        }
+        Ok(found)
+    }
+
+    /// Entries of the folder at `path` ("" = root) in `snapshot`; if `path` is a file, that one entry.
+    pub fn ls(&self, snapshot: NodeId, path: &Path) -> Result<Vec<LsEntry>> {
+        let root = self.snapshot_root(snapshot)?;
+        let dir = match self.lookup(root, path)? {
+            None => root,
+            Some(e) => match (&e.kind, &e.target) {
+                (EntryKind::Dir, Target::Node(id)) => *id,
+                _ => return Ok(vec![ls_entry(e)]),
+            },
+        };
+        Ok(self.dir_entries(dir)?.into_iter().map(ls_entry).collect())
+    }
+
+    /// Walks every chunk of a file in order.
+    pub(crate) fn file_chunks(
         &self,
-        _snapshot: NodeId,
-        _path: Option<&Path>,
-        _target: &Path,
-        _opts: &RestoreOptions,
-        _progress: &dyn Progress,
-    ) -> Result<RestoreReport> {
-        Err(todo_err())
+        content: &Content,
+        f: &mut dyn FnMut(&[node::ChunkRef]) -> Result<()>,
+    ) -> Result<()> {
+        match content {
+            Content::Inline(e) => f(e),
+            Content::Tree(root) => self.chunk_tree(*root, f, 0),
+        }
     }
-    /// Re-hashes every chunk and node reachable from refs.
-    pub fn verify(&self, _progress: &dyn Progress) -> Result<VerifyReport> {
-        Err(todo_err())
+
+    fn chunk_tree(
+        &self,
+        id: NodeId,
+        f: &mut dyn FnMut(&[node::ChunkRef]) -> Result<()>,
+        depth: u32,
+    ) -> Result<()> {
+        if depth > node::MAX_LEVEL as u32 {
+            return Err(Error::corrupt(format!("chunk list {id} is too deep")));
+        }
+        match self.read_node(id)? {
+            Node::ChunkList(c) if c.level == 0 => f(&c.entries),
+            Node::ChunkList(c) => {
+                for e in c.entries {
+                    self.chunk_tree(NodeId(e.id), f, depth + 1)?;
+                }
+                Ok(())
+            }
+            _ => Err(Error::corrupt(format!("node {id} is not a chunk list"))),
+        }
     }
-    /// Drops unreachable chunks and nodes.
-    pub fn gc(&self, _opts: &GcOptions, _progress: &dyn Progress) -> Result<GcReport> {
-        Err(todo_err())
-    }
+
     /// On-disk size of the store folder in bytes.
     pub fn disk_usage(&self) -> Result<u64> {
-        Ok(0)
+        fn walk(p: &Path) -> std::io::Result<u64> {
+            let mut n = 0;
+            for e in fs::read_dir(p)? {
+                let e = e?;
+                let m = e.metadata()?;
+                n += if m.is_dir() {
+                    walk(&e.path())?
+                } else {
+                    m.len()
+                };
+            }
+            Ok(n)
+        }
+        walk(&self.dir).map_err(|e| Error::io(&self.dir, e))
     }
-    /// Test hook: flips a byte of the stored chunk `id`.
+
+    /// Test hook: flips the last byte of the stored (encoded) chunk `id`, keeping its index entry.
     #[doc(hidden)]
-    pub fn debug_corrupt_chunk(&self, _id: ChunkId) -> Result<()> {
-        Err(todo_err())
+    pub fn debug_corrupt_chunk(&self, id: ChunkId) -> Result<()> {
+        let mut enc = self
+            .get_chunk(id)?
+            .ok_or_else(|| Error::not_found(format!("chunk {id} is missing")))?;
+        *enc.last_mut().expect("encoded chunks are never empty") ^= 0x55;
+        let mut b = Batch::default();
+        b.put(&self.db, cf::CHUNKS, id.as_bytes(), &enc);
+        self.db.write(b.inner, false)
     }
+
+    /// Test hook: the chunk ids of a file in a snapshot, in order.
+    #[doc(hidden)]
+    pub fn debug_file_chunks(&self, snapshot: NodeId, path: &Path) -> Result<Vec<ChunkId>> {
+        let root = self.snapshot_root(snapshot)?;
+        let e = self
+            .lookup(root, path)?
+            .ok_or_else(|| Error::Invalid("the root is not a file".into()))?;
+        let Target::Node(id) = e.target else {
+            return Err(Error::Invalid("not a file".into()));
+        };
+        let Node::File(fnode) = self.read_node(id)? else {
+            return Err(Error::Invalid("not a file".into()));
+        };
+        let mut out = Vec::new();
+        self.file_chunks(&fnode.content, &mut |refs| {
+            out.extend(refs.iter().map(|r| ChunkId(r.id)));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Test hook: deletes a stored chunk (index entry included).
+    #[doc(hidden)]
+    pub fn debug_delete_chunk(&self, id: ChunkId) -> Result<()> {
+        let mut b = Batch::default();
+        b.delete(&self.db, cf::CHUNKS, id.as_bytes());
+        b.delete(&self.db, cf::CHUNK_INDEX, id.as_bytes());
+        self.db.write(b.inner, false)
+    }
+}
+
+pub(crate) fn shallow_key(id: NodeId) -> Vec<u8> {
+    let mut k = b"shallow/".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Folder nodes (leaves and index nodes) of the folder rooted at `id`.
+fn index_nodes(s: &Store, id: NodeId) -> Result<HashSet<NodeId>> {
+    let mut out = HashSet::new();
+    let mut stack = vec![id];
+    while let Some(n) = stack.pop() {
+        out.insert(n);
+        if let Node::Dir(DirNode::Index { children, .. }) = s.read_node(n)? {
+            stack.extend(children);
+        }
+    }
+    Ok(out)
+}
+
+fn push(
+    out: &mut Vec<ObjectId>,
+    id: ObjectId,
+    batch: usize,
+    f: &mut dyn FnMut(&[ObjectId]) -> Result<()>,
+) -> Result<()> {
+    out.push(id);
+    if out.len() >= batch {
+        f(out)?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// A bounded "already emitted" set: forgets everything when it grows past a limit, so memory stays
+/// bounded (at worst an id is emitted twice).
+#[derive(Default)]
+struct Seen(HashSet<ObjectId>);
+
+impl Seen {
+    const LIMIT: usize = 1 << 20;
+    fn insert(&mut self, id: ObjectId) -> bool {
+        if self.0.len() >= Self::LIMIT {
+            self.0.clear();
+        }
+        self.0.insert(id)
+    }
+}
+
+pub(crate) fn ls_entry(e: DirEntry) -> LsEntry {
+    let (id, link_target) = match e.target {
+        Target::Node(id) => (id, None),
+        Target::Link(l) => (NodeId(Hash::of(&l)), Some(OsString::from_vec(l))),
+    };
+    LsEntry {
+        name: OsString::from_vec(e.name),
+        kind: e.kind,
+        mode: e.mode,
+        size: e.size,
+        mtime_ns: e.mtime_ns,
+        id,
+        link_target,
+    }
+}
+
+/// Splits a relative path into name components; rejects `..`, absolute paths and odd names.
+pub(crate) fn rel_components(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n.as_bytes().to_vec()),
+            Component::CurDir => {}
+            _ => {
+                return Err(Error::PathOutsideShare {
+                    path: path.to_path_buf(),
+                })
+            }
+        }
+    }
+    Ok(out)
 }

@@ -1,0 +1,903 @@
+//! `add`: snapshot a share folder (or some paths in it) as the new head.
+//!
+//! 1. **Scan** with the `ignore` crate: only `.leftignore` files (gitignore syntax) filter; hidden
+//!    files and `.gitignore` do not. `.left` and the store folder are never entered. Files, folders
+//!    (empty ones too) and symlinks (verbatim unless `follow_links`) are recorded with their mode,
+//!    mtime in ns and raw name bytes.
+//! 2. **Scan cache**: a file whose size, mtime, ctime and inode match its cache record, and whose file
+//!    node is still complete in the store, keeps that node without being read (`rehash` disables this).
+//! 3. **Pipeline** for the other files: one reader thread reads each file in 4 MiB blocks and cuts
+//!    chunks (FastCDC), sending batches of ~8 MiB over a bounded channel; the calling thread hashes
+//!    (BLAKE3), checks the chunk index and compresses new chunks on the rayon pool (both cores), then
+//!    writes each batch's chunks, chunk-list nodes, file nodes and completeness marks in one write
+//!    batch. Memory is bounded by the channel (two batches) whatever the file sizes.
+//!    A file whose stat changes while it is read is read again (at most 3 more times) and then skipped
+//!    with a reason; an unreadable file is skipped. Neither stops the snapshot.
+//! 4. **Tree**: folder nodes are built bottom-up; with `only` paths, the new subtrees are spliced into
+//!    the previous head's tree. If the root equals the head's root, no snapshot is made. Otherwise the
+//!    snapshot node is written, then `head` moves in a synced batch.
+//!
+//! Not done here: watching, merging with other devices, ignoring by size or type.
+
+use crate::chunker::Chunker;
+use crate::codec::Encoder;
+use crate::db::{cf, Batch, IndexEntry};
+use crate::node::{build_content, build_dir, ChunkRef, DirEntry, FileNode, Node, Target};
+use crate::store::{now_ns, rel_components};
+use crate::*;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const READ_BLOCK: usize = 4 << 20;
+const BATCH_BYTES: usize = 8 << 20;
+const MAX_REREADS: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    mode: u32,
+}
+
+impl Stat {
+    fn of(m: &fs::Metadata) -> Stat {
+        Stat {
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ino: m.ino(),
+            mode: m.mode() & 0o7777,
+        }
+    }
+    fn cache_bytes(&self, node: NodeId) -> [u8; 68] {
+        let mut b = [0u8; 68];
+        b[..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..16].copy_from_slice(&self.mtime_ns.to_le_bytes());
+        b[16..24].copy_from_slice(&self.ctime_ns.to_le_bytes());
+        b[24..32].copy_from_slice(&self.ino.to_le_bytes());
+        b[32..36].copy_from_slice(&self.mode.to_le_bytes());
+        b[36..].copy_from_slice(node.as_bytes());
+        b
+    }
+    fn from_cache(b: &[u8]) -> Option<(Stat, NodeId)> {
+        if b.len() != 68 {
+            return None;
+        }
+        let u = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8"));
+        Some((
+            Stat {
+                size: u(0..8),
+                mtime_ns: u(8..16) as i64,
+                ctime_ns: u(16..24) as i64,
+                ino: u(24..32),
+                mode: u32::from_le_bytes(b[32..36].try_into().expect("4")),
+            },
+            NodeId(Hash(b[36..].try_into().expect("32"))),
+        ))
+    }
+}
+
+struct Ent {
+    rel: PathBuf,
+    name: Vec<u8>,
+    kind: EntryKind,
+    stat: Stat,
+    link: Option<Vec<u8>>,
+    node: Option<NodeId>,
+    children: Vec<usize>,
+    skipped: bool,
+}
+
+enum Item {
+    Chunk {
+        job: usize,
+        start: usize,
+        len: usize,
+    },
+    Restart {
+        job: usize,
+    },
+    Failed {
+        job: usize,
+        reason: String,
+    },
+    Done {
+        job: usize,
+        stat: Stat,
+    },
+}
+
+#[derive(Default)]
+struct ReadBatch {
+    buf: Vec<u8>,
+    items: Vec<Item>,
+    bytes_read: u64,
+}
+
+struct Job {
+    ent: usize,
+    abs: PathBuf,
+}
+
+thread_local! {
+    static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::new());
+}
+
+/// Per-add write state.
+struct Writer<'a> {
+    store: &'a Store,
+    batch: Batch,
+    written: HashSet<Hash>,
+    report: &'a mut AddReport,
+}
+
+impl Writer<'_> {
+    fn put_node(&mut self, id: NodeId, bytes: Vec<u8>) -> Result<()> {
+        if !self.written.insert(id.0) {
+            return Ok(());
+        }
+        if self.store.db.exists(cf::COMPLETE, id.as_bytes())? {
+            return Ok(());
+        }
+        self.report.bytes_stored += bytes.len() as u64;
+        self.batch
+            .put(&self.store.db, cf::NODES, id.as_bytes(), &bytes);
+        self.batch
+            .put(&self.store.db, cf::COMPLETE, id.as_bytes(), b"");
+        Ok(())
+    }
+
+    fn put_chunk(&mut self, id: ChunkId, len: usize, enc: &[u8]) {
+        if !self.written.insert(id.0) {
+            return;
+        }
+        self.report.bytes_new += len as u64;
+        self.report.bytes_stored += enc.len() as u64;
+        self.batch
+            .put(&self.store.db, cf::CHUNKS, id.as_bytes(), enc);
+        let ie = IndexEntry {
+            len: len as u32,
+            codec: enc[0],
+            enc_len: enc.len() as u32,
+        };
+        self.batch.put(
+            &self.store.db,
+            cf::CHUNK_INDEX,
+            id.as_bytes(),
+            &ie.to_bytes(),
+        );
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.batch.is_empty() {
+            let b = std::mem::take(&mut self.batch);
+            self.store.db.write(b.inner, false)?;
+        }
+        if self.written.len() > 1 << 20 {
+            self.written.clear();
+        }
+        Ok(())
+    }
+
+    fn file_node(&mut self, st: Stat, refs: Vec<ChunkRef>) -> Result<NodeId> {
+        let content = build_content(refs, &mut |id, b| self.put_node(id, b))?;
+        let (id, bytes) = Node::File(FileNode {
+            size: st.size,
+            mode: st.mode,
+            mtime_ns: st.mtime_ns,
+            content,
+        })
+        .encode_with_id()?;
+        self.put_node(id, bytes)?;
+        Ok(id)
+    }
+}
+
+fn walk_error_path(e: &ignore::Error) -> Option<PathBuf> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path.clone()),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            walk_error_path(err)
+        }
+        ignore::Error::Loop { child, .. } => Some(child.clone()),
+        _ => None,
+    }
+}
+
+impl Store {
+    /// Snapshot the share folder (or only the given paths, relative to the share root or absolute
+    /// inside it, merged into the previous head's tree) as the new head. The store folder itself and
+    /// `.left` are never scanned. No change: `report.snapshot` is `None` and the head does not move.
+    pub fn add(
+        &self,
+        share_root: &Path,
+        only: &[PathBuf],
+        opts: &AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<AddReport> {
+        let _g = self.op.read().expect("op lock");
+        let share = fs::canonicalize(share_root).map_err(|e| Error::io(share_root, e))?;
+        let store_dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let mut report = AddReport::default();
+        let head = self.head()?;
+        let head_snap = head.map(|h| self.snapshot(h)).transpose()?;
+        let prev_root = match (&head, &head_snap) {
+            (Some(h), Some(s)) if !self.is_shallow(*h)? => Some(s.root),
+            _ => None,
+        };
+
+        // Scan roots, relative to the share.
+        let mut roots: Vec<PathBuf> = Vec::new();
+        if only.is_empty() {
+            roots.push(PathBuf::new());
+        } else {
+            for p in only {
+                let rel = if p.is_absolute() {
+                    let abs = normalize(p);
+                    abs.strip_prefix(&share)
+                        .map(Path::to_path_buf)
+                        .or_else(|_| {
+                            abs.strip_prefix(normalize(share_root))
+                                .map(Path::to_path_buf)
+                        })
+                        .map_err(|_| Error::PathOutsideShare { path: p.clone() })?
+                } else {
+                    p.clone()
+                };
+                rel_components(&rel).map_err(|_| Error::PathOutsideShare { path: p.clone() })?;
+                roots.push(rel);
+            }
+        }
+
+        let mut ents: Vec<Ent> = Vec::new();
+        let mut scan_roots: Vec<(PathBuf, Option<usize>)> = Vec::new();
+        for rel in &roots {
+            let idx = self.scan(
+                &share,
+                &store_dir,
+                rel,
+                opts,
+                !only.is_empty(),
+                &mut ents,
+                &mut report,
+            )?;
+            if idx.is_none() {
+                let known = match prev_root {
+                    Some(r) if !rel.as_os_str().is_empty() => self.lookup(r, rel).is_ok(),
+                    _ => false,
+                };
+                if !known {
+                    return Err(Error::not_found(format!(
+                        "{} does not exist in the share",
+                        rel.display()
+                    )));
+                }
+            }
+            scan_roots.push((rel.clone(), idx));
+        }
+
+        // Scan cache and jobs.
+        let mut jobs = Vec::new();
+        let mut total = 0u64;
+        for (i, e) in ents.iter_mut().enumerate() {
+            if e.kind != EntryKind::File || e.skipped {
+                continue;
+            }
+            if !opts.rehash {
+                if let Some(v) = self.db.get(cf::SCAN, e.rel.as_os_str().as_bytes())? {
+                    if let Some((st, node)) = Stat::from_cache(&v) {
+                        if st == e.stat && self.db.exists(cf::COMPLETE, node.as_bytes())? {
+                            e.node = Some(node);
+                            continue;
+                        }
+                    }
+                }
+            }
+            total += e.stat.size;
+            jobs.push(Job {
+                ent: i,
+                abs: share.join(&e.rel),
+            });
+        }
+
+        progress.start("add", Some(total));
+        let res = self.run_pipeline(jobs, &mut ents, &mut report, progress);
+        progress.finish();
+        res?;
+
+        // Folders bottom-up, then splice.
+        let mut w = Writer {
+            store: self,
+            batch: Batch::default(),
+            written: HashSet::new(),
+            report: &mut report,
+        };
+        let mut new_root = prev_root;
+        let mut root_built = None;
+        for (rel, idx) in &scan_roots {
+            let entry = match idx {
+                Some(i) => {
+                    build_subtree(&mut w, &mut ents, *i)?;
+                    to_dir_entry(&ents[*i])
+                }
+                None => None,
+            };
+            if rel.as_os_str().is_empty() {
+                root_built = entry.and_then(|e| {
+                    if let Target::Node(id) = e.target {
+                        Some(id)
+                    } else {
+                        None
+                    }
+                });
+            } else {
+                let comps = rel_components(rel)?;
+                new_root = Some(splice(
+                    &mut w,
+                    &share,
+                    new_root,
+                    &comps,
+                    PathBuf::new(),
+                    entry,
+                )?);
+            }
+        }
+        if let Some(r) = root_built {
+            new_root = Some(r);
+        }
+        let new_root = match new_root {
+            Some(r) => r,
+            None => build_dir(Vec::new(), &mut |id, b| w.put_node(id, b))?,
+        };
+        w.flush()?;
+        drop(w);
+
+        report.head = head;
+        if Some(new_root) == head_snap.as_ref().map(|s| s.root)
+            && head.is_some()
+            && prev_root.is_some()
+        {
+            return Ok(report);
+        }
+        let snap = Snapshot {
+            root: new_root,
+            parents: head.into_iter().collect(),
+            device: opts.device,
+            time_ns: now_ns().max(head_snap.as_ref().map(|s| s.time_ns + 1).unwrap_or(0)),
+            message: opts.message.clone(),
+        };
+        if snap.message.len() > 16 * 1024 {
+            return Err(Error::Invalid(
+                "snapshot message is longer than 16 KiB".into(),
+            ));
+        }
+        let (sid, bytes) = Node::Snapshot(snap).encode_with_id()?;
+        let mut b = Batch::default();
+        b.put(&self.db, cf::NODES, sid.as_bytes(), &bytes);
+        b.put(&self.db, cf::COMPLETE, sid.as_bytes(), b"");
+        report.bytes_stored += bytes.len() as u64;
+        self.db.write(b.inner, false)?;
+        let mut b = Batch::default();
+        b.put(&self.db, cf::REFS, b"head", sid.as_bytes());
+        self.db.write(b.inner, true)?;
+        report.snapshot = Some(sid);
+        report.head = Some(sid);
+        Ok(report)
+    }
+
+    /// Scans `rel` (relative to `share`) into `ents`; returns the index of its entry, or `None` if it
+    /// does not exist.
+    fn scan(
+        &self,
+        share: &Path,
+        store_dir: &Path,
+        rel: &Path,
+        opts: &AddOptions,
+        parents: bool,
+        ents: &mut Vec<Ent>,
+        report: &mut AddReport,
+    ) -> Result<Option<usize>> {
+        let abs = share.join(rel);
+        let meta = if opts.follow_links {
+            fs::metadata(&abs)
+        } else {
+            fs::symlink_metadata(&abs)
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&abs, e)),
+        };
+        let name = rel
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let root = push_ent(ents, rel.to_path_buf(), name, &meta, &abs, report)?;
+        if ents[root].kind != EntryKind::Dir {
+            return Ok(Some(root));
+        }
+        let mut dirs: HashMap<PathBuf, usize> = HashMap::new();
+        dirs.insert(rel.to_path_buf(), root);
+        let store_dir = store_dir.to_path_buf();
+        let mut wb = ignore::WalkBuilder::new(&abs);
+        wb.standard_filters(false)
+            .hidden(false)
+            .parents(parents)
+            .follow_links(opts.follow_links)
+            .add_custom_ignore_filename(".leftignore")
+            .filter_entry(move |e| e.file_name() != ".left" && e.path() != store_dir);
+        for r in wb.build() {
+            let de = match r {
+                Ok(de) => de,
+                Err(e) => {
+                    let path = walk_error_path(&e)
+                        .and_then(|p| p.strip_prefix(share).ok().map(Path::to_path_buf))
+                        .unwrap_or_default();
+                    report.skipped.push(Skipped {
+                        path,
+                        reason: one_line(&e.to_string()),
+                    });
+                    continue;
+                }
+            };
+            if de.depth() == 0 {
+                continue;
+            }
+            let Ok(r) = de.path().strip_prefix(share) else {
+                continue;
+            };
+            let r = r.to_path_buf();
+            let parent = r.parent().and_then(|p| dirs.get(p).copied());
+            let Some(parent) = parent else { continue };
+            let meta = match if opts.follow_links {
+                fs::metadata(de.path())
+            } else {
+                fs::symlink_metadata(de.path())
+            } {
+                Ok(m) => m,
+                Err(e) => {
+                    report.skipped.push(Skipped {
+                        path: r,
+                        reason: one_line(&e.to_string()),
+                    });
+                    continue;
+                }
+            };
+            let name = de.file_name().as_bytes().to_vec();
+            let i = push_ent(ents, r.clone(), name, &meta, de.path(), report)?;
+            if ents[i].skipped {
+                continue;
+            }
+            ents[parent].children.push(i);
+            if ents[i].kind == EntryKind::Dir {
+                dirs.insert(r, i);
+            }
+        }
+        Ok(Some(root))
+    }
+
+    fn run_pipeline(
+        &self,
+        jobs: Vec<Job>,
+        ents: &mut [Ent],
+        report: &mut AddReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let sizes = self.sizes();
+        let max = sizes.max as usize;
+        let job_ents: Vec<usize> = jobs.iter().map(|j| j.ent).collect();
+        let (tx, rx) = crossbeam_channel::bounded::<ReadBatch>(2);
+        let reader = std::thread::spawn(move || read_files(jobs, sizes, tx));
+        let mut refs: Vec<Vec<ChunkRef>> = vec![Vec::new(); job_ents.len()];
+        let mut w = Writer {
+            store: self,
+            batch: Batch::default(),
+            written: HashSet::new(),
+            report,
+        };
+        let mut result = Ok(());
+        for rb in rx.iter() {
+            w.report.bytes_read += rb.bytes_read;
+            let chunks: Vec<(usize, usize)> = rb
+                .items
+                .iter()
+                .filter_map(|it| {
+                    if let Item::Chunk { start, len, .. } = it {
+                        Some((*start, *len))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let db = &self.db;
+            let done: Vec<Result<(ChunkId, Option<Vec<u8>>)>> = chunks
+                .par_iter()
+                .map(|&(s, l)| {
+                    let data = &rb.buf[s..s + l];
+                    let id = ChunkId(Hash::of(data));
+                    if db.exists(cf::CHUNK_INDEX, id.as_bytes())? {
+                        return Ok((id, None));
+                    }
+                    let enc = ENCODER.with(|e| e.borrow_mut().encode(data));
+                    debug_assert!(l <= max);
+                    Ok((id, Some(enc)))
+                })
+                .collect();
+            let mut done = done.into_iter();
+            let step = (|| -> Result<()> {
+                for it in rb.items {
+                    match it {
+                        Item::Chunk { job, len, .. } => {
+                            let (id, enc) = done.next().expect("one result per chunk")?;
+                            if let Some(enc) = enc {
+                                w.put_chunk(id, len, &enc);
+                            }
+                            refs[job].push(ChunkRef {
+                                id: id.0,
+                                len: len as u64,
+                            });
+                        }
+                        Item::Restart { job } => refs[job].clear(),
+                        Item::Failed { job, reason } => {
+                            refs[job] = Vec::new();
+                            let e = &mut ents[job_ents[job]];
+                            e.skipped = true;
+                            w.report.files = w.report.files.saturating_sub(1);
+                            w.report.skipped.push(Skipped {
+                                path: e.rel.clone(),
+                                reason,
+                            });
+                        }
+                        Item::Done { job, stat } => {
+                            let r = std::mem::take(&mut refs[job]);
+                            let id = w.file_node(stat, r)?;
+                            let e = &mut ents[job_ents[job]];
+                            e.stat = stat;
+                            e.node = Some(id);
+                            w.batch.put(
+                                &self.db,
+                                cf::SCAN,
+                                e.rel.as_os_str().as_bytes(),
+                                &stat.cache_bytes(id),
+                            );
+                        }
+                    }
+                }
+                w.flush()
+            })();
+            progress.advance(rb.bytes_read);
+            if let Err(e) = step {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let _ = reader.join();
+        result
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+fn push_ent(
+    ents: &mut Vec<Ent>,
+    rel: PathBuf,
+    name: Vec<u8>,
+    meta: &fs::Metadata,
+    abs: &Path,
+    report: &mut AddReport,
+) -> Result<usize> {
+    let ft = meta.file_type();
+    let (kind, link, skipped) = if ft.is_symlink() {
+        match fs::read_link(abs) {
+            Ok(t) => (
+                EntryKind::Symlink,
+                Some(t.as_os_str().as_bytes().to_vec()),
+                false,
+            ),
+            Err(e) => {
+                report.skipped.push(Skipped {
+                    path: rel.clone(),
+                    reason: one_line(&e.to_string()),
+                });
+                (EntryKind::Symlink, None, true)
+            }
+        }
+    } else if ft.is_dir() {
+        (EntryKind::Dir, None, false)
+    } else if ft.is_file() {
+        (EntryKind::File, None, false)
+    } else {
+        report.skipped.push(Skipped {
+            path: rel.clone(),
+            reason: "not a regular file, folder or symlink".into(),
+        });
+        (EntryKind::File, None, true)
+    };
+    let link_bad = link
+        .as_ref()
+        .map(|l| l.is_empty() || l.len() > node::MAX_LINK)
+        .unwrap_or(false);
+    let mut skipped = skipped;
+    if link_bad || (!name.is_empty() && node::check_name(&name).is_err()) {
+        report.skipped.push(Skipped {
+            path: rel.clone(),
+            reason: "name or link target cannot be stored".into(),
+        });
+        skipped = true;
+    }
+    if !skipped {
+        match kind {
+            EntryKind::File => report.files += 1,
+            EntryKind::Dir => report.dirs += 1,
+            EntryKind::Symlink => report.symlinks += 1,
+        }
+    }
+    ents.push(Ent {
+        rel,
+        name,
+        kind,
+        stat: Stat::of(meta),
+        link,
+        node: None,
+        children: Vec::new(),
+        skipped,
+    });
+    Ok(ents.len() - 1)
+}
+
+fn to_dir_entry(e: &Ent) -> Option<DirEntry> {
+    if e.skipped {
+        return None;
+    }
+    let target = match e.kind {
+        EntryKind::Symlink => Target::Link(e.link.clone()?),
+        _ => Target::Node(e.node?),
+    };
+    let size = match e.kind {
+        EntryKind::File => e.stat.size,
+        EntryKind::Symlink => e.link.as_ref().map(|l| l.len() as u64).unwrap_or(0),
+        EntryKind::Dir => 0,
+    };
+    Some(DirEntry {
+        name: e.name.clone(),
+        kind: e.kind,
+        mode: e.stat.mode,
+        mtime_ns: e.stat.mtime_ns,
+        size,
+        target,
+    })
+}
+
+/// Builds folder nodes under `ents[i]` bottom-up (iteratively: deep trees cannot overflow the stack).
+fn build_subtree(w: &mut Writer<'_>, ents: &mut [Ent], i: usize) -> Result<()> {
+    if ents[i].kind != EntryKind::Dir {
+        return Ok(());
+    }
+    // Post-order over folders.
+    let mut order = Vec::new();
+    let mut stack = vec![i];
+    while let Some(d) = stack.pop() {
+        order.push(d);
+        for &c in &ents[d].children {
+            if ents[c].kind == EntryKind::Dir {
+                stack.push(c);
+            }
+        }
+    }
+    for &d in order.iter().rev() {
+        let mut entries: Vec<DirEntry> = ents[d]
+            .children
+            .iter()
+            .filter_map(|&c| to_dir_entry(&ents[c]))
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|a, b| a.name == b.name);
+        let id = build_dir(entries, &mut |id, b| w.put_node(id, b))?;
+        ents[d].node = Some(id);
+        if w.batch.bytes > (4 << 20) {
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces (or removes, when `new` is `None`) the entry at `comps` under folder `dir`; returns the
+/// new folder id. Folders along the way that are new get their metadata from disk.
+fn splice(
+    w: &mut Writer<'_>,
+    share: &Path,
+    dir: Option<NodeId>,
+    comps: &[Vec<u8>],
+    prefix: PathBuf,
+    new: Option<DirEntry>,
+) -> Result<NodeId> {
+    let mut entries = match dir {
+        Some(d) => w.store.dir_entries(d)?,
+        None => Vec::new(),
+    };
+    let name = &comps[0];
+    let pos = entries.binary_search_by(|e| e.name.as_slice().cmp(name));
+    if comps.len() == 1 {
+        match (pos, new) {
+            (Ok(p), Some(n)) => entries[p] = n,
+            (Err(p), Some(n)) => entries.insert(p, n),
+            (Ok(p), None) => {
+                entries.remove(p);
+            }
+            (Err(_), None) => {}
+        }
+    } else {
+        let here = prefix.join(std::ffi::OsStr::from_bytes(name));
+        let old = pos.ok().map(|p| entries[p].clone());
+        let child_dir = old.as_ref().and_then(|e| match (&e.kind, &e.target) {
+            (EntryKind::Dir, Target::Node(id)) => Some(*id),
+            _ => None,
+        });
+        let id = splice(w, share, child_dir, &comps[1..], here.clone(), new)?;
+        let (mode, mtime_ns) = match fs::symlink_metadata(share.join(&here)) {
+            Ok(m) if m.is_dir() => (
+                m.mode() & 0o7777,
+                m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ),
+            _ => old
+                .as_ref()
+                .map(|e| (e.mode, e.mtime_ns))
+                .unwrap_or((0o755, 0)),
+        };
+        let e = DirEntry {
+            name: name.clone(),
+            kind: EntryKind::Dir,
+            mode,
+            mtime_ns,
+            size: 0,
+            target: Target::Node(id),
+        };
+        match pos {
+            Ok(p) => entries[p] = e,
+            Err(p) => entries.insert(p, e),
+        }
+    }
+    build_dir(entries, &mut |id, b| w.put_node(id, b))
+}
+
+/// Lexical normalization (no symlink resolution): drops `.`, folds `..`.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reader thread: reads and cuts every job's file, sending batches of chunks.
+fn read_files(
+    jobs: Vec<Job>,
+    sizes: chunker::ChunkSizes,
+    tx: crossbeam_channel::Sender<ReadBatch>,
+) {
+    let mut chunker = Chunker::new(sizes);
+    let mut rb = ReadBatch::default();
+    let mut block = vec![0u8; READ_BLOCK];
+    for (job, j) in jobs.iter().enumerate() {
+        let mut attempt = 0;
+        loop {
+            chunker.reset();
+            match read_one(job, &j.abs, &mut chunker, &mut block, &mut rb, &tx) {
+                Err(()) => return, // receiver gone
+                Ok(ReadOutcome::Ok(stat)) => {
+                    rb.items.push(Item::Done { job, stat });
+                    break;
+                }
+                Ok(ReadOutcome::Failed(reason)) => {
+                    rb.items.push(Item::Failed { job, reason });
+                    break;
+                }
+                Ok(ReadOutcome::Changed) => {
+                    attempt += 1;
+                    if attempt > MAX_REREADS {
+                        rb.items.push(Item::Failed {
+                            job,
+                            reason: "changed while being read".into(),
+                        });
+                        break;
+                    }
+                    rb.items.push(Item::Restart { job });
+                }
+            }
+        }
+        if rb.buf.len() >= BATCH_BYTES || rb.items.len() >= 4096 {
+            if tx.send(std::mem::take(&mut rb)).is_err() {
+                return;
+            }
+        }
+    }
+    if !rb.items.is_empty() {
+        let _ = tx.send(rb);
+    }
+}
+
+enum ReadOutcome {
+    Ok(Stat),
+    Failed(String),
+    Changed,
+}
+
+fn read_one(
+    job: usize,
+    path: &Path,
+    chunker: &mut Chunker,
+    block: &mut [u8],
+    rb: &mut ReadBatch,
+    tx: &crossbeam_channel::Sender<ReadBatch>,
+) -> std::result::Result<ReadOutcome, ()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
+    };
+    let before = match f.metadata() {
+        Ok(m) if m.is_file() => Stat::of(&m),
+        Ok(_) => return Ok(ReadOutcome::Failed("no longer a regular file".into())),
+        Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
+    };
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(block) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
+        };
+        total += n as u64;
+        rb.bytes_read += n as u64;
+        chunker.push(&block[..n], |c| {
+            let start = rb.buf.len();
+            rb.buf.extend_from_slice(c);
+            rb.items.push(Item::Chunk {
+                job,
+                start,
+                len: c.len(),
+            });
+        });
+        if rb.buf.len() >= BATCH_BYTES && tx.send(std::mem::take(rb)).is_err() {
+            return Err(());
+        }
+    }
+    chunker.finish(|c| {
+        let start = rb.buf.len();
+        rb.buf.extend_from_slice(c);
+        rb.items.push(Item::Chunk {
+            job,
+            start,
+            len: c.len(),
+        });
+    });
+    let after = match f.metadata() {
+        Ok(m) => Stat::of(&m),
+        Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
+    };
+    let path_now = fs::metadata(path).ok().map(|m| Stat::of(&m));
+    if before != after || total != after.size || path_now != Some(after) {
+        return Ok(ReadOutcome::Changed);
+    }
+    Ok(ReadOutcome::Ok(after))
+}

@@ -1,0 +1,323 @@
+//! `verify` and `gc`.
+//!
+//! **verify** walks every snapshot reachable from the refs (through all parents), newest first, and
+//! every tree whose files gc has not dropped: each node is re-hashed and decoded, each chunk decoded
+//! (bounded) and re-hashed (in parallel). A missing or corrupt object is reported once, with up to 10
+//! paths that use it in the newest snapshot that uses it.
+//!
+//! **gc** marks from the refs: every snapshot node reachable through parents is kept; trees are kept
+//! for all of them, or with `keep_last = N` only for the last N snapshots of head's first-parent
+//! history (and the tips of other refs). Dropped trees are recorded (`meta/shallow/<id>`) so verify,
+//! ls and restore know those files are gone on purpose. Then it sweeps unmarked chunks and nodes and
+//! compacts with forced blob garbage collection, so the space really returns to the disk.
+//! gc holds the store's operation lock for writing: no add or put runs meanwhile.
+//!
+//! Memory: the marks are in-memory sets of ids (about 40 bytes per chunk, i.e. ~1 MiB per 1.6 GiB
+//! of unique data).
+
+use crate::codec;
+use crate::db::{cf, Batch};
+use crate::node::{Child, DirNode, Node, Target};
+use crate::store::shallow_key;
+use crate::*;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+impl Store {
+    /// Every snapshot reachable from the refs (through parents), newest first.
+    pub(crate) fn all_snapshots(&self) -> Result<Vec<(NodeId, Option<Snapshot>)>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut stack: Vec<NodeId> = self.refs()?.into_iter().map(|(_, id)| id).collect();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            match self.snapshot(id) {
+                Ok(s) => {
+                    stack.extend(s.parents.iter().copied());
+                    out.push((id, Some(s)));
+                }
+                Err(Error::NotFound { .. }) | Err(Error::Corrupt { .. }) => out.push((id, None)),
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|(_, s)| {
+            std::cmp::Reverse(s.as_ref().map(|s| s.time_ns).unwrap_or(i64::MIN))
+        });
+        Ok(out)
+    }
+
+    /// Re-hashes every chunk and node reachable from refs.
+    pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let mut rep = VerifyReport::default();
+        let mut problems: HashMap<(bool, Hash), (ProblemKind, Vec<PathBuf>)> = HashMap::new();
+        let mut order: Vec<(bool, Hash)> = Vec::new();
+        let mut note = |is_chunk: bool, id: Hash, kind: ProblemKind, path: &PathBuf| {
+            let e = problems.entry((is_chunk, id)).or_insert_with(|| {
+                order.push((is_chunk, id));
+                (kind, Vec::new())
+            });
+            if e.1.len() < 10 && !e.1.contains(path) {
+                e.1.push(path.clone());
+            }
+        };
+        let mut seen_nodes: HashSet<NodeId> = HashSet::new();
+        let mut seen_chunks: HashSet<ChunkId> = HashSet::new();
+        progress.start("verify", None);
+        let max = self.cfg.chunk_max as usize;
+        for (sid, snap) in self.all_snapshots()? {
+            let root = PathBuf::new();
+            let check = self.check_node(sid);
+            rep.nodes_checked += 1;
+            seen_nodes.insert(sid);
+            if let Err(k) = check {
+                note(false, sid.0, k, &root);
+                continue;
+            }
+            let Some(snap) = snap else { continue };
+            if self.is_shallow(sid)? {
+                continue;
+            }
+            // Depth-first walk with paths.
+            let mut stack: Vec<(NodeId, PathBuf)> = vec![(snap.root, root)];
+            while let Some((id, path)) = stack.pop() {
+                if !seen_nodes.insert(id) {
+                    continue;
+                }
+                rep.nodes_checked += 1;
+                let node = match self.get_node(id)? {
+                    None => {
+                        note(false, id.0, ProblemKind::Missing, &path);
+                        continue;
+                    }
+                    Some(b) => match Node::decode_verified(&id, &b) {
+                        Ok(n) => n,
+                        Err(_) => {
+                            note(false, id.0, ProblemKind::Corrupt, &path);
+                            continue;
+                        }
+                    },
+                };
+                match &node {
+                    Node::Dir(DirNode::Leaf(entries)) => {
+                        for e in entries.iter().rev() {
+                            if let Target::Node(c) = e.target {
+                                stack.push((c, path.join(OsStr::from_bytes(&e.name))));
+                            }
+                        }
+                    }
+                    _ => {
+                        let mut chunks = Vec::new();
+                        for c in node.children().into_iter().rev() {
+                            match c {
+                                Child::Node(n) => stack.push((n, path.clone())),
+                                Child::Chunk(c, len) => {
+                                    if seen_chunks.insert(c) {
+                                        chunks.push((c, len));
+                                    }
+                                }
+                            }
+                        }
+                        let results: Vec<(ChunkId, u64, std::result::Result<(), ProblemKind>)> =
+                            chunks
+                                .par_iter()
+                                .map(|&(c, len)| {
+                                    let r = match self.get_chunk(c) {
+                                        Ok(None) => Err(ProblemKind::Missing),
+                                        Ok(Some(enc)) => {
+                                            match codec::decode_verified(&c, &enc, max) {
+                                                Ok(p) if p.len() as u64 == len => Ok(()),
+                                                _ => Err(ProblemKind::Corrupt),
+                                            }
+                                        }
+                                        Err(_) => Err(ProblemKind::Corrupt),
+                                    };
+                                    (c, len, r)
+                                })
+                                .collect();
+                        for (c, len, r) in results {
+                            rep.chunks_checked += 1;
+                            match r {
+                                Ok(()) => {
+                                    rep.bytes_checked += len;
+                                    progress.advance(len);
+                                }
+                                Err(k) => note(true, c.0, k, &path),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        progress.finish();
+        rep.problems = order
+            .into_iter()
+            .map(|(is_chunk, id)| {
+                let (kind, paths) = problems.remove(&(is_chunk, id)).expect("noted");
+                Problem {
+                    object: if is_chunk {
+                        ObjectKind::Chunk
+                    } else {
+                        ObjectKind::Node
+                    },
+                    id,
+                    kind,
+                    paths,
+                }
+            })
+            .collect();
+        Ok(rep)
+    }
+
+    fn check_node(&self, id: NodeId) -> std::result::Result<(), ProblemKind> {
+        match self.get_node(id) {
+            Ok(None) => Err(ProblemKind::Missing),
+            Ok(Some(b)) => Node::decode_verified(&id, &b)
+                .map(|_| ())
+                .map_err(|_| ProblemKind::Corrupt),
+            Err(_) => Err(ProblemKind::Corrupt),
+        }
+    }
+
+    /// Drops unreachable chunks and nodes (and, with `keep_last`, the trees of older snapshots), then
+    /// compacts so the store really shrinks on disk.
+    pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        let _g = self.op.write().expect("op lock");
+        let mut rep = GcReport {
+            bytes_before: self.disk_usage()?,
+            ..Default::default()
+        };
+        progress.start("gc", None);
+        let snaps = self.all_snapshots()?;
+        // Which trees to keep.
+        let mut keep_tree: HashSet<NodeId> = HashSet::new();
+        match opts.keep_last {
+            None => keep_tree.extend(snaps.iter().map(|(id, _)| *id)),
+            Some(n) => {
+                let mut cur = self.head()?;
+                let mut k = 0;
+                while let (Some(id), true) = (cur, k < n) {
+                    keep_tree.insert(id);
+                    k += 1;
+                    cur = self
+                        .snapshot(id)
+                        .ok()
+                        .and_then(|s| s.parents.first().copied());
+                }
+                for (name, id) in self.refs()? {
+                    if name != "head" {
+                        keep_tree.insert(id);
+                    }
+                }
+            }
+        }
+        let mut live_nodes: HashSet<NodeId> = HashSet::new();
+        let mut live_chunks: HashSet<ChunkId> = HashSet::new();
+        let mut newly_shallow = Vec::new();
+        for (sid, snap) in &snaps {
+            live_nodes.insert(*sid);
+            let Some(snap) = snap else { continue };
+            if !keep_tree.contains(sid) || self.is_shallow(*sid)? {
+                if !self.is_shallow(*sid)? {
+                    newly_shallow.push(*sid);
+                }
+                continue;
+            }
+            let mut stack = vec![snap.root];
+            while let Some(id) = stack.pop() {
+                if !live_nodes.insert(id) {
+                    continue;
+                }
+                let Ok(node) = self.read_node(id) else {
+                    continue;
+                };
+                for c in node.children() {
+                    match c {
+                        Child::Node(n) => stack.push(n),
+                        Child::Chunk(c, _) => {
+                            live_chunks.insert(c);
+                        }
+                    }
+                }
+            }
+        }
+        // Record dropped trees first (synced), then sweep.
+        if !newly_shallow.is_empty() {
+            let mut b = Batch::default();
+            for id in &newly_shallow {
+                b.put(&self.db, cf::META, &shallow_key(*id), b"");
+            }
+            self.db.write(b.inner, true)?;
+        }
+        let mut b = Batch::default();
+        for r in self.db.iter(cf::CHUNK_INDEX) {
+            let (k, _) = r?;
+            let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
+                continue;
+            };
+            if !live_chunks.contains(&ChunkId(Hash(arr))) {
+                b.delete(&self.db, cf::CHUNKS, &k);
+                b.delete(&self.db, cf::CHUNK_INDEX, &k);
+                rep.chunks_removed += 1;
+                if b.len() > 20_000 {
+                    self.db.write(std::mem::take(&mut b).inner, false)?;
+                }
+            }
+        }
+        // Chunks stored without an index entry (a torn write cannot do this, but be thorough).
+        for r in self.db.iter(cf::CHUNKS) {
+            let (k, _) = r?;
+            let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
+                continue;
+            };
+            if !live_chunks.contains(&ChunkId(Hash(arr))) && !self.db.exists(cf::CHUNK_INDEX, &k)? {
+                b.delete(&self.db, cf::CHUNKS, &k);
+            }
+        }
+        for r in self.db.iter(cf::NODES) {
+            let (k, _) = r?;
+            let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
+                continue;
+            };
+            if !live_nodes.contains(&NodeId(Hash(arr))) {
+                b.delete(&self.db, cf::NODES, &k);
+                b.delete(&self.db, cf::COMPLETE, &k);
+                rep.nodes_removed += 1;
+                if b.len() > 20_000 {
+                    self.db.write(std::mem::take(&mut b).inner, false)?;
+                }
+            }
+        }
+        for r in self.db.iter(cf::COMPLETE) {
+            let (k, _) = r?;
+            let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
+                continue;
+            };
+            if !live_nodes.contains(&NodeId(Hash(arr))) {
+                b.delete(&self.db, cf::COMPLETE, &k);
+            }
+        }
+        // Scan-cache records whose file node is gone.
+        for r in self.db.iter(cf::SCAN) {
+            let (k, v) = r?;
+            let keep = v.len() == 68 && {
+                let arr: [u8; 32] = v[36..].try_into().expect("32");
+                live_nodes.contains(&NodeId(Hash(arr)))
+            };
+            if !keep {
+                b.delete(&self.db, cf::SCAN, &k);
+            }
+        }
+        if !b.is_empty() {
+            self.db.write(b.inner, false)?;
+        }
+        self.db.compact_all()?;
+        progress.finish();
+        rep.bytes_after = self.disk_usage()?;
+        Ok(rep)
+    }
+}
