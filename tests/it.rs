@@ -1,1 +1,11 @@
-fn main(){}
+//! Integration tests: the real `left` binary driven in temporary folders.
+//!
+//! One test binary (`cargo test --release --test it`) with a module per area: `cli` for the commands
+//! on good input, `faults` for bad input, failures and crashes. `util` holds the helpers.
+
+#[path = "it/cli.rs"]
+mod cli;
+#[path = "it/faults.rs"]
+mod faults;
+#[path = "it/util.rs"]
+mod util;
