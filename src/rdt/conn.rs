@@ -206,6 +206,8 @@ struct Mtud {
 }
 
 const MTU_SEARCH_DONE_GAP: u16 = 20;
+/// Longest probe timeout after backoff (unless one base PTO is longer).
+const MAX_PTO_PERIOD: Duration = Duration::from_secs(4);
 const BLACK_HOLE_THRESHOLD: u32 = 5;
 
 impl Mtud {
@@ -584,10 +586,10 @@ impl Connection {
         } else if self.pto_deadline().is_some_and(|t| now >= t) {
             self.pto_count = (self.pto_count + 1).min(16);
             self.probes = 2;
-            self.ping_pending = true;
+            self.requeue_oldest();
         }
         if let Some(k) = self.config.keep_alive {
-            if now >= self.last_sent + k {
+            if self.eliciting_in_flight == 0 && now >= self.last_sent + k {
                 self.ping_pending = true;
             }
         }
@@ -616,7 +618,13 @@ impl Connection {
                 return Some(self.transmit(n, None));
             }
         }
-        let mtu = usize::from(self.mtud.current);
+        // After repeated probe timeouts, probe with minimum-size packets: if the path MTU dropped,
+        // only those get through, and their acknowledgements expose the black hole.
+        let mtu = if self.probes > 0 && self.pto_count >= 2 {
+            usize::from(INITIAL_DATAGRAM_SIZE)
+        } else {
+            usize::from(self.mtud.current)
+        };
         let mut total = 0;
         let mut count = 0;
         while count < self.config.max_gso_segments.max(1) && buf.len() - total >= mtu {
@@ -659,7 +667,10 @@ impl Connection {
         at(Some(self.idle_deadline));
         at(self.ack_deadline);
         at(self.loss_time.or_else(|| self.pto_deadline()));
-        at(self.config.keep_alive.map(|k| self.last_sent + k));
+        // Keep-alive only matters when nothing is in flight; otherwise the PTO probes the path.
+        if self.eliciting_in_flight == 0 {
+            at(self.config.keep_alive.map(|k| self.last_sent + k));
+        }
         if self.has_eliciting_to_send() {
             at(self.pace_until);
         }
@@ -760,8 +771,11 @@ impl Connection {
         if self.eliciting_in_flight == 0 {
             return None;
         }
+        let base = self.pto_base();
         let backoff = 1u32 << self.pto_count.min(16);
-        Some(self.last_eliciting_sent? + self.pto_base() * backoff)
+        // Exponential backoff, capped so a long run of losses cannot stall the path for minutes.
+        let period = (base * backoff).min(base.max(MAX_PTO_PERIOD));
+        Some(self.last_eliciting_sent? + period)
     }
 
     /// Ends the connection without sending anything.
@@ -1218,6 +1232,19 @@ impl Connection {
         self.retx_pool.push(p.retx);
     }
 
+    /// On a probe timeout, queue the oldest in-flight packet's stream data again (without declaring
+    /// it lost), so the probes carry data rather than only a PING (RFC 9002 section 6.2.4).
+    fn requeue_oldest(&mut self) {
+        let Some(p) = self.sent.iter().flatten().find(|p| p.ack_eliciting) else { return };
+        if let Some(s) = self.streams.as_mut() {
+            for r in &p.retx {
+                if let Retx::Stream(m) = r {
+                    s.on_frame_lost(m);
+                }
+            }
+        }
+    }
+
     fn trim_sent(&mut self) {
         while let Some(None) = self.sent.front() {
             self.sent.pop_front();
@@ -1226,7 +1253,8 @@ impl Connection {
     }
 
     fn has_eliciting_to_send(&self) -> bool {
-        self.ping_pending
+        self.probes > 0
+            || self.ping_pending
             || self.handshake_done_pending
             || self.streams.as_ref().is_some_and(|s| s.has_pending() || s.max_data_pending || s.max_streams_pending)
     }
@@ -1330,7 +1358,7 @@ impl Connection {
                         eliciting = true;
                     }
                 }
-                if !eliciting && self.ping_pending && w.remaining() >= 1 {
+                if !eliciting && (self.ping_pending || self.probes > 0) && w.remaining() >= 1 {
                     w.u8(frame::ty::PING);
                     eliciting = true;
                 }
