@@ -333,16 +333,24 @@ fn socket_pair(
     Ok((Arc::new(a), Arc::new(b)))
 }
 
-/// Runs `transfer` and measures its wall time and the process's CPU time.
+/// When and at what process CPU time the receiver verified the last byte; teardown after that
+/// point is not measured.
+type Finish = (Instant, f64);
+
+fn finish_now() -> Finish {
+    (Instant::now(), cpu_seconds())
+}
+
+/// Runs `transfer` and measures wall time and process CPU time from its start to its [`Finish`].
 async fn measure(
-    transfer: impl Future<Output = Result<(), String>>,
+    transfer: impl Future<Output = Result<Finish, String>>,
 ) -> Result<Measurement, String> {
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     match tokio::time::timeout(RUN_TIMEOUT, transfer).await {
-        Ok(Ok(())) => Ok(Measurement {
-            secs: t0.elapsed().as_secs_f64(),
-            cpu_secs: cpu_seconds() - cpu0,
+        Ok(Ok((t1, cpu1))) => Ok(Measurement {
+            secs: (t1 - t0).as_secs_f64(),
+            cpu_secs: cpu1 - cpu0,
         }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(format!("timed out after {RUN_TIMEOUT:?}")),
@@ -368,19 +376,95 @@ async fn rdt_transfer(
     options: &Options,
     run_seed: u64,
     pattern: Arc<Vec<u8>>,
-) -> Result<(), String> {
+) -> Result<Finish, String> {
     rdt_side::transfer(options, run_seed, pattern).await
 }
 
 mod rdt_side {
     use super::*;
+    use left::net::driver::Endpoint;
+    use left::rdt::EndpointConfig;
 
     pub async fn transfer(
-        _options: &Options,
-        _run_seed: u64,
-        _pattern: Arc<Vec<u8>>,
-    ) -> Result<(), String> {
-        Err("rdt driver not available yet".into())
+        options: &Options,
+        run_seed: u64,
+        pattern: Arc<Vec<u8>>,
+    ) -> Result<Finish, String> {
+        let (client_socket, server_socket) =
+            socket_pair(options, run_seed).map_err(|e| format!("bind: {e}"))?;
+        let server_addr = server_socket.local_addr().map_err(|e| e.to_string())?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(run_seed ^ 0x7264_7421);
+        let mut key = || {
+            let mut k = [0u8; 32];
+            rng.fill_bytes(&mut k);
+            k
+        };
+        let psk = key();
+        let mut server_config = EndpointConfig::new(key(), psk, run_seed);
+        let mut client_config = EndpointConfig::new(key(), psk, run_seed + 1);
+        client_config.accept = false;
+        for c in [&mut server_config, &mut client_config] {
+            c.transport.encryption = options.encryption;
+        }
+        let server = Endpoint::new(server_socket, server_config).map_err(|e| e.to_string())?;
+        let client = Endpoint::new(client_socket, client_config).map_err(|e| e.to_string())?;
+        let bytes = options.bytes;
+        let receiver = tokio::spawn({
+            let server = server.clone();
+            let pattern = pattern.clone();
+            async move {
+                let conn = server.accept().await.ok_or("server endpoint closed")?;
+                let mut stream = conn
+                    .accept_stream()
+                    .await
+                    .map_err(|e| format!("accept_stream: {e}"))?;
+                let mut received = 0u64;
+                while let Some(chunk) = stream
+                    .read(usize::MAX)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?
+                {
+                    if !verify(&pattern, received, &chunk) {
+                        return Err(format!("corrupt data near offset {received}"));
+                    }
+                    received += chunk.len() as u64;
+                }
+                if received != bytes {
+                    return Err(format!("received {received} of {bytes} bytes"));
+                }
+                Ok::<_, String>((finish_now(), conn))
+            }
+        });
+        let conn = client
+            .connect(server_addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream = conn
+            .open_stream()
+            .await
+            .map_err(|e| format!("open_stream: {e}"))?;
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(WRITE_CHUNK as u64) as usize;
+            let data = pattern_at(&pattern, sent, n);
+            stream
+                .write_all(data)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            sent += data.len() as u64;
+        }
+        stream.finish().map_err(|e| format!("finish: {e}"))?;
+        let (finish, server_conn) = receiver
+            .await
+            .map_err(|e| format!("receiver task: {e}"))??;
+        if let Some(stats) = conn.stats() {
+            tracing::debug!(?stats, "rdt sender stats");
+        }
+        server_conn.close(0, b"done");
+        drop((server_conn, stream, conn));
+        client.close().await;
+        server.close().await;
+        Ok(finish)
     }
 }
 
@@ -391,7 +475,7 @@ async fn quinn_transfer(
     options: &Options,
     run_seed: u64,
     pattern: Arc<Vec<u8>>,
-) -> Result<(), String> {
+) -> Result<Finish, String> {
     let (client_socket, server_socket) =
         socket_pair(options, run_seed).map_err(|e| format!("bind: {e}"))?;
     let server_addr = server_socket.local_addr().map_err(|e| e.to_string())?;
@@ -441,8 +525,9 @@ async fn quinn_transfer(
             if received != bytes {
                 return Err(format!("received {received} of {bytes} bytes"));
             }
+            let finish = finish_now();
             conn.close(0u32.into(), b"done");
-            Ok::<_, String>(())
+            Ok::<_, String>(finish)
         }
     });
     let conn = client
@@ -465,13 +550,15 @@ async fn quinn_transfer(
         sent += data.len() as u64;
     }
     stream.finish().map_err(|e| format!("finish: {e}"))?;
-    receiver
+    let finish = receiver
         .await
         .map_err(|e| format!("receiver task: {e}"))??;
     conn.close(0u32.into(), b"done");
     client.close(0u32.into(), b"done");
     server.close(0u32.into(), b"done");
-    Ok(())
+    client.wait_idle().await;
+    server.wait_idle().await;
+    Ok(finish)
 }
 
 fn quinn_configs(options: &Options) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {

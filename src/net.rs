@@ -5,6 +5,8 @@
 //!   duplication, corruption, a bandwidth cap with a tail-drop queue). Pure logic, given `now`.
 //! - [`udp`]: sockets over `quinn-udp` (GSO sends, GRO and `recvmmsg` receives) with buffers raised by
 //!   `socket2`, and [`udp::ImpairedSocket`], which puts [`impair`] in front of the sends.
+//! - [`driver`]: one tokio task per `rdt::Endpoint`, and the async handles callers use
+//!   ([`driver::Endpoint`], [`driver::Connection`], [`driver::Stream`]).
 //!
 //! Impairment is off unless a test or benchmark configures it or the `LEFT_IMPAIR` environment
 //! variable is set, e.g. `LEFT_IMPAIR="loss=0.01,delay=5ms,seed=7"`; see
@@ -12,5 +14,6 @@
 
 #![warn(missing_docs)]
 
+pub mod driver;
 pub mod impair;
 pub mod udp;

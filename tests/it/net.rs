@@ -132,3 +132,72 @@ async fn impaired_ipv6_socket_delivers_with_delay() {
     assert_eq!(got, vec![d]);
     assert!(start.elapsed() >= Duration::from_millis(20));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The rdt driver
+
+use left::net::driver::{Endpoint, NetError};
+use left::rdt::EndpointConfig;
+
+const PSK: [u8; 32] = [7; 32];
+
+fn endpoint_config(secret: u8, seed: u64) -> EndpointConfig {
+    EndpointConfig::new([secret; 32], PSK, seed)
+}
+
+fn endpoint(secret: u8, seed: u64, impairment: Option<&str>) -> Endpoint {
+    let socket = SocketConfig {
+        impairment: impairment.map(|s| s.parse().expect("impairment spec")),
+        ..SocketConfig::default()
+    };
+    Endpoint::bind(loopback(), &socket, endpoint_config(secret, seed)).expect("bind endpoint")
+}
+
+fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8)
+        .collect()
+}
+
+/// Sends `data` on one stream from a client to a server and returns what the server read.
+async fn transfer(client: &Endpoint, server: &Endpoint, data: &[u8]) -> Result<Vec<u8>, NetError> {
+    let server_addr = server.local_addr().unwrap();
+    let accept = {
+        let server = server.clone();
+        let len = data.len();
+        tokio::spawn(async move {
+            let conn = server.accept().await.ok_or(NetError::EndpointClosed)?;
+            let mut stream = conn.accept_stream().await?;
+            let got = stream.read_to_end(len + 1).await?;
+            Ok::<_, NetError>((conn, got))
+        })
+    };
+    let conn = client.connect(server_addr).await?;
+    assert_eq!(conn.peer_key(), server.public_key());
+    let mut stream = conn.open_stream().await?;
+    stream.write_all(data).await?;
+    stream.finish()?;
+    let (server_conn, got) = accept.await.expect("accept task")?;
+    assert_eq!(server_conn.peer_key(), client.public_key());
+    stream.finished().await?;
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_moves_a_stream_over_clean_loopback() {
+    let server = endpoint(1, 1, None);
+    let client = endpoint(2, 2, None);
+    let data = payload(40 << 20, 1);
+    let got = tokio::time::timeout(Duration::from_secs(60), transfer(&client, &server, &data))
+        .await
+        .expect("transfer timed out")
+        .expect("transfer failed");
+    assert!(
+        got == data,
+        "received {} bytes, differing from the {} sent",
+        got.len(),
+        data.len()
+    );
+    client.close().await;
+    server.close().await;
+}

@@ -1,0 +1,861 @@
+//! The tokio driver of an [`rdt::Endpoint`]: one task per endpoint moves datagrams between the UDP
+//! socket and the sans-IO core, and async handles ([`Endpoint`], [`Connection`], [`Stream`]) give
+//! callers connect, accept, streams and close.
+//!
+//! # How it runs
+//! The core and per-connection bookkeeping live behind one mutex, never held across an `.await`.
+//! The driver task loops (quinn's `ConnectionDriver` shape):
+//!
+//! 1. receive a batch (`recvmmsg`, GRO) and feed every datagram to `handle_datagram`, or wake on
+//!    the core's timer (`poll_timeout`) and call `handle_timeout`, or wake because a handle queued
+//!    work (a write, a close);
+//! 2. drain `poll_event` and wake the handles waiting on each connection;
+//! 3. drain `poll_transmit` into GSO batches and send them (waiting for socket space, so a full
+//!    socket buffer slows the core down instead of dropping);
+//! 4. re-arm the timer.
+//!
+//! Handles never touch the socket. A write copies into the core's send buffer as far as flow
+//! control allows and waits (on a per-connection [`Notify`]) for `StreamWritable` when it allows
+//! nothing: that is the backpressure. A read takes what the core has in order and waits for
+//! `StreamReadable` otherwise.
+//!
+//! # Lifetimes and shutdown
+//! Dropping every handle of a connection closes it (code 0). [`Endpoint::close`] closes every
+//! connection, lets the closes go out and the connections drain (bounded by
+//! [`SHUTDOWN_GRACE`]), then stops the task; dropping every [`Endpoint`] and [`Connection`] handle
+//! does the same in the background.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{watch, Notify};
+
+use super::udp::{
+    ImpairedSocket, RecvMeta, SocketConfig, Transmit, MAX_RECEIVE_BUFFER, RECEIVE_BATCH,
+};
+use crate::rdt::{
+    self, ConnectionError, ConnectionHandle, ConnectionStats, EndpointConfig, EndpointStats, Event,
+    StreamError, StreamId,
+};
+
+/// How long [`Endpoint::close`] waits for connections to finish closing before stopping anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Close code sent when the application drops every handle of a connection or closes the endpoint.
+pub const CODE_NO_ERROR: u64 = 0;
+
+/// Errors from the driver's handles.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The socket failed (binding, or a fatal send/receive error).
+    #[error("socket error: {0}")]
+    Io(String),
+    /// The connection ended.
+    #[error("connection lost: {0}")]
+    ConnectionLost(ConnectionError),
+    /// A stream operation was refused.
+    #[error("stream error: {0}")]
+    Stream(StreamError),
+    /// The endpoint was closed or its driver stopped.
+    #[error("endpoint closed")]
+    EndpointClosed,
+}
+
+impl From<io::Error> for NetError {
+    fn from(e: io::Error) -> Self {
+        NetError::Io(e.to_string())
+    }
+}
+
+/// A handle to a running endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    _guard: Arc<EndpointGuard>,
+}
+
+/// A handle to one connection. Cheap to clone; dropping the last clone closes the connection.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnInner>,
+}
+
+/// One direction-agnostic stream of a connection (rdt streams are bidirectional).
+pub struct Stream {
+    conn: Connection,
+    id: StreamId,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    socket: Arc<ImpairedSocket>,
+    /// Handles → driver: there is work (writes, closes, connects).
+    wake_driver: Notify,
+    /// Driver → `accept`: a connection is ready or the endpoint closed.
+    incoming: Notify,
+    /// Set once the driver task has ended.
+    done: watch::Sender<bool>,
+    shutting_down: AtomicBool,
+}
+
+struct State {
+    core: rdt::Endpoint,
+    slots: HashMap<ConnectionHandle, Slot>,
+    incoming: VecDeque<ConnectionHandle>,
+    /// Why the driver stopped, once it has.
+    stopped: Option<NetError>,
+}
+
+/// What the driver knows about a connection beyond the core.
+struct Slot {
+    notify: Arc<Notify>,
+    peer_key: Option<[u8; 32]>,
+    lost: Option<ConnectionError>,
+    opened: VecDeque<StreamId>,
+    finished: HashSet<StreamId>,
+    /// Every application handle was dropped: remove the slot when the connection is lost.
+    abandoned: bool,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            notify: Arc::new(Notify::new()),
+            peer_key: None,
+            lost: None,
+            opened: VecDeque::new(),
+            finished: HashSet::new(),
+            abandoned: false,
+        }
+    }
+}
+
+struct ConnInner {
+    shared: Arc<Shared>,
+    handle: ConnectionHandle,
+    notify: Arc<Notify>,
+    peer_key: [u8; 32],
+    remote: SocketAddr,
+    _guard: Arc<EndpointGuard>,
+}
+
+/// Dropped with the last [`Endpoint`] or [`Connection`] handle: asks the driver to shut down.
+struct EndpointGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.shared.begin_shutdown();
+    }
+}
+
+impl Endpoint {
+    /// Binds a UDP socket on `addr` and starts the endpoint's driver task on the current tokio
+    /// runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        socket: &SocketConfig,
+        config: EndpointConfig,
+    ) -> Result<Self, NetError> {
+        Self::new(Arc::new(ImpairedSocket::bind(addr, socket)?), config)
+    }
+
+    /// Starts an endpoint on an open socket. The transport's GSO batch size is capped by what
+    /// the socket supports.
+    pub fn new(socket: Arc<ImpairedSocket>, mut config: EndpointConfig) -> Result<Self, NetError> {
+        config.transport.max_gso_segments = config
+            .transport
+            .max_gso_segments
+            .clamp(1, socket.socket().max_gso_segments().max(1));
+        let (done, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                core: rdt::Endpoint::new(config),
+                slots: HashMap::new(),
+                incoming: VecDeque::new(),
+                stopped: None,
+            }),
+            socket,
+            wake_driver: Notify::new(),
+            incoming: Notify::new(),
+            done,
+            shutting_down: AtomicBool::new(false),
+        });
+        tokio::spawn(run_driver(shared.clone()));
+        let guard = Arc::new(EndpointGuard {
+            shared: shared.clone(),
+        });
+        Ok(Self {
+            shared,
+            _guard: guard,
+        })
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.shared.socket.local_addr()
+    }
+
+    /// This endpoint's device public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.lock().core.public_key()
+    }
+
+    /// The core's counters (refused datagrams by reason, retries, accepted handshakes).
+    pub fn stats(&self) -> EndpointStats {
+        self.shared.lock().core.stats().clone()
+    }
+
+    /// The impaired socket under this endpoint.
+    pub fn socket(&self) -> &Arc<ImpairedSocket> {
+        &self.shared.socket
+    }
+
+    /// Connects to `remote` and waits for the handshake to complete.
+    pub async fn connect(&self, remote: SocketAddr) -> Result<Connection, NetError> {
+        let (handle, notify) = {
+            let mut state = self.shared.lock();
+            if let Some(e) = &state.stopped {
+                return Err(e.clone());
+            }
+            if self.shared.shutting_down.load(Ordering::Acquire) {
+                return Err(NetError::EndpointClosed);
+            }
+            let handle = state.core.connect(Instant::now(), remote);
+            let slot = Slot::new();
+            let notify = slot.notify.clone();
+            state.slots.insert(handle, slot);
+            (handle, notify)
+        };
+        self.shared.wake_driver.notify_one();
+        let shared = &self.shared;
+        let peer_key = wait_on(&notify, || {
+            let mut state = shared.lock();
+            let stopped = state.stopped.clone();
+            let slot = state.slots.get_mut(&handle)?;
+            if let Some(key) = slot.peer_key {
+                return Some(Ok(key));
+            }
+            if let Some(reason) = &slot.lost {
+                return Some(Err(NetError::ConnectionLost(reason.clone())));
+            }
+            stopped.map(Err)
+        })
+        .await;
+        let peer_key = match peer_key {
+            Ok(k) => k,
+            Err(e) => {
+                self.shared.lock().slots.remove(&handle);
+                return Err(e);
+            }
+        };
+        Ok(self.connection_handle(handle, notify, peer_key))
+    }
+
+    /// Waits for the next incoming connection whose handshake completed. `None` once the endpoint
+    /// is closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        let shared = &self.shared;
+        let next = wait_on(&shared.incoming, || {
+            let mut state = shared.lock();
+            while let Some(handle) = state.incoming.pop_front() {
+                if let Some(slot) = state.slots.get(&handle) {
+                    if let Some(key) = slot.peer_key {
+                        return Some(Some((handle, slot.notify.clone(), key)));
+                    }
+                }
+            }
+            (state.stopped.is_some() || shared.shutting_down.load(Ordering::Acquire))
+                .then_some(None)
+        })
+        .await?;
+        let (handle, notify, key) = next;
+        Some(self.connection_handle(handle, notify, key))
+    }
+
+    /// Closes every connection, waits (at most [`SHUTDOWN_GRACE`]) for them to finish closing, and
+    /// stops the driver.
+    pub async fn close(&self) {
+        self.shared.begin_shutdown();
+        let mut done = self.shared.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    fn connection_handle(
+        &self,
+        handle: ConnectionHandle,
+        notify: Arc<Notify>,
+        peer_key: [u8; 32],
+    ) -> Connection {
+        let remote = self
+            .shared
+            .lock()
+            .core
+            .connection_ref(handle)
+            .map(|c| c.remote_address())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Connection {
+            inner: Arc::new(ConnInner {
+                shared: self.shared.clone(),
+                handle,
+                notify,
+                peer_key,
+                remote,
+                _guard: self._guard.clone(),
+            }),
+        }
+    }
+}
+
+impl Connection {
+    /// The peer's device public key, learned in the handshake.
+    pub fn peer_key(&self) -> [u8; 32] {
+        self.inner.peer_key
+    }
+
+    /// The peer's address when the connection was established.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.inner.remote
+    }
+
+    /// The core's counters for this connection, while it exists.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        self.inner
+            .shared
+            .lock()
+            .core
+            .connection_ref(self.inner.handle)
+            .map(|c| c.stats())
+    }
+
+    /// Smoothed round-trip time, while the connection exists.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.inner
+            .shared
+            .lock()
+            .core
+            .connection_ref(self.inner.handle)
+            .map(|c| c.rtt())
+    }
+
+    /// The ordered control stream (stream 0), open from the start on both sides.
+    pub fn control_stream(&self) -> Stream {
+        Stream {
+            conn: self.clone(),
+            id: StreamId::CONTROL,
+        }
+    }
+
+    /// Opens a new stream, waiting while the peer's stream limit is reached.
+    pub async fn open_stream(&self) -> Result<Stream, NetError> {
+        let id = self
+            .wait(|state, h| match core_conn(state, h).map(|c| c.open()) {
+                Ok(Ok(id)) => Some(Ok(id)),
+                Ok(Err(StreamError::StreamLimit)) => None,
+                Ok(Err(e)) => Some(Err(NetError::Stream(e))),
+                Err(e) => Some(Err(e)),
+            })
+            .await?;
+        Ok(Stream {
+            conn: self.clone(),
+            id,
+        })
+    }
+
+    /// Waits for the peer to open a stream.
+    pub async fn accept_stream(&self) -> Result<Stream, NetError> {
+        let id = self
+            .wait(|state, h| {
+                if let Some(id) = state.slots.get_mut(&h).and_then(|s| s.opened.pop_front()) {
+                    return Some(Ok(id));
+                }
+                core_conn(state, h).err().map(Err)
+            })
+            .await?;
+        Ok(Stream {
+            conn: self.clone(),
+            id,
+        })
+    }
+
+    /// Closes the connection with an application `code` and `reason` (at most 1024 bytes sent).
+    pub fn close(&self, code: u64, reason: &[u8]) {
+        let mut state = self.inner.shared.lock();
+        if let Some(c) = state.core.connection(self.inner.handle) {
+            c.close(Instant::now(), code, reason);
+        }
+        drop(state);
+        self.inner.shared.wake_driver.notify_one();
+    }
+
+    /// Waits until the connection has ended and returns why.
+    pub async fn closed(&self) -> ConnectionError {
+        let shared = &self.inner.shared;
+        let h = self.inner.handle;
+        wait_on(&self.inner.notify, || {
+            let state = shared.lock();
+            match state.slots.get(&h) {
+                Some(slot) => slot.lost.clone(),
+                None => Some(ConnectionError::LocallyClosed),
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` under the lock until it returns `Some`, waiting for connection events in between.
+    /// `f` is also woken when the driver stops; it sees that as a lost connection via `core_conn`.
+    async fn wait<T>(
+        &self,
+        mut f: impl FnMut(&mut State, ConnectionHandle) -> Option<Result<T, NetError>>,
+    ) -> Result<T, NetError> {
+        let shared = &self.inner.shared;
+        let h = self.inner.handle;
+        let result = wait_on(&self.inner.notify, || f(&mut shared.lock(), h)).await;
+        if result.is_ok() {
+            // The call may have queued work for the core (data, credit, a new stream).
+            shared.wake_driver.notify_one();
+        }
+        result
+    }
+}
+
+impl Drop for ConnInner {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        let lost = match state.slots.get_mut(&self.handle) {
+            Some(slot) => {
+                slot.abandoned = true;
+                slot.lost.is_some()
+            }
+            None => return,
+        };
+        if lost {
+            state.slots.remove(&self.handle);
+        } else if let Some(c) = state.core.connection(self.handle) {
+            c.close(Instant::now(), CODE_NO_ERROR, b"connection dropped");
+        }
+        drop(state);
+        self.shared.wake_driver.notify_one();
+    }
+}
+
+impl Stream {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// The connection the stream belongs to.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Writes some of `data`, waiting until flow control accepts at least one byte (or `data` is
+    /// empty). Returns how many bytes were accepted.
+    pub async fn write(&mut self, data: &[u8]) -> Result<usize, NetError> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let id = self.id;
+        self.conn
+            .wait(
+                |state, h| match core_conn(state, h).map(|c| write_or_block(c, id, data)) {
+                    Ok(Ok(0)) => None,
+                    Ok(Ok(n)) => Some(Ok(n)),
+                    Ok(Err(e)) => Some(Err(NetError::Stream(e))),
+                    Err(e) => Some(Err(e)),
+                },
+            )
+            .await
+    }
+
+    /// Writes all of `data`, waiting for flow control as needed.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), NetError> {
+        while !data.is_empty() {
+            let n = self.write(data).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes all of `data` without copying it, waiting for flow control as needed.
+    pub async fn write_bytes(&mut self, mut data: Bytes) -> Result<(), NetError> {
+        let id = self.id;
+        while !data.is_empty() {
+            let n = self
+                .conn
+                .wait(|state, h| {
+                    match core_conn(state, h).map(|c| c.write_bytes(id, data.clone())) {
+                        Ok(Ok(0)) => None,
+                        Ok(Ok(n)) => Some(Ok(n)),
+                        Ok(Err(e)) => Some(Err(NetError::Stream(e))),
+                        Err(e) => Some(Err(e)),
+                    }
+                })
+                .await?;
+            let _ = data.split_to(n);
+        }
+        Ok(())
+    }
+
+    /// Ends the stream after what was written; the peer's reads then return `None`.
+    pub fn finish(&mut self) -> Result<(), NetError> {
+        let shared = &self.conn.inner.shared;
+        let result = core_conn(&mut shared.lock(), self.conn.inner.handle)
+            .and_then(|c| c.finish(self.id).map_err(NetError::Stream));
+        shared.wake_driver.notify_one();
+        result
+    }
+
+    /// Waits until everything written on this finished stream was acknowledged by the peer.
+    pub async fn finished(&mut self) -> Result<(), NetError> {
+        let id = self.id;
+        self.conn
+            .wait(|state, h| {
+                if state
+                    .slots
+                    .get(&h)
+                    .is_some_and(|s| s.finished.contains(&id))
+                {
+                    return Some(Ok(()));
+                }
+                core_conn(state, h).err().map(Err)
+            })
+            .await
+    }
+
+    /// Abandons sending with an application error `code`.
+    pub fn reset(&mut self, code: u64) -> Result<(), NetError> {
+        let shared = &self.conn.inner.shared;
+        let result = core_conn(&mut shared.lock(), self.conn.inner.handle)
+            .and_then(|c| c.reset(self.id, code).map_err(NetError::Stream));
+        shared.wake_driver.notify_one();
+        result
+    }
+
+    /// Reads up to `max` bytes in order, waiting for data. `None` once the peer finished the stream
+    /// and everything was read.
+    pub async fn read(&mut self, max: usize) -> Result<Option<Bytes>, NetError> {
+        let id = self.id;
+        self.conn
+            .wait(
+                |state, h| match core_conn(state, h).map(|c| c.read(id, max)) {
+                    Ok(Ok(chunk)) => Some(Ok(chunk)),
+                    Ok(Err(StreamError::Blocked)) => None,
+                    Ok(Err(e)) => Some(Err(NetError::Stream(e))),
+                    Err(e) => Some(Err(e)),
+                },
+            )
+            .await
+    }
+
+    /// Reads until the peer finishes the stream; fails if more than `limit` bytes arrive.
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, NetError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.read(usize::MAX).await? {
+            if out.len() + chunk.len() > limit {
+                return Err(NetError::Io(format!(
+                    "stream longer than the {limit}-byte limit"
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+/// Writes what flow control accepts; when it accepts nothing, makes sure the core knows the stream
+/// is blocked so that it reports `StreamWritable` once credit arrives.
+///
+/// `Connection::write` copies only what the credit allows and so never tells the stream it was
+/// refused; a one-byte `write_bytes` with no credit accepts nothing and marks the stream blocked.
+/// The lock is held across both calls, so the credit cannot change in between.
+fn write_or_block(
+    c: &mut rdt::Connection,
+    id: StreamId,
+    data: &[u8],
+) -> Result<usize, StreamError> {
+    let n = c.write(id, data)?;
+    if n == 0 {
+        let m = c.write_bytes(id, Bytes::from_static(&[0]))?;
+        if m != 0 {
+            // Unreachable (no credit a moment ago, same lock), but never send a byte the caller
+            // did not give: fail loudly instead.
+            return Err(StreamError::Finished);
+        }
+    }
+    Ok(n)
+}
+
+/// The core connection behind `h`, or why it is gone.
+fn core_conn(state: &mut State, h: ConnectionHandle) -> Result<&mut rdt::Connection, NetError> {
+    if let Some(reason) = state.slots.get(&h).and_then(|s| s.lost.clone()) {
+        return Err(NetError::ConnectionLost(reason));
+    }
+    if let Some(e) = &state.stopped {
+        return Err(e.clone());
+    }
+    state
+        .core
+        .connection(h)
+        .ok_or(NetError::ConnectionLost(ConnectionError::LocallyClosed))
+}
+
+/// Evaluates `check` until it returns `Some`, sleeping on `notify` in between without missing a
+/// notification that lands between the check and the sleep.
+async fn wait_on<T>(notify: &Notify, mut check: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let mut notified = pin!(notify.notified());
+        notified.as_mut().enable();
+        if let Some(v) = check() {
+            return v;
+        }
+        notified.await;
+    }
+}
+
+impl Shared {
+    /// Locks the state. The lock is never held across an await or user code, so poisoning means a
+    /// bug panicked inside the core; the driver stops (see `run_driver`), and handles see that.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.wake_driver.notify_one();
+        self.incoming.notify_waiters();
+    }
+
+    /// Wakes every handle: used when the driver stops.
+    fn wake_all(&self, state: &State) {
+        for slot in state.slots.values() {
+            slot.notify.notify_waiters();
+        }
+        self.incoming.notify_waiters();
+    }
+}
+
+/// The endpoint's task. Ends after shutdown once every connection drained (or the grace period
+/// passed), or when the socket fails for good.
+async fn run_driver(shared: Arc<Shared>) {
+    let mut driver = Driver::new(shared.clone());
+    let reason = driver.run().await;
+    let mut state = shared.lock();
+    state.stopped = Some(reason.unwrap_or(NetError::EndpointClosed));
+    for slot in state.slots.values_mut() {
+        if slot.lost.is_none() {
+            slot.lost = Some(ConnectionError::LocallyClosed);
+        }
+    }
+    shared.wake_all(&state);
+    drop(state);
+    shared.done.send_replace(true);
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    recv_storage: Vec<u8>,
+    transmit_buf: Vec<u8>,
+    shutdown_started: Option<Instant>,
+}
+
+/// Consecutive receive errors after which the socket is considered dead.
+const MAX_RECV_ERRORS: u32 = 100;
+
+impl Driver {
+    fn new(shared: Arc<Shared>) -> Self {
+        // Room for a whole GSO batch of the largest datagrams the core may write.
+        let segments = shared.socket.socket().max_gso_segments().clamp(1, 64);
+        Self {
+            shared,
+            recv_storage: vec![0u8; RECEIVE_BATCH * MAX_RECEIVE_BUFFER],
+            transmit_buf: vec![0u8; (segments * 1500).max(MAX_RECEIVE_BUFFER)],
+            shutdown_started: None,
+        }
+    }
+
+    async fn run(&mut self) -> Option<NetError> {
+        let shared = self.shared.clone();
+        let mut recv_errors = 0u32;
+        let mut meta = [RecvMeta::default(); RECEIVE_BATCH];
+        loop {
+            if let Err(e) = self.flush().await {
+                return Some(e);
+            }
+            let deadline = {
+                let mut state = shared.lock();
+                if shared.shutting_down.load(Ordering::Acquire) {
+                    let now = Instant::now();
+                    if self.shutdown_started.is_none() {
+                        self.shutdown_started = Some(now);
+                        for h in state.core.handles() {
+                            if let Some(c) = state.core.connection(h) {
+                                c.close(now, CODE_NO_ERROR, b"endpoint closed");
+                            }
+                        }
+                        drop(state);
+                        continue; // send the closes first
+                    }
+                    let grace_over = self
+                        .shutdown_started
+                        .is_some_and(|t| now - t > SHUTDOWN_GRACE);
+                    if state.core.handles().is_empty() || grace_over {
+                        return None;
+                    }
+                }
+                let mut deadline = state.core.poll_timeout();
+                if let Some(t) = self.shutdown_started {
+                    let end = t + SHUTDOWN_GRACE;
+                    deadline = Some(deadline.map_or(end, |d| d.min(end)));
+                }
+                deadline
+            };
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut bufs: Vec<IoSliceMut<'_>> = self
+                .recv_storage
+                .chunks_mut(MAX_RECEIVE_BUFFER)
+                .map(IoSliceMut::new)
+                .collect();
+            tokio::select! {
+                biased;
+                result = poll_fn(|cx| shared.socket.poll_recv(cx, &mut bufs, &mut meta)) => {
+                    drop(bufs);
+                    match result {
+                        Ok(n) => {
+                            recv_errors = 0;
+                            self.deliver(&meta[..n]);
+                        }
+                        Err(e) => {
+                            recv_errors += 1;
+                            tracing::debug!(error = %e, "rdt driver: receive failed");
+                            if recv_errors >= MAX_RECV_ERRORS {
+                                return Some(NetError::Io(format!("receive keeps failing: {e}")));
+                            }
+                        }
+                    }
+                }
+                _ = sleep => {}
+                _ = shared.wake_driver.notified() => {}
+            }
+        }
+    }
+
+    /// Feeds a received batch to the core. Each datagram is copied into its own buffer so the
+    /// stream data the core keeps pins only that datagram, never the whole batch.
+    fn deliver(&mut self, meta: &[RecvMeta]) {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        for (m, buf) in meta
+            .iter()
+            .zip(self.recv_storage.chunks(MAX_RECEIVE_BUFFER))
+        {
+            let len = m.len.min(buf.len());
+            for datagram in buf[..len].chunks(m.stride.max(1)) {
+                state
+                    .core
+                    .handle_datagram(now, m.addr, BytesMut::from(datagram));
+            }
+        }
+    }
+
+    /// Runs due timers, dispatches events and sends everything the core has to send.
+    async fn flush(&mut self) -> Result<(), NetError> {
+        loop {
+            let transmit = {
+                let mut state = self.shared.lock();
+                let now = Instant::now();
+                if state.core.poll_timeout().is_some_and(|t| t <= now) {
+                    state.core.handle_timeout(now);
+                }
+                self.dispatch_events(&mut state);
+                let t = state.core.poll_transmit(now, &mut self.transmit_buf);
+                if t.is_none() {
+                    // Sending can produce events (a closed connection is reaped).
+                    self.dispatch_events(&mut state);
+                }
+                t
+            };
+            let Some(t) = transmit else { return Ok(()) };
+            let size = t.size.min(self.transmit_buf.len());
+            let out = Transmit {
+                destination: t.destination,
+                contents: &self.transmit_buf[..size],
+                segment_size: t.segment_size,
+            };
+            self.shared.socket.send(&out).await?;
+        }
+    }
+
+    fn dispatch_events(&self, state: &mut State) {
+        while let Some((h, event)) = state.core.poll_event() {
+            let is_new = !state.slots.contains_key(&h);
+            if is_new {
+                // Only a responder's completed handshake creates a slot; other events of
+                // connections nobody holds (failed handshakes) are dropped.
+                if !matches!(event, Event::Connected { .. }) {
+                    continue;
+                }
+                if self.shared.shutting_down.load(Ordering::Acquire) {
+                    if let Some(c) = state.core.connection(h) {
+                        c.close(Instant::now(), CODE_NO_ERROR, b"endpoint closed");
+                    }
+                    continue;
+                }
+                state.slots.insert(h, Slot::new());
+                state.incoming.push_back(h);
+                self.shared.incoming.notify_waiters();
+            }
+            let Some(slot) = state.slots.get_mut(&h) else {
+                continue;
+            };
+            match event {
+                Event::Connected { peer_key } => slot.peer_key = Some(peer_key),
+                Event::StreamOpened { id } => slot.opened.push_back(id),
+                Event::StreamFinished { id } => {
+                    slot.finished.insert(id);
+                }
+                Event::ConnectionLost { reason } => {
+                    slot.lost = Some(reason);
+                    if slot.abandoned {
+                        let notify = slot.notify.clone();
+                        state.slots.remove(&h);
+                        notify.notify_waiters();
+                        continue;
+                    }
+                }
+                // Readable, writable, reset: the waiting handle re-checks the core.
+                _ => {}
+            }
+            slot.notify.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_error_messages_are_one_line() {
+        let e = NetError::ConnectionLost(ConnectionError::TimedOut);
+        assert!(!e.to_string().contains('\n'));
+        assert!(e.to_string().starts_with("connection lost"));
+    }
+}
