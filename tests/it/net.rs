@@ -201,3 +201,177 @@ async fn driver_moves_a_stream_over_clean_loopback() {
     client.close().await;
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_moves_a_stream_through_loss_delay_reorder_duplication_and_corruption() {
+    // Both directions impaired, seeds printed so a failure can be replayed.
+    for seed in [11u64, 12] {
+        eprintln!("impaired transfer, seed {seed}");
+        let spec = |s: u64| {
+            format!(
+                "loss=0.05,delay=2ms,jitter=1ms,reorder=0.02,duplicate=0.01,corrupt=0.001,seed={s}"
+            )
+        };
+        let server = endpoint(1, seed, Some(&spec(seed * 2)));
+        let client = endpoint(2, seed + 100, Some(&spec(seed * 2 + 1)));
+        let data = payload(2 << 20, seed as u8);
+        let got = tokio::time::timeout(Duration::from_secs(60), transfer(&client, &server, &data))
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: transfer timed out"))
+            .unwrap_or_else(|e| panic!("seed {seed}: transfer failed: {e}"));
+        assert!(
+            got == data,
+            "seed {seed}: received bytes differ from those sent"
+        );
+        let stats = client.socket().impairment_stats().expect("client impaired");
+        assert!(
+            stats.dropped_random > 0,
+            "seed {seed}: impairment did nothing: {stats:?}"
+        );
+        client.close().await;
+        server.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_runs_many_streams_at_once_both_ways() {
+    let server = endpoint(1, 3, None);
+    let client = endpoint(2, 4, None);
+    let server_addr = server.local_addr().unwrap();
+    // The server echoes every stream it is given, reversed.
+    let echo = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let conn = server.accept().await.expect("incoming connection");
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let mut stream = conn.accept_stream().await.expect("incoming stream");
+                tasks.push(tokio::spawn(async move {
+                    let mut data = stream.read_to_end(1 << 20).await.expect("read");
+                    data.reverse();
+                    stream.write_all(&data).await.expect("echo");
+                    stream.finish().expect("finish");
+                    stream.finished().await.expect("acknowledged");
+                }));
+            }
+            for t in tasks {
+                t.await.expect("echo task");
+            }
+            conn
+        })
+    };
+    let conn = client.connect(server_addr).await.expect("connect");
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let mut stream = conn.open_stream().await.expect("open");
+        tasks.push(tokio::spawn(async move {
+            let data = payload(100_000 + 10_000 * i as usize, i);
+            stream.write_all(&data).await.expect("write");
+            stream.finish().expect("finish");
+            let mut back = stream.read_to_end(1 << 20).await.expect("read echo");
+            back.reverse();
+            assert!(back == data, "stream {i} echoed wrong bytes");
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("stream timed out")
+            .expect("stream task");
+    }
+    let _server_conn = echo.await.expect("echo server");
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_refuses_a_peer_with_another_share_key() {
+    let server = endpoint(1, 5, None);
+    let mut config = EndpointConfig::new([2; 32], [8; 32], 6);
+    config.transport.handshake_timeout = Duration::from_millis(500);
+    let client = Endpoint::bind(loopback(), &SocketConfig::default(), config).unwrap();
+    let result = client.connect(server.local_addr().unwrap()).await;
+    match result {
+        Err(NetError::ConnectionLost(left::rdt::ConnectionError::HandshakeTimedOut)) => {}
+        Err(other) => panic!("expected a handshake timeout, got {other}"),
+        Ok(_) => panic!("connected without the share key"),
+    }
+    assert!(
+        server.stats().drops(left::rdt::DropReason::HandshakeAuth) > 0,
+        "server did not count the refusal: {:?}",
+        server.stats()
+    );
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_an_endpoint_closes_its_peers_connections() {
+    let server = endpoint(1, 7, None);
+    let client = endpoint(2, 8, None);
+    let accept = {
+        let server = server.clone();
+        tokio::spawn(async move { server.accept().await })
+    };
+    let conn = client
+        .connect(server.local_addr().unwrap())
+        .await
+        .expect("connect");
+    let server_conn = accept.await.unwrap().expect("accepted");
+    let mut stream = conn.open_stream().await.unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.close())
+        .await
+        .expect("close took too long");
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("client never saw the close");
+    assert!(
+        matches!(
+            reason,
+            left::rdt::ConnectionError::PeerClosed { code: 0, .. }
+        ),
+        "unexpected close reason: {reason}"
+    );
+    assert!(
+        server.accept().await.is_none(),
+        "a closed endpoint accepts nothing"
+    );
+    assert!(matches!(
+        server_conn.open_stream().await,
+        Err(NetError::ConnectionLost(_) | NetError::EndpointClosed)
+    ));
+    assert!(matches!(
+        stream.write(b"more").await,
+        Err(NetError::ConnectionLost(_))
+    ));
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_connection_handle_closes_the_connection() {
+    let server = endpoint(1, 9, None);
+    let client = endpoint(2, 10, None);
+    let accept = {
+        let server = server.clone();
+        tokio::spawn(async move { server.accept().await })
+    };
+    let conn = client
+        .connect(server.local_addr().unwrap())
+        .await
+        .expect("connect");
+    let server_conn = accept.await.unwrap().expect("accepted");
+    drop(conn);
+    let reason = tokio::time::timeout(Duration::from_secs(5), server_conn.closed())
+        .await
+        .expect("server never saw the close");
+    assert!(
+        matches!(
+            reason,
+            left::rdt::ConnectionError::PeerClosed { code: 0, .. }
+        ),
+        "{reason}"
+    );
+    client.close().await;
+    server.close().await;
+}
