@@ -95,6 +95,10 @@ impl Identity {
 /// Parameters carried in handshake payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Params {
+    /// The sender's connection id. Carried here, inside the authenticated Noise payload, because
+    /// the clear header's copy is not authenticated: a corrupted or forged cid in a handshake
+    /// header must not redirect the connection.
+    pub cid: u64,
     pub encryption: bool,
     pub suite: CipherSuite,
     pub limits: Limits,
@@ -103,8 +107,9 @@ pub(crate) struct Params {
 const PARAMS_VERSION: u8 = 1;
 
 impl Params {
-    pub fn from_config(c: &TransportConfig) -> Self {
+    pub fn from_config(c: &TransportConfig, cid: u64) -> Self {
         Self {
+            cid,
             encryption: c.encryption,
             suite: c.cipher,
             limits: Limits {
@@ -115,9 +120,10 @@ impl Params {
         }
     }
 
-    pub fn encode(&self, out: &mut [u8; 40]) -> usize {
+    pub fn encode(&self, out: &mut [u8; 48]) -> usize {
         let mut w = Writer::new(out, 0);
         w.u8(PARAMS_VERSION);
+        w.slice(&self.cid.to_be_bytes());
         w.u8(u8::from(self.encryption));
         w.u8(self.suite.to_byte());
         w.varint(self.limits.max_data.min(frame::VARINT_MAX));
@@ -131,6 +137,7 @@ impl Params {
         if r.u8().ok()? != PARAMS_VERSION {
             return None;
         }
+        let cid = u64::from_be_bytes(r.bytes(8).ok()?.try_into().ok()?);
         let encryption = match r.u8().ok()? {
             0 => false,
             1 => true,
@@ -142,7 +149,7 @@ impl Params {
             max_stream_data: r.varint().ok()?,
             max_streams: r.varint().ok()?,
         };
-        Some(Self { encryption, suite, limits })
+        Some(Self { cid, encryption, suite, limits })
     }
 }
 
@@ -177,6 +184,11 @@ struct SentPacket {
 
 struct Handshake {
     noise: Option<snow::HandshakeState>,
+    /// Seed of the handshake's ephemeral key, to rebuild the state after a failed read.
+    seed: [u8; 32],
+    /// Our parameters payload, and (responder) the initiator's first message, for the rebuild.
+    our_payload: Vec<u8>,
+    peer_msg1: Vec<u8>,
     /// The last handshake message we sent, resent on loss.
     msg: Vec<u8>,
     token: Vec<u8>,
@@ -384,13 +396,16 @@ impl Connection {
     ) -> Result<Self, snow::Error> {
         let mut noise =
             crypto::build_handshake(true, &identity.static_secret, &identity.static_pub, &identity.psk, seed)?;
-        let mut payload = [0u8; 40];
-        let n = Params::from_config(&config).encode(&mut payload);
+        let mut payload = [0u8; 48];
+        let n = Params::from_config(&config, local_cid).encode(&mut payload);
         let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
         let len = noise.write_message(&payload[..n], &mut msg)?;
         msg.truncate(len);
         let hs = Box::new(Handshake {
             noise: Some(noise),
+            seed,
+            our_payload: payload[..n].to_vec(),
+            peer_msg1: Vec::new(),
             msg,
             token: Vec::new(),
             send_pending: true,
@@ -413,6 +428,8 @@ impl Connection {
         config: Arc<TransportConfig>,
         identity: Arc<Identity>,
         mut noise: snow::HandshakeState,
+        seed: [u8; 32],
+        peer_msg1: &[u8],
         peer: Params,
         local_cid: u64,
         remote_cid: u64,
@@ -422,14 +439,17 @@ impl Connection {
         validated: bool,
         now: Instant,
     ) -> Result<Self, snow::Error> {
-        let mut payload = [0u8; 40];
-        let ours = Params::from_config(&config);
+        let mut payload = [0u8; 48];
+        let ours = Params::from_config(&config, local_cid);
         let n = ours.encode(&mut payload);
         let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
         let len = noise.write_message(&payload[..n], &mut msg)?;
         msg.truncate(len);
         let hs = Box::new(Handshake {
             noise: Some(noise),
+            seed,
+            our_payload: payload[..n].to_vec(),
+            peer_msg1: peer_msg1.to_vec(),
             msg,
             token: Vec::new(),
             send_pending: true,
@@ -844,6 +864,7 @@ impl Connection {
             Side::Initiator => {
                 // Message 2: the responder's ephemeral and static keys and its parameters.
                 let Ok(n) = noise.read_message(p.payload, &mut payload) else {
+                    hs.noise = rebuild(&self.identity, Side::Initiator, hs);
                     self.stats.auth_failures += 1;
                     return;
                 };
@@ -854,7 +875,7 @@ impl Connection {
                 if let (Some(t), false) = (hs.first_sent, hs.retransmitted) {
                     self.rtt.update(Duration::ZERO, now.saturating_duration_since(t));
                 }
-                self.remote_cid = p.src;
+                self.remote_cid = peer.cid;
                 if peer.encryption != self.config.encryption {
                     self.lost(ConnectionError::EncryptionMismatch {
                         local: self.config.encryption,
@@ -879,6 +900,7 @@ impl Connection {
             Side::Responder => {
                 // Message 3: the initiator's static key.
                 let Ok(_) = noise.read_message(p.payload, &mut payload) else {
+                    hs.noise = rebuild(&self.identity, Side::Responder, hs);
                     self.stats.auth_failures += 1;
                     return;
                 };
@@ -900,11 +922,16 @@ impl Connection {
         self.send_key = Some(PacketKey::new(suite, send, enc));
         self.recv_key = Some(PacketKey::new(suite, recv, enc));
         self.peer_key = Some(key);
-        let local = Params::from_config(&self.config).limits;
+        let local = Params::from_config(&self.config, self.local_cid).limits;
         self.streams = Some(Streams::new(self.side == Side::Initiator, local, peer.limits));
         self.peer_params = Some(peer);
         self.state = State::Established;
         self.idle_deadline = now + self.config.idle_timeout;
+        if let Some(hs) = &self.hs {
+            // An initiator keeps resending message 3 until the responder confirms; give that the
+            // whole handshake budget even if the idle timeout is shorter.
+            self.idle_deadline = self.idle_deadline.max(hs.deadline);
+        }
         self.mtud.next_probe = Some(now);
         if !self.identity.allows(&key) {
             tracing::debug!("rdt: refusing peer device key");
@@ -946,7 +973,8 @@ impl Connection {
             hs.first_sent = Some(now);
         }
         if side == Side::Initiator {
-            hs.timer = Some(now + pto.max(Duration::from_millis(1)) * (1 << hs.backoff) + pto);
+            let period = (pto.max(Duration::from_millis(1)) * (1 << hs.backoff)).min(pto.max(MAX_PTO_PERIOD));
+            hs.timer = Some(now + period);
         }
         self.stats.sent_packets += 1;
         self.stats.sent_bytes += n as u64;
@@ -1434,6 +1462,25 @@ impl Connection {
     }
 }
 
+/// Rebuilds a handshake state to where it was before a failed read.
+///
+/// snow 0.10 rolls back only the hash and chaining key when `read_message` fails, not the cipher
+/// key or nonce, so one corrupted message 2 or 3 would poison the state and every retransmission
+/// after it would fail too. The ephemeral key comes from a seeded RNG, so replaying our own side of
+/// the transcript (and the stored message 1, for a responder) reproduces the exact state. This costs
+/// up to three X25519 operations, and only for a packet that reached a handshaking connection and
+/// failed authentication.
+fn rebuild(identity: &Identity, side: Side, hs: &Handshake) -> Option<snow::HandshakeState> {
+    let id = identity;
+    let mut noise = crypto::build_handshake(side == Side::Initiator, &id.static_secret, &id.static_pub, &id.psk, hs.seed).ok()?;
+    let mut buf = [0u8; packet::MAX_NOISE_LEN];
+    if side == Side::Responder {
+        noise.read_message(&hs.peer_msg1, &mut buf).ok()?;
+    }
+    noise.write_message(&hs.our_payload, &mut buf).ok()?;
+    Some(noise)
+}
+
 fn remote_static(noise: &snow::HandshakeState) -> Option<[u8; 32]> {
     noise.get_remote_static()?.try_into().ok()
 }
@@ -1449,14 +1496,14 @@ mod tests {
 
     #[test]
     fn params_round_trip_and_reject() {
-        let p = Params::from_config(&TransportConfig::default());
-        let mut b = [0u8; 40];
+        let p = Params::from_config(&TransportConfig::default(), 77);
+        let mut b = [0u8; 48];
         let n = p.encode(&mut b);
         assert_eq!(Params::decode(&b[..n]), Some(p));
         for cut in 0..n {
             assert_eq!(Params::decode(&b[..cut]), None);
         }
-        b[1] = 7;
+        b[9] = 7;
         assert_eq!(Params::decode(&b[..n]), None);
     }
 }
