@@ -30,8 +30,8 @@ use rand_chacha::ChaCha20Rng;
 use crate::rdt::congestion::Controller;
 use crate::rdt::crypto::{self, CipherSuite, PacketKey};
 use crate::rdt::frame::{self, Decoder, Frame, Reader, Writer};
-use crate::rdt::packet::{self, Kind, ReplayWindow, DATA_HEADER_LEN, TAG_LEN};
 use crate::rdt::pacing::Pacer;
+use crate::rdt::packet::{self, Kind, ReplayWindow, DATA_HEADER_LEN, TAG_LEN};
 use crate::rdt::range_set::RangeSet;
 use crate::rdt::rtt::RttEstimator;
 use crate::rdt::stream::{Limits, StreamError, StreamId, StreamMeta, Streams, Violation};
@@ -149,7 +149,12 @@ impl Params {
             max_stream_data: r.varint().ok()?,
             max_streams: r.varint().ok()?,
         };
-        Some(Self { cid, encryption, suite, limits })
+        Some(Self {
+            cid,
+            encryption,
+            suite,
+            limits,
+        })
     }
 }
 
@@ -242,7 +247,11 @@ impl Mtud {
             return None;
         }
         // Try the maximum first (the common case on a clean path), then bisect.
-        Some(if self.hi == self.max + 1 { self.max } else { self.lo + (self.hi - self.lo) / 2 })
+        Some(if self.hi == self.max + 1 {
+            self.max
+        } else {
+            self.lo + (self.hi - self.lo) / 2
+        })
     }
 
     fn due(&self, now: Instant) -> Option<u16> {
@@ -379,7 +388,10 @@ impl Connection {
             events: VecDeque::new(),
             last_sent: now,
             last_now: now,
-            stats: ConnectionStats { mtu, ..Default::default() },
+            stats: ConnectionStats {
+                mtu,
+                ..Default::default()
+            },
             retx_pool: Vec::new(),
         }
     }
@@ -394,8 +406,13 @@ impl Connection {
         seed: [u8; 32],
         now: Instant,
     ) -> Result<Self, snow::Error> {
-        let mut noise =
-            crypto::build_handshake(true, &identity.static_secret, &identity.static_pub, &identity.psk, seed)?;
+        let mut noise = crypto::build_handshake(
+            true,
+            &identity.static_secret,
+            &identity.static_pub,
+            &identity.psk,
+            seed,
+        )?;
         let mut payload = [0u8; 48];
         let n = Params::from_config(&config, local_cid).encode(&mut payload);
         let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
@@ -419,7 +436,17 @@ impl Connection {
             validated: true,
             retried: false,
         });
-        Ok(Self::base(Side::Initiator, config, identity, local_cid, initial_dcid, initial_dcid, remote, now, hs))
+        Ok(Self::base(
+            Side::Initiator,
+            config,
+            identity,
+            local_cid,
+            initial_dcid,
+            initial_dcid,
+            remote,
+            now,
+            hs,
+        ))
     }
 
     /// Answers a first handshake message that already passed the PSK check in `noise`.
@@ -463,12 +490,27 @@ impl Connection {
             validated,
             retried: validated,
         });
-        let mut c =
-            Self::base(Side::Responder, config, identity, local_cid, remote_cid, initial_dcid, remote, now, hs);
+        let mut c = Self::base(
+            Side::Responder,
+            config,
+            identity,
+            local_cid,
+            remote_cid,
+            initial_dcid,
+            remote,
+            now,
+            hs,
+        );
         c.peer_params = Some(peer);
         if peer.encryption != ours.encryption {
             // Answer anyway so the initiator learns our setting and fails with the same error.
-            c.fail(now, ConnectionError::EncryptionMismatch { local: ours.encryption, peer: peer.encryption });
+            c.fail(
+                now,
+                ConnectionError::EncryptionMismatch {
+                    local: ours.encryption,
+                    peer: peer.encryption,
+                },
+            );
         }
         Ok(c)
     }
@@ -521,7 +563,9 @@ impl Connection {
     /// Handles one datagram addressed to this connection.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
         self.last_now = self.last_now.max(now);
-        let Ok((kind, _)) = packet::parse_prefix(&data) else { return };
+        let Ok((kind, _)) = packet::parse_prefix(&data) else {
+            return;
+        };
         if let Some(hs) = self.hs.as_mut() {
             if !hs.validated && from == self.remote {
                 hs.recv_bytes += data.len() as u64;
@@ -648,7 +692,9 @@ impl Connection {
         let mut total = 0;
         let mut count = 0;
         while count < self.config.max_gso_segments.max(1) && buf.len() - total >= mtu {
-            let Some(n) = self.write_data(now, &mut buf[total..total + mtu], None) else { break };
+            let Some(n) = self.write_data(now, &mut buf[total..total + mtu], None) else {
+                break;
+            };
             total += n;
             count += 1;
             if n < mtu {
@@ -695,7 +741,9 @@ impl Connection {
             at(self.pace_until);
         }
         // A probe that is due but waits for congestion window is sent on the next ack, not a timer.
-        at(self.mtud.next_probe.filter(|&t| t > self.last_now && self.mtud.probe.is_none() && self.mtud.candidate().is_some()));
+        at(self.mtud.next_probe.filter(|&t| {
+            t > self.last_now && self.mtud.probe.is_none() && self.mtud.candidate().is_some()
+        }));
         t
     }
 
@@ -780,7 +828,11 @@ impl Connection {
     }
 
     fn transmit(&self, size: usize, segment_size: Option<usize>) -> Transmit {
-        Transmit { destination: self.remote, size, segment_size }
+        Transmit {
+            destination: self.remote,
+            size,
+            segment_size,
+        }
     }
 
     fn pto_base(&self) -> Duration {
@@ -810,7 +862,9 @@ impl Connection {
     /// peer's retransmissions still get our last message (and thus the same error).
     fn fail(&mut self, now: Instant, reason: ConnectionError) {
         self.events.push_back(Event::ConnectionLost { reason });
-        self.state = State::Closing { until: now + 3 * self.pto_base() };
+        self.state = State::Closing {
+            until: now + 3 * self.pto_base(),
+        };
     }
 
     fn close_with(&mut self, now: Instant, code: u64, reason: &[u8], error: ConnectionError) {
@@ -818,8 +872,11 @@ impl Connection {
             State::Established => {
                 self.close_frame = Some((code, Bytes::copy_from_slice(reason)));
                 self.close_send_pending = true;
-                self.events.push_back(Event::ConnectionLost { reason: error });
-                self.state = State::Closing { until: now + 3 * self.pto_base() };
+                self.events
+                    .push_back(Event::ConnectionLost { reason: error });
+                self.state = State::Closing {
+                    until: now + 3 * self.pto_base(),
+                };
             }
             State::Handshake => self.lost(error),
             _ => {}
@@ -828,7 +885,12 @@ impl Connection {
 
     fn violation(&mut self, now: Instant, reason: &'static str) {
         tracing::debug!(reason, "rdt: closing on protocol violation");
-        self.close_with(now, CODE_PROTOCOL_VIOLATION, reason.as_bytes(), ConnectionError::ProtocolViolation { reason });
+        self.close_with(
+            now,
+            CODE_PROTOCOL_VIOLATION,
+            reason.as_bytes(),
+            ConnectionError::ProtocolViolation { reason },
+        );
     }
 
     // ---- Internals: handshake ----
@@ -837,7 +899,9 @@ impl Connection {
         if self.side != Side::Initiator || self.state != State::Handshake {
             return;
         }
-        let Ok(p) = packet::parse_long(data) else { return };
+        let Ok(p) = packet::parse_long(data) else {
+            return;
+        };
         let Some(hs) = self.hs.as_mut() else { return };
         if hs.retried || p.src != self.initial_dcid || p.token.is_empty() {
             return;
@@ -853,9 +917,13 @@ impl Connection {
     }
 
     fn handle_handshake(&mut self, now: Instant, data: &[u8]) {
-        let Ok(p) = packet::parse_long(data) else { return };
+        let Ok(p) = packet::parse_long(data) else {
+            return;
+        };
         let Some(hs) = self.hs.as_mut() else { return };
-        let Some(noise) = hs.noise.as_mut() else { return };
+        let Some(noise) = hs.noise.as_mut() else {
+            return;
+        };
         if self.state != State::Handshake || !noise.is_my_turn() && noise.is_handshake_finished() {
             return;
         }
@@ -869,11 +937,14 @@ impl Connection {
                     return;
                 };
                 let Some(peer) = Params::decode(&payload[..n]) else {
-                    self.lost(ConnectionError::ProtocolViolation { reason: "bad handshake parameters" });
+                    self.lost(ConnectionError::ProtocolViolation {
+                        reason: "bad handshake parameters",
+                    });
                     return;
                 };
                 if let (Some(t), false) = (hs.first_sent, hs.retransmitted) {
-                    self.rtt.update(Duration::ZERO, now.saturating_duration_since(t));
+                    self.rtt
+                        .update(Duration::ZERO, now.saturating_duration_since(t));
                 }
                 self.remote_cid = peer.cid;
                 if peer.encryption != self.config.encryption {
@@ -883,9 +954,13 @@ impl Connection {
                     });
                     return;
                 }
-                let Some(key) = remote_static(noise) else { return };
+                let Some(key) = remote_static(noise) else {
+                    return;
+                };
                 let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
-                let Ok(len) = noise.write_message(&[], &mut msg) else { return };
+                let Ok(len) = noise.write_message(&[], &mut msg) else {
+                    return;
+                };
                 msg.truncate(len);
                 let (k_i2r, k_r2i) = noise.dangerously_get_raw_split();
                 hs.noise = None;
@@ -904,10 +979,13 @@ impl Connection {
                     self.stats.auth_failures += 1;
                     return;
                 };
-                let Some(key) = remote_static(noise) else { return };
+                let Some(key) = remote_static(noise) else {
+                    return;
+                };
                 let (k_i2r, k_r2i) = noise.dangerously_get_raw_split();
                 if let (Some(t), false) = (hs.first_sent, hs.retransmitted) {
-                    self.rtt.update(Duration::ZERO, now.saturating_duration_since(t));
+                    self.rtt
+                        .update(Duration::ZERO, now.saturating_duration_since(t));
                 }
                 self.hs = None;
                 let Some(peer) = self.peer_params else { return };
@@ -917,13 +995,25 @@ impl Connection {
         }
     }
 
-    fn establish(&mut self, now: Instant, key: [u8; 32], send: &[u8; 32], recv: &[u8; 32], suite: CipherSuite, peer: Params) {
+    fn establish(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        send: &[u8; 32],
+        recv: &[u8; 32],
+        suite: CipherSuite,
+        peer: Params,
+    ) {
         let enc = self.config.encryption;
         self.send_key = Some(PacketKey::new(suite, send, enc));
         self.recv_key = Some(PacketKey::new(suite, recv, enc));
         self.peer_key = Some(key);
         let local = Params::from_config(&self.config, self.local_cid).limits;
-        self.streams = Some(Streams::new(self.side == Side::Initiator, local, peer.limits));
+        self.streams = Some(Streams::new(
+            self.side == Side::Initiator,
+            local,
+            peer.limits,
+        ));
         self.peer_params = Some(peer);
         self.state = State::Established;
         self.idle_deadline = now + self.config.idle_timeout;
@@ -935,7 +1025,12 @@ impl Connection {
         self.mtud.next_probe = Some(now);
         if !self.identity.allows(&key) {
             tracing::debug!("rdt: refusing peer device key");
-            self.close_with(now, CODE_KEY_REFUSED, b"device key not allowed", ConnectionError::PeerKeyRefused { key });
+            self.close_with(
+                now,
+                CODE_KEY_REFUSED,
+                b"device key not allowed",
+                ConnectionError::PeerKeyRefused { key },
+            );
             return;
         }
         self.events.push_back(Event::Connected { peer_key: key });
@@ -953,7 +1048,11 @@ impl Connection {
             return None;
         }
         let initial = side == Side::Initiator && hs.noise.is_some();
-        let kind = if initial { Kind::Initial } else { Kind::Handshake };
+        let kind = if initial {
+            Kind::Initial
+        } else {
+            Kind::Handshake
+        };
         let mut n = packet::write_long(buf, kind, remote, local, &hs.token, &hs.msg)?;
         if initial {
             let pad = usize::from(INITIAL_DATAGRAM_SIZE);
@@ -973,7 +1072,8 @@ impl Connection {
             hs.first_sent = Some(now);
         }
         if side == Side::Initiator {
-            let period = (pto.max(Duration::from_millis(1)) * (1 << hs.backoff)).min(pto.max(MAX_PTO_PERIOD));
+            let period = (pto.max(Duration::from_millis(1)) * (1 << hs.backoff))
+                .min(pto.max(MAX_PTO_PERIOD));
             hs.timer = Some(now + period);
         }
         self.stats.sent_packets += 1;
@@ -984,8 +1084,7 @@ impl Connection {
     // ---- Internals: data packets ----
 
     fn handle_data(&mut self, now: Instant, from: SocketAddr, mut data: BytesMut) {
-        let Some(key) = self.recv_key.as_ref() else { return };
-        if data.len() < DATA_HEADER_LEN + TAG_LEN {
+        if self.recv_key.is_none() || data.len() < DATA_HEADER_LEN + TAG_LEN {
             return;
         }
         let truncated = u32::from_be_bytes(data[9..13].try_into().expect("length checked"));
@@ -994,6 +1093,7 @@ impl Connection {
             self.stats.duplicates += 1;
             return;
         }
+        let key = self.recv_key.as_mut().expect("checked above");
         let Ok(body_len) = key.open(pn, &mut data, DATA_HEADER_LEN) else {
             self.stats.auth_failures += 1;
             return;
@@ -1053,30 +1153,58 @@ impl Connection {
         }
     }
 
-    fn handle_frame(&mut self, now: Instant, f: Frame<'_>, body: &Bytes, datagram_len: usize) -> Result<(), &'static str> {
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        f: Frame<'_>,
+        body: &Bytes,
+        datagram_len: usize,
+    ) -> Result<(), &'static str> {
         let events = &mut self.events;
         match f {
             Frame::Padding | Frame::Ping => {}
             Frame::Ack(ack) => self.on_ack(now, ack)?,
-            Frame::Stream { id, offset, fin, data } => {
+            Frame::Stream {
+                id,
+                offset,
+                fin,
+                data,
+            } => {
                 // Small frames are copied so a tiny frame cannot pin a whole datagram in memory.
                 let bytes = if data.len() * 4 < datagram_len {
                     Bytes::copy_from_slice(&body[data])
                 } else {
                     body.slice(data)
                 };
-                let streams = self.streams.as_mut().ok_or("stream frame before handshake")?;
-                streams.on_stream_frame(id, offset, fin, bytes, events).map_err(Violation::reason)?;
+                let streams = self
+                    .streams
+                    .as_mut()
+                    .ok_or("stream frame before handshake")?;
+                streams
+                    .on_stream_frame(id, offset, fin, bytes, events)
+                    .map_err(Violation::reason)?;
             }
-            Frame::MaxData(m) => self.streams.as_mut().ok_or("early frame")?.on_max_data(m, events),
+            Frame::MaxData(m) => self
+                .streams
+                .as_mut()
+                .ok_or("early frame")?
+                .on_max_data(m, events),
             Frame::MaxStreamData { id, max } => self
                 .streams
                 .as_mut()
                 .ok_or("early frame")?
                 .on_max_stream_data(id, max, events)
                 .map_err(Violation::reason)?,
-            Frame::MaxStreams(m) => self.streams.as_mut().ok_or("early frame")?.on_max_streams(m),
-            Frame::ResetStream { id, code, final_size } => self
+            Frame::MaxStreams(m) => self
+                .streams
+                .as_mut()
+                .ok_or("early frame")?
+                .on_max_streams(m),
+            Frame::ResetStream {
+                id,
+                code,
+                final_size,
+            } => self
                 .streams
                 .as_mut()
                 .ok_or("early frame")?
@@ -1089,10 +1217,15 @@ impl Connection {
                         local: self.config.encryption,
                         peer: !self.config.encryption,
                     },
-                    _ => ConnectionError::PeerClosed { code, reason: String::from_utf8_lossy(reason).into_owned() },
+                    _ => ConnectionError::PeerClosed {
+                        code,
+                        reason: String::from_utf8_lossy(reason).into_owned(),
+                    },
                 };
                 self.events.push_back(Event::ConnectionLost { reason });
-                self.state = State::Draining { until: now + 3 * self.pto_base() };
+                self.state = State::Draining {
+                    until: now + 3 * self.pto_base(),
+                };
             }
             Frame::HandshakeDone => {
                 if self.side != Side::Initiator {
@@ -1118,7 +1251,9 @@ impl Connection {
             let hi = r.end.min(end);
             for pn in lo..hi {
                 let idx = (pn - self.sent_base) as usize;
-                let Some(p) = self.sent[idx].take() else { continue };
+                let Some(p) = self.sent[idx].take() else {
+                    continue;
+                };
                 if pn == ack.largest {
                     largest_newly = Some(p.time);
                 }
@@ -1142,7 +1277,8 @@ impl Connection {
         if p.ack_eliciting {
             self.in_flight -= u64::from(p.size);
             self.eliciting_in_flight -= 1;
-            self.cc.on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
+            self.cc
+                .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
         }
         if p.mtu_probe {
             self.mtud.probe = None;
@@ -1168,7 +1304,9 @@ impl Connection {
 
     fn detect_lost(&mut self, now: Instant) {
         self.loss_time = None;
-        let Some(largest) = self.largest_acked else { return };
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
         let delay = (self.rtt.latest().max(self.rtt.get()) * 9 / 8).max(Duration::from_millis(1));
         let mut lost_newest: Option<Instant> = None;
         let mut idx = 0;
@@ -1263,7 +1401,9 @@ impl Connection {
     /// On a probe timeout, queue the oldest in-flight packet's stream data again (without declaring
     /// it lost), so the probes carry data rather than only a PING (RFC 9002 section 6.2.4).
     fn requeue_oldest(&mut self) {
-        let Some(p) = self.sent.iter().flatten().find(|p| p.ack_eliciting) else { return };
+        let Some(p) = self.sent.iter().flatten().find(|p| p.ack_eliciting) else {
+            return;
+        };
         if let Some(s) = self.streams.as_mut() {
             for r in &p.retx {
                 if let Retx::Stream(m) = r {
@@ -1284,7 +1424,10 @@ impl Connection {
         self.probes > 0
             || self.ping_pending
             || self.handshake_done_pending
-            || self.streams.as_ref().is_some_and(|s| s.has_pending() || s.max_data_pending || s.max_streams_pending)
+            || self
+                .streams
+                .as_ref()
+                .is_some_and(|s| s.has_pending() || s.max_data_pending || s.max_streams_pending)
     }
 
     fn ack_due(&self, now: Instant) -> bool {
@@ -1306,8 +1449,15 @@ impl Connection {
             return false;
         }
         if self.config.pacing {
-            let rtt = if self.rtt.has_sample() { self.rtt.get() } else { self.config.initial_rtt };
-            if let Some(t) = self.pacer.delay(now, size, self.mtud.current, self.cc.window(), rtt) {
+            let rtt = if self.rtt.has_sample() {
+                self.rtt.get()
+            } else {
+                self.config.initial_rtt
+            };
+            if let Some(t) = self
+                .pacer
+                .delay(now, size, self.mtud.current, self.cc.window(), rtt)
+            {
                 self.pace_until = Some(t);
                 return false;
             }
@@ -1334,7 +1484,9 @@ impl Connection {
         let end = limit - TAG_LEN;
         let mut w = Writer::new(&mut buf[..end], DATA_HEADER_LEN);
         if ack {
-            let delay = self.largest_recv_time.map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64);
+            let delay = self
+                .largest_recv_time
+                .map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64);
             if frame::write_ack(&mut w, &self.received, delay, end - DATA_HEADER_LEN) {
                 self.ack_pending = false;
                 self.ack_now = false;
@@ -1381,7 +1533,9 @@ impl Connection {
                         eliciting = true;
                     }
                     while w.remaining() > 8 {
-                        let Some(m) = s.write_stream_frame(&mut w) else { break };
+                        let Some(m) = s.write_stream_frame(&mut w) else {
+                            break;
+                        };
                         retx.push(Retx::Stream(m));
                         eliciting = true;
                     }
@@ -1406,7 +1560,10 @@ impl Connection {
             len = target;
         }
         packet::write_data_header(buf, self.remote_cid, pn);
-        let key = self.send_key.as_ref().expect("established connections have keys");
+        let key = self
+            .send_key
+            .as_mut()
+            .expect("established connections have keys");
         let n = key.seal(pn, buf, DATA_HEADER_LEN, len);
         self.next_pn += 1;
         if eliciting && self.probes > 0 {
@@ -1424,7 +1581,13 @@ impl Connection {
         if probe.is_some() {
             self.mtud.probe = Some((pn, size));
         }
-        self.sent.push_back(Some(SentPacket { time: now, size, ack_eliciting: eliciting, mtu_probe: probe.is_some(), retx }));
+        self.sent.push_back(Some(SentPacket {
+            time: now,
+            size,
+            ack_eliciting: eliciting,
+            mtu_probe: probe.is_some(),
+            retx,
+        }));
         if !eliciting {
             // Ack-only packets are never acknowledged themselves; forget them at once.
             if let Some(Some(p)) = self.sent.back_mut().map(Option::take) {
@@ -1440,7 +1603,7 @@ impl Connection {
 
     fn write_close(&mut self, buf: &mut [u8]) -> Option<usize> {
         let (code, reason) = self.close_frame.clone()?;
-        let key = self.send_key.as_ref()?;
+        let key = self.send_key.as_mut()?;
         let need = DATA_HEADER_LEN + 1 + 8 + 8 + reason.len() + TAG_LEN;
         if buf.len() < need {
             return None;
@@ -1472,7 +1635,14 @@ impl Connection {
 /// failed authentication.
 fn rebuild(identity: &Identity, side: Side, hs: &Handshake) -> Option<snow::HandshakeState> {
     let id = identity;
-    let mut noise = crypto::build_handshake(side == Side::Initiator, &id.static_secret, &id.static_pub, &id.psk, hs.seed).ok()?;
+    let mut noise = crypto::build_handshake(
+        side == Side::Initiator,
+        &id.static_secret,
+        &id.static_pub,
+        &id.psk,
+        hs.seed,
+    )
+    .ok()?;
     let mut buf = [0u8; packet::MAX_NOISE_LEN];
     if side == Side::Responder {
         noise.read_message(&hs.peer_msg1, &mut buf).ok()?;

@@ -20,10 +20,17 @@
 //! x86_64 and aarch64, where `ring` uses AES-NI/PMULL or ARMv8 crypto) or ChaCha20-Poly1305 elsewhere;
 //! the initiator's choice is carried in message 1 and used by both sides. The nonce is the 64-bit
 //! packet number, big-endian, in the low 8 bytes of a 12-byte zero block; a key is never reused
-//! across connections because every handshake derives fresh keys. With encryption off, the same
-//! AEAD runs with the whole packet (header and clear frames) as associated data and an empty
-//! plaintext, so the tag authenticates everything and nothing is encrypted; that costs one GHASH
-//! (or Poly1305) pass, the fastest keyed MAC at hand.
+//! across connections because every handshake derives fresh keys.
+//!
+//! With encryption off the frames travel in clear and the tag is the AEAD tag of a *copy* of them:
+//! the sender seals a scratch copy (header as associated data) and sends the clear frames with that
+//! tag; the receiver seals its own copy of what arrived with the same packet number and compares
+//! tags in constant time. The tag is a MAC over the header and over `E(frames)`, a deterministic
+//! function of the frames under the key and nonce, so it authenticates exactly what encryption
+//! would have, with the same nonce discipline (one seal per packet number and direction). We do it
+//! this way because `ring`'s AEADs hash large associated data on a slow path: feeding the whole
+//! packet as associated data measured 1.6 GB/s, and made encryption-off transfers slower than
+//! encrypted ones, while copy-and-seal runs at the bulk AES-GCM speed.
 
 use std::net::SocketAddr;
 
@@ -81,11 +88,15 @@ impl CipherSuite {
 pub(crate) struct PacketKey {
     key: LessSafeKey,
     encrypt: bool,
+    /// Scratch space for the authenticate-only mode (grows to the largest packet, then stays).
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for PacketKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacketKey").field("encrypt", &self.encrypt).finish_non_exhaustive()
+        f.debug_struct("PacketKey")
+            .field("encrypt", &self.encrypt)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,41 +113,58 @@ impl PacketKey {
             CipherSuite::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
         };
         let key = LessSafeKey::new(UnboundKey::new(alg, key).expect("32-byte key fits both AEADs"));
-        Self { key, encrypt }
+        Self {
+            key,
+            encrypt,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The tag over `header` and `body` without changing `body` (authenticate-only mode).
+    fn clear_tag(&mut self, pn: u64, header: &[u8], body: &[u8]) -> aead::Tag {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(body);
+        self.key
+            .seal_in_place_separate_tag(nonce(pn), Aad::from(header), &mut self.scratch)
+            .expect("sealing only fails for inputs over 2^32 blocks")
     }
 
     /// Seals `packet[header_len..len]` in place and appends the tag; returns the new length.
     /// `packet` must have [`TAG_LEN`] spare bytes after `len`.
-    pub fn seal(&self, pn: u64, packet: &mut [u8], header_len: usize, len: usize) -> usize {
+    pub fn seal(&mut self, pn: u64, packet: &mut [u8], header_len: usize, len: usize) -> usize {
+        let (header, body) = packet[..len].split_at_mut(header_len);
         let tag = if self.encrypt {
-            let (header, body) = packet[..len].split_at_mut(header_len);
-            self.key.seal_in_place_separate_tag(nonce(pn), Aad::from(&*header), body)
+            self.key
+                .seal_in_place_separate_tag(nonce(pn), Aad::from(&*header), body)
+                .expect("sealing only fails for inputs over 2^32 blocks")
         } else {
-            self.key.seal_in_place_separate_tag(nonce(pn), Aad::from(&packet[..len]), &mut [])
-        }
-        .expect("sealing only fails for inputs over 2^32 blocks");
+            self.clear_tag(pn, header, body)
+        };
         packet[len..len + TAG_LEN].copy_from_slice(tag.as_ref());
         len + TAG_LEN
     }
 
     /// Authenticates (and decrypts) `packet` in place; returns the body length (after the header,
     /// without the tag), or `Err` if authentication fails.
-    pub fn open(&self, pn: u64, packet: &mut [u8], header_len: usize) -> Result<usize, ()> {
+    pub fn open(&mut self, pn: u64, packet: &mut [u8], header_len: usize) -> Result<usize, ()> {
         if packet.len() < header_len + TAG_LEN {
             return Err(());
         }
         if self.encrypt {
             let (header, body) = packet.split_at_mut(header_len);
-            let plain = self.key.open_in_place(nonce(pn), Aad::from(&*header), body).map_err(|_| ())?;
+            let plain = self
+                .key
+                .open_in_place(nonce(pn), Aad::from(&*header), body)
+                .map_err(|_| ())?;
             Ok(plain.len())
         } else {
             let split = packet.len() - TAG_LEN;
-            let mut tag = [0u8; TAG_LEN];
-            tag.copy_from_slice(&packet[split..]);
-            self.key
-                .open_in_place(nonce(pn), Aad::from(&packet[..split]), &mut tag)
-                .map_err(|_| ())?;
-            Ok(split - header_len)
+            let tag = self.clear_tag(pn, &packet[..header_len], &packet[header_len..split]);
+            if ct_eq(tag.as_ref(), &packet[split..]) {
+                Ok(split - header_len)
+            } else {
+                Err(())
+            }
         }
     }
 }
@@ -156,7 +184,11 @@ pub(crate) fn build_handshake(
     seed: [u8; 32],
 ) -> Result<snow::HandshakeState, snow::Error> {
     let params: snow::params::NoiseParams = NOISE_PARAMS.parse().expect("constant pattern parses");
-    let resolver = Resolver { seed, static_secret: *static_secret, static_pub: *static_pub };
+    let resolver = Resolver {
+        seed,
+        static_secret: *static_secret,
+        static_pub: *static_pub,
+    };
     let b = snow::Builder::with_resolver(params, Box::new(resolver))
         .local_private_key(static_secret)?
         .psk(0, psk)?
@@ -227,7 +259,11 @@ impl Dh for X25519 {
         let n = privkey.len().min(32);
         s[..n].copy_from_slice(&privkey[..n]);
         self.secret = s;
-        self.public = if s == self.cache.0 { self.cache.1 } else { public_key(&s) };
+        self.public = if s == self.cache.0 {
+            self.cache.1
+        } else {
+            public_key(&s)
+        };
     }
     fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
         let mut s = [0u8; 32];
@@ -244,7 +280,10 @@ impl Dh for X25519 {
     }
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
         // snow passes its key buffer, which may be longer than 32 bytes.
-        let pk: [u8; 32] = pubkey.get(..32).and_then(|k| k.try_into().ok()).ok_or(snow::Error::Dh)?;
+        let pk: [u8; 32] = pubkey
+            .get(..32)
+            .and_then(|k| k.try_into().ok())
+            .ok_or(snow::Error::Dh)?;
         let shared = x25519_dalek::StaticSecret::from(self.secret)
             .diffie_hellman(&x25519_dalek::PublicKey::from(pk));
         if !shared.was_contributory() {
@@ -333,13 +372,17 @@ mod tests {
     fn seal_open_both_modes_and_suites() {
         for suite in [CipherSuite::Aes256Gcm, CipherSuite::ChaCha20Poly1305] {
             for encrypt in [true, false] {
-                let k = PacketKey::new(suite, &[7; 32], encrypt);
+                let mut k = PacketKey::new(suite, &[7; 32], encrypt);
                 let mut buf = [0u8; 64];
                 buf[..13].copy_from_slice(b"header-bytes!");
                 buf[13..20].copy_from_slice(b"payload");
                 let n = k.seal(42, &mut buf, 13, 20);
                 assert_eq!(n, 36);
-                assert_eq!(&buf[13..20] == b"payload", !encrypt, "encrypted iff encryption on");
+                assert_eq!(
+                    &buf[13..20] == b"payload",
+                    !encrypt,
+                    "encrypted iff encryption on"
+                );
                 let mut copy = buf;
                 assert_eq!(k.open(42, &mut copy[..n], 13), Ok(7));
                 assert_eq!(&copy[13..20], b"payload");
@@ -379,6 +422,32 @@ mod tests {
         let (c, d) = r.dangerously_get_raw_split();
         assert_eq!((a, b), (c, d));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    #[ignore = "measurement"]
+    fn seal_speed() {
+        for suite in [CipherSuite::Aes256Gcm, CipherSuite::ChaCha20Poly1305] {
+            for encrypt in [true, false] {
+                let mut k = PacketKey::new(suite, &[7; 32], encrypt);
+                let mut buf = vec![0u8; 1452];
+                let t = std::time::Instant::now();
+                let n = 200_000u64;
+                for pn in 0..n {
+                    k.seal(pn, &mut buf, 13, 1436);
+                }
+                let mbs = (n * 1436) as f64 / t.elapsed().as_secs_f64() / 1e6;
+                let len = k.seal(5, &mut buf, 13, 1436);
+                let sealed = buf.clone();
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    buf.copy_from_slice(&sealed);
+                    k.open(5, &mut buf[..len], 13).unwrap();
+                }
+                let open = (n * 1436) as f64 / t.elapsed().as_secs_f64() / 1e6;
+                eprintln!("{suite:?} encrypt={encrypt}: seal {mbs:.0} MB/s, open {open:.0} MB/s");
+            }
+        }
     }
 
     #[test]

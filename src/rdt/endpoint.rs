@@ -19,7 +19,9 @@ use rand_chacha::ChaCha20Rng;
 use crate::rdt::conn::{self, Connection, Identity, Params};
 use crate::rdt::crypto::{self, TokenKey};
 use crate::rdt::packet::{self, Kind};
-use crate::rdt::{EndpointConfig, Event, RetryPolicy, Transmit, TransportConfig, INITIAL_DATAGRAM_SIZE};
+use crate::rdt::{
+    EndpointConfig, Event, RetryPolicy, Transmit, TransportConfig, INITIAL_DATAGRAM_SIZE,
+};
 
 /// Identifies a connection within its endpoint. Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,7 +73,10 @@ pub struct EndpointStats {
 impl EndpointStats {
     /// How many datagrams were dropped for `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        self.dropped.get(&format!("{reason:?}")).copied().unwrap_or(0)
+        self.dropped
+            .get(&format!("{reason:?}"))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -140,8 +145,16 @@ impl Endpoint {
         let local = self.fresh_cid();
         let initial_dcid = self.rng.next_u64();
         let seed = crypto::seed_from(&mut self.rng);
-        let conn = Connection::new_initiator(self.config.clone(), self.identity.clone(), local, initial_dcid, remote, seed, now)
-            .expect("the Noise pattern and our own keys are valid");
+        let conn = Connection::new_initiator(
+            self.config.clone(),
+            self.identity.clone(),
+            local,
+            initial_dcid,
+            remote,
+            seed,
+            now,
+        )
+        .expect("the Noise pattern and our own keys are valid");
         self.insert(conn)
     }
 
@@ -176,7 +189,11 @@ impl Endpoint {
             }
         };
         let target = match kind {
-            Kind::Initial => self.by_initial.get(&(from, dst)).or_else(|| self.by_cid.get(&dst)).copied(),
+            Kind::Initial => self
+                .by_initial
+                .get(&(from, dst))
+                .or_else(|| self.by_cid.get(&dst))
+                .copied(),
             _ => self.by_cid.get(&dst).copied(),
         };
         if let Some(h) = target {
@@ -210,16 +227,26 @@ impl Endpoint {
         if let Some((to, bytes)) = self.stateless.pop_front() {
             if buf.len() >= bytes.len() {
                 buf[..bytes.len()].copy_from_slice(&bytes);
-                return Some(Transmit { destination: to, size: bytes.len(), segment_size: None });
+                return Some(Transmit {
+                    destination: to,
+                    size: bytes.len(),
+                    segment_size: None,
+                });
             }
         }
         // Round robin, starting after the connection that sent last.
-        let keys: Vec<u64> = self.conns.range(self.rr + 1..).chain(self.conns.range(..=self.rr)).map(|(&k, _)| k).collect();
-        for k in keys {
-            let c = self.conns.get_mut(&k).expect("key from the map");
-            if let Some(t) = c.poll_transmit(now, buf) {
-                self.rr = k;
-                return Some(t);
+        let rr = self.rr;
+        for pass in 0..2 {
+            let range = if pass == 0 {
+                self.conns.range_mut(rr + 1..)
+            } else {
+                self.conns.range_mut(..=rr)
+            };
+            for (&k, c) in range {
+                if let Some(t) = c.poll_transmit(now, buf) {
+                    self.rr = k;
+                    return Some(t);
+                }
             }
         }
         self.reap();
@@ -228,7 +255,10 @@ impl Endpoint {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns.values().filter_map(Connection::poll_timeout).min()
+        self.conns
+            .values()
+            .filter_map(Connection::poll_timeout)
+            .min()
     }
 
     /// The next event of any connection.
@@ -268,7 +298,15 @@ impl Endpoint {
 
     /// Removes drained connections, keeping their last events.
     fn reap(&mut self) {
-        let dead: Vec<u64> = self.conns.iter().filter(|(_, c)| c.is_drained()).map(|(&k, _)| k).collect();
+        if !self.conns.values().any(Connection::is_drained) {
+            return;
+        }
+        let dead: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_drained())
+            .map(|(&k, _)| k)
+            .collect();
         for k in dead {
             let mut c = self.conns.remove(&k).expect("key from the map");
             while let Some(e) = c.poll_event() {
@@ -276,17 +314,24 @@ impl Endpoint {
             }
             self.by_cid.remove(&c.local_cid());
             if c.side() == crate::rdt::Side::Responder {
-                self.by_initial.remove(&(c.remote_address(), c.initial_dcid()));
+                self.by_initial
+                    .remove(&(c.remote_address(), c.initial_dcid()));
                 self.by_initial.retain(|_, v| *v != k);
             }
         }
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
-        self.epoch.map_or(0, |e| now.saturating_duration_since(e).as_millis() as u64)
+        self.epoch
+            .map_or(0, |e| now.saturating_duration_since(e).as_millis() as u64)
     }
 
-    fn accept_initial(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Result<(), DropReason> {
+    fn accept_initial(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), DropReason> {
         if !self.accept {
             return Err(DropReason::NotAccepting);
         }
@@ -307,7 +352,10 @@ impl Endpoint {
             }
             false
         } else {
-            if !self.token_key.check(p.token, from, p.src, p.dst, self.now_ms(now)) {
+            if !self
+                .token_key
+                .check(p.token, from, p.src, p.dst, self.now_ms(now))
+            {
                 return Err(DropReason::BadToken);
             }
             true
@@ -318,10 +366,13 @@ impl Endpoint {
         // The PSK check: hashing and one AEAD open, no Diffie-Hellman.
         let seed = crypto::seed_from(&mut self.rng);
         let id = &self.identity;
-        let mut noise = crypto::build_handshake(false, &id.static_secret, &id.static_pub, &id.psk, seed)
-            .map_err(|_| DropReason::HandshakeAuth)?;
+        let mut noise =
+            crypto::build_handshake(false, &id.static_secret, &id.static_pub, &id.psk, seed)
+                .map_err(|_| DropReason::HandshakeAuth)?;
         let mut payload = [0u8; packet::MAX_NOISE_LEN];
-        let n = noise.read_message(p.payload, &mut payload).map_err(|_| DropReason::HandshakeAuth)?;
+        let n = noise
+            .read_message(p.payload, &mut payload)
+            .map_err(|_| DropReason::HandshakeAuth)?;
         let peer = Params::decode(&payload[..n]).ok_or(DropReason::BadParams)?;
         let local = self.fresh_cid();
         let conn = Connection::new_responder(
@@ -350,9 +401,12 @@ impl Endpoint {
         if self.stateless.len() >= MAX_STATELESS_QUEUE {
             return self.drop(DropReason::Overloaded);
         }
-        let token = self.token_key.issue(to, client_cid, odcid, self.now_ms(now));
+        let token = self
+            .token_key
+            .issue(to, client_cid, odcid, self.now_ms(now));
         let mut buf = vec![0u8; 128];
-        let n = packet::write_long(&mut buf, Kind::Retry, client_cid, odcid, &token, &[]).expect("buffer fits a retry");
+        let n = packet::write_long(&mut buf, Kind::Retry, client_cid, odcid, &token, &[])
+            .expect("buffer fits a retry");
         let tag = crypto::retry_tag(&self.identity.psk, &buf[..n]);
         buf[n..n + packet::TAG_LEN].copy_from_slice(&tag);
         buf.truncate(n + packet::TAG_LEN);

@@ -236,7 +236,9 @@ pub struct Decoder<'a> {
 impl<'a> Decoder<'a> {
     /// A decoder over `body`.
     pub fn new(body: &'a [u8]) -> Self {
-        Self { r: Reader::new(body) }
+        Self {
+            r: Reader::new(body),
+        }
     }
 
     fn frame(&mut self) -> Result<Frame<'a>, FrameError> {
@@ -270,7 +272,13 @@ impl<'a> Decoder<'a> {
                     low = end.checked_sub(len).ok_or(FrameError::Malformed("ack"))?;
                 }
                 let raw = &r.buf[start..r.pos()];
-                Frame::Ack(AckFrame { largest, delay_us, first, count, raw })
+                Frame::Ack(AckFrame {
+                    largest,
+                    delay_us,
+                    first,
+                    count,
+                    raw,
+                })
             }
             ty::STREAM | ty::STREAM_FIN => {
                 let id = r.varint()?;
@@ -282,10 +290,18 @@ impl<'a> Decoder<'a> {
                 let len = usize::try_from(len).map_err(|_| FrameError::Truncated)?;
                 let start = r.pos();
                 r.bytes(len)?;
-                Frame::Stream { id, offset, fin: t == ty::STREAM_FIN, data: start..start + len }
+                Frame::Stream {
+                    id,
+                    offset,
+                    fin: t == ty::STREAM_FIN,
+                    data: start..start + len,
+                }
             }
             ty::MAX_DATA => Frame::MaxData(r.varint()?),
-            ty::MAX_STREAM_DATA => Frame::MaxStreamData { id: r.varint()?, max: r.varint()? },
+            ty::MAX_STREAM_DATA => Frame::MaxStreamData {
+                id: r.varint()?,
+                max: r.varint()?,
+            },
             ty::MAX_STREAMS => Frame::MaxStreams(r.varint()?),
             ty::RESET_STREAM => Frame::ResetStream {
                 id: r.varint()?,
@@ -298,7 +314,10 @@ impl<'a> Decoder<'a> {
                 if len > MAX_REASON_LEN as u64 {
                     return Err(FrameError::Malformed("close"));
                 }
-                Frame::Close { code, reason: r.bytes(len as usize)? }
+                Frame::Close {
+                    code,
+                    reason: r.bytes(len as usize)?,
+                }
             }
             ty::HANDSHAKE_DONE => Frame::HandshakeDone,
             other => return Err(FrameError::UnknownType(other)),
@@ -451,19 +470,46 @@ mod tests {
         let n = w.pos;
         let body = &buf[..n];
         let frames: Vec<_> = Decoder::new(body).collect::<Result<_, _>>().unwrap();
-        let Frame::Stream { id: 4, offset, fin: true, data } = &frames[0] else { panic!() };
+        let Frame::Stream {
+            id: 4,
+            offset,
+            fin: true,
+            data,
+        } = &frames[0]
+        else {
+            panic!()
+        };
         assert_eq!(*offset, 1 << 20);
         assert_eq!(&body[data.clone()], b"abc");
         assert_eq!(frames[1], Frame::MaxData(1 << 25));
         assert_eq!(frames[2], Frame::MaxStreamData { id: 4, max: 77 });
-        assert_eq!(frames[3], Frame::Close { code: 9, reason: b"bye" });
-        assert_eq!(frames[4], Frame::ResetStream { id: 8, code: 1, final_size: 100 });
-        assert_eq!(&frames[5..], &[Frame::Ping, Frame::HandshakeDone, Frame::Padding]);
+        assert_eq!(
+            frames[3],
+            Frame::Close {
+                code: 9,
+                reason: b"bye"
+            }
+        );
+        assert_eq!(
+            frames[4],
+            Frame::ResetStream {
+                id: 8,
+                code: 1,
+                final_size: 100
+            }
+        );
+        assert_eq!(
+            &frames[5..],
+            &[Frame::Ping, Frame::HandshakeDone, Frame::Padding]
+        );
         // Every truncation of a stream frame is an error, not a panic.
         for cut in 1..6 {
             let r: Result<Vec<_>, _> = Decoder::new(&body[..cut]).collect();
             assert_eq!(r, Err(FrameError::Truncated), "cut {cut}");
         }
-        assert_eq!(Decoder::new(&[0x7f]).next(), Some(Err(FrameError::UnknownType(0x7f))));
+        assert_eq!(
+            Decoder::new(&[0x7f]).next(),
+            Some(Err(FrameError::UnknownType(0x7f)))
+        );
     }
 }

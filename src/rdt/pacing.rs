@@ -22,7 +22,11 @@ impl Pacer {
     /// A full bucket for datagrams of `mtu` bytes.
     pub fn new(mtu: u16) -> Self {
         let capacity = BURST_PACKETS * u64::from(mtu);
-        Self { tokens: capacity, capacity, last: None }
+        Self {
+            tokens: capacity,
+            capacity,
+            last: None,
+        }
     }
 
     /// Returns `None` if `size` bytes may go now, else the instant at which they may.
@@ -76,7 +80,9 @@ mod tests {
             assert_eq!(p.delay(t0, 1000, 1000, window, rtt), None);
             p.on_sent(1000);
         }
-        let wait = p.delay(t0, 1000, 1000, window, rtt).expect("bucket is empty");
+        let wait = p
+            .delay(t0, 1000, 1000, window, rtt)
+            .expect("bucket is empty");
         // 1000 bytes at 1.25 MB/s = 800 us.
         assert_eq!(wait - t0, Duration::from_micros(800));
         assert_eq!(p.delay(wait, 1000, 1000, window, rtt), None);

@@ -102,7 +102,10 @@ pub(crate) fn parse_long(b: &[u8]) -> Result<LongPacket<'_>, PacketError> {
     let (kind, dst) = parse_prefix(b)?;
     let mut r = Reader::new(&b[9..]);
     let src = u64::from_be_bytes(
-        r.bytes(8).map_err(|_| PacketError::Truncated)?.try_into().expect("8 bytes"),
+        r.bytes(8)
+            .map_err(|_| PacketError::Truncated)?
+            .try_into()
+            .expect("8 bytes"),
     );
     let token = if matches!(kind, Kind::Initial | Kind::Retry) {
         let len = r.varint().map_err(|_| PacketError::Truncated)?;
@@ -127,7 +130,14 @@ pub(crate) fn parse_long(b: &[u8]) -> Result<LongPacket<'_>, PacketError> {
         }
         Kind::Data => return Err(PacketError::Kind(Kind::Data as u8)),
     };
-    Ok(LongPacket { kind, dst, src, token, payload, tagged_len })
+    Ok(LongPacket {
+        kind,
+        dst,
+        src,
+        token,
+        payload,
+        tagged_len,
+    })
 }
 
 /// Writes an Initial or Handshake packet into `buf`, returning its length (before any padding).
@@ -192,7 +202,10 @@ pub struct ReplayWindow {
 
 impl Default for ReplayWindow {
     fn default() -> Self {
-        Self { largest: None, bits: Box::new([0; (REPLAY_WINDOW / 64) as usize]) }
+        Self {
+            largest: None,
+            bits: Box::new([0; (REPLAY_WINDOW / 64) as usize]),
+        }
     }
 }
 
@@ -246,7 +259,10 @@ mod tests {
         let mut buf = [0u8; 300];
         let n = write_long(&mut buf, Kind::Initial, 7, 9, b"tok", b"noise!").unwrap();
         let p = parse_long(&buf[..n]).unwrap();
-        assert_eq!((p.kind, p.dst, p.src, p.token, p.payload), (Kind::Initial, 7, 9, &b"tok"[..], &b"noise!"[..]));
+        assert_eq!(
+            (p.kind, p.dst, p.src, p.token, p.payload),
+            (Kind::Initial, 7, 9, &b"tok"[..], &b"noise!"[..])
+        );
         for cut in 0..n {
             assert!(parse_long(&buf[..cut]).is_err(), "cut {cut}");
         }

@@ -21,7 +21,10 @@ impl RangeSet {
 
     /// Whether `x` is in the set.
     pub fn contains(&self, x: u64) -> bool {
-        self.0.range(..=x).next_back().is_some_and(|(_, &end)| end > x)
+        self.0
+            .range(..=x)
+            .next_back()
+            .is_some_and(|(_, &end)| end > x)
     }
 
     /// Whether the whole of `r` is in the set.

@@ -18,7 +18,13 @@ pub struct RttEstimator {
 impl RttEstimator {
     /// An estimator that assumes `initial` until the first sample.
     pub fn new(initial: Duration) -> Self {
-        Self { latest: initial, smoothed: None, var: initial / 2, min: initial, initial }
+        Self {
+            latest: initial,
+            smoothed: None,
+            var: initial / 2,
+            min: initial,
+            initial,
+        }
     }
 
     /// The smoothed RTT (the initial RTT before any sample).
@@ -54,15 +60,22 @@ impl RttEstimator {
     /// Feeds one sample; `ack_delay` is the peer's reported delay, already capped at max_ack_delay.
     pub fn update(&mut self, ack_delay: Duration, rtt: Duration) {
         self.latest = rtt;
-        self.min = if self.smoothed.is_none() { rtt } else { self.min.min(rtt) };
+        self.min = if self.smoothed.is_none() {
+            rtt
+        } else {
+            self.min.min(rtt)
+        };
         match self.smoothed {
             None => {
                 self.smoothed = Some(rtt);
                 self.var = rtt / 2;
             }
             Some(smoothed) => {
-                let adjusted =
-                    if rtt >= self.min + ack_delay { rtt - ack_delay } else { rtt };
+                let adjusted = if rtt >= self.min + ack_delay {
+                    rtt - ack_delay
+                } else {
+                    rtt
+                };
                 let sample_var = smoothed.abs_diff(adjusted);
                 self.var = (3 * self.var + sample_var) / 4;
                 self.smoothed = Some((7 * smoothed + adjusted) / 8);

@@ -126,7 +126,9 @@ impl SendStream {
 
     /// Copies `range` of written data into `out`.
     fn copy(&self, range: Range<u64>, out: &mut [u8]) {
-        let mut i = self.chunks.partition_point(|(off, b)| off + b.len() as u64 <= range.start);
+        let mut i = self
+            .chunks
+            .partition_point(|(off, b)| off + b.len() as u64 <= range.start);
         let mut pos = range.start;
         let mut o = 0;
         while pos < range.end {
@@ -390,10 +392,18 @@ impl Streams {
     }
 
     /// Looks up (or, for a valid new peer stream, creates) the stream a frame refers to.
-    fn remote_get(&mut self, id: u64, events: &mut VecDeque<Event>) -> Result<Option<&mut Stream>, Violation> {
+    fn remote_get(
+        &mut self,
+        id: u64,
+        events: &mut VecDeque<Event>,
+    ) -> Result<Option<&mut Stream>, Violation> {
         if !self.map.contains_key(&id) {
             if self.is_local(id) {
-                return if id / 2 < self.next_local { Ok(None) } else { Err(Violation::BadStream) };
+                return if id / 2 < self.next_local {
+                    Ok(None)
+                } else {
+                    Err(Violation::BadStream)
+                };
             }
             let n = id / 2;
             if self.remote_closed.contains(n) {
@@ -419,7 +429,9 @@ impl Streams {
     ) -> Result<(), Violation> {
         let recv_limit = self.recv_max_data;
         let mut total = self.recv_highest_total;
-        let Some(st) = self.remote_get(id, events)? else { return Ok(()) };
+        let Some(st) = self.remote_get(id, events)? else {
+            return Ok(());
+        };
         let r = &mut st.recv;
         let end = offset + data.len() as u64;
         if end > r.max_data {
@@ -447,7 +459,11 @@ impl Streams {
             let mut pos = offset.max(r.read_offset);
             while pos < end {
                 // Skip over what is already there.
-                let covered = r.received.iter().find(|x| x.start <= pos && x.end > pos).map(|x| x.end);
+                let covered = r
+                    .received
+                    .iter()
+                    .find(|x| x.start <= pos && x.end > pos)
+                    .map(|x| x.end);
                 if let Some(c) = covered {
                     pos = c;
                     continue;
@@ -464,7 +480,10 @@ impl Streams {
                 r.received.insert(pos..next_start);
                 pos = next_start;
             }
-            let readable = r.segments.first_key_value().is_some_and(|(&k, _)| k == r.read_offset)
+            let readable = r
+                .segments
+                .first_key_value()
+                .is_some_and(|(&k, _)| k == r.read_offset)
                 || r.final_size == Some(r.read_offset);
             if readable && !r.notified {
                 r.notified = true;
@@ -476,12 +495,23 @@ impl Streams {
     }
 
     /// Handles RESET_STREAM.
-    pub fn on_reset(&mut self, id: u64, code: u64, final_size: u64, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+    pub fn on_reset(
+        &mut self,
+        id: u64,
+        code: u64,
+        final_size: u64,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), Violation> {
         let limit = self.recv_max_data;
         let mut total = self.recv_highest_total;
-        let Some(st) = self.remote_get(id, events)? else { return Ok(()) };
+        let Some(st) = self.remote_get(id, events)? else {
+            return Ok(());
+        };
         let r = &mut st.recv;
-        if r.final_size.is_some_and(|f| f != final_size) || final_size < r.highest || final_size > r.max_data {
+        if r.final_size.is_some_and(|f| f != final_size)
+            || final_size < r.highest
+            || final_size > r.max_data
+        {
             return Err(Violation::FinalSize);
         }
         total += final_size - r.highest;
@@ -495,7 +525,10 @@ impl Streams {
             r.done = true;
             let unread = final_size - r.read_offset;
             r.segments.clear();
-            events.push_back(Event::StreamReset { id: StreamId(id), code });
+            events.push_back(Event::StreamReset {
+                id: StreamId(id),
+                code,
+            });
             self.read_total += unread;
         }
         self.recv_highest_total = total;
@@ -504,8 +537,15 @@ impl Streams {
     }
 
     /// Handles MAX_STREAM_DATA.
-    pub fn on_max_stream_data(&mut self, id: u64, max: u64, events: &mut VecDeque<Event>) -> Result<(), Violation> {
-        let Some(st) = self.remote_get(id, events)? else { return Ok(()) };
+    pub fn on_max_stream_data(
+        &mut self,
+        id: u64,
+        max: u64,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), Violation> {
+        let Some(st) = self.remote_get(id, events)? else {
+            return Ok(());
+        };
         if max > st.send.max_data {
             st.send.max_data = max;
             if st.send.blocked {
@@ -546,7 +586,9 @@ impl Streams {
 
     /// A STREAM frame was acknowledged.
     pub fn on_frame_acked(&mut self, m: &StreamMeta, events: &mut VecDeque<Event>) {
-        let Some(st) = self.map.get_mut(&m.id) else { return };
+        let Some(st) = self.map.get_mut(&m.id) else {
+            return;
+        };
         let s = &mut st.send;
         if s.reset.is_some() {
             return;
@@ -564,7 +606,9 @@ impl Streams {
 
     /// A STREAM frame was lost: queue its unacknowledged bytes again.
     pub fn on_frame_lost(&mut self, m: &StreamMeta) {
-        let Some(st) = self.map.get_mut(&m.id) else { return };
+        let Some(st) = self.map.get_mut(&m.id) else {
+            return;
+        };
         let s = &mut st.send;
         if s.reset.is_some() {
             return;
@@ -590,7 +634,9 @@ impl Streams {
 
     /// A RESET_STREAM was acknowledged or lost.
     pub fn on_reset_result(&mut self, id: u64, acked: bool) {
-        let Some(st) = self.map.get_mut(&id) else { return };
+        let Some(st) = self.map.get_mut(&id) else {
+            return;
+        };
         if acked {
             st.send.reset_acked = true;
             self.maybe_remove(id);
@@ -617,7 +663,12 @@ impl Streams {
 
     /// Writes pending RESET_STREAM and MAX_STREAM_DATA frames that fit; records them in `resets`
     /// and `credits`.
-    pub fn write_control(&mut self, w: &mut Writer<'_>, resets: &mut Vec<u64>, credits: &mut Vec<u64>) {
+    pub fn write_control(
+        &mut self,
+        w: &mut Writer<'_>,
+        resets: &mut Vec<u64>,
+        credits: &mut Vec<u64>,
+    ) {
         while let Some(&id) = self.reset_queue.front() {
             let Some(st) = self.map.get_mut(&id) else {
                 self.reset_queue.pop_front();
@@ -656,7 +707,9 @@ impl Streams {
     /// Writes one STREAM frame (retransmissions first) if any stream has something and it fits.
     pub fn write_stream_frame(&mut self, w: &mut Writer<'_>) -> Option<StreamMeta> {
         while let Some(id) = self.send_queue.pop_front() {
-            let Some(st) = self.map.get_mut(&id) else { continue };
+            let Some(st) = self.map.get_mut(&id) else {
+                continue;
+            };
             let s = &mut st.send;
             s.queued = false;
             if !s.has_pending() {
@@ -696,13 +749,21 @@ impl Streams {
                 s.queued = true;
                 self.send_queue.push_back(id);
             }
-            return Some(StreamMeta { id, offset, len, fin });
+            return Some(StreamMeta {
+                id,
+                offset,
+                len,
+                fin,
+            });
         }
         None
     }
 
     /// Bytes of stream data written but not yet acknowledged, over all streams.
     pub fn unacked_bytes(&self) -> u64 {
-        self.map.values().map(|s| s.send.write_offset - s.send.acked_below).sum()
+        self.map
+            .values()
+            .map(|s| s.send.write_offset - s.send.acked_below)
+            .sum()
     }
 }

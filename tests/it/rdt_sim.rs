@@ -13,8 +13,8 @@
 //! no transmit takes bytes in flight above the congestion window unless it is a counted PTO probe;
 //! every run ends within a bound of simulated time.
 
-use std::collections::{BTreeMap, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -147,12 +147,17 @@ fn addr(i: usize) -> SocketAddr {
 
 /// Byte `offset` of stream `id`: a hash, so a misplaced byte is noticed.
 fn pattern(id: StreamId, offset: u64) -> u8 {
-    let x = offset.wrapping_add(id.0 << 40).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let x = offset
+        .wrapping_add(id.0 << 40)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (x >> 56) as u8
 }
 
 fn chunk(id: StreamId, offset: u64, len: usize) -> Bytes {
-    (0..len as u64).map(|i| pattern(id, offset + i)).collect::<Vec<u8>>().into()
+    (0..len as u64)
+        .map(|i| pattern(id, offset + i))
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 fn sim_transport() -> TransportConfig {
@@ -185,13 +190,30 @@ impl Sim {
         let nodes: Vec<Node> = configs
             .into_iter()
             .enumerate()
-            .map(|(i, c)| Node { ep: Endpoint::new(c), addr: addr(i), app: App { read_enabled: true, ..App::default() } })
+            .map(|(i, c)| Node {
+                ep: Endpoint::new(c),
+                addr: addr(i),
+                app: App {
+                    read_enabled: true,
+                    ..App::default()
+                },
+            })
             .collect();
         let mut links = BTreeMap::new();
         for a in 0..n {
             for b in 0..n {
                 if a != b {
-                    links.insert((a, b), Link { imp: Impair::default(), bad: false, busy_until: None, queued: Vec::new(), sent: 0, dropped: 0 });
+                    links.insert(
+                        (a, b),
+                        Link {
+                            imp: Impair::default(),
+                            bad: false,
+                            busy_until: None,
+                            queued: Vec::new(),
+                            sent: 0,
+                            dropped: 0,
+                        },
+                    );
                 }
             }
         }
@@ -271,19 +293,22 @@ impl Sim {
         // Bandwidth cap with a tail-drop queue (shared by every link into a bottleneck node).
         let delay_base = imp.delay;
         let link = match self.bottleneck {
-            Some(b) if b == to => self.links.get_mut(&(to, to)).expect("bottleneck link exists"),
+            Some(b) if b == to => self
+                .links
+                .get_mut(&(to, to))
+                .expect("bottleneck link exists"),
             _ => link,
         };
         let imp = &link.imp;
         let mut depart = now;
-        if imp.rate > 0 {
+        if let Some(tx_ns) = (data.len() as u64 * 8 * 1_000_000_000).checked_div(imp.rate) {
             link.queued.retain(|&(t, _)| t > now);
             let queued: usize = link.queued.iter().map(|&(_, n)| n).sum();
             if queued + data.len() > imp.queue_bytes {
                 link.dropped += 1;
                 return;
             }
-            let tx = Duration::from_nanos(data.len() as u64 * 8 * 1_000_000_000 / imp.rate);
+            let tx = Duration::from_nanos(tx_ns);
             let begin = link.busy_until.map_or(now, |b| b.max(now));
             depart = begin + tx;
             link.busy_until = Some(depart);
@@ -305,15 +330,29 @@ impl Sim {
         if dup {
             let j = Duration::from_micros(rng.random_range(0..2000));
             self.seq += 1;
-            self.arrivals.push(Reverse(Arrival { at: at + j, seq: self.seq, to, from, data: data.clone() }));
+            self.arrivals.push(Reverse(Arrival {
+                at: at + j,
+                seq: self.seq,
+                to,
+                from,
+                data: data.clone(),
+            }));
         }
         self.seq += 1;
-        self.arrivals.push(Reverse(Arrival { at, seq: self.seq, to, from, data }));
+        self.arrivals.push(Reverse(Arrival {
+            at,
+            seq: self.seq,
+            to,
+            from,
+            data,
+        }));
     }
 
     /// Injects raw bytes as if `from_addr` sent them to node `to`, arriving now.
     fn inject(&mut self, from_addr: SocketAddr, to: usize, data: &[u8]) {
-        self.nodes[to].ep.handle_datagram(self.now, from_addr, BytesMut::from(data));
+        self.nodes[to]
+            .ep
+            .handle_datagram(self.now, from_addr, BytesMut::from(data));
     }
 
     /// Drains every node's transmits, checking the congestion-window invariant on each.
@@ -321,7 +360,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             loop {
                 let before = snapshot(&self.nodes[i].ep);
-                let Some(t) = self.nodes[i].ep.poll_transmit(self.now, &mut self.buf) else { break };
+                let Some(t) = self.nodes[i].ep.poll_transmit(self.now, &mut self.buf) else {
+                    break;
+                };
                 let after = snapshot(&self.nodes[i].ep);
                 check_cwnd(&before, &after, self.elapsed());
                 let seg = t.segment_size.unwrap_or(t.size);
@@ -347,7 +388,9 @@ impl Sim {
             let Reverse(a) = self.arrivals.pop().expect("peeked");
             self.delivered[a.to] += 1;
             let from = self.nodes[a.from].addr;
-            self.nodes[a.to].ep.handle_datagram(self.now, from, BytesMut::from(&a.data[..]));
+            self.nodes[a.to]
+                .ep
+                .handle_datagram(self.now, from, BytesMut::from(&a.data[..]));
         }
         for n in &mut self.nodes {
             if n.ep.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -389,7 +432,11 @@ impl Sim {
             }
             if next <= self.now {
                 spins += 1;
-                assert!(spins < 10_000, "timer spin at {:?}: a timer keeps firing without progress", self.elapsed());
+                assert!(
+                    spins < 10_000,
+                    "timer spin at {:?}: a timer keeps firing without progress",
+                    self.elapsed()
+                );
             } else {
                 spins = 0;
                 self.now = next;
@@ -433,9 +480,12 @@ impl Sim {
             n.app.plan.is_empty()
                 || (n.app.sending.len() == n.app.plan.len()
                     && n.app.sending.iter().all(|&(id, total, fin)| {
-                        fin && n.app.acked.contains(&id) && self.nodes.iter().enumerate().any(|(j, m)| {
-                            j != i && m.app.recv.get(&id) == Some(&(total, true))
-                        })
+                        fin && n.app.acked.contains(&id)
+                            && self
+                                .nodes
+                                .iter()
+                                .enumerate()
+                                .any(|(j, m)| j != i && m.app.recv.get(&id) == Some(&(total, true)))
                     }))
         })
     }
@@ -454,7 +504,12 @@ fn snapshot(ep: &Endpoint) -> Vec<Snap> {
         .into_iter()
         .filter_map(|h| {
             let c = ep.connection_ref(h)?;
-            Some(Snap { handle: h, in_flight: c.bytes_in_flight(), cwnd: c.congestion_window(), probes: c.stats().probe_packets })
+            Some(Snap {
+                handle: h,
+                in_flight: c.bytes_in_flight(),
+                cwnd: c.congestion_window(),
+                probes: c.stats().probe_packets,
+            })
         })
         .collect()
 }
@@ -462,7 +517,9 @@ fn snapshot(ep: &Endpoint) -> Vec<Snap> {
 /// Invariant: a transmit never takes bytes in flight above the window, except PTO probes.
 fn check_cwnd(before: &[Snap], after: &[Snap], t: Duration) {
     for b in before {
-        let Some(a) = after.iter().find(|a| a.handle == b.handle) else { continue };
+        let Some(a) = after.iter().find(|a| a.handle == b.handle) else {
+            continue;
+        };
         if a.in_flight > b.in_flight && a.in_flight > b.cwnd {
             assert!(
                 a.probes > b.probes && a.probes - b.probes <= 2,
@@ -486,7 +543,10 @@ fn run_app(n: &mut Node) {
         }
         for h in n.ep.handles() {
             let c = n.ep.connection(h).unwrap();
-            for id in [StreamId::CONTROL].into_iter().chain(opened.iter().filter(|o| o.0 == h).map(|o| o.1)) {
+            for id in [StreamId::CONTROL]
+                .into_iter()
+                .chain(opened.iter().filter(|o| o.0 == h).map(|o| o.1))
+            {
                 while let Ok(Some(b)) = c.read(id, 1 << 20) {
                     *sink.entry(h).or_default() += b.len() as u64;
                 }
@@ -589,7 +649,8 @@ fn run_app(n: &mut Node) {
             }
         }
     }
-    app.events.retain(|e| !matches!(e, Event::StreamReadable { .. }));
+    app.events
+        .retain(|e| !matches!(e, Event::StreamReadable { .. }));
 }
 
 /// Stream bytes node `i` has read so far.
@@ -601,7 +662,10 @@ fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("LEFT_SIM_SEED") {
         return vec![s.parse().expect("LEFT_SIM_SEED is a u64")];
     }
-    let n: u64 = std::env::var("LEFT_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let n: u64 = std::env::var("LEFT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     (0..n).collect()
 }
 
@@ -625,17 +689,28 @@ fn clean_transfer_both_directions_many_streams() {
     sim.nodes[0].app.plan = vec![100_000, 3_000_000, 1, 0, 250_000];
     sim.nodes[1].app.plan = vec![500_000];
     sim.connect(0, 1);
-    assert!(sim.run(Duration::from_secs(30), Sim::transfers_done), "transfer did not finish: {}", sim.describe());
+    assert!(
+        sim.run(Duration::from_secs(30), Sim::transfers_done),
+        "transfer did not finish: {}",
+        sim.describe()
+    );
     let k0 = sim.nodes[0].ep.public_key();
     let k1 = sim.nodes[1].ep.public_key();
     assert_eq!(sim.app(0).peer_key, Some(k1));
     assert_eq!(sim.app(1).peer_key, Some(k0));
     let h = sim.app(0).conn.unwrap();
     let stats = sim.nodes[0].ep.connection_ref(h).unwrap().stats();
-    assert_eq!(stats.mtu, 1452, "MTU probing reached the maximum on a clean path");
+    assert_eq!(
+        stats.mtu, 1452,
+        "MTU probing reached the maximum on a clean path"
+    );
     assert_eq!(stats.lost_packets, 0);
     // 3.85 MB over a 20 ms RTT path with slow start should take well under 2 s.
-    assert!(sim.elapsed() < Duration::from_secs(2), "took {:?}", sim.elapsed());
+    assert!(
+        sim.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        sim.elapsed()
+    );
 }
 
 #[test]
@@ -659,7 +734,11 @@ fn encryption_off_sends_clear_but_authenticated() {
         }));
         sim.connect(0, 1);
         assert!(sim.run(Duration::from_secs(10), Sim::transfers_done));
-        assert_eq!(seen.get(), !enc, "plaintext visible on the wire iff encryption is off");
+        assert_eq!(
+            seen.get(),
+            !enc,
+            "plaintext visible on the wire iff encryption is off"
+        );
         // A flipped bit in a clear packet still fails authentication.
         let h = sim.app(1).conn.unwrap();
         let mut pkt = sim.last_data_packet_to(1);
@@ -703,7 +782,11 @@ impl Sim {
 
 fn expect_done(sim: &mut Sim, limit: Duration) {
     let ok = sim.run(limit, Sim::transfers_done);
-    assert!(ok, "transfer did not finish within {limit:?}: {}", sim.describe());
+    assert!(
+        ok,
+        "transfer did not finish within {limit:?}: {}",
+        sim.describe()
+    );
 }
 
 #[test]
@@ -721,7 +804,15 @@ fn first_flight_lost() {
     sim.connect(0, 1);
     expect_done(&mut sim, Duration::from_secs(20));
     let h = sim.app(0).conn.unwrap();
-    assert!(sim.nodes[0].ep.connection_ref(h).unwrap().stats().handshake_retransmits >= 2);
+    assert!(
+        sim.nodes[0]
+            .ep
+            .connection_ref(h)
+            .unwrap()
+            .stats()
+            .handshake_retransmits
+            >= 2
+    );
 }
 
 #[test]
@@ -799,8 +890,13 @@ fn handshake_replayed() {
             sent_to_attacker += t.size;
         }
     }
-    assert!(sent_to_attacker > 0 && sent_to_attacker <= 3 * initial.len(), "amplification: {sent_to_attacker}");
-    let ok = sim.run(Duration::from_secs(120), |s| s.nodes[1].ep.handles().len() == conns);
+    assert!(
+        sent_to_attacker > 0 && sent_to_attacker <= 3 * initial.len(),
+        "amplification: {sent_to_attacker}"
+    );
+    let ok = sim.run(Duration::from_secs(120), |s| {
+        s.nodes[1].ep.handles().len() == conns
+    });
     assert!(ok, "half-open handshake from the replay is reaped");
     // The real connection is still fine (keep-alives keep it up).
     assert!(sim.app(0).lost.is_none() && sim.app(1).lost.is_none());
@@ -827,7 +923,15 @@ fn duplicated() {
     sim.connect(0, 1);
     expect_done(&mut sim, Duration::from_secs(30));
     let h = sim.app(1).conn.unwrap();
-    assert!(sim.nodes[1].ep.connection_ref(h).unwrap().stats().duplicates > 100);
+    assert!(
+        sim.nodes[1]
+            .ep
+            .connection_ref(h)
+            .unwrap()
+            .stats()
+            .duplicates
+            > 100
+    );
 }
 
 #[test]
@@ -839,7 +943,15 @@ fn corrupted_byte_fails_authentication() {
     sim.connect(0, 1);
     expect_done(&mut sim, Duration::from_secs(60));
     let h = sim.app(1).conn.unwrap();
-    assert!(sim.nodes[1].ep.connection_ref(h).unwrap().stats().auth_failures > 0);
+    assert!(
+        sim.nodes[1]
+            .ep
+            .connection_ref(h)
+            .unwrap()
+            .stats()
+            .auth_failures
+            > 0
+    );
 }
 
 #[test]
@@ -860,9 +972,18 @@ fn corrupted_packet_changes_no_state() {
         }
     }
     let after = sim.nodes[1].ep.connection_ref(h).unwrap().stats();
-    assert_eq!(after.recv_packets, before.recv_packets, "no corrupted packet was accepted");
+    assert_eq!(
+        after.recv_packets, before.recv_packets,
+        "no corrupted packet was accepted"
+    );
     assert_eq!(sim.nodes[1].ep.poll_timeout(), timeout, "timers unchanged");
-    assert!(sim.nodes[1].ep.poll_transmit(sim.now, &mut sim.buf).is_none(), "nothing to send in reply");
+    assert!(
+        sim.nodes[1]
+            .ep
+            .poll_transmit(sim.now, &mut sim.buf)
+            .is_none(),
+        "nothing to send in reply"
+    );
     assert!(sim.nodes[1].ep.poll_event().is_none());
 }
 
@@ -872,7 +993,10 @@ fn mtu_drop_recovers() {
     sim.nodes[0].app.plan = vec![20_000_000];
     sim.connect(0, 1);
     let ok = sim.run(Duration::from_secs(5), |s| {
-        s.app(0).conn.and_then(|h| s.nodes[0].ep.connection_ref(h)).is_some_and(|c| c.stats().mtu == 1452)
+        s.app(0)
+            .conn
+            .and_then(|h| s.nodes[0].ep.connection_ref(h))
+            .is_some_and(|c| c.stats().mtu == 1452)
             && received(s, 1) > 2_000_000
     });
     assert!(ok, "probed up to 1452");
@@ -882,7 +1006,11 @@ fn mtu_drop_recovers() {
     let h = sim.app(0).conn.unwrap();
     let st = sim.nodes[0].ep.connection_ref(h).unwrap().stats();
     assert!(st.black_holes >= 1, "black hole detected");
-    assert!(st.mtu <= 1300, "settled at a size the path carries: {}", st.mtu);
+    assert!(
+        st.mtu <= 1300,
+        "settled at a size the path carries: {}",
+        st.mtu
+    );
 }
 
 #[test]
@@ -905,7 +1033,9 @@ fn partition_longer_than_idle_timeout_errors() {
     sim.connect(0, 1);
     assert!(sim.run(Duration::from_secs(5), |s| received(s, 1) > 1_000_000));
     sim.set_all(|i| i.up = false);
-    let ok = sim.run(Duration::from_secs(120), |s| s.app(0).lost.is_some() && s.app(1).lost.is_some());
+    let ok = sim.run(Duration::from_secs(120), |s| {
+        s.app(0).lost.is_some() && s.app(1).lost.is_some()
+    });
     assert!(ok, "both sides give up within the bound");
     assert_eq!(sim.app(0).lost, Some(ConnectionError::TimedOut));
     assert_eq!(sim.app(1).lost, Some(ConnectionError::TimedOut));
@@ -919,13 +1049,20 @@ fn one_side_restarted() {
     assert!(sim.run(Duration::from_secs(5), |s| received(s, 1) > 1_000_000));
     // The responder restarts: new process, same keys, no memory of the connection.
     sim.nodes[1].ep = Endpoint::new(config(2, 999));
-    sim.nodes[1].app = App { read_enabled: true, ..App::default() };
+    sim.nodes[1].app = App {
+        read_enabled: true,
+        ..App::default()
+    };
     let ok = sim.run(Duration::from_secs(120), |s| s.app(0).lost.is_some());
     assert!(ok, "the initiator notices within the bound");
     assert_eq!(sim.app(0).lost, Some(ConnectionError::TimedOut));
     assert!(sim.nodes[1].ep.stats().drops(DropReason::UnknownConnection) > 0);
     // A new connection works.
-    sim.nodes[0].app = App { read_enabled: true, plan: vec![300_000], ..App::default() };
+    sim.nodes[0].app = App {
+        read_enabled: true,
+        plan: vec![300_000],
+        ..App::default()
+    };
     sim.connect(0, 1);
     expect_done(&mut sim, Duration::from_secs(20));
 }
@@ -948,15 +1085,24 @@ fn retry_under_load_and_amplification_limit() {
     let t = c.poll_transmit(sim.now, &mut sim.buf).unwrap();
     let initial = sim.buf[..t.size].to_vec();
     sim.inject(spoofed, 1, &initial);
-    let t = sim.nodes[1].ep.poll_transmit(sim.now, &mut sim.buf).expect("a retry");
+    let t = sim.nodes[1]
+        .ep
+        .poll_transmit(sim.now, &mut sim.buf)
+        .expect("a retry");
     assert_eq!(t.destination, spoofed);
     assert!(t.size < initial.len() / 3);
     let mut forged = initial.clone();
     // Token length byte 0 -> 24 with garbage token (shifts the rest; any result must be refused).
-    forged.splice(17..18, std::iter::once(24u8).chain(std::iter::repeat_n(0xaa, 24)));
+    forged.splice(
+        17..18,
+        std::iter::once(24u8).chain(std::iter::repeat_n(0xaa, 24)),
+    );
     forged.truncate(initial.len());
     sim.inject(spoofed, 1, &forged);
-    assert_eq!(sim.nodes[1].ep.stats().last_drop, Some(DropReason::BadToken));
+    assert_eq!(
+        sim.nodes[1].ep.stats().last_drop,
+        Some(DropReason::BadToken)
+    );
 }
 
 #[test]
@@ -971,7 +1117,10 @@ fn wrong_share_key_refused() {
     let st = sim.nodes[1].ep.stats();
     assert!(st.drops(DropReason::HandshakeAuth) >= 1);
     assert_eq!(st.accepted, 0);
-    assert!(sim.nodes[1].ep.handles().is_empty(), "no state kept for the stranger");
+    assert!(
+        sim.nodes[1].ep.handles().is_empty(),
+        "no state kept for the stranger"
+    );
     assert_eq!(sim.delivered[0], 0, "the responder never answered");
 }
 
@@ -982,21 +1131,35 @@ fn unknown_device_key_refused_when_pinned() {
     b.allowed_peers = Some(vec![left::rdt::crypto::public_key(&key(9))]);
     let mut sim = Sim::new(40, vec![config(1, 40), b]);
     sim.connect(0, 1);
-    let ok = sim.run(Duration::from_secs(30), |s| s.app(0).lost.is_some() && s.app(1).lost.is_some());
+    let ok = sim.run(Duration::from_secs(30), |s| {
+        s.app(0).lost.is_some() && s.app(1).lost.is_some()
+    });
     assert!(ok);
     let k0 = sim.nodes[0].ep.public_key();
-    assert_eq!(sim.app(1).lost, Some(ConnectionError::PeerKeyRefused { key: k0 }));
+    assert_eq!(
+        sim.app(1).lost,
+        Some(ConnectionError::PeerKeyRefused { key: k0 })
+    );
     assert_eq!(sim.app(0).lost, Some(ConnectionError::RefusedByPeer));
-    assert_eq!(sim.app(1).peer_key, None, "no Connected event for a refused key");
+    assert_eq!(
+        sim.app(1).peer_key,
+        None,
+        "no Connected event for a refused key"
+    );
     // Initiator pins: the same, the other way round.
     let mut a = config(1, 42);
     a.allowed_peers = Some(vec![left::rdt::crypto::public_key(&key(9))]);
     let mut sim = Sim::new(42, vec![a, config(2, 43)]);
     sim.connect(0, 1);
-    let ok = sim.run(Duration::from_secs(30), |s| s.app(0).lost.is_some() && s.app(1).lost.is_some());
+    let ok = sim.run(Duration::from_secs(30), |s| {
+        s.app(0).lost.is_some() && s.app(1).lost.is_some()
+    });
     assert!(ok);
     let k1 = sim.nodes[1].ep.public_key();
-    assert_eq!(sim.app(0).lost, Some(ConnectionError::PeerKeyRefused { key: k1 }));
+    assert_eq!(
+        sim.app(0).lost,
+        Some(ConnectionError::PeerKeyRefused { key: k1 })
+    );
     assert_eq!(sim.app(1).lost, Some(ConnectionError::RefusedByPeer));
     // The right pin connects.
     let mut a = config(1, 44);
@@ -1013,12 +1176,29 @@ fn encryption_mismatch_fails_on_both_sides() {
     a.transport.encryption = false;
     let mut sim = Sim::new(50, vec![a, config(2, 51)]);
     sim.connect(0, 1);
-    let ok = sim.run(Duration::from_secs(30), |s| s.app(0).lost.is_some() && s.app(1).lost.is_some());
+    let ok = sim.run(Duration::from_secs(30), |s| {
+        s.app(0).lost.is_some() && s.app(1).lost.is_some()
+    });
     assert!(ok);
-    assert_eq!(sim.app(0).lost, Some(ConnectionError::EncryptionMismatch { local: false, peer: true }));
-    assert_eq!(sim.app(1).lost, Some(ConnectionError::EncryptionMismatch { local: true, peer: false }));
+    assert_eq!(
+        sim.app(0).lost,
+        Some(ConnectionError::EncryptionMismatch {
+            local: false,
+            peer: true
+        })
+    );
+    assert_eq!(
+        sim.app(1).lost,
+        Some(ConnectionError::EncryptionMismatch {
+            local: true,
+            peer: false
+        })
+    );
     let msg = sim.app(0).lost.as_ref().unwrap().to_string();
-    assert!(msg.contains("ours is off") && msg.contains("peer's is on"), "{msg}");
+    assert!(
+        msg.contains("ours is off") && msg.contains("peer's is on"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -1059,7 +1239,10 @@ fn garbage_truncated_and_forged_datagrams() {
         sim.inject(addr(0), 1, &f);
     }
     let after = sim.nodes[1].ep.connection_ref(h).unwrap().stats();
-    assert_eq!(after.recv_packets, before.recv_packets, "nothing unauthenticated accepted");
+    assert_eq!(
+        after.recv_packets, before.recv_packets,
+        "nothing unauthenticated accepted"
+    );
     assert!(after.auth_failures >= before.auth_failures + 200);
     let st = sim.nodes[1].ep.stats();
     assert!(st.drops(DropReason::Malformed) > 0);
@@ -1107,11 +1290,19 @@ fn flow_control_bounds_receiver_buffer() {
     assert_eq!(c.write_bytes(s1, chunk(s1, 100_000, 1000)).unwrap(), 0);
     let _ = sim.run(Duration::from_secs(2), |_| false);
     let h = sim.app(0).conn.unwrap();
-    assert_eq!(sim.nodes[0].ep.connection_ref(h).unwrap().unacked_bytes(), 0, "all delivered into the receive buffer");
+    assert_eq!(
+        sim.nodes[0].ep.connection_ref(h).unwrap().unacked_bytes(),
+        0,
+        "all delivered into the receive buffer"
+    );
     // Reading releases credit and a Writable event follows.
     sim.nodes[1].app.read_enabled = true;
     let _ = sim.run(Duration::from_secs(2), |_| false);
-    assert!(sim.app(0).events.iter().any(|e| matches!(e, Event::StreamWritable { .. })));
+    assert!(sim
+        .app(0)
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::StreamWritable { .. })));
     let c = sim.nodes[0].ep.connection(h).unwrap();
     assert!(c.write_bytes(s4, big(s4)).unwrap() > 0);
 }
@@ -1127,15 +1318,30 @@ fn reset_and_close_carry_codes() {
     c.write_bytes(id, chunk(id, 0, 7)).unwrap();
     c.reset(id, 42).unwrap();
     let _ = sim.run(Duration::from_millis(300), |_| false);
-    assert!(sim.app(1).events.contains(&Event::StreamReset { id, code: 42 }));
+    assert!(sim
+        .app(1)
+        .events
+        .contains(&Event::StreamReset { id, code: 42 }));
     let now = sim.now;
-    sim.nodes[0].ep.connection(h).unwrap().close(now, 7, b"bye now");
+    sim.nodes[0]
+        .ep
+        .connection(h)
+        .unwrap()
+        .close(now, 7, b"bye now");
     let ok = sim.run(Duration::from_secs(5), |s| s.app(1).lost.is_some());
     assert!(ok);
-    assert_eq!(sim.app(1).lost, Some(ConnectionError::PeerClosed { code: 7, reason: "bye now".into() }));
+    assert_eq!(
+        sim.app(1).lost,
+        Some(ConnectionError::PeerClosed {
+            code: 7,
+            reason: "bye now".into()
+        })
+    );
     assert_eq!(sim.app(0).lost, Some(ConnectionError::LocallyClosed));
     // Both endpoints forget the connection after draining.
-    let ok = sim.run(Duration::from_secs(10), |s| s.nodes.iter().all(|n| n.ep.handles().is_empty()));
+    let ok = sim.run(Duration::from_secs(10), |s| {
+        s.nodes.iter().all(|n| n.ep.handles().is_empty())
+    });
     assert!(ok);
 }
 
@@ -1175,11 +1381,7 @@ fn chaos_run(seed: u64) {
     sim.nodes[1].app.plan = vec![rng.random_range(0..50_000)];
     sim.connect(0, 1);
     let ok = sim.run(Duration::from_secs(600), Sim::transfers_done);
-    assert!(
-        ok,
-        "seed {seed}: not done ({imp:?}): {}",
-        sim.describe()
-    );
+    assert!(ok, "seed {seed}: not done ({imp:?}): {}", sim.describe());
 }
 
 #[test]
@@ -1200,8 +1402,22 @@ fn two_flows_share_a_capped_link_fairly() {
             l.imp.delay = Duration::from_millis(20);
         }
     }
-    let imp = Impair { rate: 20_000_000, queue_bytes: 60_000, ..Impair::default() };
-    sim.links.insert((2, 2), Link { imp, bad: false, busy_until: None, queued: Vec::new(), sent: 0, dropped: 0 });
+    let imp = Impair {
+        rate: 20_000_000,
+        queue_bytes: 60_000,
+        ..Impair::default()
+    };
+    sim.links.insert(
+        (2, 2),
+        Link {
+            imp,
+            bad: false,
+            busy_until: None,
+            queued: Vec::new(),
+            sent: 0,
+            dropped: 0,
+        },
+    );
     sim.bottleneck = Some(2);
     sim.nodes[0].app.plan = vec![1 << 40];
     sim.nodes[1].app.plan = vec![1 << 40];
@@ -1209,7 +1425,14 @@ fn two_flows_share_a_capped_link_fairly() {
     sim.connect(0, 2);
     sim.connect(1, 2);
     let _ = sim.run(Duration::from_secs(20), |_| false);
-    let got: Vec<u64> = sim.nodes[2].app.sink.as_ref().unwrap().values().copied().collect();
+    let got: Vec<u64> = sim.nodes[2]
+        .app
+        .sink
+        .as_ref()
+        .unwrap()
+        .values()
+        .copied()
+        .collect();
     assert_eq!(got.len(), 2);
     let (a, b) = (got[0] as f64, got[1] as f64);
     // Together they use most of the 20 Mbit/s (50 MB in 20 s).
@@ -1240,15 +1463,31 @@ fn rdt_imports_no_io() {
     }
     assert!(files.len() > 5, "found the rdt sources: {files:?}");
     let banned = [
-        "tokio", "UdpSocket", "TcpStream", "TcpListener", "UnixDatagram", "UnixStream", "SystemTime",
-        "Instant::now", "thread_rng", "OsRng", "getrandom", "std::thread", "async fn", "mio::",
+        "tokio",
+        "UdpSocket",
+        "TcpStream",
+        "TcpListener",
+        "UnixDatagram",
+        "UnixStream",
+        "SystemTime",
+        "Instant::now",
+        "thread_rng",
+        "OsRng",
+        "getrandom",
+        "std::thread",
+        "async fn",
+        "mio::",
     ];
     for f in files {
         let full = std::fs::read_to_string(&f).unwrap();
         // Unit tests may use the real clock; the module itself may not.
         let src = full.split("#[cfg(test)]").next().unwrap_or("");
         for b in banned {
-            assert!(!src.contains(b), "{} mentions `{b}`: rdt must stay sans-IO", f.display());
+            assert!(
+                !src.contains(b),
+                "{} mentions `{b}`: rdt must stay sans-IO",
+                f.display()
+            );
         }
     }
 }
@@ -1310,6 +1549,12 @@ fn core_throughput(bytes: u64, encryption: bool) -> f64 {
             }
         }
     }
+    let st = ep[0].connection_ref(h).unwrap().stats();
+    eprintln!(
+        "sender: {st:?} rtt {:?} cwnd {}",
+        ep[0].connection_ref(h).unwrap().rtt(),
+        ep[0].connection_ref(h).unwrap().congestion_window()
+    );
     bytes as f64 / wall.elapsed().as_secs_f64() / 1e6
 }
 
@@ -1317,7 +1562,9 @@ fn core_throughput(bytes: u64, encryption: bool) -> f64 {
 #[ignore = "measurement; run with --ignored --nocapture"]
 fn core_throughput_report() {
     let mb = 512;
+    let off0 = core_throughput(mb << 20, false);
     let on = core_throughput(mb << 20, true);
     let off = core_throughput(mb << 20, false);
+    eprintln!("first off run {off0:.0} MB/s");
     eprintln!("core throughput: encrypted {on:.0} MB/s, encryption off {off:.0} MB/s (both sides on one core)");
 }

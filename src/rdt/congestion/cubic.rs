@@ -52,7 +52,14 @@ impl Cubic {
 }
 
 impl Controller for Cubic {
-    fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &RttEstimator) {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
         if app_limited || self.recovery_start.is_some_and(|r| sent <= r) {
             return;
         }
@@ -63,7 +70,11 @@ impl Controller for Cubic {
         let cwnd = self.window as f64;
         let epoch = *self.epoch.get_or_insert_with(|| {
             // RFC 9438 section 4.2: K = cbrt((W_max - cwnd) / C), in segments.
-            self.k = if self.w_max > cwnd { ((self.w_max - cwnd) / self.mtu / C).cbrt() } else { 0.0 };
+            self.k = if self.w_max > cwnd {
+                ((self.w_max - cwnd) / self.mtu / C).cbrt()
+            } else {
+                0.0
+            };
             self.w_est = cwnd;
             now
         });
@@ -92,7 +103,11 @@ impl Controller for Cubic {
         self.recovery_start = Some(now);
         let cwnd = self.window as f64;
         // Section 4.7 fast convergence: release bandwidth when the loss came below the old W_max.
-        self.w_max = if cwnd < self.w_max { cwnd * (1.0 + BETA) / 2.0 } else { cwnd };
+        self.w_max = if cwnd < self.w_max {
+            cwnd * (1.0 + BETA) / 2.0
+        } else {
+            cwnd
+        };
         let min = minimum_window(self.mtu as u16);
         self.window = ((cwnd * BETA) as u64).max(min);
         self.ssthresh = self.window;
@@ -148,11 +163,19 @@ mod tests {
             last = c.window();
         }
         // After 4 s (just before K) the window approaches but stays within 2% of W_max.
-        assert!(c.window() as f64 > 0.95 * 100_000.0 && (c.window() as f64) < 1.02 * 100_000.0, "{}", c.window());
+        assert!(
+            c.window() as f64 > 0.95 * 100_000.0 && (c.window() as f64) < 1.02 * 100_000.0,
+            "{}",
+            c.window()
+        );
         // Fast convergence: a loss below W_max lowers W_max further.
         c.w_max = 200_000.0;
         let w = c.window() as f64;
-        c.on_congestion_event(now + Duration::from_secs(1), now + Duration::from_millis(500), false);
+        c.on_congestion_event(
+            now + Duration::from_secs(1),
+            now + Duration::from_millis(500),
+            false,
+        );
         assert!((c.w_max - w * 0.85).abs() < 1.0);
     }
 }

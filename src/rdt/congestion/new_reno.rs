@@ -30,7 +30,14 @@ impl NewReno {
 }
 
 impl Controller for NewReno {
-    fn on_ack(&mut self, _now: Instant, sent: Instant, bytes: u64, app_limited: bool, _: &RttEstimator) {
+    fn on_ack(
+        &mut self,
+        _now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        _: &RttEstimator,
+    ) {
         if app_limited || self.recovery_start.is_some_and(|r| sent <= r) {
             return;
         }
