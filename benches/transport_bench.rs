@@ -178,6 +178,7 @@ fn main() {
         "bytes": options.bytes,
         "loss": options.loss,
         "encryption": if options.encryption { "on" } else { "off" },
+        "quinn_encryption": "on (rustls default suites; quinn cannot switch it off)",
         "runs": options.runs,
         "seed": options.seed,
         "impairment": options.impair.to_string(),

@@ -51,6 +51,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Close code sent when the application drops every handle of a connection or closes the endpoint.
 pub const CODE_NO_ERROR: u64 = 0;
 
+/// Close code sent to a peer whose connection the endpoint will not take (closing, or too many
+/// connections waiting for [`Endpoint::accept`]).
+pub const CODE_REFUSED: u64 = 1;
+
+/// Established incoming connections that may wait for [`Endpoint::accept`]; beyond that new ones
+/// are closed with [`CODE_REFUSED`], so an application that stops accepting bounds memory.
+pub const MAX_ACCEPT_BACKLOG: usize = 256;
+
 /// Errors from the driver's handles.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -650,18 +658,42 @@ impl Shared {
 /// The endpoint's task. Ends after shutdown once every connection drained (or the grace period
 /// passed), or when the socket fails for good.
 async fn run_driver(shared: Arc<Shared>) {
-    let mut driver = Driver::new(shared.clone());
+    // Marks the endpoint stopped even if the driver panics (a bug in the core), so no handle
+    // waits forever.
+    let stop = StopGuard {
+        shared: shared.clone(),
+        reason: None,
+    };
+    let mut driver = Driver::new(shared);
     let reason = driver.run().await;
-    let mut state = shared.lock();
-    state.stopped = Some(reason.unwrap_or(NetError::EndpointClosed));
-    for slot in state.slots.values_mut() {
-        if slot.lost.is_none() {
-            slot.lost = Some(ConnectionError::LocallyClosed);
+    let mut stop = stop;
+    stop.reason = reason;
+}
+
+/// Records why the driver stopped and wakes every waiting handle, when dropped.
+struct StopGuard {
+    shared: Arc<Shared>,
+    reason: Option<NetError>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let reason = self.reason.take().unwrap_or(if std::thread::panicking() {
+            NetError::Io("endpoint driver panicked".into())
+        } else {
+            NetError::EndpointClosed
+        });
+        let mut state = self.shared.lock();
+        state.stopped = Some(reason);
+        for slot in state.slots.values_mut() {
+            if slot.lost.is_none() {
+                slot.lost = Some(ConnectionError::LocallyClosed);
+            }
         }
+        self.shared.wake_all(&state);
+        drop(state);
+        self.shared.done.send_replace(true);
     }
-    shared.wake_all(&state);
-    drop(state);
-    shared.done.send_replace(true);
 }
 
 struct Driver {
@@ -812,9 +844,16 @@ impl Driver {
                 if !matches!(event, Event::Connected { .. }) {
                     continue;
                 }
-                if self.shared.shutting_down.load(Ordering::Acquire) {
+                let refuse: Option<&[u8]> = if self.shared.shutting_down.load(Ordering::Acquire) {
+                    Some(b"endpoint closed")
+                } else if state.incoming.len() >= MAX_ACCEPT_BACKLOG {
+                    Some(b"accept backlog full")
+                } else {
+                    None
+                };
+                if let Some(reason) = refuse {
                     if let Some(c) = state.core.connection(h) {
-                        c.close(Instant::now(), CODE_NO_ERROR, b"endpoint closed");
+                        c.close(Instant::now(), CODE_REFUSED, reason);
                     }
                     continue;
                 }

@@ -539,7 +539,9 @@ fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     let secs = number * scale;
-    (secs.is_finite() && secs >= 0.0 && secs < 1e6).then(|| Duration::from_secs_f64(secs))
+    (0.0..1e6)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 /// Parses `256k`, `4m`, `1g`, `1200` into bytes (decimal prefixes).
@@ -558,7 +560,7 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = number * scale;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < 1e18).then_some(bytes as u64)
+    (0.0..1e18).contains(&bytes).then_some(bytes as u64)
 }
 
 /// Parses a rate: a size per second, or with a `bit` suffix bits per second.
