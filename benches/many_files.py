@@ -126,6 +126,10 @@ def main():
         secs, again, rss = left("add")
         results["rescan"] = {"seconds": round(secs, 3), "bytes_read": again["bytes_read"],
                              "snapshot": again["snapshot"], "peak_rss": rss}
+        # Once more: the first rescan may pay for work the add left behind (e.g. WAL replay at open).
+        secs, again2, rss = left("add")
+        results["rescan_again"] = {"seconds": round(secs, 3), "bytes_read": again2["bytes_read"],
+                                   "peak_rss": rss}
         # Change 10 files (same size, new bytes, new mtime) and rescan.
         rng = random.Random(99)
         changed = []
@@ -154,13 +158,15 @@ def main():
               and results["rescan"]["bytes_read"] == 0}
     result = {"bench": "many_files", "files": args.files, "bytes": total, "quick": args.quick,
               "data": root, "generated": generated, "cpus": os.cpu_count(), **results, "floors_met": floors}
-    f, r, t = results["first_add"], results["rescan"], results["rescan_10_changed"]
+    f, r, r2, t = (results["first_add"], results["rescan"], results["rescan_again"],
+                   results["rescan_10_changed"])
     print(f"\nleft many small files: {args.files} files, {total / MiB:.0f} MiB{' (quick)' if args.quick else ''}",
           file=sys.stderr)
     print(f"  first add          {f['seconds']:8.3f} s  {f['files_per_s']:>8} files/s  {f['mb_per_s']:7.1f} MB/s"
           f"  peak RSS {f['peak_rss'] / MiB:.0f} MiB", file=sys.stderr)
     print(f"  rescan (unchanged) {r['seconds']:8.3f} s  read {r['bytes_read']} B"
           f"  (floor < {FLOOR_RESCAN_S:g} s: {'ok' if floors['rescan_seconds'] else 'MISSED'})", file=sys.stderr)
+    print(f"  rescan (again)     {r2['seconds']:8.3f} s  read {r2['bytes_read']} B", file=sys.stderr)
     print(f"  rescan (10 changed){t['seconds']:8.3f} s  read {t['bytes_read']} B", file=sys.stderr)
     print(json.dumps(result))
 
