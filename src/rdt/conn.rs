@@ -65,6 +65,8 @@ pub struct ConnectionStats {
     pub probe_packets: u64,
     /// Congestion events (window reductions requested).
     pub congestion_events: u64,
+    /// Congestion events that were persistent congestion (window back to the minimum).
+    pub persistent_congestion: u64,
     /// Packets that failed authentication.
     pub auth_failures: u64,
     /// Duplicate or replayed packets dropped.
@@ -1309,6 +1311,11 @@ impl Connection {
         };
         let delay = (self.rtt.latest().max(self.rtt.get()) * 9 / 8).max(Duration::from_millis(1));
         let mut lost_newest: Option<Instant> = None;
+        // RFC 9002 section 7.6: a contiguous run of lost ack-eliciting packets spanning more than
+        // three PTOs (with an RTT sample taken) is persistent congestion.
+        let persistent_span = self.pto_base() * 3;
+        let mut run: Option<(usize, Instant)> = None;
+        let mut persistent = false;
         let mut idx = 0;
         while idx < self.sent.len() {
             let pn = self.sent_base + idx as u64;
@@ -1324,6 +1331,16 @@ impl Connection {
                 if !p.mtu_probe {
                     lost_newest = Some(lost_newest.map_or(p.time, |t| t.max(p.time)));
                 }
+                if p.ack_eliciting && !p.mtu_probe {
+                    run = match run {
+                        Some((last, start)) if last + 1 == idx => {
+                            persistent |= self.rtt.has_sample()
+                                && p.time.saturating_duration_since(start) > persistent_span;
+                            Some((idx, start))
+                        }
+                        _ => Some((idx, p.time)),
+                    };
+                }
                 self.on_packet_lost(now, p);
             } else {
                 let t = p.time + delay;
@@ -1333,7 +1350,8 @@ impl Connection {
         }
         if let Some(sent) = lost_newest {
             self.stats.congestion_events += 1;
-            self.cc.on_congestion_event(now, sent, false);
+            self.stats.persistent_congestion += u64::from(persistent);
+            self.cc.on_congestion_event(now, sent, persistent);
         }
     }
 

@@ -1024,6 +1024,12 @@ fn partition_then_heal() {
     sim.set_all(|i| i.up = true);
     expect_done(&mut sim, Duration::from_secs(60));
     assert!(sim.app(0).lost.is_none());
+    let h = sim.app(0).conn.unwrap();
+    let st = sim.nodes[0].ep.connection_ref(h).unwrap().stats();
+    assert!(
+        st.persistent_congestion >= 1,
+        "the outage was persistent congestion: {st:?}"
+    );
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! CUBIC (RFC 9438): after a loss the window follows `W(t) = C (t - K)^3 + W_max`, a cubic that
 //! is flat around the window where the last loss happened, with a Reno-friendly floor `W_est`
-//! (section 4.3) and fast convergence (section 4.7). Slow start is standard (RFC 9002).
+//! (section 4.3) and fast convergence (section 4.7). Slow start is standard (RFC 9002), with a
+//! HyStart-style delay exit (RFC 9406 section 4.2, without conservative slow start): when the
+//! smallest RTT of a round exceeds the previous round's by `clamp(rtt / 8, 4 ms, 16 ms)`, queues
+//! are building, so slow start ends before it overflows them.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,43 @@ pub struct Cubic {
     /// Reno-friendly window estimate, in bytes.
     w_est: f64,
     recovery_start: Option<Instant>,
+    hystart: HyStart,
+}
+
+/// Per-round RTT tracking for the slow-start exit.
+#[derive(Debug, Clone)]
+struct HyStart {
+    round_start: Option<Instant>,
+    last_min: Option<Duration>,
+    cur_min: Option<Duration>,
+    samples: u32,
+}
+
+/// RFC 9406: RTT samples needed in a round before deciding.
+const HYSTART_MIN_SAMPLES: u32 = 8;
+
+impl HyStart {
+    /// Feeds an ack during slow start; returns true when slow start should end.
+    fn on_ack(&mut self, now: Instant, sent: Instant, rtt: Duration) -> bool {
+        if self.round_start.is_none_or(|r| sent > r) {
+            // A packet sent after the round began was acknowledged: a new round starts.
+            if self.samples >= HYSTART_MIN_SAMPLES {
+                self.last_min = self.cur_min;
+            }
+            self.cur_min = None;
+            self.samples = 0;
+            self.round_start = Some(now);
+        }
+        self.cur_min = Some(self.cur_min.map_or(rtt, |m| m.min(rtt)));
+        self.samples += 1;
+        match (self.last_min, self.cur_min) {
+            (Some(last), Some(cur)) if self.samples >= HYSTART_MIN_SAMPLES => {
+                let eta = (last / 8).clamp(Duration::from_millis(4), Duration::from_millis(16));
+                cur >= last + eta
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Cubic {
@@ -42,6 +82,12 @@ impl Cubic {
             epoch: None,
             w_est: window as f64,
             recovery_start: None,
+            hystart: HyStart {
+                round_start: None,
+                last_min: None,
+                cur_min: None,
+                samples: 0,
+            },
         }
     }
 
@@ -65,6 +111,11 @@ impl Controller for Cubic {
         }
         if self.window < self.ssthresh {
             self.window += bytes;
+            if self.hystart.on_ack(now, sent, rtt.latest()) {
+                // Queues are building: leave slow start here, with W_max at this window.
+                self.ssthresh = self.window;
+                self.w_max = self.window as f64;
+            }
             return;
         }
         let cwnd = self.window as f64;
@@ -130,6 +181,40 @@ impl Controller for Cubic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hystart_exits_slow_start_when_rtt_grows() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut rtt = RttEstimator::new(ms(100));
+        let mut c = Cubic::new(1000);
+        let mut now = t0;
+        // Rounds with a steady 20 ms RTT: slow start continues.
+        rtt.update(ms(0), ms(20));
+        for _ in 0..4 {
+            let round = now;
+            now += ms(20);
+            for _ in 0..10 {
+                c.on_ack(now, round + ms(1), 1000, false, &rtt);
+            }
+        }
+        assert_eq!(c.ssthresh, u64::MAX, "still in slow start");
+        // The RTT rises by 10 ms (more than 20/8, at least 4 ms): slow start ends.
+        rtt.update(ms(0), ms(30));
+        let round = now;
+        now += ms(30);
+        for _ in 0..10 {
+            c.on_ack(now, round + ms(1), 1000, false, &rtt);
+        }
+        assert!(c.ssthresh < u64::MAX, "left slow start");
+        // After the exit the window grows by congestion avoidance only (far less than 1 MTU per ack).
+        assert!(
+            c.window() - c.ssthresh < 100,
+            "{} vs {}",
+            c.window(),
+            c.ssthresh
+        );
+    }
 
     #[test]
     fn reduction_and_cubic_growth() {
