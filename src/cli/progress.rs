@@ -53,11 +53,11 @@ impl left_store::Progress for Bar {
         let template = match total_bytes {
             Some(total) => {
                 bar.set_length(total);
-                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+                "{msg:>8} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
             }
             None => {
                 bar.unset_length();
-                "{msg:>10} {spinner} {bytes} {binary_bytes_per_sec}"
+                "{msg:>8} {spinner} {bytes} {binary_bytes_per_sec}"
             }
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
