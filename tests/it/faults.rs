@@ -282,13 +282,68 @@ fn corrupt_chunk_is_named_by_verify_and_never_restored() {
     assert!(r.stderr.contains("corrupt"), "{}", r.stderr);
     // Whatever was written must be right: every file (temp files included) holds exactly the bytes
     // of the share's file of that name.
-    for (path, entry) in read_tree(&target) {
+    assert_no_wrong_bytes(&share.root, &target);
+}
+
+/// Every regular file under `target` holds exactly the bytes of the same path under `source`.
+#[track_caller]
+fn assert_no_wrong_bytes(source: &Path, target: &Path) {
+    for (path, entry) in read_tree(target) {
         if let Entry::File { bytes, .. } = entry {
             assert!(
-                fs::read(share.root.join(&path)).ok() == Some(bytes),
-                "{} holds wrong bytes",
+                fs::read(source.join(&path)).ok() == Some(bytes),
+                "{} holds bytes the snapshot does not have",
                 path.display()
             );
         }
+    }
+}
+
+#[test]
+fn damaged_chunk_inside_a_big_file_blocks_only_that_file() {
+    for damage in ["corrupt", "missing"] {
+        let share = Share::new();
+        share.write("big.bin", &random_bytes(8, 6 << 20));
+        share.write("other/fine.txt", b"unharmed");
+        let snap = share.add(&[])["snapshot"].as_str().unwrap().to_owned();
+        let chunk = {
+            let store = left_store::Store::open(&share.store).unwrap();
+            let id = store.resolve(&snap).unwrap();
+            let chunks = store.debug_file_chunks(id, Path::new("big.bin")).unwrap();
+            assert!(
+                chunks.len() > 10,
+                "expected many chunks, got {}",
+                chunks.len()
+            );
+            let victim = chunks[chunks.len() / 2];
+            match damage {
+                "corrupt" => store.debug_corrupt_chunk(victim).unwrap(),
+                _ => store.debug_delete_chunk(victim).unwrap(),
+            }
+            victim
+        };
+        let r = share.left(&["verify"]).expect_code(1);
+        assert!(
+            r.out()
+                .contains(&format!("{damage} chunk {chunk}, used by: big.bin")),
+            "{damage}: {}",
+            r.out()
+        );
+        // The whole snapshot cannot be restored, and nothing wrong is written.
+        let target = share.scratch(&format!("all-{damage}"));
+        share
+            .left(&["restore", "head", "--to", target.to_str().unwrap()])
+            .expect_code(1);
+        assert_no_wrong_bytes(&share.root, &target);
+        assert!(
+            !target.join("big.bin").exists(),
+            "{damage}: partial big.bin"
+        );
+        // What does not use the chunk still restores.
+        let target = share.scratch(&format!("other-{damage}"));
+        share
+            .left(&["restore", "head", "other", "--to", target.to_str().unwrap()])
+            .expect_code(0);
+        assert_eq!(fs::read(target.join("fine.txt")).unwrap(), b"unharmed");
     }
 }
