@@ -235,21 +235,32 @@ impl UdpSocket {
     }
 }
 
-/// A [`UdpSocket`] whose sends go through an [`Impairment`] (or straight out when none is set).
+/// A [`UdpSocket`] whose sends go through an impaired [`Link`] (or straight out when none is set).
 ///
-/// Cheap to share behind an `Arc`; dropping it stops its delay-queue task and discards what the
-/// queue held.
+/// Cheap to share behind an `Arc`. Dropping the last socket of a link stops the link's
+/// delay-queue task and discards what the queue held.
 #[derive(Debug)]
 pub struct ImpairedSocket {
-    shared: Arc<Shared>,
+    socket: Arc<UdpSocket>,
+    link: Option<Link>,
+}
+
+/// An impaired path: one [`Impairment`] and its delay queue. Usually private to one socket; shared
+/// by several sockets ([`ImpairedSocket::with_link`]) it is a common bottleneck, so flows from
+/// different sockets compete for one rate limit and one tail-drop queue (for fairness tests).
+#[derive(Debug, Clone)]
+pub struct Link {
+    inner: Arc<LinkInner>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    socket: UdpSocket,
-    impair: Option<Mutex<ImpairState>>,
-    /// Wakes the delay-queue task when something is queued or the socket closes.
+struct LinkInner {
+    state: Mutex<ImpairState>,
+    /// Wakes the delay-queue task when something is queued or a socket closes.
     wake: Notify,
+    /// Sockets using the link; the delay-queue task ends when it drops to zero.
+    sockets: AtomicU64,
+    /// Set when the last socket is gone.
     closed: AtomicBool,
     overflow_drops: AtomicU64,
 }
@@ -267,12 +278,63 @@ struct ImpairState {
     pending: Vec<Delayed>,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug)]
 struct Delayed {
     at: Instant,
     seq: u64,
     destination: SocketAddr,
     bytes: Vec<u8>,
+    /// The socket it leaves by.
+    via: Arc<UdpSocket>,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+impl Link {
+    /// A new impaired path. Must be called within a tokio runtime (the delay queue is a task).
+    pub fn new(config: ImpairmentConfig) -> io::Result<Self> {
+        let impairment =
+            Impairment::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let inner = Arc::new(LinkInner {
+            state: Mutex::new(ImpairState {
+                impairment,
+                queue: BinaryHeap::new(),
+                queued_bytes: 0,
+                next_seq: 0,
+                scratch: Vec::with_capacity(MAX_RECEIVE_BUFFER),
+                pending: Vec::new(),
+            }),
+            wake: Notify::new(),
+            sockets: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            overflow_drops: AtomicU64::new(0),
+        });
+        tokio::spawn(run_delay_queue(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    /// What the impairment decided so far, with delay-queue overflow drops counted as queue
+    /// drops.
+    pub fn stats(&self) -> ImpairmentStats {
+        let mut stats = lock(&self.inner.state).impairment.stats();
+        stats.dropped_queue += self.inner.overflow_drops.load(Ordering::Relaxed);
+        stats
+    }
 }
 
 impl ImpairedSocket {
@@ -283,67 +345,63 @@ impl ImpairedSocket {
         Self::new(socket, config.impairment.clone())
     }
 
-    /// Wraps an open socket. An inactive or absent configuration means no impairment.
+    /// Wraps an open socket with a path of its own. An inactive or absent configuration means no
+    /// impairment.
     pub fn new(socket: UdpSocket, impairment: Option<ImpairmentConfig>) -> io::Result<Self> {
-        let impair = match impairment.filter(ImpairmentConfig::is_active) {
-            Some(config) => {
-                let impairment = Impairment::new(config)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                Some(Mutex::new(ImpairState {
-                    impairment,
-                    queue: BinaryHeap::new(),
-                    queued_bytes: 0,
-                    next_seq: 0,
-                    scratch: Vec::with_capacity(MAX_RECEIVE_BUFFER),
-                    pending: Vec::new(),
-                }))
-            }
+        let link = match impairment.filter(ImpairmentConfig::is_active) {
+            Some(config) => Some(Link::new(config)?),
             None => None,
         };
-        let has_queue = impair.is_some();
-        let shared = Arc::new(Shared {
-            socket,
-            impair,
-            wake: Notify::new(),
-            closed: AtomicBool::new(false),
-            overflow_drops: AtomicU64::new(0),
-        });
-        if has_queue {
-            tokio::spawn(run_delay_queue(shared.clone()));
+        Ok(Self::with_optional_link(socket, link))
+    }
+
+    /// Wraps an open socket whose sends go through `link`, which other sockets may share.
+    pub fn with_link(socket: UdpSocket, link: &Link) -> Self {
+        Self::with_optional_link(socket, Some(link.clone()))
+    }
+
+    fn with_optional_link(socket: UdpSocket, link: Option<Link>) -> Self {
+        if let Some(link) = &link {
+            link.inner.sockets.fetch_add(1, Ordering::AcqRel);
         }
-        Ok(Self { shared })
+        Self {
+            socket: Arc::new(socket),
+            link,
+        }
     }
 
     /// The underlying socket (for receiving and socket facts).
     pub fn socket(&self) -> &UdpSocket {
-        &self.shared.socket
+        &self.socket
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.shared.socket.local_addr()
+        self.socket.local_addr()
     }
 
     /// Whether an impairment is in force.
     pub fn is_impaired(&self) -> bool {
-        self.shared.impair.is_some()
+        self.link.is_some()
     }
 
-    /// What the impairment decided so far, plus delay-queue overflow drops counted as queue drops;
-    /// `None` when not impaired.
+    /// The impaired path, if any.
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
+    }
+
+    /// What the impairment decided so far (for every socket of a shared link); `None` when not
+    /// impaired.
     pub fn impairment_stats(&self) -> Option<ImpairmentStats> {
-        let state = self.shared.impair.as_ref()?;
-        let mut stats = lock(state).impairment.stats();
-        stats.dropped_queue += self.shared.overflow_drops.load(Ordering::Relaxed);
-        Some(stats)
+        self.link.as_ref().map(Link::stats)
     }
 
     /// Sends through the impairment without waiting; see [`UdpSocket::try_send`].
     pub fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        let Some(state) = &self.shared.impair else {
-            return self.shared.socket.try_send(transmit);
+        let Some(link) = &self.link else {
+            return self.socket.try_send(transmit);
         };
-        let mut guard = lock(state);
+        let mut guard = lock(&link.inner.state);
         let st = &mut *guard;
         let now = Instant::now();
         let saved = st.impairment.clone();
@@ -357,14 +415,15 @@ impl ImpairedSocket {
                 Verdict::Drop(_) => untouched = false,
                 Verdict::Deliver(d) => {
                     if let Some(at) = d.duplicate_at {
-                        // Duplicates always take the queue, so a short last segment never ends up in
-                        // the middle of a GSO batch.
+                        // Duplicates always take the queue, so a short last segment never ends up
+                        // in the middle of a GSO batch.
                         let seq = next_seq(&mut st.next_seq);
                         st.pending.push(Delayed {
                             at,
                             seq,
                             destination: transmit.destination,
                             bytes: segment.to_vec(),
+                            via: self.socket.clone(),
                         });
                     }
                     if d.at > now {
@@ -379,6 +438,7 @@ impl ImpairedSocket {
                             seq,
                             destination: transmit.destination,
                             bytes,
+                            via: self.socket.clone(),
                         });
                     } else {
                         let start = st.scratch.len();
@@ -392,19 +452,20 @@ impl ImpairedSocket {
             }
         }
         let result = if untouched && count > 0 {
-            self.shared.socket.try_send(transmit)
+            self.socket.try_send(transmit)
         } else if !st.scratch.is_empty() {
             let now_batch = Transmit {
                 destination: transmit.destination,
                 contents: &st.scratch,
                 segment_size: transmit.segment_size,
             };
-            self.shared.socket.try_send(&now_batch)
+            self.socket.try_send(&now_batch)
         } else {
             Ok(())
         };
         match result {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Undo the decisions: the caller retries this transmit once the socket has room.
                 st.impairment = saved;
                 st.pending.clear();
                 Err(e)
@@ -414,13 +475,13 @@ impl ImpairedSocket {
                     let pending = std::mem::take(&mut st.pending);
                     for delayed in pending {
                         if st.queued_bytes + delayed.bytes.len() > MAX_DELAY_QUEUE_BYTES {
-                            self.shared.overflow_drops.fetch_add(1, Ordering::Relaxed);
+                            link.inner.overflow_drops.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         st.queued_bytes += delayed.bytes.len();
                         st.queue.push(Reverse(delayed));
                     }
-                    self.shared.wake.notify_one();
+                    link.inner.wake.notify_one();
                 }
                 other
             }
@@ -439,7 +500,7 @@ impl ImpairedSocket {
 
     /// Waits until the socket can probably accept a send.
     pub async fn writable(&self) -> io::Result<()> {
-        self.shared.socket.writable().await
+        self.socket.writable().await
     }
 
     /// Receives a batch (not impaired); see [`UdpSocket::poll_recv`].
@@ -449,7 +510,7 @@ impl ImpairedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.shared.socket.poll_recv(cx, bufs, meta)
+        self.socket.poll_recv(cx, bufs, meta)
     }
 
     /// Async form of [`Self::poll_recv`].
@@ -458,14 +519,18 @@ impl ImpairedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        self.shared.socket.recv(bufs, meta).await
+        self.socket.recv(bufs, meta).await
     }
 }
 
 impl Drop for ImpairedSocket {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
+        if let Some(link) = &self.link {
+            if link.inner.sockets.fetch_sub(1, Ordering::AcqRel) == 1 {
+                link.inner.closed.store(true, Ordering::Release);
+                link.inner.wake.notify_one();
+            }
+        }
     }
 }
 
@@ -482,21 +547,17 @@ fn lock(state: &Mutex<ImpairState>) -> std::sync::MutexGuard<'_, ImpairState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Drains the delay queue of one socket: sleeps until the earliest datagram is due, then sends every
-/// due datagram, batching runs of equal-sized datagrams to one destination with GSO.
-async fn run_delay_queue(shared: Arc<Shared>) {
-    let Some(state) = shared.impair.as_ref() else {
-        return;
-    };
-    let max_segments = shared.socket.max_gso_segments().clamp(1, 64);
+/// Drains the delay queue of one link: sleeps until the earliest datagram is due, then sends every
+/// due datagram, batching runs of equal-sized datagrams to one destination by one socket with GSO.
+async fn run_delay_queue(link: Arc<LinkInner>) {
     let mut due: Vec<Delayed> = Vec::new();
     let mut batch: Vec<u8> = Vec::with_capacity(MAX_RECEIVE_BUFFER);
     loop {
-        if shared.closed.load(Ordering::Acquire) {
+        if link.closed.load(Ordering::Acquire) {
             return;
         }
         let next = {
-            let mut st = lock(state);
+            let mut st = lock(&link.state);
             let now = Instant::now();
             while due.len() < 1024 {
                 match st.queue.peek() {
@@ -517,10 +578,10 @@ async fn run_delay_queue(shared: Arc<Shared>) {
                 Some(at) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(at.into()) => {}
-                        _ = shared.wake.notified() => {}
+                        _ = link.wake.notified() => {}
                     }
                 }
-                None => shared.wake.notified().await,
+                None => link.wake.notified().await,
             }
             continue;
         }
@@ -528,10 +589,13 @@ async fn run_delay_queue(shared: Arc<Shared>) {
         while i < due.len() {
             let first = &due[i];
             let size = first.bytes.len();
+            let max_segments = first.via.max_gso_segments().clamp(1, 64);
             let mut j = i + 1;
-            // A GSO batch: same destination, same size, except the last one which may be shorter.
+            // A GSO batch: same socket, same destination, same size, except the last one which
+            // may be shorter.
             while j < due.len()
                 && j - i < max_segments
+                && Arc::ptr_eq(&due[j].via, &first.via)
                 && due[j].destination == first.destination
                 && due[j].bytes.len() <= size
                 && (j - i + 1) * size <= MAX_RECEIVE_BUFFER
@@ -551,7 +615,7 @@ async fn run_delay_queue(shared: Arc<Shared>) {
                 contents: &batch,
                 segment_size: (j - i > 1).then_some(size),
             };
-            if let Err(e) = shared.socket.send(&transmit).await {
+            if let Err(e) = first.via.send(&transmit).await {
                 tracing::debug!(error = %e, "impaired delayed send failed");
             }
             i = j;

@@ -375,3 +375,103 @@ async fn dropping_every_connection_handle_closes_the_connection() {
     client.close().await;
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rdt_flows_share_a_capped_link_within_25_percent() {
+    use left::net::udp::{Link, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    // An 8 MB/s bottleneck with a 64 kB tail-drop queue, shared by two client sockets.
+    let link = Link::new("rate=8m,queue=64k,seed=21".parse().unwrap()).unwrap();
+    let server = endpoint(1, 21, None);
+    let server_addr = server.local_addr().unwrap();
+    let client = |secret: u8, seed: u64| {
+        let socket = UdpSocket::bind(loopback(), &SocketConfig::default()).unwrap();
+        let socket = Arc::new(ImpairedSocket::with_link(socket, &link));
+        Endpoint::new(socket, endpoint_config(secret, seed)).unwrap()
+    };
+    let clients = [client(2, 22), client(3, 23)];
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    // The server counts what each connection delivers, keyed by the client's device key.
+    let keys: Vec<[u8; 32]> = clients.iter().map(Endpoint::public_key).collect();
+    let receiver = {
+        let (server, counters, keys) = (server.clone(), counters.clone(), keys.clone());
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..2 {
+                let conn = server.accept().await.expect("incoming");
+                let i = keys
+                    .iter()
+                    .position(|k| *k == conn.peer_key())
+                    .expect("known client");
+                let counter = counters[i].clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut stream = conn.accept_stream().await.expect("stream");
+                    while let Ok(Some(chunk)) = stream.read(usize::MAX).await {
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                    conn
+                }));
+            }
+            tasks
+        })
+    };
+    let mut senders = Vec::new();
+    for c in &clients {
+        let (c, stop) = (c.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let conn = c.connect(server_addr).await.expect("connect");
+            let mut stream = conn.open_stream().await.expect("open");
+            let chunk = payload(64 * 1024, 3);
+            while !stop.load(Ordering::Relaxed) {
+                if stream.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            conn
+        }));
+    }
+    // Warm up for a second, then measure three seconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shares: Vec<u64> = counters
+        .iter()
+        .zip(&start)
+        .map(|(c, s)| c.load(Ordering::Relaxed) - s)
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let (lo, hi) = (
+        shares[0].min(shares[1]) as f64,
+        shares[0].max(shares[1]) as f64,
+    );
+    let total = shares[0] + shares[1];
+    eprintln!(
+        "shares over 3 s: {shares:?} bytes ({:.2} MB/s total), link {:?}",
+        total as f64 / 3e6,
+        link.stats()
+    );
+    assert!(lo >= 0.75 * hi, "unfair split: {shares:?}");
+    // Speed must not come from ignoring loss: together they stay within the cap, and use most of it.
+    assert!(
+        total as f64 <= 8e6 * 3.0 * 1.05,
+        "more than the link carries: {total}"
+    );
+    assert!(total as f64 >= 8e6 * 3.0 * 0.6, "link mostly idle: {total}");
+    assert!(
+        link.stats().dropped_queue > 0,
+        "the queue never overflowed: not a congested link"
+    );
+    for s in senders {
+        drop(s.await.expect("sender"));
+    }
+    for t in receiver.await.expect("receiver") {
+        t.abort();
+    }
+    for c in &clients {
+        c.close().await;
+    }
+    server.close().await;
+}
