@@ -347,3 +347,25 @@ fn damaged_chunk_inside_a_big_file_blocks_only_that_file() {
         assert_eq!(fs::read(target.join("fine.txt")).unwrap(), b"unharmed");
     }
 }
+
+#[test]
+fn fifo_in_the_share_is_skipped_not_waited_on() {
+    let share = Share::new();
+    share.write("a.txt", b"a");
+    let fifo = std::ffi::CString::new(
+        share
+            .root
+            .join("pipe")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: fifo is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Nobody ever writes to the pipe: an add that opened it would block forever.
+    let r = share.left(&["--json", "add"]).expect_code(3);
+    let v = r.json();
+    assert!(v["snapshot"].is_string(), "{v}");
+    assert_eq!(v["skipped"][0]["path"], "pipe", "{v}");
+    assert!(r.stderr.contains("left: skipped pipe"), "{}", r.stderr);
+}
