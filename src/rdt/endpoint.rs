@@ -28,7 +28,7 @@ use crate::rdt::{
 pub struct ConnectionHandle(pub u64);
 
 /// Why the endpoint dropped a datagram without any state change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum DropReason {
     /// Not a well-formed rdt header (wrong version, unknown kind, truncated).
@@ -61,7 +61,7 @@ pub enum DropReason {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointStats {
     /// Datagrams dropped, by reason.
-    pub dropped: BTreeMap<String, u64>,
+    pub dropped: BTreeMap<DropReason, u64>,
     /// The last drop reason.
     pub last_drop: Option<DropReason>,
     /// Retry packets sent.
@@ -73,10 +73,7 @@ pub struct EndpointStats {
 impl EndpointStats {
     /// How many datagrams were dropped for `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        self.dropped
-            .get(&format!("{reason:?}"))
-            .copied()
-            .unwrap_or(0)
+        self.dropped.get(&reason).copied().unwrap_or(0)
     }
 }
 
@@ -275,7 +272,7 @@ impl Endpoint {
     }
 
     fn drop(&mut self, reason: DropReason) {
-        *self.stats.dropped.entry(format!("{reason:?}")).or_default() += 1;
+        *self.stats.dropped.entry(reason).or_default() += 1;
         self.stats.last_drop = Some(reason);
     }
 

@@ -77,6 +77,7 @@ pub(crate) enum Violation {
     StreamLimit,
     FinalSize,
     BadStream,
+    Fragments,
 }
 
 impl Violation {
@@ -86,6 +87,7 @@ impl Violation {
             Self::StreamLimit => "peer exceeded stream limit",
             Self::FinalSize => "peer changed a stream's final size",
             Self::BadStream => "peer used a stream we never opened",
+            Self::Fragments => "peer sent too many out-of-order fragments",
         }
     }
 }
@@ -205,6 +207,10 @@ pub(crate) struct Streams {
     initial_peer_stream_window: u64,
     credit_queue: VecDeque<u64>,
     reset_queue: VecDeque<u64>,
+    /// Buffered receive segments over all streams, and the most allowed: flow control bounds the
+    /// bytes, this bounds the per-segment overhead a peer could cause with tiny frames.
+    segments_total: usize,
+    max_segments: usize,
 }
 
 /// Initial flow-control parameters exchanged in the handshake.
@@ -237,6 +243,8 @@ impl Streams {
             initial_peer_stream_window: peer.max_stream_data,
             credit_queue: VecDeque::new(),
             reset_queue: VecDeque::new(),
+            segments_total: 0,
+            max_segments: (local.max_data / 256).max(4096) as usize,
         };
         s.insert(0);
         s
@@ -350,7 +358,8 @@ impl Streams {
             r.notified = false;
             return Err(StreamError::Blocked);
         }
-        let chunk = if entry.get().len() <= max {
+        let whole = entry.get().len() <= max;
+        let chunk = if whole {
             entry.remove()
         } else {
             let head = entry.get_mut().split_to(max);
@@ -361,6 +370,7 @@ impl Streams {
         let n = chunk.len() as u64;
         r.read_offset += n;
         self.read_total += n;
+        self.segments_total -= usize::from(whole);
         // Raise the stream's credit once half its window is consumed.
         if r.final_size.is_none() && r.max_data - r.read_offset < self.stream_window / 2 {
             r.max_data = r.read_offset + self.stream_window;
@@ -398,6 +408,10 @@ impl Streams {
         events: &mut VecDeque<Event>,
     ) -> Result<Option<&mut Stream>, Violation> {
         if !self.map.contains_key(&id) {
+            if id == 1 {
+                // Stream 0 is the only stream with n = 0; the responder's side has none.
+                return Err(Violation::BadStream);
+            }
             if self.is_local(id) {
                 return if id / 2 < self.next_local {
                     Ok(None)
@@ -429,6 +443,7 @@ impl Streams {
     ) -> Result<(), Violation> {
         let recv_limit = self.recv_max_data;
         let mut total = self.recv_highest_total;
+        let mut added = 0;
         let Some(st) = self.remote_get(id, events)? else {
             return Ok(());
         };
@@ -477,6 +492,7 @@ impl Streams {
                     .min(end);
                 let piece = data.slice((pos - offset) as usize..(next_start - offset) as usize);
                 r.segments.insert(pos, piece);
+                added += 1;
                 r.received.insert(pos..next_start);
                 pos = next_start;
             }
@@ -491,6 +507,10 @@ impl Streams {
             }
         }
         self.recv_highest_total = total;
+        self.segments_total += added;
+        if self.segments_total > self.max_segments {
+            return Err(Violation::Fragments);
+        }
         Ok(())
     }
 
@@ -504,6 +524,7 @@ impl Streams {
     ) -> Result<(), Violation> {
         let limit = self.recv_max_data;
         let mut total = self.recv_highest_total;
+        let mut dropped = 0;
         let Some(st) = self.remote_get(id, events)? else {
             return Ok(());
         };
@@ -524,6 +545,7 @@ impl Streams {
             r.reset = Some(code);
             r.done = true;
             let unread = final_size - r.read_offset;
+            dropped = r.segments.len();
             r.segments.clear();
             events.push_back(Event::StreamReset {
                 id: StreamId(id),
@@ -532,6 +554,7 @@ impl Streams {
             self.read_total += unread;
         }
         self.recv_highest_total = total;
+        self.segments_total -= dropped;
         self.maybe_remove(id);
         Ok(())
     }
@@ -765,5 +788,114 @@ impl Streams {
             .values()
             .map(|s| s.send.write_offset - s.send.acked_below)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair_limits(window: u64) -> Limits {
+        Limits {
+            max_data: window,
+            max_stream_data: window,
+            max_streams: 4,
+        }
+    }
+
+    #[test]
+    fn reassembly_in_any_order_delivers_once() {
+        let mut s = Streams::new(false, pair_limits(1 << 20), pair_limits(1 << 20));
+        let mut ev = VecDeque::new();
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        // Overlapping, duplicated and out-of-order pieces of stream 2 (opened by the initiator).
+        for (off, len) in [
+            (500, 300),
+            (0, 100),
+            (50, 500),
+            (800, 200),
+            (0, 1000),
+            (700, 50),
+        ] {
+            let fin = off + len == 1000;
+            let piece = Bytes::copy_from_slice(&data[off..off + len]);
+            s.on_stream_frame(2, off as u64, fin, piece, &mut ev)
+                .unwrap();
+        }
+        assert_eq!(ev.front(), Some(&Event::StreamOpened { id: StreamId(2) }));
+        let mut got = Vec::new();
+        while let Ok(Some(b)) = s.read(StreamId(2), 64) {
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, data);
+        assert_eq!(s.segments_total, 0);
+    }
+
+    #[test]
+    fn peer_violations_are_refused() {
+        let mut ev = VecDeque::new();
+        let mut s = Streams::new(false, pair_limits(1000), pair_limits(1000));
+        // Beyond the stream window.
+        assert_eq!(
+            s.on_stream_frame(2, 990, false, Bytes::from(vec![0; 20]), &mut ev),
+            Err(Violation::FlowControl)
+        );
+        // Changing the final size.
+        s.on_stream_frame(4, 0, true, Bytes::from(vec![0; 10]), &mut ev)
+            .unwrap();
+        assert_eq!(
+            s.on_stream_frame(4, 5, true, Bytes::from(vec![0; 10]), &mut ev),
+            Err(Violation::FinalSize)
+        );
+        // Beyond the stream limit (4 streams), and a stream of ours we never opened.
+        assert_eq!(
+            s.on_stream_frame(2 * 5, 0, false, Bytes::new(), &mut ev),
+            Err(Violation::StreamLimit)
+        );
+        assert_eq!(
+            s.on_stream_frame(3, 0, false, Bytes::new(), &mut ev),
+            Err(Violation::BadStream)
+        );
+        assert_eq!(
+            s.on_stream_frame(1, 0, false, Bytes::new(), &mut ev),
+            Err(Violation::BadStream)
+        );
+    }
+
+    #[test]
+    fn tiny_fragments_are_bounded() {
+        let mut ev = VecDeque::new();
+        let mut s = Streams::new(false, pair_limits(1 << 20), pair_limits(1 << 20));
+        let mut result = Ok(());
+        // One-byte frames with gaps never become readable; the count is capped.
+        for i in 0..10_000u64 {
+            result = s.on_stream_frame(2, 2 * i + 1, false, Bytes::from_static(b"x"), &mut ev);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(Violation::Fragments));
+        assert!(s.segments_total <= s.max_segments + 1);
+    }
+
+    #[test]
+    fn write_respects_credit_and_retransmits_lost_ranges() {
+        let mut s = Streams::new(true, pair_limits(1 << 20), pair_limits(3000));
+        let id = s.open().unwrap();
+        assert_eq!(s.write(id, Bytes::from(vec![1u8; 5000])).unwrap(), 3000);
+        assert_eq!(s.credit(id).unwrap(), 0);
+        let mut buf = vec![0u8; 1200];
+        let mut w = Writer::new(&mut buf, 0);
+        let m = s.write_stream_frame(&mut w).unwrap();
+        assert_eq!((m.offset, m.fin), (0, false));
+        assert!(m.len > 1000);
+        // Lost: the same range comes back, before new data.
+        s.on_frame_lost(&m);
+        let mut w = Writer::new(&mut buf, 0);
+        let again = s.write_stream_frame(&mut w).unwrap();
+        assert_eq!((again.offset, again.len), (m.offset, m.len));
+        let mut ev = VecDeque::new();
+        s.on_frame_acked(&again, &mut ev);
+        assert_eq!(s.unacked_bytes(), 3000 - m.len);
     }
 }
