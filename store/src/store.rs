@@ -445,6 +445,7 @@ impl Store {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn diff_rec(
         &self,
         a: Option<NodeId>,
@@ -463,21 +464,27 @@ impl Store {
             Some(a) => Some(self.read_node(a)?),
             None => None,
         };
-        match (&na, &nb) {
-            // Folders: pair entries by name (through every level of a wide folder).
-            (Some(Node::Dir(_)), Node::Dir(DirNode::Leaf(_)))
-            | (Some(Node::Dir(_)), Node::Dir(DirNode::Index { .. })) => {
-                let ea = self.dir_entries(a.expect("some"))?;
-                let ia = index_nodes(self, a.expect("some"))?;
-                // Interior folder nodes of b that a lacks.
+        match &nb {
+            Node::Snapshot(sb) => {
+                let ra = match &na {
+                    Some(Node::Snapshot(sa)) => Some(sa.root),
+                    _ => None,
+                };
+                self.diff_rec(ra, sb.root, batch, out, seen, f)?;
+            }
+            Node::Dir(_) => {
+                // Pair entries by name (through every level of a wide folder).
+                let (ea, ia) = match (&na, a) {
+                    (Some(Node::Dir(_)), Some(a)) => (self.dir_entries(a)?, index_nodes(self, a)?),
+                    _ => (Vec::new(), HashSet::new()),
+                };
                 for n in index_nodes(self, b)? {
                     if n != b && !ia.contains(&n) && seen.insert(ObjectId::Node(n)) {
                         push(out, ObjectId::Node(n), batch, f)?;
                     }
                 }
-                let eb = self.dir_entries(b)?;
                 let mut ai = 0;
-                for e in &eb {
+                for e in self.dir_entries(b)? {
                     while ai < ea.len() && ea[ai].name < e.name {
                         ai += 1;
                     }
@@ -494,47 +501,71 @@ impl Store {
                     }
                 }
             }
-            _ => {
-                // Chunk lists, files, snapshots: pair children by position level by level; a chunk
-                // is new unless a's node at the same place holds it.
-                let ca: HashSet<Child> = na
-                    .as_ref()
-                    .map(|n| n.children().into_iter().collect())
-                    .unwrap_or_default();
-                let a_nodes: Vec<NodeId> = na
-                    .as_ref()
-                    .map(|n| {
-                        n.children()
-                            .into_iter()
-                            .filter_map(|c| {
-                                if let Child::Node(x) = c {
-                                    Some(x)
-                                } else {
-                                    None
-                                }
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let mut ai = a_nodes.iter();
-                for c in nb.children() {
-                    match c {
-                        Child::Chunk(id, _) => {
-                            if !ca.contains(&c) && seen.insert(ObjectId::Chunk(id)) {
-                                push(out, ObjectId::Chunk(id), batch, f)?;
-                            }
+            Node::File(_) | Node::ChunkList(_) => {
+                let ca = match &na {
+                    Some(n @ (Node::File(_) | Node::ChunkList(_))) => n.children(),
+                    _ => Vec::new(),
+                };
+                self.diff_chunks(ca, nb.children(), batch, out, seen, f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Level-by-level diff of two chunk-list trees: children of b absent from a's children at the
+    /// same level are new; the unmatched nodes on both sides are expanded one level down together.
+    /// When more than [`DIFF_EXPAND`] nodes of a are unmatched at a level, a's side is dropped (the
+    /// result becomes a superset) so memory stays bounded.
+    fn diff_chunks(
+        &self,
+        a: Vec<Child>,
+        b: Vec<Child>,
+        batch: usize,
+        out: &mut Vec<ObjectId>,
+        seen: &mut Seen,
+        f: &mut dyn FnMut(&[ObjectId]) -> Result<()>,
+    ) -> Result<()> {
+        let (mut a, mut b) = (a, b);
+        while !b.is_empty() {
+            let aset: HashSet<Child> = a.iter().copied().collect();
+            let bset: HashSet<Child> = b.iter().copied().collect();
+            let a_rest: Vec<NodeId> = a
+                .iter()
+                .filter_map(|c| {
+                    if let Child::Node(n) = c {
+                        (!bset.contains(c)).then_some(*n)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let mut next_b = Vec::new();
+            for c in &b {
+                if aset.contains(c) {
+                    continue;
+                }
+                match *c {
+                    Child::Chunk(id, _) => {
+                        if seen.insert(ObjectId::Chunk(id)) {
+                            push(out, ObjectId::Chunk(id), batch, f)?;
                         }
-                        Child::Node(id) => {
-                            let pa = if ca.contains(&c) {
-                                Some(id)
-                            } else {
-                                ai.next().copied()
-                            };
-                            self.diff_rec(pa, id, batch, out, seen, f)?;
+                    }
+                    Child::Node(id) => {
+                        if seen.insert(ObjectId::Node(id)) {
+                            push(out, ObjectId::Node(id), batch, f)?;
+                            next_b.extend(self.read_node(id)?.children());
                         }
                     }
                 }
             }
+            let mut next_a = Vec::new();
+            if a_rest.len() <= DIFF_EXPAND {
+                for n in a_rest {
+                    next_a.extend(self.read_node(n)?.children());
+                }
+            }
+            a = next_a;
+            b = next_b;
         }
         Ok(())
     }
@@ -820,6 +851,9 @@ impl Store {
         self.db.write(b.inner, false)
     }
 }
+
+/// Most unmatched chunk-list nodes of the old side expanded per level by `diff`.
+const DIFF_EXPAND: usize = 256;
 
 pub(crate) fn shallow_key(id: NodeId) -> Vec<u8> {
     let mut k = b"shallow/".to_vec();

@@ -1,0 +1,327 @@
+//! Round trips: add then restore gives identical bytes, modes, mtimes and links; scan cache;
+//! `only` paths; `.leftignore`; no-change adds.
+
+mod common;
+use common::*;
+use left_store::*;
+use proptest::prelude::*;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+enum Tree {
+    File {
+        data_seed: u64,
+        len: usize,
+        mode: u32,
+        mtime: i64,
+    },
+    Link(Vec<u8>),
+    Dir(Vec<(Vec<u8>, Tree)>, u32, i64),
+}
+
+fn name() -> impl Strategy<Value = Vec<u8>> {
+    // Odd names: spaces, unicode, non-UTF-8 bytes, leading dashes and dots.
+    prop_oneof![
+        "[a-z]{1,8}".prop_map(|s| s.into_bytes()),
+        Just(b"with space".to_vec()),
+        Just("ünï ☃".as_bytes().to_vec()),
+        Just(vec![0xff, 0xfe, b'x']),
+        Just(b"-dash".to_vec()),
+        Just(b".hidden".to_vec()),
+        Just(b"a\nnewline".to_vec()),
+    ]
+}
+
+fn tree() -> impl Strategy<Value = Tree> {
+    let leaf = prop_oneof![
+        (
+            any::<u64>(),
+            prop_oneof![Just(0usize), 1usize..3000, 20_000usize..90_000],
+            prop_oneof![Just(0o644u32), Just(0o755), Just(0o600), Just(0o444)],
+            0i64..2_000_000_000_000_000_000
+        )
+            .prop_map(|(data_seed, len, mode, mtime)| Tree::File {
+                data_seed,
+                len,
+                mode,
+                mtime
+            }),
+        prop_oneof![
+            Just(b"target".to_vec()),
+            Just(b"../up/x".to_vec()),
+            Just(b"/abs/path".to_vec()),
+            Just(vec![b'n', 0xff])
+        ]
+        .prop_map(Tree::Link),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        (
+            proptest::collection::vec((name(), inner), 0..6),
+            prop_oneof![Just(0o755u32), Just(0o700), Just(0o750)],
+            0i64..2_000_000_000_000_000_000,
+        )
+            .prop_map(|(v, m, t)| Tree::Dir(v, m, t))
+    })
+}
+
+fn write_tree(t: &Tree, p: &Path) {
+    match t {
+        Tree::File {
+            data_seed,
+            len,
+            mode,
+            mtime,
+        } => {
+            fs::write(p, rand_bytes(*data_seed, *len)).unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(*mode)).unwrap();
+            set_mtime(p, *mtime);
+        }
+        Tree::Link(t) => {
+            std::os::unix::fs::symlink(OsStr::from_bytes(t), p).unwrap();
+            set_mtime(p, 1_234_567_890_123_456_789);
+        }
+        Tree::Dir(children, mode, mtime) => {
+            fs::create_dir(p).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for (n, c) in children {
+                if seen.insert(n.clone()) {
+                    write_tree(c, &p.join(OsStr::from_bytes(n)));
+                }
+            }
+            fs::set_permissions(p, fs::Permissions::from_mode(*mode)).unwrap();
+            set_mtime(p, *mtime);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn add_then_restore_is_identical(children in proptest::collection::vec((name(), tree()), 0..6)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        fs::create_dir(&share).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for (n, c) in &children {
+            if seen.insert(n.clone()) {
+                write_tree(c, &share.join(OsStr::from_bytes(n)));
+            }
+        }
+        let store = Store::create(&tmp.path().join("store"), small_cfg()).unwrap();
+        let r = add(&store, &share);
+        prop_assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        let snap = r.snapshot.expect("first add makes a snapshot");
+        let out = tmp.path().join("out");
+        store.restore(snap, None, &out, &RestoreOptions::default(), &NoProgress).unwrap();
+        prop_assert_eq!(picture(&share), picture(&out));
+        // A second add changes nothing and reads nothing.
+        let r2 = add(&store, &share);
+        prop_assert!(r2.snapshot.is_none());
+        prop_assert_eq!(r2.bytes_read, 0);
+        prop_assert_eq!(store.head().unwrap(), Some(snap));
+        let v = store.verify(&NoProgress).unwrap();
+        prop_assert!(v.problems.is_empty(), "{:?}", v.problems);
+    }
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, Store) {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    fs::create_dir(&share).unwrap();
+    let store = Store::create(&share.join(".left"), small_cfg()).unwrap();
+    (tmp, share, store)
+}
+
+#[test]
+fn scan_cache_only_paths_ignore_and_history() {
+    let (tmp, share, store) = setup();
+    fs::create_dir_all(share.join("a/b")).unwrap();
+    fs::create_dir_all(share.join("empty")).unwrap();
+    fs::write(share.join("a/b/big"), rand_bytes(1, 200_000)).unwrap();
+    fs::write(share.join("a/small"), b"hello").unwrap();
+    fs::write(share.join("skip.tmp"), b"ignored").unwrap();
+    fs::write(share.join(".gitignore"), b"a/\n").unwrap(); // must not filter
+    fs::write(share.join(".leftignore"), b"*.tmp\n").unwrap();
+    let r1 = add(&store, &share);
+    let s1 = r1.snapshot.unwrap();
+    assert_eq!(r1.bytes_read, 200_000 + 5 + 3 + 6);
+    assert_eq!(r1.files, 4, "{r1:?}");
+    assert!(r1.bytes_new >= 200_005);
+    let names: Vec<_> = store
+        .ls(s1, Path::new(""))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        [".gitignore", ".leftignore", "a", "empty"].map(std::ffi::OsString::from)
+    );
+    assert_eq!(store.ls(s1, Path::new("a/small")).unwrap()[0].size, 5);
+
+    // Unchanged: no snapshot, nothing read.
+    let r2 = add(&store, &share);
+    assert!(r2.snapshot.is_none());
+    assert_eq!(r2.bytes_read, 0);
+    // rehash reads again, still no new snapshot.
+    let r3 = store
+        .add(
+            &share,
+            &[],
+            &AddOptions {
+                rehash: true,
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .unwrap();
+    assert!(r3.snapshot.is_none());
+    assert_eq!(r3.bytes_read, 200_014);
+    assert_eq!(r3.bytes_new, 0);
+
+    // Change one file and add only it: merged into the previous tree.
+    fs::write(share.join("a/small"), b"hello world").unwrap();
+    fs::write(share.join("new-not-added"), b"x").unwrap();
+    let r4 = store
+        .add(
+            &share,
+            &[PathBuf::from("a/small")],
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    let s4 = r4.snapshot.unwrap();
+    assert_eq!(r4.bytes_read, 11);
+    assert_eq!(store.snapshot(s4).unwrap().parents, vec![s1]);
+    let root: Vec<_> = store
+        .ls(s4, Path::new(""))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(root.len(), 4, "new-not-added must not appear: {root:?}");
+    assert_eq!(store.ls(s4, Path::new("a/small")).unwrap()[0].size, 11);
+    assert_eq!(store.ls(s4, Path::new("a/b")).unwrap()[0].size, 200_000);
+    // Deleting through `only`.
+    fs::remove_file(share.join("a/small")).unwrap();
+    let s5 = store
+        .add(
+            &share,
+            &[share.join("a/small")],
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap()
+        .snapshot
+        .unwrap();
+    assert!(store.ls(s5, Path::new("a/small")).is_err());
+    // Outside the share / missing.
+    let e = store
+        .add(
+            &share,
+            &[PathBuf::from("../x")],
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::PathOutsideShare { .. }), "{e}");
+    let e = store
+        .add(
+            &share,
+            &[PathBuf::from("nope")],
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+
+    // History and resolve.
+    assert_eq!(store.resolve("head").unwrap(), s5);
+    assert_eq!(store.resolve("head~1").unwrap(), s4);
+    assert_eq!(store.resolve("head~2").unwrap(), s1);
+    assert!(store.resolve("head~3").is_err());
+    assert_eq!(store.resolve(&s4.to_string()[..10]).unwrap(), s4);
+    assert!(store.resolve("zz").is_err());
+    let log = store.log(s5, 10).unwrap();
+    assert_eq!(
+        log.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![s5, s4, s1]
+    );
+
+    // Restore a sub-folder and a single file; non-empty target refused without force.
+    let out = tmp.path().join("out");
+    store
+        .restore(
+            s4,
+            Some(Path::new("a")),
+            &out,
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(fs::read(out.join("small")).unwrap(), b"hello world");
+    assert_eq!(fs::read(out.join("b/big")).unwrap(), rand_bytes(1, 200_000));
+    let e = store
+        .restore(s1, None, &out, &RestoreOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(e, Error::TargetNotEmpty { .. }), "{e}");
+    store
+        .restore(
+            s1,
+            Some(Path::new("a/small")),
+            &out,
+            &RestoreOptions { force: true },
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(fs::read(out.join("small")).unwrap(), b"hello");
+}
+
+#[test]
+fn symlinks_verbatim_or_followed() {
+    let (tmp, share, store) = setup();
+    let outside = tmp.path().join("outside.bin");
+    fs::write(&outside, rand_bytes(3, 5000)).unwrap();
+    std::os::unix::fs::symlink(&outside, share.join("link")).unwrap();
+    let s = add(&store, &share).snapshot.unwrap();
+    let e = &store.ls(s, Path::new("link")).unwrap()[0];
+    assert_eq!(e.kind, EntryKind::Symlink);
+    assert_eq!(e.link_target.as_deref(), Some(outside.as_os_str()));
+    let s2 = store
+        .add(
+            &share,
+            &[],
+            &AddOptions {
+                follow_links: true,
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .unwrap()
+        .snapshot
+        .unwrap();
+    let e = &store.ls(s2, Path::new("link")).unwrap()[0];
+    assert_eq!((e.kind, e.size), (EntryKind::File, 5000));
+}
+
+#[test]
+fn unreadable_file_is_skipped_and_snapshot_made() {
+    if unsafe { libc::geteuid() } == 0 {
+        // Root reads anything; drop privileges in a child is the CLI tests' job. Use a FIFO-free
+        // substitute: a file that vanishes is not "unreadable". Nothing to test as root here.
+        eprintln!("running as root: permission test skipped");
+        return;
+    }
+    let (_tmp, share, store) = setup();
+    fs::write(share.join("secret"), b"x").unwrap();
+    fs::set_permissions(share.join("secret"), fs::Permissions::from_mode(0)).unwrap();
+    fs::write(share.join("ok"), b"y").unwrap();
+    let r = add(&store, &share);
+    assert!(r.snapshot.is_some());
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.skipped[0].path, PathBuf::from("secret"));
+}
