@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example transport_bench -- --bytes N --loss FRACTION [--encryption off]
 //!     [--runs 3] [--seed S] [--impair SPEC] [--only rdt|quinn]
+//! cargo run --release --example transport_bench -- --fairness SECONDS [--impair SPEC]
 //! ```
 //!
 //! Each run moves `--bytes` (default 1 GiB) over one connection and one unidirectional stream, from
@@ -19,6 +20,11 @@
 //! process's user + system time over the same interval (`getrusage`), per GiB moved. Runs alternate
 //! rdt, quinn, rdt, quinn, ...; the median of `--runs` runs of each is reported. Output: one JSON
 //! object on stdout, a table on stderr.
+//!
+//! `--fairness SECONDS` instead runs one rdt flow and one quinn flow at the same time through one
+//! shared bottleneck ([`left::net::udp::Link`]: `--impair` keys, by default `rate=8m,queue=64k`,
+//! that is 8 MB/s with a 64 kB tail-drop queue), measures each flow's goodput after a one-second
+//! warm-up, and exits non-zero unless each gets between half and twice the other's share.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -50,6 +56,9 @@ struct Options {
     seed: u64,
     impair: ImpairmentConfig,
     only: Option<String>,
+    /// Seconds of a fairness run (rdt and quinn at once over one capped link) instead of the
+    /// bulk benchmark.
+    fairness: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +93,18 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let pattern = Arc::new(make_pattern(options.seed));
+    if let Some(secs) = options.fairness {
+        match runtime.block_on(fairness::run(&options, secs, pattern)) {
+            Ok((json, pass)) => {
+                println!("{json}");
+                std::process::exit(if pass { 0 } else { 1 });
+            }
+            Err(e) => {
+                eprintln!("transport_bench: fairness run failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let sizes = runtime.block_on(async {
         let s = ImpairedSocket::bind("127.0.0.1:0".parse().unwrap(), &SocketConfig::default())
             .expect("bind loopback");
@@ -210,6 +231,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         seed: 1,
         impair: ImpairmentConfig::default(),
         only: None,
+        fairness: None,
     };
     let mut extra: Option<ImpairmentConfig> = None;
     while let Some(arg) = args.next() {
@@ -256,6 +278,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
                     return Err(format!("--only {v:?}: expected rdt or quinn"));
                 }
                 o.only = Some(v);
+            }
+            "--fairness" => {
+                let v = value("--fairness")?;
+                o.fairness = Some(v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("--fairness {v:?} is not a positive number of seconds")
+                })?);
             }
             "--bench" => {} // passed by `cargo bench`; harmless
             other => return Err(format!("unknown argument {other:?}")),
@@ -385,6 +413,91 @@ mod rdt_side {
     use super::*;
     use left::net::driver::Endpoint;
     use left::rdt::EndpointConfig;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// An rdt client and server endpoint over our sockets (same share key, fresh device keys), and
+    /// the server's address.
+    fn endpoints(
+        client_socket: Arc<ImpairedSocket>,
+        server_socket: Arc<ImpairedSocket>,
+        options: &Options,
+        seed: u64,
+    ) -> Result<(Endpoint, Endpoint, SocketAddr), String> {
+        let server_addr = server_socket.local_addr().map_err(|e| e.to_string())?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7264_7421);
+        let mut key = || {
+            let mut k = [0u8; 32];
+            rng.fill_bytes(&mut k);
+            k
+        };
+        let psk = key();
+        let mut server_config = EndpointConfig::new(key(), psk, seed);
+        let mut client_config = EndpointConfig::new(key(), psk, seed + 1);
+        client_config.accept = false;
+        for c in [&mut server_config, &mut client_config] {
+            c.transport.encryption = options.encryption;
+        }
+        let server = Endpoint::new(server_socket, server_config).map_err(|e| e.to_string())?;
+        let client = Endpoint::new(client_socket, client_config).map_err(|e| e.to_string())?;
+        Ok((client, server, server_addr))
+    }
+
+    /// An rdt flow that writes until `stop` while its receiver counts delivered bytes.
+    pub async fn flow(
+        client_socket: Arc<ImpairedSocket>,
+        server_socket: Arc<ImpairedSocket>,
+        options: Options,
+        pattern: Arc<Vec<u8>>,
+        stop: Arc<AtomicBool>,
+        count: Arc<AtomicU64>,
+    ) -> Result<(), String> {
+        let (client, server, server_addr) =
+            endpoints(client_socket, server_socket, &options, options.seed)?;
+        let receiver = tokio::spawn({
+            let server = server.clone();
+            async move {
+                let conn = server.accept().await.ok_or("server endpoint closed")?;
+                let mut stream = conn
+                    .accept_stream()
+                    .await
+                    .map_err(|e| format!("accept_stream: {e}"))?;
+                while let Some(chunk) = stream
+                    .read(usize::MAX)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?
+                {
+                    count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                Ok::<_, String>(conn)
+            }
+        });
+        let conn = client
+            .connect(server_addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream = conn
+            .open_stream()
+            .await
+            .map_err(|e| format!("open_stream: {e}"))?;
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let data = pattern_at(&pattern, sent, WRITE_CHUNK);
+            stream
+                .write_all(data)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            sent += data.len() as u64;
+        }
+        stream.finish().map_err(|e| format!("finish: {e}"))?;
+        let server_conn = receiver
+            .await
+            .map_err(|e| format!("receiver task: {e}"))??;
+        server_conn.close(0, b"done");
+        drop((server_conn, stream, conn));
+        client.close().await;
+        server.close().await;
+        Ok(())
+    }
 
     pub async fn transfer(
         options: &Options,
@@ -393,22 +506,8 @@ mod rdt_side {
     ) -> Result<Finish, String> {
         let (client_socket, server_socket) =
             socket_pair(options, run_seed).map_err(|e| format!("bind: {e}"))?;
-        let server_addr = server_socket.local_addr().map_err(|e| e.to_string())?;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(run_seed ^ 0x7264_7421);
-        let mut key = || {
-            let mut k = [0u8; 32];
-            rng.fill_bytes(&mut k);
-            k
-        };
-        let psk = key();
-        let mut server_config = EndpointConfig::new(key(), psk, run_seed);
-        let mut client_config = EndpointConfig::new(key(), psk, run_seed + 1);
-        client_config.accept = false;
-        for c in [&mut server_config, &mut client_config] {
-            c.transport.encryption = options.encryption;
-        }
-        let server = Endpoint::new(server_socket, server_config).map_err(|e| e.to_string())?;
-        let client = Endpoint::new(client_socket, client_config).map_err(|e| e.to_string())?;
+        let (client, server, server_addr) =
+            endpoints(client_socket, server_socket, options, run_seed)?;
         let bytes = options.bytes;
         let receiver = tokio::spawn({
             let server = server.clone();
@@ -479,25 +578,7 @@ async fn quinn_transfer(
 ) -> Result<Finish, String> {
     let (client_socket, server_socket) =
         socket_pair(options, run_seed).map_err(|e| format!("bind: {e}"))?;
-    let server_addr = server_socket.local_addr().map_err(|e| e.to_string())?;
-    let (server_config, client_config) = quinn_configs(options)?;
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let server = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        Arc::new(QuinnSocket(server_socket)),
-        runtime.clone(),
-    )
-    .map_err(|e| format!("quinn server endpoint: {e}"))?;
-    let mut client = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        None,
-        Arc::new(QuinnSocket(client_socket)),
-        runtime,
-    )
-    .map_err(|e| format!("quinn client endpoint: {e}"))?;
-    client.set_default_client_config(client_config);
-
+    let (client, server, server_addr) = quinn_endpoints(client_socket, server_socket, options)?;
     let bytes = options.bytes;
     let receiver = tokio::spawn({
         let server = server.clone();
@@ -560,6 +641,33 @@ async fn quinn_transfer(
     client.wait_idle().await;
     server.wait_idle().await;
     Ok(finish)
+}
+
+/// A quinn client and server endpoint over our sockets, and the server's address.
+fn quinn_endpoints(
+    client_socket: Arc<ImpairedSocket>,
+    server_socket: Arc<ImpairedSocket>,
+    options: &Options,
+) -> Result<(quinn::Endpoint, quinn::Endpoint, SocketAddr), String> {
+    let server_addr = server_socket.local_addr().map_err(|e| e.to_string())?;
+    let (server_config, client_config) = quinn_configs(options)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let server = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        Arc::new(QuinnSocket(server_socket)),
+        runtime.clone(),
+    )
+    .map_err(|e| format!("quinn server endpoint: {e}"))?;
+    let mut client = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        Arc::new(QuinnSocket(client_socket)),
+        runtime,
+    )
+    .map_err(|e| format!("quinn client endpoint: {e}"))?;
+    client.set_default_client_config(client_config);
+    Ok((client, server, server_addr))
 }
 
 fn quinn_configs(options: &Options) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
@@ -687,5 +795,164 @@ impl quinn::UdpPoller for QuinnPoller {
             this.writable = None;
         }
         result
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fairness: rdt and quinn through one capped link
+
+mod fairness {
+    use super::*;
+    use left::net::udp::{Link, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    pub async fn run(
+        options: &Options,
+        secs: u64,
+        pattern: Arc<Vec<u8>>,
+    ) -> Result<(serde_json::Value, bool), String> {
+        let mut impair = options.impair.clone();
+        if impair.rate_limit_bytes_per_s.is_none() {
+            impair.rate_limit_bytes_per_s = Some(8_000_000);
+        }
+        if impair.queue_limit_bytes.is_none() {
+            impair.queue_limit_bytes = Some(64_000);
+        }
+        let link = Link::new(impair.clone()).map_err(|e| format!("link: {e}"))?;
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+        let on_link = || -> Result<Arc<ImpairedSocket>, String> {
+            let s =
+                UdpSocket::bind(loopback, &SocketConfig::default()).map_err(|e| e.to_string())?;
+            Ok(Arc::new(ImpairedSocket::with_link(s, &link)))
+        };
+        let plain = || -> Result<Arc<ImpairedSocket>, String> {
+            ImpairedSocket::bind(loopback, &SocketConfig::default())
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        let rdt = tokio::spawn(rdt_side::flow(
+            on_link()?,
+            plain()?,
+            options.clone(),
+            pattern.clone(),
+            stop.clone(),
+            counts[0].clone(),
+        ));
+        let quinn = tokio::spawn(quinn_flow(
+            on_link()?,
+            plain()?,
+            options.clone(),
+            pattern,
+            stop.clone(),
+            counts[1].clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = [
+            counts[0].load(Ordering::Relaxed),
+            counts[1].load(Ordering::Relaxed),
+        ];
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let shares = [
+            counts[0].load(Ordering::Relaxed) - start[0],
+            counts[1].load(Ordering::Relaxed) - start[1],
+        ];
+        stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for (name, task) in [("rdt", rdt), ("quinn", quinn)] {
+            match tokio::time::timeout(Duration::from_secs(20), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => errors.push(format!("{name}: {e}")),
+                Ok(Err(e)) => errors.push(format!("{name} task: {e}")),
+                Err(_) => errors.push(format!("{name}: did not stop")),
+            }
+        }
+        let mb_s = |b: u64| b as f64 / secs as f64 / 1e6;
+        let ratio = if shares[1] > 0 {
+            shares[0] as f64 / shares[1] as f64
+        } else {
+            f64::INFINITY
+        };
+        let pass = errors.is_empty() && (0.5..=2.0).contains(&ratio);
+        eprintln!(
+            "fairness over {secs} s through {}: rdt {:.2} MB/s, quinn {:.2} MB/s, ratio {ratio:.2} ({}); link {:?}",
+            impair,
+            mb_s(shares[0]),
+            mb_s(shares[1]),
+            if pass { "pass" } else { "FAIL" },
+            link.stats()
+        );
+        let json = serde_json::json!({
+            "mode": "fairness",
+            "seconds": secs,
+            "impairment": impair.to_string(),
+            "encryption": if options.encryption { "on" } else { "off" },
+            "rdt_mb_s": mb_s(shares[0]),
+            "quinn_mb_s": mb_s(shares[1]),
+            "rdt_over_quinn": ratio,
+            "pass": pass,
+            "errors": errors,
+        });
+        Ok((json, pass))
+    }
+
+    /// A quinn flow that writes until `stop` while its receiver counts delivered bytes.
+    async fn quinn_flow(
+        client_socket: Arc<ImpairedSocket>,
+        server_socket: Arc<ImpairedSocket>,
+        options: Options,
+        pattern: Arc<Vec<u8>>,
+        stop: Arc<AtomicBool>,
+        count: Arc<AtomicU64>,
+    ) -> Result<(), String> {
+        let (client, server, server_addr) =
+            quinn_endpoints(client_socket, server_socket, &options)?;
+        let receiver = tokio::spawn({
+            let server = server.clone();
+            async move {
+                let incoming = server.accept().await.ok_or("server endpoint closed")?;
+                let conn = incoming.await.map_err(|e| format!("accept: {e}"))?;
+                let mut stream = conn
+                    .accept_uni()
+                    .await
+                    .map_err(|e| format!("accept_uni: {e}"))?;
+                while let Some(chunk) = stream
+                    .read_chunk(usize::MAX, true)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?
+                {
+                    count.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                }
+                Ok::<_, String>(conn)
+            }
+        });
+        let conn = client
+            .connect(server_addr, "localhost")
+            .map_err(|e| format!("connect: {e}"))?
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut stream = conn
+            .open_uni()
+            .await
+            .map_err(|e| format!("open_uni: {e}"))?;
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let data = pattern_at(&pattern, sent, WRITE_CHUNK);
+            stream
+                .write_all(data)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            sent += data.len() as u64;
+        }
+        stream.finish().map_err(|e| format!("finish: {e}"))?;
+        let server_conn = receiver
+            .await
+            .map_err(|e| format!("receiver task: {e}"))??;
+        server_conn.close(0u32.into(), b"done");
+        conn.close(0u32.into(), b"done");
+        client.close(0u32.into(), b"done");
+        server.close(0u32.into(), b"done");
+        Ok(())
     }
 }
