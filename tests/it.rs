@@ -1,11 +1,14 @@
 //! Integration tests: the real `left` binary driven in temporary folders.
 //!
 //! One test binary (`cargo test --release --test it`) with a module per area: `cli` for the commands
-//! on good input, `faults` for bad input, failures and crashes. `util` holds the helpers.
+//! on good input, `faults` for bad input, failures and crashes, `roundtrip` for a property test of
+//! add + restore on arbitrary trees. `util` holds the helpers.
 
 #[path = "it/cli.rs"]
 mod cli;
 #[path = "it/faults.rs"]
 mod faults;
+#[path = "it/roundtrip.rs"]
+mod roundtrip;
 #[path = "it/util.rs"]
 mod util;
