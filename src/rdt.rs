@@ -41,9 +41,44 @@
 //! - Before a responder has validated the initiator's address it sends at most 3x the bytes it
 //!   received, and under load ([`RetryPolicy`]) it answers with a stateless retry token first.
 //!
+//! The buffer given to `poll_transmit` must hold at least one datagram of
+//! [`TransportConfig::max_datagram_size`] bytes (1452 by default); a buffer of `n` datagrams lets
+//! up to `min(n, max_gso_segments)` go out in one call. Calling `handle_timeout` early, or
+//! `poll_transmit` when nothing is due, is harmless. `now` must not go backwards.
+//!
+//! # Security properties
+//! - *Who can talk*: only holders of the share key. The first handshake message is checked against
+//!   it with hashing and one AEAD open; anything else is dropped without a reply, without state and
+//!   without Diffie-Hellman ([`DropReason::HandshakeAuth`]). A replayed genuine first message costs
+//!   the responder one handshake's DH work and at most 3x its size in replies, and the replayer
+//!   cannot finish the handshake; [`RetryPolicy`] turns that into one small stateless reply.
+//! - *Who they are*: each side learns the other's static device key ([`Event::Connected`]), and an
+//!   allow-list ([`EndpointConfig::allowed_peers`]) refuses others with a clear error on both sides.
+//! - *What is authenticated*: every Data packet, header included (the header is the AEAD's
+//!   associated data, the full packet number its nonce); handshake messages by Noise; Retry packets
+//!   by an HMAC under the share key. Connection ids and transport parameters travel inside the
+//!   Noise payloads, so a corrupted or forged handshake header cannot redirect a connection. No
+//!   unauthenticated packet changes connection state; the only state created before
+//!   authentication of the peer's identity is the responder's half-open handshake, which requires
+//!   the share key and times out.
+//! - *What is encrypted*: Data packet frames (stream data, acks, credit, close reasons) with
+//!   AES-256-GCM or ChaCha20-Poly1305 under per-direction keys from Noise's `split()`, unless
+//!   encryption is off; the clear header (version, kind, destination connection id, low 32 bits of
+//!   the packet number) is never encrypted. Static keys are encrypted in the handshake.
+//! - *Replays*: a 4096-packet sliding window per connection rejects duplicates and replays, and
+//!   anything older than the window; it is updated only after authentication.
+//! - *Amplification*: before the initiator's address is validated (by message 3 or a retry token)
+//!   a responder sends at most 3x the bytes it received from it.
+//! - *Memory*: stream data buffered for a peer is bounded by the connection window, the number of
+//!   live peer streams by `max_streams`, out-of-order fragments by `connection_window / 256`, and
+//!   handshakes in progress by [`EndpointConfig::max_pending_handshakes`].
+//!
 //! # What it does not do
-//! No sockets, timers or threads (that is `src/net`), no connection migration beyond following the
-//! latest authenticated source address, no 0-RTT, no unreliable datagrams.
+//! No sockets, timers or threads (that is `src/net`); no path validation when the peer's address
+//! changes (we follow the source address of the newest authenticated packet, which handles NAT
+//! rebinding but lets an on-path attacker who can race genuine packets redirect them); no stateless
+//! reset (a restarted peer is noticed by the idle timeout); no 0-RTT; no unreliable datagrams; no
+//! key update (a connection must not send 2^64 packets).
 #![warn(missing_docs)]
 
 pub mod congestion;
