@@ -96,6 +96,23 @@ impl RangeSet {
         }
     }
 
+    /// The lowest maximal sub-range of `r` that is not in the set.
+    pub fn first_gap(&self, r: Range<u64>) -> Option<Range<u64>> {
+        let mut start = r.start;
+        if let Some((_, &end)) = self.0.range(..=start).next_back() {
+            start = start.max(end);
+        }
+        if start >= r.end {
+            return None;
+        }
+        let end = self
+            .0
+            .range(start..)
+            .next()
+            .map_or(r.end, |(&s, _)| s.min(r.end));
+        Some(start..end)
+    }
+
     /// Removes and returns up to `max_len` values from the lowest range.
     pub fn pop_min(&mut self, max_len: u64) -> Option<Range<u64>> {
         let (&start, &end) = self.0.iter().next()?;
@@ -231,6 +248,17 @@ mod tests {
                 prop_assert_eq!(set.min(), model.iter().next().copied());
                 prop_assert_eq!(set.max(), model.iter().next_back().copied());
                 for x in 0..230 { prop_assert_eq!(set.contains(x), model.contains(&x)); }
+                // first_gap finds the lowest missing run of a window.
+                let w = 50..90u64;
+                let expect_start = w.clone().find(|x| !model.contains(x));
+                match set.first_gap(w.clone()) {
+                    None => prop_assert!(expect_start.is_none()),
+                    Some(g) => {
+                        prop_assert_eq!(Some(g.start), expect_start);
+                        prop_assert!(g.clone().all(|x| !model.contains(&x)));
+                        prop_assert!(g.end == w.end || model.contains(&g.end));
+                    }
+                }
             }
         }
     }

@@ -472,29 +472,12 @@ impl Streams {
         if r.reset.is_none() {
             // Store only the parts not yet received, so segments never overlap.
             let mut pos = offset.max(r.read_offset);
-            while pos < end {
-                // Skip over what is already there.
-                let covered = r
-                    .received
-                    .iter()
-                    .find(|x| x.start <= pos && x.end > pos)
-                    .map(|x| x.end);
-                if let Some(c) = covered {
-                    pos = c;
-                    continue;
-                }
-                let next_start = r
-                    .received
-                    .iter()
-                    .map(|x| x.start)
-                    .find(|&s| s > pos)
-                    .unwrap_or(u64::MAX)
-                    .min(end);
-                let piece = data.slice((pos - offset) as usize..(next_start - offset) as usize);
-                r.segments.insert(pos, piece);
+            while let Some(gap) = r.received.first_gap(pos..end) {
+                let piece = data.slice((gap.start - offset) as usize..(gap.end - offset) as usize);
+                r.segments.insert(gap.start, piece);
+                r.received.insert(gap.clone());
                 added += 1;
-                r.received.insert(pos..next_start);
-                pos = next_start;
+                pos = gap.end;
             }
             let readable = r
                 .segments
@@ -638,13 +621,11 @@ impl Streams {
         }
         let start = m.offset.max(s.acked_below);
         let end = m.offset + m.len;
-        if start < end {
-            s.retransmit.insert(start..end);
-            for r in s.acked.iter().collect::<Vec<_>>() {
-                if r.start < end && r.end > start {
-                    s.retransmit.remove(r);
-                }
-            }
+        // Queue only the parts not acknowledged since (a later copy may have arrived).
+        let mut pos = start;
+        while let Some(gap) = s.acked.first_gap(pos..end) {
+            s.retransmit.insert(gap.clone());
+            pos = gap.end;
         }
         if m.fin && !s.fin_acked {
             s.fin_lost = true;
