@@ -515,3 +515,29 @@ fn closed_stdout_exits_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn follow_links_stores_what_links_point_to() {
+    let share = Share::new();
+    let outside = share.scratch("data");
+    let data = random_bytes(31, 300_000);
+    fs::write(outside.join("payload.bin"), &data).unwrap();
+    symlink(outside.join("payload.bin"), share.root.join("payload.bin")).unwrap();
+
+    // By default the link itself is stored, verbatim.
+    share.add(&[]);
+    let ls = share.json(&["ls"], 0);
+    assert_eq!(ls["entries"][0]["kind"], "symlink", "{ls}");
+
+    // With --follow-links the file it points to is stored, and restores as a regular file.
+    let v = share.add(&["--follow-links"]);
+    assert!(v["snapshot"].is_string(), "{v}");
+    assert_eq!(u(&v, "symlinks"), 0, "{v}");
+    let target = share.scratch("restored");
+    share
+        .left(&["restore", "head", "--to", target.to_str().unwrap()])
+        .expect_code(0);
+    let restored = target.join("payload.bin");
+    assert!(fs::symlink_metadata(&restored).unwrap().is_file());
+    assert!(fs::read(&restored).unwrap() == data);
+}
