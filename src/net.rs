@@ -16,4 +16,5 @@
 
 pub mod driver;
 pub mod impair;
+mod timer;
 pub mod udp;

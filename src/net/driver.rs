@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Notify};
 
+use super::timer::Timer;
 use super::udp::{
     ImpairedSocket, RecvMeta, SocketConfig, Transmit, MAX_RECEIVE_BUFFER, RECEIVE_BATCH,
 };
@@ -701,6 +702,8 @@ struct Driver {
     recv_storage: Vec<u8>,
     transmit_buf: Vec<u8>,
     shutdown_started: Option<Instant>,
+    /// Microsecond timer: the core's pacing deadlines are often under a millisecond away.
+    timer: Timer,
 }
 
 /// Consecutive receive errors after which the socket is considered dead.
@@ -715,6 +718,7 @@ impl Driver {
             recv_storage: vec![0u8; RECEIVE_BATCH * MAX_RECEIVE_BUFFER],
             transmit_buf: vec![0u8; (segments * 1500).max(MAX_RECEIVE_BUFFER)],
             shutdown_started: None,
+            timer: Timer::new(),
         }
     }
 
@@ -754,9 +758,10 @@ impl Driver {
                 }
                 deadline
             };
+            let timer = &self.timer;
             let sleep = async {
                 match deadline {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    Some(t) => timer.sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
