@@ -1074,6 +1074,36 @@ fn one_side_restarted() {
 }
 
 #[test]
+fn initiator_restarted() {
+    let mut sim = Sim::pair(13);
+    sim.nodes[0].app.plan = vec![20_000_000];
+    sim.connect(0, 1);
+    assert!(sim.run(Duration::from_secs(5), |s| received(s, 1) > 1_000_000));
+    // The initiator restarts with the same keys and address and connects again at once.
+    sim.nodes[0].ep = Endpoint::new(config(1, 555));
+    sim.nodes[0].app = App {
+        read_enabled: true,
+        plan: vec![300_000],
+        ..App::default()
+    };
+    let old = sim.app(1).conn.unwrap();
+    sim.nodes[1].app = App {
+        read_enabled: true,
+        ..App::default()
+    };
+    sim.connect(0, 1);
+    expect_done(&mut sim, Duration::from_secs(20));
+    // The responder's old connection ends by idle timeout, within the bound.
+    let ok = sim.run(Duration::from_secs(60), |s| {
+        s.nodes[1].ep.connection_ref(old).is_none()
+    });
+    assert!(ok, "old connection reaped: {}", sim.describe());
+    assert!(sim.app(1).events.contains(&Event::ConnectionLost {
+        reason: ConnectionError::TimedOut
+    }));
+}
+
+#[test]
 fn retry_under_load_and_amplification_limit() {
     let mut a = config(1, 20);
     let mut b = config(2, 21);
@@ -1573,4 +1603,73 @@ fn core_throughput_report() {
     let off = core_throughput(mb << 20, false);
     eprintln!("first off run {off0:.0} MB/s");
     eprintln!("core throughput: encrypted {on:.0} MB/s, encryption off {off:.0} MB/s (both sides on one core)");
+}
+
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn lossy_goodput_report() {
+    // A 1 Gbit/s path with 1 ms RTT and a 1 MB queue, like a fast LAN; goodput in simulated time.
+    for loss in [0.0, 0.01, 0.05] {
+        let mut sim = Sim::pair(77);
+        sim.set_all(|i| {
+            i.delay = Duration::from_micros(500);
+            i.rate = 1_000_000_000;
+            i.queue_bytes = 1 << 20;
+            i.loss = loss;
+        });
+        sim.nodes[0].app.plan = vec![50 << 20];
+        sim.connect(0, 1);
+        let start = sim.now;
+        assert!(
+            sim.run(Duration::from_secs(120), Sim::transfers_done),
+            "{}",
+            sim.describe()
+        );
+        let secs = (sim.now - start).as_secs_f64();
+        let h = sim.app(0).conn.unwrap();
+        let st = sim.nodes[0].ep.connection_ref(h).unwrap().stats();
+        eprintln!(
+            "loss {loss}: {:.0} Mbit/s goodput ({} lost, {} congestion events)",
+            (50u64 << 23) as f64 / secs / 1e6,
+            st.lost_packets,
+            st.congestion_events
+        );
+    }
+}
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Arbitrary datagrams, and real packets with arbitrary bytes spliced in, never panic an
+        /// endpoint with a live connection and are never accepted.
+        #[test]
+        fn arbitrary_datagrams_never_accepted(
+            junk in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1500), 1..20),
+            splice in proptest::collection::vec((any::<u16>(), any::<u8>()), 1..8),
+        ) {
+            let mut sim = Sim::pair(3);
+            sim.nodes[0].app.plan = vec![1000];
+            sim.connect(0, 1);
+            prop_assert!(sim.run(Duration::from_secs(5), Sim::transfers_done));
+            let real = sim.last_data_packet_to(1);
+            let h = sim.app(1).conn.unwrap();
+            let before = sim.nodes[1].ep.connection_ref(h).unwrap().stats();
+            for j in &junk {
+                sim.inject(addr(0), 1, j);
+                let mut p = real.clone();
+                for &(i, b) in &splice {
+                    let i = usize::from(i) % p.len();
+                    p[i] ^= b | 1;
+                }
+                sim.inject(addr(0), 1, &p);
+            }
+            let after = sim.nodes[1].ep.connection_ref(h).unwrap().stats();
+            prop_assert_eq!(after.recv_packets, before.recv_packets);
+            prop_assert!(sim.nodes[1].ep.poll_event().is_none());
+        }
+    }
 }
