@@ -34,8 +34,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const READ_BLOCK: usize = 4 << 20;
-const BATCH_BYTES: usize = 8 << 20;
+const READ_BLOCK: usize = 1 << 20;
+const BATCH_BYTES: usize = 4 << 20;
 const MAX_REREADS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,8 @@ thread_local! {
 /// Per-add write state.
 struct Writer<'a> {
     store: &'a Store,
+    /// When set, full batches go to the writer thread instead of being written here.
+    sink: Option<crossbeam_channel::Sender<rocksdb::WriteBatch>>,
     batch: Batch,
     written: HashSet<Hash>,
     report: &'a mut AddReport,
@@ -179,7 +181,12 @@ impl Writer<'_> {
     fn flush(&mut self) -> Result<()> {
         if !self.batch.is_empty() {
             let b = std::mem::take(&mut self.batch);
-            self.store.db.write(b.inner, false)?;
+            match &self.sink {
+                Some(tx) => tx
+                    .send(b.inner)
+                    .map_err(|_| Error::Db("the write thread stopped".into()))?,
+                None => self.store.db.write(b.inner, false)?,
+            }
         }
         if self.written.len() > 1 << 20 {
             self.written.clear();
@@ -316,6 +323,7 @@ impl Store {
         // Folders bottom-up, then splice.
         let mut w = Writer {
             store: self,
+            sink: None,
             batch: Batch::default(),
             written: HashSet::new(),
             report: &mut report,
@@ -498,91 +506,114 @@ impl Store {
         let max = sizes.max as usize;
         let job_ents: Vec<usize> = jobs.iter().map(|j| j.ent).collect();
         let (tx, rx) = crossbeam_channel::bounded::<ReadBatch>(2);
-        let reader = std::thread::spawn(move || read_files(jobs, sizes, tx));
+        let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
+        let (wtx, wrx) = crossbeam_channel::bounded::<rocksdb::WriteBatch>(1);
+        let reader = std::thread::spawn(move || read_files(jobs, sizes, tx, pool_rx));
+        let db = &self.db;
         let mut refs: Vec<Vec<ChunkRef>> = vec![Vec::new(); job_ents.len()];
-        let mut w = Writer {
-            store: self,
-            batch: Batch::default(),
-            written: HashSet::new(),
-            report,
-        };
-        let mut result = Ok(());
-        for rb in rx.iter() {
-            w.report.bytes_read += rb.bytes_read;
-            let chunks: Vec<(usize, usize)> = rb
-                .items
-                .iter()
-                .filter_map(|it| {
-                    if let Item::Chunk { start, len, .. } = it {
-                        Some((*start, *len))
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            let db = &self.db;
-            let done: Vec<Result<(ChunkId, Option<Vec<u8>>)>> = chunks
-                .par_iter()
-                .map(|&(s, l)| {
-                    let data = &rb.buf[s..s + l];
-                    let id = ChunkId(Hash::of(data));
-                    if db.exists(cf::CHUNK_INDEX, id.as_bytes())? {
-                        return Ok((id, None));
-                    }
-                    let enc = ENCODER.with(|e| e.borrow_mut().encode(data));
-                    debug_assert!(l <= max);
-                    Ok((id, Some(enc)))
-                })
-                .collect();
-            let mut done = done.into_iter();
-            let step = (|| -> Result<()> {
-                for it in rb.items {
-                    match it {
-                        Item::Chunk { job, len, .. } => {
-                            let (id, enc) = done.next().expect("one result per chunk")?;
-                            if let Some(enc) = enc {
-                                w.put_chunk(id, len, &enc);
-                            }
-                            refs[job].push(ChunkRef {
-                                id: id.0,
-                                len: len as u64,
-                            });
-                        }
-                        Item::Restart { job } => refs[job].clear(),
-                        Item::Failed { job, reason } => {
-                            refs[job] = Vec::new();
-                            let e = &mut ents[job_ents[job]];
-                            e.skipped = true;
-                            w.report.files = w.report.files.saturating_sub(1);
-                            w.report.skipped.push(Skipped {
-                                path: e.rel.clone(),
-                                reason,
-                            });
-                        }
-                        Item::Done { job, stat } => {
-                            let r = std::mem::take(&mut refs[job]);
-                            let id = w.file_node(stat, r)?;
-                            let e = &mut ents[job_ents[job]];
-                            e.stat = stat;
-                            e.node = Some(id);
-                            w.batch.put(
-                                &self.db,
-                                cf::SCAN,
-                                e.rel.as_os_str().as_bytes(),
-                                &stat.cache_bytes(id),
-                            );
-                        }
-                    }
+        let result = std::thread::scope(|scope| {
+            // Writes overlap with hashing and compressing the next batch.
+            let writer = scope.spawn(move || -> Result<()> {
+                for b in wrx.iter() {
+                    db.write(b, false)?;
                 }
-                w.flush()
-            })();
-            progress.advance(rb.bytes_read);
-            if let Err(e) = step {
-                result = Err(e);
-                break;
+                Ok(())
+            });
+            let mut w = Writer {
+                store: self,
+                sink: Some(wtx),
+                batch: Batch::default(),
+                written: HashSet::new(),
+                report,
+            };
+            let mut result = Ok(());
+            for rb in rx.iter() {
+                let ReadBatch {
+                    buf,
+                    items,
+                    bytes_read,
+                } = rb;
+                w.report.bytes_read += bytes_read;
+                let chunks: Vec<(usize, usize)> = items
+                    .iter()
+                    .filter_map(|it| {
+                        if let Item::Chunk { start, len, .. } = it {
+                            Some((*start, *len))
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                let done: Vec<Result<(ChunkId, Option<Vec<u8>>)>> = chunks
+                    .par_iter()
+                    .map(|&(s, l)| {
+                        let data = &buf[s..s + l];
+                        let id = ChunkId(Hash::of(data));
+                        if db.exists(cf::CHUNK_INDEX, id.as_bytes())? {
+                            return Ok((id, None));
+                        }
+                        debug_assert!(l <= max);
+                        Ok((id, Some(ENCODER.with(|e| e.borrow_mut().encode(data)))))
+                    })
+                    .collect();
+                let mut done = done.into_iter();
+                let step = (|| -> Result<()> {
+                    for it in items {
+                        match it {
+                            Item::Chunk { job, len, .. } => {
+                                let (id, enc) = done.next().expect("one result per chunk")?;
+                                if let Some(enc) = enc {
+                                    w.put_chunk(id, len, &enc);
+                                }
+                                refs[job].push(ChunkRef {
+                                    id: id.0,
+                                    len: len as u64,
+                                });
+                            }
+                            Item::Restart { job } => refs[job].clear(),
+                            Item::Failed { job, reason } => {
+                                refs[job] = Vec::new();
+                                let e = &mut ents[job_ents[job]];
+                                e.skipped = true;
+                                w.report.files = w.report.files.saturating_sub(1);
+                                w.report.skipped.push(Skipped {
+                                    path: e.rel.clone(),
+                                    reason,
+                                });
+                            }
+                            Item::Done { job, stat } => {
+                                let r = std::mem::take(&mut refs[job]);
+                                let id = w.file_node(stat, r)?;
+                                let e = &mut ents[job_ents[job]];
+                                e.stat = stat;
+                                e.node = Some(id);
+                                w.batch.put(
+                                    &self.db,
+                                    cf::SCAN,
+                                    e.rel.as_os_str().as_bytes(),
+                                    &stat.cache_bytes(id),
+                                );
+                            }
+                        }
+                    }
+                    w.flush()
+                })();
+                let _ = pool_tx.try_send(buf);
+                progress.advance(bytes_read);
+                if let Err(e) = step {
+                    result = Err(e);
+                    break;
+                }
             }
-        }
-        drop(rx);
+            drop(rx);
+            drop(w);
+            // The writer's own error (e.g. disk full) wins over "the write thread stopped".
+            match writer.join() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => result,
+                Err(_) => Err(Error::Db("the write thread panicked".into())),
+            }
+        });
         let _ = reader.join();
         result
     }
@@ -794,15 +825,28 @@ fn read_files(
     jobs: Vec<Job>,
     sizes: chunker::ChunkSizes,
     tx: crossbeam_channel::Sender<ReadBatch>,
+    pool: crossbeam_channel::Receiver<Vec<u8>>,
 ) {
     let mut chunker = Chunker::new(sizes);
-    let mut rb = ReadBatch::default();
+    let cap = BATCH_BYTES + READ_BLOCK + 2 * sizes.max as usize;
+    let fresh = |pool: &crossbeam_channel::Receiver<Vec<u8>>| ReadBatch {
+        buf: pool
+            .try_recv()
+            .map(|mut b| {
+                b.clear();
+                b
+            })
+            .unwrap_or_else(|_| Vec::with_capacity(cap)),
+        items: Vec::new(),
+        bytes_read: 0,
+    };
+    let mut rb = fresh(&pool);
     let mut block = vec![0u8; READ_BLOCK];
     for (job, j) in jobs.iter().enumerate() {
         let mut attempt = 0;
         loop {
             chunker.reset();
-            match read_one(job, &j.abs, &mut chunker, &mut block, &mut rb, &tx) {
+            match read_one(job, &j.abs, &mut chunker, &mut block, &mut rb, &tx, &pool) {
                 Err(()) => return, // receiver gone
                 Ok(ReadOutcome::Ok(stat)) => {
                     rb.items.push(Item::Done { job, stat });
@@ -826,7 +870,8 @@ fn read_files(
             }
         }
         if rb.buf.len() >= BATCH_BYTES || rb.items.len() >= 4096 {
-            if tx.send(std::mem::take(&mut rb)).is_err() {
+            let full = std::mem::replace(&mut rb, fresh(&pool));
+            if tx.send(full).is_err() {
                 return;
             }
         }
@@ -849,6 +894,7 @@ fn read_one(
     block: &mut [u8],
     rb: &mut ReadBatch,
     tx: &crossbeam_channel::Sender<ReadBatch>,
+    pool: &crossbeam_channel::Receiver<Vec<u8>>,
 ) -> std::result::Result<ReadOutcome, ()> {
     let mut f = match File::open(path) {
         Ok(f) => f,
@@ -878,8 +924,26 @@ fn read_one(
                 len: c.len(),
             });
         });
-        if rb.buf.len() >= BATCH_BYTES && tx.send(std::mem::take(rb)).is_err() {
-            return Err(());
+        if rb.buf.len() >= BATCH_BYTES {
+            let cap = rb.buf.capacity();
+            let buf = pool
+                .try_recv()
+                .map(|mut b| {
+                    b.clear();
+                    b
+                })
+                .unwrap_or_else(|_| Vec::with_capacity(cap));
+            let full = std::mem::replace(
+                rb,
+                ReadBatch {
+                    buf,
+                    items: Vec::new(),
+                    bytes_read: 0,
+                },
+            );
+            if tx.send(full).is_err() {
+                return Err(());
+            }
         }
     }
     chunker.finish(|c| {

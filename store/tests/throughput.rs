@@ -1,0 +1,77 @@
+//! Throughput check on a big file, run by hand:
+//! `LEFT_BENCH_FILE=/var/tmp/bench/base.bin cargo test --release -p left-store --test throughput -- --nocapture`
+//! (does nothing without the variable).
+
+use left_store::*;
+use std::path::Path;
+use std::time::Instant;
+
+fn cpu() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+#[test]
+fn add_and_restore_big_file() {
+    let Ok(file) = std::env::var("LEFT_BENCH_FILE") else {
+        return;
+    };
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::hard_link(&file, share.join("big.bin")).unwrap();
+    let size = std::fs::metadata(&file).unwrap().len() as f64;
+    let store = Store::create(&tmp.path().join("store"), StoreConfig::default()).unwrap();
+    let (t, c) = (Instant::now(), cpu());
+    let r = store
+        .add(&share, &[], &AddOptions::default(), &NoProgress)
+        .unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    println!(
+        "add: {:.2} s ({:.2} s cpu), {:.0} MB/s, bytes_new {} bytes_stored {}",
+        dt,
+        cpu() - c,
+        size / dt / 1e6,
+        r.bytes_new,
+        r.bytes_stored
+    );
+    let t = Instant::now();
+    let r2 = store
+        .add(&share, &[], &AddOptions::default(), &NoProgress)
+        .unwrap();
+    println!(
+        "second add: {:.3} s, read {}",
+        t.elapsed().as_secs_f64(),
+        r2.bytes_read
+    );
+    let out = tmp.path().join("out");
+    let (t, c) = (Instant::now(), cpu());
+    store
+        .restore(
+            r.snapshot.unwrap(),
+            None,
+            &out,
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    println!(
+        "restore: {:.2} s ({:.2} s cpu), {:.0} MB/s",
+        dt,
+        cpu() - c,
+        size / dt / 1e6
+    );
+    let t = Instant::now();
+    let v = store.verify(&NoProgress).unwrap();
+    println!(
+        "verify: {:.2} s, problems {}",
+        t.elapsed().as_secs_f64(),
+        v.problems.len()
+    );
+    assert!(v.problems.is_empty());
+    println!("disk usage {}", store.disk_usage().unwrap());
+    let _ = Path::new("");
+}
