@@ -563,7 +563,7 @@ impl Connection {
     // ---- Inputs ----
 
     /// Handles one datagram addressed to this connection.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, mut data: BytesMut) {
         self.last_now = self.last_now.max(now);
         let Ok((kind, _)) = packet::parse_prefix(&data) else {
             return;
@@ -577,7 +577,8 @@ impl Connection {
             State::Drained => return,
             State::Draining { .. } => return,
             State::Closing { .. } => {
-                if kind == Kind::Data && self.send_key.is_some() {
+                // Repeat the CLOSE for an authenticated packet only, at most one per packet.
+                if kind == Kind::Data && self.authenticate(&mut data).is_some() {
                     self.close_send_pending = true;
                 }
                 if self.side == Side::Responder && kind == Kind::Initial {
@@ -1085,23 +1086,32 @@ impl Connection {
 
     // ---- Internals: data packets ----
 
-    fn handle_data(&mut self, now: Instant, from: SocketAddr, mut data: BytesMut) {
-        if self.recv_key.is_none() || data.len() < DATA_HEADER_LEN + TAG_LEN {
-            return;
+    /// Checks a Data packet's packet number against the replay window and authenticates (and
+    /// decrypts) it in place; returns the packet number and body length, and marks the number seen.
+    fn authenticate(&mut self, data: &mut BytesMut) -> Option<(u64, usize)> {
+        if data.len() < DATA_HEADER_LEN + TAG_LEN {
+            return None;
         }
+        let key = self.recv_key.as_mut()?;
         let truncated = u32::from_be_bytes(data[9..13].try_into().expect("length checked"));
         let pn = packet::decode_pn(truncated, self.replay.largest());
         if !self.replay.is_fresh(pn) {
             self.stats.duplicates += 1;
-            return;
+            return None;
         }
-        let key = self.recv_key.as_mut().expect("checked above");
-        let Ok(body_len) = key.open(pn, &mut data, DATA_HEADER_LEN) else {
+        let Ok(body_len) = key.open(pn, data, DATA_HEADER_LEN) else {
             self.stats.auth_failures += 1;
+            return None;
+        };
+        self.replay.mark(pn);
+        Some((pn, body_len))
+    }
+
+    fn handle_data(&mut self, now: Instant, from: SocketAddr, mut data: BytesMut) {
+        let Some((pn, body_len)) = self.authenticate(&mut data) else {
             return;
         };
         // Authenticated from here on.
-        self.replay.mark(pn);
         self.stats.recv_packets += 1;
         self.idle_deadline = now + self.config.idle_timeout.max(3 * self.pto_base());
         if self.side == Side::Initiator && !self.confirmed {
