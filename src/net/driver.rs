@@ -224,6 +224,11 @@ impl Endpoint {
         self.shared.lock().core.stats().clone()
     }
 
+    /// How many connections the core holds (handshaking, established or closing).
+    pub fn connection_count(&self) -> usize {
+        self.shared.lock().core.handles().len()
+    }
+
     /// The impaired socket under this endpoint.
     pub fn socket(&self) -> &Arc<ImpairedSocket> {
         &self.shared.socket
@@ -246,6 +251,13 @@ impl Endpoint {
             (handle, notify)
         };
         self.shared.wake_driver.notify_one();
+        // If this future is dropped before the handshake ends, nobody will ever hold the
+        // connection: close it then.
+        let mut pending = PendingConnect {
+            shared: &self.shared,
+            handle,
+            armed: true,
+        };
         let shared = &self.shared;
         let peer_key = wait_on(&notify, || {
             let mut state = shared.lock();
@@ -260,6 +272,7 @@ impl Endpoint {
             stopped.map(Err)
         })
         .await;
+        pending.armed = false;
         let peer_key = match peer_key {
             Ok(k) => k,
             Err(e) => {
@@ -322,6 +335,38 @@ impl Endpoint {
                 _guard: self._guard.clone(),
             }),
         }
+    }
+}
+
+/// Closes a connection whose `connect` call was cancelled before it returned a handle.
+struct PendingConnect<'a> {
+    shared: &'a Arc<Shared>,
+    handle: ConnectionHandle,
+    armed: bool,
+}
+
+impl Drop for PendingConnect<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut state = self.shared.lock();
+        let lost = state
+            .slots
+            .get(&self.handle)
+            .is_none_or(|s| s.lost.is_some());
+        if lost {
+            state.slots.remove(&self.handle);
+        } else {
+            if let Some(slot) = state.slots.get_mut(&self.handle) {
+                slot.abandoned = true;
+            }
+            if let Some(c) = state.core.connection(self.handle) {
+                c.close(Instant::now(), CODE_NO_ERROR, b"connect cancelled");
+            }
+        }
+        drop(state);
+        self.shared.wake_driver.notify_one();
     }
 }
 

@@ -475,3 +475,26 @@ async fn two_rdt_flows_share_a_capped_link_within_25_percent() {
     }
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_connect_leaves_no_connection_behind() {
+    // Nobody answers at the target, so the handshake cannot finish; the handshake timeout is long,
+    // so only closing the cancelled attempt removes it soon.
+    let silent = ImpairedSocket::bind(loopback(), &SocketConfig::default()).unwrap();
+    let mut config = endpoint_config(2, 31);
+    config.transport.handshake_timeout = Duration::from_secs(60);
+    let client = Endpoint::bind(loopback(), &SocketConfig::default(), config).unwrap();
+    let attempt = client.connect(silent.local_addr().unwrap());
+    assert!(tokio::time::timeout(Duration::from_millis(200), attempt)
+        .await
+        .is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.connection_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled handshake is still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.close().await;
+}
