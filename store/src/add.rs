@@ -38,6 +38,19 @@ const READ_BLOCK: usize = 1 << 20;
 const BATCH_BYTES: usize = 4 << 20;
 const MAX_REREADS: usize = 3;
 
+/// Test hook: called by the reader thread after the first block of each read attempt of a file,
+/// with the file's path and the attempt number (0 = first read).
+#[doc(hidden)]
+pub type ReadHook = fn(&Path, usize);
+
+static READ_HOOK: std::sync::RwLock<Option<ReadHook>> = std::sync::RwLock::new(None);
+
+/// Installs (or removes) the process-wide [`ReadHook`] (tests only).
+#[doc(hidden)]
+pub fn debug_set_read_hook(hook: Option<ReadHook>) {
+    *READ_HOOK.write().expect("hook lock") = hook;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
     size: u64,
@@ -403,6 +416,7 @@ impl Store {
 
     /// Scans `rel` (relative to `share`) into `ents`; returns the index of its entry, or `None` if it
     /// does not exist.
+    #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
         share: &Path,
@@ -846,7 +860,16 @@ fn read_files(
         let mut attempt = 0;
         loop {
             chunker.reset();
-            match read_one(job, &j.abs, &mut chunker, &mut block, &mut rb, &tx, &pool) {
+            match read_one(
+                job,
+                attempt,
+                &j.abs,
+                &mut chunker,
+                &mut block,
+                &mut rb,
+                &tx,
+                &pool,
+            ) {
                 Err(()) => return, // receiver gone
                 Ok(ReadOutcome::Ok(stat)) => {
                     rb.items.push(Item::Done { job, stat });
@@ -887,8 +910,10 @@ enum ReadOutcome {
     Changed,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_one(
     job: usize,
+    attempt: usize,
     path: &Path,
     chunker: &mut Chunker,
     block: &mut [u8],
@@ -913,6 +938,11 @@ fn read_one(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
         };
+        if total == 0 {
+            if let Some(h) = *READ_HOOK.read().expect("hook lock") {
+                h(path, attempt);
+            }
+        }
         total += n as u64;
         rb.bytes_read += n as u64;
         chunker.push(&block[..n], |c| {

@@ -130,6 +130,9 @@ fn fault() -> Option<Fault> {
 
 static WRITES: AtomicU64 = AtomicU64::new(0);
 
+/// A key and its value, as iterated.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// The opened database.
 pub struct Db {
     db: DB,
@@ -263,7 +266,7 @@ impl Db {
     }
 
     /// All keys of a column family, in order (values included).
-    pub fn iter(&self, cf: &str) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_ {
+    pub fn iter(&self, cf: &str) -> impl Iterator<Item = Result<KeyValue>> + '_ {
         let path = self.path.clone();
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::Start)
@@ -275,7 +278,7 @@ impl Db {
         &'a self,
         cf: &str,
         prefix: &'a [u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+    ) -> impl Iterator<Item = Result<KeyValue>> + 'a {
         let path = self.path.clone();
         self.db
             .iterator_cf(

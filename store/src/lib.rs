@@ -33,6 +33,8 @@ mod restore;
 mod store;
 mod types;
 
+#[doc(hidden)]
+pub use add::{debug_set_read_hook, ReadHook};
 pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};
 pub use store::{ObjectId, Store};

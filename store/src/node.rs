@@ -380,7 +380,7 @@ pub fn build_content(
     loop {
         let groups = split(
             cur,
-            |e| hash_bits(&e.id) % CHUNK_FANOUT == 0,
+            |e| hash_bits(&e.id).is_multiple_of(CHUNK_FANOUT),
             |_| 1,
             CHUNK_MAX_FANOUT,
             usize::MAX,
@@ -408,7 +408,7 @@ pub fn build_dir(
 ) -> Result<NodeId> {
     let groups = split(
         entries,
-        |e| hash_bits(&Hash::of(&e.name)) % DIR_FANOUT == 0,
+        |e| hash_bits(&Hash::of(&e.name)).is_multiple_of(DIR_FANOUT),
         DirEntry::estimated_size,
         usize::MAX,
         DIR_LEAF_BYTES,
@@ -428,7 +428,7 @@ pub fn build_dir(
     while ids.len() > 1 {
         let groups = split(
             ids,
-            |id| hash_bits(&id.0) % DIR_FANOUT == 0,
+            |id| hash_bits(&id.0).is_multiple_of(DIR_FANOUT),
             |_| 1,
             CHUNK_MAX_FANOUT,
             usize::MAX,

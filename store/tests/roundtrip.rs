@@ -318,7 +318,7 @@ fn unreadable_file_is_skipped_and_snapshot_made() {
     }
     let (_tmp, share, store) = setup();
     fs::write(share.join("secret"), b"x").unwrap();
-    fs::set_permissions(share.join("secret"), fs::Permissions::from_mode(0)).unwrap();
+    fs::set_permissions(share.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
     fs::write(share.join("ok"), b"y").unwrap();
     let r = add(&store, &share);
     assert!(r.snapshot.is_some());
