@@ -519,9 +519,16 @@ impl Connection {
 
     // ---- Application API ----
 
-    /// Opens a new stream.
+    /// Opens a new bidirectional stream. It is released when both sides have finished (or reset)
+    /// their direction, so the peer must finish its side too, even if it writes nothing.
     pub fn open(&mut self) -> Result<StreamId, StreamError> {
-        self.live_streams()?.open()
+        self.live_streams()?.open(false)
+    }
+
+    /// Opens a new unidirectional stream: only we write, the peer only reads. Released once the
+    /// peer has read it to the end and our data is acknowledged; the right kind for one-way payloads.
+    pub fn open_uni(&mut self) -> Result<StreamId, StreamError> {
+        self.live_streams()?.open(true)
     }
 
     /// Queues bytes on a stream; returns how many flow control accepted (possibly 0).
@@ -547,8 +554,10 @@ impl Connection {
         self.live_streams()?.reset(id, code)
     }
 
-    /// Reads up to `max` ordered bytes. `Ok(None)`: the stream ended and everything was read.
-    /// `Err(StreamError::Blocked)`: nothing yet; a [`Event::StreamReadable`] follows.
+    /// Reads up to `max` ordered bytes. `Ok(None)`: the stream ended and everything was read (once
+    /// our direction is done too the stream is then forgotten, and later reads return
+    /// `UnknownStream`). `Err(StreamError::Blocked)`: nothing yet; a [`Event::StreamReadable`]
+    /// follows.
     pub fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, StreamError> {
         let streams = self.streams.as_mut().ok_or(StreamError::NotConnected)?;
         streams.read(id, max)

@@ -1,10 +1,16 @@
 //! Streams: ordered byte streams with per-stream and per-connection flow control.
 //!
-//! Stream ids are `2 n + s` where `s` is the opener's side (0 initiator, 1 responder) and `n` counts
-//! that side's streams from 1; stream 0 is the control stream, open on both sides from the start.
-//! Every stream is bidirectional. A side may open only as many streams as the peer's cumulative
-//! MAX_STREAMS allows, and the peer raises it as streams close, so the number of live streams is
-//! bounded by configuration.
+//! Stream ids are `4 n + 2 u + s` where `s` is the opener's side (0 initiator, 1 responder), `u` is 1
+//! for a unidirectional stream (only the opener sends) and `n` counts that side's streams from 1;
+//! stream 0 is the bidirectional control stream, open on both sides from the start. A side may open
+//! only as many streams as the peer's cumulative MAX_STREAMS allows, and the peer raises it as
+//! streams close, so the number of live streams is bounded by configuration.
+//!
+//! A stream is closed, forgotten and its slot returned to the peer when both directions are done:
+//! ours finished and acknowledged (or reset), theirs read to the end (or reset). So the receiver
+//! of a *bidirectional* stream must also finish (or reset) its own direction, even if it never
+//! writes, to release it; one-way payloads should use unidirectional streams, which need nothing
+//! from the receiver.
 //!
 //! Send side: written bytes are kept (as `Bytes` chunks, no copy) until acknowledged; lost ranges go
 //! to a retransmission set and are re-sent as new frames, possibly split differently.
@@ -29,6 +35,11 @@ pub struct StreamId(pub u64);
 impl StreamId {
     /// The ordered control stream, open from the start on both sides.
     pub const CONTROL: StreamId = StreamId(0);
+
+    /// Whether only the opener sends on this stream.
+    pub fn is_unidirectional(self) -> bool {
+        self.0 & 2 != 0
+    }
 }
 
 impl fmt::Display for StreamId {
@@ -254,6 +265,18 @@ impl Streams {
         let mut st = Stream::default();
         st.send.max_data = self.initial_peer_stream_window;
         st.recv.max_data = self.stream_window;
+        if id & 2 != 0 {
+            if self.is_local(id) {
+                // We only send: our receive direction is finished and empty from the start.
+                st.recv.final_size = Some(0);
+                st.recv.done = true;
+            } else {
+                // We only receive: our send direction is finished and acknowledged from the start.
+                st.send.fin = true;
+                st.send.fin_sent = true;
+                st.send.fin_acked = true;
+            }
+        }
         self.map.insert(id, st);
     }
 
@@ -261,12 +284,12 @@ impl Streams {
         id == 0 && self.side == 0 || id != 0 && id & 1 == self.side
     }
 
-    /// Opens a new local stream.
-    pub fn open(&mut self) -> Result<StreamId, StreamError> {
+    /// Opens a new local stream, bidirectional or unidirectional.
+    pub fn open(&mut self, unidirectional: bool) -> Result<StreamId, StreamError> {
         if self.next_local > self.peer_max_streams {
             return Err(StreamError::StreamLimit);
         }
-        let id = 2 * self.next_local + self.side;
+        let id = 4 * self.next_local + 2 * u64::from(unidirectional) + self.side;
         self.next_local += 1;
         self.insert(id);
         Ok(StreamId(id))
@@ -393,7 +416,7 @@ impl Streams {
         }
         self.map.remove(&id);
         if !self.is_local(id) {
-            self.remote_closed.insert_one(id / 2);
+            self.remote_closed.insert_one(id >> 2);
             if id != 0 {
                 self.local_max_streams += 1;
                 self.max_streams_pending = true;
@@ -408,18 +431,18 @@ impl Streams {
         events: &mut VecDeque<Event>,
     ) -> Result<Option<&mut Stream>, Violation> {
         if !self.map.contains_key(&id) {
-            if id == 1 {
-                // Stream 0 is the only stream with n = 0; the responder's side has none.
+            if id != 0 && id < 4 {
+                // Stream 0 is the only stream with n = 0.
                 return Err(Violation::BadStream);
             }
             if self.is_local(id) {
-                return if id / 2 < self.next_local {
+                return if id >> 2 < self.next_local {
                     Ok(None)
                 } else {
                     Err(Violation::BadStream)
                 };
             }
-            let n = id / 2;
+            let n = id >> 2;
             if self.remote_closed.contains(n) {
                 return Ok(None);
             }
@@ -789,7 +812,8 @@ mod tests {
         let mut s = Streams::new(false, pair_limits(1 << 20), pair_limits(1 << 20));
         let mut ev = VecDeque::new();
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-        // Overlapping, duplicated and out-of-order pieces of stream 2 (opened by the initiator).
+        // Overlapping, duplicated and out-of-order pieces of stream 6 (unidirectional, opened by
+        // the initiator).
         for (off, len) in [
             (500, 300),
             (0, 100),
@@ -800,16 +824,27 @@ mod tests {
         ] {
             let fin = off + len == 1000;
             let piece = Bytes::copy_from_slice(&data[off..off + len]);
-            s.on_stream_frame(2, off as u64, fin, piece, &mut ev)
+            s.on_stream_frame(6, off as u64, fin, piece, &mut ev)
                 .unwrap();
         }
-        assert_eq!(ev.front(), Some(&Event::StreamOpened { id: StreamId(2) }));
+        assert_eq!(ev.front(), Some(&Event::StreamOpened { id: StreamId(6) }));
+        assert!(StreamId(6).is_unidirectional());
+        assert_eq!(
+            s.write(StreamId(6), Bytes::from_static(b"no")),
+            Err(StreamError::Finished)
+        );
         let mut got = Vec::new();
-        while let Ok(Some(b)) = s.read(StreamId(2), 64) {
+        while let Ok(Some(b)) = s.read(StreamId(6), 64) {
             got.extend_from_slice(&b);
         }
         assert_eq!(got, data);
         assert_eq!(s.segments_total, 0);
+        // Read to the end (the loop saw `Ok(None)`): the unidirectional stream is released, later
+        // reads say so, and its slot is returned to the peer.
+        assert_eq!(s.read(StreamId(6), 64), Err(StreamError::UnknownStream));
+        assert!(!s.map.contains_key(&6));
+        assert!(s.max_streams_pending);
+        assert_eq!(s.local_max_streams(), 5);
     }
 
     #[test]
@@ -818,29 +853,28 @@ mod tests {
         let mut s = Streams::new(false, pair_limits(1000), pair_limits(1000));
         // Beyond the stream window.
         assert_eq!(
-            s.on_stream_frame(2, 990, false, Bytes::from(vec![0; 20]), &mut ev),
+            s.on_stream_frame(4, 990, false, Bytes::from(vec![0; 20]), &mut ev),
             Err(Violation::FlowControl)
         );
         // Changing the final size.
-        s.on_stream_frame(4, 0, true, Bytes::from(vec![0; 10]), &mut ev)
+        s.on_stream_frame(8, 0, true, Bytes::from(vec![0; 10]), &mut ev)
             .unwrap();
         assert_eq!(
-            s.on_stream_frame(4, 5, true, Bytes::from(vec![0; 10]), &mut ev),
+            s.on_stream_frame(8, 5, true, Bytes::from(vec![0; 10]), &mut ev),
             Err(Violation::FinalSize)
         );
         // Beyond the stream limit (4 streams), and a stream of ours we never opened.
         assert_eq!(
-            s.on_stream_frame(2 * 5, 0, false, Bytes::new(), &mut ev),
+            s.on_stream_frame(4 * 5, 0, false, Bytes::new(), &mut ev),
             Err(Violation::StreamLimit)
         );
-        assert_eq!(
-            s.on_stream_frame(3, 0, false, Bytes::new(), &mut ev),
-            Err(Violation::BadStream)
-        );
-        assert_eq!(
-            s.on_stream_frame(1, 0, false, Bytes::new(), &mut ev),
-            Err(Violation::BadStream)
-        );
+        for bad in [1, 2, 3, 5, 7] {
+            assert_eq!(
+                s.on_stream_frame(bad, 0, false, Bytes::new(), &mut ev),
+                Err(Violation::BadStream),
+                "stream {bad}"
+            );
+        }
     }
 
     #[test]
@@ -850,7 +884,7 @@ mod tests {
         let mut result = Ok(());
         // One-byte frames with gaps never become readable; the count is capped.
         for i in 0..10_000u64 {
-            result = s.on_stream_frame(2, 2 * i + 1, false, Bytes::from_static(b"x"), &mut ev);
+            result = s.on_stream_frame(4, 2 * i + 1, false, Bytes::from_static(b"x"), &mut ev);
             if result.is_err() {
                 break;
             }
@@ -862,7 +896,7 @@ mod tests {
     #[test]
     fn write_respects_credit_and_retransmits_lost_ranges() {
         let mut s = Streams::new(true, pair_limits(1 << 20), pair_limits(3000));
-        let id = s.open().unwrap();
+        let id = s.open(false).unwrap();
         assert_eq!(s.write(id, Bytes::from(vec![1u8; 5000])).unwrap(), 3000);
         assert_eq!(s.credit(id).unwrap(), 0);
         let mut buf = vec![0u8; 1200];

@@ -578,10 +578,12 @@ fn run_app(n: &mut Node) {
     }
     // Open planned streams (the first plan uses the control stream when we are the initiator).
     while app.sending.len() < app.plan.len() {
-        let id = if app.sending.is_empty() && c.side() == left::rdt::Side::Initiator {
+        // Alternate unidirectional and bidirectional streams to exercise both.
+        let k = app.sending.len();
+        let id = if k == 0 && c.side() == left::rdt::Side::Initiator {
             StreamId::CONTROL
         } else {
-            match c.open() {
+            match if k % 2 == 1 { c.open_uni() } else { c.open() } {
                 Ok(id) => id,
                 Err(_) => break,
             }
@@ -637,6 +639,10 @@ fn run_app(n: &mut Node) {
                 }
                 Ok(None) => {
                     entry.1 = true;
+                    // Release a peer's bidirectional stream by finishing our (unused) direction.
+                    if !id.is_unidirectional() && !app.sending.iter().any(|s| s.0 == id) {
+                        let _ = c.finish(id);
+                    }
                     break;
                 }
                 Err(StreamError::Blocked) | Err(StreamError::UnknownStream) => break,
@@ -665,7 +671,7 @@ fn seeds() -> Vec<u64> {
     let n: u64 = std::env::var("LEFT_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(500);
     (0..n).collect()
 }
 
@@ -1341,6 +1347,20 @@ fn flow_control_bounds_receiver_buffer() {
         .any(|e| matches!(e, Event::StreamWritable { .. })));
     let c = sim.nodes[0].ep.connection(h).unwrap();
     assert!(c.write_bytes(s4, big(s4)).unwrap() > 0);
+}
+
+#[test]
+fn stream_limit_is_raised_as_streams_close() {
+    let mut a = config(1, 75);
+    let mut b = config(2, 76);
+    a.transport.max_streams = 3;
+    b.transport.max_streams = 3;
+    let mut sim = Sim::new(75, vec![a, b]);
+    // 1 control-stream plan plus 19 more streams, only 3 of which may be open at once.
+    sim.nodes[0].app.plan = vec![10_000; 20];
+    sim.connect(0, 1);
+    expect_done(&mut sim, Duration::from_secs(30));
+    assert_eq!(sim.app(1).recv.len(), 20);
 }
 
 #[test]
