@@ -260,6 +260,8 @@ pub enum Event {
         /// The stream.
         id: StreamId,
     },
+    /// The peer raised its stream limit after an `open` failed with `StreamLimit`.
+    StreamsAvailable,
     /// Everything written on a finished stream was acknowledged.
     StreamFinished {
         /// The stream.

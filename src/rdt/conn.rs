@@ -1220,7 +1220,7 @@ impl Connection {
                 .streams
                 .as_mut()
                 .ok_or("early frame")?
-                .on_max_streams(m),
+                .on_max_streams(m, events),
             Frame::ResetStream {
                 id,
                 code,

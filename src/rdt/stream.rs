@@ -222,6 +222,8 @@ pub(crate) struct Streams {
     /// bytes, this bounds the per-segment overhead a peer could cause with tiny frames.
     segments_total: usize,
     max_segments: usize,
+    /// An `open` failed on the stream limit; report when it rises.
+    open_blocked: bool,
 }
 
 /// Initial flow-control parameters exchanged in the handshake.
@@ -256,6 +258,7 @@ impl Streams {
             reset_queue: VecDeque::new(),
             segments_total: 0,
             max_segments: (local.max_data / 256).max(4096) as usize,
+            open_blocked: false,
         };
         s.insert(0);
         s
@@ -287,6 +290,7 @@ impl Streams {
     /// Opens a new local stream, bidirectional or unidirectional.
     pub fn open(&mut self, unidirectional: bool) -> Result<StreamId, StreamError> {
         if self.next_local > self.peer_max_streams {
+            self.open_blocked = true;
             return Err(StreamError::StreamLimit);
         }
         let id = 4 * self.next_local + 2 * u64::from(unidirectional) + self.side;
@@ -599,8 +603,14 @@ impl Streams {
     }
 
     /// Handles MAX_STREAMS.
-    pub fn on_max_streams(&mut self, max: u64) {
-        self.peer_max_streams = self.peer_max_streams.max(max);
+    pub fn on_max_streams(&mut self, max: u64, events: &mut VecDeque<Event>) {
+        if max > self.peer_max_streams {
+            self.peer_max_streams = max;
+            if self.open_blocked {
+                self.open_blocked = false;
+                events.push_back(Event::StreamsAvailable);
+            }
+        }
     }
 
     /// The cumulative stream limit we grant the peer.

@@ -1361,6 +1361,7 @@ fn stream_limit_is_raised_as_streams_close() {
     sim.connect(0, 1);
     expect_done(&mut sim, Duration::from_secs(30));
     assert_eq!(sim.app(1).recv.len(), 20);
+    assert!(sim.app(0).events.contains(&Event::StreamsAvailable));
 }
 
 #[test]
