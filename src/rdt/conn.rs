@@ -639,7 +639,6 @@ impl Connection {
             self.lost(ConnectionError::TimedOut);
             return;
         }
-        let pto = self.pto_base();
         if let Some(hs) = self.hs.as_mut() {
             if hs.timer.is_some_and(|t| now >= t) {
                 hs.send_pending = true;
@@ -652,7 +651,6 @@ impl Connection {
         if self.state != State::Established {
             return;
         }
-        let _ = pto;
         if self.ack_deadline.is_some_and(|t| now >= t) {
             self.ack_now = true;
             self.ack_deadline = None;
