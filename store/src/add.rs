@@ -304,28 +304,44 @@ impl Store {
             scan_roots.push((rel.clone(), idx));
         }
 
-        // Scan cache and jobs.
-        let mut jobs = Vec::new();
-        let mut total = 0u64;
-        for (i, e) in ents.iter_mut().enumerate() {
-            if e.kind != EntryKind::File || e.skipped {
-                continue;
-            }
-            if !opts.rehash {
-                if let Some(v) = self.db.get(cf::SCAN, e.rel.as_os_str().as_bytes())? {
-                    if let Some((st, node)) = Stat::from_cache(&v) {
-                        if st == e.stat && self.db.exists(cf::COMPLETE, node.as_bytes())? {
-                            e.node = Some(node);
-                            continue;
-                        }
+        // Scan cache (batched lookups), then jobs for everything not known unchanged.
+        let files: Vec<usize> = (0..ents.len())
+            .filter(|&i| ents[i].kind == EntryKind::File && !ents[i].skipped)
+            .collect();
+        if !opts.rehash {
+            for part in files.chunks(4096) {
+                let keys: Vec<&[u8]> = part
+                    .iter()
+                    .map(|&i| ents[i].rel.as_os_str().as_bytes())
+                    .collect();
+                let vals = self.db.get_many(cf::SCAN, &keys)?;
+                let hits: Vec<(usize, NodeId)> = part
+                    .iter()
+                    .zip(vals)
+                    .filter_map(|(&i, v)| {
+                        let (st, node) = Stat::from_cache(&v?)?;
+                        (st == ents[i].stat).then_some((i, node))
+                    })
+                    .collect();
+                let ids: Vec<NodeId> = hits.iter().map(|h| h.1).collect();
+                for ((i, node), ok) in hits.into_iter().zip(self.has_nodes(&ids)?) {
+                    if ok {
+                        ents[i].node = Some(node);
                     }
                 }
             }
-            total += e.stat.size;
-            jobs.push(Job {
-                ent: i,
-                abs: share.join(&e.rel),
-            });
+        }
+        let mut jobs = Vec::new();
+        let mut total = 0u64;
+        for i in files {
+            let e = &ents[i];
+            if e.node.is_none() {
+                total += e.stat.size;
+                jobs.push(Job {
+                    ent: i,
+                    abs: share.join(&e.rel),
+                });
+            }
         }
 
         progress.start("add", Some(total));

@@ -75,3 +75,47 @@ fn add_and_restore_big_file() {
     println!("disk usage {}", store.disk_usage().unwrap());
     let _ = Path::new("");
 }
+
+#[test]
+fn many_small_files() {
+    let Ok(n) = std::env::var("LEFT_BENCH_SMALL") else {
+        return;
+    };
+    let n: usize = n.parse().unwrap();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let share = tmp.path().join("share");
+    for i in 0..n {
+        let d = share.join(format!("d{:03}", i % 300));
+        if i < 300 {
+            std::fs::create_dir_all(&d).unwrap();
+        }
+        let len = 1024 + (i * 7919) % (15 * 1024);
+        let data: Vec<u8> = (0..len)
+            .map(|j| (j as u64 * 31 + i as u64 * 17) as u8)
+            .collect();
+        std::fs::write(d.join(format!("f{i}")), data).unwrap();
+    }
+    let store = Store::create(&tmp.path().join("store"), StoreConfig::default()).unwrap();
+    let t = Instant::now();
+    let r = store
+        .add(&share, &[], &AddOptions::default(), &NoProgress)
+        .unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    println!(
+        "first add of {n} files: {:.2} s, {:.0} files/s, stored {}",
+        dt,
+        n as f64 / dt,
+        r.bytes_stored
+    );
+    let t = Instant::now();
+    let r2 = store
+        .add(&share, &[], &AddOptions::default(), &NoProgress)
+        .unwrap();
+    println!(
+        "rescan: {:.3} s, read {}, snapshot {:?}",
+        t.elapsed().as_secs_f64(),
+        r2.bytes_read,
+        r2.snapshot
+    );
+    assert!(r2.snapshot.is_none());
+}
