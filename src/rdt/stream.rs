@@ -156,8 +156,15 @@ impl SendStream {
     }
 
     fn on_ack(&mut self, r: Range<u64>) {
-        self.acked.insert(r.clone());
-        self.retransmit.remove(r);
+        if !self.retransmit.is_empty() {
+            self.retransmit.remove(r.clone());
+        }
+        if r.start <= self.acked_below && self.acked.is_empty() {
+            // In-order acknowledgement, the common case: no range bookkeeping.
+            self.acked_below = self.acked_below.max(r.end);
+        } else {
+            self.acked.insert(r);
+        }
         if let Some(first) = self.acked.first() {
             if first.start <= self.acked_below {
                 self.acked_below = self.acked_below.max(first.end);
