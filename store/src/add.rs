@@ -272,8 +272,19 @@ impl Store {
                 } else {
                     p.clone()
                 };
-                rel_components(&rel).map_err(|_| Error::PathOutsideShare { path: p.clone() })?;
-                roots.push(rel);
+                let comps = rel_components(&rel)
+                    .map_err(|_| Error::PathOutsideShare { path: p.clone() })?;
+                // Normalized: "." and "a/./b" become "" and "a/b"; "" is the whole share.
+                let rel: PathBuf = comps
+                    .iter()
+                    .map(|c| std::ffi::OsStr::from_bytes(c))
+                    .collect();
+                if !roots.contains(&rel) {
+                    roots.push(rel);
+                }
+            }
+            if roots.iter().any(|r| r.as_os_str().is_empty()) {
+                roots = vec![PathBuf::new()];
             }
         }
 

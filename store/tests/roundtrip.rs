@@ -219,6 +219,30 @@ fn scan_cache_only_paths_ignore_and_history() {
         .snapshot
         .unwrap();
     assert!(store.ls(s5, Path::new("a/small")).is_err());
+    // "." means the whole share.
+    fs::write(share.join("new-not-added"), b"xy").unwrap();
+    let s6 = store
+        .add(
+            &share,
+            &[PathBuf::from(".")],
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap()
+        .snapshot
+        .unwrap();
+    assert_eq!(store.ls(s6, Path::new("new-not-added")).unwrap()[0].size, 2);
+    fs::remove_file(share.join("new-not-added")).unwrap();
+    let s5 = store
+        .add(
+            &share,
+            &[share.clone()],
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap()
+        .snapshot
+        .unwrap();
     // Outside the share / missing.
     let e = store
         .add(
@@ -241,16 +265,14 @@ fn scan_cache_only_paths_ignore_and_history() {
 
     // History and resolve.
     assert_eq!(store.resolve("head").unwrap(), s5);
-    assert_eq!(store.resolve("head~1").unwrap(), s4);
-    assert_eq!(store.resolve("head~2").unwrap(), s1);
-    assert!(store.resolve("head~3").is_err());
+    assert_eq!(store.resolve("head~3").unwrap(), s4);
+    assert_eq!(store.resolve("head~4").unwrap(), s1);
+    assert!(store.resolve("head~5").is_err());
     assert_eq!(store.resolve(&s4.to_string()[..10]).unwrap(), s4);
     assert!(store.resolve("zz").is_err());
     let log = store.log(s5, 10).unwrap();
-    assert_eq!(
-        log.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-        vec![s5, s4, s1]
-    );
+    assert_eq!(log.len(), 5);
+    assert_eq!((log[0].0, log[1].0, log[3].0, log[4].0), (s5, s6, s4, s1));
 
     // Restore a sub-folder and a single file; non-empty target refused without force.
     let out = tmp.path().join("out");
@@ -308,20 +330,61 @@ fn symlinks_verbatim_or_followed() {
     assert_eq!((e.kind, e.size), (EntryKind::File, 5000));
 }
 
+/// Child side: runs as an unprivileged user (see below) in the folder named by the environment.
 #[test]
-fn unreadable_file_is_skipped_and_snapshot_made() {
-    if unsafe { libc::geteuid() } == 0 {
-        // Root reads anything; drop privileges in a child is the CLI tests' job. Use a FIFO-free
-        // substitute: a file that vanishes is not "unreadable". Nothing to test as root here.
-        eprintln!("running as root: permission test skipped");
+fn unreadable_child() {
+    let Ok(dir) = std::env::var("LEFT_TEST_UNREADABLE_DIR") else {
         return;
-    }
-    let (_tmp, share, store) = setup();
+    };
+    let dir = PathBuf::from(dir);
+    let share = dir.join("share");
+    fs::create_dir(&share).unwrap();
     fs::write(share.join("secret"), b"x").unwrap();
     fs::set_permissions(share.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
     fs::write(share.join("ok"), b"y").unwrap();
+    let store = Store::create(&dir.join("store"), small_cfg()).unwrap();
     let r = add(&store, &share);
     assert!(r.snapshot.is_some());
-    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.files, 1);
+    assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
     assert_eq!(r.skipped[0].path, PathBuf::from("secret"));
+    assert!(
+        r.skipped[0].reason.contains("ermission denied"),
+        "{}",
+        r.skipped[0].reason
+    );
+    let names: Vec<_> = store
+        .ls(r.snapshot.unwrap(), Path::new(""))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("ok")]);
+    println!("UNREADABLE-CHILD-OK");
+}
+
+#[test]
+fn unreadable_file_is_skipped_and_snapshot_made() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "unreadable_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("LEFT_TEST_UNREADABLE_DIR", tmp.path());
+    if unsafe { libc::geteuid() } == 0 {
+        // Root reads anything: run the child as nobody.
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("UNREADABLE-CHILD-OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
