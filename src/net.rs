@@ -4,13 +4,17 @@
 //! - [`impair`]: a seeded model of a bad path (loss, bursty loss, delay, jitter, reordering,
 //!   duplication, corruption, a bandwidth cap with a tail-drop queue). Pure logic, given `now`.
 //! - [`udp`]: sockets over `quinn-udp` (GSO sends, GRO and `recvmmsg` receives) with buffers raised by
-//!   `socket2`, and [`udp::ImpairedSocket`], which puts [`impair`] in front of the sends.
+//!   `socket2`, and [`udp::ImpairedSocket`], which puts [`impair`] in front of the sends (through a
+//!   [`udp::Link`], which several sockets may share as one bottleneck).
 //! - [`driver`]: one tokio task per `rdt::Endpoint`, and the async handles callers use
 //!   ([`driver::Endpoint`], [`driver::Connection`], [`driver::Stream`]).
 //!
 //! Impairment is off unless a test or benchmark configures it or the `LEFT_IMPAIR` environment
-//! variable is set, e.g. `LEFT_IMPAIR="loss=0.01,delay=5ms,seed=7"`; see
-//! [`impair::ImpairmentConfig::parse`] for every key.
+//! variable is set, e.g. `LEFT_IMPAIR="loss=0.01,delay=5ms,seed=7"`, and the socket is opened with
+//! [`udp::SocketConfig::from_env`]; see [`impair::ImpairmentConfig::parse`] for every key.
+//!
+//! The driver honours the core's timer to the microsecond (a `timerfd` on Linux, see `timer.rs`):
+//! pacing deadlines are often under a millisecond away, which tokio's timers would round up.
 
 #![warn(missing_docs)]
 

@@ -7,10 +7,13 @@
 //! it is a plain pass-through (one branch per send).
 //!
 //! Impairment applies to outgoing datagrams only; put it on both ends to impair both directions.
-//! Datagrams that must wait (delay, jitter, reordering, the bandwidth cap, duplicates) go to a delay
-//! queue drained by one tokio task per socket; tokio timers have millisecond granularity, so a
-//! rate-limited path releases datagrams in bursts of at most one millisecond's worth. The queue holds
-//! at most [`MAX_DELAY_QUEUE_BYTES`]; beyond that datagrams are dropped and counted.
+//! The impairment state lives in a [`Link`], private to one socket or shared by several (a common
+//! bottleneck, for fairness tests). Datagrams that must wait (delay, jitter, reordering, the
+//! bandwidth cap, duplicates) go to the link's delay queue, drained by one tokio task per link;
+//! tokio timers have millisecond granularity, so a rate-limited path releases datagrams in bursts
+//! of at most one millisecond's worth, and a delay is honoured to within a millisecond. The queue
+//! holds at most [`MAX_DELAY_QUEUE_BYTES`]; beyond that datagrams are dropped and counted. A link
+//! that never gets a socket keeps an idle task until the runtime stops.
 //!
 //! Sends return [`io::ErrorKind::WouldBlock`] when the socket buffer is full; the caller waits on
 //! [`ImpairedSocket::writable`] and retries. The impairment decisions of a send that would block are
