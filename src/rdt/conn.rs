@@ -208,7 +208,6 @@ struct Handshake {
     recv_bytes: u64,
     sent_bytes: u64,
     validated: bool,
-    retried: bool,
 }
 
 /// Path MTU discovery state (a binary search between the current and the maximum size).
@@ -436,7 +435,6 @@ impl Connection {
             recv_bytes: 0,
             sent_bytes: 0,
             validated: true,
-            retried: false,
         });
         Ok(Self::base(
             Side::Initiator,
@@ -490,7 +488,6 @@ impl Connection {
             recv_bytes,
             sent_bytes: 0,
             validated,
-            retried: validated,
         });
         let mut c = Self::base(
             Side::Responder,
@@ -820,10 +817,6 @@ impl Connection {
         self.local_cid
     }
 
-    pub(crate) fn initial_dcid(&self) -> u64 {
-        self.initial_dcid
-    }
-
     pub(crate) fn is_handshaking(&self) -> bool {
         self.state == State::Handshake
     }
@@ -913,7 +906,8 @@ impl Connection {
             return;
         };
         let Some(hs) = self.hs.as_mut() else { return };
-        if hs.retried || p.src != self.initial_dcid || p.token.is_empty() {
+        // A new token replaces an expired one; the same token again changes nothing.
+        if p.src != self.initial_dcid || p.token.is_empty() || p.token == hs.token.as_slice() {
             return;
         }
         let tag = crypto::retry_tag(&self.identity.psk, &data[..p.tagged_len]);
@@ -921,7 +915,6 @@ impl Connection {
             self.stats.auth_failures += 1;
             return;
         }
-        hs.retried = true;
         hs.token = p.token.to_vec();
         hs.send_pending = true;
     }

@@ -327,17 +327,38 @@ impl TokenKey {
         t
     }
 
-    pub fn check(&self, token: &[u8], addr: SocketAddr, src: u64, dst: u64, now_ms: u64) -> bool {
+    pub fn check(
+        &self,
+        token: &[u8],
+        addr: SocketAddr,
+        src: u64,
+        dst: u64,
+        now_ms: u64,
+    ) -> TokenCheck {
         if token.len() != TOKEN_LEN {
-            return false;
+            return TokenCheck::Invalid;
         }
         let issued = u64::from_be_bytes(token[..8].try_into().expect("length checked"));
-        if issued > now_ms || now_ms - issued > TOKEN_LIFETIME_MS {
-            return false;
-        }
         let mac = self.mac(addr, src, dst, issued);
-        ct_eq(&mac.as_ref()[..16], &token[8..])
+        if !ct_eq(&mac.as_ref()[..16], &token[8..]) {
+            return TokenCheck::Invalid;
+        }
+        if issued > now_ms || now_ms - issued > TOKEN_LIFETIME_MS {
+            return TokenCheck::Expired;
+        }
+        TokenCheck::Valid
     }
+}
+
+/// What a retry token check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenCheck {
+    /// Ours, for this address and these connection ids, and recent.
+    Valid,
+    /// Ours but too old (the initiator's retransmissions took long): answer with a fresh retry.
+    Expired,
+    /// Not ours, or not for this address.
+    Invalid,
 }
 
 /// The tag on a Retry packet: HMAC-SHA256 keyed with the share key over the packet, so only a
@@ -456,10 +477,13 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:5000".parse().unwrap();
         let t = k.issue(a, 1, 2, 1000);
-        assert!(k.check(&t, a, 1, 2, 1500));
-        assert!(!k.check(&t, b, 1, 2, 1500));
-        assert!(!k.check(&t, a, 1, 3, 1500));
-        assert!(!k.check(&t, a, 1, 2, 1000 + TOKEN_LIFETIME_MS + 1));
-        assert!(!k.check(&t[..10], a, 1, 2, 1500));
+        assert_eq!(k.check(&t, a, 1, 2, 1500), TokenCheck::Valid);
+        assert_eq!(k.check(&t, b, 1, 2, 1500), TokenCheck::Invalid);
+        assert_eq!(k.check(&t, a, 1, 3, 1500), TokenCheck::Invalid);
+        assert_eq!(
+            k.check(&t, a, 1, 2, 1000 + TOKEN_LIFETIME_MS + 1),
+            TokenCheck::Expired
+        );
+        assert_eq!(k.check(&t[..10], a, 1, 2, 1500), TokenCheck::Invalid);
     }
 }

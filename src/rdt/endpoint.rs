@@ -17,7 +17,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::rdt::conn::{self, Connection, Identity, Params};
-use crate::rdt::crypto::{self, TokenKey};
+use crate::rdt::crypto::{self, TokenCheck, TokenKey};
 use crate::rdt::packet::{self, Kind};
 use crate::rdt::{
     EndpointConfig, Event, RetryPolicy, Transmit, TransportConfig, INITIAL_DATAGRAM_SIZE,
@@ -311,8 +311,6 @@ impl Endpoint {
             }
             self.by_cid.remove(&c.local_cid());
             if c.side() == crate::rdt::Side::Responder {
-                self.by_initial
-                    .remove(&(c.remote_address(), c.initial_dcid()));
                 self.by_initial.retain(|_, v| *v != k);
             }
         }
@@ -349,13 +347,17 @@ impl Endpoint {
             }
             false
         } else {
-            if !self
+            match self
                 .token_key
                 .check(p.token, from, p.src, p.dst, self.now_ms(now))
             {
-                return Err(DropReason::BadToken);
+                TokenCheck::Valid => true,
+                TokenCheck::Expired => {
+                    self.send_retry(now, from, p.src, p.dst);
+                    return Ok(());
+                }
+                TokenCheck::Invalid => return Err(DropReason::BadToken),
             }
-            true
         };
         if pending >= self.max_pending {
             return Err(DropReason::Overloaded);

@@ -1148,6 +1148,31 @@ fn retry_under_load_and_amplification_limit() {
 }
 
 #[test]
+fn expired_retry_token_gets_a_fresh_retry() {
+    let a = config(1, 22);
+    let mut b = config(2, 23);
+    b.retry = RetryPolicy::Always;
+    let mut sim = Sim::new(22, vec![a, b]);
+    sim.nodes[0].app.plan = vec![10_000];
+    // Lose the first six Initials that carry a token: with backoff that outlives the token.
+    let mut dropped = 0;
+    sim.hook = Some(Box::new(move |_, _, d| {
+        if d[0] & 0x0f == 1 && d[17] != 0 && dropped < 6 {
+            dropped += 1;
+            return Verdict::Drop;
+        }
+        Verdict::Pass
+    }));
+    sim.connect(0, 1);
+    expect_done(&mut sim, Duration::from_secs(60));
+    assert!(
+        sim.nodes[1].ep.stats().retries_sent >= 2,
+        "a second retry was sent"
+    );
+    assert_eq!(sim.nodes[1].ep.stats().drops(DropReason::BadToken), 0);
+}
+
+#[test]
 fn wrong_share_key_refused() {
     let mut a = config(1, 30);
     a.psk = [0x11; 32];
@@ -1419,7 +1444,23 @@ fn new_reno_also_transfers() {
 
 fn chaos_run(seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut sim = Sim::pair(seed);
+    // Vary the settings too: congestion controller, encryption, retry, a small MTU ceiling.
+    let mut cfg = [config(1, seed), config(2, seed.wrapping_add(1))];
+    let reno = rng.random_bool(0.25);
+    let encryption = rng.random_bool(0.75);
+    let retry = rng.random_bool(0.25);
+    let max_mtu = if rng.random_bool(0.2) { 1200 } else { 1452 };
+    for c in &mut cfg {
+        if reno {
+            c.transport.congestion = left::rdt::CongestionAlgorithm::NewReno;
+        }
+        c.transport.encryption = encryption;
+        c.transport.max_datagram_size = max_mtu;
+        if retry {
+            c.retry = RetryPolicy::Always;
+        }
+    }
+    let mut sim = Sim::new(seed, cfg.into());
     let imp = Impair {
         loss: rng.random_range(0.0..0.30),
         burst_enter: if rng.random_bool(0.3) { 0.02 } else { 0.0 },
@@ -1438,7 +1479,12 @@ fn chaos_run(seed: u64) {
     sim.nodes[1].app.plan = vec![rng.random_range(0..50_000)];
     sim.connect(0, 1);
     let ok = sim.run(Duration::from_secs(600), Sim::transfers_done);
-    assert!(ok, "seed {seed}: not done ({imp:?}): {}", sim.describe());
+    assert!(
+        ok,
+        "seed {seed}: not done ({imp:?}, reno {reno}, encryption {encryption}, retry {retry}, \
+         max mtu {max_mtu}): {}",
+        sim.describe()
+    );
 }
 
 #[test]
