@@ -119,3 +119,36 @@ fn many_small_files() {
     );
     assert!(r2.snapshot.is_none());
 }
+
+#[test]
+fn mutation_growth() {
+    let Ok(dir) = std::env::var("LEFT_BENCH_MUT_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    for k in ["a", "b", "c", "d"] {
+        let m = dir.join(format!("mut_{k}.bin"));
+        if !m.exists() {
+            continue;
+        }
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+        let share = tmp.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::hard_link(dir.join("base.bin"), share.join("f.bin")).unwrap();
+        let store = Store::create(&tmp.path().join("store"), StoreConfig::default()).unwrap();
+        store
+            .add(&share, &[], &AddOptions::default(), &NoProgress)
+            .unwrap();
+        std::fs::remove_file(share.join("f.bin")).unwrap();
+        std::fs::hard_link(&m, share.join("f.bin")).unwrap();
+        let r = store
+            .add(&share, &[], &AddOptions::default(), &NoProgress)
+            .unwrap();
+        println!(
+            "mutation {k}: bytes_new {} bytes_stored {} ({:.2} MiB)",
+            r.bytes_new,
+            r.bytes_stored,
+            r.bytes_stored as f64 / 1048576.0
+        );
+    }
+}
