@@ -22,7 +22,7 @@
 use crate::chunker::Chunker;
 use crate::codec::Encoder;
 use crate::db::{cf, Batch, IndexEntry};
-use crate::node::{build_content, build_dir, ChunkRef, DirEntry, FileNode, Node, Target};
+use crate::node::{build_dir, ChunkRef, ContentBuilder, DirEntry, FileNode, Node, Target};
 use crate::store::{now_ns, rel_components};
 use crate::*;
 use rayon::prelude::*;
@@ -207,8 +207,8 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn file_node(&mut self, st: Stat, refs: Vec<ChunkRef>) -> Result<NodeId> {
-        let content = build_content(refs, &mut |id, b| self.put_node(id, b))?;
+    fn file_node(&mut self, st: Stat, content: ContentBuilder) -> Result<NodeId> {
+        let content = content.finish(&mut |id, b| self.put_node(id, b))?;
         let (id, bytes) = Node::File(FileNode {
             size: st.size,
             mode: st.mode,
@@ -551,7 +551,8 @@ impl Store {
         let (wtx, wrx) = crossbeam_channel::bounded::<rocksdb::WriteBatch>(1);
         let reader = std::thread::spawn(move || read_files(jobs, sizes, tx, pool_rx));
         let db = &self.db;
-        let mut refs: Vec<Vec<ChunkRef>> = vec![Vec::new(); job_ents.len()];
+        let mut refs: Vec<ContentBuilder> =
+            (0..job_ents.len()).map(|_| ContentBuilder::new()).collect();
         let result = std::thread::scope(|scope| {
             // Writes overlap with hashing and compressing the next batch.
             let writer = scope.spawn(move || -> Result<()> {
@@ -606,14 +607,15 @@ impl Store {
                                 if let Some(enc) = enc {
                                     w.put_chunk(id, len, &enc);
                                 }
-                                refs[job].push(ChunkRef {
+                                let r = ChunkRef {
                                     id: id.0,
                                     len: len as u64,
-                                });
+                                };
+                                refs[job].push(r, &mut |id, b| w.put_node(id, b))?;
                             }
-                            Item::Restart { job } => refs[job].clear(),
+                            Item::Restart { job } => refs[job] = ContentBuilder::new(),
                             Item::Failed { job, reason } => {
-                                refs[job] = Vec::new();
+                                refs[job] = ContentBuilder::new();
                                 let e = &mut ents[job_ents[job]];
                                 e.skipped = true;
                                 w.report.files = w.report.files.saturating_sub(1);

@@ -372,32 +372,116 @@ pub fn build_content(
     entries: Vec<ChunkRef>,
     put: &mut dyn FnMut(NodeId, Vec<u8>) -> Result<()>,
 ) -> Result<Content> {
-    if entries.len() <= INLINE_CHUNKS {
-        return Ok(Content::Inline(entries));
+    let mut b = ContentBuilder::new();
+    for e in entries {
+        b.push(e, put)?;
     }
-    let mut level = 0u8;
-    let mut cur = entries;
-    loop {
-        let groups = split(
-            cur,
-            |e| hash_bits(&e.id).is_multiple_of(CHUNK_FANOUT),
-            |_| 1,
-            CHUNK_MAX_FANOUT,
-            usize::MAX,
-        );
-        let mut next = Vec::with_capacity(groups.len());
-        for g in groups {
-            let len = g.iter().map(|e| e.len).sum();
-            let (id, bytes) =
-                Node::ChunkList(ChunkListNode { level, entries: g }).encode_with_id()?;
-            put(id, bytes)?;
-            next.push(ChunkRef { id: id.0, len });
+    b.finish(put)
+}
+
+/// Streaming builder of a file's chunk-list tree: entries are pushed in file order and nodes are
+/// handed to `put` as soon as they close, so memory is bounded by the tree depth times the maximum
+/// fan-out, whatever the file size. Gives exactly the tree [`build_content`] describes.
+#[derive(Debug, Default)]
+pub struct ContentBuilder {
+    inline: Vec<ChunkRef>,
+    streaming: bool,
+    /// Per level: the open group and how many nodes were closed.
+    levels: Vec<(Vec<ChunkRef>, u64)>,
+}
+
+impl ContentBuilder {
+    /// An empty builder.
+    pub fn new() -> ContentBuilder {
+        ContentBuilder::default()
+    }
+
+    /// Appends the next chunk of the file.
+    pub fn push(
+        &mut self,
+        e: ChunkRef,
+        put: &mut dyn FnMut(NodeId, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        if !self.streaming {
+            self.inline.push(e);
+            if self.inline.len() > INLINE_CHUNKS {
+                self.streaming = true;
+                for e in std::mem::take(&mut self.inline) {
+                    self.push_level(0, e, put)?;
+                }
+            }
+            return Ok(());
         }
-        if next.len() == 1 {
-            return Ok(Content::Tree(NodeId(next[0].id)));
+        self.push_level(0, e, put)
+    }
+
+    fn push_level(
+        &mut self,
+        l: usize,
+        e: ChunkRef,
+        put: &mut dyn FnMut(NodeId, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        if l > MAX_LEVEL as usize {
+            return Err(Error::Invalid("chunk list tree too deep".into()));
         }
-        cur = next;
-        level += 1;
+        if self.levels.len() <= l {
+            self.levels.push((Vec::new(), 0));
+        }
+        let cut = hash_bits(&e.id).is_multiple_of(CHUNK_FANOUT);
+        let cur = &mut self.levels[l].0;
+        cur.push(e);
+        if (cut && cur.len() >= 2) || cur.len() >= CHUNK_MAX_FANOUT {
+            self.close(l, put)?;
+        }
+        Ok(())
+    }
+
+    fn close(
+        &mut self,
+        l: usize,
+        put: &mut dyn FnMut(NodeId, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let g = std::mem::take(&mut self.levels[l].0);
+        if g.is_empty() {
+            return Ok(());
+        }
+        let len = g.iter().map(|e| e.len).sum();
+        let (id, bytes) = Node::ChunkList(ChunkListNode {
+            level: l as u8,
+            entries: g,
+        })
+        .encode_with_id()?;
+        put(id, bytes)?;
+        self.levels[l].1 += 1;
+        self.push_level(l + 1, ChunkRef { id: id.0, len }, put)
+    }
+
+    /// Closes the open groups bottom-up and returns the file's content.
+    pub fn finish(mut self, put: &mut dyn FnMut(NodeId, Vec<u8>) -> Result<()>) -> Result<Content> {
+        if !self.streaming {
+            return Ok(Content::Inline(self.inline));
+        }
+        let mut l = 0;
+        loop {
+            let (open, closed) = (&self.levels[l].0, self.levels[l].1);
+            let groups = closed + u64::from(!open.is_empty());
+            if groups == 1 && open.is_empty() {
+                // The one closed node of this level is the root (the only entry one level up).
+                return Ok(Content::Tree(NodeId(self.levels[l + 1].0[0].id)));
+            }
+            if groups == 1 {
+                let g = std::mem::take(&mut self.levels[l].0);
+                let (id, bytes) = Node::ChunkList(ChunkListNode {
+                    level: l as u8,
+                    entries: g,
+                })
+                .encode_with_id()?;
+                put(id, bytes)?;
+                return Ok(Content::Tree(id));
+            }
+            self.close(l, put)?;
+            l += 1;
+        }
     }
 }
 
@@ -492,6 +576,49 @@ mod tests {
         match c {
             Content::Inline(e) => (0, e.clone()),
             Content::Tree(root) => (walk(*root, nodes, &mut out), out),
+        }
+    }
+
+    /// The level-by-level reference construction the streaming builder must match.
+    fn reference(entries: Vec<ChunkRef>) -> Content {
+        if entries.len() <= INLINE_CHUNKS {
+            return Content::Inline(entries);
+        }
+        let mut level = 0u8;
+        let mut cur = entries;
+        loop {
+            let groups = split(
+                cur,
+                |e| hash_bits(&e.id).is_multiple_of(CHUNK_FANOUT),
+                |_| 1,
+                CHUNK_MAX_FANOUT,
+                usize::MAX,
+            );
+            let next: Vec<ChunkRef> = groups
+                .into_iter()
+                .map(|g| {
+                    let len = g.iter().map(|e| e.len).sum();
+                    let (id, _) = Node::ChunkList(ChunkListNode { level, entries: g })
+                        .encode_with_id()
+                        .unwrap();
+                    ChunkRef { id: id.0, len }
+                })
+                .collect();
+            if next.len() == 1 {
+                return Content::Tree(NodeId(next[0].id));
+            }
+            cur = next;
+            level += 1;
+        }
+    }
+
+    #[test]
+    fn streaming_builder_matches_reference() {
+        for n in [0u64, 1, 32, 33, 100, 129, 1023, 1024, 1025, 5000, 70_000] {
+            let entries: Vec<ChunkRef> = (0..n).map(chunk).collect();
+            assert_eq!(build(entries.clone()).0, reference(entries), "n = {n}");
+            let zeros = vec![chunk(0); n as usize];
+            assert_eq!(build(zeros.clone()).0, reference(zeros), "zeros n = {n}");
         }
     }
 
