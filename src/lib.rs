@@ -1,1 +1,3 @@
+pub mod ecp;
 pub mod identity;
+pub mod sync;

@@ -1,0 +1,80 @@
+//! The sync engine: sans-IO decisions about what to fetch from which peer, and how to answer.
+//!
+//! [`Pull`] fetches one remote head (a snapshot id) into the local store. It walks the remote
+//! Merkle tree top-down, asking only for nodes the local store lacks and skipping every subtree the
+//! store reports complete; it queues the missing chunks it finds, keeps a bounded window of
+//! requests in flight spread over every peer that has the head, re-asks a slow peer's last
+//! requests elsewhere once nothing new is left to ask for (the endgame), and drops a peer that
+//! stalls, answers `NotFound` for something it advertised, or sends bytes that do not match their
+//! id, re-queueing what it owed. Every arrival is verified against its id before it is handed out
+//! as an [`Effect`]; completeness marks are handed out bottom-up, a node only after everything
+//! beneath it, which is exactly the store's meaning of "present". Resume is free: the store is the
+//! progress record, so a new `Pull` for the same head fetches only what is still missing.
+//!
+//! [`Answer`] is the other side: it turns one `GetNodes` or `GetChunks` into replies, one message
+//! at a time, reading objects through [`ObjectSource`] in their stored form.
+//!
+//! What this module is not: it performs no IO, reads no clock, spawns nothing and is not `async`.
+//! It does not speak the handshake (`Hello`, `Have`, `Excess`: the driver does, and creates a
+//! `Pull` once a peer answers `Excess`), does not write files (checkout is separate), and does not
+//! move refs: after [`Effect::Done`] the driver stores the fetched head as that peer's ref.
+//!
+//! Driving a pull: create it with the head and the peers that have it, then loop. Feed each
+//! incoming reply to [`Pull::handle_message`], call [`Pull::handle_timeout`] when the time from
+//! [`Pull::poll_timeout`] has come, and after every input drain [`Pull::poll`] until it returns
+//! `None`, sending each [`Output::Send`] to its peer and applying each [`Output::Effect`] to the
+//! store *before* calling `poll` again (the engine asks the store about what it just handed out).
+//! [`apply_to_store`] applies an effect to a [`Store`]. The pull ends with exactly one
+//! [`Effect::Done`] or [`Effect::Failed`].
+//!
+//! Memory is bounded by [`PullConfig`], not by the tree: at most `max_outstanding` ids are queued
+//! or in flight; the nodes being walked are kept as ids with a cursor (the decoded form is re-read
+//! from the store, with a small cache of `node_cache` nodes); the walk is depth-first, so the walk
+//! state holds the open nodes along the current paths: at most about
+//! `(max_outstanding + fanout) x depth` small records (ids and counters, about 100 bytes each),
+//! with depth capped by `max_depth`. A 100 GiB tree (1.6 million chunks) is walked in that space.
+#![warn(missing_docs)]
+
+mod answer;
+mod pull;
+
+pub use answer::{Answer, ObjectSource};
+pub use pull::{Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats};
+
+use left_store::node::Node;
+use left_store::{NodeId, ObjectId, Store};
+
+/// What the pull asks the local store. Implemented for [`Store`]; tests use an in-memory set.
+pub trait LocalObjects {
+    /// For each id: for a chunk, is it stored; for a node, is it complete (its whole subtree
+    /// stored)? Same order and length as `ids`.
+    fn has_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>, left_store::Error>;
+    /// The stored node (complete or not), decoded, or `None` when it is not stored.
+    fn node(&self, id: NodeId) -> Result<Option<Node>, left_store::Error>;
+}
+
+impl LocalObjects for Store {
+    fn has_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>, left_store::Error> {
+        Store::has_many(self, ids)
+    }
+
+    fn node(&self, id: NodeId) -> Result<Option<Node>, left_store::Error> {
+        match self.get_node(id)? {
+            Some(bytes) => Node::decode_verified(&id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Applies a pull's effect to a store. `Done`, `Failed` and `PeerDropped` change nothing here.
+pub fn apply_to_store(store: &Store, effect: &Effect) -> Result<(), left_store::Error> {
+    match effect {
+        Effect::StoreNode(id, bytes) => store.put_node(*id, bytes).map(drop),
+        Effect::StoreChunk(id, encoded) => store.put_chunk(*id, encoded).map(drop),
+        Effect::MarkComplete(id) => store.mark_complete(*id).map(drop),
+        Effect::Done(_) | Effect::Failed(_) | Effect::PeerDropped { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
