@@ -325,6 +325,9 @@ pub enum ConnectionError {
     /// The peer refused our device key.
     #[error("the peer does not allow our device key")]
     RefusedByPeer,
+    /// The peer no longer knows the connection (it restarted) and said so with a valid reset.
+    #[error("the peer lost the connection (it restarted)")]
+    PeerReset,
 }
 
 fn on_off(b: bool) -> &'static str {

@@ -86,6 +86,7 @@ pub(crate) struct Identity {
     pub static_pub: [u8; 32],
     pub psk: [u8; 32],
     pub allowed: Option<Vec<[u8; 32]>>,
+    pub reset_key: crypto::ResetKey,
 }
 
 impl Identity {
@@ -101,6 +102,8 @@ pub(crate) struct Params {
     /// the clear header's copy is not authenticated: a corrupted or forged cid in a handshake
     /// header must not redirect the connection.
     pub cid: u64,
+    /// The token a restarted sender would put in a Reset for `cid`.
+    pub reset_token: [u8; 16],
     pub encryption: bool,
     pub suite: CipherSuite,
     pub limits: Limits,
@@ -109,9 +112,10 @@ pub(crate) struct Params {
 const PARAMS_VERSION: u8 = 1;
 
 impl Params {
-    pub fn from_config(c: &TransportConfig, cid: u64) -> Self {
+    pub fn from_config(c: &TransportConfig, cid: u64, reset_token: [u8; 16]) -> Self {
         Self {
             cid,
+            reset_token,
             encryption: c.encryption,
             suite: c.cipher,
             limits: Limits {
@@ -122,10 +126,11 @@ impl Params {
         }
     }
 
-    pub fn encode(&self, out: &mut [u8; 48]) -> usize {
+    pub fn encode(&self, out: &mut [u8; 64]) -> usize {
         let mut w = Writer::new(out, 0);
         w.u8(PARAMS_VERSION);
         w.slice(&self.cid.to_be_bytes());
+        w.slice(&self.reset_token);
         w.u8(u8::from(self.encryption));
         w.u8(self.suite.to_byte());
         w.varint(self.limits.max_data.min(frame::VARINT_MAX));
@@ -140,6 +145,7 @@ impl Params {
             return None;
         }
         let cid = u64::from_be_bytes(r.bytes(8).ok()?.try_into().ok()?);
+        let reset_token = r.bytes(16).ok()?.try_into().ok()?;
         let encryption = match r.u8().ok()? {
             0 => false,
             1 => true,
@@ -153,6 +159,7 @@ impl Params {
         };
         Some(Self {
             cid,
+            reset_token,
             encryption,
             suite,
             limits,
@@ -414,8 +421,9 @@ impl Connection {
             &identity.psk,
             seed,
         )?;
-        let mut payload = [0u8; 48];
-        let n = Params::from_config(&config, local_cid).encode(&mut payload);
+        let mut payload = [0u8; 64];
+        let token = identity.reset_key.token(local_cid);
+        let n = Params::from_config(&config, local_cid, token).encode(&mut payload);
         let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
         let len = noise.write_message(&payload[..n], &mut msg)?;
         msg.truncate(len);
@@ -466,8 +474,8 @@ impl Connection {
         validated: bool,
         now: Instant,
     ) -> Result<Self, snow::Error> {
-        let mut payload = [0u8; 48];
-        let ours = Params::from_config(&config, local_cid);
+        let mut payload = [0u8; 64];
+        let ours = Params::from_config(&config, local_cid, identity.reset_key.token(local_cid));
         let n = ours.encode(&mut payload);
         let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
         let len = noise.write_message(&payload[..n], &mut msg)?;
@@ -608,6 +616,8 @@ impl Connection {
             Kind::Retry => self.handle_retry(&data),
             Kind::Handshake => self.handle_handshake(now, &data),
             Kind::Data => self.handle_data(now, from, data),
+            // Resets are matched by token at the endpoint, never routed by connection id.
+            Kind::Reset => {}
         }
     }
 
@@ -817,6 +827,23 @@ impl Connection {
         self.local_cid
     }
 
+    /// Whether `token` is the peer's reset token for this connection.
+    pub(crate) fn is_reset_token(&self, token: &[u8]) -> bool {
+        matches!(self.state, State::Established | State::Closing { .. })
+            && self
+                .peer_params
+                .is_some_and(|p| crypto::ct_eq(&p.reset_token, token))
+    }
+
+    /// The peer proved it lost the connection: end it without sending anything.
+    pub(crate) fn handle_reset(&mut self) {
+        match self.state {
+            State::Established => self.lost(ConnectionError::PeerReset),
+            State::Closing { .. } => self.state = State::Drained,
+            _ => {}
+        }
+    }
+
     pub(crate) fn is_handshaking(&self) -> bool {
         self.state == State::Handshake
     }
@@ -1011,7 +1038,7 @@ impl Connection {
         self.send_key = Some(PacketKey::new(suite, send, enc));
         self.recv_key = Some(PacketKey::new(suite, recv, enc));
         self.peer_key = Some(key);
-        let local = Params::from_config(&self.config, self.local_cid).limits;
+        let local = Params::from_config(&self.config, self.local_cid, [0; 16]).limits;
         self.streams = Some(Streams::new(
             self.side == Side::Initiator,
             local,
@@ -1694,14 +1721,14 @@ mod tests {
 
     #[test]
     fn params_round_trip_and_reject() {
-        let p = Params::from_config(&TransportConfig::default(), 77);
-        let mut b = [0u8; 48];
+        let p = Params::from_config(&TransportConfig::default(), 77, [5; 16]);
+        let mut b = [0u8; 64];
         let n = p.encode(&mut b);
         assert_eq!(Params::decode(&b[..n]), Some(p));
         for cut in 0..n {
             assert_eq!(Params::decode(&b[..cut]), None);
         }
-        b[9] = 7;
+        b[25] = 7;
         assert_eq!(Params::decode(&b[..n]), None);
     }
 }

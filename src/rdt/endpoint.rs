@@ -66,6 +66,8 @@ pub struct EndpointStats {
     pub last_drop: Option<DropReason>,
     /// Retry packets sent.
     pub retries_sent: u64,
+    /// Stateless resets sent (for packets to connection ids we do not know).
+    pub resets_sent: u64,
     /// Connections accepted (handshakes started as responder).
     pub accepted: u64,
 }
@@ -112,6 +114,7 @@ impl Endpoint {
                 static_secret: config.static_secret,
                 psk: config.psk,
                 allowed: config.allowed_peers,
+                reset_key: crypto::ResetKey::new(&config.static_secret),
             }),
             config: Arc::new(transport),
             accept: config.accept,
@@ -185,6 +188,9 @@ impl Endpoint {
                 return self.drop(DropReason::Malformed);
             }
         };
+        if kind == Kind::Reset {
+            return self.handle_reset(&data);
+        }
         let target = match kind {
             Kind::Initial => self
                 .by_initial
@@ -200,6 +206,11 @@ impl Endpoint {
             return;
         }
         if kind != Kind::Initial {
+            if kind == Kind::Data && data.len() >= packet::RESET_LEN + 16 {
+                // We may have restarted: tell the peer, with a token only we can make. Smaller
+                // than the packet that caused it, so no amplification.
+                self.queue_reset(from, dst);
+            }
             return self.drop(DropReason::UnknownConnection);
         }
         if let Err(reason) = self.accept_initial(now, from, &data) {
@@ -394,6 +405,27 @@ impl Endpoint {
         self.by_initial.insert((from, p.dst), h.0);
         self.stats.accepted += 1;
         Ok(())
+    }
+
+    fn queue_reset(&mut self, to: SocketAddr, cid: u64) {
+        if self.stateless.len() >= MAX_STATELESS_QUEUE {
+            return;
+        }
+        let mut buf = vec![0u8; packet::RESET_LEN];
+        packet::write_reset(&mut buf, &self.identity.reset_key.token(cid));
+        self.stats.resets_sent += 1;
+        self.stateless.push_back((to, buf));
+    }
+
+    fn handle_reset(&mut self, data: &[u8]) {
+        let Some(token) = data.get(9..packet::RESET_LEN) else {
+            return self.drop(DropReason::Malformed);
+        };
+        match self.conns.values_mut().find(|c| c.is_reset_token(token)) {
+            Some(c) => c.handle_reset(),
+            None => self.drop(DropReason::UnknownConnection),
+        }
+        self.reap();
     }
 
     fn send_retry(&mut self, now: Instant, to: SocketAddr, client_cid: u64, odcid: u64) {

@@ -8,7 +8,12 @@
 //! Handshake  | b0 | dst cid 8 | src cid 8 | msg len u16 | Noise msg 2 or 3
 //! Retry      | b0 | dst cid 8 | src cid 8 | token len varint | token | tag 16
 //! Data       | b0 | dst cid 8 | packet number 4 (truncated) | sealed frames | AEAD tag 16
+//! Reset      | b0 | zero 8 | reset token 16
 //! ```
+//!
+//! A Reset answers a Data packet for a connection id the endpoint does not know (it restarted);
+//! the token, exchanged inside the handshake, lets the peer close at once instead of waiting for
+//! its idle timeout. It is smaller than the packet that triggers it, so it cannot amplify.
 //!
 //! The whole clear header of a Data packet is the AEAD associated data, and the full 64-bit packet
 //! number is the nonce, so nothing in it can be changed without failing authentication.
@@ -39,6 +44,8 @@ pub enum Kind {
     Retry = 3,
     /// Sealed frames.
     Data = 4,
+    /// Stateless reset.
+    Reset = 5,
 }
 
 /// Why a datagram was not parsed.
@@ -77,6 +84,7 @@ pub(crate) fn parse_prefix(b: &[u8]) -> Result<(Kind, u64), PacketError> {
         2 => Kind::Handshake,
         3 => Kind::Retry,
         4 => Kind::Data,
+        5 => Kind::Reset,
         k => return Err(PacketError::Kind(k)),
     };
     let cid = u64::from_be_bytes(b[1..9].try_into().expect("length checked above"));
@@ -128,7 +136,7 @@ pub(crate) fn parse_long(b: &[u8]) -> Result<LongPacket<'_>, PacketError> {
             }
             r.bytes(len).map_err(|_| PacketError::Truncated)?
         }
-        Kind::Data => return Err(PacketError::Kind(Kind::Data as u8)),
+        Kind::Data | Kind::Reset => return Err(PacketError::Kind(kind as u8)),
     };
     Ok(LongPacket {
         kind,
@@ -168,6 +176,16 @@ pub(crate) fn write_long(
     w.slice(&(noise.len() as u16).to_be_bytes());
     w.slice(noise);
     Some(w.pos)
+}
+
+/// Length of a Reset packet.
+pub const RESET_LEN: usize = 1 + 8 + TAG_LEN;
+
+/// Writes a Reset packet; `buf` must hold [`RESET_LEN`] bytes.
+pub(crate) fn write_reset(buf: &mut [u8], token: &[u8; TAG_LEN]) {
+    buf[0] = first_byte(Kind::Reset);
+    buf[1..9].fill(0);
+    buf[9..RESET_LEN].copy_from_slice(token);
 }
 
 /// Writes a Data packet header with the truncated packet number.

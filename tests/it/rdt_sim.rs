@@ -983,14 +983,20 @@ fn corrupted_packet_changes_no_state() {
         "no corrupted packet was accepted"
     );
     assert_eq!(sim.nodes[1].ep.poll_timeout(), timeout, "timers unchanged");
+    // The only replies are stateless resets for the corrupted connection ids (a flipped cid names
+    // a connection the endpoint does not have), each smaller than its trigger.
+    while let Some(t) = sim.nodes[1].ep.poll_transmit(sim.now, &mut sim.buf) {
+        assert_eq!(sim.buf[0] & 0x0f, 5, "only resets");
+        assert!(t.size < pkt.len());
+    }
     assert!(
-        sim.nodes[1]
-            .ep
-            .poll_transmit(sim.now, &mut sim.buf)
-            .is_none(),
-        "nothing to send in reply"
+        sim.nodes[1].ep.stats().resets_sent <= 16,
+        "one per corrupted cid bit"
     );
     assert!(sim.nodes[1].ep.poll_event().is_none());
+    // The initiator ignores those resets: they are not for its connection id.
+    let _ = sim.run(Duration::from_millis(500), |_| false);
+    assert!(sim.app(0).lost.is_none() && sim.app(1).lost.is_none());
 }
 
 #[test]
@@ -1065,10 +1071,19 @@ fn one_side_restarted() {
         read_enabled: true,
         ..App::default()
     };
+    let t0 = sim.now;
     let ok = sim.run(Duration::from_secs(120), |s| s.app(0).lost.is_some());
     assert!(ok, "the initiator notices within the bound");
-    assert_eq!(sim.app(0).lost, Some(ConnectionError::TimedOut));
+    // The restarted responder answers the old connection's packets with a stateless reset, so the
+    // initiator learns within a round trip or two instead of after its idle timeout.
+    assert_eq!(sim.app(0).lost, Some(ConnectionError::PeerReset));
+    assert!(
+        sim.now - t0 < Duration::from_secs(1),
+        "took {:?}",
+        sim.now - t0
+    );
     assert!(sim.nodes[1].ep.stats().drops(DropReason::UnknownConnection) > 0);
+    assert!(sim.nodes[1].ep.stats().resets_sent > 0);
     // A new connection works.
     sim.nodes[0].app = App {
         read_enabled: true,
@@ -1099,14 +1114,18 @@ fn initiator_restarted() {
     };
     sim.connect(0, 1);
     expect_done(&mut sim, Duration::from_secs(20));
-    // The responder's old connection ends by idle timeout, within the bound.
+    // The responder's old connection ends: reset by the restarted initiator (or, if no packet of
+    // it reached the new endpoint, by idle timeout), within the bound.
     let ok = sim.run(Duration::from_secs(60), |s| {
         s.nodes[1].ep.connection_ref(old).is_none()
     });
     assert!(ok, "old connection reaped: {}", sim.describe());
-    assert!(sim.app(1).events.contains(&Event::ConnectionLost {
-        reason: ConnectionError::TimedOut
-    }));
+    assert!(sim.app(1).events.iter().any(|e| matches!(
+        e,
+        Event::ConnectionLost {
+            reason: ConnectionError::PeerReset | ConnectionError::TimedOut
+        }
+    )));
 }
 
 #[test]
@@ -1286,7 +1305,7 @@ fn garbage_truncated_and_forged_datagrams() {
         sim.inject("10.3.3.3:3".parse().unwrap(), 1, &g);
         // Garbage with a valid first byte of each kind.
         if len > 0 {
-            for kind in 1..=4u8 {
+            for kind in 1..=5u8 {
                 g[0] = 0x10 | kind;
                 sim.inject(addr(0), 1, &g);
             }
