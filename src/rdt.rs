@@ -68,7 +68,12 @@
 //! - *Replays*: a 4096-packet sliding window per connection rejects duplicates and replays, and
 //!   anything older than the window; it is updated only after authentication.
 //! - *Amplification*: before the initiator's address is validated (by message 3 or a retry token)
-//!   a responder sends at most 3x the bytes it received from it.
+//!   a responder sends at most 3x the bytes it received from it. Retry and Reset packets are
+//!   smaller than the packets that cause them.
+//! - *Restarts*: each side tells the other, inside the handshake, a reset token for its connection
+//!   id: an HMAC of the id under a key derived from its static secret. A restarted endpoint answers
+//!   packets for ids it does not know with that token, and the peer closes at once
+//!   ([`ConnectionError::PeerReset`]); nobody without the static secret can make a valid one.
 //! - *Memory*: stream data buffered for a peer is bounded by the connection window, the number of
 //!   live peer streams by `max_streams`, out-of-order fragments by `connection_window / 256`, and
 //!   handshakes in progress by [`EndpointConfig::max_pending_handshakes`].
@@ -76,9 +81,8 @@
 //! # What it does not do
 //! No sockets, timers or threads (that is `src/net`); no path validation when the peer's address
 //! changes (we follow the source address of the newest authenticated packet, which handles NAT
-//! rebinding but lets an on-path attacker who can race genuine packets redirect them); no stateless
-//! reset (a restarted peer is noticed by the idle timeout); no 0-RTT; no unreliable datagrams; no
-//! key update (a connection must not send 2^64 packets).
+//! rebinding but lets an on-path attacker who can race genuine packets redirect them); no 0-RTT;
+//! no unreliable datagrams; no key update (a connection must not send 2^64 packets).
 #![warn(missing_docs)]
 
 pub mod congestion;
