@@ -207,6 +207,24 @@ impl Store {
         self.db.write(b.inner, true)
     }
 
+    /// Writes a snapshot node (e.g. a merge made by the sync engine) whose root tree is complete, and
+    /// returns its id. Does not move any ref (see [`Store::set_ref`]).
+    pub fn put_snapshot(&self, snap: &Snapshot) -> Result<NodeId> {
+        let _g = self.op.read().expect("op lock");
+        if !self.has_nodes(&[snap.root])?[0] {
+            return Err(Error::not_found(format!(
+                "tree {} is not completely stored",
+                snap.root
+            )));
+        }
+        let (id, bytes) = Node::Snapshot(snap.clone()).encode_with_id()?;
+        let mut b = Batch::default();
+        b.put(&self.db, cf::NODES, id.as_bytes(), &bytes);
+        b.put(&self.db, cf::COMPLETE, id.as_bytes(), b"");
+        self.db.write(b.inner, false)?;
+        Ok(id)
+    }
+
     /// All refs (name, snapshot).
     pub fn refs(&self) -> Result<Vec<(String, NodeId)>> {
         let mut out = Vec::new();

@@ -344,6 +344,27 @@ fn missing_and_diff_match_set_difference() {
     assert!(b.mark_complete(s2).unwrap());
     b.set_ref("head", s2).unwrap();
     assert!(b.verify(&NoProgress).unwrap().problems.is_empty());
+    // A merge-like snapshot over a complete tree can be written and referenced.
+    let m = b
+        .put_snapshot(&Snapshot {
+            root: b.snapshot(s2).unwrap().root,
+            parents: vec![s2, s1],
+            device: [7; 32],
+            time_ns: 5,
+            message: "merge".into(),
+        })
+        .unwrap();
+    b.set_ref("head", m).unwrap();
+    assert_eq!(b.log(m, 10).unwrap().len(), 3);
+    assert!(b
+        .put_snapshot(&Snapshot {
+            root: NodeId(Hash::of(b"nope")),
+            parents: vec![],
+            device: [0; 32],
+            time_ns: 0,
+            message: String::new()
+        })
+        .is_err());
     // Bad objects are refused.
     let n = a.get_node(s2).unwrap().unwrap();
     assert!(b.put_node(s1, &n).is_err());

@@ -236,7 +236,7 @@ fn scan_cache_only_paths_ignore_and_history() {
     let s5 = store
         .add(
             &share,
-            &[share.clone()],
+            std::slice::from_ref(&share),
             &AddOptions::default(),
             &NoProgress,
         )
