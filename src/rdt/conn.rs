@@ -954,7 +954,7 @@ impl Connection {
         let Some(noise) = hs.noise.as_mut() else {
             return;
         };
-        if self.state != State::Handshake || !noise.is_my_turn() && noise.is_handshake_finished() {
+        if self.state != State::Handshake || noise.is_my_turn() {
             return;
         }
         let mut payload = [0u8; packet::MAX_NOISE_LEN];
