@@ -839,6 +839,18 @@ impl Store {
         self.db.write(b.inner, false)
     }
 
+    /// Test hook: flips the last byte of the stored node `id`.
+    #[doc(hidden)]
+    pub fn debug_corrupt_node(&self, id: NodeId) -> Result<()> {
+        let mut n = self
+            .get_node(id)?
+            .ok_or_else(|| Error::not_found(format!("node {id} is missing")))?;
+        *n.last_mut().expect("encoded nodes are never empty") ^= 0x55;
+        let mut b = Batch::default();
+        b.put(&self.db, cf::NODES, id.as_bytes(), &n);
+        self.db.write(b.inner, false)
+    }
+
     /// Test hook: the chunk ids of a file in a snapshot, in order.
     #[doc(hidden)]
     pub fn debug_file_chunks(&self, snapshot: NodeId, path: &Path) -> Result<Vec<ChunkId>> {

@@ -172,6 +172,39 @@ fn corrupt_chunk_found_by_verify_and_refused_by_restore() {
 }
 
 #[test]
+fn corrupt_node_found_by_verify_and_refused_by_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    fs::create_dir_all(share.join("sub")).unwrap();
+    fs::write(share.join("sub/file"), rand_bytes(9, 1000)).unwrap();
+    fs::write(share.join("other"), b"fine").unwrap();
+    let store = Store::create(&tmp.path().join("store"), small_cfg()).unwrap();
+    let s = add(&store, &share).snapshot.unwrap();
+    let file_node = store.ls(s, Path::new("sub/file")).unwrap()[0].id;
+    store.debug_corrupt_node(file_node).unwrap();
+    let v = store.verify(&NoProgress).unwrap();
+    assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+    let p = &v.problems[0];
+    assert_eq!(
+        (p.object, p.kind, p.id),
+        (ObjectKind::Node, ProblemKind::Corrupt, file_node.0)
+    );
+    assert_eq!(p.paths, vec![PathBuf::from("sub/file")]);
+    let e = store
+        .restore(
+            s,
+            None,
+            &tmp.path().join("out"),
+            &RestoreOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains(&file_node.to_string()), "{e}");
+    assert!(!tmp.path().join("out/sub/file").exists());
+}
+
+#[test]
 fn second_open_is_locked_with_pid() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::create(&tmp.path().join("s"), StoreConfig::default()).unwrap();
