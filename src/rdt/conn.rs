@@ -107,6 +107,8 @@ pub(crate) struct Params {
     pub encryption: bool,
     pub suite: CipherSuite,
     pub limits: Limits,
+    /// How long the sender may delay an acknowledgement (the peer's PTO and RTT use it).
+    pub max_ack_delay: Duration,
 }
 
 const PARAMS_VERSION: u8 = 1;
@@ -123,6 +125,7 @@ impl Params {
                 max_stream_data: c.stream_window,
                 max_streams: c.max_streams,
             },
+            max_ack_delay: c.max_ack_delay,
         }
     }
 
@@ -136,6 +139,7 @@ impl Params {
         w.varint(self.limits.max_data.min(frame::VARINT_MAX));
         w.varint(self.limits.max_stream_data.min(frame::VARINT_MAX));
         w.varint(self.limits.max_streams.min(frame::VARINT_MAX));
+        w.varint((self.max_ack_delay.as_micros() as u64).min(frame::VARINT_MAX));
         w.pos
     }
 
@@ -157,12 +161,15 @@ impl Params {
             max_stream_data: r.varint().ok()?,
             max_streams: r.varint().ok()?,
         };
+        // Capped so a peer cannot stretch our timers without bound.
+        let max_ack_delay = Duration::from_micros(r.varint().ok()?.min(1_000_000));
         Some(Self {
             cid,
             reset_token,
             encryption,
             suite,
             limits,
+            max_ack_delay,
         })
     }
 }
@@ -866,7 +873,10 @@ impl Connection {
     }
 
     fn pto_base(&self) -> Duration {
-        self.rtt.pto_base() + self.config.max_ack_delay
+        self.rtt.pto_base()
+            + self
+                .peer_params
+                .map_or(self.config.max_ack_delay, |p| p.max_ack_delay)
     }
 
     fn pto_deadline(&self) -> Option<Instant> {
@@ -1301,7 +1311,10 @@ impl Connection {
             }
         }
         if let (Some(sent), true) = (largest_newly, newly_eliciting) {
-            let delay = Duration::from_micros(ack.delay_us).min(self.config.max_ack_delay);
+            let max = self
+                .peer_params
+                .map_or(self.config.max_ack_delay, |p| p.max_ack_delay);
+            let delay = Duration::from_micros(ack.delay_us).min(max);
             self.rtt.update(delay, now.saturating_duration_since(sent));
         }
         if largest_newly.is_some() || newly_eliciting {
