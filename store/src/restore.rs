@@ -126,7 +126,7 @@ impl Store {
         progress: &dyn Progress,
         depth: usize,
     ) -> Result<()> {
-        if depth > 4096 {
+        if depth > crate::store::MAX_DEPTH {
             return Err(Error::corrupt("folder tree is too deep"));
         }
         for e in self.dir_entries(id)? {

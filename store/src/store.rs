@@ -369,6 +369,15 @@ impl Store {
     /// Sets completeness marks bottom-up under `root` (after nodes were stored top-down, as a fetch
     /// does). Returns whether `root` is complete.
     pub fn mark_complete(&self, root: NodeId) -> Result<bool> {
+        self.mark_complete_at(root, 0)
+    }
+
+    fn mark_complete_at(&self, root: NodeId, depth: usize) -> Result<bool> {
+        if depth > MAX_DEPTH {
+            return Err(Error::corrupt(format!(
+                "tree under {root} is deeper than {MAX_DEPTH}"
+            )));
+        }
         if self.has_nodes(&[root])?[0] {
             return Ok(true);
         }
@@ -380,7 +389,7 @@ impl Store {
         for c in node.children() {
             match c {
                 Child::Chunk(id, _) => all &= self.has_chunks(&[id])?[0],
-                Child::Node(id) => all &= self.mark_complete(id)?,
+                Child::Node(id) => all &= self.mark_complete_at(id, depth + 1)?,
             }
         }
         if all {
@@ -456,7 +465,7 @@ impl Store {
         let batch = batch.max(1);
         let mut out = Vec::with_capacity(batch);
         let mut seen = Seen::default();
-        self.diff_rec(Some(a), b, batch, &mut out, &mut seen, f)?;
+        self.diff_rec(Some(a), b, batch, &mut out, &mut seen, f, 0)?;
         if !out.is_empty() {
             f(&out)?;
         }
@@ -472,7 +481,13 @@ impl Store {
         out: &mut Vec<ObjectId>,
         seen: &mut Seen,
         f: &mut dyn FnMut(&[ObjectId]) -> Result<()>,
+        depth: usize,
     ) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::corrupt(format!(
+                "tree under {b} is deeper than {MAX_DEPTH}"
+            )));
+        }
         if a == Some(b) || !seen.insert(ObjectId::Node(b)) {
             return Ok(());
         }
@@ -488,7 +503,7 @@ impl Store {
                     Some(Node::Snapshot(sa)) => Some(sa.root),
                     _ => None,
                 };
-                self.diff_rec(ra, sb.root, batch, out, seen, f)?;
+                self.diff_rec(ra, sb.root, batch, out, seen, f, depth + 1)?;
             }
             Node::Dir(_) => {
                 // Pair entries by name (through every level of a wide folder).
@@ -515,7 +530,7 @@ impl Store {
                                 None
                             }
                         });
-                        self.diff_rec(pa, id, batch, out, seen, f)?;
+                        self.diff_rec(pa, id, batch, out, seen, f, depth + 1)?;
                     }
                 }
             }
@@ -881,6 +896,9 @@ impl Store {
         self.db.write(b.inner, false)
     }
 }
+
+/// Deepest folder nesting the recursive walks accept (a path cannot be longer than 4096 bytes).
+pub(crate) const MAX_DEPTH: usize = 2048;
 
 /// Most unmatched chunk-list nodes of the old side expanded per level by `diff`.
 const DIFF_EXPAND: usize = 256;
