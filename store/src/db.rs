@@ -214,6 +214,16 @@ impl Db {
             .map_err(|e| map_err(&self.path, e))
     }
 
+    /// Reads one value without RocksDB's block/blob checksum check: for chunks, whose BLAKE3 id is
+    /// checked by every reader anyway (this saves a software CRC32C pass over every byte read).
+    pub fn get_unchecked(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_verify_checksums(false);
+        self.db
+            .get_cf_opt(self.cf(cf), key, &ro)
+            .map_err(|e| map_err(&self.path, e))
+    }
+
     /// Whether a key exists.
     pub fn exists(&self, cf: &str, key: &[u8]) -> Result<bool> {
         Ok(self

@@ -295,7 +295,7 @@ impl Store {
 
     /// The encoded bytes of a chunk (codec byte + payload), as stored and sent on the wire.
     pub fn get_chunk(&self, id: ChunkId) -> Result<Option<Vec<u8>>> {
-        self.db.get(cf::CHUNKS, id.as_bytes())
+        self.db.get_unchecked(cf::CHUNKS, id.as_bytes())
     }
 
     /// The plain bytes of a chunk, verified against its id.
