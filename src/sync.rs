@@ -12,7 +12,8 @@
 //! progress record, so a new `Pull` for the same head fetches only what is still missing.
 //!
 //! [`Answer`] is the other side: it turns one `GetNodes` or `GetChunks` into replies, one message
-//! at a time, reading objects through [`ObjectSource`] in their stored form.
+//! at a time, reading objects through [`ObjectSource`] in their stored form, so a server holds
+//! at most one reply per request in memory.
 //!
 //! What this module is not: it performs no IO, reads no clock, spawns nothing and is not `async`.
 //! It does not speak the handshake (`Hello`, `Have`, `Excess`: the driver does, and creates a
@@ -25,7 +26,14 @@
 //! `None`, sending each [`Output::Send`] to its peer and applying each [`Output::Effect`] to the
 //! store *before* calling `poll` again (the engine asks the store about what it just handed out).
 //! [`apply_to_store`] applies an effect to a [`Store`]. The pull ends with exactly one
-//! [`Effect::Done`] or [`Effect::Failed`].
+//! [`Effect::Done`] or [`Effect::Failed`]. It fails as soon as no peer is left; a driver that
+//! wants to retry with backoff (a restarted server, a flaky link) makes a new `Pull` later, which
+//! costs nothing but a local walk because everything that arrived is already stored. Requests
+//! are batched: a busy peer gets a new `GetChunks` only once a quarter of a full request fits in
+//! its window, so a pull costs about one request per 16 chunks, not one per chunk.
+//!
+//! The serving side needs less: [`answer_have`] turns a peer's `Have`/`Update` into `Same` or
+//! `Excess`, and [`Answer`] turns each `GetNodes`/`GetChunks` into replies.
 //!
 //! Memory is bounded by [`PullConfig`], not by the tree: at most `max_outstanding` ids are queued
 //! or in flight; the nodes being walked are kept as ids with a cursor (the decoded form is re-read
@@ -63,6 +71,17 @@ impl LocalObjects for Store {
             Some(bytes) => Node::decode_verified(&id, &bytes).map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// A server's answer to a peer's `Have` or `Update` given its own head: `Same` when the heads are
+/// equal, `Excess` with our head when they differ and we have one (the peer pulls it; pulling a
+/// head it already holds costs one local lookup), and nothing when we have no head to offer.
+pub fn answer_have(ours: Option<NodeId>, theirs: Option<NodeId>) -> Option<crate::ecp::Message> {
+    match ours {
+        Some(h) if Some(h) == theirs => Some(crate::ecp::Message::Same),
+        Some(h) => Some(crate::ecp::Message::Excess { head: h }),
+        None => None,
     }
 }
 

@@ -64,6 +64,16 @@ impl Default for PullConfig {
     }
 }
 
+impl PullConfig {
+    /// The defaults, with the chunk size limit taken from the local store's configuration.
+    pub fn for_store(store: &left_store::Store) -> PullConfig {
+        PullConfig {
+            max_chunk_size: store.config().chunk_max as usize,
+            ..PullConfig::default()
+        }
+    }
+}
+
 /// Bytes assumed for a node in flight (its size is unknown until it arrives).
 const NODE_ESTIMATE: u64 = 16 * 1024;
 /// Children classified per expansion step (one batched store query).
@@ -915,10 +925,11 @@ impl Pull {
             if items == 0 || bytes == 0 {
                 continue;
             }
+            let idle = self.peers[&peer].items.is_empty();
             let picked = if endgame {
                 self.pick_endgame(peer, now, items, bytes)
             } else {
-                self.pick_queued(items, bytes)
+                self.pick_queued(items, bytes, idle)
             };
             let Some((keys, message)) = picked else {
                 continue;
@@ -950,7 +961,12 @@ impl Pull {
         None
     }
 
-    fn pick_queued(&mut self, items: usize, bytes: u64) -> Option<(Vec<ObjectId>, Message)> {
+    fn pick_queued(
+        &mut self,
+        items: usize,
+        bytes: u64,
+        idle: bool,
+    ) -> Option<(Vec<ObjectId>, Message)> {
         let mut used = 0u64;
         let mut ids = Vec::new();
         let max = items.min(self.cfg.max_nodes_per_request);
@@ -974,6 +990,14 @@ impl Pull {
         if !ids.is_empty() {
             let keys = ids.iter().map(|n| ObjectId::Node(*n)).collect();
             return Some((keys, Message::GetNodes { ids }));
+        }
+        // A busy peer gets chunk requests in batches, not one id per freed slot: fewer, larger
+        // requests cost less on both sides and the peer still has work queued meanwhile.
+        let min_batch = (self.cfg.max_chunks_per_request / 4)
+            .min(self.cfg.max_items_per_peer / 4)
+            .max(1);
+        if !idle && items < min_batch {
+            return None;
         }
         let mut ids = Vec::new();
         let max = items.min(self.cfg.max_chunks_per_request);
