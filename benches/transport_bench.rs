@@ -42,8 +42,6 @@ use rand::{RngCore, SeedableRng};
 const PATTERN_PERIOD: usize = (1 << 20) + 13;
 /// Bytes handed to a stream write at a time.
 const WRITE_CHUNK: usize = 64 * 1024;
-/// Flow-control windows given to quinn, matching rdt's per-connection buffer default.
-const FLOW_WINDOW: u64 = 32 << 20;
 /// A run that takes longer than this is reported as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -691,23 +689,24 @@ fn quinn_configs(options: &Options) -> Result<(quinn::ServerConfig, quinn::Clien
     Ok((server, client))
 }
 
+/// quinn's transport settings: its defaults (CUBIC, ACK behaviour), with rdt's datagram sizes,
+/// flow-control windows and idle timeout.
 fn quinn_transport() -> quinn::TransportConfig {
+    let rdt = left::rdt::TransportConfig::default();
     let mut t = quinn::TransportConfig::default();
-    let window = quinn::VarInt::from_u64(FLOW_WINDOW).expect("window fits a varint");
-    t.initial_mtu(1200)
-        .min_mtu(1200)
+    let varint = |v: u64| quinn::VarInt::from_u64(v).expect("window fits a varint");
+    t.initial_mtu(left::rdt::INITIAL_DATAGRAM_SIZE)
+        .min_mtu(left::rdt::INITIAL_DATAGRAM_SIZE)
         .mtu_discovery_config(Some({
             let mut m = quinn::MtuDiscoveryConfig::default();
-            m.upper_bound(1452);
+            m.upper_bound(rdt.max_datagram_size);
             m
         }))
-        .stream_receive_window(window)
-        .receive_window(window)
-        .send_window(FLOW_WINDOW)
+        .stream_receive_window(varint(rdt.stream_window))
+        .receive_window(varint(rdt.connection_window))
+        .send_window(rdt.connection_window)
         .max_idle_timeout(Some(
-            Duration::from_secs(30)
-                .try_into()
-                .expect("idle timeout fits"),
+            rdt.idle_timeout.try_into().expect("idle timeout fits"),
         ));
     t
 }

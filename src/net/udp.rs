@@ -77,8 +77,13 @@ impl Default for SocketConfig {
 impl SocketConfig {
     /// The default configuration with impairment taken from `LEFT_IMPAIR`, if set.
     pub fn from_env() -> Result<Self, ImpairmentError> {
+        let impairment = ImpairmentConfig::from_env()?;
+        if let Some(config) = impairment.as_ref().filter(|c| c.is_active()) {
+            // A lossy path on purpose is surprising in production: say so once per socket config.
+            tracing::warn!(%config, "{} is set: outgoing datagrams are impaired", super::impair::IMPAIR_ENV);
+        }
         Ok(Self {
-            impairment: ImpairmentConfig::from_env()?,
+            impairment,
             ..Self::default()
         })
     }
