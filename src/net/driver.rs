@@ -97,7 +97,10 @@ pub struct Connection {
     inner: Arc<ConnInner>,
 }
 
-/// One direction-agnostic stream of a connection (rdt streams are bidirectional).
+/// One stream of a connection; rdt streams are bidirectional, so the same handle reads and writes.
+///
+/// Dropping a `Stream` neither finishes nor resets it: call [`Stream::finish`] (or
+/// [`Stream::reset`]) first, or the stream stays open until the connection closes.
 pub struct Stream {
     conn: Connection,
     id: StreamId,

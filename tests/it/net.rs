@@ -209,7 +209,7 @@ async fn driver_moves_a_stream_through_loss_delay_reorder_duplication_and_corrup
         eprintln!("impaired transfer, seed {seed}");
         let spec = |s: u64| {
             format!(
-                "loss=0.05,delay=2ms,jitter=1ms,reorder=0.02,duplicate=0.01,corrupt=0.001,seed={s}"
+                "loss=0.03,burst=0.005/0.3,delay=2ms,jitter=1ms,reorder=0.02,duplicate=0.01,corrupt=0.001,seed={s}"
             )
         };
         let server = endpoint(1, seed, Some(&spec(seed * 2)));
@@ -225,8 +225,8 @@ async fn driver_moves_a_stream_through_loss_delay_reorder_duplication_and_corrup
         );
         let stats = client.socket().impairment_stats().expect("client impaired");
         assert!(
-            stats.dropped_random > 0,
-            "seed {seed}: impairment did nothing: {stats:?}"
+            stats.dropped_random > 0 && stats.dropped_burst > 0 && stats.reordered > 0,
+            "seed {seed}: impairment did not exercise loss, burst loss and reordering: {stats:?}"
         );
         client.close().await;
         server.close().await;
