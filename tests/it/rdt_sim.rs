@@ -49,6 +49,8 @@ struct Impair {
     queue_bytes: usize,
     mtu: usize,
     up: bool,
+    /// Keep arrivals in sending order despite jitter (a FIFO path whose delay varies).
+    fifo: bool,
 }
 
 impl Default for Impair {
@@ -67,6 +69,7 @@ impl Default for Impair {
             queue_bytes: 0,
             mtu: 1500,
             up: true,
+            fifo: false,
         }
     }
 }
@@ -79,6 +82,7 @@ struct Link {
     queued: Vec<(Instant, usize)>,
     sent: u64,
     dropped: u64,
+    last_arrival: Option<Instant>,
 }
 
 /// What a hook decides about one datagram.
@@ -110,6 +114,8 @@ struct App {
     /// Bytes to send per stream (the first on the control stream), opened once connected.
     plan: Vec<u64>,
     sending: Vec<(StreamId, u64, bool)>,
+    /// Generated but not yet accepted bytes per sending stream (the next write starts with them).
+    pending: BTreeMap<StreamId, Bytes>,
     acked: Vec<StreamId>,
     recv: BTreeMap<StreamId, (u64, bool)>,
     read_enabled: bool,
@@ -212,6 +218,7 @@ impl Sim {
                             queued: Vec::new(),
                             sent: 0,
                             dropped: 0,
+                            last_arrival: None,
                         },
                     );
                 }
@@ -272,7 +279,8 @@ impl Sim {
         let rng = &mut self.rng;
         let link = self.links.get_mut(&(from, to)).expect("link exists");
         link.sent += 1;
-        let imp = &link.imp;
+        // This link's impairments (the bottleneck, if any, only adds its rate and queue).
+        let imp = link.imp.clone();
         if !imp.up || data.len() > imp.mtu {
             link.dropped += 1;
             return;
@@ -290,43 +298,45 @@ impl Sim {
             link.dropped += 1;
             return;
         }
-        // Bandwidth cap with a tail-drop queue (shared by every link into a bottleneck node).
-        let delay_base = imp.delay;
-        let link = match self.bottleneck {
-            Some(b) if b == to => self
-                .links
-                .get_mut(&(to, to))
-                .expect("bottleneck link exists"),
-            _ => link,
-        };
-        let imp = &link.imp;
-        let mut depart = now;
-        if let Some(tx_ns) = (data.len() as u64 * 8 * 1_000_000_000).checked_div(imp.rate) {
-            link.queued.retain(|&(t, _)| t > now);
-            let queued: usize = link.queued.iter().map(|&(_, n)| n).sum();
-            if queued + data.len() > imp.queue_bytes {
-                link.dropped += 1;
-                return;
-            }
-            let tx = Duration::from_nanos(tx_ns);
-            let begin = link.busy_until.map_or(now, |b| b.max(now));
-            depart = begin + tx;
-            link.busy_until = Some(depart);
-            link.queued.push((depart, data.len()));
-        }
-        let mut delay = delay_base + extra;
+        let mut delay = imp.delay + extra;
         if imp.jitter > Duration::ZERO {
             delay += Duration::from_nanos(rng.random_range(0..imp.jitter.as_nanos() as u64));
         }
         if imp.reorder > 0.0 && rng.random_bool(imp.reorder) {
-            delay += delay_base.max(Duration::from_millis(5));
+            delay += imp.delay.max(Duration::from_millis(5));
         }
         if imp.corrupt > 0.0 && rng.random_bool(imp.corrupt) && !data.is_empty() {
             let i = rng.random_range(0..data.len());
             data[i] ^= 1 << rng.random_range(0..8);
         }
         let dup = imp.duplicate > 0.0 && rng.random_bool(imp.duplicate);
-        let at = depart + delay;
+        let access = (from, to);
+        // Bandwidth cap with a tail-drop queue (shared by every link into a bottleneck node).
+        let key = match self.bottleneck {
+            Some(b) if b == to => (to, to),
+            _ => access,
+        };
+        let cap = self.links.get_mut(&key).expect("link exists");
+        let mut depart = now;
+        if let Some(tx_ns) = (data.len() as u64 * 8 * 1_000_000_000).checked_div(cap.imp.rate) {
+            cap.queued.retain(|&(t, _)| t > now);
+            let queued: usize = cap.queued.iter().map(|&(_, n)| n).sum();
+            if queued + data.len() > cap.imp.queue_bytes {
+                cap.dropped += 1;
+                return;
+            }
+            let tx = Duration::from_nanos(tx_ns);
+            let begin = cap.busy_until.map_or(now, |b| b.max(now));
+            depart = begin + tx;
+            cap.busy_until = Some(depart);
+            cap.queued.push((depart, data.len()));
+        }
+        let mut at = depart + delay;
+        let link = self.links.get_mut(&access).expect("link exists");
+        if imp.fifo {
+            at = at.max(link.last_arrival.unwrap_or(at));
+            link.last_arrival = Some(at);
+        }
         if dup {
             let j = Duration::from_micros(rng.random_range(0..2000));
             self.seq += 1;
@@ -595,11 +605,18 @@ fn run_app(n: &mut Node) {
     for (k, s) in app.sending.iter_mut().enumerate() {
         let total = app.plan[k];
         while s.1 < total {
-            let len = (total - s.1).min(64 * 1024) as usize;
-            let data = chunk(s.0, s.1, len);
-            match c.write_bytes(s.0, data) {
-                Ok(0) => break,
-                Ok(n) => s.1 += n as u64,
+            let data = app.pending.remove(&s.0).unwrap_or_else(|| {
+                let len = (total - s.1).min(64 * 1024) as usize;
+                chunk(s.0, s.1, len)
+            });
+            match c.write_bytes(s.0, data.clone()) {
+                Ok(n) => {
+                    s.1 += n as u64;
+                    if n < data.len() {
+                        app.pending.insert(s.0, data.slice(n..));
+                        break;
+                    }
+                }
                 Err(e) => panic!("write on {}: {e}", s.0),
             }
         }
@@ -1517,16 +1534,45 @@ fn chaos_seeds() {
 
 #[test]
 fn two_flows_share_a_capped_link_fairly() {
-    // Nodes 0 and 1 send to node 2 through one 20 Mbit/s bottleneck with a 60 kB tail-drop queue.
-    let mut sim = Sim::new(100, vec![config(1, 100), config(2, 101), config(3, 102)]);
+    // Two flows share one bottleneck; the second starts up to half a second later (seeded). Their
+    // steady-state shares (after a 10 s warm-up, over 40 s) must be within 25% of each other.
+    for seed in [100u64, 101, 102, 103, 104] {
+        let (a, b, total) = fairness_run(seed);
+        eprintln!("fairness seed {seed}: {a} vs {b} bytes");
+        let (a, b) = (a as f64, b as f64);
+        assert!(a > 0.0 && b > 0.0);
+        assert!(
+            (a / b) < 1.25 && (b / a) < 1.25,
+            "seed {seed}: unfair share: {a} vs {b}"
+        );
+        // Together they use most of the 20 Mbit/s (50 MB in 20 s).
+        assert!(
+            total as f64 > 0.8 * 50e6,
+            "seed {seed}: utilisation {total}"
+        );
+    }
+}
+
+/// Nodes 0 and 1 send to node 2 through one 20 Mbit/s bottleneck with a 40 ms base RTT and a
+/// tail-drop queue of one bandwidth-delay product (100 kB); returns the bytes each flow delivered in the measured 40 s, and their sum.
+fn fairness_run(seed: u64) -> (u64, u64, u64) {
+    let mut sim = Sim::new(
+        seed,
+        vec![config(1, seed), config(2, seed + 1), config(3, seed + 2)],
+    );
+    // A little order-preserving jitter on the access links, as real paths have: without it the
+    // perfectly periodic simulation phase-locks the flows to the drop-tail queue, so one of them
+    // keeps arriving at the full queue (a known artefact of deterministic drop-tail simulations).
     for (&(_, to), l) in sim.links.iter_mut() {
         if to == 2 {
             l.imp.delay = Duration::from_millis(20);
+            l.imp.jitter = Duration::from_millis(1);
+            l.imp.fifo = true;
         }
     }
     let imp = Impair {
         rate: 20_000_000,
-        queue_bytes: 60_000,
+        queue_bytes: 100_000,
         ..Impair::default()
     };
     sim.links.insert(
@@ -1538,30 +1584,37 @@ fn two_flows_share_a_capped_link_fairly() {
             queued: Vec::new(),
             sent: 0,
             dropped: 0,
+            last_arrival: None,
         },
     );
     sim.bottleneck = Some(2);
     sim.nodes[0].app.plan = vec![1 << 40];
     sim.nodes[1].app.plan = vec![1 << 40];
     sim.nodes[2].app.sink = Some(BTreeMap::new());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     sim.connect(0, 2);
+    let _ = sim.run(Duration::from_millis(rng.random_range(0..500)), |_| false);
     sim.connect(1, 2);
-    let _ = sim.run(Duration::from_secs(20), |_| false);
-    let got: Vec<u64> = sim.nodes[2]
-        .app
-        .sink
-        .as_ref()
-        .unwrap()
-        .values()
-        .copied()
-        .collect();
-    assert_eq!(got.len(), 2);
-    let (a, b) = (got[0] as f64, got[1] as f64);
-    // Together they use most of the 20 Mbit/s (50 MB in 20 s).
-    assert!(a + b > 0.7 * 50e6, "utilisation: {}", a + b);
-    eprintln!("fairness: {a} vs {b} bytes");
-    assert!(a > 0.0 && b > 0.0);
-    assert!((a / b) < 1.25 && (b / a) < 1.25, "unfair share: {a} vs {b}");
+    let _ = sim.run(Duration::from_secs(10), |_| false);
+    // The sink counts per connection handle of node 2; map them back to the senders by key.
+    let per_sender = |sim: &Sim| -> [u64; 2] {
+        let sink = sim.nodes[2].app.sink.as_ref().unwrap();
+        let mut out = [0u64; 2];
+        for (&h, &n) in sink {
+            let key = sim.nodes[2].ep.connection_ref(h).and_then(|c| c.peer_key());
+            for (i, out) in out.iter_mut().enumerate() {
+                if key == Some(sim.nodes[i].ep.public_key()) {
+                    *out += n;
+                }
+            }
+        }
+        out
+    };
+    let before = per_sender(&sim);
+    let _ = sim.run(Duration::from_secs(40), |_| false);
+    let after = per_sender(&sim);
+    let (a, b) = (after[0] - before[0], after[1] - before[1]);
+    (a, b, a + b)
 }
 
 // ---------------------------------------------------------------------------------------------
