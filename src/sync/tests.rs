@@ -1304,3 +1304,80 @@ fn random_replies_never_panic() {
         pull.handle_timeout(now);
     }
 }
+
+/// A single peer serving `src`; returns the outcome and what was stored.
+fn pull_from_one(src: &Mem, head: NodeId, cfg: PullConfig) -> (Outcome, Mem) {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let start = Instant::now();
+    let mut peers = vec![SimPeer::new(src, Behaviour::Good, 5, start)];
+    let mut local = Mem::default();
+    let mut pull = Pull::new(head, &peer_ids(1), start, cfg);
+    let out = run(&mut pull, &mut local, &mut peers, &mut rng, start, None);
+    (out, local)
+}
+
+#[test]
+fn a_chunk_larger_than_the_limit_is_refused() {
+    let mut src = Mem::default();
+    let plain = vec![0u8; 100_000];
+    let id = ChunkId(Hash::of(&plain));
+    // zstd shrinks it to a few bytes: a small message that would decompress past the limit.
+    let encoded = left_store::codec::encode(&plain);
+    assert!(encoded.len() < 1000);
+    src.chunks.insert(id, encoded);
+    let (fid, b) = Node::File(FileNode {
+        size: plain.len() as u64,
+        mode: 0o644,
+        mtime_ns: 1,
+        content: left_store::node::Content::Inline(vec![ChunkRef {
+            id: id.0,
+            len: plain.len() as u64,
+        }]),
+    })
+    .encode_with_id()
+    .unwrap();
+    src.nodes.insert(fid, b);
+    let cfg = PullConfig {
+        max_chunk_size: 64 * 1024,
+        ..PullConfig::default()
+    };
+    let (out, local) = pull_from_one(&src, fid, cfg);
+    let err = out.result.unwrap_err();
+    assert!(err.contains("peer sent a bad chunk"), "{err}");
+    assert!(err.contains("65536"), "{err}");
+    assert!(local.chunks.is_empty());
+    assert!(!local.complete.contains(&fid));
+}
+
+#[test]
+fn a_tree_with_an_unsafe_name_is_refused() {
+    for name in [&b"../evil"[..], b"a/b", b"..", b"nul\0", b"/abs"] {
+        let mut src = Mem::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(16);
+        let mut g = TreeGen {
+            rng: &mut rng,
+            mem: &mut src,
+            pool: Vec::new(),
+            next_name: 0,
+        };
+        let (file, size) = g.file(2);
+        // Encoding does not validate; decoding (on arrival) does.
+        let (dir, b) = Node::Dir(left_store::node::DirNode::Leaf(vec![DirEntry {
+            name: name.to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_ns: 1,
+            size,
+            target: Target::Node(file),
+        }]))
+        .encode_with_id()
+        .unwrap();
+        g.put(dir, b);
+        let head = g.snapshot(dir, Vec::new());
+        let (out, local) = pull_from_one(&src, head, PullConfig::default());
+        let err = out.result.unwrap_err();
+        assert!(err.contains("invalid entry name"), "{name:?}: {err}");
+        assert!(!local.nodes.contains_key(&dir));
+        assert!(!local.nodes.contains_key(&file));
+    }
+}
