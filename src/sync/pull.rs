@@ -134,6 +134,11 @@ pub struct PullStats {
     pub chunks_fetched: u64,
     /// Node and chunk bytes received in replies (duplicates included).
     pub payload_bytes_received: u64,
+    /// Plain bytes of the missing chunks found by the walk so far (as the tree claims them):
+    /// with `chunk_bytes_fetched`, what a progress bar shows; it grows while the walk goes on.
+    pub chunk_bytes_discovered: u64,
+    /// Plain bytes of the chunks fetched and verified.
+    pub chunk_bytes_fetched: u64,
     /// Valid replies for objects no longer wanted (endgame losers, late replies).
     pub duplicates: u64,
     /// Peers dropped.
@@ -586,6 +591,7 @@ impl Pull {
                         w.parents.push(top);
                     } else {
                         let est = len.min(self.cfg.max_chunk_size as u64) + 1;
+                        self.stats.chunk_bytes_discovered += est - 1;
                         self.waiting.insert(
                             key,
                             Wait {
@@ -787,15 +793,19 @@ impl Pull {
 
     fn chunk_arrived(&mut self, peer: PeerId, id: ChunkId, bytes: Vec<u8>) {
         self.stats.payload_bytes_received += bytes.len() as u64;
-        if let Err(e) = ecp::verify_chunk(&id, &bytes, self.cfg.max_chunk_size) {
-            self.drop_peer(peer, format!("peer sent a bad chunk: {e}"), true);
-            return;
-        }
+        let plain_len = match ecp::verify_chunk(&id, &bytes, self.cfg.max_chunk_size) {
+            Ok(n) => n as u64,
+            Err(e) => {
+                self.drop_peer(peer, format!("peer sent a bad chunk: {e}"), true);
+                return;
+            }
+        };
         let Some(w) = self.settle(ObjectId::Chunk(id)) else {
             self.stats.duplicates += 1;
             return;
         };
         self.stats.chunks_fetched += 1;
+        self.stats.chunk_bytes_fetched += plain_len;
         self.effects.push_back(Effect::StoreChunk(id, bytes));
         let mut work = Vec::new();
         for p in w.parents {
