@@ -562,7 +562,11 @@ fn pull_converges_to_an_identical_complete_copy() {
     assert_eq!(out.stats.duplicates, 0);
     let plain: u64 = chunks
         .iter()
-        .map(|c| left_store::codec::decode(&src.chunks[c], 1 << 20).unwrap().len() as u64)
+        .map(|c| {
+            left_store::codec::decode(&src.chunks[c], 1 << 20)
+                .unwrap()
+                .len() as u64
+        })
         .sum();
     assert_eq!(out.stats.chunk_bytes_fetched, plain);
     assert_eq!(out.stats.chunk_bytes_discovered, plain);
