@@ -521,3 +521,50 @@ async fn driver_works_over_ipv6_loopback() {
     client.close().await;
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_reads_deliver_everything_and_then_report_the_end() {
+    let server = endpoint(1, 51, None);
+    let client = endpoint(2, 52, None);
+    let data = payload(3 << 20, 5);
+    let receiver = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let conn = server.accept().await.expect("incoming");
+            let mut stream = conn.accept_stream().await.expect("stream");
+            let mut chunks = Vec::new();
+            let mut total = 0;
+            while let Some(n) = stream
+                .read_chunks(256 * 1024, &mut chunks)
+                .await
+                .expect("read")
+            {
+                assert!(n > 0, "a batch is never empty");
+                total += n;
+            }
+            // The end stays the end: no error from a stream the core has forgotten.
+            assert!(stream.read(10).await.expect("read after end").is_none());
+            assert!(stream
+                .read_chunks(10, &mut chunks)
+                .await
+                .expect("again")
+                .is_none());
+            assert_eq!(total, chunks.iter().map(|c| c.len()).sum::<usize>());
+            (conn, chunks.concat())
+        })
+    };
+    let conn = client
+        .connect(server.local_addr().unwrap())
+        .await
+        .expect("connect");
+    let mut stream = conn.open_stream().await.expect("open");
+    stream.write_all(&data).await.expect("write");
+    stream.finish().expect("finish");
+    let (_server_conn, got) = tokio::time::timeout(Duration::from_secs(30), receiver)
+        .await
+        .expect("receiver timed out")
+        .expect("receiver task");
+    assert!(got == data, "batched reads returned different bytes");
+    client.close().await;
+    server.close().await;
+}
