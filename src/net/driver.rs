@@ -406,6 +406,17 @@ impl Connection {
             .map(|c| c.rtt())
     }
 
+    /// Runs `f` on the core connection (read-only, under the endpoint lock; keep it short), while
+    /// it exists: for metrics such as `congestion_window()` or `bytes_in_flight()`.
+    pub fn inspect<R>(&self, f: impl FnOnce(&rdt::Connection) -> R) -> Option<R> {
+        self.inner
+            .shared
+            .lock()
+            .core
+            .connection_ref(self.inner.handle)
+            .map(f)
+    }
+
     /// The ordered control stream (stream 0), open from the start on both sides.
     pub fn control_stream(&self) -> Stream {
         Stream {
