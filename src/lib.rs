@@ -1,3 +1,10 @@
+//! left: peer-to-peer file sync on a content-addressed block store.
+//!
+//! The library holds everything but the command line: the device identity, the rdt transport
+//! (sans-IO), its tokio driver, the ecp message protocol and the sync engine (sans-IO). The store is
+//! its own crate, `left_store`. ARCHITECTURE.md is the map.
+
 pub mod ecp;
 pub mod identity;
+pub mod rdt;
 pub mod sync;
