@@ -361,6 +361,7 @@ impl Pull {
             return;
         };
         self.now = self.now.max(now);
+        let progress = matches!(msg, Message::Nodes { .. } | Message::Chunk { .. });
         match msg {
             Message::Nodes { nodes } => {
                 for (id, bytes) in nodes {
@@ -394,16 +395,24 @@ impl Pull {
                 self.requeue_peer(peer);
             }
             Message::Error { code, message } => {
-                self.drop_peer(peer, format!("peer sent error {}: {message}", code.0), true);
+                // The peer's text goes into our one-line report: no control characters.
+                let text: String = message
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                self.drop_peer(peer, format!("peer sent error {}: {text}", code.0), true);
             }
             Message::Bye => {
                 self.drop_peer(peer, "peer closed the session".into(), true);
             }
             _ => {}
         }
-        // The peer spoke: the stall clock restarts if it still owes something.
+        // The peer delivered something: the stall clock restarts if it still owes more. Other
+        // messages (a periodic `Have`) are no sign that requests are being served.
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.silent_since = (!p.items.is_empty()).then_some(now);
+            if progress || p.items.is_empty() {
+                p.silent_since = (!p.items.is_empty()).then_some(now);
+            }
         }
     }
 

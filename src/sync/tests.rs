@@ -1391,3 +1391,56 @@ fn a_tree_with_an_unsafe_name_is_refused() {
         assert!(!local.nodes.contains_key(&file));
     }
 }
+
+#[test]
+fn chatter_does_not_hide_a_stall_and_peer_errors_stay_one_line() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let (_, head) = random_share(&mut rng, 1, 3, 10);
+    let start = Instant::now();
+    let cfg = PullConfig {
+        stall_timeout: Duration::from_secs(1),
+        ..PullConfig::default()
+    };
+    let mut pull = Pull::new(head, &peer_ids(2), start, cfg);
+    let local = Mem::default();
+    let Some(Output::Send { peer, .. }) = pull.poll(start, &local) else {
+        panic!("expected a request")
+    };
+    // The asked peer only chats: it is still dropped when the stall timeout passes.
+    for ms in [300, 600, 900] {
+        let now = start + Duration::from_millis(ms);
+        pull.handle_message(
+            now,
+            peer,
+            Message::Have {
+                share: crate::ecp::ShareId(Hash([0; 32])),
+                head: Some(head),
+            },
+        );
+        pull.handle_timeout(now);
+    }
+    assert_eq!(pull.peers().count(), 2);
+    let late = start + Duration::from_millis(1000);
+    assert_eq!(pull.poll_timeout(), Some(late));
+    pull.handle_timeout(late);
+    assert_eq!(pull.peers().count(), 1);
+    assert!(pull.dropped()[0].1.contains("stalled"));
+    let other = PeerId(1 - peer.0);
+    pull.handle_message(
+        late,
+        other,
+        Message::Error {
+            code: crate::ecp::ErrorCode::INTERNAL,
+            message: "disk\nfailed\x1b[31m".into(),
+        },
+    );
+    let mut failed = None;
+    while let Some(out) = pull.poll(late, &local) {
+        if let Output::Effect(Effect::Failed(r)) = out {
+            failed = Some(r);
+        }
+    }
+    let r = failed.expect("no peer left");
+    assert!(r.contains("peer sent error 7: disk failed [31m"), "{r}");
+    assert!(!r.chars().any(|c| c.is_control()), "{r:?}");
+}
