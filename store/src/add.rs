@@ -51,7 +51,7 @@ pub fn debug_set_read_hook(hook: Option<ReadHook>) {
     *READ_HOOK.write().expect("hook lock") = hook;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Stat {
     size: u64,
     mtime_ns: i64,
@@ -106,7 +106,12 @@ struct Ent {
     link: Option<Vec<u8>>,
     node: Option<NodeId>,
     children: Vec<usize>,
+    /// Could not be stored this time (unreadable, changing, not a file type we store, a folder that
+    /// could not be listed): the previous snapshot's entry at this path, if any, is kept instead, so
+    /// a skip never looks like a deletion.
     skipped: bool,
+    /// Deleted between the scan and the read: left out.
+    gone: bool,
 }
 
 enum Item {
@@ -118,9 +123,11 @@ enum Item {
     Restart {
         job: usize,
     },
+    /// The file could not be read (`gone`: it no longer exists, i.e. it was deleted meanwhile).
     Failed {
         job: usize,
         reason: String,
+        gone: bool,
     },
     Done {
         job: usize,
@@ -368,12 +375,20 @@ impl Store {
             written: HashSet::new(),
             report: &mut report,
         };
+        let mut prev = PrevTree::new(prev_root);
         let mut new_root = prev_root;
         let mut root_built = None;
         for (rel, idx) in &scan_roots {
             let entry = match idx {
+                // Skipped (e.g. an unreadable share root or `only` path): keep what was there.
+                Some(i) if ents[*i].skipped => {
+                    if rel.as_os_str().is_empty() {
+                        continue;
+                    }
+                    prev.entry(self, rel)?
+                }
                 Some(i) => {
-                    build_subtree(&mut w, &mut ents, *i)?;
+                    build_subtree(&mut w, &mut ents, *i, &mut prev)?;
                     to_dir_entry(&ents[*i])
                 }
                 None => None,
@@ -487,13 +502,16 @@ impl Store {
             let de = match r {
                 Ok(de) => de,
                 Err(e) => {
-                    let path = walk_error_path(&e)
+                    let reason = one_line(&e.to_string());
+                    match walk_error_path(&e)
                         .and_then(|p| p.strip_prefix(share).ok().map(Path::to_path_buf))
-                        .unwrap_or_default();
-                    report.skipped.push(Skipped {
-                        path,
-                        reason: one_line(&e.to_string()),
-                    });
+                    {
+                        Some(r) => skip_path(ents, &dirs, r, reason, report),
+                        None => report.skipped.push(Skipped {
+                            path: PathBuf::new(),
+                            reason,
+                        }),
+                    }
                     continue;
                 }
             };
@@ -512,21 +530,18 @@ impl Store {
                 fs::symlink_metadata(de.path())
             } {
                 Ok(m) => m,
+                // Deleted since it was listed: a deletion, not a skip.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    report.skipped.push(Skipped {
-                        path: r,
-                        reason: one_line(&e.to_string()),
-                    });
+                    skip_path(ents, &dirs, r, one_line(&e.to_string()), report);
                     continue;
                 }
             };
             let name = de.file_name().as_bytes().to_vec();
             let i = push_ent(ents, r.clone(), name, &meta, de.path(), report)?;
-            if ents[i].skipped {
-                continue;
-            }
+            // Skipped entries stay in their folder so the previous version is carried forward.
             ents[parent].children.push(i);
-            if ents[i].kind == EntryKind::Dir {
+            if ents[i].kind == EntryKind::Dir && !ents[i].skipped {
                 dirs.insert(r, i);
             }
         }
@@ -614,15 +629,20 @@ impl Store {
                                 refs[job].push(r, &mut |id, b| w.put_node(id, b))?;
                             }
                             Item::Restart { job } => refs[job] = ContentBuilder::new(),
-                            Item::Failed { job, reason } => {
+                            Item::Failed { job, reason, gone } => {
                                 refs[job] = ContentBuilder::new();
                                 let e = &mut ents[job_ents[job]];
-                                e.skipped = true;
                                 w.report.files = w.report.files.saturating_sub(1);
-                                w.report.skipped.push(Skipped {
-                                    path: e.rel.clone(),
-                                    reason,
-                                });
+                                if gone {
+                                    // Deleted since the scan: a deletion, not a skip.
+                                    e.gone = true;
+                                } else {
+                                    e.skipped = true;
+                                    w.report.skipped.push(Skipped {
+                                        path: e.rel.clone(),
+                                        reason,
+                                    });
+                                }
                             }
                             Item::Done { job, stat } => {
                                 let r = std::mem::take(&mut refs[job]);
@@ -729,12 +749,117 @@ fn push_ent(
         node: None,
         children: Vec::new(),
         skipped,
+        gone: false,
     });
     Ok(ents.len() - 1)
 }
 
+/// Records that `r` (relative to the share) could not be scanned. A folder already scanned (one
+/// that could not be listed) is marked skipped, so its previous subtree is kept; another path gets a
+/// skipped placeholder in its folder, so its previous entry (if any) is kept.
+fn skip_path(
+    ents: &mut Vec<Ent>,
+    dirs: &HashMap<PathBuf, usize>,
+    r: PathBuf,
+    reason: String,
+    report: &mut AddReport,
+) {
+    if let Some(&i) = dirs.get(&r) {
+        if !ents[i].skipped {
+            ents[i].skipped = true;
+            ents[i].children.clear();
+            report.dirs = report.dirs.saturating_sub(1);
+        }
+    } else if let (Some(&parent), Some(name)) =
+        (r.parent().and_then(|p| dirs.get(p)), r.file_name())
+    {
+        let name = name.as_bytes().to_vec();
+        let known = ents[parent]
+            .children
+            .iter()
+            .any(|&c| ents[c].name == name && ents[c].skipped);
+        if !known {
+            ents.push(Ent {
+                rel: r.clone(),
+                name,
+                kind: EntryKind::File,
+                stat: Stat::default(),
+                link: None,
+                node: None,
+                children: Vec::new(),
+                skipped: true,
+                gone: false,
+            });
+            let i = ents.len() - 1;
+            ents[parent].children.push(i);
+        }
+    }
+    report.skipped.push(Skipped { path: r, reason });
+}
+
+/// Entries of the previous snapshot's tree, looked up by path, for carrying skipped paths forward.
+/// Only paths that were skipped are looked up, so this costs nothing on a normal add; it keeps the
+/// node ids of the folders it walked through and the entries of the last folder it read.
+struct PrevTree {
+    root: Option<NodeId>,
+    folders: HashMap<PathBuf, Option<NodeId>>,
+    last: Option<(PathBuf, Vec<DirEntry>)>,
+}
+
+impl PrevTree {
+    fn new(root: Option<NodeId>) -> PrevTree {
+        PrevTree {
+            root,
+            folders: HashMap::new(),
+            last: None,
+        }
+    }
+
+    /// The previous folder node at `rel` ("" = root), if there was a folder there.
+    fn folder(&mut self, store: &Store, rel: &Path) -> Result<Option<NodeId>> {
+        if rel.as_os_str().is_empty() {
+            return Ok(self.root);
+        }
+        if let Some(v) = self.folders.get(rel) {
+            return Ok(*v);
+        }
+        let id = match self.entry(store, rel)? {
+            Some(DirEntry {
+                kind: EntryKind::Dir,
+                target: Target::Node(id),
+                ..
+            }) => Some(id),
+            _ => None,
+        };
+        self.folders.insert(rel.to_path_buf(), id);
+        Ok(id)
+    }
+
+    /// The previous entry at `rel` (not the root), if any.
+    fn entry(&mut self, store: &Store, rel: &Path) -> Result<Option<DirEntry>> {
+        let (Some(name), Some(parent)) = (rel.file_name(), rel.parent()) else {
+            return Ok(None);
+        };
+        if self.root.is_none() {
+            return Ok(None);
+        }
+        if self.last.as_ref().map(|(p, _)| p != parent).unwrap_or(true) {
+            let entries = match self.folder(store, parent)? {
+                Some(id) => store.dir_entries(id)?,
+                None => Vec::new(),
+            };
+            self.last = Some((parent.to_path_buf(), entries));
+        }
+        let entries = &self.last.as_ref().expect("set above").1;
+        Ok(entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name.as_bytes()))
+            .ok()
+            .map(|p| entries[p].clone()))
+    }
+}
+
 fn to_dir_entry(e: &Ent) -> Option<DirEntry> {
-    if e.skipped {
+    if e.skipped || e.gone {
         return None;
     }
     let target = match e.kind {
@@ -757,8 +882,14 @@ fn to_dir_entry(e: &Ent) -> Option<DirEntry> {
 }
 
 /// Builds folder nodes under `ents[i]` bottom-up (iteratively: deep trees cannot overflow the stack).
-fn build_subtree(w: &mut Writer<'_>, ents: &mut [Ent], i: usize) -> Result<()> {
-    if ents[i].kind != EntryKind::Dir {
+/// A skipped child keeps its entry from the previous snapshot (`prev`), if it had one.
+fn build_subtree(
+    w: &mut Writer<'_>,
+    ents: &mut [Ent],
+    i: usize,
+    prev: &mut PrevTree,
+) -> Result<()> {
+    if ents[i].kind != EntryKind::Dir || ents[i].skipped {
         return Ok(());
     }
     // Post-order over folders.
@@ -767,7 +898,7 @@ fn build_subtree(w: &mut Writer<'_>, ents: &mut [Ent], i: usize) -> Result<()> {
     while let Some(d) = stack.pop() {
         order.push(d);
         for &c in &ents[d].children {
-            if ents[c].kind == EntryKind::Dir {
+            if ents[c].kind == EntryKind::Dir && !ents[c].skipped {
                 stack.push(c);
             }
         }
@@ -778,6 +909,12 @@ fn build_subtree(w: &mut Writer<'_>, ents: &mut [Ent], i: usize) -> Result<()> {
             .iter()
             .filter_map(|&c| to_dir_entry(&ents[c]))
             .collect();
+        for &c in &ents[d].children {
+            if ents[c].skipped {
+                entries.extend(prev.entry(w.store, &ents[c].rel)?);
+            }
+        }
+        // Stable: what was scanned comes before a carried entry of the same name and wins.
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         entries.dedup_by(|a, b| a.name == b.name);
         let id = build_dir(entries, &mut |id, b| w.put_node(id, b))?;
@@ -905,7 +1042,19 @@ fn read_files(
                     break;
                 }
                 Ok(ReadOutcome::Failed(reason)) => {
-                    rb.items.push(Item::Failed { job, reason });
+                    rb.items.push(Item::Failed {
+                        job,
+                        reason,
+                        gone: false,
+                    });
+                    break;
+                }
+                Ok(ReadOutcome::Gone) => {
+                    rb.items.push(Item::Failed {
+                        job,
+                        reason: String::new(),
+                        gone: true,
+                    });
                     break;
                 }
                 Ok(ReadOutcome::Changed) => {
@@ -914,6 +1063,7 @@ fn read_files(
                         rb.items.push(Item::Failed {
                             job,
                             reason: "changed while being read".into(),
+                            gone: false,
                         });
                         break;
                     }
@@ -936,6 +1086,7 @@ fn read_files(
 enum ReadOutcome {
     Ok(Stat),
     Failed(String),
+    Gone,
     Changed,
 }
 
@@ -952,6 +1103,7 @@ fn read_one(
 ) -> std::result::Result<ReadOutcome, ()> {
     let mut f = match File::open(path) {
         Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),
         Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
     };
     let before = match f.metadata() {

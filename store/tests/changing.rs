@@ -50,4 +50,23 @@ fn changing_files_are_reread_or_skipped() {
         "{}",
         r.bytes_read
     );
+
+    // Once stored, a file that is skipped for changing keeps its previous version in the snapshot.
+    let s2 = add(&store, &share).snapshot.unwrap();
+    let stored = fs::read(share.join("restless")).unwrap();
+    fs::write(share.join("restless"), rand_bytes(4, 200_000)).unwrap();
+    fs::write(share.join("calm"), rand_bytes(5, 1000)).unwrap();
+    debug_set_read_hook(Some(grow));
+    let r3 = add(&store, &share);
+    debug_set_read_hook(None);
+    assert_eq!(r3.skipped.len(), 1, "{:?}", r3.skipped);
+    let s3 = r3.snapshot.unwrap();
+    let e2 = store.ls(s2, Path::new("restless")).unwrap();
+    assert_eq!(store.ls(s3, Path::new("restless")).unwrap(), e2);
+    let out = tmp.path().join("out3");
+    store
+        .restore(s3, None, &out, &RestoreOptions::default(), &NoProgress)
+        .unwrap();
+    assert_eq!(fs::read(out.join("restless")).unwrap(), stored);
+    assert_eq!(fs::read(out.join("calm")).unwrap(), rand_bytes(5, 1000));
 }

@@ -331,6 +331,8 @@ fn symlinks_verbatim_or_followed() {
 }
 
 /// Child side: runs as an unprivileged user (see below) in the folder named by the environment.
+/// Also: once stored, skipped paths (unreadable file, unlistable folder, FIFO) keep their previous
+/// entry instead of disappearing, and an unreadable folder that never existed is left out.
 #[test]
 fn unreadable_child() {
     let Ok(dir) = std::env::var("LEFT_TEST_UNREADABLE_DIR") else {
@@ -360,6 +362,71 @@ fn unreadable_child() {
         .map(|e| e.name)
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("ok")]);
+
+    // Skipped paths that existed before keep their previous entry: a skip is not a deletion.
+    fs::set_permissions(share.join("secret"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::create_dir_all(share.join("locked/inner")).unwrap();
+    fs::write(share.join("locked/inner/f"), b"deep").unwrap();
+    fs::write(share.join("locked/g"), b"gg").unwrap();
+    let s2 = add(&store, &share).snapshot.unwrap();
+    let before = store.ls(s2, Path::new("")).unwrap();
+    let locked_before = store.ls(s2, Path::new("locked")).unwrap();
+    assert_eq!(before.len(), 3, "{before:?}");
+    fs::set_permissions(share.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(share.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    // A FIFO where a file was, and an unreadable folder that never existed before.
+    fs::remove_file(share.join("ok")).unwrap();
+    let c = std::ffi::CString::new(share.join("ok").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    fs::create_dir(share.join("fresh")).unwrap();
+    fs::set_permissions(share.join("fresh"), fs::Permissions::from_mode(0o000)).unwrap();
+    // And a real change, so a snapshot is made.
+    fs::write(share.join("new"), b"n").unwrap();
+    let r3 = add(&store, &share);
+    let mut skipped: Vec<_> = r3.skipped.iter().map(|s| s.path.clone()).collect();
+    skipped.sort();
+    skipped.dedup();
+    assert_eq!(
+        skipped,
+        ["fresh", "locked", "ok", "secret"].map(PathBuf::from),
+        "{:?}",
+        r3.skipped
+    );
+    let s3 = r3.snapshot.unwrap();
+    let after = store.ls(s3, Path::new("")).unwrap();
+    let mut expected = before.clone();
+    expected.extend(store.ls(s3, Path::new("new")).unwrap());
+    expected.sort_by(|a, b| a.name.cmp(&b.name));
+    // ok (the old file), secret (readable then), locked (its old mode and subtree), new; no fresh.
+    assert_eq!(after, expected);
+    assert_eq!(store.ls(s3, Path::new("locked")).unwrap(), locked_before);
+    // An `only` path that is skipped keeps its previous entry: nothing changes.
+    let r4 = store
+        .add(
+            &share,
+            &[PathBuf::from("locked"), PathBuf::from("ok")],
+            &AddOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(r4.snapshot, None, "{r4:?}");
+    let out = dir.join("out");
+    store
+        .restore(s3, None, &out, &RestoreOptions::default(), &NoProgress)
+        .unwrap();
+    assert_eq!(fs::read(out.join("ok")).unwrap(), b"y");
+    assert_eq!(fs::read(out.join("locked/inner/f")).unwrap(), b"deep");
+    // Once readable again, a real deletion inside is still a deletion.
+    fs::set_permissions(share.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::remove_file(share.join("locked/g")).unwrap();
+    let s5 = add(&store, &share).snapshot.unwrap();
+    let names: Vec<_> = store
+        .ls(s5, Path::new("locked"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("inner")]);
     println!("UNREADABLE-CHILD-OK");
 }
 
