@@ -32,8 +32,9 @@
 //! are batched: a busy peer gets a new `GetChunks` only once a quarter of a full request fits in
 //! its window, so a pull costs about one request per 16 chunks, not one per chunk.
 //!
-//! The serving side needs less: [`answer_have`] turns a peer's `Have`/`Update` into `Same` or
-//! `Excess`, and [`Answer`] turns each `GetNodes`/`GetChunks` into replies.
+//! The serving side needs less: [`ServeSession`] runs one peer's session (hello check, `Have` to
+//! `Same`/`Excess` via [`answer_have`], `GetNodes`/`GetChunks` to replies via [`Answer`], `Working`
+//! while busy) with a bounded queue of pending requests.
 //!
 //! Memory is bounded by [`PullConfig`], not by the tree: at most `max_outstanding` ids are queued
 //! or in flight; the nodes being walked are kept as ids with a cursor (the decoded form is re-read
@@ -45,9 +46,11 @@
 
 mod answer;
 mod pull;
+mod serve;
 
 pub use answer::{Answer, ObjectSource};
 pub use pull::{Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats};
+pub use serve::{ServeSession, SessionError};
 
 use left_store::node::Node;
 use left_store::{NodeId, ObjectId, Store};

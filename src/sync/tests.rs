@@ -1082,6 +1082,7 @@ fn ecp_and_sync_do_no_io() {
         include_str!("../sync.rs"),
         include_str!("pull.rs"),
         include_str!("answer.rs"),
+        include_str!("serve.rs"),
     ];
     for src in sources {
         for banned in [
@@ -1443,4 +1444,107 @@ fn chatter_does_not_hide_a_stall_and_peer_errors_stay_one_line() {
     let r = failed.expect("no peer left");
     assert!(r.contains("peer sent error 7: disk failed [31m"), "{r}");
     assert!(!r.chars().any(|c| c.is_control()), "{r:?}");
+}
+
+fn hello(share: u8, encryption: bool) -> Message {
+    Message::Hello {
+        protocol: crate::ecp::PROTOCOL_VERSION,
+        share: crate::ecp::ShareId(Hash([share; 32])),
+        device: [9; 32],
+        encryption,
+    }
+}
+
+#[test]
+fn serve_session_greets_answers_and_bounds_pending_requests() {
+    let mut rng = ChaCha8Rng::seed_from_u64(18);
+    let (src, head) = random_share(&mut rng, 1, 3, 10);
+    let mut s = ServeSession::new(hello(1, true), 2);
+    assert!(s.wants_input());
+    s.handle_message(hello(1, true), Some(head)).unwrap();
+    assert_eq!(s.poll_message(&src).unwrap(), Some(hello(1, true)));
+    let share = crate::ecp::ShareId(Hash([1; 32]));
+    s.handle_message(Message::Have { share, head: None }, Some(head))
+        .unwrap();
+    assert_eq!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Excess { head })
+    );
+    s.handle_message(
+        Message::Have {
+            share,
+            head: Some(head),
+        },
+        Some(head),
+    )
+    .unwrap();
+    assert_eq!(s.poll_message(&src).unwrap(), Some(Message::Same));
+    // Two pending requests fill the queue: the driver stops reading.
+    s.handle_message(Message::GetNodes { ids: vec![head] }, Some(head))
+        .unwrap();
+    let c = *src.chunks.keys().next().unwrap();
+    s.handle_message(Message::GetChunks { ids: vec![c] }, Some(head))
+        .unwrap();
+    assert!(!s.wants_input());
+    assert_eq!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Nodes {
+            nodes: vec![(head, src.nodes[&head].clone())]
+        })
+    );
+    assert_eq!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Chunk {
+            id: c,
+            bytes: src.chunks[&c].clone()
+        })
+    );
+    assert_eq!(s.poll_message(&src).unwrap(), None);
+    assert!(s.wants_input());
+    s.set_busy(Some(250));
+    s.handle_message(Message::GetChunks { ids: vec![c] }, Some(head))
+        .unwrap();
+    assert_eq!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Working {
+            retry_after_ms: 250
+        })
+    );
+    s.handle_message(Message::Bye, Some(head)).unwrap();
+    assert!(s.is_closed() && !s.wants_input());
+}
+
+#[test]
+fn serve_session_refuses_mismatches_clearly() {
+    let src = Mem::default();
+    let mut s = ServeSession::new(hello(1, true), 4);
+    let e = s.handle_message(hello(1, false), None).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "peer refused: encryption is on here but off on the peer; use the same --encryption on both sides"
+    );
+    match s.poll_message(&src).unwrap() {
+        Some(Message::Error { code, message }) => {
+            assert_eq!(code, crate::ecp::ErrorCode::ENCRYPTION_MISMATCH);
+            assert!(message.contains("encryption is on here but off on the peer"));
+        }
+        m => panic!("{m:?}"),
+    }
+    assert!(s.is_closed());
+    // Objects before a hello: refused, nothing served.
+    let mut s = ServeSession::new(hello(1, true), 4);
+    let e = s
+        .handle_message(Message::GetChunks { ids: vec![] }, None)
+        .unwrap_err();
+    assert_eq!(e, SessionError::Unexpected("GetChunks"));
+    assert!(matches!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Error { .. })
+    ));
+    assert!(s.is_closed());
+    let mut s = ServeSession::new(hello(1, true), 4);
+    assert!(matches!(
+        s.handle_message(hello(2, true), None),
+        Err(SessionError::Hello(crate::ecp::HelloMismatch::Share { .. }))
+    ));
 }
