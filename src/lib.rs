@@ -6,5 +6,6 @@
 
 pub mod ecp;
 pub mod identity;
+pub mod net;
 pub mod rdt;
 pub mod sync;

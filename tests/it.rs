@@ -2,13 +2,15 @@
 //!
 //! One test binary (`cargo test --release --test it`) with a module per area: `cli` for the commands
 //! on good input, `faults` for bad input, failures and crashes, `roundtrip` for a property test of
-//! add + restore on arbitrary trees. `util` holds the helpers. `rdt_sim` is the deterministic network simulator of the rdt
+//! add + restore on arbitrary trees. `util` holds the helpers. `net` runs the tokio driver and sockets over loopback; `rdt_sim` is the deterministic network simulator of the rdt
 //! transport core (scripted faults and seeded chaos; `LEFT_SIM_SEEDS`, `LEFT_SIM_SEED`).
 
 #[path = "it/cli.rs"]
 mod cli;
 #[path = "it/faults.rs"]
 mod faults;
+#[path = "it/net.rs"]
+mod net;
 #[path = "it/rdt_sim.rs"]
 mod rdt_sim;
 #[path = "it/roundtrip.rs"]
