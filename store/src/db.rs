@@ -339,6 +339,15 @@ impl Db {
         Ok(())
     }
 
+    /// Flushes every column family's memtable to table/blob files (waiting for it), so the WAL
+    /// they came from is obsolete and the next open has nothing to replay.
+    pub fn flush_all(&self) -> Result<()> {
+        let cfs: Vec<&ColumnFamily> = cf::ALL.iter().map(|n| self.cf(n)).collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(|e| map_err(&self.path, e))
+    }
+
     /// Flushes the WAL to disk.
     pub fn sync_wal(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(|e| map_err(&self.path, e))
