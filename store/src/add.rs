@@ -6,11 +6,13 @@
 //!    mtime in ns and raw name bytes.
 //! 2. **Scan cache**: a file whose size, mtime, ctime and inode match its cache record, and whose file
 //!    node is still complete in the store, keeps that node without being read (`rehash` disables this).
-//! 3. **Pipeline** for the other files: one reader thread reads each file in 4 MiB blocks and cuts
-//!    chunks (FastCDC), sending batches of ~8 MiB over a bounded channel; the calling thread hashes
-//!    (BLAKE3), checks the chunk index and compresses new chunks on the rayon pool (both cores), then
-//!    writes each batch's chunks, chunk-list nodes, file nodes and completeness marks in one write
-//!    batch. Memory is bounded by the channel (two batches) whatever the file sizes.
+//! 3. **Pipeline** for the other files, four stages joined by bounded channels: a reader thread
+//!    reads each file in 1 MiB blocks and cuts chunks (FastCDC) into batches of ~4 MiB; a hashing
+//!    thread hashes (BLAKE3), checks the chunk index and compresses new chunks of a batch on the
+//!    rayon pool (both cores); the calling thread turns each batch into chunk, chunk-list node, file
+//!    node and completeness-mark puts; a writer thread writes those batches to RocksDB. Every stage
+//!    works on a different batch at the same time. Memory is bounded by the channels (about six
+//!    batches in flight) whatever the file sizes.
 //!    A file whose stat changes while it is read is read again (at most 3 more times) and then skipped
 //!    with a reason; an unreadable file is skipped. Neither stops the snapshot.
 //! 4. **Tree**: folder nodes are built bottom-up; with `only` paths, the new subtrees are spliced into
@@ -147,6 +149,9 @@ struct Job {
     ent: usize,
     abs: PathBuf,
 }
+
+/// A chunk after the hashing stage: its id, and its encoding unless the store already has it.
+type Hashed = Result<(ChunkId, Option<Vec<u8>>)>;
 
 thread_local! {
     static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::new());
@@ -571,7 +576,8 @@ impl Store {
         let sizes = self.sizes();
         let max = sizes.max as usize;
         let job_ents: Vec<usize> = jobs.iter().map(|j| j.ent).collect();
-        let (tx, rx) = crossbeam_channel::bounded::<ReadBatch>(2);
+        let (tx, rx) = crossbeam_channel::bounded::<ReadBatch>(1);
+        let (htx, hrx) = crossbeam_channel::bounded::<(ReadBatch, Vec<Hashed>)>(1);
         let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
         let (wtx, wrx) = crossbeam_channel::bounded::<rocksdb::WriteBatch>(1);
         let reader = std::thread::spawn(move || read_files(jobs, sizes, tx, pool_rx));
@@ -586,6 +592,32 @@ impl Store {
                 }
                 Ok(())
             });
+            // Hashing and compressing (on the rayon pool) overlap with this thread's bookkeeping of
+            // the previous batch, so the pool never waits for it.
+            scope.spawn(move || {
+                for rb in rx.iter() {
+                    let done: Vec<Hashed> = rb
+                        .items
+                        .par_iter()
+                        .filter_map(|it| match it {
+                            Item::Chunk { start, len, .. } => Some((*start, *len)),
+                            _ => None,
+                        })
+                        .map(|(s, l)| {
+                            let data = &rb.buf[s..s + l];
+                            let id = ChunkId(Hash::of(data));
+                            if db.exists(cf::CHUNK_INDEX, id.as_bytes())? {
+                                return Ok((id, None));
+                            }
+                            debug_assert!(l <= max);
+                            Ok((id, Some(ENCODER.with(|e| e.borrow_mut().encode(data)))))
+                        })
+                        .collect();
+                    if htx.send((rb, done)).is_err() {
+                        return;
+                    }
+                }
+            });
             let mut w = Writer {
                 store: self,
                 sink: Some(wtx),
@@ -594,35 +626,13 @@ impl Store {
                 report,
             };
             let mut result = Ok(());
-            for rb in rx.iter() {
+            for (rb, done) in hrx.iter() {
                 let ReadBatch {
                     buf,
                     items,
                     bytes_read,
                 } = rb;
                 w.report.bytes_read += bytes_read;
-                let chunks: Vec<(usize, usize)> = items
-                    .iter()
-                    .filter_map(|it| {
-                        if let Item::Chunk { start, len, .. } = it {
-                            Some((*start, *len))
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-                let done: Vec<Result<(ChunkId, Option<Vec<u8>>)>> = chunks
-                    .par_iter()
-                    .map(|&(s, l)| {
-                        let data = &buf[s..s + l];
-                        let id = ChunkId(Hash::of(data));
-                        if db.exists(cf::CHUNK_INDEX, id.as_bytes())? {
-                            return Ok((id, None));
-                        }
-                        debug_assert!(l <= max);
-                        Ok((id, Some(ENCODER.with(|e| e.borrow_mut().encode(data)))))
-                    })
-                    .collect();
                 let mut done = done.into_iter();
                 let step = (|| -> Result<()> {
                     for it in items {
@@ -678,7 +688,7 @@ impl Store {
                     break;
                 }
             }
-            drop(rx);
+            drop(hrx);
             drop(w);
             // The writer's own error (e.g. disk full) wins over "the write thread stopped".
             match writer.join() {

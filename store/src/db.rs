@@ -183,7 +183,9 @@ impl Db {
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(4096);
                 o.set_blob_file_size(64 << 20);
-                o.set_enable_blob_gc(true);
+                // Blob GC relocates live blobs out of old files during every compaction: on an add
+                // that is pure rewriting (16% of the CPU of a 1 GiB add). Only `gc` turns it on.
+                o.set_enable_blob_gc(false);
                 o.set_blob_compression_type(DBCompressionType::None);
             }
             descs.push(ColumnFamilyDescriptor::new(name, o));
@@ -315,6 +317,7 @@ impl Db {
             .set_options_cf(
                 chunks,
                 &[
+                    ("enable_blob_garbage_collection", "true"),
                     ("blob_garbage_collection_age_cutoff", "1.0"),
                     ("blob_garbage_collection_force_threshold", "0.0"),
                 ],
@@ -331,6 +334,7 @@ impl Db {
             .set_options_cf(
                 chunks,
                 &[
+                    ("enable_blob_garbage_collection", "false"),
                     ("blob_garbage_collection_age_cutoff", "0.25"),
                     ("blob_garbage_collection_force_threshold", "1.0"),
                 ],
