@@ -8,8 +8,9 @@
 //! **gc** marks from the refs: every snapshot node reachable through parents is kept; trees are kept
 //! for all of them, or with `keep_last = N` only for the last N snapshots of head's first-parent
 //! history (and the tips of other refs). Dropped trees are recorded (`meta/shallow/<id>`) so verify,
-//! ls and restore know those files are gone on purpose. Then it sweeps unmarked chunks and nodes and
-//! compacts with forced blob garbage collection, so the space really returns to the disk.
+//! ls and restore know those files are gone on purpose. Then it sweeps unmarked chunks and nodes and,
+//! when it deleted anything, compacts with forced blob garbage collection, so the space really
+//! returns to the disk (with nothing deleted it does not compact, so it never grows a store).
 //! gc holds the store's operation lock for writing: no add or put runs meanwhile.
 //!
 //! Memory: the marks are in-memory sets of ids (about 40 bytes per chunk, i.e. ~1 MiB per 1.6 GiB
@@ -254,6 +255,7 @@ impl Store {
             self.db.write(b.inner, true)?;
         }
         let mut b = Batch::default();
+        let mut deleted = 0u64;
         for r in self.db.iter(cf::CHUNK_INDEX) {
             let (k, _) = r?;
             let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
@@ -263,6 +265,7 @@ impl Store {
                 b.delete(&self.db, cf::CHUNKS, &k);
                 b.delete(&self.db, cf::CHUNK_INDEX, &k);
                 rep.chunks_removed += 1;
+                deleted += 1;
                 if b.len() > 20_000 {
                     self.db.write(std::mem::take(&mut b).inner, false)?;
                 }
@@ -276,6 +279,7 @@ impl Store {
             };
             if !live_chunks.contains(&ChunkId(Hash(arr))) && !self.db.exists(cf::CHUNK_INDEX, &k)? {
                 b.delete(&self.db, cf::CHUNKS, &k);
+                deleted += 1;
             }
         }
         for r in self.db.iter(cf::NODES) {
@@ -287,6 +291,7 @@ impl Store {
                 b.delete(&self.db, cf::NODES, &k);
                 b.delete(&self.db, cf::COMPLETE, &k);
                 rep.nodes_removed += 1;
+                deleted += 1;
                 if b.len() > 20_000 {
                     self.db.write(std::mem::take(&mut b).inner, false)?;
                 }
@@ -299,6 +304,7 @@ impl Store {
             };
             if !live_nodes.contains(&NodeId(Hash(arr))) {
                 b.delete(&self.db, cf::COMPLETE, &k);
+                deleted += 1;
             }
         }
         // Scan-cache records whose file node is gone.
@@ -310,12 +316,17 @@ impl Store {
             };
             if !keep {
                 b.delete(&self.db, cf::SCAN, &k);
+                deleted += 1;
             }
         }
         if !b.is_empty() {
             self.db.write(b.inner, false)?;
         }
-        self.db.compact_all()?;
+        // Compaction rewrites tables and blob files: worth it only when something was deleted (on a
+        // store with nothing to drop it would only add files and log lines).
+        if deleted > 0 {
+            self.db.compact_all()?;
+        }
         progress.finish();
         rep.bytes_after = self.disk_usage()?;
         Ok(rep)

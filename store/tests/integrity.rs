@@ -269,6 +269,24 @@ fn gc_shrinks_disk_and_keeps_what_is_reachable() {
     assert_eq!(fs::read(out.join("keep")).unwrap(), rand_bytes(5, 50_000));
 }
 
+#[test]
+fn gc_with_nothing_to_drop_does_not_grow_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    fs::create_dir_all(&share).unwrap();
+    fs::write(share.join("f"), rand_bytes(9, 200_000)).unwrap();
+    let store = Store::create(&tmp.path().join("store"), small_cfg()).unwrap();
+    add(&store, &share);
+    fs::write(share.join("f"), rand_bytes(10, 200_000)).unwrap();
+    add(&store, &share);
+    for _ in 0..2 {
+        let r = store.gc(&GcOptions::default(), &NoProgress).unwrap();
+        assert_eq!((r.chunks_removed, r.nodes_removed), (0, 0));
+        assert!(r.bytes_after <= r.bytes_before, "{r:?}");
+    }
+    assert!(store.verify(&NoProgress).unwrap().problems.is_empty());
+}
+
 fn reach(store: &Store, root: NodeId) -> HashSet<ObjectId> {
     let mut out = HashSet::new();
     let mut stack = vec![root];
