@@ -95,13 +95,16 @@ impl Store {
         let mut report = RestoreReport::default();
         progress.start("restore", None);
         let r = match entry {
-            None => self.restore_dir(root, target, &mut report, progress, 0),
+            None => self
+                .restore_dir(root, target, &mut report, progress, 0)
+                .map(|_| report.dirs += 1),
             Some(e) => match (&e.kind, &e.target) {
                 (EntryKind::Dir, Target::Node(id)) => {
                     let r = self.restore_dir(*id, target, &mut report, progress, 0);
                     r.and_then(|_| {
                         fs::set_permissions(target, fs::Permissions::from_mode(e.mode))
                             .map_err(|x| Error::io(target, x))?;
+                        report.dirs += 1;
                         set_times(target, e.mtime_ns, true)
                     })
                 }

@@ -154,7 +154,8 @@ pub struct RestoreOptions {
 pub struct RestoreReport {
     /// Files written.
     pub files: u64,
-    /// Folders created or updated.
+    /// Folders created or updated, the target folder included when a folder is restored (so it
+    /// matches [`AddReport::dirs`], which counts the scanned root).
     pub dirs: u64,
     /// Symlinks created.
     pub symlinks: u64,

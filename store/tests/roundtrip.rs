@@ -116,8 +116,10 @@ proptest! {
         prop_assert!(r.skipped.is_empty(), "{:?}", r.skipped);
         let snap = r.snapshot.expect("first add makes a snapshot");
         let out = tmp.path().join("out");
-        store.restore(snap, None, &out, &RestoreOptions::default(), &NoProgress).unwrap();
+        let rr = store.restore(snap, None, &out, &RestoreOptions::default(), &NoProgress).unwrap();
         prop_assert_eq!(picture(&share), picture(&out));
+        // Both count the same things (the root folder included).
+        prop_assert_eq!((r.files, r.dirs, r.symlinks), (rr.files, rr.dirs, rr.symlinks));
         // A second add changes nothing and reads nothing.
         let r2 = add(&store, &share);
         prop_assert!(r2.snapshot.is_none());
