@@ -7,7 +7,11 @@ use left_store::chunker::{cut_all, ChunkSizes};
 use left_store::codec;
 use std::time::Duration;
 
-const SIZES: ChunkSizes = ChunkSizes { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
+const SIZES: ChunkSizes = ChunkSizes {
+    min: 16 * 1024,
+    avg: 64 * 1024,
+    max: 256 * 1024,
+};
 
 fn mixed(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x1234_5678_9abc_def1;
@@ -17,7 +21,16 @@ fn mixed(len: usize) -> Vec<u8> {
         x ^= x >> 27;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
-    let words = ["the ", "chunk ", "peer ", "sync ", "GET /api/v1/items ", "200 ", "latency=", "12ms\n"];
+    let words = [
+        "the ",
+        "chunk ",
+        "peer ",
+        "sync ",
+        "GET /api/v1/items ",
+        "200 ",
+        "latency=",
+        "12ms\n",
+    ];
     let mut out = Vec::with_capacity(len);
     let third = len / 3;
     while out.len() < third {
@@ -42,7 +55,9 @@ fn benches(c: &mut Criterion) {
     let data = mixed(8 << 20);
     let lens = cut_all(&data, SIZES);
     let mut g = c.benchmark_group("chunk");
-    g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("fastcdc_v2020", |b| b.iter(|| cut_all(&data, SIZES).len()));
     g.bench_function("blake3", |b| b.iter(|| blake3::hash(&data)));

@@ -9,7 +9,10 @@ use std::time::Duration;
 fn chunk(i: u64) -> Vec<u8> {
     // 64 KiB, half compressible.
     let mut v = vec![0u8; 65536];
-    blake3::Hasher::new().update(&i.to_le_bytes()).finalize_xof().fill(&mut v[..32768]);
+    blake3::Hasher::new()
+        .update(&i.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut v[..32768]);
     v
 }
 
@@ -18,7 +21,9 @@ fn benches(c: &mut Criterion) {
     let store = Store::create(&tmp.path().join("store"), StoreConfig::default()).unwrap();
     let _ = NoProgress;
     let mut g = c.benchmark_group("store");
-    g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
 
     // 10k stored chunks.
     let mut ids = Vec::new();
@@ -55,7 +60,16 @@ fn benches(c: &mut Criterion) {
         *p = ChunkId(Hash::of(&(i as u64).to_be_bytes()));
     }
     let objects: Vec<ObjectId> = probe.iter().map(|c| ObjectId::Chunk(*c)).collect();
-    g.bench_function("has_many_10k", |b| b.iter(|| store.has_many(&objects).unwrap().iter().filter(|x| **x).count()));
+    g.bench_function("has_many_10k", |b| {
+        b.iter(|| {
+            store
+                .has_many(&objects)
+                .unwrap()
+                .iter()
+                .filter(|x| **x)
+                .count()
+        })
+    });
     g.finish();
 }
 
