@@ -541,7 +541,7 @@ impl Stream {
         let id = self.id;
         self.conn
             .wait(
-                |state, h| match core_conn(state, h).map(|c| write_or_block(c, id, data)) {
+                |state, h| match core_conn(state, h).map(|c| c.write(id, data)) {
                     Ok(Ok(0)) => None,
                     Ok(Ok(n)) => Some(Ok(n)),
                     Ok(Err(e)) => Some(Err(NetError::Stream(e))),
@@ -695,29 +695,6 @@ impl Stream {
         }
         Ok(out)
     }
-}
-
-/// Writes what flow control accepts; when it accepts nothing, makes sure the core knows the stream
-/// is blocked so that it reports `StreamWritable` once credit arrives.
-///
-/// `Connection::write` copies only what the credit allows and so never tells the stream it was
-/// refused; a one-byte `write_bytes` with no credit accepts nothing and marks the stream blocked.
-/// The lock is held across both calls, so the credit cannot change in between.
-fn write_or_block(
-    c: &mut rdt::Connection,
-    id: StreamId,
-    data: &[u8],
-) -> Result<usize, StreamError> {
-    let n = c.write(id, data)?;
-    if n == 0 {
-        let m = c.write_bytes(id, Bytes::from_static(&[0]))?;
-        if m != 0 {
-            // Unreachable (no credit a moment ago, same lock), but never send a byte the caller
-            // did not give: fail loudly instead.
-            return Err(StreamError::Finished);
-        }
-    }
-    Ok(n)
 }
 
 /// The core connection behind `h`, or why it is gone.

@@ -543,15 +543,16 @@ impl Connection {
         self.live_streams()?.open(true)
     }
 
-    /// Queues bytes on a stream; returns how many flow control accepted (possibly 0).
+    /// Queues bytes on a stream, copying only what flow control accepts; returns the count
+    /// (possibly 0). When that is less than `data.len()` the stream is marked blocked and an
+    /// [`Event::StreamWritable`] follows once the peer grants more credit, so a writer may wait for
+    /// that event instead of polling.
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let streams = self.live_streams()?;
-        // Copy only what flow control will accept.
-        let n = (streams.credit(id)?.min(data.len() as u64)) as usize;
-        streams.write(id, Bytes::copy_from_slice(&data[..n]))
+        self.live_streams()?.write_slice(id, data)
     }
 
-    /// Queues shared bytes on a stream without copying; returns how many were accepted.
+    /// Queues shared bytes on a stream without copying; returns how many were accepted. Like
+    /// [`Connection::write`], a partial or zero write is followed by [`Event::StreamWritable`].
     pub fn write_bytes(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
         self.live_streams()?.write(id, data)
     }

@@ -307,7 +307,32 @@ impl Streams {
     }
 
     /// Accepts as much of `data` as flow control allows; returns the count.
+    ///
+    /// Accepting less than offered (including nothing) marks the stream blocked, so a
+    /// [`Event::StreamWritable`] follows once the peer raises either credit.
     pub fn write(&mut self, id: StreamId, mut data: Bytes) -> Result<usize, StreamError> {
+        let n = self.accept(id, data.len())?;
+        if n == 0 {
+            return Ok(0);
+        }
+        data.truncate(n);
+        self.push(id, data);
+        Ok(n)
+    }
+
+    /// Like [`Streams::write`], but copies only the accepted prefix of a borrowed slice.
+    pub fn write_slice(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let n = self.accept(id, data.len())?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.push(id, Bytes::copy_from_slice(&data[..n]));
+        Ok(n)
+    }
+
+    /// How many of `len` offered bytes the credit accepts on `id`; marks the stream blocked when
+    /// that is fewer than offered, so that new credit reports `StreamWritable`.
+    fn accept(&mut self, id: StreamId, len: usize) -> Result<usize, StreamError> {
         let conn_credit = self.send_max_data - self.written;
         let st = self.map.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
         let s = &mut st.send;
@@ -315,14 +340,20 @@ impl Streams {
             return Err(StreamError::Finished);
         }
         let credit = (s.max_data - s.write_offset).min(conn_credit);
-        let n = (data.len() as u64).min(credit) as usize;
-        if n < data.len() {
+        let n = (len as u64).min(credit) as usize;
+        if n < len {
             s.blocked = true;
         }
-        if n == 0 {
-            return Ok(0);
-        }
-        data.truncate(n);
+        Ok(n)
+    }
+
+    /// Appends `data` (already within credit, non-empty) to the stream's send buffer.
+    fn push(&mut self, id: StreamId, data: Bytes) {
+        let n = data.len();
+        let Some(st) = self.map.get_mut(&id.0) else {
+            return;
+        };
+        let s = &mut st.send;
         s.chunks.push_back((s.write_offset, data));
         s.write_offset += n as u64;
         self.written += n as u64;
@@ -330,10 +361,10 @@ impl Streams {
             s.queued = true;
             self.send_queue.push_back(id.0);
         }
-        Ok(n)
     }
 
     /// How many bytes a write on `id` would accept now.
+    #[cfg(test)]
     pub fn credit(&self, id: StreamId) -> Result<u64, StreamError> {
         let st = self.map.get(&id.0).ok_or(StreamError::UnknownStream)?;
         if st.send.fin || st.send.reset.is_some() {
