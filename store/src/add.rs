@@ -14,7 +14,10 @@
 //!    works on a different batch at the same time. Memory is bounded by the channels (about six
 //!    batches in flight) whatever the file sizes.
 //!    A file whose stat changes while it is read is read again (at most 3 more times) and then skipped
-//!    with a reason; an unreadable file is skipped. Neither stops the snapshot.
+//!    with a reason; an unreadable file is skipped. Neither stops the snapshot. A skipped path
+//!    (unreadable, changing, FIFO/socket, a folder that cannot be listed) keeps the previous
+//!    snapshot's entry (a folder: its whole previous subtree), so a skip never reads as a deletion;
+//!    a path skipped that was not in the previous snapshot is left out.
 //! 4. **Tree**: folder nodes are built bottom-up; with `only` paths, the new subtrees are spliced into
 //!    the previous head's tree. If the root equals the head's root, no snapshot is made. Otherwise the
 //!    snapshot node is written, then `head` moves in a synced batch. Last, the memtables are

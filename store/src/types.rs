@@ -84,7 +84,8 @@ pub struct AddReport {
     pub bytes_new: u64,
     /// Encoded bytes written (chunks + nodes).
     pub bytes_stored: u64,
-    /// Files that could not be stored, with the reason.
+    /// Paths that could not be stored, with the reason. Each keeps the previous snapshot's entry
+    /// (if it had one) in the new snapshot.
     pub skipped: Vec<Skipped>,
 }
 
