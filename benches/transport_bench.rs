@@ -2,7 +2,7 @@
 //! sockets.
 //!
 //! ```text
-//! cargo run --release --example transport_bench -- --bytes N --loss FRACTION [--encryption off]
+//! cargo run --release --example transport_bench -- --bytes N --loss FRACTION [--encryption off|both]
 //!     [--runs 3] [--seed S] [--impair SPEC] [--only rdt|quinn]
 //! cargo run --release --example transport_bench -- --fairness SECONDS [--impair SPEC]
 //! ```
@@ -20,6 +20,10 @@
 //! process's user + system time over the same interval (`getrusage`), per GiB moved. Runs alternate
 //! rdt, quinn, rdt, quinn, ...; the median of `--runs` runs of each is reported. Output: one JSON
 //! object on stdout, a table on stderr.
+//!
+//! `--encryption both` adds an rdt run with encryption off to every round (rdt encrypted, rdt
+//! encryption off, quinn, ...), so the encrypted / encryption-off ratio (`rdt_on_over_off`) comes
+//! from one run under the same machine load; `rdt_mb_s` is then the encrypted goodput.
 //!
 //! `--fairness SECONDS` instead runs one rdt flow and one quinn flow at the same time through one
 //! shared bottleneck ([`left::net::udp::Link`]: `--impair` keys, by default `rate=8m,queue=64k`,
@@ -50,6 +54,8 @@ struct Options {
     bytes: u64,
     loss: f64,
     encryption: bool,
+    /// Also run rdt with encryption off in every round (`--encryption both`).
+    compare_off: bool,
     runs: usize,
     seed: u64,
     impair: ImpairmentConfig,
@@ -80,7 +86,7 @@ fn main() {
         Err(e) => {
             eprintln!("transport_bench: {e}");
             eprintln!(
-                "usage: transport_bench [--bytes N] [--loss FRACTION] [--encryption on|off] [--runs N] [--seed S] [--impair SPEC] [--only rdt|quinn]"
+                "usage: transport_bench [--bytes N] [--loss FRACTION] [--encryption on|off|both] [--runs N] [--seed S] [--impair SPEC] [--only rdt|quinn]"
             );
             std::process::exit(2);
         }
@@ -116,7 +122,13 @@ fn main() {
         "transport_bench: {} bytes, loss {}, encryption {}, {} runs; socket buffers asked {} got snd {} rcv {}, gso {} gro {}",
         options.bytes,
         options.loss,
-        if options.encryption { "on" } else { "off" },
+        if options.compare_off {
+            "on and off"
+        } else if options.encryption {
+            "on"
+        } else {
+            "off"
+        },
         options.runs,
         sizes.0.send_requested,
         sizes.0.send_granted,
@@ -125,6 +137,11 @@ fn main() {
         sizes.2
     );
     let mut rdt = Vec::new();
+    let mut rdt_off = Vec::new();
+    let off_options = Options {
+        encryption: false,
+        ..options.clone()
+    };
     let mut quinn = Vec::new();
     let mut errors = Vec::new();
     for run in 0..options.runs {
@@ -142,6 +159,26 @@ fn main() {
                 Err(e) => {
                     eprintln!("  run {run} rdt failed: {e}");
                     errors.push(format!("rdt run {run}: {e}"));
+                }
+            }
+        }
+        if options.compare_off && options.only.as_deref() != Some("quinn") {
+            match runtime.block_on(measure(rdt_transfer(
+                &off_options,
+                run_seed,
+                pattern.clone(),
+            ))) {
+                Ok(m) => {
+                    eprintln!(
+                        "  run {run} rdt encryption off: {:8.1} MB/s  {:6.2} cpu s/GiB",
+                        m.mb_s(options.bytes),
+                        m.cpu_per_gib(options.bytes)
+                    );
+                    rdt_off.push(m)
+                }
+                Err(e) => {
+                    eprintln!("  run {run} rdt encryption off failed: {e}");
+                    errors.push(format!("rdt encryption off run {run}: {e}"));
                 }
             }
         }
@@ -176,6 +213,12 @@ fn main() {
         (Some(r), Some(q)) if q > 0.0 => Some(r / q),
         _ => None,
     };
+    let rdt_off_mb_s = median(&rdt_off, &|m| m.mb_s(bytes));
+    let rdt_off_cpu = median(&rdt_off, &|m| m.cpu_per_gib(bytes));
+    let on_over_off = match (rdt_mb_s, rdt_off_mb_s) {
+        (Some(r), Some(o)) if o > 0.0 => Some(r / o),
+        _ => None,
+    };
     let fmt = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
     eprintln!();
     eprintln!("| transport | goodput MB/s (median) | CPU s/GiB (median) | runs |");
@@ -186,6 +229,14 @@ fn main() {
         fmt(rdt_cpu),
         rdt.len()
     );
+    if options.compare_off {
+        eprintln!(
+            "| rdt, encryption off | {} | {} | {} |",
+            fmt(rdt_off_mb_s),
+            fmt(rdt_off_cpu),
+            rdt_off.len()
+        );
+    }
     eprintln!(
         "| quinn | {} | {} | {} |",
         fmt(quinn_mb_s),
@@ -193,7 +244,13 @@ fn main() {
         quinn.len()
     );
     eprintln!("rdt/quinn goodput ratio: {}", fmt(ratio));
-    let json = serde_json::json!({
+    if options.compare_off {
+        eprintln!(
+            "rdt encrypted / encryption off goodput ratio: {}",
+            fmt(on_over_off)
+        );
+    }
+    let mut json = serde_json::json!({
         "bytes": options.bytes,
         "loss": options.loss,
         "encryption": if options.encryption { "on" } else { "off" },
@@ -214,6 +271,17 @@ fn main() {
         "gro_segments": sizes.2,
         "errors": errors,
     });
+    if options.compare_off {
+        json["encryption"] = "both".into();
+        json["rdt_off_mb_s"] = rdt_off_mb_s.into();
+        json["rdt_off_cpu_s_per_gib"] = rdt_off_cpu.into();
+        json["rdt_off_runs_mb_s"] = rdt_off
+            .iter()
+            .map(|m| m.mb_s(bytes))
+            .collect::<Vec<_>>()
+            .into();
+        json["rdt_on_over_off"] = on_over_off.into();
+    }
     println!("{json}");
     if !errors.is_empty() {
         std::process::exit(1);
@@ -225,6 +293,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         bytes: 1 << 30,
         loss: 0.0,
         encryption: true,
+        compare_off: false,
         runs: 3,
         seed: 1,
         impair: ImpairmentConfig::default(),
@@ -249,7 +318,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
                 o.encryption = match value("--encryption")?.as_str() {
                     "on" => true,
                     "off" => false,
-                    v => return Err(format!("--encryption {v:?}: expected on or off")),
+                    "both" => {
+                        o.compare_off = true;
+                        true
+                    }
+                    v => return Err(format!("--encryption {v:?}: expected on, off or both")),
                 }
             }
             "--runs" => {
