@@ -220,8 +220,9 @@ impl Node {
         match self {
             Node::File(f) => {
                 if let Content::Inline(e) = &f.content {
-                    let sum: u64 = e.iter().map(|c| c.len).sum();
-                    if e.len() > CHUNK_MAX_FANOUT || sum != f.size {
+                    // Checked: the lengths come from a peer or a disk and may be crafted to wrap.
+                    let sum = e.iter().try_fold(0u64, |a, c| a.checked_add(c.len));
+                    if e.len() > CHUNK_MAX_FANOUT || sum != Some(f.size) {
                         return Err(Error::corrupt("file node size does not match its chunks"));
                     }
                 }
@@ -540,6 +541,22 @@ mod tests {
             id: Hash::of(&i.to_le_bytes()),
             len: 65536,
         }
+    }
+
+    #[test]
+    fn inline_lengths_that_wrap_are_refused() {
+        // Two chunks whose lengths add up to 2^64 + 5 would "match" a size of 5 if the sum wrapped.
+        let node = Node::File(FileNode {
+            size: 5,
+            mode: 0o644,
+            mtime_ns: 0,
+            content: Content::Inline(vec![
+                ChunkRef { id: Hash::of(b"a"), len: u64::MAX },
+                ChunkRef { id: Hash::of(b"b"), len: 6 },
+            ]),
+        });
+        let bytes = node.encode().unwrap();
+        assert!(Node::decode(&bytes).is_err());
     }
 
     fn build(entries: Vec<ChunkRef>) -> (Content, HashMap<NodeId, Vec<u8>>) {
