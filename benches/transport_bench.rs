@@ -19,7 +19,8 @@
 //! `bytes / wall time` from connect to the last byte verified, in MB/s (10^6 bytes); CPU is the
 //! process's user + system time over the same interval (`getrusage`), per GiB moved. Runs alternate
 //! rdt, quinn, rdt, quinn, ...; the median of `--runs` runs of each is reported. Output: one JSON
-//! object on stdout, a table on stderr.
+//! object on stdout; a table, and each rdt run's sender counters (`ConnectionStats`: losses,
+//! probes, congestion events), on stderr.
 //!
 //! `--encryption both` adds an rdt run with encryption off to every round (rdt encrypted, rdt
 //! encryption off, quinn, ...), so the encrypted / encryption-off ratio (`rdt_on_over_off`) comes
@@ -629,7 +630,7 @@ mod rdt_side {
             .await
             .map_err(|e| format!("receiver task: {e}"))??;
         if let Some(stats) = conn.stats() {
-            tracing::debug!(?stats, "rdt sender stats");
+            eprintln!("    rdt sender: {stats:?}");
         }
         server_conn.close(0, b"done");
         drop((server_conn, stream, conn));
