@@ -1367,6 +1367,8 @@ impl Connection {
         let persistent_span = self.pto_base() * 3;
         let mut run: Option<(usize, Instant)> = None;
         let mut persistent = false;
+        // Whether this pass declared lost a full-size (current, above 1200) non-probe packet.
+        let mut large_lost = false;
         let mut idx = 0;
         while idx < self.sent.len() {
             let pn = self.sent_base + idx as u64;
@@ -1381,6 +1383,7 @@ impl Connection {
                 let p = self.sent[idx].take().expect("checked above");
                 if !p.mtu_probe {
                     lost_newest = Some(lost_newest.map_or(p.time, |t| t.max(p.time)));
+                    large_lost |= p.size > INITIAL_DATAGRAM_SIZE && p.size == self.mtud.current;
                 }
                 if p.ack_eliciting && !p.mtu_probe {
                     run = match run {
@@ -1399,10 +1402,32 @@ impl Connection {
             }
             idx += 1;
         }
+        if large_lost {
+            self.on_large_loss(now);
+        }
         if let Some(sent) = lost_newest {
             self.stats.congestion_events += 1;
             self.stats.persistent_congestion += u64::from(persistent);
             self.cc.on_congestion_event(now, sent, persistent);
+        }
+    }
+
+    /// One loss-detection pass declared full-size packets lost. A burst of losses counts once
+    /// (a congestion drop on a bulk transfer loses many full-size packets at once, and is no
+    /// sign of a black hole); only [`BLACK_HOLE_THRESHOLD`] such passes in a row, with no
+    /// full-size packet acknowledged in between, fall back to 1200 bytes.
+    fn on_large_loss(&mut self, now: Instant) {
+        self.mtud.black_hole_losses += 1;
+        if self.mtud.black_hole_losses >= BLACK_HOLE_THRESHOLD {
+            // Large packets keep disappearing while the path once carried them: fall back.
+            tracing::debug!("rdt: path MTU black hole, falling back to 1200");
+            self.stats.black_holes += 1;
+            self.mtud.current = INITIAL_DATAGRAM_SIZE;
+            self.mtud.lo = INITIAL_DATAGRAM_SIZE;
+            self.mtud.hi = self.mtud.max + 1;
+            self.mtud.black_hole_losses = 0;
+            self.mtud.next_probe = Some(now + self.config.mtu_probe_retry);
+            self.cc.on_mtu_update(INITIAL_DATAGRAM_SIZE);
         }
     }
 
@@ -1420,19 +1445,6 @@ impl Connection {
                 self.mtud.fails = 0;
             }
             self.mtud.next_probe = Some(now);
-        } else if p.size > INITIAL_DATAGRAM_SIZE {
-            self.mtud.black_hole_losses += 1;
-            if self.mtud.black_hole_losses >= BLACK_HOLE_THRESHOLD {
-                // Large packets keep disappearing while the path once carried them: fall back.
-                tracing::debug!("rdt: path MTU black hole, falling back to 1200");
-                self.stats.black_holes += 1;
-                self.mtud.current = INITIAL_DATAGRAM_SIZE;
-                self.mtud.lo = INITIAL_DATAGRAM_SIZE;
-                self.mtud.hi = self.mtud.max + 1;
-                self.mtud.black_hole_losses = 0;
-                self.mtud.next_probe = Some(now + self.config.mtu_probe_retry);
-                self.cc.on_mtu_update(INITIAL_DATAGRAM_SIZE);
-            }
         }
         for r in p.retx.drain(..) {
             match r {

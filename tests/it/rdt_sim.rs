@@ -1038,6 +1038,41 @@ fn corrupted_packet_changes_no_state() {
     assert!(sim.app(0).lost.is_none() && sim.app(1).lost.is_none());
 }
 
+/// A burst of dropped full-size packets (as when a socket buffer overflows) is congestion, not a
+/// path MTU black hole: the sender keeps its 1452-byte datagrams.
+#[test]
+fn loss_burst_is_not_a_black_hole() {
+    let mut sim = Sim::pair(19);
+    sim.nodes[0].app.plan = vec![20_000_000];
+    sim.connect(0, 1);
+    let at_max = |s: &Sim| {
+        s.app(0)
+            .conn
+            .and_then(|h| s.nodes[0].ep.connection_ref(h))
+            .is_some_and(|c| c.stats().mtu == 1452)
+    };
+    let ok = sim.run(Duration::from_secs(5), |s| {
+        at_max(s) && received(s, 1) > 2_000_000
+    });
+    assert!(ok, "probed up to 1452");
+    // Drop the next 60 full-size datagrams from the sender, then pass everything again.
+    let mut left = 60;
+    sim.hook = Some(Box::new(move |from, _, d| {
+        if from == 0 && d.len() == 1452 && left > 0 {
+            left -= 1;
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        }
+    }));
+    expect_done(&mut sim, Duration::from_secs(60));
+    let h = sim.app(0).conn.unwrap();
+    let st = sim.nodes[0].ep.connection_ref(h).unwrap().stats();
+    assert!(st.lost_packets >= 60, "the burst was lost: {st:?}");
+    assert_eq!(st.black_holes, 0, "no black hole: {st:?}");
+    assert_eq!(st.mtu, 1452, "kept full-size datagrams: {st:?}");
+}
+
 #[test]
 fn mtu_drop_recovers() {
     let mut sim = Sim::pair(9);
