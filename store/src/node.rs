@@ -551,8 +551,14 @@ mod tests {
             mode: 0o644,
             mtime_ns: 0,
             content: Content::Inline(vec![
-                ChunkRef { id: Hash::of(b"a"), len: u64::MAX },
-                ChunkRef { id: Hash::of(b"b"), len: 6 },
+                ChunkRef {
+                    id: Hash::of(b"a"),
+                    len: u64::MAX,
+                },
+                ChunkRef {
+                    id: Hash::of(b"b"),
+                    len: 6,
+                },
             ]),
         });
         let bytes = node.encode().unwrap();
