@@ -7,7 +7,8 @@
 //! 2. **Scan cache**: a file whose size, mtime, ctime and inode match its cache record, and whose file
 //!    node is still complete in the store, keeps that node without being read (`rehash` disables this).
 //! 3. **Pipeline** for the other files, four stages joined by bounded channels: a reader thread
-//!    reads each file in 1 MiB blocks and cuts chunks (FastCDC) into batches of ~4 MiB; a hashing
+//!    reads each file in 1 MiB blocks straight into a ~4 MiB batch buffer and cuts chunks (FastCDC)
+//!    in place, so chunk bytes are not copied on this serial stage; a hashing
 //!    thread hashes (BLAKE3), checks the chunk index and compresses new chunks of a batch on the
 //!    rayon pool (both cores); the calling thread turns each batch into chunk, chunk-list node, file
 //!    node and completeness-mark puts; a writer thread writes those batches to RocksDB. Every stage
@@ -25,7 +26,6 @@
 //!
 //! Not done here: watching, merging with other devices, ignoring by size or type.
 
-use crate::chunker::Chunker;
 use crate::codec::Encoder;
 use crate::db::{cf, Batch, IndexEntry};
 use crate::node::{build_dir, ChunkRef, ContentBuilder, DirEntry, FileNode, Node, Target};
@@ -1024,48 +1024,39 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 /// Reader thread: reads and cuts every job's file, sending batches of chunks.
+///
+/// Files are read straight into the batch buffer and cut in place ([`chunker::cut_ready`]): chunk
+/// bytes are never copied on this thread, which is the serial stage of the pipeline. Only the
+/// uncut tail of a file (less than `max` bytes) moves to the next buffer when a batch is sent.
+/// Buffers are allocated zeroed once (`cap` bytes, recycled through `pool`); `fill` is how much of
+/// one holds data.
 fn read_files(
     jobs: Vec<Job>,
     sizes: chunker::ChunkSizes,
     tx: crossbeam_channel::Sender<ReadBatch>,
     pool: crossbeam_channel::Receiver<Vec<u8>>,
 ) {
-    let mut chunker = Chunker::new(sizes);
     let cap = BATCH_BYTES + READ_BLOCK + 2 * sizes.max as usize;
-    let fresh = |pool: &crossbeam_channel::Receiver<Vec<u8>>| ReadBatch {
-        buf: pool
-            .try_recv()
-            .map(|mut b| {
-                b.clear();
-                b
-            })
-            .unwrap_or_else(|_| Vec::with_capacity(cap)),
-        items: Vec::new(),
-        bytes_read: 0,
+    let mut r = Reader {
+        sizes,
+        cap,
+        rb: ReadBatch::default(),
+        fill: 0,
+        tx,
+        pool,
     };
-    let mut rb = fresh(&pool);
-    let mut block = vec![0u8; READ_BLOCK];
+    r.rb.buf = r.fresh_buf();
     for (job, j) in jobs.iter().enumerate() {
         let mut attempt = 0;
         loop {
-            chunker.reset();
-            match read_one(
-                job,
-                attempt,
-                &j.abs,
-                &mut chunker,
-                &mut block,
-                &mut rb,
-                &tx,
-                &pool,
-            ) {
+            match r.read_one(job, attempt, &j.abs) {
                 Err(()) => return, // receiver gone
                 Ok(ReadOutcome::Ok(stat)) => {
-                    rb.items.push(Item::Done { job, stat });
+                    r.rb.items.push(Item::Done { job, stat });
                     break;
                 }
                 Ok(ReadOutcome::Failed(reason)) => {
-                    rb.items.push(Item::Failed {
+                    r.rb.items.push(Item::Failed {
                         job,
                         reason,
                         gone: false,
@@ -1073,7 +1064,7 @@ fn read_files(
                     break;
                 }
                 Ok(ReadOutcome::Gone) => {
-                    rb.items.push(Item::Failed {
+                    r.rb.items.push(Item::Failed {
                         job,
                         reason: String::new(),
                         gone: true,
@@ -1083,26 +1074,25 @@ fn read_files(
                 Ok(ReadOutcome::Changed) => {
                     attempt += 1;
                     if attempt > MAX_REREADS {
-                        rb.items.push(Item::Failed {
+                        r.rb.items.push(Item::Failed {
                             job,
                             reason: "changed while being read".into(),
                             gone: false,
                         });
                         break;
                     }
-                    rb.items.push(Item::Restart { job });
+                    r.rb.items.push(Item::Restart { job });
                 }
             }
         }
-        if rb.buf.len() >= BATCH_BYTES || rb.items.len() >= 4096 {
-            let full = std::mem::replace(&mut rb, fresh(&pool));
-            if tx.send(full).is_err() {
+        if r.fill >= BATCH_BYTES || r.rb.items.len() >= 4096 {
+            if r.send(r.fill).is_err() {
                 return;
             }
         }
     }
-    if !rb.items.is_empty() {
-        let _ = tx.send(rb);
+    if !r.rb.items.is_empty() {
+        let _ = r.tx.send(r.rb);
     }
 }
 
@@ -1113,89 +1103,110 @@ enum ReadOutcome {
     Changed,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_one(
-    job: usize,
-    attempt: usize,
-    path: &Path,
-    chunker: &mut Chunker,
-    block: &mut [u8],
-    rb: &mut ReadBatch,
-    tx: &crossbeam_channel::Sender<ReadBatch>,
-    pool: &crossbeam_channel::Receiver<Vec<u8>>,
-) -> std::result::Result<ReadOutcome, ()> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),
-        Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
-    };
-    let before = match f.metadata() {
-        Ok(m) if m.is_file() => Stat::of(&m),
-        Ok(_) => return Ok(ReadOutcome::Failed("no longer a regular file".into())),
-        Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
-    };
-    let mut total = 0u64;
-    loop {
-        let n = match f.read(block) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+/// The reader thread's state: the batch being filled, `fill` bytes of its buffer in use.
+struct Reader {
+    sizes: chunker::ChunkSizes,
+    cap: usize,
+    rb: ReadBatch,
+    fill: usize,
+    tx: crossbeam_channel::Sender<ReadBatch>,
+    pool: crossbeam_channel::Receiver<Vec<u8>>,
+}
+
+impl Reader {
+    /// A buffer of `cap` bytes: a recycled one, else a new one.
+    fn fresh_buf(&self) -> Vec<u8> {
+        let mut b = self.pool.try_recv().unwrap_or_default();
+        b.resize(self.cap, 0);
+        b
+    }
+
+    /// Sends the current batch; the bytes from `keep` to `fill` (the uncut tail of the file being
+    /// read) start the next buffer. `Err` when the receiver is gone.
+    fn send(&mut self, keep: usize) -> std::result::Result<(), ()> {
+        let mut buf = self.fresh_buf();
+        let tail = self.fill - keep;
+        buf[..tail].copy_from_slice(&self.rb.buf[keep..self.fill]);
+        let full = std::mem::replace(
+            &mut self.rb,
+            ReadBatch {
+                buf,
+                items: Vec::new(),
+                bytes_read: 0,
+            },
+        );
+        self.fill = tail;
+        self.tx.send(full).map_err(|_| ())
+    }
+
+    /// Reads one file into the batch buffer(s), adding an item per chunk.
+    fn read_one(
+        &mut self,
+        job: usize,
+        attempt: usize,
+        path: &Path,
+    ) -> std::result::Result<ReadOutcome, ()> {
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),
             Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
         };
-        if total == 0 {
-            if let Some(h) = *READ_HOOK.read().expect("hook lock") {
-                h(path, attempt);
+        let before = match f.metadata() {
+            Ok(m) if m.is_file() => Stat::of(&m),
+            Ok(_) => return Ok(ReadOutcome::Failed("no longer a regular file".into())),
+            Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
+        };
+        // This file's uncut bytes are `pend..fill` of the buffer. Invariant before each read:
+        // `pend < BATCH_BYTES` and `fill - pend < max`, so a block always fits (`cap`).
+        let mut pend = self.fill;
+        let mut total = 0u64;
+        let outcome = loop {
+            let n = match f.read(&mut self.rb.buf[self.fill..self.fill + READ_BLOCK]) {
+                Ok(0) => break None,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break Some(ReadOutcome::Failed(one_line(&e.to_string()))),
+            };
+            if total == 0 {
+                if let Some(h) = *READ_HOOK.read().expect("hook lock") {
+                    h(path, attempt);
+                }
             }
-        }
-        total += n as u64;
-        rb.bytes_read += n as u64;
-        chunker.push(&block[..n], |c| {
-            let start = rb.buf.len();
-            rb.buf.extend_from_slice(c);
-            rb.items.push(Item::Chunk {
-                job,
-                start,
-                len: c.len(),
-            });
-        });
-        if rb.buf.len() >= BATCH_BYTES {
-            let cap = rb.buf.capacity();
-            let buf = pool
-                .try_recv()
-                .map(|mut b| {
-                    b.clear();
-                    b
+            total += n as u64;
+            self.rb.bytes_read += n as u64;
+            self.fill += n;
+            let items = &mut self.rb.items;
+            let base = pend;
+            pend += chunker::cut_ready(&self.rb.buf[base..self.fill], self.sizes, |start, len| {
+                items.push(Item::Chunk {
+                    job,
+                    start: base + start,
+                    len,
                 })
-                .unwrap_or_else(|_| Vec::with_capacity(cap));
-            let full = std::mem::replace(
-                rb,
-                ReadBatch {
-                    buf,
-                    items: Vec::new(),
-                    bytes_read: 0,
-                },
-            );
-            if tx.send(full).is_err() {
-                return Err(());
+            });
+            if pend >= BATCH_BYTES {
+                self.send(pend)?;
+                pend = 0;
             }
+        };
+        if let Some(failed) = outcome {
+            // Uncut bytes of a file that will not be stored.
+            self.fill = pend;
+            return Ok(failed);
         }
+        let mut start = pend;
+        for len in chunker::cut_all(&self.rb.buf[pend..self.fill], self.sizes) {
+            self.rb.items.push(Item::Chunk { job, start, len });
+            start += len;
+        }
+        let after = match f.metadata() {
+            Ok(m) => Stat::of(&m),
+            Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
+        };
+        let path_now = fs::metadata(path).ok().map(|m| Stat::of(&m));
+        if before != after || total != after.size || path_now != Some(after) {
+            return Ok(ReadOutcome::Changed);
+        }
+        Ok(ReadOutcome::Ok(after))
     }
-    chunker.finish(|c| {
-        let start = rb.buf.len();
-        rb.buf.extend_from_slice(c);
-        rb.items.push(Item::Chunk {
-            job,
-            start,
-            len: c.len(),
-        });
-    });
-    let after = match f.metadata() {
-        Ok(m) => Stat::of(&m),
-        Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
-    };
-    let path_now = fs::metadata(path).ok().map(|m| Stat::of(&m));
-    if before != after || total != after.size || path_now != Some(after) {
-        return Ok(ReadOutcome::Changed);
-    }
-    Ok(ReadOutcome::Ok(after))
 }

@@ -64,6 +64,34 @@ pub fn cut_all(data: &[u8], sizes: ChunkSizes) -> Vec<usize> {
     .collect()
 }
 
+/// Cuts the chunks of `pending` (the bytes of a stream after its last cut) whose end is certain:
+/// those cut with at least `max` bytes ahead, the same cuts as one pass over the whole stream.
+/// Calls `emit(start, len)` for each, in order, and returns the bytes consumed; the rest stays
+/// pending until more of the stream is known, or [`cut_all`] at its end. For callers that keep the
+/// stream in their own buffer (no copy), like `add`'s reader; [`Chunker`] is the owning form.
+pub fn cut_ready(pending: &[u8], sizes: ChunkSizes, mut emit: impl FnMut(usize, usize)) -> usize {
+    let max = sizes.max as usize;
+    let len = pending.len();
+    if len < max {
+        return 0;
+    }
+    let cdc = FastCDC::with_level(
+        pending,
+        sizes.min as usize,
+        sizes.avg as usize,
+        max,
+        Normalization::Level1,
+    );
+    let mut pos = 0;
+    // Only a cut found with at least `max` bytes ahead is final.
+    while len - pos >= max {
+        let (_, end) = cdc.cut(pos, len - pos);
+        emit(pos, end - pos);
+        pos = end;
+    }
+    pos
+}
+
 /// Streaming chunker: feed blocks with [`Chunker::push`], then call [`Chunker::finish`].
 pub struct Chunker {
     sizes: ChunkSizes,
@@ -82,28 +110,8 @@ impl Chunker {
     /// Appends `data` and calls `emit` for every chunk whose end is now certain.
     pub fn push(&mut self, data: &[u8], mut emit: impl FnMut(&[u8])) {
         self.buf.extend_from_slice(data);
-        if self.buf.len() < self.sizes.max as usize {
-            return;
-        }
-        let s = self.sizes;
-        let cdc = FastCDC::with_level(
-            &self.buf,
-            s.min as usize,
-            s.avg as usize,
-            s.max as usize,
-            Normalization::Level1,
-        );
-        let mut pos = 0;
-        let len = self.buf.len();
-        while pos < len {
-            // Only a cut found with at least `max` bytes ahead is final.
-            if len - pos < s.max as usize {
-                break;
-            }
-            let (_, end) = cdc.cut(pos, len - pos);
-            emit(&self.buf[pos..end]);
-            pos = end;
-        }
+        let buf = &self.buf;
+        let pos = cut_ready(buf, self.sizes, |start, len| emit(&buf[start..start + len]));
         self.buf.drain(..pos);
     }
 
