@@ -21,8 +21,9 @@
 //!    a path skipped that was not in the previous snapshot is left out.
 //! 4. **Tree**: folder nodes are built bottom-up; with `only` paths, the new subtrees are spliced into
 //!    the previous head's tree. If the root equals the head's root, no snapshot is made. Otherwise the
-//!    snapshot node is written, then `head` moves in a synced batch. Last, the memtables are
-//!    flushed, so the next open has no WAL to replay.
+//!    snapshot node is written and the memtables are flushed (table and blob files, synced by
+//!    RocksDB), so every WAL file is obsolete, then `head` moves in a synced batch: the chunk data
+//!    reaches the disk once (blob files), and the next open replays a WAL of one entry.
 //!
 //! Not done here: watching, merging with other devices, ignoring by size or type.
 
@@ -458,18 +459,23 @@ impl Store {
         b.put(&self.db, cf::COMPLETE, sid.as_bytes(), b"");
         report.bytes_stored += bytes.len() as u64;
         self.db.write(b.inner, false)?;
+        // Flushed before the ref moves: the flush writes the memtables to table and blob files and
+        // syncs them, which makes every WAL file obsolete, so the synced ref write below syncs a
+        // WAL of one entry instead of writing all live WAL files (up to the WAL budget of chunk
+        // data) to disk a second time.
+        self.flush_after_add();
         let mut b = Batch::default();
         b.put(&self.db, cf::REFS, b"head", sid.as_bytes());
         self.db.write(b.inner, true)?;
         report.snapshot = Some(sid);
         report.head = Some(sid);
-        self.flush_after_add();
         Ok(report)
     }
 
-    /// Flushes the memtables once an add is over, so the next open does not replay the WAL (up to
-    /// the whole memtable budget of chunks, nodes and scan records: 0.1-1.8 s). Best effort: what is
-    /// in the WAL is durable already, a failed flush only leaves the replay to the next open.
+    /// Flushes the memtables, so the next open does not replay the WAL (up to the whole memtable
+    /// budget of chunks, nodes and scan records: 0.1-1.8 s) and a synced write after it does not
+    /// write that WAL to disk. Best effort: a failed flush only leaves the WAL to the next synced
+    /// write and the replay to the next open.
     fn flush_after_add(&self) {
         let _ = self.db.flush_all();
     }

@@ -157,7 +157,10 @@ impl Db {
         opts.set_max_open_files(256);
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
-        opts.set_max_total_wal_size((budget as u64).max(32 << 20));
+        // WAL files live until every column family with data in them has flushed: the small ones
+        // (index, nodes, marks) are forced to flush when the live WAL exceeds this. An add flushes
+        // everything before its synced ref write, so the WAL costs page cache, not disk writes.
+        opts.set_max_total_wal_size((budget as u64 * 4).max(256 << 20));
         opts.set_keep_log_file_num(2);
         opts.set_max_log_file_size(1 << 20);
         opts.set_compression_type(DBCompressionType::None);
