@@ -33,7 +33,9 @@
 //! ## Memory
 //!
 //! One budget ([`crate::StoreConfig::memory_budget`]): an LRU block cache of that size, and a write
-//! buffer manager charging all memtables to that cache (at most half of it), shared by every column
+//! buffer manager charging all memtables to that cache (at most three quarters of it: the chunks
+//! memtable and the one being flushed, a quarter each, fit with the small ones, so the manager does
+//! not force the small column families to flush over and over), shared by every column
 //! family. Values are bounded (a chunk <= chunk_max + 1, a node <= 64 KiB), so RSS does not grow with
 //! the input.
 //!
@@ -146,7 +148,7 @@ impl Db {
         let budget = budget.max(8 << 20) as usize;
         let cache = Cache::new_lru_cache(budget);
         let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
-            budget / 2,
+            budget / 4 * 3,
             false,
             cache.clone(),
         );
