@@ -1091,10 +1091,8 @@ fn read_files(
                 }
             }
         }
-        if r.fill >= BATCH_BYTES || r.rb.items.len() >= 4096 {
-            if r.send(r.fill).is_err() {
-                return;
-            }
+        if (r.fill >= BATCH_BYTES || r.rb.items.len() >= 4096) && r.send(r.fill).is_err() {
+            return;
         }
     }
     if !r.rb.items.is_empty() {
