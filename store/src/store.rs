@@ -845,24 +845,27 @@ impl Store {
     /// Test hook: flips the last byte of the stored (encoded) chunk `id`, keeping its index entry.
     #[doc(hidden)]
     pub fn debug_corrupt_chunk(&self, id: ChunkId) -> Result<()> {
-        let mut enc = self
+        let enc = self
             .get_chunk(id)?
             .ok_or_else(|| Error::not_found(format!("chunk {id} is missing")))?;
-        *enc.last_mut().expect("encoded chunks are never empty") ^= 0x55;
-        let mut b = Batch::default();
-        b.put(&self.db, cf::CHUNKS, id.as_bytes(), &enc);
-        self.db.write(b.inner, false)
+        self.debug_put_flipped(cf::CHUNKS, id.as_bytes(), enc)
     }
 
     /// Test hook: flips the last byte of the stored node `id`.
     #[doc(hidden)]
     pub fn debug_corrupt_node(&self, id: NodeId) -> Result<()> {
-        let mut n = self
+        let n = self
             .get_node(id)?
             .ok_or_else(|| Error::not_found(format!("node {id} is missing")))?;
-        *n.last_mut().expect("encoded nodes are never empty") ^= 0x55;
+        self.debug_put_flipped(cf::NODES, id.as_bytes(), n)
+    }
+
+    /// Writes `value` back under `key` in `family` with its last byte flipped.
+    fn debug_put_flipped(&self, family: &str, key: &[u8], mut value: Vec<u8>) -> Result<()> {
+        // Stored chunks and nodes are never empty (a codec or version byte comes first).
+        *value.last_mut().expect("stored objects are never empty") ^= 0x55;
         let mut b = Batch::default();
-        b.put(&self.db, cf::NODES, id.as_bytes(), &n);
+        b.put(&self.db, family, key, &value);
         self.db.write(b.inner, false)
     }
 
