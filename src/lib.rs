@@ -4,8 +4,11 @@
 //! (sans-IO), its tokio driver, the ecp message protocol and the sync engine (sans-IO). The store is
 //! its own crate, `left_store`. ARCHITECTURE.md is the map.
 
+pub mod control;
 pub mod ecp;
 pub mod identity;
 pub mod net;
+pub mod peers;
 pub mod rdt;
+pub mod session;
 pub mod sync;

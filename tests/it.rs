@@ -5,8 +5,12 @@
 //! add + restore on arbitrary trees. `util` holds the helpers. `net` runs the tokio driver and sockets over loopback; `rdt_sim` is the deterministic network simulator of the rdt
 //! transport core (scripted faults and seeded chaos; `LEFT_SIM_SEEDS`, `LEFT_SIM_SEED`).
 
+#[path = "it/badpeer.rs"]
+mod badpeer;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/control.rs"]
+mod control;
 #[path = "it/faults.rs"]
 mod faults;
 #[path = "it/net.rs"]
@@ -15,5 +19,7 @@ mod net;
 mod rdt_sim;
 #[path = "it/roundtrip.rs"]
 mod roundtrip;
+#[path = "it/sync_e2e.rs"]
+mod sync_e2e;
 #[path = "it/util.rs"]
 mod util;

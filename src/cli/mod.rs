@@ -15,6 +15,9 @@ mod init;
 mod inspect;
 mod maintain;
 mod progress;
+mod serve;
+mod share;
+mod sync;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -85,6 +88,14 @@ pub enum Command {
     Gc(maintain::GcArgs),
     /// Print this device's id (its public key)
     Id,
+    /// Print the share key (give it to `left init --join` on another device)
+    ShareKey,
+    /// List the devices seen; pin or revoke them
+    Peers(share::PeersArgs),
+    /// Serve this share to peers over rdt until stopped (Ctrl-C)
+    Serve(serve::ServeArgs),
+    /// Fetch what peers have, then check it out into the share folder
+    Sync(sync::SyncArgs),
 }
 
 /// Errors of the command line itself; each carries the hint shown under it.
@@ -148,6 +159,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify => maintain::verify(&cli.global, &out),
         Command::Gc(args) => maintain::gc(&cli.global, &out, args),
         Command::Id => init::id(&cli.global, &out),
+        Command::ShareKey => share::share_key(&cli.global, &out),
+        Command::Peers(args) => share::peers(&cli.global, &out, args),
+        Command::Serve(args) => serve::run(&cli.global, &out, args),
+        Command::Sync(args) => sync::run(&cli.global, &out, args),
     }
 }
 

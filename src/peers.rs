@@ -1,0 +1,1 @@
+//! Devices seen and trusted (stub).

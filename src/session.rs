@@ -1,0 +1,1 @@
+//! Async peer sessions: serve and sync over the rdt driver (stub).
