@@ -73,6 +73,9 @@ pub enum Error {
     /// Invalid argument (bad snapshot spec, bad config, ...).
     #[error("{0}")]
     Invalid(String),
+    /// A write on a store opened with [`crate::Store::open_read_only`].
+    #[error("the store is open read-only (a `left serve` owns it)")]
+    ReadOnly,
     /// A RocksDB error.
     #[error("database error: {0}")]
     Db(String),

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod add;
+mod checkout;
 pub mod chunker;
 pub mod codec;
 pub mod db;

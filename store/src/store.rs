@@ -740,8 +740,8 @@ impl Store {
         self.db.exists(cf::META, &shallow_key(snapshot))
     }
 
-    /// Root folder of a snapshot whose tree is kept.
-    pub(crate) fn snapshot_root(&self, snapshot: NodeId) -> Result<NodeId> {
+    /// The root tree node of a snapshot whose tree is kept (not dropped by `gc --keep-last`).
+    pub fn snapshot_root(&self, snapshot: NodeId) -> Result<NodeId> {
         let s = self.snapshot(snapshot)?;
         if self.is_shallow(snapshot)? {
             return Err(Error::not_found(format!(

@@ -228,3 +228,32 @@ pub struct GcReport {
     /// Store size on disk after.
     pub bytes_after: u64,
 }
+
+/// Options of [`crate::Store::checkout`].
+#[derive(Debug, Clone, Default)]
+pub struct CheckoutOptions {
+    /// fsync every file before its rename and every touched folder after (`--fsync`). Without it
+    /// the checkout journal in the store is what makes a crash recoverable.
+    pub fsync: bool,
+}
+
+/// What [`crate::Store::checkout`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckoutReport {
+    /// Files written (created or replaced).
+    pub files_written: u64,
+    /// Files and symlinks removed.
+    pub files_removed: u64,
+    /// Folders created.
+    pub dirs_created: u64,
+    /// Folders removed.
+    pub dirs_removed: u64,
+    /// Symlinks created or replaced.
+    pub symlinks_written: u64,
+    /// File bytes written into the share (all of them).
+    pub bytes_written: u64,
+    /// Of those, bytes copied from the old version of the file (`copy_file_range`).
+    pub bytes_reused: u64,
+    /// Paths left untouched because they changed locally since the last scan.
+    pub kept: Vec<Skipped>,
+}
