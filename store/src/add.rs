@@ -260,6 +260,7 @@ impl Store {
         opts: &AddOptions,
         progress: &dyn Progress,
     ) -> Result<AddReport> {
+        self.writable()?;
         let _g = self.op.read().expect("op lock");
         let share = fs::canonicalize(share_root).map_err(|e| Error::io(share_root, e))?;
         let store_dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());

@@ -34,26 +34,4 @@ impl Store {
         let _ = (share_root, opts, progress);
         Err(Error::Invalid("not yet".into()))
     }
-
-    /// Whether snapshot `ancestor` is `of` or one of its ancestors (walks parents, bounded work; a
-    /// shallow or missing parent counts as not found).
-    pub fn is_ancestor(&self, ancestor: NodeId, of: NodeId) -> Result<bool> {
-        let _ = (ancestor, of);
-        Err(Error::Invalid("not yet".into()))
-    }
-
-    /// Opens a store that another process holds (e.g. a running `left serve`) for reading only: no
-    /// lock is taken; every write returns [`Error::ReadOnly`]. Reads see the data as of the open.
-    pub fn open_read_only(store_dir: &Path) -> Result<Store> {
-        let _ = store_dir;
-        Err(Error::Invalid("not yet".into()))
-    }
-
-    /// Stores a chunk whose encoded bytes the caller has already verified against `id` (the sync
-    /// engine verifies every arrival). `plain_len` is the decoded length. Same effect as
-    /// [`Store::put_chunk`] otherwise. Returns whether it was new.
-    pub fn put_chunk_verified(&self, id: ChunkId, encoded: &[u8], plain_len: u32) -> Result<bool> {
-        let _ = (id, encoded, plain_len);
-        Err(Error::Invalid("not yet".into()))
-    }
 }

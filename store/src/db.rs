@@ -139,11 +139,29 @@ pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 pub struct Db {
     db: DB,
     path: PathBuf,
+    read_only: bool,
 }
 
 impl Db {
     /// Opens (or with `create`, creates) the database at `path` within `budget` bytes of memory.
     pub fn open(path: &Path, create: bool, budget: u64) -> Result<Db> {
+        Db::open_mode(path, create, false, budget)
+    }
+
+    /// Opens the database for reading only, beside a primary that may be writing it: takes no
+    /// RocksDB lock, sees the data as of the open (the WAL included), and keeps every table and
+    /// blob file open once read, so the primary's compactions cannot pull them away mid-read.
+    /// Every write returns [`Error::ReadOnly`].
+    pub fn open_read_only(path: &Path, budget: u64) -> Result<Db> {
+        Db::open_mode(path, false, true, budget)
+    }
+
+    /// Whether this handle was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn open_mode(path: &Path, create: bool, read_only: bool, budget: u64) -> Result<Db> {
         tune_malloc();
         let budget = budget.max(8 << 20) as usize;
         let cache = Cache::new_lru_cache(budget);
@@ -156,7 +174,8 @@ impl Db {
         opts.create_if_missing(create);
         opts.create_missing_column_families(true);
         opts.set_write_buffer_manager(&wbm);
-        opts.set_max_open_files(256);
+        // Read-only: files stay open once opened (the primary may delete them after a compaction).
+        opts.set_max_open_files(if read_only { -1 } else { 256 });
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         // WAL files live until every column family with data in them has flushed: the small ones
@@ -202,10 +221,16 @@ impl Db {
             }
             descs.push(ColumnFamilyDescriptor::new(name, o));
         }
-        let db = DB::open_cf_descriptors(&opts, path, descs).map_err(|e| map_err(path, e))?;
+        let db = if read_only {
+            DB::open_cf_descriptors_read_only(&opts, path, descs, false)
+        } else {
+            DB::open_cf_descriptors(&opts, path, descs)
+        }
+        .map_err(|e| map_err(path, e))?;
         Ok(Db {
             db,
             path: path.to_path_buf(),
+            read_only,
         })
     }
 
@@ -272,6 +297,9 @@ impl Db {
 
     /// Writes a batch (WAL on; `sync` forces it to disk). Honors the fault hooks.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let n = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
         match fault() {
             Some(Fault::Fail(k)) if k == n => {
@@ -320,6 +348,9 @@ impl Db {
     /// Flushes memtables and compacts everything, forcing blob garbage collection, so deleted data
     /// really leaves the disk.
     pub fn compact_all(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let p = &self.path;
         for name in cf::ALL {
             self.db.flush_cf(self.cf(name)).map_err(|e| map_err(p, e))?;
@@ -358,6 +389,9 @@ impl Db {
     /// Flushes every column family's memtable to table/blob files (waiting for it), so the WAL
     /// they came from is obsolete and the next open has nothing to replay.
     pub fn flush_all(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let cfs: Vec<&ColumnFamily> = cf::ALL.iter().map(|n| self.cf(n)).collect();
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
@@ -366,6 +400,9 @@ impl Db {
 
     /// Flushes the WAL to disk.
     pub fn sync_wal(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         self.db.flush_wal(true).map_err(|e| map_err(&self.path, e))
     }
 }

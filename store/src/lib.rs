@@ -38,5 +38,5 @@ mod types;
 pub use add::{debug_set_read_hook, ReadHook};
 pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};
-pub use store::{ObjectId, Store};
+pub use store::{ObjectId, Store, ANCESTOR_LIMIT};
 pub use types::*;

@@ -187,6 +187,7 @@ impl Store {
     /// Drops unreachable chunks and nodes (and, with `keep_last`, the trees of older snapshots), then
     /// compacts so the store really shrinks on disk.
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        self.writable()?;
         let _g = self.op.write().expect("op lock");
         let mut rep = GcReport {
             bytes_before: self.disk_usage()?,

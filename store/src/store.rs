@@ -32,7 +32,8 @@ pub struct Store {
     pub(crate) dir: PathBuf,
     pub(crate) cfg: StoreConfig,
     pub(crate) db: Db,
-    _lock: File,
+    /// The exclusive lock (`None` for a read-only handle).
+    _lock: Option<File>,
     /// Held for reading by writers of objects (add, put), for writing by gc.
     pub(crate) op: RwLock<()>,
 }
@@ -99,7 +100,7 @@ impl Store {
             dir: store_dir.to_path_buf(),
             cfg,
             db,
-            _lock: lock,
+            _lock: Some(lock),
             op: RwLock::new(()),
         })
     }
@@ -107,15 +108,50 @@ impl Store {
     /// Opens an existing store, taking an exclusive lock (flock on a lock file holding the pid):
     /// a second opener gets [`Error::Locked`].
     pub fn open(store_dir: &Path) -> Result<Store> {
+        Store::open_mode(store_dir, false)
+    }
+
+    /// Opens a store that another process holds (e.g. a running `left serve`) for reading only: no
+    /// lock is taken; every write returns [`Error::ReadOnly`]. Reads see the data as of the open
+    /// (RocksDB read-only mode, which works beside a live primary, BlobDB included).
+    pub fn open_read_only(store_dir: &Path) -> Result<Store> {
+        Store::open_mode(store_dir, true)
+    }
+
+    /// Whether this handle was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.db.is_read_only()
+    }
+
+    /// `Err(Error::ReadOnly)` on a read-only handle (checked before long work that ends in writes).
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.db.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn open_mode(store_dir: &Path, read_only: bool) -> Result<Store> {
         let dbdir = store_dir.join("db");
         if !dbdir.join("CURRENT").exists() {
             return Err(Error::NotAStore {
                 path: store_dir.to_path_buf(),
             });
         }
-        let lock = lock(store_dir)?;
+        let lock = if read_only {
+            None
+        } else {
+            Some(lock(store_dir)?)
+        };
+        let open = |budget| {
+            if read_only {
+                Db::open_read_only(&dbdir, budget)
+            } else {
+                Db::open(&dbdir, false, budget)
+            }
+        };
         // Budget from the recorded config; open with the default first to read it.
-        let db = Db::open(&dbdir, false, StoreConfig::default().memory_budget)?;
+        let db = open(StoreConfig::default().memory_budget)?;
         let ver = db
             .get(cf::META, b"format")?
             .ok_or_else(|| Error::NotAStore {
@@ -145,7 +181,7 @@ impl Store {
         .validate()?;
         let db = if cfg.memory_budget != StoreConfig::default().memory_budget {
             drop(db);
-            Db::open(&dbdir, false, cfg.memory_budget)?
+            open(cfg.memory_budget)?
         } else {
             db
         };
@@ -326,6 +362,29 @@ impl Store {
         Ok(true)
     }
 
+    /// Stores a chunk whose encoded bytes the caller has already verified against `id` (the sync
+    /// engine verifies every arrival; verifying again would cost ~30% of a pull). `plain_len` is the
+    /// decoded length. Same effect as [`Store::put_chunk`] otherwise. Returns whether it was new.
+    pub fn put_chunk_verified(&self, id: ChunkId, encoded: &[u8], plain_len: u32) -> Result<bool> {
+        let _g = self.op.read().expect("op lock");
+        if encoded.is_empty() || plain_len > self.cfg.chunk_max {
+            return Err(Error::corrupt(format!("chunk {id} is corrupt: bad length")));
+        }
+        if self.has_chunks(&[id])?[0] {
+            return Ok(false);
+        }
+        let mut b = Batch::default();
+        b.put(&self.db, cf::CHUNKS, id.as_bytes(), encoded);
+        let ie = IndexEntry {
+            len: plain_len,
+            codec: encoded[0],
+            enc_len: encoded.len() as u32,
+        };
+        b.put(&self.db, cf::CHUNK_INDEX, id.as_bytes(), &ie.to_bytes());
+        self.db.write(b.inner, false)?;
+        Ok(true)
+    }
+
     /// The encoded bytes of a node.
     pub fn get_node(&self, id: NodeId) -> Result<Option<Vec<u8>>> {
         self.db.get(cf::NODES, id.as_bytes())
@@ -385,11 +444,19 @@ impl Store {
             return Ok(false);
         };
         let node = Node::decode_verified(&root, &bytes)?;
-        let mut all = true;
+        // One multi-get for the chunks and one for the child nodes of this node (a 1 GiB file's
+        // leaves hold ~128 chunks each: one lookup each would cost a round per chunk).
+        let (mut cs, mut ns) = (Vec::new(), Vec::new());
         for c in node.children() {
             match c {
-                Child::Chunk(id, _) => all &= self.has_chunks(&[id])?[0],
-                Child::Node(id) => all &= self.mark_complete_at(id, depth + 1)?,
+                Child::Chunk(id, _) => cs.push(id),
+                Child::Node(id) => ns.push(id),
+            }
+        }
+        let mut all = self.has_chunks(&cs)?.into_iter().all(|x| x);
+        for (n, done) in ns.iter().zip(self.has_nodes(&ns)?) {
+            if !done {
+                all &= self.mark_complete_at(*n, depth + 1)?;
             }
         }
         if all {
@@ -735,6 +802,49 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether snapshot `ancestor` is `of` or one of its ancestors. Walks parents newest first and
+    /// stops below `ancestor`'s time (a child is never older than its parents: `add` and merges
+    /// keep times non-decreasing), so the work is the history since `ancestor`, and at most
+    /// [`ANCESTOR_LIMIT`] snapshots in any case (beyond it: `false`). A missing parent ends its
+    /// branch (counts as not found).
+    pub fn is_ancestor(&self, ancestor: NodeId, of: NodeId) -> Result<bool> {
+        if ancestor == of {
+            return Ok(true);
+        }
+        let floor = match self.snapshot(ancestor) {
+            Ok(s) => s.time_ns,
+            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut seen = HashSet::new();
+        let mut heap = std::collections::BinaryHeap::new();
+        seen.insert(of);
+        heap.push((self.snapshot(of)?.time_ns, of));
+        while let Some((t, id)) = heap.pop() {
+            if id == ancestor {
+                return Ok(true);
+            }
+            if t < floor || seen.len() > ANCESTOR_LIMIT {
+                break;
+            }
+            let s = match self.snapshot(id) {
+                Ok(s) => s,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            for p in s.parents {
+                if seen.insert(p) {
+                    match self.snapshot(p) {
+                        Ok(ps) => heap.push((ps.time_ns, p)),
+                        Err(Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether gc dropped the tree of this snapshot (`gc --keep-last`).
     pub fn is_shallow(&self, snapshot: NodeId) -> Result<bool> {
         self.db.exists(cf::META, &shallow_key(snapshot))
@@ -902,6 +1012,9 @@ impl Store {
 
 /// Deepest folder nesting the recursive walks accept (a path cannot be longer than 4096 bytes).
 pub(crate) const MAX_DEPTH: usize = 2048;
+
+/// Most snapshots [`Store::is_ancestor`] visits.
+pub const ANCESTOR_LIMIT: usize = 1 << 20;
 
 /// Most unmatched chunk-list nodes of the old side expanded per level by `diff`.
 const DIFF_EXPAND: usize = 256;
