@@ -13,7 +13,10 @@
 //! existing key is never overwritten. This module does no key exchange itself.
 //!
 //! The device id is printed as [`DeviceId`]'s `Display`: 52 lowercase RFC 4648 base32 characters
-//! without padding (copyable, no ambiguous case), parsed back by `FromStr`.
+//! without padding (copyable, no ambiguous case), parsed back by `FromStr` (and serialised as that
+//! string). The share key is printed the same way by [`format_share_key`] (`left share-key`) and
+//! read back by [`parse_share_key`], which also takes 64 hex digits; `left init --join KEY` writes
+//! a given key with [`save_share_key`], under the same `O_EXCL`, mode 0600 rules.
 #![warn(missing_docs)]
 
 use std::fmt;
@@ -134,6 +137,40 @@ pub fn create_share_key(store_dir: &Path) -> Result<()> {
     write_secret(&store_dir.join(SHARE_KEY_FILE), &random_bytes()?)
 }
 
+/// Creates `store_dir/share.key` holding `key` (mode 0600); fails if the file exists. Used by
+/// `left init --join`, so a second device shares the first one's key.
+pub fn save_share_key(store_dir: &Path, key: &[u8; KEY_LEN]) -> Result<()> {
+    write_secret(&store_dir.join(SHARE_KEY_FILE), key)
+}
+
+/// The printable form of a share key: 52 lowercase base32 characters, like a device id.
+pub fn format_share_key(key: &[u8; KEY_LEN]) -> String {
+    base32_encode(key)
+}
+
+/// Error returned when a string is not a share key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a share key: expected 52 base32 characters (a-z, 2-7) as `left share-key` prints, or 64 hex digits")]
+pub struct ParseShareKeyError;
+
+/// Parses a share key as [`format_share_key`] prints it (any case), or as 64 hex digits.
+/// Surrounding white space is ignored.
+pub fn parse_share_key(s: &str) -> std::result::Result<[u8; KEY_LEN], ParseShareKeyError> {
+    let s = s.trim();
+    if s.len() == 2 * KEY_LEN && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut key = [0u8; KEY_LEN];
+        for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).map_err(|_| ParseShareKeyError)?;
+            key[i] = u8::from_str_radix(text, 16).map_err(|_| ParseShareKeyError)?;
+        }
+        return Ok(key);
+    }
+    // The base32 form has the same shape as a device id.
+    s.parse::<DeviceId>()
+        .map(|d| d.0)
+        .map_err(|_| ParseShareKeyError)
+}
+
 /// Reads `store_dir/share.key`.
 pub fn load_share_key(store_dir: &Path) -> Result<[u8; KEY_LEN]> {
     read_secret(&store_dir.join(SHARE_KEY_FILE))
@@ -176,6 +213,19 @@ impl FromStr for DeviceId {
             return Err(ParseDeviceIdError);
         }
         Ok(DeviceId(arr))
+    }
+}
+
+impl serde::Serialize for DeviceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -314,6 +364,43 @@ mod tests {
         let k1 = load_share_key(dir.path()).unwrap();
         assert_ne!(k1, [0u8; 32]);
         assert!(create_share_key(dir.path()).is_err());
+    }
+
+    #[test]
+    fn share_keys_print_parse_and_save() {
+        let key = [0x3c; 32];
+        let text = format_share_key(&key);
+        assert_eq!(text.len(), 52);
+        assert_eq!(parse_share_key(&text).unwrap(), key);
+        assert_eq!(
+            parse_share_key(&format!("  {}\n", text.to_uppercase())).unwrap(),
+            key
+        );
+        assert_eq!(parse_share_key(&"3c".repeat(32)).unwrap(), key);
+        for bad in ["", "abc", &text[..51], &"3c".repeat(31), &"zz".repeat(32)] {
+            assert_eq!(parse_share_key(bad), Err(ParseShareKeyError), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        save_share_key(dir.path(), &key).unwrap();
+        assert_eq!(load_share_key(dir.path()).unwrap(), key);
+        let mode = fs::metadata(dir.path().join(SHARE_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            save_share_key(dir.path(), &[1; 32]),
+            Err(Error::AlreadyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn device_ids_serialise_as_their_text() {
+        let id = DeviceId([7; 32]);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<DeviceId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<DeviceId>("\"nope\"").is_err());
     }
 
     #[test]

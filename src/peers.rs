@@ -1,1 +1,546 @@
-//! Devices seen and trusted (stub).
+//! The devices this store has seen, and which of them it trusts: the peer book.
+//!
+//! Every device that completes a handshake (it holds the share key) is recorded with when it was
+//! first and last seen and from which address. The user can *pin* devices and *revoke* them:
+//!
+//! - a revoked device is never allowed, whatever else holds;
+//! - once any device is pinned, the book is in *pin mode*: only pinned devices are allowed;
+//! - otherwise every device holding the share key is allowed.
+//!
+//! The book lives in `<store_dir>/peers.json`, a small JSON document (device ids in their base32
+//! form). It is rewritten atomically (a temp file with mode 0600, fsync, rename, fsync of the
+//! folder), so a crash leaves either the old or the new book. Two processes may change it at once
+//! (a running `left serve` recording peers while `left peers --pin` runs): every change takes an
+//! exclusive `flock` on `<store_dir>/peers.lock`, reloads the file, applies itself and saves, so no
+//! change is lost. A long-running process sees others' changes through [`PeerBook::refresh`].
+//!
+//! The file is read with a size limit ([`MAX_FILE_BYTES`]) and a bad file is an error naming it,
+//! never a panic.
+#![warn(missing_docs)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::DeviceId;
+
+/// File name of the peer book inside the store folder.
+pub const PEERS_FILE: &str = "peers.json";
+/// File name of the lock taken while changing the book.
+pub const PEERS_LOCK_FILE: &str = "peers.lock";
+/// Largest peer book read (about 30 000 records); a bigger file is refused as malformed.
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+
+/// What can go wrong loading or saving the peer book.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O failure on a file of the book.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file does not parse, or is too big.
+    #[error("peer book {} is malformed: {reason}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// Why (one line).
+        reason: String,
+    },
+    /// The device is not in the book (pin, revoke and their undoing need a device seen before,
+    /// except [`PeerBook::pin`] and [`PeerBook::revoke`], which add it).
+    #[error("device {device} is not in the peer book")]
+    Unknown {
+        /// The device.
+        device: DeviceId,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One device in the book.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// The device (its public key).
+    pub device: DeviceId,
+    /// When it was first seen, Unix seconds (0 when added by pin/revoke before ever being seen).
+    pub first_seen: i64,
+    /// When it was last seen, Unix seconds (0: never).
+    pub last_seen: i64,
+    /// The address it was last seen at.
+    pub last_addr: Option<SocketAddr>,
+    /// Pinned by the user: in pin mode only pinned devices are allowed.
+    pub pinned: bool,
+    /// Revoked by the user: never allowed.
+    pub revoked: bool,
+}
+
+/// The on-disk form.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FileForm {
+    version: u32,
+    peers: Vec<PeerRecord>,
+}
+
+const FILE_VERSION: u32 = 1;
+
+/// Identity of the file last loaded, to notice others' changes cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+}
+
+/// The devices seen and trusted (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct PeerBook {
+    records: Vec<PeerRecord>,
+    stamp: Option<Stamp>,
+}
+
+impl PeerBook {
+    /// Reads `<store_dir>/peers.json`; a missing file is an empty book.
+    pub fn load(store_dir: &Path) -> Result<PeerBook> {
+        let path = store_dir.join(PEERS_FILE);
+        let (records, stamp) = read_file(&path)?;
+        Ok(PeerBook { records, stamp })
+    }
+
+    /// Reloads the book if the file changed since it was last read or written by this value
+    /// (another process pinned or revoked a device). Returns whether it reloaded.
+    pub fn refresh(&mut self, store_dir: &Path) -> Result<bool> {
+        let path = store_dir.join(PEERS_FILE);
+        if stamp_of(&path)? == self.stamp {
+            return Ok(false);
+        }
+        let (records, stamp) = read_file(&path)?;
+        self.records = records;
+        self.stamp = stamp;
+        Ok(true)
+    }
+
+    /// Every record, in the order devices were first added.
+    pub fn records(&self) -> &[PeerRecord] {
+        &self.records
+    }
+
+    /// The record of `device`, if any.
+    pub fn get(&self, device: &[u8; 32]) -> Option<&PeerRecord> {
+        self.records.iter().find(|r| &r.device.0 == device)
+    }
+
+    /// Whether any device is pinned (then only pinned devices are allowed).
+    pub fn pin_mode(&self) -> bool {
+        self.records.iter().any(|r| r.pinned && !r.revoked)
+    }
+
+    /// Whether a device may talk to us: never when revoked; when any device is pinned (pin mode),
+    /// only pinned ones; otherwise every device holding the share key.
+    pub fn allows(&self, device: &[u8; 32]) -> bool {
+        match self.get(device) {
+            Some(r) if r.revoked => false,
+            Some(r) if r.pinned => true,
+            _ => !self.pin_mode(),
+        }
+    }
+
+    /// The allow-list for rdt's `EndpointConfig::allowed_peers`: `Some(pinned devices)` in pin
+    /// mode, else `None` (revoked devices must still be refused with [`PeerBook::allows`]).
+    pub fn allowed_peers(&self) -> Option<Vec<[u8; 32]>> {
+        self.pin_mode().then(|| {
+            self.records
+                .iter()
+                .filter(|r| r.pinned && !r.revoked)
+                .map(|r| r.device.0)
+                .collect()
+        })
+    }
+
+    /// Records `device` seen at `addr` now and saves; returns whether the device is new.
+    pub fn record_seen(
+        &mut self,
+        store_dir: &Path,
+        device: [u8; 32],
+        addr: SocketAddr,
+    ) -> Result<bool> {
+        let now = unix_now();
+        self.change(store_dir, |records| {
+            match records.iter_mut().find(|r| r.device.0 == device) {
+                Some(r) => {
+                    if r.first_seen == 0 {
+                        r.first_seen = now;
+                    }
+                    r.last_seen = now;
+                    r.last_addr = Some(addr);
+                    Ok(false)
+                }
+                None => {
+                    records.push(PeerRecord {
+                        device: DeviceId(device),
+                        first_seen: now,
+                        last_seen: now,
+                        last_addr: Some(addr),
+                        pinned: false,
+                        revoked: false,
+                    });
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    /// Pins `device` (adding it if never seen) and clears a revocation; saves.
+    pub fn pin(&mut self, store_dir: &Path, device: &DeviceId) -> Result<()> {
+        self.change(store_dir, |records| {
+            let r = entry(records, device);
+            r.pinned = true;
+            r.revoked = false;
+            Ok(())
+        })
+    }
+
+    /// Revokes `device` (adding it if never seen) and clears a pin; saves.
+    pub fn revoke(&mut self, store_dir: &Path, device: &DeviceId) -> Result<()> {
+        self.change(store_dir, |records| {
+            let r = entry(records, device);
+            r.revoked = true;
+            r.pinned = false;
+            Ok(())
+        })
+    }
+
+    /// Removes the pin of a device in the book; saves.
+    pub fn unpin(&mut self, store_dir: &Path, device: &DeviceId) -> Result<()> {
+        self.change(store_dir, |records| {
+            existing(records, device)?.pinned = false;
+            Ok(())
+        })
+    }
+
+    /// Lifts the revocation of a device in the book; saves.
+    pub fn unrevoke(&mut self, store_dir: &Path, device: &DeviceId) -> Result<()> {
+        self.change(store_dir, |records| {
+            existing(records, device)?.revoked = false;
+            Ok(())
+        })
+    }
+
+    /// The one device of the book whose id starts with `prefix` (case-insensitive). `Ok(None)`
+    /// when none does; an error message when the prefix is ambiguous or empty.
+    pub fn find_prefix(&self, prefix: &str) -> std::result::Result<Option<DeviceId>, String> {
+        let p = prefix.trim().to_ascii_lowercase();
+        if p.is_empty() {
+            return Err("empty device id".into());
+        }
+        let mut hits = self
+            .records
+            .iter()
+            .map(|r| r.device)
+            .filter(|d| d.to_string().starts_with(&p));
+        match (hits.next(), hits.next()) {
+            (None, _) => Ok(None),
+            (Some(d), None) => Ok(Some(d)),
+            (Some(_), Some(_)) => Err(format!(
+                "device id prefix {prefix:?} matches several devices; give more characters"
+            )),
+        }
+    }
+
+    /// Locks the book, reloads it, applies `f`, saves when `f` succeeds, and unlocks.
+    fn change<T>(
+        &mut self,
+        store_dir: &Path,
+        f: impl FnOnce(&mut Vec<PeerRecord>) -> Result<T>,
+    ) -> Result<T> {
+        let _lock = BookLock::take(store_dir)?;
+        let path = store_dir.join(PEERS_FILE);
+        let (mut records, _) = read_file(&path)?;
+        let out = f(&mut records)?;
+        write_file(&path, &records)?;
+        self.stamp = stamp_of(&path)?;
+        self.records = records;
+        Ok(out)
+    }
+}
+
+fn entry<'a>(records: &'a mut Vec<PeerRecord>, device: &DeviceId) -> &'a mut PeerRecord {
+    let i = match records.iter().position(|r| r.device == *device) {
+        Some(i) => i,
+        None => {
+            records.push(PeerRecord {
+                device: *device,
+                first_seen: 0,
+                last_seen: 0,
+                last_addr: None,
+                pinned: false,
+                revoked: false,
+            });
+            records.len() - 1
+        }
+    };
+    &mut records[i]
+}
+
+fn existing<'a>(records: &'a mut [PeerRecord], device: &DeviceId) -> Result<&'a mut PeerRecord> {
+    records
+        .iter_mut()
+        .find(|r| r.device == *device)
+        .ok_or(Error::Unknown { device: *device })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn stamp_of(path: &Path) -> Result<Option<Stamp>> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(Stamp {
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ino: m.ino(),
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn read_file(path: &Path) -> Result<(Vec<PeerRecord>, Option<Stamp>)> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let stamp = stamp_of(path)?;
+    let mut buf = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err(path))?;
+    let malformed = |reason: String| Error::Malformed {
+        path: path.to_owned(),
+        reason,
+    };
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(malformed(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    let form: FileForm = serde_json::from_slice(&buf).map_err(|e| malformed(e.to_string()))?;
+    if form.version != FILE_VERSION {
+        return Err(malformed(format!(
+            "version {} (this build reads {FILE_VERSION})",
+            form.version
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = form.peers.iter().find(|r| !seen.insert(r.device)) {
+        return Err(malformed(format!("device {} listed twice", dup.device)));
+    }
+    Ok((form.peers, stamp))
+}
+
+fn write_file(path: &Path, records: &[PeerRecord]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{PEERS_FILE}.tmp-{}", std::process::id()));
+    let form = FileForm {
+        version: FILE_VERSION,
+        peers: records.to_vec(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&form).map_err(|e| Error::Malformed {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    let write = || -> io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
+}
+
+/// An exclusive `flock` on `peers.lock`, released on drop (when the file closes).
+struct BookLock(#[allow(dead_code)] File);
+
+impl BookLock {
+    fn take(store_dir: &Path) -> Result<BookLock> {
+        let path = store_dir.join(PEERS_LOCK_FILE);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        loop {
+            // SAFETY: flock on a valid descriptor owned by `f`.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if r == 0 {
+                return Ok(BookLock(f));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io_err(&path)(e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn empty_book_allows_everyone_and_records_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut book = PeerBook::load(dir.path()).unwrap();
+        assert!(book.records().is_empty());
+        assert!(book.allows(&[1; 32]));
+        assert_eq!(book.allowed_peers(), None);
+        assert!(book.record_seen(dir.path(), [1; 32], addr(1)).unwrap());
+        assert!(!book.record_seen(dir.path(), [1; 32], addr(2)).unwrap());
+        let back = PeerBook::load(dir.path()).unwrap();
+        assert_eq!(back.records().len(), 1);
+        assert_eq!(back.records()[0].last_addr, Some(addr(2)));
+        assert!(back.records()[0].first_seen > 0);
+        let mode = fs::metadata(dir.path().join(PEERS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn pin_mode_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut book = PeerBook::load(d).unwrap();
+        let (a, b, c) = (DeviceId([1; 32]), DeviceId([2; 32]), DeviceId([3; 32]));
+        book.record_seen(d, a.0, addr(1)).unwrap();
+        book.record_seen(d, b.0, addr(2)).unwrap();
+        book.revoke(d, &b).unwrap();
+        assert!(book.allows(&a.0) && !book.allows(&b.0) && book.allows(&c.0));
+        assert_eq!(book.allowed_peers(), None);
+        book.pin(d, &a).unwrap();
+        assert!(book.allows(&a.0) && !book.allows(&b.0) && !book.allows(&c.0));
+        assert_eq!(book.allowed_peers(), Some(vec![a.0]));
+        // Pinning a revoked device lifts the revocation, and the reverse.
+        book.pin(d, &b).unwrap();
+        assert!(book.allows(&b.0));
+        book.revoke(d, &b).unwrap();
+        assert!(!book.allows(&b.0));
+        book.unpin(d, &a).unwrap();
+        assert!(book.allows(&a.0) && book.allows(&c.0) && !book.allows(&b.0));
+        book.unrevoke(d, &b).unwrap();
+        assert!(book.allows(&b.0));
+        assert!(matches!(
+            book.unpin(d, &c),
+            Err(Error::Unknown { device }) if device == c
+        ));
+    }
+
+    #[test]
+    fn changes_by_another_handle_are_not_lost_and_refresh_sees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut serve = PeerBook::load(d).unwrap();
+        let mut cli = PeerBook::load(d).unwrap();
+        serve.record_seen(d, [1; 32], addr(1)).unwrap();
+        cli.revoke(d, &DeviceId([1; 32])).unwrap();
+        // The serving handle still holds its old view until it refreshes ...
+        assert!(serve.allows(&[1; 32]));
+        assert!(serve.refresh(d).unwrap());
+        assert!(!serve.allows(&[1; 32]));
+        assert!(!serve.refresh(d).unwrap());
+        // ... and its next record does not undo the revocation.
+        serve.record_seen(d, [2; 32], addr(2)).unwrap();
+        let back = PeerBook::load(d).unwrap();
+        assert!(back.get(&[1; 32]).unwrap().revoked);
+        assert_eq!(back.records().len(), 2);
+    }
+
+    #[test]
+    fn prefixes_resolve_uniquely() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut book = PeerBook::load(d).unwrap();
+        let a = DeviceId([0; 32]); // "aaaa..."
+        let b = DeviceId([0xff; 32]); // "7777..."
+        book.record_seen(d, a.0, addr(1)).unwrap();
+        book.record_seen(d, b.0, addr(1)).unwrap();
+        assert_eq!(book.find_prefix("AAA").unwrap(), Some(a));
+        assert_eq!(book.find_prefix("77").unwrap(), Some(b));
+        assert_eq!(book.find_prefix("b").unwrap(), None);
+        assert!(book.find_prefix("").is_err());
+        let mut c = [0u8; 32];
+        c[31] = 1;
+        book.record_seen(d, c, addr(1)).unwrap();
+        assert!(book.find_prefix("aaaa").is_err());
+    }
+
+    #[test]
+    fn bad_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for bad in [
+            &b"not json"[..],
+            b"{\"version\":1,\"peers\":[{\"device\":\"xyz\"}]}",
+            b"{\"version\":9,\"peers\":[]}",
+        ] {
+            fs::write(d.join(PEERS_FILE), bad).unwrap();
+            assert!(
+                matches!(PeerBook::load(d), Err(Error::Malformed { .. })),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let id = DeviceId([5; 32]);
+        let rec = format!(
+            "{{\"device\":\"{id}\",\"first_seen\":1,\"last_seen\":1,\"last_addr\":null,\"pinned\":false,\"revoked\":false}}"
+        );
+        fs::write(
+            d.join(PEERS_FILE),
+            format!("{{\"version\":1,\"peers\":[{rec},{rec}]}}"),
+        )
+        .unwrap();
+        assert!(matches!(PeerBook::load(d), Err(Error::Malformed { .. })));
+        fs::write(d.join(PEERS_FILE), vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert!(matches!(PeerBook::load(d), Err(Error::Malformed { .. })));
+    }
+}
