@@ -12,6 +12,9 @@ command -v c++ >/dev/null 2>&1 || pkgs+=(g++)
 command -v make >/dev/null 2>&1 || pkgs+=(make)
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+# The update benchmark's baseline (a loopback rsync daemon) and its peak-RSS measurement (GNU time).
+command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
+[ -x /usr/bin/time ] || pkgs+=(time)
 
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing: ${pkgs[*]}" >&2
