@@ -751,7 +751,8 @@ def floors_met(summary, floor):
     rss_b = [e["left"]["rss_b"] for e in summary.values() if e["left"] and e["left"]["rss_b"]]
     f["rss_a"] = max(rss_a) <= FLOOR_RSS if rss_a else None
     f["rss_b"] = max(rss_b) <= FLOOR_RSS if rss_b else None
-    f["all"] = all(v for v in f.values() if v is not None) and all(v is not None for v in f.values())
+    # None when some figure is missing (e.g. a side skipped), else whether every floor is met.
+    f["all"] = None if any(v is None for v in f.values()) else all(f.values())
     return f
 
 
