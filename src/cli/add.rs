@@ -1,4 +1,8 @@
 //! `left add`: snapshot the share, or some paths inside it, as the new head.
+//!
+//! Beside a running `left serve` (which holds the store), the snapshot is made by the serving
+//! process through its control socket; the paths are checked here first, the reply printed by the
+//! same code as a local result.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -11,8 +15,10 @@ use left_store::{AddOptions, AddReport};
 use serde_json::json;
 
 use super::{
-    absolute, fmt, open_store, share_root, CliError, Global, Output, EXIT_OK, EXIT_PARTIAL,
+    absolute, answer_error, call_served, fmt, open_or_served, share_root, CliError, Global, Opened,
+    Output, EXIT_OK, EXIT_PARTIAL,
 };
+use left::control;
 
 /// Arguments of `left add`.
 #[derive(Debug, Args)]
@@ -34,23 +40,13 @@ pub struct AddArgs {
 
 /// Runs `left add`.
 pub(crate) fn run(global: &Global, out: &Output, args: AddArgs) -> anyhow::Result<u8> {
-    let (store_dir, store) = open_store(global)?;
+    let (store_dir, store) = match open_or_served(global)? {
+        Opened::Local(dir, store) => (dir, store),
+        Opened::Served(dir, status) => return run_served(out, args, &dir, &status),
+    };
     let share = share_root(&store_dir, &store)?;
     // The store folder may be given through a link; compare canonical forms.
-    let store_canon = std::fs::canonicalize(&store_dir).unwrap_or_else(|_| store_dir.clone());
-    let mut only = Vec::with_capacity(args.paths.len());
-    let mut whole = false;
-    for given in &args.paths {
-        let rel = share_relative(&share, &store_canon, given)?;
-        if rel.as_os_str().is_empty() {
-            // The share root itself: snapshot everything (after checking the other paths).
-            whole = true;
-        }
-        only.push(rel);
-    }
-    if whole {
-        only.clear();
-    }
+    let only = relative_paths(&share, &store_dir, &args.paths)?;
     let device = Identity::load(&store_dir)
         .context("cannot read the device key")?
         .device_id();
@@ -65,12 +61,67 @@ pub(crate) fn run(global: &Global, out: &Output, args: AddArgs) -> anyhow::Resul
         .add(&share, &only, &opts, &progress)
         .with_context(|| format!("cannot snapshot {}", share.display()))?;
     drop(progress);
-    print(out, &report)?;
+    finish(out, &report)
+}
+
+/// `left add` through the serving process whose status is `status`.
+fn run_served(
+    out: &Output,
+    args: AddArgs,
+    store_dir: &Path,
+    status: &serde_json::Value,
+) -> anyhow::Result<u8> {
+    let share = status["share_root"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or(CliError::UnexpectedAnswer { request: "Status" })?;
+    let share = std::fs::canonicalize(&share)
+        .with_context(|| format!("cannot open the share folder {}", share.display()))?;
+    let paths = relative_paths(&share, store_dir, &args.paths)?;
+    let req = control::Request::Add {
+        paths,
+        message: args.message.unwrap_or_default(),
+        rehash: args.rehash,
+        follow_links: args.follow_links,
+    };
+    match call_served(store_dir, &req)? {
+        control::Response::Add(reply) => finish(out, &reply.into()),
+        other => Err(answer_error(other, "Add")),
+    }
+}
+
+/// Prints the report; exit 3 when files were skipped.
+fn finish(out: &Output, report: &AddReport) -> anyhow::Result<u8> {
+    print(out, report)?;
     Ok(if report.skipped.is_empty() {
         EXIT_OK
     } else {
         EXIT_PARTIAL
     })
+}
+
+/// The paths given to `add`, relative to the share root; empty when the whole share is meant.
+fn relative_paths(
+    share: &Path,
+    store_dir: &Path,
+    given: &[PathBuf],
+) -> anyhow::Result<Vec<PathBuf>> {
+    // The store folder may be given through a link; compare canonical forms.
+    let store_canon = std::fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_owned());
+    let mut only = Vec::with_capacity(given.len());
+    let mut whole = false;
+    for given in given {
+        let rel = share_relative(share, &store_canon, given)?;
+        if rel.as_os_str().is_empty() {
+            // The share root itself: snapshot everything (after checking the other paths).
+            whole = true;
+        }
+        only.push(rel);
+    }
+    if whole {
+        only.clear();
+    }
+    Ok(only)
 }
 
 /// `given` relative to the share root, checked to exist and to lie inside the share and outside the

@@ -1,4 +1,5 @@
-//! `left log`, `left ls` and `left restore`: reading snapshots back.
+//! `left log`, `left ls` and `left restore`: reading snapshots back. They open the store read-only
+//! when a running `left serve` (or another command) holds it.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -8,7 +9,7 @@ use left::identity::DeviceId;
 use left_store::{NodeId, RestoreOptions, Store};
 use serde_json::json;
 
-use super::{absolute, fmt, head, open_store, Global, Output, EXIT_OK};
+use super::{absolute, fmt, head, open_store_read, Global, Output, EXIT_OK};
 
 /// Arguments of `left log`.
 #[derive(Debug, Args)]
@@ -52,7 +53,7 @@ pub struct RestoreArgs {
 
 /// Runs `left log`.
 pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Result<u8> {
-    let (_, store) = open_store(global)?;
+    let (_, store) = open_store_read(global)?;
     let entries = match store.head().context("cannot read the head")? {
         Some(head) => store
             .log(head, args.limit.unwrap_or(usize::MAX))
@@ -87,7 +88,7 @@ pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Resul
 
 /// Runs `left ls`.
 pub(crate) fn ls(global: &Global, out: &Output, args: LsArgs) -> anyhow::Result<u8> {
-    let (_, store) = open_store(global)?;
+    let (_, store) = open_store_read(global)?;
     let (snapshot, path) = match (args.snapshot, args.path) {
         (None, _) => (head(&store)?, PathBuf::new()),
         (Some(spec), Some(path)) => (resolve(&store, &spec)?, path),
@@ -141,7 +142,7 @@ pub(crate) fn ls(global: &Global, out: &Output, args: LsArgs) -> anyhow::Result<
 
 /// Runs `left restore`.
 pub(crate) fn restore(global: &Global, out: &Output, args: RestoreArgs) -> anyhow::Result<u8> {
-    let (_, store) = open_store(global)?;
+    let (_, store) = open_store_read(global)?;
     let snapshot = resolve(&store, &args.snapshot)?;
     let path = args.path.as_deref().map(snapshot_path);
     let target = absolute(&args.to)?;

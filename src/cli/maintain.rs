@@ -4,10 +4,14 @@ use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Context;
 use clap::Args;
-use left_store::{GcOptions, ObjectKind, ProblemKind};
+use left::control;
+use left_store::{GcOptions, GcReport, ObjectKind, ProblemKind};
 use serde_json::json;
 
-use super::{fmt, open_store, CliError, Global, Output, EXIT_OK};
+use super::{
+    answer_error, call_served, fmt, open_or_served, open_store_read, CliError, Global, Opened,
+    Output, EXIT_OK,
+};
 
 /// Arguments of `left gc`.
 #[derive(Debug, Args)]
@@ -19,7 +23,7 @@ pub struct GcArgs {
 
 /// Runs `left verify`: exit 0 when clean, else every problem on stdout and exit 1.
 pub(crate) fn verify(global: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_, store) = open_store(global)?;
+    let (_, store) = open_store_read(global)?;
     let progress = out.progress();
     let report = store.verify(&progress).context("cannot verify the store")?;
     drop(progress);
@@ -70,18 +74,37 @@ pub(crate) fn verify(global: &Global, out: &Output) -> anyhow::Result<u8> {
 }
 
 /// Runs `left gc`.
+/// Beside a running `left serve`, the serving process collects the garbage.
 pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<u8> {
-    let (_, store) = open_store(global)?;
-    let progress = out.progress();
-    let report = store
-        .gc(
-            &GcOptions {
+    let report = match open_or_served(global)? {
+        Opened::Local(_, store) => {
+            let progress = out.progress();
+            let report = store
+                .gc(
+                    &GcOptions {
+                        keep_last: args.keep_last,
+                    },
+                    &progress,
+                )
+                .context("cannot collect garbage")?;
+            drop(progress);
+            report
+        }
+        Opened::Served(dir, _) => {
+            let req = control::Request::Gc {
                 keep_last: args.keep_last,
-            },
-            &progress,
-        )
-        .context("cannot collect garbage")?;
-    drop(progress);
+            };
+            match call_served(&dir, &req)? {
+                control::Response::Gc(reply) => reply.into(),
+                other => return Err(answer_error(other, "Gc")),
+            }
+        }
+    };
+    print_gc(out, &report)?;
+    Ok(EXIT_OK)
+}
+
+fn print_gc(out: &Output, report: &GcReport) -> anyhow::Result<()> {
     out.json(&json!({
         "chunks_removed": report.chunks_removed,
         "nodes_removed": report.nodes_removed,
@@ -95,5 +118,5 @@ pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<
         fmt::bytes(report.bytes_before),
         fmt::bytes(report.bytes_after)
     ))?;
-    Ok(EXIT_OK)
+    Ok(())
 }

@@ -8,6 +8,11 @@
 //! This module is part of the binary, not the library: it is the one place (with `main.rs`) that uses
 //! `anyhow`. Errors that need a hint for the user are [`CliError`] values or store errors, which
 //! [`hint`] recognises anywhere in an error chain.
+//!
+//! While `left serve` runs it holds the store's lock. Then `add` and `gc` send their work to it
+//! through the control socket ([`left::control`], see [`open_or_served`]) and print its reply as
+//! they print a local result; `log`, `ls`, `restore` and `verify` open the store read-only
+//! ([`open_store_read`]); `status` asks the server for its status.
 
 mod add;
 mod fmt;
@@ -24,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use left::control;
 use left_store::Store;
 
 /// Exit code: success.
@@ -34,6 +40,10 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the command finished but some files were skipped (listed on stderr and in --json).
 pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code: `left sync` fetched a snapshot but did not check it out, because both sides changed
+/// since they last agreed.
+#[allow(dead_code)] // Returned by `left sync`.
+pub const EXIT_DIVERGED: u8 = 4;
 
 const AFTER_HELP: &str = "\
 Store discovery: --store PATH, else $LEFT_STORE, else the nearest folder named .left in the current
@@ -43,7 +53,8 @@ Exit codes:
   0  success
   1  error (the cause is printed on stderr as `left: ...`)
   2  usage error (bad option or argument)
-  3  finished, but some files were skipped (listed on stderr, and under \"skipped\" with --json)";
+  3  finished, but some files were skipped (listed on stderr, and under \"skipped\" with --json)
+  4  fetched, but not checked out: both sides changed since they last agreed";
 
 /// left: peer-to-peer file sync on a content-addressed store.
 #[derive(Debug, Parser)]
@@ -88,10 +99,16 @@ pub enum Command {
     Gc(maintain::GcArgs),
     /// Print this device's id (its public key)
     Id,
-    /// Print the share key (give it to `left init --join` on another device)
+    /// Print the share key, for `left init --join` on another device (whoever holds it can join)
+    ///
+    /// Whoever holds the share key can join the share and read everything in it: pass it only over
+    /// a channel you trust, and prefer `left init --join -` (key on stdin) on the other device so it
+    /// does not show in the process list or the shell history.
     ShareKey,
     /// List the devices seen; pin or revoke them
     Peers(share::PeersArgs),
+    /// Show the head, the share folder, and whether a `left serve` is running (and its status)
+    Status,
     /// Serve this share to peers over rdt until stopped (Ctrl-C)
     Serve(serve::ServeArgs),
     /// Fetch what peers have, then check it out into the share folder
@@ -142,6 +159,23 @@ pub enum CliError {
         /// Number of problems.
         count: usize,
     },
+    /// The serving process answered a request with an error.
+    #[error("{message}")]
+    Served {
+        /// Its message.
+        message: String,
+        /// Its hint.
+        hint: Option<String>,
+    },
+    /// The serving process gave an answer that does not fit the request.
+    #[error("the serving process gave an unexpected answer to {request}")]
+    UnexpectedAnswer {
+        /// The request, by name.
+        request: &'static str,
+    },
+    /// A share key given on the command line does not parse.
+    #[error("bad share key given to --join: {0}")]
+    BadShareKey(left::identity::ParseShareKeyError),
 }
 
 /// Runs the parsed command line; returns the process exit code on success.
@@ -161,6 +195,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Id => init::id(&cli.global, &out),
         Command::ShareKey => share::share_key(&cli.global, &out),
         Command::Peers(args) => share::peers(&cli.global, &out, args),
+        Command::Status => share::status(&cli.global, &out),
         Command::Serve(args) => serve::run(&cli.global, &out, args),
         Command::Sync(args) => sync::run(&cli.global, &out, args),
     }
@@ -185,6 +220,11 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
                      keep a copy of the store for inspection and add the files again if you still have them"
                         .into(),
                 ),
+                CliError::Served { hint, .. } => hint.clone(),
+                CliError::BadShareKey(_) => Some(
+                    "copy the key exactly as `left share-key` prints it on a device of the share"
+                        .into(),
+                ),
                 _ => None,
             };
         }
@@ -194,14 +234,7 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
                     "another left command is using this store: wait for it to finish (or stop it)"
                         .into(),
                 ),
-                left_store::Error::DiskFull { .. } => Some(
-                    "free some disk space and run the command again; the previous snapshot is intact"
-                        .into(),
-                ),
-                left_store::Error::Corrupt { .. } => {
-                    Some("run `left verify` to list every damaged object and the paths using it".into())
-                }
-                _ => None,
+                other => left::control::store_error_hint(other),
             };
         }
         if let Some(left::identity::Error::Missing { .. }) =
@@ -278,11 +311,72 @@ pub(crate) fn store_dir(global: &Global) -> anyhow::Result<PathBuf> {
 }
 
 /// Opens the store found by [`store_dir`].
+#[allow(dead_code)] // For `left serve` and `left sync`, which need it writable and to themselves.
 pub(crate) fn open_store(global: &Global) -> anyhow::Result<(PathBuf, Store)> {
     let dir = store_dir(global)?;
     let store =
         Store::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
     Ok((dir, store))
+}
+
+/// Opens the store for reading: normally, or read-only when another process (a running
+/// `left serve`, or another command) holds its lock.
+pub(crate) fn open_store_read(global: &Global) -> anyhow::Result<(PathBuf, Store)> {
+    let dir = store_dir(global)?;
+    let context = || format!("cannot open the store at {}", dir.display());
+    let store = match Store::open(&dir) {
+        Ok(store) => store,
+        Err(left_store::Error::Locked { pid }) => Store::open_read_only(&dir)
+            .with_context(|| format!("{} read-only (pid {pid} holds it)", context()))?,
+        Err(e) => return Err(anyhow::Error::new(e).context(context())),
+    };
+    Ok((dir, store))
+}
+
+/// A store opened here, or the `left serve` process that holds it.
+pub(crate) enum Opened {
+    /// Opened by this process.
+    Local(PathBuf, Store),
+    /// Held by a serving process, which answered on the control socket with this status.
+    Served(PathBuf, serde_json::Value),
+}
+
+/// Opens the store found by [`store_dir`]; when it is locked and a `left serve` answers on its
+/// control socket, returns that server instead. Locked with no server answering: the lock error,
+/// as before.
+pub(crate) fn open_or_served(global: &Global) -> anyhow::Result<Opened> {
+    let dir = store_dir(global)?;
+    let context = || format!("cannot open the store at {}", dir.display());
+    match Store::open(&dir) {
+        Ok(store) => Ok(Opened::Local(dir, store)),
+        Err(locked @ left_store::Error::Locked { .. }) => {
+            match control::call(&dir, &control::Request::Status) {
+                Ok(Some(control::Response::Status(status))) => Ok(Opened::Served(dir, status)),
+                Ok(Some(other)) => Err(answer_error(other, "Status")),
+                Ok(None) => Err(anyhow::Error::new(locked).context(context())),
+                Err(e) => Err(anyhow::Error::new(e).context(format!(
+                    "{}: it is locked, and its server's control socket failed",
+                    context()
+                ))),
+            }
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(context())),
+    }
+}
+
+/// Sends `req` to the serving process holding the store at `dir`.
+pub(crate) fn call_served(dir: &Path, req: &control::Request) -> anyhow::Result<control::Response> {
+    control::call(dir, req)
+        .context("cannot reach the serving process")?
+        .ok_or_else(|| anyhow::anyhow!("the serving process stopped before answering"))
+}
+
+/// The error for an answer that is an error, or not the one `request` expects.
+pub(crate) fn answer_error(answer: control::Response, request: &'static str) -> anyhow::Error {
+    match answer {
+        control::Response::Error { message, hint } => CliError::Served { message, hint }.into(),
+        _ => CliError::UnexpectedAnswer { request }.into(),
+    }
 }
 
 /// The share folder recorded in the store, canonicalised.
@@ -324,7 +418,13 @@ mod tests {
     #[test]
     fn help_documents_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        for code in ["0  success", "1  error", "2  usage", "3  finished"] {
+        for code in [
+            "0  success",
+            "1  error",
+            "2  usage",
+            "3  finished",
+            "4  fetched",
+        ] {
             assert!(help.contains(code), "missing {code:?} in help:\n{help}");
         }
     }
@@ -336,5 +436,12 @@ mod tests {
         let err = anyhow::Error::from(CliError::NotInShare { cwd: "/x".into() });
         assert!(hint(&err).unwrap().contains("left init"));
         assert!(hint(&anyhow::anyhow!("plain")).is_none());
+        let err = anyhow::Error::from(CliError::Served {
+            message: "m".into(),
+            hint: Some("do this".into()),
+        });
+        assert_eq!(hint(&err).as_deref(), Some("do this"));
+        let err = anyhow::Error::from(left_store::Error::DiskFull { path: "/x".into() });
+        assert!(hint(&err).unwrap().contains("free some disk space"));
     }
 }

@@ -1,19 +1,231 @@
-//! `left share-key` and `left peers`: the share key and the devices seen (stub).
+//! `left share-key`, `left peers` and `left status`: the share key, the devices seen, and the state
+//! of this share (head, folder, a running `left serve`).
 
+use anyhow::Context;
 use clap::Args;
+use left::control;
+use left::ecp::ShareId;
+use left::identity::{self, DeviceId, Identity};
+use left::peers::{PeerBook, PeerRecord};
+use serde_json::{json, Value};
 
-use super::{Global, Output};
+use super::{answer_error, fmt, open_store_read, store_dir, Global, Output, EXIT_OK};
 
 /// Arguments of `left peers`.
 #[derive(Debug, Args)]
-pub struct PeersArgs {}
-
-/// Runs `left share-key`.
-pub(crate) fn share_key(_global: &Global, _out: &Output) -> anyhow::Result<u8> {
-    anyhow::bail!("`left share-key` is not built yet")
+#[command(
+    after_help = "DEVICE is a device id as `left id` prints it, or a unique prefix of one \
+in the list. Revoked devices are always refused. Once any device is pinned, only pinned devices \
+may connect; unpin them all to accept every device holding the share key again. A running \
+`left serve` picks changes up for new connections."
+)]
+#[group(multiple = false)]
+pub struct PeersArgs {
+    /// Pin DEVICE: once any device is pinned, only pinned devices may connect
+    #[arg(long, value_name = "DEVICE")]
+    pin: Option<String>,
+    /// Remove the pin of DEVICE
+    #[arg(long, value_name = "DEVICE")]
+    unpin: Option<String>,
+    /// Revoke DEVICE: it may never connect again (until --unrevoke)
+    #[arg(long, value_name = "DEVICE")]
+    revoke: Option<String>,
+    /// Lift the revocation of DEVICE
+    #[arg(long, value_name = "DEVICE")]
+    unrevoke: Option<String>,
 }
 
-/// Runs `left peers`.
-pub(crate) fn peers(_global: &Global, _out: &Output, _args: PeersArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`left peers` is not built yet")
+/// Runs `left share-key`.
+pub(crate) fn share_key(global: &Global, out: &Output) -> anyhow::Result<u8> {
+    let store = store_dir(global)?;
+    let key = identity::load_share_key(&store).context("cannot read the share key")?;
+    let text = identity::format_share_key(&key);
+    out.json(&json!({
+        "share_key": text,
+        "share": ShareId::from_key(&key).0.to_string(),
+    }))?;
+    out.data(text)?;
+    Ok(EXIT_OK)
+}
+
+/// Runs `left peers`: lists the book, after applying a change if one is asked for.
+pub(crate) fn peers(global: &Global, out: &Output, args: PeersArgs) -> anyhow::Result<u8> {
+    let store = store_dir(global)?;
+    let mut book = PeerBook::load(&store).context("cannot read the peer book")?;
+    let change = [
+        (args.pin, Change::Pin),
+        (args.unpin, Change::Unpin),
+        (args.revoke, Change::Revoke),
+        (args.unrevoke, Change::Unrevoke),
+    ]
+    .into_iter()
+    .find_map(|(arg, change)| arg.map(|a| (a, change)));
+    let mut done = None;
+    if let Some((given, change)) = change {
+        let device = resolve_device(&book, &given, change)?;
+        match change {
+            Change::Pin => book.pin(&store, &device),
+            Change::Unpin => book.unpin(&store, &device),
+            Change::Revoke => book.revoke(&store, &device),
+            Change::Unrevoke => book.unrevoke(&store, &device),
+        }
+        .context("cannot change the peer book")?;
+        done = Some((change, device));
+    }
+    out.json(&json!({
+        "pin_mode": book.pin_mode(),
+        "peers": book.records().iter().map(record_json).collect::<Vec<_>>(),
+    }))?;
+    if let Some((change, device)) = done {
+        let what = match change {
+            Change::Pin => "pinned",
+            Change::Unpin => "unpinned",
+            Change::Revoke => "revoked",
+            Change::Unrevoke => "no longer revoked:",
+        };
+        let mode = if book.pin_mode() {
+            "only pinned devices may connect"
+        } else {
+            "every device holding the share key may connect, unless revoked"
+        };
+        out.human(format!("{what} {device}; {mode}"))?;
+        return Ok(EXIT_OK);
+    }
+    if book.records().is_empty() {
+        out.human("no devices seen yet")?;
+    }
+    for r in book.records() {
+        out.data(record_line(r))?;
+    }
+    Ok(EXIT_OK)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Pin,
+    Unpin,
+    Revoke,
+    Unrevoke,
+}
+
+/// A device given on the command line: a unique prefix of one in the book, or (to pin or revoke a
+/// device never seen) a full id.
+fn resolve_device(book: &PeerBook, given: &str, change: Change) -> anyhow::Result<DeviceId> {
+    match book.find_prefix(given) {
+        Ok(Some(device)) => Ok(device),
+        Err(ambiguous) => Err(anyhow::anyhow!(ambiguous)),
+        Ok(None) => match (change, given.parse::<DeviceId>()) {
+            (Change::Pin | Change::Revoke, Ok(device)) => Ok(device),
+            _ => Err(anyhow::anyhow!(
+                "no device in the peer book has an id starting with {given:?} \
+                 (`left peers` lists them; a device never seen needs its full id)"
+            )),
+        },
+    }
+}
+
+fn seen(secs: i64) -> String {
+    if secs == 0 {
+        "never".to_owned()
+    } else {
+        fmt::time(secs.saturating_mul(1_000_000_000))
+    }
+}
+
+fn record_line(r: &PeerRecord) -> String {
+    let mut line = format!(
+        "{}  first seen {}, last seen {}",
+        r.device,
+        seen(r.first_seen),
+        seen(r.last_seen)
+    );
+    if let Some(addr) = r.last_addr {
+        line.push_str(&format!(" from {addr}"));
+    }
+    if r.pinned {
+        line.push_str("  [pinned]");
+    }
+    if r.revoked {
+        line.push_str("  [revoked]");
+    }
+    line
+}
+
+fn record_json(r: &PeerRecord) -> Value {
+    json!({
+        "device": r.device.to_string(),
+        "first_seen": r.first_seen,
+        "last_seen": r.last_seen,
+        "last_addr": r.last_addr.map(|a| a.to_string()),
+        "pinned": r.pinned,
+        "revoked": r.revoked,
+    })
+}
+
+/// Runs `left status`.
+pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
+    let dir = store_dir(global)?;
+    let served = match control::call(&dir, &control::Request::Status)
+        .context("cannot ask the serving process for its status")?
+    {
+        Some(control::Response::Status(v)) => Some(v),
+        Some(other) => return Err(answer_error(other, "Status")),
+        None => None,
+    };
+    let (head, share_root) = match &served {
+        Some(v) => (
+            v["head"].as_str().map(str::to_owned),
+            v["share_root"].as_str().map(str::to_owned),
+        ),
+        None => {
+            let (_, store) = open_store_read(global)?;
+            let head = store
+                .head()
+                .context("cannot read the head")?
+                .map(|h| h.to_string());
+            let root = store
+                .config()
+                .share_root
+                .as_ref()
+                .map(|p| fmt::json_path(p));
+            (head, root)
+        }
+    };
+    let device = Identity::load(&dir).ok().map(|id| id.device_id());
+    let share = identity::load_share_key(&dir)
+        .ok()
+        .map(|k| ShareId::from_key(&k).0.to_string());
+    let book = PeerBook::load(&dir).context("cannot read the peer book")?;
+    out.json(&json!({
+        "store": fmt::json_path(&dir),
+        "share_root": share_root,
+        "head": head,
+        "device": device.map(|d| d.to_string()),
+        "share": share,
+        "serving": served.is_some(),
+        "serve": served,
+        "pin_mode": book.pin_mode(),
+        "peers": book.records().iter().map(record_json).collect::<Vec<_>>(),
+    }))?;
+    let short = |s: &Option<String>, n: usize| match s {
+        Some(s) => s.chars().take(n).collect(),
+        None => "none".to_owned(),
+    };
+    out.data(format!(
+        "share {} (store {})",
+        share_root.as_deref().unwrap_or("(not recorded)"),
+        dir.display()
+    ))?;
+    out.data(format!(
+        "head {}; device {}; {} peer(s) known{}",
+        short(&head, 12),
+        short(&device.map(|d| d.to_string()), 8),
+        book.records().len(),
+        if book.pin_mode() { ", pin mode" } else { "" }
+    ))?;
+    match &served {
+        Some(v) => out.data(format!("serving: yes; {v}"))?,
+        None => out.data("serving: no")?,
+    }
+    Ok(EXIT_OK)
 }

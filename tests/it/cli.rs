@@ -541,3 +541,136 @@ fn follow_links_stores_what_links_point_to() {
     assert!(fs::symlink_metadata(&restored).unwrap().is_file());
     assert!(fs::read(&restored).unwrap() == data);
 }
+
+/// `left share-key` on one device, `left init --join` on another: same share id, new device key.
+#[test]
+fn share_key_and_join_make_the_same_share() {
+    let a = Share::new();
+    let key_run = a.left(&["share-key"]).expect_code(0);
+    let key = key_run.out().trim_end().to_owned();
+    assert_eq!(key_run.out(), format!("{key}\n"), "one line");
+    assert_eq!(key.len(), 52, "{key}");
+    let key_json = a.json(&["share-key"], 0);
+    assert_eq!(key_json["share_key"], Value::String(key.clone()));
+    let a_id = a.json(&["id"], 0);
+
+    // Joined with the key on the command line.
+    let b = Share::uninit();
+    let v = b.json(&["init", "--join", &key], 0);
+    assert_eq!(v["joined"], Value::Bool(true), "{v}");
+    let b_id = b.json(&["id"], 0);
+    assert_eq!(b_id["share"], a_id["share"]);
+    assert_eq!(key_json["share"], a_id["share"]);
+    assert_ne!(b_id["device"], a_id["device"], "the device key is new");
+    assert_eq!(
+        fs::read(b.store.join("share.key")).unwrap(),
+        fs::read(a.store.join("share.key")).unwrap()
+    );
+    let meta = fs::metadata(b.store.join("share.key")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(b.json(&["status"], 0)["share"], a_id["share"]);
+
+    // Joined with the key on stdin (upper case, surrounded by white space).
+    let c = Share::uninit();
+    let mut cmd = c.cmd(&["--json", "init", "--join", "-"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "  {}  ", key.to_uppercase()).unwrap();
+    }
+    Run::from_output(child.wait_with_output().unwrap()).expect_code(0);
+    assert_eq!(c.json(&["id"], 0)["share"], a_id["share"]);
+
+    // A fresh init is a different share.
+    let d = Share::new();
+    assert_ne!(d.json(&["id"], 0)["share"], a_id["share"]);
+}
+
+#[test]
+fn bad_join_keys_are_one_line_errors_and_create_nothing() {
+    let share = Share::uninit();
+    let valid = Share::new().left(&["share-key"]).expect_code(0).out();
+    let cut = valid.trim()[..51].to_owned();
+    for key in ["nonsense", cut.as_str(), "", "-"] {
+        // "-" reads an empty stdin (the helper's stdin is /dev/null).
+        let r = share
+            .left(&["init", "--join", key, "joined"])
+            .expect_code(1);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{key:?}: {}", r.stderr);
+        assert!(
+            lines[0].starts_with("left: bad share key given to --join: not a share key"),
+            "{key:?}: {}",
+            r.stderr
+        );
+        assert!(lines[1].starts_with("hint: "), "{}", r.stderr);
+        assert!(
+            !share.root.join("joined").exists(),
+            "{key:?}: made the folder"
+        );
+    }
+}
+
+#[test]
+fn peers_pin_revoke_and_list() {
+    let share = Share::new();
+    let other = Share::new();
+    let other_id = other.left(&["id"]).expect_code(0).out().trim().to_owned();
+    let empty = share.json(&["peers"], 0);
+    assert_eq!(empty["peers"], Value::Array(vec![]), "{empty}");
+    assert_eq!(empty["pin_mode"], Value::Bool(false));
+    assert!(share
+        .left(&["peers"])
+        .expect_code(0)
+        .out()
+        .contains("no devices seen yet"));
+
+    // A device never seen needs its full id; then a prefix finds it.
+    let r = share
+        .left(&["peers", "--pin", &other_id[..10]])
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("no device in the peer book"),
+        "{}",
+        r.stderr
+    );
+    let pinned = share.json(&["peers", "--pin", &other_id], 0);
+    assert_eq!(pinned["pin_mode"], Value::Bool(true), "{pinned}");
+    assert_eq!(
+        pinned["peers"][0]["device"],
+        Value::String(other_id.clone())
+    );
+    assert_eq!(pinned["peers"][0]["pinned"], Value::Bool(true));
+    let meta = fs::metadata(share.store.join("peers.json")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let list = share.left(&["peers"]).expect_code(0).out();
+    assert!(list.starts_with(&other_id), "{list}");
+    assert!(list.contains("[pinned]"), "{list}");
+
+    let revoked = share.json(&["peers", "--revoke", &other_id[..6].to_uppercase()], 0);
+    assert_eq!(
+        revoked["peers"][0]["revoked"],
+        Value::Bool(true),
+        "{revoked}"
+    );
+    assert_eq!(
+        revoked["peers"][0]["pinned"],
+        Value::Bool(false),
+        "{revoked}"
+    );
+    assert_eq!(revoked["pin_mode"], Value::Bool(false), "{revoked}");
+    assert!(share.left(&["peers"]).out().contains("[revoked]"));
+    let status = share.json(&["status"], 0);
+    assert_eq!(status["peers"][0]["revoked"], Value::Bool(true), "{status}");
+
+    let back = share.json(&["peers", "--unrevoke", &other_id[..6]], 0);
+    assert_eq!(back["peers"][0]["revoked"], Value::Bool(false), "{back}");
+    // One change at a time.
+    share
+        .left(&["peers", "--pin", &other_id, "--revoke", &other_id])
+        .expect_code(2);
+}
