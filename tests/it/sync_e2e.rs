@@ -1,1 +1,467 @@
-//! (stub)
+//! `left serve` and `left sync` end to end: real processes on loopback, killed for real.
+//!
+//! Every wait is a condition polled against a deadline (a store folder that grew, a process that
+//! exited, a line that appeared), never a timed sleep. Slow transfers, needed to catch a sync in
+//! the middle, come from the impairment layer's rate limit (`LEFT_IMPAIR=rate=...` on the serving
+//! side); lossy ones from its loss and reordering, with the seed printed (`LEFT_TEST_SEED` replays).
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use left_store::{ChunkId, Store};
+use serde_json::Value;
+
+use crate::util::*;
+
+const MIB: usize = 1 << 20;
+
+/// Files, a subfolder, a symlink, an empty folder and a `big_mib` MiB file of random bytes.
+fn populate(share: &Share, big_mib: usize) {
+    share.write("a.txt", b"alpha\n");
+    share.write("sub/b.txt", b"bravo\n");
+    share.write("sub/deeper/c.txt", &random_bytes(3, 70_000));
+    symlink("sub/b.txt", share.root.join("link")).unwrap();
+    fs::create_dir_all(share.root.join("empty")).unwrap();
+    share.write("big.bin", &random_bytes(1, big_mib * MIB));
+}
+
+/// Every distinct chunk of the files `paths` in `share`'s head (the store opened while nothing
+/// else has it).
+fn chunks_of(share: &Share, paths: &[&str]) -> Vec<ChunkId> {
+    let store = Store::open(&share.store).expect("open store");
+    let head = store.head().unwrap().expect("head");
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for p in paths {
+        for c in store.debug_file_chunks(head, Path::new(p)).unwrap() {
+            if seen.insert(c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// How many of `chunks` the store of `share` holds (opened after its user exited).
+fn stored(share: &Share, chunks: &[ChunkId]) -> usize {
+    let store = Store::open(&share.store).expect("open store after the kill");
+    store
+        .has_chunks(chunks)
+        .unwrap()
+        .into_iter()
+        .filter(|b| *b)
+        .count()
+}
+
+fn head_of(share: &Share) -> String {
+    share.head().expect("a head")
+}
+
+/// The peer entry for `addr` in a sync's JSON.
+#[track_caller]
+fn peer_entry<'a>(j: &'a Value, addr: &str) -> &'a Value {
+    j["peers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no peers list: {j}"))
+        .iter()
+        .find(|p| p["addr"] == Value::String(addr.to_owned()))
+        .unwrap_or_else(|| panic!("{addr} is not in the peers list: {j}"))
+}
+
+/// Spawns `left --json sync` with piped output.
+fn spawn_sync(
+    share: &Share,
+    addrs: &[String],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    share
+        .sync_cmd(addrs, extra, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start left sync")
+}
+
+/// Waits (bounded) for a spawned sync and returns its run.
+#[track_caller]
+fn finish(mut child: std::process::Child, limit: Duration) -> Run {
+    if wait_timeout(&mut child, limit).is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "left sync still running after {limit:?}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Run::from_output(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn basic_sync_then_nothing_then_a_small_delta() {
+    let a = Share::new();
+    populate(&a, 32);
+    a.add(&[]);
+    let head = head_of(&a);
+    let server = a.serve();
+    assert_eq!(server.hello["device"].is_string(), true, "{}", server.hello);
+
+    let b = a.join();
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_same_tree(&a.root, &b.root);
+    assert_eq!(j["head"], Value::String(head.clone()), "{j}");
+    assert_eq!(b.head().as_deref(), Some(head.as_str()));
+    let big = 32 * MIB as u64;
+    assert!(u(&j, "chunks_fetched") >= 32, "{j}");
+    assert!(u(&j, "nodes_fetched") >= 5, "{j}");
+    let payload = u(&j, "payload_bytes_received");
+    assert!(payload >= big, "random data cannot shrink: {j}");
+    assert!(payload < big + big / 10, "{j}");
+    assert!(u(&j, "bytes_received") >= payload, "{j}");
+    assert!(u(&j, "bytes_sent") > 0, "{j}");
+    assert!(j["seconds"].as_f64().is_some_and(|s| s > 0.0), "{j}");
+    assert_eq!(j["checked_out"], Value::Bool(true), "{j}");
+    assert_eq!(j["diverged"], Value::Bool(false), "{j}");
+    assert!(u(&j["checkout"], "files_written") >= 4, "{j}");
+    assert!(u(&j["checkout"], "bytes_written") >= big, "{j}");
+    let p = peer_entry(&j, &server.addr());
+    assert!(p["error"].is_null(), "{j}");
+    assert_eq!(p["head"], Value::String(head.clone()), "{j}");
+    assert_eq!(p["device"], server.hello["device"], "{j}");
+
+    // Nothing new: nothing crosses the wire but the exchange of heads.
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(u(&j, "chunks_fetched"), 0, "{j}");
+    assert_eq!(u(&j, "nodes_fetched"), 0, "{j}");
+    assert_eq!(u(&j, "payload_bytes_received"), 0, "{j}");
+    assert_same_tree(&a.root, &b.root);
+
+    // 1 MiB changed in the middle of the big file.
+    server.stop();
+    let mut data = fs::read(a.root.join("big.bin")).unwrap();
+    data[16 * MIB..17 * MIB].copy_from_slice(&random_bytes(2, MIB));
+    fs::write(a.root.join("big.bin"), &data).unwrap();
+    a.add(&[]);
+    let server = a.serve();
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_same_tree(&a.root, &b.root);
+    assert_eq!(j["head"], Value::String(head_of(&a)), "{j}");
+    assert!(
+        u(&j, "payload_bytes_received") < 2 * MIB as u64,
+        "a 1 MiB edit moved {} payload bytes: {j}",
+        u(&j, "payload_bytes_received")
+    );
+    assert!(
+        u(&j["checkout"], "bytes_reused") >= 28 * MIB as u64,
+        "the unchanged 31 MiB were not reused: {j}"
+    );
+    server.stop();
+}
+
+/// Waits until the store of `share` has grown by `by` bytes over `before`, or `child` exited;
+/// returns whether it grew (and the child still runs).
+fn grown_while_running(
+    share: &Share,
+    before: u64,
+    by: u64,
+    child: &mut std::process::Child,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if du(&share.store) > before + by {
+            return true;
+        }
+        assert!(Instant::now() < deadline, "the store never grew by {by}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigkill_of_the_receiver_then_resume_fetches_only_what_is_missing() {
+    let a = Share::new();
+    populate(&a, 48);
+    a.add(&[]);
+    let all = chunks_of(&a, &["a.txt", "sub/b.txt", "sub/deeper/c.txt", "big.bin"]);
+    assert!(all.len() > 40, "{} chunks", all.len());
+
+    // 10 MB/s out of the server: about 5 s for the whole file.
+    let slow = a.serve_on(
+        "127.0.0.1:0",
+        &[],
+        &[("LEFT_IMPAIR", "rate=10000000,seed=1")],
+    );
+    let b = a.join();
+    let before = du(&b.store);
+    let mut child = spawn_sync(&b, &[slow.addr()], &[], &[]);
+    let killed = grown_while_running(&b, before, 12 * MIB as u64, &mut child);
+    assert!(killed, "the sync finished before it could be killed");
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    slow.stop();
+
+    let have = stored(&b, &all);
+    let missing = all.len() - have;
+    eprintln!("killed with {have} of {} chunks stored", all.len());
+    assert!(have > 0, "nothing was stored before the kill");
+    assert!(missing > 0, "everything was stored before the kill");
+
+    let fast = a.serve();
+    let j = b.sync_ok(&[fast.addr()], &[], &[]);
+    assert_eq!(
+        u(&j, "chunks_fetched"),
+        missing as u64,
+        "stored chunks crossed the wire again: {j}"
+    );
+    assert_same_tree(&a.root, &b.root);
+    fast.stop();
+}
+
+#[test]
+fn abort_at_a_store_write_then_resume_fetches_only_what_is_missing() {
+    let a = Share::new();
+    populate(&a, 24);
+    a.add(&[]);
+    let all = chunks_of(&a, &["a.txt", "sub/b.txt", "sub/deeper/c.txt", "big.bin"]);
+    let server = a.serve();
+    let mut crashed = 0;
+    for n in [2u32, 4] {
+        let b = a.join();
+        let mut cmd = b.sync_cmd(
+            &[server.addr()],
+            &[],
+            &[("LEFT_FAULT", &format!("abort-write:{n}"))],
+        );
+        let out = no_core_dump(&mut cmd).output().unwrap();
+        let r = Run::from_output(out.clone());
+        if out.status.success() {
+            eprintln!("abort-write:{n}: fewer than {n} write batches; nothing to resume");
+            assert_same_tree(&a.root, &b.root);
+            continue;
+        }
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "n={n}: {r:?}");
+        crashed += 1;
+        let have = stored(&b, &all);
+        let missing = all.len() - have;
+        eprintln!("abort-write:{n}: {have} of {} chunks stored", all.len());
+        let j = b.sync_ok(&[server.addr()], &[], &[]);
+        assert_eq!(
+            u(&j, "chunks_fetched"),
+            missing as u64,
+            "n={n}: stored chunks crossed the wire again: {j}"
+        );
+        assert_same_tree(&a.root, &b.root);
+    }
+    assert!(crashed >= 1, "the abort hook never fired during a sync");
+    server.stop();
+}
+
+#[test]
+fn server_killed_mid_transfer_then_restarted_on_the_same_port() {
+    let a = Share::new();
+    populate(&a, 48);
+    a.add(&[]);
+    let slow = a.serve_on(
+        "127.0.0.1:0",
+        &[],
+        &[("LEFT_IMPAIR", "rate=10000000,seed=2")],
+    );
+    let addr = slow.addr();
+    let b = a.join();
+    let before = du(&b.store);
+    let mut child = spawn_sync(&b, &[addr.clone()], &["--timeout", "90"], &[]);
+    assert!(
+        grown_while_running(&b, before, 8 * MIB as u64, &mut child),
+        "the sync finished before the server could be killed"
+    );
+    slow.kill();
+    // Let the client notice: its store stops growing while the server is down. Restart at once
+    // anyway; the client must cope with either order.
+    let again = a.serve_on(&addr, &[], &[]);
+    let r = finish(child, Duration::from_secs(120));
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let j = r.expect_code(0).json();
+    assert_eq!(j["head"], Value::String(head_of(&a)), "{j}");
+    assert_same_tree(&a.root, &b.root);
+    again.stop();
+}
+
+#[test]
+fn server_killed_and_never_back_is_named_after_the_timeout() {
+    let a = Share::new();
+    populate(&a, 48);
+    a.add(&[]);
+    let slow = a.serve_on(
+        "127.0.0.1:0",
+        &[],
+        &[("LEFT_IMPAIR", "rate=10000000,seed=3")],
+    );
+    let addr = slow.addr();
+    let b = a.join();
+    let before = du(&b.store);
+    let started = Instant::now();
+    let mut child = spawn_sync(&b, &[addr.clone()], &["--timeout", "5"], &[]);
+    assert!(
+        grown_while_running(&b, before, 4 * MIB as u64, &mut child),
+        "the sync finished before the server could be killed"
+    );
+    slow.kill();
+    let killed_at = started.elapsed();
+    let r = finish(child, Duration::from_secs(90));
+    let took = started.elapsed() - killed_at;
+    eprintln!("gave up {took:?} after the kill: {}", r.stderr.trim());
+    let r = r.expect_code(1);
+    let line = one_error_line(&r);
+    assert!(
+        line.contains(&addr),
+        "the error does not name {addr}: {line}"
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?} to give up");
+    assert!(
+        !b.root.join("big.bin").exists(),
+        "a partial file was checked out"
+    );
+}
+
+#[test]
+fn five_percent_loss_with_reordering_both_ways() {
+    let seed = test_seed("five_percent_loss_with_reordering_both_ways");
+    let impair = format!("loss=0.05,reorder=0.05,seed={seed}");
+    let a = Share::new();
+    populate(&a, 8);
+    a.add(&[]);
+    let server = a.serve_on("127.0.0.1:0", &[], &[("LEFT_IMPAIR", &impair)]);
+    let b = a.join();
+    let r = b.sync(
+        &[server.addr()],
+        &["--timeout", "120"],
+        &[("LEFT_IMPAIR", &impair)],
+    );
+    assert!(!r.stderr.contains("panicked"), "seed {seed}: {}", r.stderr);
+    assert_eq!(r.code, Some(0), "seed {seed}: {}", r.stderr);
+    let j = r.json();
+    assert!(
+        u(&j, "bytes_received") > u(&j, "payload_bytes_received"),
+        "{j}"
+    );
+    assert_same_tree(&a.root, &b.root);
+    server.stop();
+}
+
+#[test]
+fn encryption_mismatch_is_refused_on_both_sides() {
+    let a = Share::new();
+    a.write("x.txt", b"x");
+    a.add(&[]);
+    for (serve_opt, sync_opt) in [("off", "on"), ("no", "yes"), ("on", "no")] {
+        let server = a.serve_on("127.0.0.1:0", &["--encryption", serve_opt], &[]);
+        let b = a.join();
+        let r = b.sync(
+            &[server.addr()],
+            &["--encryption", sync_opt, "--timeout", "5"],
+            &[],
+        );
+        let r = r.expect_code(1);
+        let line = one_error_line(&r);
+        assert!(
+            line.to_lowercase().contains("encryption"),
+            "{serve_opt}/{sync_opt}: {line}"
+        );
+        assert!(line.contains(&server.addr()), "{line}");
+        wait_for(
+            "the server to report the mismatch",
+            Duration::from_secs(10),
+            || server.stderr().to_lowercase().contains("encryption"),
+        );
+        assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
+        assert!(!b.root.join("x.txt").exists());
+        server.stop();
+    }
+    // Matching settings in either spelling work.
+    for (serve_opt, sync_opt) in [("no", "off"), ("yes", "on")] {
+        let server = a.serve_on("127.0.0.1:0", &["--encryption", serve_opt], &[]);
+        let b = a.join();
+        b.sync_ok(&[server.addr()], &["--encryption", sync_opt], &[]);
+        assert_same_tree(&a.root, &b.root);
+        server.stop();
+    }
+}
+
+#[test]
+fn diverged_heads_exit_4_and_leave_the_folder_alone() {
+    let a = Share::new();
+    a.write("common.txt", b"common\n");
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    server.stop();
+
+    a.write("common.txt", b"changed on A\n");
+    a.add(&[]);
+    b.write("mine.txt", b"made on B\n");
+    b.add(&[]);
+    let b_head = head_of(&b);
+    let before = read_tree(&b.root);
+
+    let server = a.serve();
+    let r = b.sync(&[server.addr()], &[], &[]);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let r = r.expect_code(4);
+    if !r.stdout.is_empty() {
+        let j = r.json();
+        assert_eq!(j["diverged"], Value::Bool(true), "{j}");
+        assert_eq!(j["checked_out"], Value::Bool(false), "{j}");
+        assert_eq!(j["head"], Value::String(head_of(&a)), "{j}");
+    }
+    assert!(
+        r.stderr.to_lowercase().contains("diverge"),
+        "no clear word: {}",
+        r.stderr
+    );
+    assert_eq!(read_tree(&b.root), before, "B's folder changed");
+    assert_eq!(head_of(&b), b_head, "B's head moved");
+    server.stop();
+}
+
+#[test]
+fn two_servers_with_the_same_head_both_serve() {
+    let a1 = Share::new();
+    populate(&a1, 24);
+    a1.add(&[]);
+    let head = head_of(&a1);
+    let s1 = a1.serve();
+    let a2 = a1.join();
+    a2.sync_ok(&[s1.addr()], &[], &[]);
+    assert_eq!(head_of(&a2), head);
+    let s2 = a2.serve();
+
+    let b = a1.join();
+    let j = b.sync_ok(&[s1.addr(), s2.addr()], &[], &[]);
+    assert_same_tree(&a1.root, &b.root);
+    for s in [&s1, &s2] {
+        let p = peer_entry(&j, &s.addr());
+        assert!(p["error"].is_null(), "{j}");
+        assert_eq!(p["head"], Value::String(head.clone()), "{j}");
+    }
+
+    // One of the two is dead before the sync starts: the other serves everything and the dead
+    // one is named.
+    let dead_addr = s2.addr();
+    s2.kill();
+    let c = a1.join();
+    let j = c.sync_ok(&[dead_addr.clone(), s1.addr()], &["--timeout", "10"], &[]);
+    assert_same_tree(&a1.root, &c.root);
+    let dead = peer_entry(&j, &dead_addr);
+    assert!(dead["error"].is_string(), "the dead peer is not named: {j}");
+    assert!(peer_entry(&j, &s1.addr())["error"].is_null(), "{j}");
+    s1.stop();
+}

@@ -330,3 +330,285 @@ pub fn u(v: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Peers: `left serve` and `left sync` as real processes on loopback.
+
+/// Polls `cond` until it holds or `limit` has passed; panics naming `what` on timeout. The pause
+/// between polls only limits CPU use: the condition, not the pause, is the synchronisation.
+#[track_caller]
+pub fn wait_for(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Waits for `child` to exit within `limit`; `None` (child still running) on timeout.
+pub fn wait_timeout(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Sends `signal` to a child that has not been reaped yet.
+pub fn signal(child: &std::process::Child, signal: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; the pid is our unreaped child, so it is not reused.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({}, {signal})", child.id());
+}
+
+/// A seed for a randomised test: `LEFT_TEST_SEED` if set (to replay a run), else from the clock.
+/// Printed, so a failing run can be replayed.
+pub fn test_seed(what: &str) -> u64 {
+    let seed = std::env::var("LEFT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % 1_000_000)
+                .unwrap_or(1)
+        });
+    eprintln!("{what}: seed {seed} (replay with LEFT_TEST_SEED={seed})");
+    seed
+}
+
+/// A running `left serve`, killed (SIGKILL) when dropped unless stopped first.
+pub struct Server {
+    pub child: std::process::Child,
+    /// The address it listens on (from its `listening` line).
+    pub addr: std::net::SocketAddr,
+    /// The `listening` line.
+    pub hello: Value,
+    /// Where its stderr goes.
+    pub stderr_path: PathBuf,
+}
+
+/// How long a server may take to print its `listening` line.
+pub const SERVE_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Server {
+    /// `addr` as a string, for `left sync`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The server's stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill serve");
+        self.child.wait().expect("reap serve");
+    }
+
+    /// SIGTERM, then expects a clean exit 0 within 10 s; returns its stderr.
+    #[track_caller]
+    pub fn stop(mut self) -> String {
+        signal(&self.child, libc::SIGTERM);
+        let status = wait_timeout(&mut self.child, std::time::Duration::from_secs(10));
+        let stderr = self.stderr();
+        match status {
+            Some(s) => assert_eq!(s.code(), Some(0), "serve exit: {s:?}\nstderr: {stderr}"),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("serve did not stop within 10 s of SIGTERM\nstderr: {stderr}");
+            }
+        }
+        stderr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `cmd` (a `left serve ... --json` command) and waits for its `listening` line.
+#[track_caller]
+pub fn start_server(cmd: &mut Command, stderr_path: PathBuf) -> Server {
+    use std::io::BufRead;
+    let err = fs::File::create(&stderr_path).expect("serve stderr file");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("start left serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keeps draining stdout after the first line, so the server never blocks on it.
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // Nobody listens any more: keep reading and drop the lines.
+                continue;
+            }
+        }
+    });
+    let line = match rx.recv_timeout(SERVE_START_LIMIT) {
+        Ok(line) => line,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "left serve printed no listening line ({e})\nstderr: {}",
+                fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+    };
+    let hello: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("serve's first line is not JSON ({e}): {line:?}"));
+    assert_eq!(hello["event"], "listening", "{hello}");
+    let addr = hello["addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no addr in {hello}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("bad addr in {hello}: {e}"));
+    Server {
+        child,
+        addr,
+        hello,
+        stderr_path,
+    }
+}
+
+impl Share {
+    /// The share key (`left share-key`, one line).
+    #[track_caller]
+    pub fn share_key(&self) -> String {
+        let r = self.left(&["share-key"]).expect_code(0);
+        let out = r.out();
+        assert_eq!(out.trim_end().lines().count(), 1, "{out}");
+        out.trim().to_owned()
+    }
+
+    /// A new share that joined this one (`left init --join - DIR`, key on stdin), no head yet.
+    #[track_caller]
+    pub fn join(&self) -> Share {
+        Share::join_key(&self.share_key())
+    }
+
+    /// A new share joined with `key` (`left init --join - DIR`, key on stdin).
+    #[track_caller]
+    pub fn join_key(key: &str) -> Share {
+        use std::io::Write;
+        let share = Share::uninit();
+        let mut child = left_in(share.tmp.path())
+            .args(["init", "--join", "-"])
+            .arg(&share.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start left init --join");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{key}\n").as_bytes())
+            .expect("write key");
+        Run::from_output(child.wait_with_output().expect("init --join")).expect_code(0);
+        assert!(share.store.is_dir(), "init --join made no store");
+        share
+    }
+
+    /// The store's device id and share id checks aside, the raw share key bytes.
+    pub fn share_key_bytes(&self) -> [u8; 32] {
+        left::identity::load_share_key(&self.store).expect("share.key")
+    }
+
+    /// `left serve --listen LISTEN --json EXTRA...` with `env`, waiting until it listens.
+    #[track_caller]
+    pub fn serve_on(&self, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = self.cmd(&["--json", "serve", "--listen", listen]);
+        cmd.args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let n = fs::read_dir(self.tmp.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        start_server(&mut cmd, self.tmp.path().join(format!("serve-{n}.stderr")))
+    }
+
+    /// `left serve` on an ephemeral loopback port.
+    #[track_caller]
+    pub fn serve(&self) -> Server {
+        self.serve_on("127.0.0.1:0", &[], &[])
+    }
+
+    /// The `left --json sync ADDRS... EXTRA...` command with `env`.
+    pub fn sync_cmd(&self, addrs: &[String], extra: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = self.cmd(&["--json", "sync"]);
+        cmd.args(addrs).args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `left --json sync ADDRS... EXTRA...` to the end.
+    pub fn sync(&self, addrs: &[String], extra: &[&str], env: &[(&str, &str)]) -> Run {
+        run(&mut self.sync_cmd(addrs, extra, env))
+    }
+
+    /// A successful sync's JSON, with its basic sanity checked (no panic, exit 0).
+    #[track_caller]
+    pub fn sync_ok(&self, addrs: &[String], extra: &[&str], env: &[(&str, &str)]) -> Value {
+        let r = self.sync(addrs, extra, env);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        r.expect_code(0).json()
+    }
+}
+
+/// Asserts a failed command's stderr is exactly one line starting `left: ` with no panic, and
+/// returns that line.
+#[track_caller]
+pub fn one_error_line(r: &Run) -> String {
+    assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {}", r.stderr);
+    assert!(lines[0].starts_with("left: "), "{}", r.stderr);
+    lines[0].to_owned()
+}
+
+/// No core files from deliberate aborts (they would land in the share and be snapshot next time).
+pub fn no_core_dump(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
