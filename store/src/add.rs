@@ -1,7 +1,8 @@
 //! `add`: snapshot a share folder (or some paths in it) as the new head.
 //!
 //! 1. **Scan** with the `ignore` crate: only `.leftignore` files (gitignore syntax) filter; hidden
-//!    files and `.gitignore` do not. `.left` and the store folder are never entered. Files, folders
+//!    files and `.gitignore` do not. `.left`, the store folder and the temporary files of a checkout
+//!    or restore (`.left-tmp-*`) are never entered. Files, folders
 //!    (empty ones too) and symlinks (verbatim unless `follow_links`) are recorded with their mode,
 //!    mtime in ns and raw name bytes.
 //! 2. **Scan cache**: a file whose size, mtime, ctime and inode match its cache record, and whose file
@@ -58,17 +59,18 @@ pub fn debug_set_read_hook(hook: Option<ReadHook>) {
     *READ_HOOK.write().expect("hook lock") = hook;
 }
 
+/// What the scan cache records of a file (and compares to decide it is unchanged).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Stat {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
-    mode: u32,
+pub(crate) struct Stat {
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
+    pub(crate) ctime_ns: i64,
+    pub(crate) ino: u64,
+    pub(crate) mode: u32,
 }
 
 impl Stat {
-    fn of(m: &fs::Metadata) -> Stat {
+    pub(crate) fn of(m: &fs::Metadata) -> Stat {
         Stat {
             size: m.size(),
             mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
@@ -77,7 +79,17 @@ impl Stat {
             mode: m.mode() & 0o7777,
         }
     }
-    fn cache_bytes(&self, node: NodeId) -> [u8; 68] {
+    /// From a raw `stat` (as `fstatat` fills it).
+    pub(crate) fn of_raw(st: &libc::stat) -> Stat {
+        Stat {
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            ino: st.st_ino,
+            mode: st.st_mode & 0o7777,
+        }
+    }
+    pub(crate) fn cache_bytes(&self, node: NodeId) -> [u8; 68] {
         let mut b = [0u8; 68];
         b[..8].copy_from_slice(&self.size.to_le_bytes());
         b[8..16].copy_from_slice(&self.mtime_ns.to_le_bytes());
@@ -87,7 +99,7 @@ impl Stat {
         b[36..].copy_from_slice(node.as_bytes());
         b
     }
-    fn from_cache(b: &[u8]) -> Option<(Stat, NodeId)> {
+    pub(crate) fn from_cache(b: &[u8]) -> Option<(Stat, NodeId)> {
         if b.len() != 68 {
             return None;
         }
@@ -522,7 +534,14 @@ impl Store {
             .parents(parents)
             .follow_links(opts.follow_links)
             .add_custom_ignore_filename(".leftignore")
-            .filter_entry(move |e| e.file_name() != ".left" && e.path() != store_dir);
+            .filter_entry(move |e| {
+                e.file_name() != ".left"
+                    && !e
+                        .file_name()
+                        .as_bytes()
+                        .starts_with(crate::checkout::TMP_PREFIX.as_bytes())
+                    && e.path() != store_dir
+            });
         for r in wb.build() {
             let de = match r {
                 Ok(de) => de,

@@ -1,12 +1,539 @@
 //! `checkout`: move the share folder from one snapshot to another, touching only what differs.
+//!
+//! ## What it does
+//!
+//! The two trees (`from`, the snapshot the folder holds now, or none; `to`) are walked together,
+//! folder by folder, pairing entries by name. Equal entries (same kind, metadata and node id) are
+//! skipped without descending, so the work is proportional to the change, and memory to the tree
+//! depth times the folder width. For each path that differs:
+//!
+//! - a **file** is written to a temporary file beside it (`.left-tmp-<random>`, created with
+//!   `O_EXCL`), gets its mode and mtime, and is renamed over the target. When the old file is
+//!   provably the version `from` recorded (next point), the byte ranges whose chunks did not change
+//!   are copied from it with `copy_file_range` (runs of consecutive chunks in one call; the
+//!   chunk-id → old-offset map is capped at [`REUSE_MAP_CAP`] chunks, beyond which chunks come from
+//!   the store); every other chunk is read from the store and hash-verified before its bytes are
+//!   written. A file whose bytes did not change (only mode or mtime) is re-permissioned in place.
+//! - a **symlink** is created verbatim (never followed) under a temporary name and renamed in.
+//! - a **folder** is created, filled, then given its mode and mtime (after its content).
+//! - a **removed** path is deleted: files and links unlinked; folders lose only what the old tree
+//!   had, and a folder that still holds other files stays (listed in `kept`).
+//! - a file, link or folder replacing another kind is handled by removing the old one first.
+//!
+//! ## Local changes are never lost
+//!
+//! Before a path is replaced or removed, what is on disk must still be the `from` version: for a
+//! file, its stat (size, mtime, ctime, inode, mode) equals the scan-cache record for that path and
+//! that record's file node is `from`'s node; for a link, the same target; for a folder, a real
+//! folder. Otherwise the path is left alone and listed in [`CheckoutReport::kept`]. A path `from`
+//! does not have but the disk does (untracked) is kept too; an untracked folder is merged into.
+//! The old file is checked again just before the rename (a change meanwhile keeps it as well).
+//! A path `from` had but the disk no longer has is simply written (an edit beats a deletion).
+//!
+//! ## Never outside the share
+//!
+//! Every operation is relative to a folder descriptor opened from the share root one component at
+//! a time with `O_NOFOLLOW | O_DIRECTORY` (`openat`, `mkdirat`, `renameat`, `unlinkat`,
+//! `symlinkat`, `fstatat`/`utimensat` with `AT_SYMLINK_NOFOLLOW`), and every name is one checked
+//! component (no `/`, `.`, `..`, NUL, empty). No path is ever resolved through a symlink, so a
+//! symlink on disk where the tree has a folder (put there by anyone) fails that path with a clear
+//! reason in `kept` and nothing is written through it. Names reserved by left (`.left`,
+//! `.left-tmp-*`, the store folder) are never written.
+//!
+//! ## Durability and crashes
+//!
+//! Before the folder is touched, a journal record `{from, to}` is written to the store's `meta`
+//! column family in a synced batch. Scan-cache records of written files go to the store as the
+//! checkout proceeds (unsynced WAL: a killed process loses none of them); at the end one synced
+//! batch moves `head` to `to` and deletes the journal (that sync also makes every earlier record
+//! durable). With [`CheckoutOptions::fsync`] each file is fsynced before its rename and each touched
+//! folder after its content. [`Store::resume_checkout`] re-runs a journaled checkout: a path
+//! already at its `to` version (its stat matches the record a finished write left, or, in this
+//! recovery case only, its content hashes to the `to` file node) is skipped, and temporary files a
+//! crash left in the folders it visits are removed.
+//!
+//! Before writing, the bytes to write are compared with the free space of the share's file system
+//! (`statvfs`): not enough is [`Error::DiskFull`] with nothing touched.
 
+use crate::add::Stat;
+use crate::db::{cf, checkout_step, Batch};
+use crate::node::{check_name, ChunkRef, DirEntry, FileNode, Node, Target};
 use crate::*;
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Prefix of the temporary files of checkout and restore (never scanned by `add`).
+pub(crate) const TMP_PREFIX: &str = ".left-tmp-";
+/// Most chunks of an old file indexed for reuse (~60 bytes each); a bigger file's later chunks
+/// come from the store.
+pub const REUSE_MAP_CAP: usize = 1 << 18;
+/// Key of the checkout journal in the `meta` column family.
+const JOURNAL_KEY: &[u8] = b"checkout";
+/// Scan-cache updates written per batch.
+const SCAN_BATCH: usize = 512;
+/// Most paths listed in `kept` (one more entry says how many were left out).
+const KEPT_MAX: usize = 10_000;
+/// Bytes copied per step when `copy_file_range` is unavailable.
+const COPY_STEP: usize = 1 << 20;
+
+/// A unique hidden temporary name: `.left-tmp-<16 hex>`.
+pub(crate) fn tmp_name() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut seed = Vec::with_capacity(32);
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    seed.extend_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    seed.extend_from_slice(&crate::store::now_ns().to_le_bytes());
+    let h = Hash::of(&seed);
+    format!("{TMP_PREFIX}{}", &h.to_string()[..16])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Journal {
+    from: Option<NodeId>,
+    to: NodeId,
+}
+
+/// Bytes a checkout will write and free, for the free-space check.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// File bytes to write (new and replaced files).
+    pub(crate) write: u64,
+    /// File bytes of replaced and removed files.
+    pub(crate) free: u64,
+    /// Largest file replaced (old and new exist together until the rename).
+    pub(crate) overlap: u64,
+    /// Files to write.
+    pub(crate) files: u64,
+}
+
+impl Plan {
+    /// Bytes that must be free: the net growth, plus one replaced file's overlap, plus a block of
+    /// slack per file written.
+    pub(crate) fn need(&self) -> u64 {
+        self.write
+            .saturating_sub(self.free)
+            .saturating_add(self.overlap)
+            .saturating_add(self.files.saturating_mul(4096))
+    }
+}
+
+/// Refuses a checkout needing more than `avail` bytes.
+pub(crate) fn check_space(plan: &Plan, avail: u64, share: &Path) -> Result<()> {
+    if plan.need() > avail {
+        return Err(Error::DiskFull {
+            path: share.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ system calls
+
+fn cstring(name: &[u8]) -> Result<CString> {
+    CString::new(name).map_err(|_| Error::corrupt("entry name contains NUL"))
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(last_err())
+    } else {
+        Ok(r)
+    }
+}
+
+fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    // SAFETY: valid descriptor and C string; the returned descriptor is owned by the OwnedFd.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a folder beneath `dir` without following a symlink.
+fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
+/// Opens a regular file beneath `dir` for reading without following a symlink (and without
+/// blocking on a FIFO).
+fn open_file_at(dir: RawFd, name: &CStr) -> io::Result<File> {
+    let fd = open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        0,
+    )?;
+    Ok(File::from(fd))
+}
+
+fn lstat_at(dir: RawFd, name: &CStr) -> io::Result<Option<libc::stat>> {
+    // SAFETY: zeroed stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, C string and out-pointer.
+    let r = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if r != 0 {
+        let e = last_err();
+        return if e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(Some(st))
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and out-pointer.
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+fn readlink_at(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; node::MAX_LINK + 1];
+    // SAFETY: valid descriptor, C string and buffer of the given length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir,
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(last_err());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn unlink_at(dir: RawFd, name: &CStr, folder: bool) -> io::Result<()> {
+    let flags = if folder { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid descriptor and C string.
+    cvt(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(|_| ())
+}
+
+fn rename_at(dir: RawFd, from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: valid descriptor and C strings.
+    cvt(unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) }).map(|_| ())
+}
+
+fn mkdir_at(dir: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid descriptor and C string.
+    cvt(unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) }).map(|_| ())
+}
+
+fn symlink_at(target: &CStr, dir: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings and descriptor.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map(|_| ())
+}
+
+fn timespecs(mtime_ns: i64) -> [libc::timespec; 2] {
+    let ts = libc::timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000) as _,
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    [ts, ts]
+}
+
+/// Sets the mtime (and atime) of the entry `name` itself (a symlink is not followed).
+fn utimens_at(dir: RawFd, name: &CStr, mtime_ns: i64) -> io::Result<()> {
+    let t = timespecs(mtime_ns);
+    // SAFETY: valid descriptor, C string and two-element array.
+    cvt(unsafe { libc::utimensat(dir, name.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+        .map(|_| ())
+}
+
+fn futimens(fd: RawFd, mtime_ns: i64) -> io::Result<()> {
+    let t = timespecs(mtime_ns);
+    // SAFETY: valid descriptor and two-element array.
+    cvt(unsafe { libc::futimens(fd, t.as_ptr()) }).map(|_| ())
+}
+
+fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
+    // SAFETY: valid descriptor.
+    cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
+}
+
+fn fsync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: valid descriptor.
+    cvt(unsafe { libc::fsync(fd) }).map(|_| ())
+}
+
+/// Creates a new temporary file in `dir` (exclusive, not following links), mode 0600.
+fn create_tmp(dir: RawFd) -> io::Result<(CString, File)> {
+    loop {
+        let name = CString::new(tmp_name()).expect("no NUL");
+        match open_at(
+            dir,
+            &name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        ) {
+            Ok(fd) => return Ok((name, File::from(fd))),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Names in the folder `dir` (a duplicate descriptor is read).
+fn list_dir(dir: RawFd) -> io::Result<Vec<Vec<u8>>> {
+    // SAFETY: dup of a valid descriptor; fdopendir takes ownership of the duplicate.
+    let dup = cvt(unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` is a valid folder descriptor owned by nobody else.
+    let d = unsafe { libc::fdopendir(dup) };
+    if d.is_null() {
+        let e = last_err();
+        // SAFETY: fdopendir failed, so `dup` is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    // SAFETY: `d` is a valid DIR stream (the same stream may start mid-way: rewind it).
+    unsafe { libc::rewinddir(d) };
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `d` is valid; readdir returns null at the end.
+        let e = unsafe { libc::readdir(d) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: d_name is a NUL-terminated array inside the entry.
+        let name = unsafe { CStr::from_ptr((*e).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            out.push(name.to_vec());
+        }
+    }
+    // SAFETY: `d` is valid and closed once.
+    unsafe { libc::closedir(d) };
+    Ok(out)
+}
+
+fn free_bytes(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and out-pointer.
+    cvt(unsafe { libc::fstatvfs(fd, &mut s) })?;
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+/// Copies `len` bytes from `src` at `off_in` to `dst` at `off_out` in the kernel
+/// (`copy_file_range`), falling back to reads and writes where the file system does not support it.
+fn copy_range(src: &File, dst: &File, off_in: u64, off_out: u64, len: u64) -> io::Result<()> {
+    let (mut oi, mut oo) = (off_in as libc::loff_t, off_out as libc::loff_t);
+    let mut left = len;
+    while left > 0 {
+        let step = left.min(1 << 30) as usize;
+        // SAFETY: valid descriptors and offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut oi, dst.as_raw_fd(), &mut oo, step, 0)
+        };
+        if n < 0 {
+            let e = last_err();
+            match e.raw_os_error() {
+                Some(libc::EXDEV)
+                | Some(libc::EINVAL)
+                | Some(libc::ENOSYS)
+                | Some(libc::EOPNOTSUPP) => {
+                    return copy_slow(src, dst, oi as u64, oo as u64, left);
+                }
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the old file is shorter than recorded",
+            ));
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn copy_slow(src: &File, dst: &File, mut oi: u64, mut oo: u64, mut left: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_STEP.min(left as usize)];
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        src.read_exact_at(&mut buf[..n], oi)?;
+        dst.write_all_at(&buf[..n], oo)?;
+        oi += n as u64;
+        oo += n as u64;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the walk
+
+/// What is at a path on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+fn disk_kind(st: &libc::stat) -> DiskKind {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => DiskKind::File,
+        libc::S_IFDIR => DiskKind::Dir,
+        libc::S_IFLNK => DiskKind::Symlink,
+        _ => DiskKind::Other,
+    }
+}
+
+/// Pairs the entries of two sorted folders by name.
+fn pairs(a: Vec<DirEntry>, b: Vec<DirEntry>) -> Vec<(Option<DirEntry>, Option<DirEntry>)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let ord = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+        };
+        out.push(match ord {
+            std::cmp::Ordering::Less => (a.next(), None),
+            std::cmp::Ordering::Greater => (None, b.next()),
+            std::cmp::Ordering::Equal => (a.next(), b.next()),
+        });
+    }
+    out
+}
+
+fn dir_id(e: &Option<DirEntry>) -> Option<NodeId> {
+    match e {
+        Some(DirEntry {
+            kind: EntryKind::Dir,
+            target: Target::Node(id),
+            ..
+        }) => Some(*id),
+        _ => None,
+    }
+}
+
+fn node_id(e: &DirEntry) -> Result<NodeId> {
+    match e.target {
+        Target::Node(id) => Ok(id),
+        Target::Link(_) => Err(Error::corrupt("a file or folder entry has a link target")),
+    }
+}
+
+/// Mode bits checkout gives a file or folder: setuid and setgid are never set from a tree.
+fn safe_mode(mode: u32) -> u32 {
+    mode & 0o1777
+}
+
+const CHANGED_LOCALLY: &str = "changed locally since the last scan";
+const UNTRACKED: &str =
+    "exists on disk but not in the previous snapshot (untracked); not overwritten";
+
+/// State of one checkout run.
+struct Ctx<'a> {
+    store: &'a Store,
+    share: PathBuf,
+    opts: &'a CheckoutOptions,
+    progress: &'a dyn Progress,
+    /// Resuming after a crash: paths may already be at their `to` version, temp files may be left.
+    recovery: bool,
+    /// The store folder, relative to the share, when it lies inside it.
+    store_rel: Option<PathBuf>,
+    report: CheckoutReport,
+    kept_more: u64,
+    scan: Batch,
+}
+
+impl Ctx<'_> {
+    fn keep(&mut self, path: &Path, reason: &str) {
+        if self.report.kept.len() < KEPT_MAX {
+            self.report.kept.push(Skipped {
+                path: path.to_path_buf(),
+                reason: reason.to_string(),
+            });
+        } else {
+            self.kept_more += 1;
+        }
+    }
+
+    fn io(&self, rel: &Path, e: io::Error) -> Error {
+        Error::io(self.share.join(rel), e)
+    }
+
+    fn record(&mut self, rel: &Path, st: Stat, node: NodeId) -> Result<()> {
+        self.scan.put(
+            &self.store.db,
+            cf::SCAN,
+            rel.as_os_str().as_bytes(),
+            &st.cache_bytes(node),
+        );
+        self.flush_scan(false)
+    }
+
+    fn forget(&mut self, rel: &Path) -> Result<()> {
+        self.scan
+            .delete(&self.store.db, cf::SCAN, rel.as_os_str().as_bytes());
+        self.flush_scan(false)
+    }
+
+    fn flush_scan(&mut self, all: bool) -> Result<()> {
+        if (all && !self.scan.is_empty()) || self.scan.len() >= SCAN_BATCH {
+            let b = std::mem::take(&mut self.scan);
+            self.store.db.write(b.inner, false)?;
+        }
+        Ok(())
+    }
+
+    /// The scan-cache record of `rel`.
+    fn cached(&self, rel: &Path) -> Result<Option<(Stat, NodeId)>> {
+        Ok(self
+            .store
+            .db
+            .get(cf::SCAN, rel.as_os_str().as_bytes())?
+            .and_then(|v| Stat::from_cache(&v)))
+    }
+
+    /// Whether `rel` is left's own (never written by a checkout).
+    fn reserved(&self, rel: &Path, name: &[u8]) -> bool {
+        name == b".left"
+            || name.starts_with(TMP_PREFIX.as_bytes())
+            || self.store_rel.as_deref() == Some(rel)
+    }
+}
 
 impl Store {
     /// Moves the share folder from snapshot `from` (`None`: nothing checked out yet) to snapshot
     /// `to`, touching only paths that differ between the two trees, then sets head = `to` (synced).
-    /// `to` must be complete in the store.
+    /// `to` must be complete in the store. See the module documentation for what is written, what
+    /// is kept, and what a crash leaves. A checkout cut short (an error or a crash) stays journaled:
+    /// [`Store::resume_checkout`] finishes it, and another checkout is refused until then.
     pub fn checkout(
         &self,
         share_root: &Path,
@@ -15,23 +542,848 @@ impl Store {
         opts: &CheckoutOptions,
         progress: &dyn Progress,
     ) -> Result<CheckoutReport> {
-        let _ = (share_root, from, to, opts, progress);
-        Err(Error::Invalid("not yet".into()))
+        self.writable()?;
+        let recovery = match self.pending_checkout()? {
+            None => false,
+            Some(p) if p == (from, to) => true,
+            Some((pf, pt)) => {
+                return Err(Error::Invalid(format!(
+                    "a checkout from {} to {} was cut short; finish it first (resume)",
+                    pf.map(|f| f.fmt_short())
+                        .unwrap_or_else(|| "nothing".into()),
+                    pt.fmt_short()
+                )))
+            }
+        };
+        self.run_checkout(share_root, from, to, opts, progress, recovery)
     }
 
-    /// The checkout a crash cut short, if any: (from, to).
+    /// The checkout a crash (or an error) cut short, if any: (from, to).
     pub fn pending_checkout(&self) -> Result<Option<(Option<NodeId>, NodeId)>> {
-        Err(Error::Invalid("not yet".into()))
+        match self.db.get(cf::META, JOURNAL_KEY)? {
+            None => Ok(None),
+            Some(b) => {
+                let j: Journal = postcard::from_bytes(&b).map_err(|e| {
+                    Error::corrupt(format!("checkout journal does not decode: {e}"))
+                })?;
+                Ok(Some((j.from, j.to)))
+            }
+        }
     }
 
-    /// Finishes a checkout a crash cut short (no-op returning `None` when there is none).
+    /// Finishes a checkout a crash cut short (a no-op returning `None` when there is none): paths
+    /// already at their `to` version are skipped (rehashing those whose stat does not say so),
+    /// temporary files the crash left are removed, the rest is done as the checkout would have.
     pub fn resume_checkout(
         &self,
         share_root: &Path,
         opts: &CheckoutOptions,
         progress: &dyn Progress,
     ) -> Result<Option<CheckoutReport>> {
-        let _ = (share_root, opts, progress);
-        Err(Error::Invalid("not yet".into()))
+        match self.pending_checkout()? {
+            None => Ok(None),
+            Some((from, to)) => {
+                self.writable()?;
+                self.run_checkout(share_root, from, to, opts, progress, true)
+                    .map(Some)
+            }
+        }
+    }
+
+    fn run_checkout(
+        &self,
+        share_root: &Path,
+        from: Option<NodeId>,
+        to: NodeId,
+        opts: &CheckoutOptions,
+        progress: &dyn Progress,
+        recovery: bool,
+    ) -> Result<CheckoutReport> {
+        let _g = self.op.read().expect("op lock");
+        if !self.has_nodes(&[to])?[0] {
+            return Err(Error::not_found(format!(
+                "snapshot {} is not completely stored",
+                to.fmt_short()
+            )));
+        }
+        let to_root = self.snapshot_root(to)?;
+        let from_root = from.map(|f| self.snapshot_root(f)).transpose()?;
+        let root_c = cstring(share_root.as_os_str().as_bytes())?;
+        // The share root itself is the user's choice (it may be reached through a link); nothing
+        // beneath it is.
+        let root = open_at(
+            libc::AT_FDCWD,
+            &root_c,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| Error::io(share_root, e))?;
+        let share = std::fs::canonicalize(share_root).map_err(|e| Error::io(share_root, e))?;
+        let store_rel = std::fs::canonicalize(&self.dir)
+            .ok()
+            .and_then(|d| d.strip_prefix(&share).ok().map(Path::to_path_buf))
+            .filter(|r| !r.as_os_str().is_empty());
+
+        // Plan: bytes to write against the free space, before anything is touched.
+        let mut plan = Plan::default();
+        self.plan_dir(from_root, Some(to_root), &mut plan, 0)?;
+        let avail = free_bytes(root.as_raw_fd()).map_err(|e| Error::io(share_root, e))?;
+        check_space(&plan, avail, share_root)?;
+
+        if !recovery {
+            let j = postcard::to_stdvec(&Journal { from, to })
+                .map_err(|e| Error::Invalid(format!("checkout journal: {e}")))?;
+            let mut b = Batch::default();
+            b.put(&self.db, cf::META, JOURNAL_KEY, &j);
+            self.db.write(b.inner, true)?;
+        }
+
+        let mut cx = Ctx {
+            store: self,
+            share: share_root.to_path_buf(),
+            opts,
+            progress,
+            recovery,
+            store_rel,
+            report: CheckoutReport::default(),
+            kept_more: 0,
+            scan: Batch::default(),
+        };
+        progress.start("checkout", Some(plan.write));
+        let r = self.apply_dir(&mut cx, &root, Path::new(""), from_root, Some(to_root), 0);
+        progress.finish();
+        // Scan records of what was written stay true whatever happened after.
+        cx.flush_scan(true)?;
+        r?;
+        if opts.fsync {
+            fsync(root.as_raw_fd()).map_err(|e| Error::io(share_root, e))?;
+        }
+        let mut b = Batch::default();
+        b.put(&self.db, cf::REFS, b"head", to.as_bytes());
+        b.delete(&self.db, cf::META, JOURNAL_KEY);
+        self.db.write(b.inner, true)?;
+        let mut report = cx.report;
+        if cx.kept_more > 0 {
+            report.kept.push(Skipped {
+                path: PathBuf::new(),
+                reason: format!("and {} more paths kept", cx.kept_more),
+            });
+        }
+        Ok(report)
+    }
+
+    /// Adds up what the walk will write and free.
+    fn plan_dir(
+        &self,
+        a: Option<NodeId>,
+        b: Option<NodeId>,
+        plan: &mut Plan,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > crate::store::MAX_DEPTH {
+            return Err(Error::corrupt("folder tree is too deep"));
+        }
+        let ea = a
+            .map(|a| self.dir_entries(a))
+            .transpose()?
+            .unwrap_or_default();
+        let eb = b
+            .map(|b| self.dir_entries(b))
+            .transpose()?
+            .unwrap_or_default();
+        for (x, y) in pairs(ea, eb) {
+            if x == y {
+                continue;
+            }
+            let old_file = x
+                .as_ref()
+                .filter(|x| x.kind == EntryKind::File)
+                .map(|x| x.size);
+            if let Some(y) = y.as_ref().filter(|y| y.kind == EntryKind::File) {
+                plan.write = plan.write.saturating_add(y.size);
+                plan.files += 1;
+                if let Some(o) = old_file {
+                    plan.overlap = plan.overlap.max(o.min(y.size));
+                }
+            }
+            if let Some(o) = old_file {
+                plan.free = plan.free.saturating_add(o);
+            }
+            let (da, db) = (dir_id(&x), dir_id(&y));
+            if (da.is_some() || db.is_some()) && da != db {
+                self.plan_dir(da, db, plan, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the folder open as `fd` (at `rel`) from folder node `a` to folder node `b` (`None`:
+    /// the folder is gone in that tree).
+    fn apply_dir(
+        &self,
+        cx: &mut Ctx<'_>,
+        fd: &OwnedFd,
+        rel: &Path,
+        a: Option<NodeId>,
+        b: Option<NodeId>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > crate::store::MAX_DEPTH {
+            return Err(Error::corrupt("folder tree is too deep"));
+        }
+        if cx.recovery {
+            for n in list_dir(fd.as_raw_fd()).map_err(|e| cx.io(rel, e))? {
+                if n.starts_with(TMP_PREFIX.as_bytes()) {
+                    let c = cstring(&n)?;
+                    if let Some(st) = lstat_at(fd.as_raw_fd(), &c).map_err(|e| cx.io(rel, e))? {
+                        if disk_kind(&st) != DiskKind::Dir {
+                            let _ = unlink_at(fd.as_raw_fd(), &c, false);
+                        }
+                    }
+                }
+            }
+        }
+        let ea = a
+            .map(|a| self.dir_entries(a))
+            .transpose()?
+            .unwrap_or_default();
+        let eb = b
+            .map(|b| self.dir_entries(b))
+            .transpose()?
+            .unwrap_or_default();
+        for (x, y) in pairs(ea, eb) {
+            if x == y {
+                continue;
+            }
+            let name = x.as_ref().or(y.as_ref()).expect("one side").name.clone();
+            check_name(&name)?;
+            let path = rel.join(OsStr::from_bytes(&name));
+            if cx.reserved(&path, &name) {
+                if y.is_some() {
+                    cx.keep(&path, "name is reserved by left; not written");
+                }
+                continue;
+            }
+            let c = cstring(&name)?;
+            self.apply_entry(cx, fd, &path, &c, x.as_ref(), y.as_ref(), depth)?;
+        }
+        if cx.opts.fsync {
+            fsync(fd.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+        }
+        Ok(())
+    }
+
+    /// Moves one path from entry `x` (in `from`) to entry `y` (in `to`).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_entry(
+        &self,
+        cx: &mut Ctx<'_>,
+        dir: &OwnedFd,
+        rel: &Path,
+        name: &CStr,
+        x: Option<&DirEntry>,
+        y: Option<&DirEntry>,
+        depth: usize,
+    ) -> Result<()> {
+        let dfd = dir.as_raw_fd();
+        let disk = lstat_at(dfd, name).map_err(|e| cx.io(rel, e))?;
+        let Some(st) = disk else {
+            // Nothing there: write the new version (an edit beats a local deletion; on resume, the
+            // old version may already be gone).
+            if x.map(|x| x.kind == EntryKind::File).unwrap_or(false) {
+                cx.forget(rel)?;
+            }
+            if let Some(y) = y {
+                self.put_entry(cx, dir, rel, name, y, None, None, depth)?;
+            }
+            return Ok(());
+        };
+        let kind = disk_kind(&st);
+
+        // Already at the `to` version (a resumed checkout, or the same bytes put there meanwhile).
+        if let Some(y) = y {
+            if y.kind != EntryKind::Dir
+                && self.at_version(cx, dfd, rel, name, &st, y, cx.recovery)?
+            {
+                return Ok(());
+            }
+        }
+
+        let Some(x) = x else {
+            // New in `to`, but something is on disk.
+            match (y, kind) {
+                (Some(y), DiskKind::Dir) if y.kind == EntryKind::Dir => {
+                    self.enter_dir(cx, dir, rel, name, None, Some(y), depth)?;
+                }
+                _ => cx.keep(rel, UNTRACKED),
+            }
+            return Ok(());
+        };
+
+        if x.kind == EntryKind::Dir {
+            if kind != DiskKind::Dir {
+                let reason = if kind == DiskKind::Symlink {
+                    "was a folder, is a symlink on disk; checkout never writes through a symlink"
+                } else {
+                    CHANGED_LOCALLY
+                };
+                cx.keep(rel, reason);
+                return Ok(());
+            }
+            match y {
+                Some(y) if y.kind == EntryKind::Dir => {
+                    self.enter_dir(cx, dir, rel, name, Some(x), Some(y), depth)?;
+                }
+                _ => {
+                    // Removed, or replaced by a file or link: remove what the old tree had first.
+                    self.enter_dir(cx, dir, rel, name, Some(x), None, depth)?;
+                    match unlink_at(dfd, name, true) {
+                        Ok(()) => {
+                            cx.report.dirs_removed += 1;
+                            if let Some(y) = y {
+                                self.put_entry(cx, dir, rel, name, y, None, None, depth)?;
+                            }
+                        }
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
+                            ) =>
+                        {
+                            cx.keep(rel, "folder holds files the snapshot does not have; kept");
+                        }
+                        Err(e) => return Err(cx.io(rel, e)),
+                    }
+                }
+            }
+            return Ok(());
+        }
+
+        // `x` is a file or a link: the disk must hold exactly that version.
+        let old_file = match self.at_from_version(cx, dfd, rel, name, &st, x)? {
+            None => {
+                cx.keep(rel, CHANGED_LOCALLY);
+                return Ok(());
+            }
+            Some(f) => f,
+        };
+        match y {
+            None => {
+                unlink_at(dfd, name, false).map_err(|e| cx.io(rel, e))?;
+                cx.report.files_removed += 1;
+                if x.kind == EntryKind::File {
+                    cx.forget(rel)?;
+                }
+            }
+            Some(y) if y.kind == EntryKind::Dir => {
+                unlink_at(dfd, name, false).map_err(|e| cx.io(rel, e))?;
+                cx.report.files_removed += 1;
+                if x.kind == EntryKind::File {
+                    cx.forget(rel)?;
+                }
+                self.put_entry(cx, dir, rel, name, y, None, None, depth)?;
+            }
+            Some(y) => {
+                let old = match (old_file, x.kind) {
+                    (Some(f), EntryKind::File) => Some((f, Stat::of_raw(&st), node_id(x)?)),
+                    _ => None,
+                };
+                // Same bytes, new mode or mtime: re-permission in place.
+                if let (Some((f, _, xid)), EntryKind::File) = (&old, y.kind) {
+                    if self.same_content(*xid, node_id(y)?)? {
+                        let yid = node_id(y)?;
+                        fchmod(f.as_raw_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
+                        futimens(f.as_raw_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
+                        let now = fstat(f.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                        cx.record(rel, Stat::of_raw(&now), yid)?;
+                        return Ok(());
+                    }
+                }
+                self.put_entry(cx, dir, rel, name, y, old, Some(st.st_ino), depth)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether two file nodes have the same bytes.
+    fn same_content(&self, a: NodeId, b: NodeId) -> Result<bool> {
+        let (Node::File(fa), Node::File(fb)) = (self.read_node(a)?, self.read_node(b)?) else {
+            return Err(Error::corrupt("a file entry does not point to a file node"));
+        };
+        Ok(fa.size == fb.size && fa.content == fb.content)
+    }
+
+    /// Whether the disk holds `y` (the `to` version) at this path. For a file: its stat matches
+    /// the scan record and the record names `y`'s node; with `rehash`, also when its bytes, mode
+    /// and mtime match `y` (then the record is written).
+    #[allow(clippy::too_many_arguments)]
+    fn at_version(
+        &self,
+        cx: &mut Ctx<'_>,
+        dfd: RawFd,
+        rel: &Path,
+        name: &CStr,
+        st: &libc::stat,
+        y: &DirEntry,
+        rehash: bool,
+    ) -> Result<bool> {
+        match (&y.target, disk_kind(st)) {
+            (Target::Link(t), DiskKind::Symlink) => {
+                Ok(readlink_at(dfd, name).map_err(|e| cx.io(rel, e))? == *t)
+            }
+            (Target::Node(id), DiskKind::File) if y.kind == EntryKind::File => {
+                let s = Stat::of_raw(st);
+                if let Some((cs, cn)) = cx.cached(rel)? {
+                    if cs == s && cn == *id {
+                        return Ok(true);
+                    }
+                }
+                if !rehash
+                    || s.size != y.size
+                    || s.mode != safe_mode(y.mode)
+                    || s.mtime_ns != y.mtime_ns
+                {
+                    return Ok(false);
+                }
+                let f = open_file_at(dfd, name).map_err(|e| cx.io(rel, e))?;
+                let Node::File(fnode) = self.read_node(*id)? else {
+                    return Err(Error::corrupt(format!("node {id} is not a file")));
+                };
+                if !self.file_matches(&f, &fnode)? {
+                    return Ok(false);
+                }
+                let now = Stat::of_raw(&fstat(f.as_raw_fd()).map_err(|e| cx.io(rel, e))?);
+                if now != s {
+                    return Ok(false);
+                }
+                cx.record(rel, now, *id)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether the bytes of `f` hash to the chunks of `node` (recovery only: reads the file).
+    fn file_matches(&self, f: &File, node: &FileNode) -> Result<bool> {
+        let mut off = 0u64;
+        let mut ok = true;
+        let mut buf = Vec::new();
+        self.file_chunks(&node.content, &mut |refs| {
+            for r in refs {
+                if !ok {
+                    return Ok(());
+                }
+                if r.len > self.cfg.chunk_max as u64 {
+                    ok = false;
+                    return Ok(());
+                }
+                buf.resize(r.len as usize, 0);
+                if f.read_exact_at(&mut buf, off).is_err() || Hash::of(&buf) != r.id {
+                    ok = false;
+                }
+                off += r.len;
+            }
+            Ok(())
+        })?;
+        Ok(ok && off == node.size)
+    }
+
+    /// Checks that the disk holds `x` (the `from` version). For a file, returns it opened (and
+    /// checked through that descriptor, so what is checked is what is later copied from).
+    #[allow(clippy::type_complexity)]
+    fn at_from_version(
+        &self,
+        cx: &mut Ctx<'_>,
+        dfd: RawFd,
+        rel: &Path,
+        name: &CStr,
+        st: &libc::stat,
+        x: &DirEntry,
+    ) -> Result<Option<Option<File>>> {
+        match (&x.target, disk_kind(st)) {
+            (Target::Link(t), DiskKind::Symlink) => {
+                let ok = readlink_at(dfd, name).map_err(|e| cx.io(rel, e))? == *t;
+                Ok(ok.then_some(None))
+            }
+            (Target::Node(id), DiskKind::File) if x.kind == EntryKind::File => {
+                let Some((cs, cn)) = cx.cached(rel)? else {
+                    return Ok(None);
+                };
+                if cs != Stat::of_raw(st) || cn != *id {
+                    return Ok(None);
+                }
+                let f = match open_file_at(dfd, name) {
+                    Ok(f) => f,
+                    Err(_) => return Ok(None),
+                };
+                let now = fstat(f.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                if Stat::of_raw(&now) != cs {
+                    return Ok(None);
+                }
+                Ok(Some(Some(f)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Opens the folder `name` (never through a link) and moves it from `x` to `y`, then gives it
+    /// `y`'s mode and mtime.
+    #[allow(clippy::too_many_arguments)]
+    fn enter_dir(
+        &self,
+        cx: &mut Ctx<'_>,
+        dir: &OwnedFd,
+        rel: &Path,
+        name: &CStr,
+        x: Option<&DirEntry>,
+        y: Option<&DirEntry>,
+        depth: usize,
+    ) -> Result<()> {
+        let sub = match open_dir_at(dir.as_raw_fd(), name) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                cx.keep(
+                    rel,
+                    "is not a folder on disk (a symlink?); checkout never writes through a symlink",
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(cx.io(rel, e)),
+        };
+        let before = fstat(sub.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+        let (xa, yb) = (
+            x.and_then(|x| dir_id(&Some(x.clone()))),
+            y.and_then(|y| dir_id(&Some(y.clone()))),
+        );
+        // Writable while it is changed (as the owner; root needs no bit).
+        let orig_mode = before.st_mode & 0o7777;
+        if orig_mode & 0o700 != 0o700 {
+            fchmod(sub.as_raw_fd(), orig_mode | 0o700).map_err(|e| cx.io(rel, e))?;
+        }
+        if xa != yb {
+            self.apply_dir(cx, &sub, rel, xa, yb, depth + 1)?;
+        }
+        match y {
+            Some(y) => {
+                fchmod(sub.as_raw_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
+                futimens(sub.as_raw_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
+            }
+            None => {
+                if orig_mode & 0o700 != 0o700 {
+                    let _ = fchmod(sub.as_raw_fd(), orig_mode);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `y` at `name`, where nothing is (`replaces` is `None`) or where the checked old
+    /// version, inode `replaces`, is replaced by a rename (only if that inode is still there, and
+    /// for a file, unchanged); `old` is the old file when its bytes may be reused.
+    #[allow(clippy::too_many_arguments)]
+    fn put_entry(
+        &self,
+        cx: &mut Ctx<'_>,
+        dir: &OwnedFd,
+        rel: &Path,
+        name: &CStr,
+        y: &DirEntry,
+        old: Option<(File, Stat, NodeId)>,
+        replaces: Option<u64>,
+        depth: usize,
+    ) -> Result<()> {
+        let dfd = dir.as_raw_fd();
+        // Whether the path still holds what was checked (nothing, or the old version's inode).
+        let unchanged = |cx: &Ctx<'_>| -> Result<bool> {
+            let there = lstat_at(dfd, name).map_err(|e| cx.io(rel, e))?;
+            Ok(there.map(|t| t.st_ino) == replaces)
+        };
+        match (&y.kind, &y.target) {
+            (EntryKind::Dir, Target::Node(_)) => {
+                match mkdir_at(dfd, name) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        cx.keep(rel, CHANGED_LOCALLY);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(cx.io(rel, e)),
+                }
+                cx.report.dirs_created += 1;
+                self.enter_dir(cx, dir, rel, name, None, Some(y), depth)
+            }
+            (EntryKind::Symlink, Target::Link(t)) => {
+                let target = cstring(t)?;
+                let tmp = loop {
+                    let n = CString::new(tmp_name()).expect("no NUL");
+                    match symlink_at(&target, dfd, &n) {
+                        Ok(()) => break n,
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                        Err(e) => return Err(cx.io(rel, e)),
+                    }
+                };
+                let r = utimens_at(dfd, &tmp, y.mtime_ns).map_err(|e| cx.io(rel, e));
+                let r = r.and_then(|_| unchanged(cx)).and_then(|ok| {
+                    if ok {
+                        rename_at(dfd, &tmp, name).map_err(|e| cx.io(rel, e))?;
+                    }
+                    Ok(ok)
+                });
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = unlink_at(dfd, &tmp, false);
+                        cx.keep(rel, CHANGED_LOCALLY);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let _ = unlink_at(dfd, &tmp, false);
+                        return Err(e);
+                    }
+                }
+                checkout_step();
+                cx.report.symlinks_written += 1;
+                Ok(())
+            }
+            (EntryKind::File, Target::Node(id)) => {
+                let Node::File(f) = self.read_node(*id)? else {
+                    return Err(Error::corrupt(format!("node {id} is not a file")));
+                };
+                if f.size != y.size {
+                    return Err(Error::corrupt(format!(
+                        "file node {id} does not match its folder entry"
+                    )));
+                }
+                let (tmp_name, tmp) = create_tmp(dfd).map_err(|e| cx.io(rel, e))?;
+                let r = self.write_tmp(
+                    cx,
+                    rel,
+                    &tmp,
+                    &f,
+                    old.as_ref().map(|(f, st, n)| (f, st, *n)),
+                );
+                let r = r.and_then(|reused| {
+                    fchmod(tmp.as_raw_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
+                    futimens(tmp.as_raw_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
+                    if cx.opts.fsync {
+                        tmp.sync_all().map_err(|e| cx.io(rel, e))?;
+                    }
+                    // The old file must still be the checked version right before it is replaced.
+                    if let Some((of, ost, _)) = &old {
+                        let now = fstat(of.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                        if Stat::of_raw(&now) != *ost {
+                            return Ok(None);
+                        }
+                    }
+                    if !unchanged(cx)? {
+                        return Ok(None);
+                    }
+                    rename_at(dfd, &tmp_name, name).map_err(|e| cx.io(rel, e))?;
+                    Ok(Some(reused))
+                });
+                match r {
+                    Ok(Some(reused)) => {
+                        checkout_step();
+                        let now = fstat(tmp.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                        cx.record(rel, Stat::of_raw(&now), *id)?;
+                        cx.report.files_written += 1;
+                        cx.report.bytes_written += f.size;
+                        cx.report.bytes_reused += reused;
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        let _ = unlink_at(dfd, &tmp_name, false);
+                        cx.keep(rel, CHANGED_LOCALLY);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = unlink_at(dfd, &tmp_name, false);
+                        Err(e)
+                    }
+                }
+            }
+            _ => Err(Error::corrupt(format!(
+                "entry {} has a bad target",
+                rel.display()
+            ))),
+        }
+    }
+
+    /// Fills the temporary file `tmp` with the bytes of `f`: ranges of unchanged chunks copied from
+    /// the old file (when given), the rest from the store, verified. Returns the bytes copied.
+    fn write_tmp(
+        &self,
+        cx: &mut Ctx<'_>,
+        rel: &Path,
+        tmp: &File,
+        f: &FileNode,
+        old: Option<(&File, &Stat, NodeId)>,
+    ) -> Result<u64> {
+        // Chunk id -> offset in the old file (first occurrence), capped.
+        let mut map: HashMap<Hash, u64> = HashMap::new();
+        let mut old_size = 0;
+        if let Some((_, ost, oid)) = old {
+            old_size = ost.size;
+            let Node::File(of) = self.read_node(oid)? else {
+                return Err(Error::corrupt(format!("node {oid} is not a file")));
+            };
+            let mut off = 0u64;
+            self.file_chunks(&of.content, &mut |refs| {
+                for r in refs {
+                    if map.len() >= REUSE_MAP_CAP {
+                        break;
+                    }
+                    map.entry(r.id).or_insert(off);
+                    off += r.len;
+                }
+                Ok(())
+            })?;
+        }
+        let progress = cx.progress;
+        let mut reused = 0u64;
+        let mut off = 0u64;
+        // The pending run of copies: (old offset, new offset, length).
+        let mut run: Option<(u64, u64, u64)> = None;
+        let mut window: Vec<(u64, ChunkRef)> = Vec::with_capacity(restore::WINDOW);
+        let flush_run = |run: &mut Option<(u64, u64, u64)>, reused: &mut u64| -> Result<()> {
+            if let Some((oi, oo, len)) = run.take() {
+                let (src, _, _) = old.expect("runs only with an old file");
+                copy_range(src, tmp, oi, oo, len).map_err(|e| cx.io(rel, e))?;
+                *reused += len;
+                progress.advance(len);
+            }
+            Ok(())
+        };
+        let flush_window = |window: &mut Vec<(u64, ChunkRef)>| -> Result<()> {
+            let refs: Vec<ChunkRef> = window.iter().map(|w| w.1).collect();
+            for ((o, r), p) in window.iter().zip(self.fetch_window(&refs)) {
+                let p = p?;
+                tmp.write_all_at(&p, *o).map_err(|e| cx.io(rel, e))?;
+                progress.advance(r.len);
+            }
+            window.clear();
+            Ok(())
+        };
+        self.file_chunks(&f.content, &mut |refs| {
+            for r in refs {
+                let from_old = map
+                    .get(&r.id)
+                    .copied()
+                    .filter(|o| o.saturating_add(r.len) <= old_size);
+                match from_old {
+                    Some(o) => match &mut run {
+                        Some((oi, oo, len)) if *oi + *len == o && *oo + *len == off => {
+                            *len += r.len
+                        }
+                        _ => {
+                            flush_run(&mut run, &mut reused)?;
+                            run = Some((o, off, r.len));
+                        }
+                    },
+                    None => {
+                        window.push((off, *r));
+                        if window.len() >= restore::WINDOW {
+                            flush_window(&mut window)?;
+                        }
+                    }
+                }
+                off = off
+                    .checked_add(r.len)
+                    .ok_or_else(|| Error::corrupt("file size overflows"))?;
+            }
+            Ok(())
+        })?;
+        flush_run(&mut run, &mut reused)?;
+        flush_window(&mut window)?;
+        if off != f.size {
+            return Err(Error::corrupt("file node size does not match its chunks"));
+        }
+        tmp.set_len(f.size).map_err(|e| cx.io(rel, e))?;
+        Ok(reused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_check() {
+        let share = Path::new("/share");
+        let fresh = Plan {
+            write: 1 << 30,
+            free: 0,
+            overlap: 0,
+            files: 1,
+        };
+        assert_eq!(fresh.need(), (1 << 30) + 4096);
+        assert!(check_space(&fresh, 1 << 30, share).is_err());
+        assert!(check_space(&fresh, (1 << 30) + 4096, share).is_ok());
+        // Replacing a 1 GiB file by another: both exist until the rename.
+        let replace = Plan {
+            write: 1 << 30,
+            free: 1 << 30,
+            overlap: 1 << 30,
+            files: 1,
+        };
+        assert!(check_space(&replace, 1 << 29, share).is_err());
+        assert!(check_space(&replace, (1 << 30) + 8192, share).is_ok());
+        // Shrinking needs only the overlap; a claimed petabyte never fits.
+        let huge = Plan {
+            write: 1 << 50,
+            free: 0,
+            overlap: 0,
+            files: 1,
+        };
+        match check_space(&huge, 100 << 30, share) {
+            Err(Error::DiskFull { path }) => assert_eq!(path, share),
+            r => panic!("{r:?}"),
+        }
+        let overflow = Plan {
+            write: u64::MAX,
+            free: 0,
+            overlap: u64::MAX,
+            files: u64::MAX,
+        };
+        assert!(check_space(&overflow, u64::MAX - 1, share).is_err());
+    }
+
+    #[test]
+    fn tmp_names_are_hidden_and_unique() {
+        let a = tmp_name();
+        let b = tmp_name();
+        assert!(a.starts_with(TMP_PREFIX) && a.len() == TMP_PREFIX.len() + 16);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn pairs_by_name() {
+        let e = |n: &str| DirEntry {
+            name: n.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_ns: 0,
+            size: 0,
+            target: Target::Node(NodeId(Hash::of(n.as_bytes()))),
+        };
+        let p = pairs(vec![e("a"), e("c"), e("d")], vec![e("b"), e("c"), e("e")]);
+        let names: Vec<(Option<&str>, Option<&str>)> = p
+            .iter()
+            .map(|(x, y)| {
+                (
+                    x.as_ref().map(|x| std::str::from_utf8(&x.name).unwrap()),
+                    y.as_ref().map(|y| std::str::from_utf8(&y.name).unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (Some("a"), None),
+                (None, Some("b")),
+                (Some("c"), Some("c")),
+                (Some("d"), None),
+                (None, Some("e"))
+            ]
+        );
     }
 }

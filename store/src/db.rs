@@ -43,7 +43,8 @@
 //!
 //! `LEFT_FAULT=fail-write:N` makes the N-th write batch of the process fail as if the disk were full
 //! ([`Error::DiskFull`]); `LEFT_FAULT=abort-write:N` calls `std::process::abort()` just before the
-//! N-th write batch. The variable is read once per process.
+//! N-th write batch; `LEFT_FAULT=abort-checkout:N` aborts right after checkout renamed its N-th path
+//! into place (before the scan cache records it). The variable is read once per process.
 
 use crate::error::{Error, Result};
 use rocksdb::{
@@ -114,6 +115,7 @@ impl IndexEntry {
 enum Fault {
     Fail(u64),
     Abort(u64),
+    AbortCheckout(u64),
 }
 
 fn fault() -> Option<Fault> {
@@ -125,12 +127,25 @@ fn fault() -> Option<Fault> {
         match kind {
             "fail-write" => Some(Fault::Fail(n)),
             "abort-write" => Some(Fault::Abort(n)),
+            "abort-checkout" => Some(Fault::AbortCheckout(n)),
             _ => None,
         }
     })
 }
 
 static WRITES: AtomicU64 = AtomicU64::new(0);
+static CHECKOUT_STEPS: AtomicU64 = AtomicU64::new(0);
+
+/// Called by checkout after each path it renames into place (before its scan record is written):
+/// `LEFT_FAULT=abort-checkout:N` aborts the process at the N-th, as a crash mid-checkout would.
+pub(crate) fn checkout_step() {
+    let n = CHECKOUT_STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(Fault::AbortCheckout(k)) = fault() {
+        if k == n {
+            std::process::abort();
+        }
+    }
+}
 
 /// A key and its value, as iterated.
 pub type KeyValue = (Box<[u8]>, Box<[u8]>);

@@ -20,7 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-const WINDOW: usize = 64;
+/// Chunks fetched and decoded in parallel at a time (at most 64 x chunk_max bytes in memory).
+pub(crate) const WINDOW: usize = 64;
 
 fn set_times(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
@@ -61,6 +62,25 @@ fn clear_any(p: &Path) -> Result<()> {
 }
 
 impl Store {
+    /// Reads, decodes (bounded) and verifies the chunks of `win` in parallel on the rayon pool,
+    /// checking each one's length against its reference. Results in `win`'s order.
+    pub(crate) fn fetch_window(&self, win: &[node::ChunkRef]) -> Vec<Result<Vec<u8>>> {
+        let max = self.cfg.chunk_max as usize;
+        win.par_iter()
+            .map(|r| {
+                let id = ChunkId(r.id);
+                let enc = self
+                    .get_chunk(id)?
+                    .ok_or_else(|| Error::not_found(format!("chunk {id} is missing")))?;
+                let p = codec::decode_verified(&id, &enc, max)?;
+                if p.len() as u64 != r.len {
+                    return Err(Error::corrupt(format!("chunk {id} has the wrong length")));
+                }
+                Ok(p)
+            })
+            .collect()
+    }
+
     /// Restores `snapshot` (or only `path` inside it) into `target`. A folder's content goes into
     /// `target`; a single file or symlink is written as `target/<name>`. Refuses a non-empty target
     /// unless `opts.force` (which overwrites what the snapshot has and leaves other files alone).
@@ -175,11 +195,7 @@ impl Store {
                     return Err(Error::corrupt(format!("node {id} is not a file")));
                 };
                 let dir = p.parent().unwrap_or(Path::new("."));
-                let tmp = dir.join(format!(
-                    ".{}.left-tmp-{}",
-                    id.fmt_short(),
-                    std::process::id()
-                ));
+                let tmp = dir.join(crate::checkout::tmp_name());
                 let r = self.write_file(&f.content, &tmp, progress).and_then(|n| {
                     if n != f.size {
                         return Err(Error::corrupt(format!(
@@ -214,24 +230,10 @@ impl Store {
     /// Writes the file's bytes to `tmp`, verifying every chunk before writing it.
     fn write_file(&self, content: &Content, tmp: &Path, progress: &dyn Progress) -> Result<u64> {
         let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
-        let max = self.cfg.chunk_max as usize;
         let mut written = 0u64;
         self.file_chunks(content, &mut |refs| {
             for win in refs.chunks(WINDOW) {
-                let plain: Vec<Result<Vec<u8>>> = win
-                    .par_iter()
-                    .map(|r| {
-                        let id = ChunkId(r.id);
-                        let enc = self
-                            .get_chunk(id)?
-                            .ok_or_else(|| Error::not_found(format!("chunk {id} is missing")))?;
-                        let p = codec::decode_verified(&id, &enc, max)?;
-                        if p.len() as u64 != r.len {
-                            return Err(Error::corrupt(format!("chunk {id} has the wrong length")));
-                        }
-                        Ok(p)
-                    })
-                    .collect();
+                let plain = self.fetch_window(win);
                 for p in plain {
                     let p = p?;
                     f.write_all(&p).map_err(|e| Error::io(tmp, e))?;
