@@ -92,7 +92,9 @@ pub fn answer_have(ours: Option<NodeId>, theirs: Option<NodeId>) -> Option<crate
 pub fn apply_to_store(store: &Store, effect: &Effect) -> Result<(), left_store::Error> {
     match effect {
         Effect::StoreNode(id, bytes) => store.put_node(*id, bytes).map(drop),
-        Effect::StoreChunk(id, encoded) => store.put_chunk(*id, encoded).map(drop),
+        Effect::StoreChunk(id, encoded, plain_len) => {
+            store.put_chunk_verified(*id, encoded, *plain_len).map(drop)
+        }
         Effect::MarkComplete(id) => store.mark_complete(*id).map(drop),
         Effect::Done(_) | Effect::Failed(_) | Effect::PeerDropped { .. } => Ok(()),
     }

@@ -1,14 +1,375 @@
-//! `left serve`: serve this share's store to peers over rdt (stub until the session layer lands).
+//! `left serve`: serve this share's store to peers over rdt until stopped.
+//!
+//! The process opens the store (taking its lock), binds the rdt endpoint with this device's key and
+//! the share key, and serves every peer the peer book allows through [`left::session::Server`].
+//! Other `left` commands reach it through the control socket ([`left::control`]). It prints one
+//! line once listening (`--json`: one `{"event":"listening",...}` object) and logs peers on stderr.
+//! SIGINT or SIGTERM stops it cleanly: peers get `Bye`, connections close with code 0, the control
+//! socket is removed, and the exit code is 0.
 
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
 use clap::Args;
+use left::control::{self, StoreHandler};
+use left::ecp::ShareId;
+use left::identity::{self, DeviceId, Identity};
+use left::net::driver::Endpoint;
+use left::net::udp::SocketConfig;
+use left::peers::PeerBook;
+use left::rdt::EndpointConfig;
+use left::session::{self, PeerPolicy, Server, ServerConfig, ServerEvent};
+use left_store::Store;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
 
-use super::{Global, Output};
+use super::{share_root, store_dir, Global, Output, EXIT_OK};
+
+/// The default UDP port (the seed's, in its 20000-30000 range).
+pub(crate) const DEFAULT_PORT: u16 = 22001;
 
 /// Arguments of `left serve`.
 #[derive(Debug, Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Address to listen on: IP:PORT, [IPv6]:PORT, an IP alone, or a bare port
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:22001", value_parser = parse_listen)]
+    listen: SocketAddr,
+    /// Encrypt packets (on|off, or yes|no); peers must use the same setting
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    encryption: bool,
+}
+
+/// Parses `on|off|yes|no|true|false`.
+pub(crate) fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "yes" | "true" | "1" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err(format!("expected on or off (or yes/no), not {s:?}")),
+    }
+}
+
+/// Parses a listen address: `IP:PORT`, `[IPv6]:PORT`, an IP alone (default port) or a bare port
+/// (on 0.0.0.0).
+pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    Err(format!(
+        "{s:?} is not a listen address (use IP:PORT, [IPv6]:PORT, an IP, or a port)"
+    ))
+}
+
+/// The peer book as a [`PeerPolicy`]: re-read when another process changed it.
+pub(crate) struct BookPolicy {
+    dir: PathBuf,
+    book: Mutex<PeerBook>,
+}
+
+impl BookPolicy {
+    pub(crate) fn load(dir: &Path) -> anyhow::Result<BookPolicy> {
+        let book = PeerBook::load(dir).context("cannot read the peer book")?;
+        Ok(BookPolicy {
+            dir: dir.to_owned(),
+            book: Mutex::new(book),
+        })
+    }
+
+    pub(crate) fn allowed_peers(&self) -> Option<Vec<[u8; 32]>> {
+        self.book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allowed_peers()
+    }
+}
+
+impl PeerPolicy for BookPolicy {
+    fn allows(&self, device: &[u8; 32]) -> bool {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        // A book that cannot be re-read keeps its last view (and the error shows elsewhere).
+        let _ = book.refresh(&self.dir);
+        book.allows(device)
+    }
+
+    fn seen(&self, device: &[u8; 32], addr: SocketAddr) {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = book.record_seen(&self.dir, *device, addr) {
+            eprintln!(
+                "left: warning: cannot record peer {}: {e}",
+                DeviceId(*device)
+            );
+        }
+    }
+}
+
+/// The rdt endpoint settings of this store: device key, share key, allow-list, encryption.
+pub(crate) fn endpoint_config(
+    identity: &Identity,
+    share_key: [u8; 32],
+    allowed: Option<Vec<[u8; 32]>>,
+    encryption: bool,
+) -> EndpointConfig {
+    let mut cfg = EndpointConfig::new(identity.secret().to_bytes(), share_key, rand::random());
+    cfg.allowed_peers = allowed;
+    cfg.transport.encryption = encryption;
+    cfg
+}
+
+/// Binds an endpoint, with the impairment layer when `LEFT_IMPAIR` asks for it.
+pub(crate) fn bind(addr: SocketAddr, cfg: EndpointConfig) -> anyhow::Result<Endpoint> {
+    let socket = SocketConfig::from_env().context("bad LEFT_IMPAIR")?;
+    Endpoint::bind(addr, &socket, cfg).with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// A multi-threaded tokio runtime for one command.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
 
 /// Runs `left serve`.
-pub(crate) fn run(_global: &Global, _out: &Output, _args: ServeArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`left serve` is not built yet")
+pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Result<u8> {
+    let dir = store_dir(global)?;
+    let store = Arc::new(
+        Store::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?,
+    );
+    let share = share_root(&dir, &store)?;
+    let identity = Identity::load(&dir).context("cannot read the device key")?;
+    let share_key = identity::load_share_key(&dir).context("cannot read the share key")?;
+    let device = identity.device_id();
+    let share_id = ShareId::from_key(&share_key);
+    let policy = Arc::new(BookPolicy::load(&dir)?);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let cfg = endpoint_config(
+            &identity,
+            share_key,
+            policy.allowed_peers(),
+            args.encryption,
+        );
+        let endpoint = bind(args.listen, cfg)?;
+        let local = endpoint
+            .local_addr()
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let server = Server::new(
+            endpoint,
+            store.clone(),
+            ServerConfig::new(session::hello(share_id, device.0, args.encryption)),
+            policy,
+            Some(events_tx),
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+
+        // The control socket: other commands reach the store through it.
+        let status = {
+            let server = server.clone();
+            let store = store.clone();
+            let share_id = share_id.fmt_short();
+            Box::new(move || {
+                let peers: Vec<_> = server
+                    .peers()
+                    .into_iter()
+                    .map(|p| {
+                        json!({
+                            "device": DeviceId(p.device).to_string(),
+                            "addr": p.addr.to_string(),
+                            "bytes_sent": p.bytes_sent,
+                            "bytes_received": p.bytes_received,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "serving": true,
+                    "listen": local.to_string(),
+                    "device": device.to_string(),
+                    "share": share_id,
+                    "encryption": args.encryption,
+                    "head": store.head().ok().flatten().map(|h| h.to_string()),
+                    "peers": peers,
+                })
+            })
+        };
+        let stop = {
+            let tx = stop_tx.clone();
+            Box::new(move || {
+                tx.send_replace(true);
+            })
+        };
+        let handler = Arc::new(StoreHandler::new(
+            store.clone(),
+            share.clone(),
+            device.0,
+            status,
+            stop,
+        ));
+        let control_dir = dir.clone();
+        let control_rx = stop_rx.clone();
+        let control =
+            tokio::spawn(async move { control::serve(&control_dir, handler, control_rx).await });
+
+        // Listening: one line, flushed, so scripts can read the port.
+        if out.json {
+            out.json(&json!({
+                "event": "listening",
+                "addr": local.to_string(),
+                "device": device.to_string(),
+                "share": share_id.fmt_short(),
+            }))?;
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(
+                stdout,
+                "serving {} as {} on {}",
+                share_id.fmt_short(),
+                device,
+                local
+            )?;
+            stdout.flush()?;
+        }
+
+        // Peers in the log.
+        let quiet = out.quiet;
+        let logger = tokio::spawn(async move {
+            while let Some(e) = events_rx.recv().await {
+                if !quiet {
+                    eprintln!("{}", describe(&e));
+                }
+            }
+        });
+
+        // Signals.
+        {
+            let tx = stop_tx.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tx.send_replace(true);
+            });
+        }
+
+        let serve_rx = stop_rx.clone();
+        let mut control = control;
+        let control_result = tokio::select! {
+            _ = server.run(serve_rx) => None,
+            r = &mut control => {
+                // The control socket failed: stop serving too, and say why.
+                stop_tx.send_replace(true);
+                Some(r)
+            }
+        };
+        let control_result = match control_result {
+            Some(r) => r,
+            None => {
+                stop_tx.send_replace(true);
+                control.await
+            }
+        };
+        drop(server);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), logger).await;
+        match control_result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(anyhow::Error::from(e).context("control socket failed")),
+            Err(e) => anyhow::bail!("control socket task failed: {e}"),
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(EXIT_OK)
+}
+
+/// One log line for a server event.
+fn describe(e: &ServerEvent) -> String {
+    match e {
+        ServerEvent::Connected { addr, device } => {
+            format!("left: peer {} connected from {addr}", DeviceId(*device))
+        }
+        ServerEvent::Refused {
+            addr,
+            device,
+            reason,
+        } => match device {
+            Some(d) => format!("left: refused peer {} at {addr}: {reason}", DeviceId(*d)),
+            None => format!("left: refused peer at {addr}: {reason}"),
+        },
+        ServerEvent::Disconnected {
+            addr,
+            device,
+            error,
+        } => match error {
+            None => format!("left: peer {} at {addr} disconnected", DeviceId(*device)),
+            Some(r) => format!(
+                "left: peer {} at {addr} disconnected: {r}",
+                DeviceId(*device)
+            ),
+        },
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            parse_listen("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::]:22001").unwrap(),
+            "[::]:22001".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("23000").unwrap(),
+            "0.0.0.0:23000".parse().unwrap()
+        );
+        assert_eq!(parse_listen("::1").unwrap(), "[::1]:22001".parse().unwrap());
+        assert_eq!(
+            parse_listen("[::1]").unwrap(),
+            "[::1]:22001".parse().unwrap()
+        );
+        assert!(parse_listen("nonsense").is_err());
+        assert!(parse_listen("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn on_off_accepts_the_seed_words() {
+        for (s, v) in [("on", true), ("YES", true), ("off", false), ("no", false)] {
+            assert_eq!(parse_on_off(s).unwrap(), v);
+        }
+        assert!(parse_on_off("maybe").is_err());
+    }
 }

@@ -1,14 +1,427 @@
-//! `left sync PEER...`: pull what peers have and check it out (stub until the session layer lands).
+//! `left sync PEER...`: pull what peers have, then check it out into the share folder.
+//!
+//! Steps: open the store (taking its lock) and finish a checkout a crash cut short; snapshot the
+//! share ("before sync") so no local change can be overwritten unseen; fetch from every peer at
+//! once ([`left::session::fetch`], retrying with backoff while nothing can be fetched, for at most
+//! `--timeout` seconds without progress); then, when the fetched head is ahead of ours (or we have
+//! none, or our tree is empty), check it out. When both sides changed since they last agreed the
+//! folder is left untouched, the fetched snapshot stays in the store as the peer's ref, and the
+//! exit code is 4.
 
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 use clap::Args;
+use left::ecp::ShareId;
+use left::identity::{self, DeviceId, Identity};
+use left::session::{self, Endpoints, FetchConfig, FetchProgress, FetchReport, Target};
+use left::sync::PullConfig;
+use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Progress, Store};
+use serde_json::json;
 
-use super::{Global, Output};
+use super::serve::{bind, endpoint_config, parse_on_off, runtime, BookPolicy, DEFAULT_PORT};
+use super::{fmt, share_root, store_dir, Global, Output, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK};
 
 /// Arguments of `left sync`.
 #[derive(Debug, Args)]
-pub struct SyncArgs {}
+pub struct SyncArgs {
+    /// Peers to pull from: HOST:PORT, a bare host (port 22001), IPv4 or IPv6 ([::1]:22001, ::1)
+    #[arg(value_name = "PEER")]
+    peers: Vec<String>,
+    /// More peers, comma-separated (as the seed's --ip a,b,c)
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    ip: Vec<String>,
+    /// Encrypt packets (on|off, or yes|no); the peers must use the same setting
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    encryption: bool,
+    /// fsync every file the checkout writes (the store is durable either way)
+    #[arg(long)]
+    fsync: bool,
+    /// Give up after this many seconds without progress (retrying unreachable peers meanwhile)
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    timeout: f64,
+}
+
+/// Resolves one peer as given: `HOST:PORT`, `[IPv6]:PORT`, a bare IP or host (default port).
+fn resolve(peer: &str) -> Result<SocketAddr, String> {
+    let p = peer.trim();
+    if p.is_empty() {
+        return Err("empty peer address".into());
+    }
+    if let Ok(a) = p.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bare = p
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(p);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let (host, port) = match p.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("bad port {port:?}"))?;
+            (h, port)
+        }
+        _ => (p, DEFAULT_PORT),
+    };
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    addrs.next().ok_or_else(|| format!("{host} has no address"))
+}
+
+/// A progress bar phase for the fetch: bytes of chunks fetched.
+struct FetchBar<'a> {
+    bar: &'a dyn Progress,
+    shown: AtomicU64,
+}
+
+impl FetchProgress for FetchBar<'_> {
+    fn update(&self, _discovered: u64, fetched: u64) {
+        let before = self.shown.swap(fetched, Ordering::Relaxed);
+        if fetched > before {
+            self.bar.advance(fetched - before);
+        }
+    }
+}
+
+/// What to do with the fetched heads.
+enum Decision {
+    /// Nothing fetched (every peer failed).
+    Failed,
+    /// Nothing to check out: up to date, or the peers are behind us.
+    UpToDate,
+    /// Check out this head.
+    Checkout(NodeId),
+    /// Both sides changed; `peer` names one peer whose head diverged.
+    Diverged(String),
+}
 
 /// Runs `left sync`.
-pub(crate) fn run(_global: &Global, _out: &Output, _args: SyncArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`left sync` is not built yet")
+pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let mut given: Vec<String> = args.peers.clone();
+    given.extend(
+        args.ip
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+    );
+    if given.is_empty() {
+        anyhow::bail!("no peer given: name at least one (HOST:PORT, a host, or --ip A,B)");
+    }
+    let mut targets = Vec::new();
+    for g in &given {
+        let addr = resolve(g).map_err(|e| anyhow::anyhow!("bad peer address {g:?}: {e}"))?;
+        targets.push(Target {
+            label: g.clone(),
+            addr,
+        });
+    }
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        anyhow::bail!("--timeout must be a positive number of seconds");
+    }
+
+    let dir = store_dir(global)?;
+    let store = Arc::new(
+        Store::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?,
+    );
+    let share = share_root(&dir, &store)?;
+    let identity = Identity::load(&dir).context("cannot read the device key")?;
+    let share_key = identity::load_share_key(&dir).context("cannot read the share key")?;
+    let device = identity.device_id();
+    let policy = BookPolicy::load(&dir)?;
+    let copts = CheckoutOptions { fsync: args.fsync };
+    let progress = out.progress();
+
+    // 1. A checkout a crash cut short is finished first.
+    if store
+        .pending_checkout()
+        .context("cannot read the checkout journal")?
+        .is_some()
+    {
+        store
+            .resume_checkout(&share, &copts, &progress)
+            .context("cannot finish the interrupted checkout")?;
+    }
+    // 2. Snapshot local changes so nothing is overwritten unseen.
+    let add = store
+        .add(
+            &share,
+            &[],
+            &AddOptions {
+                device: device.0,
+                message: "before sync".into(),
+                ..AddOptions::default()
+            },
+            &progress,
+        )
+        .with_context(|| format!("cannot snapshot {} before syncing", share.display()))?;
+    if !add.skipped.is_empty() && !out.quiet {
+        eprintln!(
+            "left: warning: {} path(s) could not be read and keep their previous snapshot (see `left add`)",
+            add.skipped.len()
+        );
+    }
+    let local_head = store.head().context("cannot read the head")?;
+
+    // 3. Fetch.
+    let share_id = ShareId::from_key(&share_key);
+    let mut pull = PullConfig::for_store(&store);
+    pull.stall_timeout = Duration::from_secs(10);
+    let mut fcfg = FetchConfig::new(session::hello(share_id, device.0, args.encryption), pull);
+    fcfg.timeout = Duration::from_secs_f64(args.timeout);
+    fcfg.connect_timeout = fcfg.connect_timeout.min(fcfg.timeout);
+    let rt = runtime()?;
+    let (report, udp) = rt.block_on(async {
+        let mut eps = Endpoints::default();
+        let allowed = policy.allowed_peers();
+        if targets.iter().any(|t| t.addr.is_ipv4()) {
+            let cfg = endpoint_config(&identity, share_key, allowed.clone(), args.encryption);
+            eps.v4 = Some(bind(SocketAddr::from(([0, 0, 0, 0], 0)), cfg)?);
+        }
+        if targets.iter().any(|t| t.addr.is_ipv6()) {
+            let cfg = endpoint_config(&identity, share_key, allowed.clone(), args.encryption);
+            eps.v6 = Some(bind(SocketAddr::from(([0u16; 8], 0)), cfg)?);
+        }
+        progress.start("fetch", None);
+        let bar = FetchBar {
+            bar: &progress,
+            shown: AtomicU64::new(0),
+        };
+        let report = session::fetch(&eps, store.clone(), &targets, &fcfg, &bar).await;
+        progress.finish();
+        let udp = eps.udp_bytes();
+        eps.close().await;
+        anyhow::Ok((report, udp))
+    })?;
+    drop(rt);
+
+    // 4. Decide.
+    let decision = decide(&store, local_head, &report)?;
+    let mut checkout: Option<CheckoutReport> = None;
+    let mut diverged = false;
+    match &decision {
+        Decision::Checkout(to) => {
+            let r = store
+                .checkout(&share, local_head, *to, &copts, &progress)
+                .with_context(|| {
+                    format!(
+                        "cannot check out {} into {}",
+                        to.fmt_short(),
+                        share.display()
+                    )
+                })?;
+            checkout = Some(r);
+        }
+        Decision::Diverged(peer) => {
+            diverged = true;
+            eprintln!(
+                "left: both this share and {peer} changed since they last agreed; nothing was checked out (merging comes with automatic sync)"
+            );
+        }
+        Decision::UpToDate | Decision::Failed => {}
+    }
+    drop(progress);
+    let head = store.head().ok().flatten();
+    let seconds = started.elapsed().as_secs_f64();
+
+    // 5. Output.
+    let failed = matches!(decision, Decision::Failed);
+    let mut stderr = std::io::stderr().lock();
+    for p in &report.peers {
+        if let Some(e) = &p.error {
+            if failed {
+                let _ = writeln!(stderr, "left: cannot sync: {}: {e}", p.label);
+            } else if !out.quiet {
+                let _ = writeln!(stderr, "left: warning: {}: {e}", p.label);
+            }
+        }
+    }
+    if failed {
+        let _ = writeln!(stderr, "hint: {}", failure_hint(&report));
+    }
+    drop(stderr);
+    let st = &report.stats;
+    out.json(&json!({
+        "head": head.map(|h| h.to_string()),
+        "fetched_head": fetched_head(&decision, &report).map(|h| h.to_string()),
+        "bytes_sent": udp.0,
+        "bytes_received": udp.1,
+        "payload_bytes_received": st.payload_bytes_received,
+        "chunks_fetched": st.chunks_fetched,
+        "nodes_fetched": st.nodes_fetched,
+        "chunk_bytes_fetched": st.chunk_bytes_fetched,
+        "seconds": seconds,
+        "checked_out": checkout.is_some(),
+        "diverged": diverged,
+        "checkout": checkout.as_ref().map(|c| json!({
+            "files_written": c.files_written,
+            "files_removed": c.files_removed,
+            "dirs_created": c.dirs_created,
+            "dirs_removed": c.dirs_removed,
+            "symlinks_written": c.symlinks_written,
+            "bytes_written": c.bytes_written,
+            "bytes_reused": c.bytes_reused,
+            "kept": c.kept.len(),
+        })),
+        "peers": report.peers.iter().map(|p| json!({
+            "addr": p.addr.map(|a| a.to_string()).unwrap_or_default(),
+            "peer": p.label,
+            "device": p.device.map(|d| DeviceId(d).to_string()),
+            "head": p.head.map(|h| h.to_string()),
+            "error": p.error,
+        })).collect::<Vec<_>>(),
+    }))?;
+    if failed {
+        return Ok(EXIT_ERROR);
+    }
+    let rate = if seconds > 0.0 {
+        format!(
+            "{}/s",
+            fmt::bytes((st.payload_bytes_received as f64 / seconds) as u64)
+        )
+    } else {
+        String::new()
+    };
+    let line = match (&decision, &checkout) {
+        (Decision::Checkout(to), Some(c)) => format!(
+            "synced {}: fetched {} chunks and {} nodes ({}, {rate}) in {seconds:.1} s; wrote {} files ({}), removed {}",
+            to.fmt_short(),
+            st.chunks_fetched,
+            st.nodes_fetched,
+            fmt::bytes(st.payload_bytes_received),
+            c.files_written,
+            fmt::bytes(c.bytes_written),
+            c.files_removed
+        ),
+        (Decision::Diverged(_), _) => format!(
+            "fetched {} chunks and {} nodes ({}); the share diverged, nothing checked out",
+            st.chunks_fetched,
+            st.nodes_fetched,
+            fmt::bytes(st.payload_bytes_received)
+        ),
+        _ => match head {
+            Some(h) => format!("up to date at {}", h.fmt_short()),
+            None => "up to date: no snapshot on either side".to_string(),
+        },
+    };
+    out.human(line)?;
+    Ok(if diverged { EXIT_DIVERGED } else { EXIT_OK })
+}
+
+fn fetched_head(d: &Decision, r: &FetchReport) -> Option<NodeId> {
+    match d {
+        Decision::Checkout(h) => Some(*h),
+        _ => r.heads.first().map(|(h, _)| *h),
+    }
+}
+
+fn failure_hint(r: &FetchReport) -> String {
+    let all: Vec<&str> = r.peers.iter().filter_map(|p| p.error.as_deref()).collect();
+    if all.iter().any(|e| e.contains("encryption")) {
+        "use the same --encryption setting on both sides".into()
+    } else if all
+        .iter()
+        .any(|e| e.contains("not allowed") || e.contains("does not allow"))
+    {
+        "the peer refuses this device: check `left peers` on both sides (pinned or revoked devices)"
+            .into()
+    } else if all.iter().any(|e| e.contains("share")) {
+        "both sides must hold the same share key (`left share-key`, `left init --join`)".into()
+    } else {
+        "check that `left serve` runs on the peer and that the address and port are right".into()
+    }
+}
+
+/// Chooses what to check out given the fetched heads.
+fn decide(store: &Store, local: Option<NodeId>, report: &FetchReport) -> anyhow::Result<Decision> {
+    if report.heads.is_empty() {
+        if report.peers.iter().any(|p| p.error.is_none()) {
+            return Ok(Decision::UpToDate);
+        }
+        return Ok(Decision::Failed);
+    }
+    let anc = |a: NodeId, b: NodeId| -> anyhow::Result<bool> {
+        store
+            .is_ancestor(a, b)
+            .context("cannot compare snapshot histories")
+    };
+    // The newest fetched head: one every other fetched head is an ancestor of.
+    let heads: Vec<NodeId> = report.heads.iter().map(|(h, _)| *h).collect();
+    let mut best = None;
+    'outer: for &h in &heads {
+        for &o in &heads {
+            if o != h && !anc(o, h)? {
+                continue 'outer;
+            }
+        }
+        best = Some(h);
+        break;
+    }
+    let label_of = |h: NodeId| {
+        report
+            .heads
+            .iter()
+            .find(|(x, _)| *x == h)
+            .and_then(|(_, idx)| idx.first())
+            .map(|&i| report.peers[i].label.clone())
+            .unwrap_or_else(|| "a peer".into())
+    };
+    let Some(best) = best else {
+        return Ok(Decision::Diverged(label_of(heads[0])));
+    };
+    let Some(local) = local else {
+        return Ok(Decision::Checkout(best));
+    };
+    if local == best || anc(best, local)? {
+        return Ok(Decision::UpToDate);
+    }
+    let root_of = |h: NodeId| store.snapshot_root(h).context("cannot read a snapshot");
+    let local_root = root_of(local)?;
+    if local_root == root_of(best)? {
+        return Ok(Decision::UpToDate);
+    }
+    if anc(local, best)? {
+        return Ok(Decision::Checkout(best));
+    }
+    if store
+        .dir_entries(local_root)
+        .context("cannot read the local tree")?
+        .is_empty()
+    {
+        return Ok(Decision::Checkout(best));
+    }
+    Ok(Decision::Diverged(label_of(best)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_resolve() {
+        assert_eq!(
+            resolve("127.0.0.1:5").unwrap(),
+            "127.0.0.1:5".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("127.0.0.1").unwrap(),
+            "127.0.0.1:22001".parse().unwrap()
+        );
+        assert_eq!(resolve("[::1]:7").unwrap(), "[::1]:7".parse().unwrap());
+        assert_eq!(resolve("::1").unwrap(), "[::1]:22001".parse().unwrap());
+        assert_eq!(resolve("[::1]").unwrap(), "[::1]:22001".parse().unwrap());
+        assert_eq!(resolve("localhost:9").unwrap().port(), 9);
+        assert_eq!(resolve("localhost").unwrap().port(), DEFAULT_PORT);
+        assert!(resolve("localhost:notaport").is_err());
+        assert!(resolve("").is_err());
+    }
 }

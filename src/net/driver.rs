@@ -30,7 +30,7 @@ use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,10 @@ pub const CODE_REFUSED: u64 = 1;
 /// Established incoming connections that may wait for [`Endpoint::accept`]; beyond that new ones
 /// are closed with [`CODE_REFUSED`], so an application that stops accepting bounds memory.
 pub const MAX_ACCEPT_BACKLOG: usize = 256;
+
+/// Incoming handshakes that failed (encryption mismatch, refused key, ...) remembered for
+/// [`Endpoint::next_incoming_failure`]; older ones are forgotten first.
+pub const MAX_INCOMING_FAILURES: usize = 64;
 
 /// Errors from the driver's handles.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +122,11 @@ struct Shared {
     /// Set once the driver task has ended.
     done: watch::Sender<bool>,
     shutting_down: AtomicBool,
+    /// UDP payload bytes sent and received on the socket (every datagram, handshakes included).
+    udp_sent: AtomicU64,
+    udp_received: AtomicU64,
+    /// Driver → `next_incoming_failure`: an incoming handshake failed.
+    failures: Notify,
 }
 
 struct State {
@@ -126,6 +135,9 @@ struct State {
     incoming: VecDeque<ConnectionHandle>,
     /// Why the driver stopped, once it has.
     stopped: Option<NetError>,
+    /// Incoming connections that ended before anybody accepted them (at most
+    /// [`MAX_INCOMING_FAILURES`]).
+    failed_incoming: VecDeque<(SocketAddr, ConnectionError)>,
 }
 
 /// What the driver knows about a connection beyond the core.
@@ -197,12 +209,16 @@ impl Endpoint {
                 slots: HashMap::new(),
                 incoming: VecDeque::new(),
                 stopped: None,
+                failed_incoming: VecDeque::new(),
             }),
             socket,
             wake_driver: Notify::new(),
             incoming: Notify::new(),
             done,
             shutting_down: AtomicBool::new(false),
+            udp_sent: AtomicU64::new(0),
+            udp_received: AtomicU64::new(0),
+            failures: Notify::new(),
         });
         tokio::spawn(run_driver(shared.clone()));
         let guard = Arc::new(EndpointGuard {
@@ -227,6 +243,32 @@ impl Endpoint {
     /// The core's counters (refused datagrams by reason, retries, accepted handshakes).
     pub fn stats(&self) -> EndpointStats {
         self.shared.lock().core.stats().clone()
+    }
+
+    /// UDP payload bytes `(sent, received)` on this endpoint's socket so far: every datagram of
+    /// every connection, handshakes, acknowledgements and retransmissions included.
+    pub fn udp_bytes(&self) -> (u64, u64) {
+        (
+            self.shared.udp_sent.load(Ordering::Relaxed),
+            self.shared.udp_received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits for the next incoming connection that failed before it could be accepted (the peer's
+    /// encryption setting differs, its key is not allowed, ...), with the peer's address and why.
+    /// `None` once the endpoint is closed. Lets a server report refusals it would otherwise never
+    /// see.
+    pub async fn next_incoming_failure(&self) -> Option<(SocketAddr, ConnectionError)> {
+        let shared = &self.shared;
+        wait_on(&shared.failures, || {
+            let mut state = shared.lock();
+            if let Some(f) = state.failed_incoming.pop_front() {
+                return Some(Some(f));
+            }
+            (state.stopped.is_some() || shared.shutting_down.load(Ordering::Acquire))
+                .then_some(None)
+        })
+        .await
     }
 
     /// How many connections the core holds (handshaking, established or closing).
@@ -737,6 +779,7 @@ impl Shared {
         self.shutting_down.store(true, Ordering::Release);
         self.wake_driver.notify_one();
         self.incoming.notify_waiters();
+        self.failures.notify_waiters();
     }
 
     /// Wakes every handle: used when the driver stops.
@@ -745,6 +788,7 @@ impl Shared {
             slot.notify.notify_waiters();
         }
         self.incoming.notify_waiters();
+        self.failures.notify_waiters();
     }
 }
 
@@ -890,6 +934,10 @@ impl Driver {
     /// stream data the core keeps pins only that datagram, never the whole batch.
     fn deliver(&mut self, meta: &[RecvMeta]) {
         let now = Instant::now();
+        let received: usize = meta.iter().map(|m| m.len).sum();
+        self.shared
+            .udp_received
+            .fetch_add(received as u64, Ordering::Relaxed);
         let mut state = self.shared.lock();
         for (m, buf) in meta
             .iter()
@@ -929,6 +977,9 @@ impl Driver {
                 segment_size: t.segment_size,
             };
             self.shared.socket.send(&out).await?;
+            self.shared
+                .udp_sent
+                .fetch_add(size as u64, Ordering::Relaxed);
         }
     }
 
@@ -937,7 +988,20 @@ impl Driver {
             let is_new = !state.slots.contains_key(&h);
             if is_new {
                 // Only a responder's completed handshake creates a slot; other events of
-                // connections nobody holds (failed handshakes) are dropped.
+                // connections nobody holds (failed handshakes) are dropped, and a lost one is
+                // remembered for `next_incoming_failure`.
+                if let Event::ConnectionLost { reason } = &event {
+                    let addr = state
+                        .core
+                        .connection_ref(h)
+                        .map(|c| c.remote_address())
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    if state.failed_incoming.len() >= MAX_INCOMING_FAILURES {
+                        state.failed_incoming.pop_front();
+                    }
+                    state.failed_incoming.push_back((addr, reason.clone()));
+                    self.shared.failures.notify_waiters();
+                }
                 if !matches!(event, Event::Connected { .. }) {
                     continue;
                 }

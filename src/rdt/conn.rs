@@ -59,6 +59,8 @@ pub struct ConnectionStats {
     pub sent_bytes: u64,
     /// Authenticated datagrams received.
     pub recv_packets: u64,
+    /// Bytes of the authenticated datagrams received (UDP payload).
+    pub recv_bytes: u64,
     /// Packets declared lost.
     pub lost_packets: u64,
     /// PTO probe packets sent (these may exceed the congestion window).
@@ -1146,11 +1148,13 @@ impl Connection {
     }
 
     fn handle_data(&mut self, now: Instant, from: SocketAddr, mut data: BytesMut) {
+        let datagram_len = data.len() as u64;
         let Some((pn, body_len)) = self.authenticate(&mut data) else {
             return;
         };
         // Authenticated from here on.
         self.stats.recv_packets += 1;
+        self.stats.recv_bytes += datagram_len;
         self.idle_deadline = now + self.config.idle_timeout.max(3 * self.pto_base());
         if self.side == Side::Initiator && !self.confirmed {
             self.confirmed = true;

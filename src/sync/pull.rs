@@ -86,8 +86,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub enum Effect {
     /// Store this verified node (`Store::put_node`).
     StoreNode(NodeId, Vec<u8>),
-    /// Store this verified encoded chunk (`Store::put_chunk`).
-    StoreChunk(ChunkId, Vec<u8>),
+    /// Store this verified encoded chunk whose plain length is the `u32`
+    /// (`Store::put_chunk_verified`; the engine has decoded it and checked its id).
+    StoreChunk(ChunkId, Vec<u8>, u32),
     /// Everything beneath this node is stored: mark it complete (`Store::mark_complete`).
     MarkComplete(NodeId),
     /// A peer was dropped: close its session and report the reason.
@@ -815,7 +816,8 @@ impl Pull {
         };
         self.stats.chunks_fetched += 1;
         self.stats.chunk_bytes_fetched += plain_len;
-        self.effects.push_back(Effect::StoreChunk(id, bytes));
+        self.effects
+            .push_back(Effect::StoreChunk(id, bytes, plain_len as u32));
         let mut work = Vec::new();
         for p in w.parents {
             self.child_done(p, &mut work);

@@ -33,7 +33,8 @@ enum State {
 }
 
 /// One peer's session on the serving side: checks the peer's `Hello` and answers with ours,
-/// answers `Have`/`Update` with `Same`/`Excess`, and answers `GetNodes`/`GetChunks` lazily, at
+/// answers `Have`/`Update` with `Same`/`Excess` (or its own `Have { head: None }` when it has
+/// no head), and answers `GetNodes`/`GetChunks` lazily, at
 /// most `max_pending` requests queued. When [`ServeSession::wants_input`] is false the driver
 /// stops reading this peer's stream (backpressure), so a peer cannot make the server hold more
 /// than `max_pending` requests (at most 1024 ids each) and one reply.
@@ -110,10 +111,13 @@ impl ServeSession {
             State::Ready => {
                 match msg {
                     Message::Have { head: theirs, .. } => {
-                        self.out.extend(answer_have(head, theirs));
+                        let reply = answer_have(head, theirs).unwrap_or_else(|| self.empty_have());
+                        self.out.push_back(reply);
                     }
                     Message::Update { head: theirs, .. } => {
-                        self.out.extend(answer_have(head, Some(theirs)));
+                        let reply =
+                            answer_have(head, Some(theirs)).unwrap_or_else(|| self.empty_have());
+                        self.out.push_back(reply);
                     }
                     Message::GetNodes { .. } | Message::GetChunks { .. } => {
                         if let Some(ms) = self.busy_ms {
@@ -139,6 +143,16 @@ impl ServeSession {
                 Ok(())
             }
         }
+    }
+
+    /// Our answer when we have no head: our own `Have { head: None }`, so the peer is not left
+    /// waiting for a `Same` or `Excess` that will never come.
+    fn empty_have(&self) -> Message {
+        let share = match &self.hello {
+            Message::Hello { share, .. } => *share,
+            _ => crate::ecp::ShareId(left_store::Hash([0; 32])),
+        };
+        Message::Have { share, head: None }
     }
 
     /// The next message to send, or `None` when there is nothing to send now.

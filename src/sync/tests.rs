@@ -67,7 +67,7 @@ impl Mem {
     fn apply(&mut self, e: &Effect) {
         match e {
             Effect::StoreNode(id, b) => self.put_node(*id, b.clone()),
-            Effect::StoreChunk(id, b) => {
+            Effect::StoreChunk(id, b, _) => {
                 crate::ecp::verify_chunk(id, b, 1 << 20).expect("the engine verified it");
                 self.chunks.insert(*id, b.clone());
             }
@@ -1269,7 +1269,7 @@ fn random_replies_never_panic() {
             if let Output::Effect(e) = &out {
                 match e {
                     Effect::StoreNode(id, b) => assert_eq!(&src.nodes[id], b),
-                    Effect::StoreChunk(id, b) => assert_eq!(&src.chunks[id], b),
+                    Effect::StoreChunk(id, b, _) => assert_eq!(&src.chunks[id], b),
                     _ => {}
                 }
                 local.apply(e);

@@ -1,0 +1,690 @@
+//! The pulling side: connect to every peer, exchange `Have`, run one [`Pull`] per distinct head,
+//! retry with backoff while nothing could be fetched.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use left_store::{NodeId, Store};
+use tokio::sync::mpsc;
+
+use super::wire::{FrameReader, FrameWriter, ReadError};
+use super::{sanitize, CODE_PROTOCOL_ERROR};
+use crate::ecp::{check_hello, ErrorCode, Message};
+use crate::identity::DeviceId;
+use crate::net::driver::{Connection, Endpoint, NetError, CODE_NO_ERROR, CODE_REFUSED};
+use crate::rdt::ConnectionError;
+use crate::sync::{Effect, Output, PeerId, Pull, PullConfig, PullStats};
+
+/// A peer to pull from: how the user named it and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// As given on the command line (for messages).
+    pub label: String,
+    /// Its resolved address.
+    pub addr: SocketAddr,
+}
+
+/// The client endpoints: one per address family in use.
+#[derive(Clone, Default)]
+pub struct Endpoints {
+    /// For IPv4 peers.
+    pub v4: Option<Endpoint>,
+    /// For IPv6 peers.
+    pub v6: Option<Endpoint>,
+}
+
+impl Endpoints {
+    /// The endpoint to reach `addr` with.
+    pub fn for_addr(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        if addr.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
+    }
+
+    /// UDP payload bytes `(sent, received)` over every endpoint.
+    pub fn udp_bytes(&self) -> (u64, u64) {
+        [&self.v4, &self.v6]
+            .into_iter()
+            .flatten()
+            .map(|e| e.udp_bytes())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Closes every endpoint (waits for the closes to go out).
+    pub async fn close(&self) {
+        for e in [&self.v4, &self.v6].into_iter().flatten() {
+            e.close().await;
+        }
+    }
+}
+
+/// Settings of [`fetch`].
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// Our [`Message::Hello`] (see [`super::hello`]).
+    pub hello: Message,
+    /// Longest wait for one peer's handshake plus `Hello` and `Have` answer.
+    pub connect_timeout: Duration,
+    /// Give up after this long without progress (no object fetched, no peer answering).
+    pub timeout: Duration,
+    /// First pause between attempts; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest pause between attempts.
+    pub max_backoff: Duration,
+    /// The engine's limits.
+    pub pull: PullConfig,
+    /// Decoded messages queued from the peers' readers to the engine (bounds memory).
+    pub queue: usize,
+}
+
+impl FetchConfig {
+    /// Defaults around `hello` and the engine settings `pull`.
+    pub fn new(hello: Message, pull: PullConfig) -> FetchConfig {
+        FetchConfig {
+            hello,
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            pull,
+            queue: 64,
+        }
+    }
+}
+
+/// What became of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerOutcome {
+    /// As given.
+    pub label: String,
+    /// Its address.
+    pub addr: Option<SocketAddr>,
+    /// Its device key, once a handshake completed.
+    pub device: Option<[u8; 32]>,
+    /// The head it offered (`None`: it has none, or we never heard).
+    pub head: Option<NodeId>,
+    /// It answered `Same`: nothing to fetch from it.
+    pub same: bool,
+    /// Its head is now complete in our store (ref `peers/<device>` set).
+    pub fetched: bool,
+    /// Why it failed, one line (`None` when it did not).
+    pub error: Option<String>,
+}
+
+/// Progress of a fetch, for a bar.
+pub trait FetchProgress: Send + Sync {
+    /// Plain chunk bytes found missing so far and fetched so far (both grow).
+    fn update(&self, discovered: u64, fetched: u64);
+}
+
+impl FetchProgress for () {
+    fn update(&self, _discovered: u64, _fetched: u64) {}
+}
+
+/// The result of [`fetch`].
+#[derive(Clone, Debug, Default)]
+pub struct FetchReport {
+    /// One per target, in the given order.
+    pub peers: Vec<PeerOutcome>,
+    /// Heads now complete in the store, each with the indexes of the peers that offered it.
+    pub heads: Vec<(NodeId, Vec<usize>)>,
+    /// Engine counters summed over every pull.
+    pub stats: PullStats,
+    /// Attempts made (1 when the first one settled everything).
+    pub attempts: u32,
+}
+
+impl FetchReport {
+    /// Whether nothing could be fetched or confirmed: every peer failed.
+    pub fn all_failed(&self) -> bool {
+        !self.peers.is_empty() && self.peers.iter().all(|p| p.error.is_some() && !p.fetched)
+    }
+}
+
+/// A failure of one peer; `fatal` ones are not retried (the peer refuses us, or lies).
+#[derive(Debug, Clone)]
+struct PeerError {
+    reason: String,
+    fatal: bool,
+}
+
+impl PeerError {
+    fn retry(reason: impl Into<String>) -> PeerError {
+        PeerError {
+            reason: reason.into(),
+            fatal: false,
+        }
+    }
+    fn fatal(reason: impl Into<String>) -> PeerError {
+        PeerError {
+            reason: reason.into(),
+            fatal: true,
+        }
+    }
+}
+
+fn net_error(e: &NetError) -> PeerError {
+    let fatal = match e {
+        NetError::ConnectionLost(c) => match c {
+            ConnectionError::EncryptionMismatch { .. }
+            | ConnectionError::PeerKeyRefused { .. }
+            | ConnectionError::RefusedByPeer => true,
+            ConnectionError::PeerClosed { code, .. } => {
+                *code == CODE_REFUSED || *code == CODE_PROTOCOL_ERROR
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    let reason = match e {
+        NetError::ConnectionLost(ConnectionError::HandshakeTimedOut) => {
+            "no answer (is `left serve` running there, with the same share key?)".to_string()
+        }
+        NetError::ConnectionLost(c) => c.to_string(),
+        other => other.to_string(),
+    };
+    PeerError { reason, fatal }
+}
+
+fn read_error(e: &ReadError) -> PeerError {
+    match e {
+        ReadError::Net(n) => net_error(n),
+        other => PeerError::fatal(format!("malformed message: {other}")),
+    }
+}
+
+/// What a peer said to our `Have`.
+enum Answer {
+    Same,
+    Excess(NodeId),
+    Nothing,
+}
+
+/// A connected peer whose `Have` was answered.
+struct Session {
+    conn: Connection,
+    reader: FrameReader,
+    writer: FrameWriter,
+    answer: Answer,
+}
+
+async fn open_session(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    hello: &Message,
+    local_head: Option<NodeId>,
+    device: &mut Option<[u8; 32]>,
+) -> Result<Session, PeerError> {
+    let conn = endpoint.connect(addr).await.map_err(|e| net_error(&e))?;
+    *device = Some(conn.peer_key());
+    let mut reader = FrameReader::new(conn.control_stream());
+    let mut writer = FrameWriter::new(conn.control_stream());
+    let share = match hello {
+        Message::Hello { share, .. } => *share,
+        _ => return Err(PeerError::fatal("bad local hello")),
+    };
+    writer
+        .queue(hello)
+        .map_err(|e| PeerError::fatal(e.to_string()))?;
+    writer
+        .queue(&Message::Have {
+            share,
+            head: local_head,
+        })
+        .map_err(|e| PeerError::fatal(e.to_string()))?;
+    writer.flush().await.map_err(|e| net_error(&e))?;
+    let mut greeted = false;
+    loop {
+        let msg = match reader.next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(PeerError::retry("the peer ended the session")),
+            Err(e) => {
+                let err = read_error(&e);
+                if matches!(e, ReadError::Decode(_)) {
+                    let _ = writer
+                        .send(&Message::Error {
+                            code: ErrorCode::MALFORMED,
+                            message: err.reason.clone(),
+                        })
+                        .await;
+                    conn.close(CODE_PROTOCOL_ERROR, err.reason.as_bytes());
+                }
+                return Err(err);
+            }
+        };
+        match msg {
+            Message::Error { code, message } => {
+                return Err(PeerError::fatal(format!(
+                    "refused: {} (code {})",
+                    sanitize(&message),
+                    code.0
+                )));
+            }
+            Message::Hello { .. } if !greeted => {
+                if let Err(e) = check_hello(hello, &msg) {
+                    let _ = writer.send(&e.to_message()).await;
+                    conn.close(CODE_PROTOCOL_ERROR, e.to_string().as_bytes());
+                    return Err(PeerError::fatal(e.to_string()));
+                }
+                greeted = true;
+            }
+            _ if !greeted => {
+                let reason = format!("the peer sent {} before Hello", msg.kind());
+                conn.close(CODE_PROTOCOL_ERROR, reason.as_bytes());
+                return Err(PeerError::fatal(reason));
+            }
+            Message::Same => {
+                return Ok(Session {
+                    conn,
+                    reader,
+                    writer,
+                    answer: Answer::Same,
+                })
+            }
+            Message::Excess { head } => {
+                return Ok(Session {
+                    conn,
+                    reader,
+                    writer,
+                    answer: Answer::Excess(head),
+                })
+            }
+            Message::Have { head, .. } => {
+                return Ok(Session {
+                    conn,
+                    reader,
+                    writer,
+                    answer: match head {
+                        Some(h) if Some(h) != local_head => Answer::Excess(h),
+                        Some(_) => Answer::Same,
+                        None => Answer::Nothing,
+                    },
+                })
+            }
+            Message::Bye => return Err(PeerError::retry("the peer ended the session")),
+            // Anything else (a repeated Hello, a Working) needs no answer.
+            _ => {}
+        }
+    }
+}
+
+/// Says goodbye and closes.
+async fn close_session(mut s: Session) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), s.writer.send(&Message::Bye)).await;
+    s.writer.finish();
+    s.conn.close(CODE_NO_ERROR, b"sync done");
+}
+
+/// Pulls from every target what it has and we lack, into `store`.
+///
+/// Connects to all targets at once, sends `Hello` and `Have { head: local head }`, and for each
+/// distinct head offered runs one [`Pull`] fed by every peer offering it. A pull that loses all
+/// its peers, or a round in which no peer could be reached, is retried with exponential backoff
+/// (`min_backoff` doubling to `max_backoff`) until `timeout` has passed without progress; peers
+/// that refuse us (different share or encryption setting, device not allowed) or send bad data are
+/// not retried. Once any head is fetched, peers still failing are reported, not retried. Each
+/// fetched head is stored as the ref `peers/<device id>` of every peer that offered it.
+pub async fn fetch(
+    endpoints: &Endpoints,
+    store: Arc<Store>,
+    targets: &[Target],
+    cfg: &FetchConfig,
+    progress: &dyn FetchProgress,
+) -> FetchReport {
+    let mut report = FetchReport {
+        peers: targets
+            .iter()
+            .map(|t| PeerOutcome {
+                label: t.label.clone(),
+                addr: Some(t.addr),
+                ..PeerOutcome::default()
+            })
+            .collect(),
+        ..FetchReport::default()
+    };
+    let mut settled = vec![false; targets.len()];
+    let mut last_progress = Instant::now();
+    let mut backoff = cfg.min_backoff;
+    // Progress offsets: earlier attempts' bytes stay counted.
+    let (mut disc_base, mut fetched_base) = (0u64, 0u64);
+    loop {
+        report.attempts += 1;
+        let local_head = store.head().ok().flatten();
+        let todo: Vec<usize> = (0..targets.len()).filter(|&i| !settled[i]).collect();
+        // Connect to every unsettled peer at once.
+        let mut set = tokio::task::JoinSet::new();
+        for &i in &todo {
+            let addr = targets[i].addr;
+            let Some(ep) = endpoints.for_addr(addr).cloned() else {
+                report.peers[i].error = Some("no local endpoint for its address family".into());
+                settled[i] = true;
+                continue;
+            };
+            let hello = cfg.hello.clone();
+            let limit = cfg.connect_timeout;
+            set.spawn(async move {
+                let mut device = None;
+                let r = tokio::time::timeout(
+                    limit,
+                    open_session(&ep, addr, &hello, local_head, &mut device),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(PeerError::retry(format!(
+                        "no answer within {} s (is `left serve` running there, with the same share key?)",
+                        limit.as_secs()
+                    )))
+                });
+                (i, device, r)
+            });
+        }
+        let mut groups: BTreeMap<NodeId, Vec<(usize, Session)>> = BTreeMap::new();
+        while let Some(joined) = set.join_next().await {
+            let Ok((i, device, r)) = joined else { continue };
+            let out = &mut report.peers[i];
+            if device.is_some() {
+                out.device = device;
+            }
+            match r {
+                Ok(s) => {
+                    out.error = None;
+                    match s.answer {
+                        Answer::Same => {
+                            out.same = true;
+                            out.head = local_head;
+                            settled[i] = true;
+                            last_progress = Instant::now();
+                            close_session(s).await;
+                        }
+                        Answer::Nothing => {
+                            out.head = None;
+                            settled[i] = true;
+                            last_progress = Instant::now();
+                            close_session(s).await;
+                        }
+                        Answer::Excess(h) => {
+                            out.head = Some(h);
+                            groups.entry(h).or_default().push((i, s));
+                        }
+                    }
+                }
+                Err(e) => {
+                    out.error = Some(e.reason);
+                    if e.fatal {
+                        settled[i] = true;
+                    }
+                }
+            }
+        }
+        for (head, sessions) in groups {
+            let mut idx: Vec<usize> = sessions.iter().map(|(i, _)| *i).collect();
+            idx.sort_unstable();
+            let before = report.stats.clone();
+            let result = run_pull(
+                &store,
+                head,
+                sessions,
+                cfg,
+                progress,
+                (disc_base, fetched_base),
+            )
+            .await;
+            add_stats(&mut report.stats, &result.stats);
+            disc_base = report.stats.chunk_bytes_discovered;
+            fetched_base = report.stats.chunk_bytes_fetched;
+            if report.stats.nodes_fetched > before.nodes_fetched
+                || report.stats.chunks_fetched > before.chunks_fetched
+            {
+                last_progress = Instant::now();
+                backoff = cfg.min_backoff;
+            }
+            let mut dropped = Vec::new();
+            for (i, err) in result.peer_errors {
+                report.peers[i].error = Some(err.reason);
+                dropped.push(i);
+                if err.fatal {
+                    settled[i] = true;
+                }
+            }
+            match result.outcome {
+                Ok(()) => {
+                    for &i in &idx {
+                        settled[i] = true;
+                        if dropped.contains(&i) {
+                            // It failed during the pull; the others finished it.
+                            continue;
+                        }
+                        report.peers[i].fetched = true;
+                        report.peers[i].error = None;
+                        if let Some(d) = report.peers[i].device {
+                            let name = format!("peers/{}", DeviceId(d));
+                            if let Err(e) = store.set_ref(&name, head) {
+                                report.peers[i].error =
+                                    Some(format!("cannot record the fetched head: {e}"));
+                            }
+                        }
+                    }
+                    last_progress = Instant::now();
+                    report.heads.push((head, idx));
+                }
+                Err(reason) => {
+                    for &i in &idx {
+                        if report.peers[i].error.is_none() {
+                            report.peers[i].error = Some(reason.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let anything_fetched = !report.heads.is_empty() || report.peers.iter().any(|p| p.same);
+        if settled.iter().all(|s| *s) || anything_fetched {
+            break;
+        }
+        let spent = last_progress.elapsed();
+        if spent >= cfg.timeout {
+            break;
+        }
+        tokio::time::sleep(backoff.min(cfg.timeout - spent)).await;
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+    report
+}
+
+fn add_stats(total: &mut PullStats, s: &PullStats) {
+    total.requests += s.requests;
+    total.nodes_requested += s.nodes_requested;
+    total.chunks_requested += s.chunks_requested;
+    total.endgame_requests += s.endgame_requests;
+    total.nodes_fetched += s.nodes_fetched;
+    total.chunks_fetched += s.chunks_fetched;
+    total.payload_bytes_received += s.payload_bytes_received;
+    total.chunk_bytes_discovered += s.chunk_bytes_discovered;
+    total.chunk_bytes_fetched += s.chunk_bytes_fetched;
+    total.duplicates += s.duplicates;
+    total.peers_dropped += s.peers_dropped;
+}
+
+struct PullResult {
+    outcome: Result<(), String>,
+    stats: PullStats,
+    peer_errors: Vec<(usize, PeerError)>,
+}
+
+enum Event {
+    Message(usize, Message),
+    Failed(usize, PeerError),
+}
+
+/// Most messages handled before the engine is polled again.
+const EVENT_BATCH: usize = 32;
+
+async fn run_pull(
+    store: &Arc<Store>,
+    head: NodeId,
+    sessions: Vec<(usize, Session)>,
+    cfg: &FetchConfig,
+    progress: &dyn FetchProgress,
+    base: (u64, u64),
+) -> PullResult {
+    let (tx, mut rx) = mpsc::channel::<Event>(cfg.queue.max(1));
+    let mut writers = Vec::new();
+    let mut conns = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, (i, s)) in sessions.into_iter().enumerate() {
+        let Session {
+            conn,
+            mut reader,
+            mut writer,
+            ..
+        } = s;
+        let txr = tx.clone();
+        tasks.spawn(async move {
+            loop {
+                let ev = match reader.next().await {
+                    Ok(Some(m)) => Event::Message(slot, m),
+                    Ok(None) => Event::Failed(slot, PeerError::retry("the peer ended the session")),
+                    Err(e) => Event::Failed(slot, read_error(&e)),
+                };
+                let last = matches!(ev, Event::Failed(..));
+                if txr.send(ev).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Message>();
+        let txw = tx.clone();
+        tasks.spawn(async move {
+            while let Some(m) = wrx.recv().await {
+                let mut ok = writer.queue(&m).is_ok();
+                while let Ok(m) = wrx.try_recv() {
+                    ok &= writer.queue(&m).is_ok();
+                }
+                let r = writer.flush().await;
+                if let Err(e) = r {
+                    let _ = txw.send(Event::Failed(slot, net_error(&e))).await;
+                    return;
+                }
+                if !ok {
+                    return;
+                }
+            }
+            writer.finish();
+        });
+        writers.push(Some(wtx));
+        conns.push((i, conn));
+    }
+    drop(tx);
+    let peers: Vec<PeerId> = (0..conns.len() as u64).map(PeerId).collect();
+    let mut pull = Pull::new(head, &peers, Instant::now(), cfg.pull.clone());
+    let mut peer_errors: Vec<(usize, PeerError)> = Vec::new();
+    let outcome = loop {
+        // Drain the engine, applying each effect before polling again.
+        let mut finished = None;
+        while let Some(out) = pull.poll(Instant::now(), &**store) {
+            match out {
+                Output::Send { peer, message } => {
+                    if let Some(Some(w)) = writers.get(peer.0 as usize) {
+                        let _ = w.send(message);
+                    }
+                }
+                Output::Effect(e) => match e {
+                    Effect::PeerDropped { peer, reason } => {
+                        let slot = peer.0 as usize;
+                        let (i, conn) = &conns[slot];
+                        // Dropped for what it sent (bad data, NotFound, stall): not retried.
+                        let fatal = !reason.contains("stalled");
+                        peer_errors.push((
+                            *i,
+                            PeerError {
+                                reason: sanitize(&reason),
+                                fatal,
+                            },
+                        ));
+                        conn.close(CODE_PROTOCOL_ERROR, reason.as_bytes());
+                        writers[slot] = None;
+                    }
+                    Effect::Done(_) => finished = Some(Ok(())),
+                    Effect::Failed(r) => finished = Some(Err(r)),
+                    other => {
+                        if let Err(err) = crate::sync::apply_to_store(store, &other) {
+                            finished = Some(Err(format!("local store: {err}")));
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        let st = pull.stats();
+        progress.update(
+            base.0 + st.chunk_bytes_discovered,
+            base.1 + st.chunk_bytes_fetched,
+        );
+        if let Some(f) = finished {
+            break f;
+        }
+        let deadline = pull.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else {
+                    // Every reader and writer ended: nobody left (the engine learns below).
+                    for (slot, _) in conns.iter().enumerate() {
+                        pull.remove_peer(PeerId(slot as u64), "connection ended");
+                    }
+                    continue;
+                };
+                let mut ev = Some(ev);
+                let mut n = 0;
+                while let Some(e) = ev.take() {
+                    handle_event(&mut pull, e, &conns, &mut peer_errors, &mut writers);
+                    n += 1;
+                    if n >= EVENT_BATCH {
+                        break;
+                    }
+                    ev = rx.try_recv().ok();
+                }
+            }
+            _ = sleep => pull.handle_timeout(Instant::now()),
+        }
+    };
+    let stats = pull.stats().clone();
+    drop(writers);
+    tasks.abort_all();
+    for (_, conn) in &conns {
+        conn.close(CODE_NO_ERROR, b"sync done");
+    }
+    PullResult {
+        outcome,
+        stats,
+        peer_errors,
+    }
+}
+
+fn handle_event(
+    pull: &mut Pull,
+    ev: Event,
+    conns: &[(usize, Connection)],
+    peer_errors: &mut Vec<(usize, PeerError)>,
+    writers: &mut [Option<mpsc::UnboundedSender<Message>>],
+) {
+    let now = Instant::now();
+    match ev {
+        Event::Message(slot, m) => pull.handle_message(now, PeerId(slot as u64), m),
+        Event::Failed(slot, err) => {
+            if pull.peers().any(|p| p.0 as usize == slot) {
+                pull.remove_peer(PeerId(slot as u64), &err.reason);
+                peer_errors.push((conns[slot].0, err));
+            }
+            writers[slot] = None;
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The serving side: an accept loop, one task per connection, a [`ServeSession`] per peer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use left_store::Store;
+use tokio::sync::{mpsc, watch};
+
+use super::wire::{FrameReader, FrameWriter, ReadError};
+use super::{sanitize, short_device, CODE_PROTOCOL_ERROR};
+use crate::ecp::{ErrorCode, Message};
+use crate::net::driver::{Connection, Endpoint, CODE_NO_ERROR, CODE_REFUSED};
+use crate::sync::ServeSession;
+
+/// Who may use the share, asked right after each handshake. The CLI implements it with the peer
+/// book; tests use [`AllowAll`] or their own.
+pub trait PeerPolicy: Send + Sync + 'static {
+    /// Whether the device (its public key) may use the share now.
+    fn allows(&self, device: &[u8; 32]) -> bool;
+    /// Records that an allowed device connected from `addr` (may do blocking IO: it is called on
+    /// a blocking thread).
+    fn seen(&self, device: &[u8; 32], addr: SocketAddr);
+}
+
+/// A policy allowing every device that holds the share key, recording nothing.
+pub struct AllowAll;
+
+impl PeerPolicy for AllowAll {
+    fn allows(&self, _device: &[u8; 32]) -> bool {
+        true
+    }
+    fn seen(&self, _device: &[u8; 32], _addr: SocketAddr) {}
+}
+
+/// Settings of a [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Our [`Message::Hello`] (see [`super::hello`]).
+    pub hello: Message,
+    /// Requests queued per peer before its stream is no longer read (backpressure).
+    pub max_pending: usize,
+    /// A peer that sends no `Hello` this long after the handshake is dropped.
+    pub hello_timeout: Duration,
+    /// A peer that takes no reply bytes for this long (it stopped reading) is dropped.
+    pub write_timeout: Duration,
+    /// Reply bytes encoded before they are written to the stream in one piece.
+    pub write_batch: usize,
+}
+
+impl ServerConfig {
+    /// Defaults around `hello`.
+    pub fn new(hello: Message) -> ServerConfig {
+        ServerConfig {
+            hello,
+            max_pending: 8,
+            hello_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
+            write_batch: 512 * 1024,
+        }
+    }
+}
+
+/// Something that happened to a peer, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A peer completed the handshake and was allowed.
+    Connected {
+        /// Its address.
+        addr: SocketAddr,
+        /// Its device key.
+        device: [u8; 32],
+    },
+    /// A peer was refused (not allowed, or its handshake failed: encryption mismatch, ...).
+    Refused {
+        /// Its address.
+        addr: SocketAddr,
+        /// Its device key, when the handshake got that far.
+        device: Option<[u8; 32]>,
+        /// Why, one line.
+        reason: String,
+    },
+    /// A peer's session ended.
+    Disconnected {
+        /// Its address.
+        addr: SocketAddr,
+        /// Its device key.
+        device: [u8; 32],
+        /// `None` for a clean end, else why, one line.
+        error: Option<String>,
+    },
+}
+
+/// A connected peer, for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Its device key.
+    pub device: [u8; 32],
+    /// Its address.
+    pub addr: SocketAddr,
+    /// UDP payload bytes sent to it.
+    pub bytes_sent: u64,
+    /// UDP payload bytes received from it.
+    pub bytes_received: u64,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    store: Arc<Store>,
+    cfg: ServerConfig,
+    policy: Arc<dyn PeerPolicy>,
+    events: Option<mpsc::UnboundedSender<ServerEvent>>,
+    conns: Mutex<HashMap<u64, Connection>>,
+    next_id: AtomicU64,
+    busy: watch::Sender<Option<u32>>,
+}
+
+/// Serves a store to every peer that connects to an endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl Server {
+    /// A server of `store` on `endpoint`. Events go to `events` when given.
+    pub fn new(
+        endpoint: Endpoint,
+        store: Arc<Store>,
+        cfg: ServerConfig,
+        policy: Arc<dyn PeerPolicy>,
+        events: Option<mpsc::UnboundedSender<ServerEvent>>,
+    ) -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                endpoint,
+                store,
+                cfg,
+                policy,
+                events,
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                busy: watch::Sender::new(None),
+            }),
+        }
+    }
+
+    /// The endpoint served on.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// Peers connected now.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<PeerStatus> = conns
+            .values()
+            .map(|c| {
+                let stats = c.stats().unwrap_or_default();
+                PeerStatus {
+                    device: c.peer_key(),
+                    addr: c.remote_addr(),
+                    bytes_sent: stats.sent_bytes,
+                    bytes_received: stats.recv_bytes,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.addr);
+        out
+    }
+
+    /// While set, object requests are answered with `Working { retry_after_ms }` (the store is
+    /// busy, say with a checkout).
+    pub fn set_busy(&self, retry_after_ms: Option<u32>) {
+        self.inner.busy.send_replace(retry_after_ms);
+    }
+
+    /// Accepts and serves peers until `shutdown` turns true; then says `Bye` to every peer, closes
+    /// every connection (code 0) and the endpoint.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let ep = self.inner.endpoint.clone();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                conn = ep.accept() => {
+                    let Some(conn) = conn else { break };
+                    let inner = self.inner.clone();
+                    let rx = shutdown.clone();
+                    tasks.spawn(async move { serve_connection(inner, conn, rx).await });
+                }
+                failure = ep.next_incoming_failure() => {
+                    if let Some((addr, reason)) = failure {
+                        self.inner.emit(ServerEvent::Refused {
+                            addr,
+                            device: None,
+                            reason: reason.to_string(),
+                        });
+                    }
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        // Sessions see the shutdown flag themselves; give their Byes a moment to go out.
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(2), drain)
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
+        }
+        ep.close().await;
+    }
+}
+
+impl Inner {
+    fn emit(&self, e: ServerEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+}
+
+/// Removes a connection from the status table when its task ends, however it ends.
+struct Registered<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+async fn serve_connection(inner: Arc<Inner>, conn: Connection, shutdown: watch::Receiver<bool>) {
+    let device = conn.peer_key();
+    let addr = conn.remote_addr();
+    if !inner.policy.allows(&device) {
+        let reason = format!(
+            "device {} is not allowed to use this share (revoked, or not pinned while others are)",
+            short_device(&device)
+        );
+        conn.close(CODE_REFUSED, reason.as_bytes());
+        inner.emit(ServerEvent::Refused {
+            addr,
+            device: Some(device),
+            reason,
+        });
+        // Let the close go out before the last handle drops.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+        return;
+    }
+    {
+        let policy = inner.policy.clone();
+        let _ = tokio::task::spawn_blocking(move || policy.seen(&device, addr)).await;
+    }
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    inner
+        .conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, conn.clone());
+    let _registered = Registered { inner: &inner, id };
+    inner.emit(ServerEvent::Connected { addr, device });
+    let error = match run_session(&inner, &conn, shutdown).await {
+        Ok(()) => {
+            conn.close(CODE_NO_ERROR, b"session over");
+            None
+        }
+        Err(e) => {
+            conn.close(e.code, e.reason.as_bytes());
+            Some(e.reason)
+        }
+    };
+    // Give the close (and anything queued before it) a moment to reach the peer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    inner.emit(ServerEvent::Disconnected {
+        addr,
+        device,
+        error,
+    });
+}
+
+/// Why a session ended badly: the close code and a one-line reason (also sent to the peer).
+struct SessionEnd {
+    code: u64,
+    reason: String,
+}
+
+impl SessionEnd {
+    fn protocol(reason: String) -> SessionEnd {
+        SessionEnd {
+            code: CODE_PROTOCOL_ERROR,
+            reason,
+        }
+    }
+}
+
+async fn run_session(
+    inner: &Inner,
+    conn: &Connection,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionEnd> {
+    let cfg = &inner.cfg;
+    let mut reader = FrameReader::new(conn.control_stream());
+    let mut writer = FrameWriter::new(conn.control_stream());
+    let mut session = ServeSession::new(cfg.hello.clone(), cfg.max_pending);
+    let mut busy = inner.busy.subscribe();
+    let mut greeted = false;
+    // Set when the session ended badly: its queued reply goes out first.
+    let mut end: Option<SessionEnd> = None;
+    let net = |e: crate::net::driver::NetError| SessionEnd {
+        code: CODE_NO_ERROR,
+        reason: e.to_string(),
+    };
+    loop {
+        // Answer everything answerable, taking in requests that already arrived as we go.
+        loop {
+            while session.wants_input() {
+                match reader.try_next() {
+                    Ok(Some(m)) => {
+                        if let Err(e) = handle(inner, &mut session, &mut greeted, m) {
+                            end.get_or_insert(e);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(malformed(&mut writer, e).await),
+                }
+            }
+            let msg = match session.poll_message(&*inner.store) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = format!("the serving store failed: {e}");
+                    let _ = writer.queue(&Message::Error {
+                        code: ErrorCode::INTERNAL,
+                        message: reason.clone(),
+                    });
+                    let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
+                    return Err(SessionEnd {
+                        code: CODE_PROTOCOL_ERROR,
+                        reason,
+                    });
+                }
+            };
+            if writer.queue(&msg).is_err() {
+                // A reply over a limit (never from a sound store): say so instead.
+                let _ = writer.queue(&Message::Error {
+                    code: ErrorCode::INTERNAL,
+                    message: format!("cannot encode a {} reply", msg.kind()),
+                });
+            }
+            if writer.buffered() >= cfg.write_batch {
+                flush(&mut writer, cfg.write_timeout).await.map_err(net)?;
+            }
+        }
+        flush(&mut writer, cfg.write_timeout).await.map_err(net)?;
+        if session.is_closed() {
+            writer.finish();
+            return end.map_or(Ok(()), Err);
+        }
+        let hello_deadline = async {
+            if greeted {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(cfg.hello_timeout).await
+            }
+        };
+        tokio::select! {
+            r = reader.next() => match r {
+                Ok(Some(m)) => {
+                    if let Err(e) = handle(inner, &mut session, &mut greeted, m) {
+                        end.get_or_insert(e);
+                    }
+                }
+                Ok(None) => {
+                    writer.finish();
+                    return Ok(());
+                }
+                // The peer closed the connection cleanly: the session is over.
+                Err(ReadError::Net(crate::net::driver::NetError::ConnectionLost(
+                    crate::rdt::ConnectionError::PeerClosed { code: CODE_NO_ERROR, .. },
+                ))) => return Ok(()),
+                Err(ReadError::Net(e)) => return Err(net(e)),
+                Err(e) => return Err(malformed(&mut writer, e).await),
+            },
+            _ = hello_deadline => {
+                return Err(SessionEnd::protocol(format!(
+                    "no Hello within {} s",
+                    cfg.hello_timeout.as_secs()
+                )));
+            }
+            _ = busy.changed() => session.set_busy(*busy.borrow()),
+            _ = shutdown.changed() => {
+                let _ = writer.queue(&Message::Bye);
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
+                writer.finish();
+                return Err(SessionEnd { code: CODE_NO_ERROR, reason: "server shutting down".into() });
+            }
+        }
+    }
+}
+
+fn handle(
+    inner: &Inner,
+    session: &mut ServeSession,
+    greeted: &mut bool,
+    msg: Message,
+) -> Result<(), SessionEnd> {
+    let is_hello = matches!(msg, Message::Hello { .. });
+    let head = if matches!(msg, Message::Have { .. } | Message::Update { .. }) {
+        inner.store.head().ok().flatten()
+    } else {
+        None
+    };
+    match session.handle_message(msg, head) {
+        Ok(()) => {
+            *greeted |= is_hello;
+            Ok(())
+        }
+        // The reply (an Error for a bad hello) is queued; the loop sends it and ends cleanly,
+        // but the reason is worth a log line.
+        Err(e) => {
+            let reason = sanitize(&e.to_string());
+            Err(SessionEnd {
+                code: CODE_PROTOCOL_ERROR,
+                reason,
+            })
+        }
+    }
+}
+
+/// Sends `Error{MALFORMED}` (best effort) for a frame that did not decode.
+async fn malformed(writer: &mut FrameWriter, e: ReadError) -> SessionEnd {
+    let code = match &e {
+        ReadError::Decode(d) => d.code(),
+        _ => ErrorCode::MALFORMED,
+    };
+    let reason = format!("malformed message from the peer: {e}");
+    let _ = writer.queue(&Message::Error {
+        code,
+        message: reason.clone(),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
+    SessionEnd::protocol(reason)
+}
+
+async fn flush(
+    writer: &mut FrameWriter,
+    timeout: Duration,
+) -> Result<(), crate::net::driver::NetError> {
+    match tokio::time::timeout(timeout, writer.flush()).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::net::driver::NetError::Io(format!(
+            "the peer took no data for {} s",
+            timeout.as_secs()
+        ))),
+    }
+}

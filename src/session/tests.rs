@@ -1,0 +1,460 @@
+//! Session tests over loopback: real stores, real endpoints, real sockets.
+
+use super::*;
+use crate::ecp::ShareId;
+use crate::net::driver::Endpoint;
+use crate::net::udp::SocketConfig;
+use crate::rdt::EndpointConfig;
+use crate::sync::PullConfig;
+use left_store::{AddOptions, NoProgress, NodeId, ObjectId, Store, StoreConfig};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+const PSK: [u8; 32] = [7; 32];
+
+fn share() -> ShareId {
+    ShareId::from_key(&PSK)
+}
+
+fn secret(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+fn public(n: u8) -> [u8; 32] {
+    crate::identity::Identity::from_secret(secret(n))
+        .device_id()
+        .0
+}
+
+/// A store at `dir/store` for the share folder `dir/share`, holding `files` (name, bytes) if any.
+fn make_store(dir: &Path, files: &[(&str, Vec<u8>)]) -> (Arc<Store>, Option<NodeId>) {
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    for (name, data) in files {
+        let p = share.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let cfg = StoreConfig {
+        share_root: Some(share.clone()),
+        ..StoreConfig::default()
+    };
+    let store = Store::create(&dir.join("store"), cfg).unwrap();
+    let head = if files.is_empty() {
+        None
+    } else {
+        let r = store
+            .add(
+                &share,
+                &[],
+                &AddOptions {
+                    device: public(1),
+                    message: "test".into(),
+                    ..AddOptions::default()
+                },
+                &NoProgress,
+            )
+            .unwrap();
+        r.head
+    };
+    (Arc::new(store), head)
+}
+
+fn random_files(seed: u64, count: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|i| {
+            let mut data = vec![0u8; size];
+            rng.fill_bytes(&mut data);
+            (format!("dir{}/file{i}.bin", i % 3), data)
+        })
+        .collect()
+}
+
+fn endpoint(n: u8, encryption: bool, allowed: Option<Vec<[u8; 32]>>) -> Endpoint {
+    let mut cfg = EndpointConfig::new(secret(n), PSK, u64::from(n) * 1000 + 1);
+    cfg.transport.encryption = encryption;
+    cfg.allowed_peers = allowed;
+    Endpoint::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &SocketConfig::default(),
+        cfg,
+    )
+    .unwrap()
+}
+
+struct Running {
+    server: Server,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    events: mpsc::UnboundedReceiver<ServerEvent>,
+}
+
+impl Running {
+    async fn shutdown(self) -> Vec<ServerEvent> {
+        self.stop.send_replace(true);
+        self.task.await.unwrap();
+        let mut ev = self.events;
+        let mut out = Vec::new();
+        while let Ok(e) = ev.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+fn serve(store: Arc<Store>, n: u8, encryption: bool, policy: Arc<dyn PeerPolicy>) -> Running {
+    let ep = endpoint(n, encryption, None);
+    let addr = ep.local_addr().unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    let server = Server::new(
+        ep,
+        store,
+        ServerConfig::new(hello(share(), public(n), encryption)),
+        policy,
+        Some(tx),
+    );
+    let (stop, rx) = watch::channel(false);
+    let s2 = server.clone();
+    let task = tokio::spawn(async move { s2.run(rx).await });
+    Running {
+        server,
+        addr,
+        stop,
+        task,
+        events,
+    }
+}
+
+fn fetch_config(n: u8, encryption: bool) -> FetchConfig {
+    let mut cfg = FetchConfig::new(hello(share(), public(n), encryption), PullConfig::default());
+    cfg.timeout = Duration::from_secs(5);
+    cfg.connect_timeout = Duration::from_secs(3);
+    cfg
+}
+
+fn targets(addrs: &[SocketAddr]) -> Vec<Target> {
+    addrs
+        .iter()
+        .map(|a| Target {
+            label: a.to_string(),
+            addr: *a,
+        })
+        .collect()
+}
+
+fn client(n: u8, encryption: bool) -> Endpoints {
+    Endpoints {
+        v4: Some(endpoint(n, encryption, None)),
+        v6: None,
+    }
+}
+
+fn complete(store: &Store, head: NodeId) -> bool {
+    store.has_many(&[ObjectId::Node(head)]).unwrap()[0]
+}
+
+/// Every node and chunk under `head` in `a` is in `b`, byte for byte.
+fn same_tree(a: &Store, b: &Store, head: NodeId) {
+    let mut count = 0;
+    let mut stack = vec![head];
+    while let Some(n) = stack.pop() {
+        let bytes = a.get_node(n).unwrap().unwrap();
+        assert_eq!(b.get_node(n).unwrap().as_ref(), Some(&bytes), "node {n}");
+        for c in left_store::node::Node::decode(&bytes).unwrap().children() {
+            match c {
+                left_store::node::Child::Node(id) => stack.push(id),
+                left_store::node::Child::Chunk(id, _) => {
+                    assert_eq!(b.get_chunk(id).unwrap(), a.get_chunk(id).unwrap());
+                    count += 1;
+                }
+            }
+        }
+    }
+    assert!(count > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_over_loopback_then_same() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let files = random_files(1, 6, 300_000);
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (a, head) = make_store(da.path(), &files);
+    let head = head.unwrap();
+    let (b, _) = make_store(db.path(), &[]);
+    let srv = serve(a.clone(), 1, true, Arc::new(AllowAll));
+    let eps = client(2, true);
+    let report = fetch(
+        &eps,
+        b.clone(),
+        &targets(&[srv.addr]),
+        &fetch_config(2, true),
+        &(),
+    )
+    .await;
+    assert_eq!(report.heads, vec![(head, vec![0])], "{report:?}");
+    assert!(report.peers[0].fetched && report.peers[0].error.is_none());
+    assert_eq!(report.peers[0].device, Some(public(1)));
+    assert!(complete(&b, head));
+    same_tree(&a, &b, head);
+    let peer_ref = format!("peers/{}", crate::identity::DeviceId(public(1)));
+    assert_eq!(b.get_ref(&peer_ref).unwrap(), Some(head));
+    assert!(report.stats.payload_bytes_received >= 1_800_000);
+    let (sent, received) = eps.udp_bytes();
+    assert!(received > report.stats.payload_bytes_received && sent > 0);
+    // Again: everything is stored, nothing crosses the wire but the handshake and a few nodes.
+    let again = fetch(
+        &eps,
+        b.clone(),
+        &targets(&[srv.addr]),
+        &fetch_config(2, true),
+        &(),
+    )
+    .await;
+    assert_eq!(again.stats.chunks_fetched, 0, "{again:?}");
+    assert_eq!(again.stats.nodes_fetched, 0);
+    eps.close().await;
+    let events = srv.shutdown().await;
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Connected { device, .. } if *device == public(2))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_with_the_same_head_share_the_work() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let files = random_files(2, 8, 1_000_000);
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (a, head) = make_store(da.path(), &files);
+    let head = head.unwrap();
+    let (b, _) = make_store(db.path(), &[]);
+    // Two servers of the same store on two endpoints: two peers with the same head.
+    let s1 = serve(a.clone(), 1, true, Arc::new(AllowAll));
+    let s3 = serve(a.clone(), 3, true, Arc::new(AllowAll));
+    let eps = client(2, true);
+    let mut cfg = fetch_config(2, true);
+    cfg.pull.max_request_bytes = 512 * 1024;
+    cfg.pull.max_bytes_per_peer = 1024 * 1024;
+    let report = fetch(&eps, b.clone(), &targets(&[s1.addr, s3.addr]), &cfg, &()).await;
+    assert_eq!(report.heads, vec![(head, vec![0, 1])], "{report:?}");
+    same_tree(&a, &b, head);
+    let payload = report.stats.payload_bytes_received;
+    let sent1 = s1.server.endpoint().udp_bytes().0;
+    let sent3 = s3.server.endpoint().udp_bytes().0;
+    eprintln!("payload {payload}, server 1 sent {sent1}, server 3 sent {sent3}");
+    assert!(
+        sent1 > payload / 5 && sent3 > payload / 5,
+        "{sent1} {sent3} of {payload}"
+    );
+    eps.close().await;
+    s1.shutdown().await;
+    s3.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_bad_chunks_is_dropped_and_the_pull_completes() {
+    let da = tempfile::tempdir().unwrap();
+    let dc = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let files = random_files(3, 4, 500_000);
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (a, head) = make_store(da.path(), &files);
+    let head = head.unwrap();
+    // C gets the same head from A, then every one of its chunks is corrupted.
+    let (c, _) = make_store(dc.path(), &[]);
+    let sa = serve(a.clone(), 1, true, Arc::new(AllowAll));
+    let eps = client(4, true);
+    let r = fetch(
+        &eps,
+        c.clone(),
+        &targets(&[sa.addr]),
+        &fetch_config(4, true),
+        &(),
+    )
+    .await;
+    assert_eq!(r.heads.len(), 1);
+    c.set_ref("head", head).unwrap();
+    let mut corrupted = 0;
+    let mut stack = vec![head];
+    while let Some(n) = stack.pop() {
+        for ch in c.read_node(n).unwrap().children() {
+            match ch {
+                left_store::node::Child::Node(id) => stack.push(id),
+                left_store::node::Child::Chunk(id, _) => {
+                    if c.debug_corrupt_chunk(id).is_ok() {
+                        corrupted += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(corrupted > 0);
+    eps.close().await;
+    let sc = serve(c.clone(), 3, true, Arc::new(AllowAll));
+    let (b, _) = make_store(db.path(), &[]);
+    let eps = client(2, true);
+    // Small windows, so both peers are certainly asked for chunks.
+    let mut cfg = fetch_config(2, true);
+    cfg.pull.max_request_bytes = 256 * 1024;
+    cfg.pull.max_bytes_per_peer = 512 * 1024;
+    let report = fetch(&eps, b.clone(), &targets(&[sa.addr, sc.addr]), &cfg, &()).await;
+    assert!(complete(&b, head), "{report:?}");
+    same_tree(&a, &b, head);
+    let bad = &report.peers[1];
+    assert!(
+        bad.error
+            .as_deref()
+            .is_some_and(|e| e.contains("bad chunk")),
+        "{report:?}"
+    );
+    assert!(report.peers[0].error.is_none());
+    eps.close().await;
+    sa.shutdown().await;
+    sc.shutdown().await;
+}
+
+struct Deny([u8; 32]);
+
+impl PeerPolicy for Deny {
+    fn allows(&self, device: &[u8; 32]) -> bool {
+        *device != self.0
+    }
+    fn seen(&self, _device: &[u8; 32], _addr: SocketAddr) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_refused_with_a_reason() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (a, _) = make_store(da.path(), &[("f", vec![1; 1000])]);
+    let (b, _) = make_store(db.path(), &[]);
+    let srv = serve(a, 1, true, Arc::new(Deny(public(2))));
+    let eps = client(2, true);
+    let started = Instant::now();
+    let report = fetch(&eps, b, &targets(&[srv.addr]), &fetch_config(2, true), &()).await;
+    let err = report.peers[0].error.clone().unwrap_or_default();
+    assert!(err.contains("not allowed"), "{report:?}");
+    assert!(report.all_failed());
+    // Refusal is final: no retrying until the timeout.
+    assert!(started.elapsed() < Duration::from_secs(4));
+    eps.close().await;
+    let events = srv.shutdown().await;
+    assert!(
+        events.iter().any(
+            |e| matches!(e, ServerEvent::Refused { device: Some(d), reason, .. }
+            if *d == public(2) && reason.contains("not allowed"))
+        ),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encryption_mismatch_is_reported_on_both_sides() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (a, _) = make_store(da.path(), &[("f", vec![1; 1000])]);
+    let (b, _) = make_store(db.path(), &[]);
+    let srv = serve(a, 1, true, Arc::new(AllowAll));
+    let eps = client(2, false);
+    let report = fetch(&eps, b, &targets(&[srv.addr]), &fetch_config(2, false), &()).await;
+    let err = report.peers[0].error.clone().unwrap_or_default();
+    assert!(
+        err.contains("encryption") && err.contains("ours is off") && err.contains("peer's is on"),
+        "{report:?}"
+    );
+    eps.close().await;
+    let mut srv = srv;
+    // The server side learns it too (the refusal event arrives without any accept).
+    let ev = tokio::time::timeout(Duration::from_secs(5), srv.events.recv())
+        .await
+        .expect("a refusal event")
+        .unwrap();
+    match ev {
+        ServerEvent::Refused { reason, .. } => {
+            assert!(
+                reason.contains("ours is on") && reason.contains("peer's is off"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_is_retried_then_reported() {
+    let db = tempfile::tempdir().unwrap();
+    let (b, _) = make_store(db.path(), &[]);
+    // A bound socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let eps = client(2, true);
+    let mut cfg = fetch_config(2, true);
+    cfg.timeout = Duration::from_millis(1500);
+    cfg.connect_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let report = fetch(
+        &eps,
+        b,
+        &targets(&[silent.local_addr().unwrap()]),
+        &cfg,
+        &(),
+    )
+    .await;
+    assert!(report.all_failed());
+    assert!(report.attempts >= 2, "{report:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(
+        report.peers[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no answer")),
+        "{report:?}"
+    );
+    eps.close().await;
+}
+
+/// The initial 1 GiB pull, in process over loopback, encrypted:
+/// `cargo test --release --lib session::tests::one_gib_pull -- --ignored --nocapture`
+/// (needs `/var/tmp/left-bench/e2e-1073741824/base.bin`; `LEFT_BENCH_FILE` names another file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: needs the 1 GiB bench file, takes a minute"]
+async fn one_gib_pull() {
+    let file = std::env::var("LEFT_BENCH_FILE")
+        .unwrap_or_else(|_| "/var/tmp/left-bench/e2e-1073741824/base.bin".into());
+    let data = std::fs::read(&file).expect("bench file");
+    let len = data.len();
+    let base = std::env::var("LEFT_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let da = tempfile::tempdir_in(&base).unwrap();
+    let db = tempfile::tempdir_in(&base).unwrap();
+    let t = Instant::now();
+    let (a, head) = make_store(da.path(), &[("base.bin", data)]);
+    let head = head.unwrap();
+    eprintln!("add: {:.2} s", t.elapsed().as_secs_f64());
+    let (b, _) = make_store(db.path(), &[]);
+    let srv = serve(a.clone(), 1, true, Arc::new(AllowAll));
+    let eps = client(2, true);
+    let mut cfg = fetch_config(2, true);
+    cfg.pull = PullConfig::for_store(&b);
+    let t = Instant::now();
+    let report = fetch(&eps, b.clone(), &targets(&[srv.addr]), &cfg, &()).await;
+    let secs = t.elapsed().as_secs_f64();
+    assert!(complete(&b, head), "{report:?}");
+    let (sent, received) = eps.udp_bytes();
+    eprintln!(
+        "pull of {len} bytes: {secs:.2} s, {:.0} MB/s; {} chunks, {} nodes, payload {}, udp sent {sent} received {received}",
+        len as f64 / secs / 1e6,
+        report.stats.chunks_fetched,
+        report.stats.nodes_fetched,
+        report.stats.payload_bytes_received,
+    );
+    eps.close().await;
+    srv.shutdown().await;
+}
