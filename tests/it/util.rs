@@ -584,12 +584,18 @@ impl Share {
     }
 }
 
-/// Asserts a failed command's stderr is exactly one line starting `left: ` with no panic, and
-/// returns that line.
+/// Asserts a failed command's stderr is exactly one line starting `left: ` with no panic (plus
+/// at most one `hint: ` line under it, the CLI's convention), and returns that line.
 #[track_caller]
 pub fn one_error_line(r: &Run) -> String {
     assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
-    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let hints = r.stderr.lines().filter(|l| l.starts_with("hint: ")).count();
+    assert!(hints <= 1, "more than one hint: {}", r.stderr);
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("hint: "))
+        .collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {}", r.stderr);
     assert!(lines[0].starts_with("left: "), "{}", r.stderr);
     lines[0].to_owned()
