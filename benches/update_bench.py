@@ -407,6 +407,11 @@ def rsync_step(daemon, dest, timeout):
 # left
 
 
+def encryption_arg(value):
+    """The --encryption option for serve and sync: nothing for "on" (left's default)."""
+    return [] if value == "on" else [f"--encryption={value}"]
+
+
 class Serve:
     """`left serve` on A, listening on a loopback port chosen by the kernel."""
 
@@ -418,8 +423,8 @@ class Serve:
         self.hwm_resets = True
 
     def start(self, timeout=60.0):
-        argv = [self.left, "--store", self.store, "--json", "serve", "--listen", "127.0.0.1:0",
-                "--encryption", self.encryption]
+        argv = [self.left, "--store", self.store, "--json", "serve", "--listen", "127.0.0.1:0"] \
+            + encryption_arg(self.encryption)
         self.proc = subprocess.Popen(argv, cwd=self.share, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=open(os.path.join(self.work, "serve.stderr"), "ab"))
         deadline = time.monotonic() + timeout
@@ -509,8 +514,8 @@ class LeftPair:
         return {"seconds": add.seconds, "rss": add.rss, "json": add.json()}
 
     def sync(self):
-        argv = [self.left, "--store", self.store_b, "--json", "sync", self.serve.addr,
-                "--encryption", self.encryption]
+        argv = [self.left, "--store", self.store_b, "--json", "sync", self.serve.addr] \
+            + encryption_arg(self.encryption)
         return run(argv, cwd=self.b, timeout=self.timeout)
 
     def initial(self):
