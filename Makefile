@@ -6,7 +6,7 @@ CARGO      ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 LEFT       := $(TARGET_DIR)/release/left
 
-.PHONY: all deps build test demo bench bench-e2e bench-smoke fmt
+.PHONY: all deps build test demo bench bench-e2e bench-update bench-smoke fmt
 
 all: build
 
@@ -35,12 +35,18 @@ bench-e2e: build
 	$(CARGO) run --release --example transport_bench -- --bytes 256M --runs 3 --loss 0.01
 	$(CARGO) run --release --example transport_bench -- --bytes 64M --runs 3 --loss 0.05
 
+# The 1 GB update benchmark (issue 4): left serve/sync against an rsync daemon on loopback, cat and cp as
+# the floor; 3 runs, medians; one JSON object on stdout, the plot committed as benches/update_bench.png.
+bench-update: build
+	python3 benches/update_bench.py --left $(LEFT) --runs 3 --plot benches/update_bench.png
+
 # Scaled-down end-to-end benchmarks for CI: they must run to the end; their floors are judged on the
 # full-size runs (`make bench-e2e`, BENCHMARKS.md), not on a shared CI machine.
 bench-smoke: build
 	$(CARGO) build --release --workspace --all-targets
 	python3 benches/store_e2e.py --quick --left $(LEFT) > /dev/null
 	python3 benches/many_files.py --quick --left $(LEFT) > /dev/null
+	python3 benches/update_bench.py --quick --left $(LEFT) > /dev/null
 	$(CARGO) run --release --example transport_bench -- --bytes 32M --runs 1 --encryption both > /dev/null
 	$(CARGO) run --release --example transport_bench -- --bytes 8M --runs 1 --loss 0.05 > /dev/null
 
