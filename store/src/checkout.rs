@@ -1218,8 +1218,10 @@ impl Store {
         f: &FileNode,
         old: Option<(&File, &Stat, NodeId)>,
     ) -> Result<u64> {
-        // Chunk id -> offset in the old file (first occurrence), capped.
-        let mut map: HashMap<Hash, u64> = HashMap::new();
+        // The old file's chunks (id, offset, length), and chunk id -> first index among them;
+        // capped at REUSE_MAP_CAP chunks.
+        let mut list: Vec<(Hash, u64, u64)> = Vec::new();
+        let mut map: HashMap<Hash, u32> = HashMap::new();
         let mut old_size = 0;
         if let Some((_, ost, oid)) = old {
             old_size = ost.size;
@@ -1229,11 +1231,12 @@ impl Store {
             let mut off = 0u64;
             self.file_chunks(&of.content, &mut |refs| {
                 for r in refs {
-                    if map.len() >= REUSE_MAP_CAP {
+                    if list.len() >= REUSE_MAP_CAP {
                         break;
                     }
-                    map.entry(r.id).or_insert(off);
-                    off += r.len;
+                    map.entry(r.id).or_insert(list.len() as u32);
+                    list.push((r.id, off, r.len));
+                    off = off.saturating_add(r.len);
                 }
                 Ok(())
             })?;
@@ -1241,18 +1244,21 @@ impl Store {
         let progress = cx.progress;
         let mut reused = 0u64;
         let mut off = 0u64;
-        // The pending run of copies: (old offset, new offset, length).
-        let mut run: Option<(u64, u64, u64)> = None;
+        // The pending run of copies: (next old index, old offset, new offset, length). A run goes
+        // on while the old file's next chunk is the new file's next chunk, so repeated chunks
+        // (zero runs, duplicated blocks) do not break it.
+        let mut run: Option<(usize, u64, u64, u64)> = None;
         let mut window: Vec<(u64, ChunkRef)> = Vec::with_capacity(restore::WINDOW);
-        let flush_run = |run: &mut Option<(u64, u64, u64)>, reused: &mut u64| -> Result<()> {
-            if let Some((oi, oo, len)) = run.take() {
-                let (src, _, _) = old.expect("runs only with an old file");
-                copy_range(src, tmp, oi, oo, len).map_err(|e| cx.io(rel, e))?;
-                *reused += len;
-                progress.advance(len);
-            }
-            Ok(())
-        };
+        let flush_run =
+            |run: &mut Option<(usize, u64, u64, u64)>, reused: &mut u64| -> Result<()> {
+                if let Some((_, oi, oo, len)) = run.take() {
+                    let (src, _, _) = old.expect("runs only with an old file");
+                    copy_range(src, tmp, oi, oo, len).map_err(|e| cx.io(rel, e))?;
+                    *reused += len;
+                    progress.advance(len);
+                }
+                Ok(())
+            };
         let flush_window = |window: &mut Vec<(u64, ChunkRef)>| -> Result<()> {
             let refs: Vec<ChunkRef> = window.iter().map(|w| w.1).collect();
             for ((o, r), p) in window.iter().zip(self.fetch_window(&refs)) {
@@ -1263,28 +1269,35 @@ impl Store {
             window.clear();
             Ok(())
         };
+        let usable = |i: usize, r: &ChunkRef| -> bool {
+            list.get(i)
+                .map(|&(id, o, l)| id == r.id && l == r.len && o.saturating_add(l) <= old_size)
+                .unwrap_or(false)
+        };
         self.file_chunks(&f.content, &mut |refs| {
             for r in refs {
-                let from_old = map
-                    .get(&r.id)
-                    .copied()
-                    .filter(|o| o.saturating_add(r.len) <= old_size);
-                match from_old {
-                    Some(o) => match &mut run {
-                        Some((oi, oo, len)) if *oi + *len == o && *oo + *len == off => {
-                            *len += r.len
-                        }
-                        _ => {
+                match &mut run {
+                    Some((next, _, _, len)) if usable(*next, r) => {
+                        *next += 1;
+                        *len += r.len;
+                    }
+                    _ => match map
+                        .get(&r.id)
+                        .map(|&i| i as usize)
+                        .filter(|&i| usable(i, r))
+                    {
+                        Some(i) => {
                             flush_run(&mut run, &mut reused)?;
-                            run = Some((o, off, r.len));
+                            run = Some((i + 1, list[i].1, off, r.len));
+                        }
+                        None => {
+                            flush_run(&mut run, &mut reused)?;
+                            window.push((off, *r));
+                            if window.len() >= restore::WINDOW {
+                                flush_window(&mut window)?;
+                            }
                         }
                     },
-                    None => {
-                        window.push((off, *r));
-                        if window.len() >= restore::WINDOW {
-                            flush_window(&mut window)?;
-                        }
-                    }
                 }
                 off = off
                     .checked_add(r.len)
