@@ -38,7 +38,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:22001", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Encrypt packets (on|off, or yes|no); peers must use the same setting
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     encryption: bool,
 }
 
@@ -156,12 +156,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
     let policy = Arc::new(BookPolicy::load(&dir)?);
     let rt = runtime()?;
     rt.block_on(async move {
-        let cfg = endpoint_config(
-            &identity,
-            share_key,
-            policy.allowed_peers(),
-            args.encryption,
-        );
+        // The peer book is applied after each handshake (PeerPolicy), not as the transport's
+        // fixed allow-list, so pins and revocations made while serving take effect at once.
+        let cfg = endpoint_config(&identity, share_key, None, args.encryption);
         let endpoint = bind(args.listen, cfg)?;
         let local = endpoint
             .local_addr()
@@ -363,6 +360,27 @@ mod tests {
         );
         assert!(parse_listen("nonsense").is_err());
         assert!(parse_listen("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn encryption_takes_a_value() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "left",
+            "serve",
+            "--encryption",
+            "no",
+            "--listen",
+            "9",
+        ])
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Serve(a) => {
+                assert!(!a.encryption);
+                assert_eq!(a.listen, "0.0.0.0:9".parse().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

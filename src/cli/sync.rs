@@ -36,7 +36,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
     ip: Vec<String>,
     /// Encrypt packets (on|off, or yes|no); the peers must use the same setting
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     encryption: bool,
     /// fsync every file the checkout writes (the store is durable either way)
     #[arg(long)]
@@ -173,6 +173,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let local_head = store.head().context("cannot read the head")?;
 
     // 3. Fetch.
+    let fetch_started = Instant::now();
     let share_id = ShareId::from_key(&share_key);
     let mut pull = PullConfig::for_store(&store);
     pull.stall_timeout = Duration::from_secs(10);
@@ -203,6 +204,8 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         anyhow::Ok((report, udp))
     })?;
     drop(rt);
+    let fetch_seconds = fetch_started.elapsed().as_secs_f64();
+    let checkout_started = Instant::now();
 
     // 4. Decide.
     let decision = decide(&store, local_head, &report)?;
@@ -230,6 +233,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         Decision::UpToDate | Decision::Failed => {}
     }
     drop(progress);
+    let checkout_seconds = checkout_started.elapsed().as_secs_f64();
     let head = store.head().ok().flatten();
     let seconds = started.elapsed().as_secs_f64();
 
@@ -260,6 +264,8 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         "nodes_fetched": st.nodes_fetched,
         "chunk_bytes_fetched": st.chunk_bytes_fetched,
         "seconds": seconds,
+        "fetch_seconds": fetch_seconds,
+        "checkout_seconds": checkout_seconds,
         "checked_out": checkout.is_some(),
         "diverged": diverged,
         "checkout": checkout.as_ref().map(|c| json!({
@@ -334,7 +340,7 @@ fn failure_hint(r: &FetchReport) -> String {
     {
         "the peer refuses this device: check `left peers` on both sides (pinned or revoked devices)"
             .into()
-    } else if all.iter().any(|e| e.contains("share")) {
+    } else if all.iter().any(|e| e.contains("serves share")) {
         "both sides must hold the same share key (`left share-key`, `left init --join`)".into()
     } else {
         "check that `left serve` runs on the peer and that the address and port are right".into()
@@ -405,6 +411,34 @@ fn decide(store: &Store, local: Option<NodeId>, report: &FetchReport) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_parse() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "left",
+            "sync",
+            "h1",
+            "--encryption",
+            "off",
+            "--ip",
+            "10.0.0.1,::1",
+            "--timeout",
+            "5",
+            "h2:7",
+        ])
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Sync(a) => {
+                assert!(!a.encryption);
+                assert_eq!(a.peers, vec!["h1", "h2:7"]);
+                assert_eq!(a.ip, vec!["10.0.0.1", "::1"]);
+                assert_eq!(a.timeout, 5.0);
+                assert!(!a.fsync);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn peer_addresses_resolve() {
