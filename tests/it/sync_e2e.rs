@@ -420,13 +420,17 @@ fn diverged_heads_exit_4_and_leave_the_folder_alone() {
         let j = r.json();
         assert_eq!(j["diverged"], Value::Bool(true), "{j}");
         assert_eq!(j["checked_out"], Value::Bool(false), "{j}");
-        assert_eq!(j["head"], Value::String(head_of(&a)), "{j}");
+        assert_eq!(j["head"], Value::String(b_head.clone()), "{j}");
+        assert_eq!(j["fetched_head"], Value::String(head_of(&a)), "{j}");
     }
+    let line = r.stderr.lines().next().unwrap_or_default().to_lowercase();
     assert!(
-        r.stderr.to_lowercase().contains("diverge"),
+        line.contains("diverge") || line.contains("both this share"),
         "no clear word: {}",
         r.stderr
     );
+    assert!(line.contains("nothing was checked out"), "{}", r.stderr);
+    assert!(line.contains(&server.addr()), "{}", r.stderr);
     assert_eq!(read_tree(&b.root), before, "B's folder changed");
     assert_eq!(head_of(&b), b_head, "B's head moved");
     server.stop();
@@ -438,27 +442,74 @@ fn two_servers_with_the_same_head_both_serve() {
     populate(&a1, 24);
     a1.add(&[]);
     let head = head_of(&a1);
-    let s1 = a1.serve();
+    // Both servers capped at 8 MB/s, so the pull lasts long enough to watch both serve it.
+    let slow = [("LEFT_IMPAIR", "rate=8000000,seed=4")];
+    let s1 = a1.serve_on("127.0.0.1:0", &[], &slow);
     let a2 = a1.join();
     a2.sync_ok(&[s1.addr()], &[], &[]);
     assert_eq!(head_of(&a2), head);
-    let s2 = a2.serve();
+    let s2 = a2.serve_on("127.0.0.1:0", &[], &slow);
 
     let b = a1.join();
-    let j = b.sync_ok(&[s1.addr(), s2.addr()], &[], &[]);
+    let b_device = b.left(&["id"]).expect_code(0).out().trim().to_owned();
+    let mut child = spawn_sync(&b, &[s1.addr(), s2.addr()], &[], &[]);
+    // While it runs, ask each server (`left status` reaches it over its control socket) how much
+    // it has sent to B.
+    let mut sent = [0u64; 2];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the sync did not finish");
+        for (i, share) in [&a1, &a2].into_iter().enumerate() {
+            let r = share.left(&["--json", "status"]);
+            if r.code != Some(0) {
+                continue;
+            }
+            let v = r.json();
+            for p in v["serve"]["peers"].as_array().into_iter().flatten() {
+                if p["device"] == Value::String(b_device.clone()) {
+                    sent[i] = sent[i].max(p["bytes_sent"].as_u64().unwrap_or(0));
+                }
+            }
+        }
+    }
+    let r = finish(child, Duration::from_secs(10));
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let j = r.expect_code(0).json();
     assert_same_tree(&a1.root, &b.root);
     for s in [&s1, &s2] {
         let p = peer_entry(&j, &s.addr());
         assert!(p["error"].is_null(), "{j}");
         assert_eq!(p["head"], Value::String(head.clone()), "{j}");
     }
+    eprintln!("bytes sent to B: A1 {} A2 {}", sent[0], sent[1]);
+    for (i, n) in sent.iter().enumerate() {
+        assert!(
+            *n > 2 * MIB as u64,
+            "server A{} sent only {n} bytes of 24 MiB: the pull did not spread ({sent:?})",
+            i + 1
+        );
+    }
 
     // One of the two is dead before the sync starts: the other serves everything and the dead
     // one is named.
     let dead_addr = s2.addr();
     s2.kill();
+    let alone = {
+        let d = a1.join();
+        let started = Instant::now();
+        d.sync_ok(&[s1.addr()], &["--timeout", "20"], &[]);
+        started.elapsed()
+    };
     let c = a1.join();
-    let j = c.sync_ok(&[dead_addr.clone(), s1.addr()], &["--timeout", "10"], &[]);
+    let started = Instant::now();
+    let j = c.sync_ok(&[dead_addr.clone(), s1.addr()], &["--timeout", "20"], &[]);
+    let with_dead = started.elapsed();
+    eprintln!("from A1 alone: {alone:?}; with a dead peer listed too: {with_dead:?}");
+    // The dead peer must not hold up a pull the live one can serve on its own.
+    assert!(
+        with_dead < alone + Duration::from_secs(3),
+        "a dead peer held the sync up: {with_dead:?} against {alone:?} from the live peer alone"
+    );
     assert_same_tree(&a1.root, &c.root);
     let dead = peer_entry(&j, &dead_addr);
     assert!(dead["error"].is_string(), "the dead peer is not named: {j}");
