@@ -95,6 +95,42 @@ pub(crate) fn tmp_name() -> String {
     format!("{TMP_PREFIX}{}", &h.to_string()[..16])
 }
 
+/// Prefix of the settle records in `meta` (`checkout-settle/<end ns, big-endian><to>`).
+const SETTLE_PREFIX: &[u8] = b"checkout-settle/";
+/// How long after a checkout its files may still be only in the page cache: the kernel writes
+/// dirty data back once it is 30 s old (`vm.dirty_expire_centisecs`), every 5 s; four times that
+/// for margin.
+pub const SETTLE_WINDOW_NS: i64 = 120 * 1_000_000_000;
+/// Most settle records kept (the oldest go first).
+const SETTLE_MAX: usize = 64;
+
+/// A finished checkout whose files were not fsynced: after a reboot (a different boot id), its
+/// paths are checked again, since a power cut may have lost what only the page cache held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Settle {
+    from: Option<NodeId>,
+    to: NodeId,
+    /// When the checkout started and ended (its own files have ctimes in between).
+    start_ns: i64,
+    end_ns: i64,
+    boot: String,
+}
+
+/// How a walk runs.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// A new checkout.
+    Normal,
+    /// Finishing a journaled checkout after a crash.
+    Resume,
+    /// Re-checking finished checkouts after a reboot: their runs (start, end) and the keys of
+    /// their settle records.
+    Settle {
+        windows: Vec<(i64, i64)>,
+        keys: Vec<Vec<u8>>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Journal {
     from: Option<NodeId>,
@@ -389,6 +425,18 @@ fn copy_slow(src: &File, dst: &File, mut oi: u64, mut oo: u64, mut left: u64) ->
     Ok(())
 }
 
+/// Adds the counts and kept paths of `r` to `into`.
+fn absorb(into: &mut CheckoutReport, r: CheckoutReport) {
+    into.files_written += r.files_written;
+    into.files_removed += r.files_removed;
+    into.dirs_created += r.dirs_created;
+    into.dirs_removed += r.dirs_removed;
+    into.symlinks_written += r.symlinks_written;
+    into.bytes_written += r.bytes_written;
+    into.bytes_reused += r.bytes_reused;
+    into.kept.extend(r.kept);
+}
+
 // ------------------------------------------------------------------ the walk
 
 /// What is at a path on disk.
@@ -464,6 +512,8 @@ struct Ctx<'a> {
     progress: &'a dyn Progress,
     /// Resuming after a crash: paths may already be at their `to` version, temp files may be left.
     recovery: bool,
+    /// Re-checking finished checkouts after a reboot: when each ran.
+    settle: Option<Vec<(i64, i64)>>,
     /// The store folder, relative to the share, when it lies inside it.
     store_rel: Option<PathBuf>,
     report: CheckoutReport,
@@ -520,6 +570,16 @@ impl Ctx<'_> {
             .and_then(|v| Stat::from_cache(&v)))
     }
 
+    /// Re-checking after a reboot: whether the settled checkout wrote this inode last (its ctime
+    /// lies within that checkout's run).
+    fn written_by_settled(&self, st: &libc::stat) -> bool {
+        let c = Stat::of_raw(st).ctime_ns;
+        self.settle
+            .as_ref()
+            .map(|w| w.iter().any(|&(start, end)| c >= start && c <= end))
+            .unwrap_or(false)
+    }
+
     /// Whether `rel` is left's own (never written by a checkout).
     fn reserved(&self, rel: &Path, name: &[u8]) -> bool {
         name == b".left"
@@ -543,9 +603,10 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<CheckoutReport> {
         self.writable()?;
-        let recovery = match self.pending_checkout()? {
-            None => false,
-            Some(p) if p == (from, to) => true,
+        let settled = self.settle_after_reboot(share_root, opts, progress)?;
+        let mode = match self.pending_checkout()? {
+            None => Mode::Normal,
+            Some(p) if p == (from, to) => Mode::Resume,
             Some((pf, pt)) => {
                 return Err(Error::Invalid(format!(
                     "a checkout from {} to {} was cut short; finish it first (resume)",
@@ -555,7 +616,11 @@ impl Store {
                 )))
             }
         };
-        self.run_checkout(share_root, from, to, opts, progress, recovery)
+        let mut r = self.run_checkout(share_root, from, to, opts, progress, mode)?;
+        if let Some(s) = settled {
+            r.kept.splice(0..0, s.kept);
+        }
+        Ok(r)
     }
 
     /// The checkout a crash (or an error) cut short, if any: (from, to).
@@ -574,19 +639,120 @@ impl Store {
     /// Finishes a checkout a crash cut short (a no-op returning `None` when there is none): paths
     /// already at their `to` version are skipped (rehashing those whose stat does not say so),
     /// temporary files the crash left are removed, the rest is done as the checkout would have.
+    ///
+    /// First, after a reboot, it re-checks the checkouts that finished without fsync shortly
+    /// before it (settle records, see the module documentation): a path such a checkout wrote
+    /// that a power cut took back to its old bytes, or left short, is written again; a path
+    /// changed after that checkout is left alone. Call it when a process that owns the store
+    /// starts (`checkout` does this part too).
     pub fn resume_checkout(
         &self,
         share_root: &Path,
         opts: &CheckoutOptions,
         progress: &dyn Progress,
     ) -> Result<Option<CheckoutReport>> {
-        match self.pending_checkout()? {
-            None => Ok(None),
-            Some((from, to)) => {
-                self.writable()?;
-                self.run_checkout(share_root, from, to, opts, progress, true)
-                    .map(Some)
+        if self.is_read_only() {
+            return Ok(None);
+        }
+        let mut out = self.settle_after_reboot(share_root, opts, progress)?;
+        if let Some((from, to)) = self.pending_checkout()? {
+            let r = self.run_checkout(share_root, from, to, opts, progress, Mode::Resume)?;
+            match &mut out {
+                None => out = Some(r),
+                Some(o) => absorb(o, r),
             }
+        }
+        Ok(out)
+    }
+
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`; empty where there is none).
+    fn boot_id(&self) -> String {
+        if let Some(b) = self.boot_override.lock().expect("boot lock").clone() {
+            return b;
+        }
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Test hook: pretend the machine booted again (checkout records and compares this id).
+    #[doc(hidden)]
+    pub fn debug_set_boot_id(&self, id: Option<&str>) {
+        *self.boot_override.lock().expect("boot lock") = id.map(str::to_string);
+    }
+
+    /// Test hook: moves the end time of the newest settle record to `end_ns` (as if that
+    /// checkout had ended then).
+    #[doc(hidden)]
+    pub fn debug_set_settle_end(&self, end_ns: i64) -> Result<()> {
+        let mut b = Batch::default();
+        if let Some((k, mut s)) = self.settle_records()?.pop() {
+            s.end_ns = end_ns;
+            let v = postcard::to_stdvec(&s).map_err(|e| Error::Invalid(e.to_string()))?;
+            b.put(&self.db, cf::META, &k, &v);
+        }
+        self.db.write(b.inner, true)
+    }
+
+    /// Settle records, oldest first.
+    fn settle_records(&self) -> Result<Vec<(Vec<u8>, Settle)>> {
+        let mut out = Vec::new();
+        for r in self.db.iter_prefix(cf::META, SETTLE_PREFIX) {
+            let (k, v) = r?;
+            let s: Settle = postcard::from_bytes(&v).map_err(|e| {
+                Error::corrupt(format!("checkout settle record does not decode: {e}"))
+            })?;
+            out.push((k.to_vec(), s));
+        }
+        Ok(out)
+    }
+
+    /// Re-checks the finished, unsynced checkouts of an earlier boot, in one walk from the first
+    /// one's `from` to the last one's `to`; drops the records of this boot that are older than
+    /// [`SETTLE_WINDOW_NS`].
+    fn settle_after_reboot(
+        &self,
+        share_root: &Path,
+        opts: &CheckoutOptions,
+        progress: &dyn Progress,
+    ) -> Result<Option<CheckoutReport>> {
+        let boot = self.boot_id();
+        let now = crate::store::now_ns();
+        let mut b = Batch::default();
+        let mut earlier = Vec::new();
+        for (key, s) in self.settle_records()? {
+            if s.boot != boot {
+                earlier.push((key, s));
+            } else if s.end_ns < now - SETTLE_WINDOW_NS {
+                b.delete(&self.db, cf::META, &key);
+            }
+        }
+        if !b.is_empty() {
+            self.db.write(b.inner, false)?;
+        }
+        let (Some(first), Some(last)) = (earlier.first(), earlier.last()) else {
+            return Ok(None);
+        };
+        let (from, to) = (first.1.from, last.1.to);
+        let mode = Mode::Settle {
+            windows: earlier
+                .iter()
+                .map(|(_, s)| (s.start_ns, s.end_ns))
+                .collect(),
+            keys: earlier.iter().map(|(k, _)| k.clone()).collect(),
+        };
+        match self.run_checkout(share_root, from, to, opts, progress, mode) {
+            Ok(r) => Ok(Some(r)),
+            // Their trees are gone (gc): nothing left to compare with.
+            Err(Error::NotFound { .. }) => {
+                let mut b = Batch::default();
+                for (k, _) in &earlier {
+                    b.delete(&self.db, cf::META, k);
+                }
+                self.db.write(b.inner, true)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -597,9 +763,10 @@ impl Store {
         to: NodeId,
         opts: &CheckoutOptions,
         progress: &dyn Progress,
-        recovery: bool,
+        mode: Mode,
     ) -> Result<CheckoutReport> {
         let _g = self.op.read().expect("op lock");
+        let start_ns = crate::store::now_ns();
         if !self.has_nodes(&[to])?[0] {
             return Err(Error::not_found(format!(
                 "snapshot {} is not completely stored",
@@ -628,9 +795,13 @@ impl Store {
         let mut plan = Plan::default();
         self.plan_dir(from_root, Some(to_root), &mut plan, 0)?;
         let avail = free_bytes(root.as_raw_fd()).map_err(|e| Error::io(share_root, e))?;
-        check_space(&plan, avail, share_root)?;
+        // (Finishing or re-checking: most of the plan is usually done already, and refusing would
+        // leave the folder half-way; a real shortage still fails each write with DiskFull.)
+        if matches!(mode, Mode::Normal) {
+            check_space(&plan, avail, share_root)?;
+        }
 
-        if !recovery {
+        if matches!(mode, Mode::Normal) {
             let j = postcard::to_stdvec(&Journal { from, to })
                 .map_err(|e| Error::Invalid(format!("checkout journal: {e}")))?;
             let mut b = Batch::default();
@@ -643,7 +814,11 @@ impl Store {
             share: share_root.to_path_buf(),
             opts,
             progress,
-            recovery,
+            recovery: !matches!(mode, Mode::Normal),
+            settle: match &mode {
+                Mode::Settle { windows, .. } => Some(windows.clone()),
+                _ => None,
+            },
             store_rel,
             report: CheckoutReport::default(),
             kept_more: 0,
@@ -659,8 +834,20 @@ impl Store {
             fsync(root.as_raw_fd()).map_err(|e| Error::io(share_root, e))?;
         }
         let mut b = Batch::default();
-        b.put(&self.db, cf::REFS, b"head", to.as_bytes());
-        b.delete(&self.db, cf::META, JOURNAL_KEY);
+        match &mode {
+            Mode::Settle { keys, .. } => {
+                for k in keys {
+                    b.delete(&self.db, cf::META, k);
+                }
+            }
+            _ => {
+                b.put(&self.db, cf::REFS, b"head", to.as_bytes());
+                b.delete(&self.db, cf::META, JOURNAL_KEY);
+            }
+        }
+        if !opts.fsync {
+            self.add_settle(&mut b, from, to, start_ns)?;
+        }
         self.db.write(b.inner, true)?;
         let mut report = cx.report;
         if cx.kept_more > 0 {
@@ -670,6 +857,51 @@ impl Store {
             });
         }
         Ok(report)
+    }
+
+    /// Puts the settle record of a checkout that just finished without fsync into `b`, and drops
+    /// this boot's records past the window (and the oldest beyond [`SETTLE_MAX`]).
+    fn add_settle(
+        &self,
+        b: &mut Batch,
+        from: Option<NodeId>,
+        to: NodeId,
+        start_ns: i64,
+    ) -> Result<()> {
+        let boot = self.boot_id();
+        let end_ns = crate::store::now_ns();
+        let old = self.settle_records()?;
+        let live: Vec<&Vec<u8>> = old
+            .iter()
+            .filter(|(k, s)| {
+                let stale = s.boot == boot && s.end_ns < end_ns - SETTLE_WINDOW_NS;
+                if stale {
+                    b.delete(&self.db, cf::META, k);
+                }
+                !stale
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in live
+            .iter()
+            .take((live.len() + 1).saturating_sub(SETTLE_MAX))
+        {
+            b.delete(&self.db, cf::META, k);
+        }
+        let mut key = SETTLE_PREFIX.to_vec();
+        key.extend_from_slice(&end_ns.to_be_bytes());
+        key.extend_from_slice(to.as_bytes());
+        let s = Settle {
+            from,
+            to,
+            start_ns,
+            end_ns,
+            boot,
+        };
+        let v =
+            postcard::to_stdvec(&s).map_err(|e| Error::Invalid(format!("settle record: {e}")))?;
+        b.put(&self.db, cf::META, &key, &v);
+        Ok(())
     }
 
     /// Adds up what the walk will write and free.
@@ -809,11 +1041,25 @@ impl Store {
             }
         }
 
+        // `to` has a folder and the disk has one, but `from` had something else there (a resumed
+        // checkout already made it): fill it.
+        if let (Some(y), Some(x), DiskKind::Dir) = (y, x, kind) {
+            if y.kind == EntryKind::Dir && x.kind != EntryKind::Dir && cx.recovery {
+                return self.enter_dir(cx, dir, rel, name, None, Some(y), depth);
+            }
+        }
         let Some(x) = x else {
             // New in `to`, but something is on disk.
             match (y, kind) {
                 (Some(y), DiskKind::Dir) if y.kind == EntryKind::Dir => {
                     self.enter_dir(cx, dir, rel, name, None, Some(y), depth)?;
+                }
+                // Re-checking after a reboot: that checkout made this file or link (its ctime
+                // says so) and a power cut took its bytes.
+                (Some(y), DiskKind::File | DiskKind::Symlink)
+                    if y.kind != EntryKind::Dir && cx.written_by_settled(&st) =>
+                {
+                    self.put_entry(cx, dir, rel, name, y, None, Some(st.st_ino), depth)?;
                 }
                 _ => cx.keep(rel, UNTRACKED),
             }
@@ -992,6 +1238,44 @@ impl Store {
     /// checked through that descriptor, so what is checked is what is later copied from).
     #[allow(clippy::type_complexity)]
     fn at_from_version(
+        &self,
+        cx: &mut Ctx<'_>,
+        dfd: RawFd,
+        rel: &Path,
+        name: &CStr,
+        st: &libc::stat,
+        x: &DirEntry,
+    ) -> Result<Option<Option<File>>> {
+        let found = self.at_from_version_exact(cx, dfd, rel, name, st, x)?;
+        if found.is_some() || cx.settle.is_none() {
+            return Ok(found);
+        }
+        // Re-checking after a reboot: the scan record names the `to` version now, so the old
+        // version is recognised by its bytes (a rename the power cut took back), and a file the
+        // settled checkout wrote (by its ctime) may be replaced even if its bytes are short.
+        if matches!(disk_kind(st), DiskKind::File | DiskKind::Symlink) && cx.written_by_settled(st)
+        {
+            return Ok(Some(None));
+        }
+        if let (Target::Node(id), DiskKind::File, EntryKind::File) =
+            (&x.target, disk_kind(st), x.kind)
+        {
+            let Node::File(fnode) = self.read_node(*id)? else {
+                return Err(Error::corrupt(format!("node {id} is not a file")));
+            };
+            if st.st_size as u64 == fnode.size {
+                if let Ok(f) = open_file_at(dfd, name) {
+                    if self.file_matches(&f, &fnode)? {
+                        return Ok(Some(None));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn at_from_version_exact(
         &self,
         cx: &mut Ctx<'_>,
         dfd: RawFd,

@@ -36,6 +36,8 @@ pub struct Store {
     _lock: Option<File>,
     /// Held for reading by writers of objects (add, put), for writing by gc.
     pub(crate) op: RwLock<()>,
+    /// Test hook: the boot id checkout records instead of the kernel's.
+    pub(crate) boot_override: std::sync::Mutex<Option<String>>,
 }
 
 fn lock(dir: &Path) -> Result<File> {
@@ -102,6 +104,7 @@ impl Store {
             db,
             _lock: Some(lock),
             op: RwLock::new(()),
+            boot_override: std::sync::Mutex::new(None),
         })
     }
 
@@ -191,6 +194,7 @@ impl Store {
             db,
             _lock: lock,
             op: RwLock::new(()),
+            boot_override: std::sync::Mutex::new(None),
         })
     }
 

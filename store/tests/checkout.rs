@@ -225,10 +225,14 @@ impl Pair {
 
     /// Adds share A and checks it out into share B.
     fn sync(&self) -> CheckoutReport {
+        self.sync_with(&CheckoutOptions::default())
+    }
+
+    fn sync_with(&self, opts: &CheckoutOptions) -> CheckoutReport {
         let (from, to) = self.add_a();
         let r = self
             .sb()
-            .checkout(&self.b, from, to, &CheckoutOptions::default(), &NoProgress)
+            .checkout(&self.b, from, to, opts, &NoProgress)
             .unwrap();
         assert_eq!(self.sb().head().unwrap(), Some(to));
         assert_eq!(self.sb().pending_checkout().unwrap(), None);
@@ -740,6 +744,90 @@ fn crash_mid_checkout_then_resume() {
         p.sb = Some(sb);
         p.assert_same();
     }
+}
+
+#[test]
+fn after_a_power_cut_a_finished_checkout_is_checked_again() {
+    let p = Pair::new();
+    for f in [
+        "renamed",
+        "new-data-lost",
+        "removed",
+        "edited-after",
+        "intact",
+    ] {
+        fs::write(p.a.join(f), format!("{f} v1")).unwrap();
+    }
+    // (With fsync: no settle record; the one of the checkout below is re-checked alone.)
+    p.sync_with(&CheckoutOptions { fsync: true });
+    for f in ["renamed", "edited-after", "intact"] {
+        fs::write(p.a.join(f), format!("{f} v2")).unwrap();
+    }
+    fs::write(p.a.join("new"), b"new file").unwrap();
+    fs::remove_file(p.a.join("removed")).unwrap();
+    fs::remove_file(p.a.join("new-data-lost")).unwrap();
+    fs::create_dir(p.a.join("new-data-lost")).unwrap();
+    fs::write(p.a.join("new-data-lost/inner"), b"inner").unwrap();
+    p.sync();
+    let v2 = picture(&p.a);
+    assert_eq!(picture(&p.b), v2);
+
+    // What a power cut within the writeback delay may leave: a rename taken back (the old bytes
+    // under the old name), a new file without its bytes, an unlink taken back.
+    let sb = p.sb();
+    fs::remove_file(p.b.join("renamed")).unwrap();
+    fs::write(p.b.join("renamed"), b"renamed v1").unwrap();
+    fs::write(p.b.join("new"), b"").unwrap();
+    fs::write(p.b.join("new-data-lost/inner"), b"inn").unwrap();
+    fs::write(p.b.join("removed"), b"removed v1").unwrap();
+    // Those happened "during" the checkout: its recorded end moves past them, and the clock
+    // file systems stamp ctimes with (coarse: a few ms) moves past that end.
+    let end = now_ns();
+    sb.debug_set_settle_end(end).unwrap();
+    let probe = p.t.path().join("probe");
+    while {
+        fs::write(&probe, b"x").unwrap();
+        let m = fs::metadata(&probe).unwrap();
+        m.ctime() * 1_000_000_000 + m.ctime_nsec() <= end
+    } {}
+    // After the checkout, the user edits a file: that edit must survive.
+    fs::write(p.b.join("edited-after"), b"local edit").unwrap();
+
+    // Same boot: nothing to do (the page cache still holds everything).
+    assert!(sb
+        .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
+        .unwrap()
+        .is_none());
+    // After a reboot, the finished checkout is checked again.
+    sb.debug_set_boot_id(Some("after a power cut"));
+    let r = sb
+        .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
+        .unwrap()
+        .expect("a settle record was pending");
+    assert_eq!(r.files_written, 3, "{r:?}");
+    assert_eq!(r.files_removed, 1, "{r:?}");
+    let kept: Vec<&Path> = r.kept.iter().map(|k| k.path.as_path()).collect();
+    assert_eq!(kept, vec![Path::new("edited-after")]);
+    let mut want = v2.clone();
+    want.remove(Path::new("edited-after"));
+    let mut got = picture(&p.b);
+    assert_eq!(
+        got.remove(Path::new("edited-after")).unwrap().3,
+        b"local edit"
+    );
+    assert_eq!(got, want);
+    // Done once: the record is gone.
+    assert!(sb
+        .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
+        .unwrap()
+        .is_none());
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
 
 #[test]
