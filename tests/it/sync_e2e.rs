@@ -149,6 +149,13 @@ fn basic_sync_then_nothing_then_a_small_delta() {
     a.add(&[]);
     let server = a.serve();
     let j = b.sync_ok(&[server.addr()], &[], &[]);
+    eprintln!(
+        "1 MiB edit: payload {} B, UDP {} B received, {} B reused, {} s",
+        u(&j, "payload_bytes_received"),
+        u(&j, "bytes_received"),
+        u(&j["checkout"], "bytes_reused"),
+        j["seconds"]
+    );
     assert_same_tree(&a.root, &b.root);
     assert_eq!(j["head"], Value::String(head_of(&a)), "{j}");
     assert!(
@@ -394,6 +401,10 @@ fn five_percent_loss_with_reordering_both_ways() {
     assert!(!r.stderr.contains("panicked"), "seed {seed}: {}", r.stderr);
     assert_eq!(r.code, Some(0), "seed {seed}: {}", r.stderr);
     let j = r.json();
+    eprintln!(
+        "seed {seed}: 8 MiB through 5% loss and reordering in {} s",
+        j["seconds"]
+    );
     assert!(
         u(&j, "bytes_received") > u(&j, "payload_bytes_received"),
         "{j}"
@@ -561,4 +572,24 @@ fn two_servers_with_the_same_head_both_serve() {
     assert!(dead["error"].is_string(), "the dead peer is not named: {j}");
     assert!(peer_entry(&j, &s1.addr())["error"].is_null(), "{j}");
     s1.stop();
+}
+
+#[test]
+fn a_peer_of_another_share_is_refused() {
+    let a = Share::new();
+    a.write("x.txt", b"x");
+    a.add(&[]);
+    let server = a.serve();
+    // A share of its own: another key, so the handshake cannot complete.
+    let stranger = Share::new();
+    let started = Instant::now();
+    let r = stranger.sync(&[server.addr()], &["--timeout", "5"], &[]);
+    let took = started.elapsed();
+    let r = r.expect_code(1);
+    let line = one_error_line(&r);
+    assert!(line.contains(&server.addr()), "{line}");
+    assert!(line.contains("share key"), "{line}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(!stranger.root.join("x.txt").exists());
+    server.stop();
 }
