@@ -516,6 +516,13 @@ struct PullResult {
 
 enum Event {
     Message(usize, Message),
+    /// A chunk, verified by the reader task (off the engine's thread).
+    Chunk {
+        slot: usize,
+        id: left_store::ChunkId,
+        bytes: Vec<u8>,
+        check: Result<usize, crate::ecp::VerifyError>,
+    },
     Failed(usize, PeerError),
 }
 
@@ -542,9 +549,20 @@ async fn run_pull(
             ..
         } = s;
         let txr = tx.clone();
+        let max_chunk = cfg.pull.max_chunk_size;
         tasks.spawn(async move {
             loop {
                 let ev = match reader.next().await {
+                    // Chunks are verified here, in parallel with the engine and the store writes.
+                    Ok(Some(Message::Chunk { id, bytes })) => {
+                        let check = crate::ecp::verify_chunk(&id, &bytes, max_chunk);
+                        Event::Chunk {
+                            slot,
+                            id,
+                            bytes,
+                            check,
+                        }
+                    }
                     Ok(Some(m)) => Event::Message(slot, m),
                     Ok(None) => Event::Failed(slot, PeerError::retry("the peer ended the session")),
                     Err(e) => Event::Failed(slot, read_error(&e)),
@@ -679,6 +697,12 @@ fn handle_event(
     let now = Instant::now();
     match ev {
         Event::Message(slot, m) => pull.handle_message(now, PeerId(slot as u64), m),
+        Event::Chunk {
+            slot,
+            id,
+            bytes,
+            check,
+        } => pull.handle_checked_chunk(now, PeerId(slot as u64), id, bytes, check),
         Event::Failed(slot, err) => {
             if pull.peers().any(|p| p.0 as usize == slot) {
                 pull.remove_peer(PeerId(slot as u64), &err.reason);

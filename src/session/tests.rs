@@ -444,12 +444,14 @@ async fn one_gib_pull() {
     let mut cfg = fetch_config(2, true);
     cfg.pull = PullConfig::for_store(&b);
     let t = Instant::now();
+    let cpu0 = cpu_seconds();
     let report = fetch(&eps, b.clone(), &targets(&[srv.addr]), &cfg, &()).await;
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     assert!(complete(&b, head), "{report:?}");
     let (sent, received) = eps.udp_bytes();
     eprintln!(
-        "pull of {len} bytes: {secs:.2} s, {:.0} MB/s; {} chunks, {} nodes, payload {}, udp sent {sent} received {received}",
+        "pull of {len} bytes: {secs:.2} s, {:.0} MB/s, {cpu:.2} CPU s (both sides); {} chunks, {} nodes, payload {}, udp sent {sent} received {received}",
         len as f64 / secs / 1e6,
         report.stats.chunks_fetched,
         report.stats.nodes_fetched,
@@ -457,4 +459,13 @@ async fn one_gib_pull() {
     );
     eps.close().await;
     srv.shutdown().await;
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }

@@ -372,7 +372,8 @@ impl Pull {
                 }
             }
             Message::Chunk { id, bytes } => {
-                self.chunk_arrived(peer, id, bytes);
+                let check = ecp::verify_chunk(&id, &bytes, self.cfg.max_chunk_size);
+                self.chunk_arrived(peer, id, bytes, check);
             }
             Message::NotFound { ids } => {
                 let asked = ids
@@ -414,6 +415,28 @@ impl Pull {
             if progress || p.items.is_empty() {
                 p.silent_since = (!p.items.is_empty()).then_some(now);
             }
+        }
+    }
+
+    /// Feeds a `Chunk` reply from `peer` whose verification the driver already ran (for example
+    /// on another thread, with [`crate::ecp::verify_chunk`] and [`PullConfig::max_chunk_size`]):
+    /// `check` is its result, trusted as is. Otherwise the same as [`Pull::handle_message`] with
+    /// `Message::Chunk { id, bytes }`.
+    pub fn handle_checked_chunk(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: ChunkId,
+        bytes: Vec<u8>,
+        check: Result<usize, ecp::VerifyError>,
+    ) {
+        if self.state == State::Finished || !self.peers.contains_key(&peer) {
+            return;
+        }
+        self.now = self.now.max(now);
+        self.chunk_arrived(peer, id, bytes, check);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.silent_since = (!p.items.is_empty()).then_some(now);
         }
     }
 
@@ -801,9 +824,15 @@ impl Pull {
         true
     }
 
-    fn chunk_arrived(&mut self, peer: PeerId, id: ChunkId, bytes: Vec<u8>) {
+    fn chunk_arrived(
+        &mut self,
+        peer: PeerId,
+        id: ChunkId,
+        bytes: Vec<u8>,
+        check: Result<usize, ecp::VerifyError>,
+    ) {
         self.stats.payload_bytes_received += bytes.len() as u64;
-        let plain_len = match ecp::verify_chunk(&id, &bytes, self.cfg.max_chunk_size) {
+        let plain_len = match check {
             Ok(n) => n as u64,
             Err(e) => {
                 self.drop_peer(peer, format!("peer sent a bad chunk: {e}"), true);

@@ -1548,3 +1548,63 @@ fn serve_session_refuses_mismatches_clearly() {
         Err(SessionError::Hello(crate::ecp::HelloMismatch::Share { .. }))
     ));
 }
+
+/// A chunk the driver verified (off the engine's thread) is taken as checked: a failed check drops
+/// the peer like a bad chunk, a passed one is stored with its plain length.
+#[test]
+fn chunks_checked_by_the_driver_are_trusted_as_checked() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (src, head) = random_share(&mut rng, 1, 2, 8);
+    let start = Instant::now();
+    let mut pull = Pull::new(head, &peer_ids(2), start, PullConfig::default());
+    let mut local = Mem::default();
+    let mut asked: Vec<(PeerId, ChunkId)> = Vec::new();
+    while let Some(out) = pull.poll(start, &local) {
+        match out {
+            Output::Effect(e) => local.apply(&e),
+            Output::Send {
+                peer,
+                message: Message::GetNodes { ids },
+            } => {
+                let nodes = ids.iter().map(|id| (*id, src.nodes[id].clone())).collect();
+                pull.handle_message(start, peer, Message::Nodes { nodes });
+            }
+            Output::Send {
+                peer,
+                message: Message::GetChunks { ids },
+            } => asked.extend(ids.into_iter().map(|c| (peer, c))),
+            Output::Send { message, .. } => panic!("unexpected {message:?}"),
+        }
+    }
+    let (good_peer, good) = asked[0];
+    let bytes = src.chunks[&good].clone();
+    let len = crate::ecp::verify_chunk(&good, &bytes, 1 << 20).unwrap();
+    pull.handle_checked_chunk(start, good_peer, good, bytes.clone(), Ok(len));
+    let mut stored = false;
+    while let Some(out) = pull.poll(start, &local) {
+        if let Output::Effect(e) = &out {
+            if let Effect::StoreChunk(id, b, l) = e {
+                assert_eq!((*id, b, *l as usize), (good, &bytes, len));
+                stored = true;
+            }
+            local.apply(e);
+        }
+    }
+    assert!(stored);
+    let (bad_peer, bad) = *asked
+        .iter()
+        .find(|(_, c)| *c != good)
+        .expect("several chunks asked");
+    let check = Err(crate::ecp::VerifyError::Chunk {
+        id: bad,
+        reason: "checked elsewhere".into(),
+    });
+    pull.handle_checked_chunk(start, bad_peer, bad, src.chunks[&bad].clone(), check);
+    assert!(
+        pull.dropped()
+            .iter()
+            .any(|(p, r)| *p == bad_peer && r.contains("bad chunk")),
+        "{:?}",
+        pull.dropped()
+    );
+}
