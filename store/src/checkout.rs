@@ -50,7 +50,24 @@
 //! folder after its content. [`Store::resume_checkout`] re-runs a journaled checkout: a path
 //! already at its `to` version (its stat matches the record a finished write left, or, in this
 //! recovery case only, its content hashes to the `to` file node) is skipped, and temporary files a
-//! crash left in the folders it visits are removed.
+//! crash left in the folders it visits are removed. Another checkout is refused while one is
+//! journaled (unless it is the same one, which then resumes).
+//!
+//! Without fsync, a checkout that *finished* may still have its files only in the page cache for
+//! up to ~35 s (the kernel's writeback delay). Its final batch therefore also records a *settle*
+//! record `{from, to, start, end, boot id}` (dropped after [`SETTLE_WINDOW_NS`]). When
+//! `resume_checkout` (or the next `checkout`) runs in a later boot, the paths those checkouts
+//! changed are checked again: a path at its `to` version is fine; a file or link whose ctime lies
+//! within one of those checkouts' runs (written by it, its bytes lost) or whose bytes are still
+//! the `from` version (a rename the power cut took back) is written again; anything else changed
+//! after the checkout and is kept. Limit: a path created and removed again by two checkouts within
+//! the window is not re-checked.
+//!
+//! ## Limits
+//!
+//! Folders nested deeper than [`CHECKOUT_MAX_DEPTH`] are refused before anything is written (one
+//! open descriptor and a few stack frames per level). A setuid or setgid bit in a tree is not
+//! applied (a peer cannot plant a setuid file); such a file then differs from its snapshot by mode.
 //!
 //! Before writing, the bytes to write are compared with the free space of the share's file system
 //! (`statvfs`): not enough is [`Error::DiskFull`] with nothing touched.
@@ -79,6 +96,9 @@ pub const REUSE_MAP_CAP: usize = 1 << 18;
 const JOURNAL_KEY: &[u8] = b"checkout";
 /// Scan-cache updates written per batch.
 const SCAN_BATCH: usize = 512;
+/// Deepest folder nesting a checkout writes (one open folder descriptor and a few stack frames
+/// per level: a crafted deeper tree is refused rather than exhausting either).
+pub const CHECKOUT_MAX_DEPTH: usize = 256;
 /// Most paths listed in `kept` (one more entry says how many were left out).
 const KEPT_MAX: usize = 10_000;
 /// Bytes copied per step when `copy_file_range` is unavailable.
@@ -618,7 +638,7 @@ impl Store {
         };
         let mut r = self.run_checkout(share_root, from, to, opts, progress, mode)?;
         if let Some(s) = settled {
-            r.kept.splice(0..0, s.kept);
+            absorb(&mut r, s);
         }
         Ok(r)
     }
@@ -912,8 +932,10 @@ impl Store {
         plan: &mut Plan,
         depth: usize,
     ) -> Result<()> {
-        if depth > crate::store::MAX_DEPTH {
-            return Err(Error::corrupt("folder tree is too deep"));
+        if depth > CHECKOUT_MAX_DEPTH {
+            return Err(Error::Invalid(format!(
+                "folders nested deeper than {CHECKOUT_MAX_DEPTH} levels are not checked out"
+            )));
         }
         let ea = a
             .map(|a| self.dir_entries(a))
@@ -960,8 +982,11 @@ impl Store {
         b: Option<NodeId>,
         depth: usize,
     ) -> Result<()> {
-        if depth > crate::store::MAX_DEPTH {
-            return Err(Error::corrupt("folder tree is too deep"));
+        if depth > CHECKOUT_MAX_DEPTH {
+            return Err(Error::Invalid(format!(
+                "{}: folders nested deeper than {CHECKOUT_MAX_DEPTH} levels are not checked out",
+                rel.display()
+            )));
         }
         if cx.recovery {
             for n in list_dir(fd.as_raw_fd()).map_err(|e| cx.io(rel, e))? {

@@ -11,18 +11,23 @@
 //! - **refs**: named pointers to snapshots (`head`, later `peers/<id>`), moved in a synced batch after
 //!   everything they reference is written (see [`db`] for the durability rules).
 //!
-//! [`Store`] is the entry point: `create`/`open` (with an exclusive lock), `add` (snapshot a folder,
-//! streaming on all cores with bounded memory), `ls`, `log`, `resolve`, `restore`, `verify`, `gc`, and
-//! the object-level operations the sync engine needs (`has_many`, `missing`, `diff`, `get_chunk`,
-//! `put_chunk`, `get_node`, `put_node`).
+//! [`Store`] is the entry point: `create`/`open` (with an exclusive lock) or `open_read_only` (no
+//! lock, beside a process that holds it, e.g. `left serve`; writes fail with [`Error::ReadOnly`]),
+//! `add` (snapshot a folder, streaming on all cores with bounded memory), `ls`, `log`, `resolve`,
+//! `restore`, `verify`, `gc`, the object-level operations the sync engine needs (`has_many`,
+//! `missing`, `diff`, `get_chunk`, `put_chunk`, `put_chunk_verified`, `get_node`, `put_node`,
+//! `mark_complete`, `is_ancestor`), and `checkout`: moving the share folder from one snapshot to
+//! another, touching only changed paths, reusing unchanged ranges of changed files, never writing
+//! through a symlink, keeping local changes, journaled so a crash is finished by
+//! `resume_checkout` (see [`checkout`] for the rules and what survives a power cut).
 //!
 //! What this crate does not do: it knows nothing about peers, the network, keys or merging; it does
 //! not watch folders; it does not encrypt chunks (codec bytes 2 and up are reserved for sealed chunks
-//! later). It is not safe to open one store from two processes: the second gets [`Error::Locked`].
+//! later). Two processes cannot both open one store for writing: the second gets [`Error::Locked`].
 #![warn(missing_docs)]
 
 mod add;
-mod checkout;
+pub mod checkout;
 pub mod chunker;
 pub mod codec;
 pub mod db;
@@ -36,6 +41,7 @@ mod types;
 
 #[doc(hidden)]
 pub use add::{debug_set_read_hook, ReadHook};
+pub use checkout::{CHECKOUT_MAX_DEPTH, REUSE_MAP_CAP, SETTLE_WINDOW_NS};
 pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};
 pub use store::{ObjectId, Store, ANCESTOR_LIMIT};

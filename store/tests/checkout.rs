@@ -617,6 +617,56 @@ fn checkout_never_writes_through_a_symlink() {
 }
 
 #[test]
+fn deep_trees_within_the_limit_work_and_deeper_ones_are_refused_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::create(&t.path().join("store"), small_cfg()).unwrap();
+    let chain = |depth: usize| {
+        let mut id = put_dir(&s, vec![file_entry(&s, "leaf", b"leaf", None)]);
+        for _ in 0..depth {
+            id = put_dir(&s, vec![dir_entry("d", id)]);
+        }
+        put_snap(&s, id, None)
+    };
+    // Run on a thread with a small stack, as a sync engine's worker might.
+    let ok = chain(CHECKOUT_MAX_DEPTH - 1);
+    let deep = chain(CHECKOUT_MAX_DEPTH + 5);
+    let share = t.path().join("share");
+    fs::create_dir(&share).unwrap();
+    let share2 = t.path().join("share2");
+    fs::create_dir(&share2).unwrap();
+    std::thread::scope(|sc| {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn_scoped(sc, || {
+                let r = s
+                    .checkout(&share, None, ok, &CheckoutOptions::default(), &NoProgress)
+                    .unwrap();
+                assert_eq!(r.dirs_created as usize, CHECKOUT_MAX_DEPTH - 1);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    });
+    let mut p = share.clone();
+    for _ in 0..CHECKOUT_MAX_DEPTH - 1 {
+        p.push("d");
+    }
+    assert_eq!(fs::read(p.join("leaf")).unwrap(), b"leaf");
+    let e = s
+        .checkout(
+            &share2,
+            None,
+            deep,
+            &CheckoutOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("deeper than"), "{e}");
+    assert_eq!(fs::read_dir(&share2).unwrap().count(), 0);
+    assert_eq!(s.pending_checkout().unwrap(), None);
+}
+
+#[test]
 fn not_enough_space_touches_nothing() {
     let p = Pair::new();
     fs::write(p.a.join("f"), b"v1").unwrap();
