@@ -1142,3 +1142,345 @@ fn a_bad_peer_beside_a_good_one_does_not_stop_the_sync() {
         }),
     );
 }
+
+// ------------------------------------------------------------------------------ floods
+
+/// Peak RSS of a process in KiB (`VmHWM`), while it runs.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Runs `cmd` to the end and returns its run and its peak RSS in KiB (from `wait4`).
+fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, u64) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).ok();
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut v).ok();
+        v
+    });
+    let pid = child.id() as libc::pid_t;
+    let deadline = Instant::now() + limit;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 on our own child with WNOHANG.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals; pid is our unreaped child.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(rc >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if rc == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let code = if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else {
+        None
+    };
+    let run = Run {
+        code,
+        stdout: t_out.join().unwrap(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+    };
+    (run, usage.ru_maxrss as u64)
+}
+
+#[test]
+fn a_flood_of_unsolicited_chunks_does_not_grow_the_client() {
+    // Right after Excess the peer pushes 256 MiB of chunks nobody asked for, then answers
+    // honestly. The sync may use the peer or drop it, but its memory must stay bounded.
+    let v = Victim::new();
+    let mut objects = Objects::default();
+    let (head, _, _) = good_tree(&mut objects, v.head);
+    // A valid 200 KiB chunk (its id matches), 1280 times.
+    let plain = random_bytes(5, 200 * 1024);
+    let junk_id = ChunkId(Hash::of(&plain));
+    let flood = frame(&Message::Chunk {
+        id: junk_id,
+        bytes: left_store::codec::encode(&plain),
+    });
+    let peer = FakePeer::start(
+        v.key(),
+        head,
+        objects,
+        honest_but(move |m, ctx| match m {
+            Message::Have { .. } => {
+                let mut out = honest(m, ctx);
+                out.extend(std::iter::repeat_n(flood.clone(), 1280));
+                Some(Step::Send(out))
+            }
+            _ => None,
+        }),
+    );
+    let mut cmd = v.share.sync_cmd(&[peer.addr()], &["--timeout", "30"], &[]);
+    let (r, peak_kib) = run_with_peak_rss(&mut cmd, Duration::from_secs(120));
+    eprintln!(
+        "flooded client: exit {:?}, peak RSS {} MiB: {}",
+        r.code,
+        peak_kib / 1024,
+        r.stderr.trim()
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert!(
+        peak_kib < 256 * 1024,
+        "the client grew to {} MiB",
+        peak_kib / 1024
+    );
+    if r.code == Some(0) {
+        assert_eq!(
+            std::fs::read(v.share.root.join("big.bin")).unwrap(),
+            random_bytes(77, 300 * 1024)
+        );
+    } else {
+        assert_refused(
+            &r,
+            &peer.addr(),
+            &["unexpected", "unsolicited", "not asked", "chunk"],
+        );
+        v.assert_untouched();
+    }
+    assert_eq!(read_tree(&v.canary), v.canary_before);
+    eprintln!(
+        "the unsolicited chunk was {}stored",
+        if v.has_chunk(junk_id) { "" } else { "not " }
+    );
+}
+
+// ------------------------------------------------------------------------------ bad clients
+
+/// A fake client of a real `left serve`: connected, hellos exchanged.
+struct FakeClient {
+    rt: tokio::runtime::Runtime,
+    conn: Connection,
+    stream: Stream,
+    dec: ecp::Decoder,
+    /// Keeps the endpoint alive.
+    _ep: Endpoint,
+}
+
+impl FakeClient {
+    fn connect(share_key: [u8; 32], server: SocketAddr, seed: u64) -> FakeClient {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let secret: [u8; 32] = random_bytes(0xc11e_0000 + seed, 32).try_into().unwrap();
+        let device = left::identity::Identity::from_secret(secret).device_id().0;
+        let (ep, conn, stream) = rt.block_on(async {
+            let ep = Endpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                &SocketConfig::default(),
+                EndpointConfig::new(secret, share_key, seed),
+            )
+            .unwrap();
+            let conn = tokio::time::timeout(Duration::from_secs(10), ep.connect(server))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+            let mut stream = conn.control_stream();
+            let hello = Message::Hello {
+                protocol: PROTOCOL_VERSION,
+                share: ShareId::from_key(&share_key),
+                device,
+                encryption: true,
+            };
+            stream.write_all(&frame(&hello)).await.unwrap();
+            (ep, conn, stream)
+        });
+        let mut c = FakeClient {
+            rt,
+            conn,
+            stream,
+            dec: ecp::Decoder::new(),
+            _ep: ep,
+        };
+        let first = c.next(Duration::from_secs(10)).expect("server hello");
+        assert_eq!(first.kind(), "Hello", "{first:?}");
+        c
+    }
+
+    /// The next message, `None` when the stream or connection ended or `limit` passed.
+    fn next(&mut self, limit: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut buf: &[u8] = &[];
+            if let Ok(Some(m)) = self.dec.decode(&mut buf) {
+                return Some(m);
+            }
+            let read = self.rt.block_on(async {
+                tokio::time::timeout_at(deadline, self.stream.read(1 << 20)).await
+            });
+            let bytes = match read {
+                Ok(Ok(Some(b))) => b,
+                _ => return None,
+            };
+            let mut input = &bytes[..];
+            // Keep decoding what is buffered: feed the bytes, return the first message (the rest
+            // stays in the decoder only if it is a partial frame, so decode them all here).
+            let mut first = None;
+            loop {
+                match self.dec.decode(&mut input) {
+                    Ok(Some(m)) => {
+                        if first.is_none() {
+                            first = Some(m);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => panic!("the server sent bytes that do not decode: {e}"),
+                }
+            }
+            if first.is_some() {
+                return first;
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> bool {
+        self.send_within(bytes, Duration::from_secs(10))
+    }
+
+    /// Writes `bytes`; false if the write failed or was not accepted within `limit`.
+    fn send_within(&mut self, bytes: &[u8], limit: Duration) -> bool {
+        let fut = self.stream.write_all(bytes);
+        self.rt
+            .block_on(async { tokio::time::timeout(limit, fut).await })
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until the server closed the connection; returns why, or `None` if it did not
+    /// within `limit`.
+    fn closed_within(&self, limit: Duration) -> Option<String> {
+        self.rt.block_on(async {
+            tokio::time::timeout(limit, self.conn.closed())
+                .await
+                .ok()
+                .map(|e| e.to_string())
+        })
+    }
+}
+
+/// A served share with a 64 MiB file and its chunk ids.
+fn served_share() -> (Share, Server, Vec<ChunkId>) {
+    let a = Share::new();
+    a.write("big.bin", &random_bytes(21, 64 << 20));
+    a.write("small.txt", b"small\n");
+    a.add(&[]);
+    let chunks = {
+        let store = left_store::Store::open(&a.store).unwrap();
+        let head = store.head().unwrap().unwrap();
+        store
+            .debug_file_chunks(head, std::path::Path::new("big.bin"))
+            .unwrap()
+    };
+    let server = a.serve();
+    (a, server, chunks)
+}
+
+#[test]
+fn garbage_from_a_client_ends_only_that_session() {
+    let (a, server, _) = served_share();
+    for (what, bytes) in [
+        ("malformed", vec![0, 0, 0, 3, WIRE_VERSION, 200, 200]),
+        ("oversize", vec![0xff, 0xff, 0xff, 0xff, WIRE_VERSION]),
+        ("version", {
+            let mut f = frame(&Message::Same);
+            f[ecp::LEN_PREFIX] = WIRE_VERSION + 7;
+            f
+        }),
+    ] {
+        let mut c = FakeClient::connect(a.share_key_bytes(), server.addr, 1);
+        assert!(c.send(&bytes), "{what}: could not send");
+        // The server says why (an Error, best effort), then closes with the reason.
+        let mut said = String::new();
+        while let Some(m) = c.next(Duration::from_secs(10)) {
+            if let Message::Error { message, .. } = &m {
+                said = message.clone();
+            }
+        }
+        let closed = c
+            .closed_within(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{what}: the server kept the connection"));
+        eprintln!("{what}: Error {said:?}, closed: {closed}");
+        let why = format!("{said} {closed}").to_lowercase();
+        assert!(
+            ["malformed", "version", "exceeds"]
+                .iter()
+                .any(|w| why.contains(w)),
+            "{what}: the server did not say why: {why}"
+        );
+    }
+    // The server is still up and still serves.
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    assert_same_tree(&a.root, &b.root);
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.to_lowercase().contains("malformed"), "{log}");
+}
+
+#[test]
+fn a_client_that_asks_everything_and_never_reads_stays_bounded() {
+    let (a, server, chunks) = served_share();
+    let pid = server.child.id();
+    let before = peak_rss_kib(pid);
+    let mut c = FakeClient::connect(a.share_key_bytes(), server.addr, 2);
+    // Every chunk of the 64 MiB file, asked up to 4000 times (250 GiB of replies; 130 MB of
+    // requests, past every window), never reading a reply.
+    let mut sent = 0;
+    let mut blocked = false;
+    'outer: for _ in 0..4000 {
+        for ids in chunks.chunks(ecp::MAX_IDS_PER_REQUEST) {
+            let req = frame(&Message::GetChunks { ids: ids.to_vec() });
+            if !c.send_within(&req, Duration::from_secs(2)) {
+                blocked = true;
+                // Backpressure reached us: the server stopped reading our requests.
+                break 'outer;
+            }
+            sent += 1;
+        }
+    }
+    eprintln!("{sent} requests went out before backpressure");
+    assert!(
+        blocked,
+        "the server read all {sent} requests without pushing back"
+    );
+    // Meanwhile a real peer syncs from the same server.
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &["--timeout", "60"], &[]);
+    assert_same_tree(&a.root, &b.root);
+    let peak = peak_rss_kib(pid);
+    eprintln!(
+        "serve peak RSS: {} MiB at start, {} MiB with a greedy client and a sync",
+        before / 1024,
+        peak / 1024
+    );
+    assert!(
+        peak < 256 * 1024,
+        "the server grew to {} MiB for a client that never reads",
+        peak / 1024
+    );
+    drop(c);
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
