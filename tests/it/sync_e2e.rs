@@ -141,13 +141,12 @@ fn basic_sync_then_nothing_then_a_small_delta() {
     assert_eq!(u(&j, "payload_bytes_received"), 0, "{j}");
     assert_same_tree(&a.root, &b.root);
 
-    // 1 MiB changed in the middle of the big file.
-    server.stop();
+    // 1 MiB changed in the middle of the big file, added beside the running server (the add goes
+    // through its control socket), which then serves the new head.
     let mut data = fs::read(a.root.join("big.bin")).unwrap();
     data[16 * MIB..17 * MIB].copy_from_slice(&random_bytes(2, MIB));
     fs::write(a.root.join("big.bin"), &data).unwrap();
     a.add(&[]);
-    let server = a.serve();
     let j = b.sync_ok(&[server.addr()], &[], &[]);
     eprintln!(
         "1 MiB edit: payload {} B, UDP {} B received, {} B reused, {} s",
@@ -591,5 +590,69 @@ fn a_peer_of_another_share_is_refused() {
     assert!(line.contains("share key"), "{line}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(!stranger.root.join("x.txt").exists());
+    server.stop();
+}
+
+#[test]
+fn odd_but_valid_names_survive_the_trip() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let a = Share::new();
+    for name in [
+        &b"caf\xe9 latin-1"[..],
+        b"new\nline",
+        b"...",
+        b" leading space",
+        b"-dash",
+        b"\xf0\x9f\xa6\x80 crab",
+        b"back\\slash",
+    ] {
+        fs::write(a.root.join(OsStr::from_bytes(name)), name).unwrap();
+    }
+    symlink("../../outside/target", a.root.join("dangling-relative")).unwrap();
+    symlink("/etc/hostname-not-followed", a.root.join("absolute-link")).unwrap();
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    assert_same_tree(&a.root, &b.root);
+    server.stop();
+}
+
+#[test]
+fn several_peers_sync_from_one_server_at_once() {
+    let a = Share::new();
+    populate(&a, 16);
+    a.add(&[]);
+    let server = a.serve();
+    let bs: Vec<Share> = (0..4).map(|_| a.join()).collect();
+    let children: Vec<_> = bs
+        .iter()
+        .map(|b| spawn_sync(b, &[server.addr()], &["--timeout", "60"], &[]))
+        .collect();
+    for (b, child) in bs.iter().zip(children) {
+        let r = finish(child, Duration::from_secs(120));
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        r.expect_code(0);
+        assert_same_tree(&a.root, &b.root);
+    }
+    server.stop();
+}
+
+#[test]
+fn ipv6_loopback() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; nothing to test");
+        return;
+    }
+    let a = Share::new();
+    populate(&a, 2);
+    a.add(&[]);
+    let server = a.serve_on("[::1]:0", &[], &[]);
+    assert!(server.addr.is_ipv6(), "{}", server.addr);
+    let b = a.join();
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_same_tree(&a.root, &b.root);
+    assert!(peer_entry(&j, &server.addr())["error"].is_null(), "{j}");
     server.stop();
 }
