@@ -405,6 +405,16 @@ fn decide(store: &Store, local: Option<NodeId>, report: &FetchReport) -> anyhow:
     {
         return Ok(Decision::Checkout(best));
     }
+    // Local snapshots since the last common one that changed nothing in the end (a file added
+    // and removed again): our tree is the common ancestor's, so the peer's is simply newer.
+    let history = |h: NodeId| store.log(h, 1000).context("cannot read the history");
+    let ours: std::collections::HashSet<NodeId> =
+        history(local)?.into_iter().map(|(id, _)| id).collect();
+    if let Some((_, base)) = history(best)?.into_iter().find(|(id, _)| ours.contains(id)) {
+        if base.root == local_root {
+            return Ok(Decision::Checkout(best));
+        }
+    }
     Ok(Decision::Diverged(label_of(best)))
 }
 

@@ -704,6 +704,12 @@ fn handle_event(
             check,
         } => pull.handle_checked_chunk(now, PeerId(slot as u64), id, bytes, check),
         Event::Failed(slot, err) => {
+            if err.fatal {
+                // A malformed message: the peer learns why from the close reason.
+                conns[slot]
+                    .1
+                    .close(CODE_PROTOCOL_ERROR, err.reason.as_bytes());
+            }
             if pull.peers().any(|p| p.0 as usize == slot) {
                 pull.remove_peer(PeerId(slot as u64), &err.reason);
                 peer_errors.push((conns[slot].0, err));
