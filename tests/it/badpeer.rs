@@ -1156,6 +1156,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// Runs `cmd` to the end and returns its run and its peak RSS in KiB (from `wait4`).
+// The child is reaped by wait4 (which also gives its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
 fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, u64) {
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -1188,6 +1190,7 @@ fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, 
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("still running after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -109,7 +109,7 @@ fn basic_sync_then_nothing_then_a_small_delta() {
     a.add(&[]);
     let head = head_of(&a);
     let server = a.serve();
-    assert_eq!(server.hello["device"].is_string(), true, "{}", server.hello);
+    assert!(server.hello["device"].is_string(), "{}", server.hello);
 
     let b = a.join();
     let j = b.sync_ok(&[server.addr()], &[], &[]);
@@ -329,7 +329,7 @@ fn server_killed_mid_transfer_then_restarted_on_the_same_port() {
     let addr = slow.addr();
     let b = a.join();
     let before = du(&b.store);
-    let mut child = spawn_sync(&b, &[addr.clone()], &["--timeout", "90"], &[]);
+    let mut child = spawn_sync(&b, std::slice::from_ref(&addr), &["--timeout", "90"], &[]);
     assert!(
         grown_while_running(&b, before, 8 * MIB as u64, &mut child),
         "the sync finished before the server could be killed"
@@ -360,7 +360,7 @@ fn server_killed_and_never_back_is_named_after_the_timeout() {
     let b = a.join();
     let before = du(&b.store);
     let started = Instant::now();
-    let mut child = spawn_sync(&b, &[addr.clone()], &["--timeout", "5"], &[]);
+    let mut child = spawn_sync(&b, std::slice::from_ref(&addr), &["--timeout", "5"], &[]);
     assert!(
         grown_while_running(&b, before, 4 * MIB as u64, &mut child),
         "the sync finished before the server could be killed"
