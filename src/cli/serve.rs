@@ -34,7 +34,8 @@ pub(crate) const DEFAULT_PORT: u16 = 22001;
 /// Arguments of `left serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on: IP:PORT, [IPv6]:PORT, an IP alone, or a bare port
+    /// Address to listen on: IP:PORT, [IPv6]:PORT, an IP alone, or a bare port (an IPv6 address
+    /// serves IPv6 only: [::]:22001 does not take IPv4 peers)
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:22001", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Encrypt packets (on|off, or yes|no); peers must use the same setting

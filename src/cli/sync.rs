@@ -176,7 +176,8 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let fetch_started = Instant::now();
     let share_id = ShareId::from_key(&share_key);
     let mut pull = PullConfig::for_store(&store);
-    pull.stall_timeout = Duration::from_secs(10);
+    // A peer silent this long is dropped (and retried while the --timeout budget lasts).
+    pull.stall_timeout = Duration::from_secs(10).min(Duration::from_secs_f64(args.timeout));
     let mut fcfg = FetchConfig::new(session::hello(share_id, device.0, args.encryption), pull);
     fcfg.timeout = Duration::from_secs_f64(args.timeout);
     fcfg.connect_timeout = fcfg.connect_timeout.min(fcfg.timeout);
