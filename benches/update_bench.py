@@ -764,7 +764,8 @@ def floors_met(summary, floor):
 def print_table(result):
     s = result["summary"]
     log(f"\nupdate benchmark, {result['size'] / MiB:.0f} MiB, {result['runs']} run(s), "
-        f"encryption {result['encryption']}{' (quick)' if result['quick'] else ''}; medians")
+        f"encryption {result['encryption']}{' (quick)' if result['quick'] else ''}; medians; "
+        f"load average {result['loadavg_start'][0]:.2f} before, {result['loadavg_end'][0]:.2f} after")
     fl = result["floor"]
     log(f"  floor: cat {fl['cat']['seconds']:.3f} s ({fl['cat']['mb_per_s']:.0f} MB/s), "
         f"cp {fl['cp']['seconds']:.3f} s ({fl['cp']['mb_per_s']:.0f} MB/s)")
@@ -849,7 +850,9 @@ def main():
         timed_shell(f"cat '{path}' >/dev/null")
         hasher.source(path)
 
+    load_start = os.getloadavg()
     runs = [one_run(i, args, data, hasher, size) for i in range(args.runs)]
+    load_end = os.getloadavg()
 
     floor = {}
     for tool in ("cat", "cp"):
@@ -873,7 +876,9 @@ def main():
                     "json": runs[0]["add_base"]["json"]}
     result = {
         "bench": "update", "size": size, "quick": args.quick, "runs": args.runs,
-        "encryption": args.encryption, "cpus": os.cpu_count(), "data": data, "generated": generated,
+        "encryption": args.encryption, "cpus": os.cpu_count(),
+        # Other work on the machine skews every figure (both tools use both cores): look here first.
+        "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in load_end], "data": data, "generated": generated,
         "hash": hasher.name, "rsync_version": rsync_version,
         "rsync_options": "-a --no-whole-file --stats (daemon on 127.0.0.1)",
         "add_mode": runs[0].get("add_mode"),
