@@ -259,7 +259,7 @@ async fn open_session(
         match msg {
             Message::Error { code, message } => {
                 return Err(PeerError::fatal(format!(
-                    "refused: {} (code {})",
+                    "the peer refused us: {} (code {})",
                     sanitize(&message),
                     code.0
                 )));

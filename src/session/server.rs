@@ -369,8 +369,17 @@ async fn run_session(
         }
         flush(&mut writer, cfg.write_timeout).await.map_err(net)?;
         if session.is_closed() {
-            writer.finish();
-            return end.map_or(Ok(()), Err);
+            match end {
+                None => {
+                    writer.finish();
+                    return Ok(());
+                }
+                Some(e) => {
+                    // Let the Error reach the peer before the close.
+                    writer.finish_and_wait(Duration::from_secs(1)).await;
+                    return Err(e);
+                }
+            }
         }
         let hello_deadline = async {
             if greeted {
@@ -455,6 +464,7 @@ async fn malformed(writer: &mut FrameWriter, e: ReadError) -> SessionEnd {
         message: reason.clone(),
     });
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
+    writer.finish_and_wait(Duration::from_secs(1)).await;
     SessionEnd::protocol(reason)
 }
 

@@ -469,3 +469,153 @@ fn cpu_seconds() -> f64 {
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
 }
+
+/// How a fake server misbehaves after the greeting.
+#[derive(Clone, Copy, Debug)]
+enum Misbehave {
+    /// Sends a frame whose body is not a message.
+    Garbage,
+    /// Offers a head, then says it has none of it.
+    NotFound,
+    /// Announces a frame far over the size limit.
+    Oversize,
+}
+
+/// A server that greets properly, answers `Have` with `Excess { head }`, then misbehaves.
+async fn fake_server(
+    n: u8,
+    head: NodeId,
+    how: Misbehave,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let ep = endpoint(n, true, None);
+    let addr = ep.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let Some(conn) = ep.accept().await else {
+            return;
+        };
+        let mut reader = wire::FrameReader::new(conn.control_stream());
+        let mut writer = wire::FrameWriter::new(conn.control_stream());
+        let mut raw = conn.control_stream();
+        while let Ok(Some(m)) = reader.next().await {
+            match m {
+                Message::Hello { .. } => {
+                    writer.send(&hello(share(), public(n), true)).await.unwrap();
+                }
+                Message::Have { .. } => match how {
+                    Misbehave::Garbage => {
+                        writer.send(&Message::Excess { head }).await.unwrap();
+                        raw.write_all(&[0, 0, 0, 5, 1, 0xff, 0xff, 0xff, 0xff])
+                            .await
+                            .unwrap();
+                    }
+                    Misbehave::Oversize => {
+                        raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1]).await.unwrap();
+                    }
+                    Misbehave::NotFound => {
+                        writer.send(&Message::Excess { head }).await.unwrap();
+                    }
+                },
+                Message::GetNodes { ids } => {
+                    let ids = ids.into_iter().map(crate::ecp::ObjectRef::Node).collect();
+                    writer.send(&Message::NotFound { ids }).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        // Keep the connection until the client closes it.
+        conn.closed().await;
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_servers_are_dropped_with_a_reason_and_not_retried() {
+    let da = tempfile::tempdir().unwrap();
+    let (a, head) = make_store(da.path(), &[("f", vec![3; 100_000])]);
+    let head = head.unwrap();
+    for (how, expect) in [
+        (Misbehave::Garbage, "malformed"),
+        (Misbehave::Oversize, "exceeds the limit"),
+        (Misbehave::NotFound, "does not have"),
+    ] {
+        let db = tempfile::tempdir().unwrap();
+        let (b, _) = make_store(db.path(), &[]);
+        let (addr, task) = fake_server(5, head, how).await;
+        let eps = client(2, true);
+        let started = Instant::now();
+        let report = fetch(
+            &eps,
+            b.clone(),
+            &targets(&[addr]),
+            &fetch_config(2, true),
+            &(),
+        )
+        .await;
+        let err = report.peers[0].error.clone().unwrap_or_default();
+        assert!(err.contains(expect), "{how:?}: {report:?}");
+        assert!(
+            report.all_failed() && report.attempts == 1,
+            "{how:?}: {report:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{how:?}");
+        assert!(!complete(&b, head));
+        eps.close().await;
+        task.abort();
+    }
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_a_malformed_client_and_keeps_serving() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (a, head) = make_store(da.path(), &[("f", vec![9; 200_000])]);
+    let head = head.unwrap();
+    let srv = serve(a, 1, true, Arc::new(AllowAll));
+    // A client that sends a bad frame instead of Hello.
+    let ep = endpoint(6, true, None);
+    let conn = ep.connect(srv.addr).await.unwrap();
+    let mut raw = conn.control_stream();
+    raw.write_all(&[0, 0, 0, 3, 9, 9, 9]).await.unwrap();
+    let mut reader = wire::FrameReader::new(conn.control_stream());
+    let mut got_error = None;
+    loop {
+        match reader.next().await {
+            Ok(Some(Message::Error { code, message })) => got_error = Some((code, message)),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let (code, message) = got_error.expect("an Error before the close");
+    assert_eq!(code, crate::ecp::ErrorCode::PROTOCOL_VERSION, "{message}");
+    assert!(message.contains("unknown ecp wire version 9"), "{message}");
+    match conn.closed().await {
+        crate::rdt::ConnectionError::PeerClosed { code, reason } => {
+            assert_eq!(code, CODE_PROTOCOL_ERROR);
+            assert!(reason.contains("malformed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Others are still served.
+    let (b, _) = make_store(db.path(), &[]);
+    let eps = client(2, true);
+    let report = fetch(
+        &eps,
+        b.clone(),
+        &targets(&[srv.addr]),
+        &fetch_config(2, true),
+        &(),
+    )
+    .await;
+    assert!(complete(&b, head), "{report:?}");
+    eps.close().await;
+    ep.close().await;
+    let events = srv.shutdown().await;
+    assert!(
+        events.iter().any(
+            |e| matches!(e, ServerEvent::Disconnected { device, error: Some(r), .. }
+            if *device == public(6) && r.contains("malformed"))
+        ),
+        "{events:?}"
+    );
+}

@@ -145,4 +145,12 @@ impl FrameWriter {
     pub fn finish(&mut self) {
         let _ = self.stream.finish();
     }
+
+    /// Ends our side of the stream and waits (at most `limit`) until the peer acknowledged
+    /// everything written: a last `Error` then reaches it before the connection closes.
+    pub async fn finish_and_wait(&mut self, limit: std::time::Duration) {
+        if self.stream.finish().is_ok() {
+            let _ = tokio::time::timeout(limit, self.stream.finished()).await;
+        }
+    }
 }
