@@ -995,3 +995,78 @@ fn sync_disk() {
     // SAFETY: sync has no arguments and cannot fail.
     unsafe { libc::sync() };
 }
+
+/// Checkout of many small files: a fresh checkout, then one changed file (the walk must only
+/// descend into the changed folder). Needs the benchmark tree (`many_files.py` in benches/, or
+/// LEFT_MANY_DIR pointing to any folder). Run with
+/// `CARGO_TARGET_DIR=/var/tmp/left-target cargo test --release -p left-store --test checkout -- \
+///  --ignored --nocapture measure_checkout_many_files`
+#[test]
+#[ignore = "measurement: needs /var/tmp/left-bench/many-100000"]
+fn measure_checkout_many_files() {
+    let src = std::env::var("LEFT_MANY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/var/tmp/left-bench/many-100000"));
+    assert!(src.exists(), "{} is missing", src.display());
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fs::create_dir(&b).unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&a)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let sa = Store::create(&t.path().join("sa"), StoreConfig::default()).unwrap();
+    let sb = Store::create(&t.path().join("sb"), StoreConfig::default()).unwrap();
+    let s1 = add_msg(&sa, &a, "base").unwrap();
+    transfer(&sa, &sb, s1);
+    sync_disk();
+    let t0 = std::time::Instant::now();
+    let r = sb
+        .checkout(&b, None, s1, &CheckoutOptions::default(), &NoProgress)
+        .unwrap();
+    let fresh = t0.elapsed().as_secs_f64();
+    println!(
+        "fresh checkout of {} files ({} bytes): {fresh:.2} s",
+        r.files_written, r.bytes_written
+    );
+    let out = t.path().join("restored");
+    sync_disk();
+    let t0 = std::time::Instant::now();
+    sb.restore(s1, None, &out, &RestoreOptions::default(), &NoProgress)
+        .unwrap();
+    println!(
+        "restore of the same, for comparison: {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // One file changed deep inside.
+    let victim = picture(&a)
+        .into_iter()
+        .find(|(_, v)| v.0 == 'f')
+        .map(|(k, _)| k)
+        .unwrap();
+    fs::write(a.join(&victim), b"changed").unwrap();
+    let s2 = add_msg(&sa, &a, "one").unwrap();
+    transfer(&sa, &sb, s2);
+    let t0 = std::time::Instant::now();
+    let r = sb
+        .checkout(&b, Some(s1), s2, &CheckoutOptions::default(), &NoProgress)
+        .unwrap();
+    println!(
+        "checkout of one changed file among them: {:.3} s, {r:?}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(r.files_written, 1);
+    assert_eq!(fs::read(b.join(&victim)).unwrap(), b"changed");
+    let t0 = std::time::Instant::now();
+    let r = add(&sb, &b);
+    println!(
+        "add in the checked-out share right after: {:.2} s, {} bytes read, snapshot {:?}",
+        t0.elapsed().as_secs_f64(),
+        r.bytes_read,
+        r.snapshot
+    );
+    assert_eq!((r.bytes_read, r.snapshot), (0, None));
+}
