@@ -209,6 +209,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let checkout_started = Instant::now();
 
     // 4. Decide.
+    if let Some(e) = &report.local_error {
+        anyhow::bail!("cannot sync: {e}");
+    }
     let decision = decide(&store, local_head, &report)?;
     let mut checkout: Option<CheckoutReport> = None;
     let mut diverged = false;

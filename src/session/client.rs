@@ -136,6 +136,8 @@ pub struct FetchReport {
     pub stats: PullStats,
     /// Attempts made (1 when the first one settled everything).
     pub attempts: u32,
+    /// The local store failed (disk full, ...): the fetch stopped at once, whatever the peers.
+    pub local_error: Option<String>,
 }
 
 impl FetchReport {
@@ -471,6 +473,9 @@ pub async fn fetch(
                     last_progress = Instant::now();
                     report.heads.push((head, idx));
                 }
+                Err(reason) if reason.starts_with("local store") => {
+                    report.local_error = Some(reason);
+                }
                 Err(reason) => {
                     for &i in &idx {
                         if report.peers[i].error.is_none() {
@@ -481,7 +486,7 @@ pub async fn fetch(
             }
         }
         let anything_fetched = !report.heads.is_empty() || report.peers.iter().any(|p| p.same);
-        if settled.iter().all(|s| *s) || anything_fetched {
+        if settled.iter().all(|s| *s) || anything_fetched || report.local_error.is_some() {
             break;
         }
         let spent = last_progress.elapsed();
