@@ -265,6 +265,11 @@ impl Store {
     /// Snapshot the share folder (or only the given paths, relative to the share root or absolute
     /// inside it, merged into the previous head's tree) as the new head. The store folder itself and
     /// `.left` are never scanned. No change: `report.snapshot` is `None` and the head does not move.
+    ///
+    /// First, a checkout a crash cut short is finished, and after a reboot the checkouts that
+    /// finished without fsync just before it are checked again ([`Store::resume_checkout`]), so
+    /// a snapshot never records a half-checked-out folder, or a file a power cut took back, as a
+    /// local change.
     pub fn add(
         &self,
         share_root: &Path,
@@ -273,6 +278,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<AddReport> {
         self.writable()?;
+        self.resume_checkout(share_root, &CheckoutOptions::default(), progress)?;
         let _g = self.op.read().expect("op lock");
         let share = fs::canonicalize(share_root).map_err(|e| Error::io(share_root, e))?;
         let store_dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());

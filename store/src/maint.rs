@@ -188,6 +188,13 @@ impl Store {
     /// compacts so the store really shrinks on disk.
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         self.writable()?;
+        if let Some((_, to)) = self.pending_checkout()? {
+            // Its trees are what finishing it reads.
+            return Err(Error::Invalid(format!(
+                "a checkout to {} was cut short; finish it (sync or add) before gc",
+                to.fmt_short()
+            )));
+        }
         let _g = self.op.write().expect("op lock");
         let mut rep = GcReport {
             bytes_before: self.disk_usage()?,

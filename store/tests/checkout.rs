@@ -774,17 +774,27 @@ fn crash_mid_checkout_then_resume() {
             &NoProgress,
         );
         assert!(matches!(other, Err(Error::Invalid(_))), "{other:?}");
-        let r = sb
-            .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
-            .unwrap()
-            .expect("a checkout was pending");
-        assert!(r.kept.is_empty(), "step {step}: {:?}", r.kept);
-        // 9 paths to write (8 files, 1 link), in name order; the crash came after the step-th.
-        assert_eq!(
-            r.files_written + r.symlinks_written,
-            9 - step as u64,
-            "step {step}: done paths are skipped: {r:?}"
-        );
+        assert!(matches!(
+            sb.gc(&GcOptions::default(), &NoProgress),
+            Err(Error::Invalid(_))
+        ));
+        if step == 4 {
+            // `add` finishes the checkout before it scans: no half-checked-out snapshot.
+            let r = add(&sb, &p.b);
+            assert_eq!((r.snapshot, r.head), (None, Some(to)), "{r:?}");
+        } else {
+            let r = sb
+                .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
+                .unwrap()
+                .expect("a checkout was pending");
+            assert!(r.kept.is_empty(), "step {step}: {:?}", r.kept);
+            // 9 paths to write (8 files, 1 link), in name order; the crash came after the step-th.
+            assert_eq!(
+                r.files_written + r.symlinks_written,
+                9 - step as u64,
+                "step {step}: done paths are skipped: {r:?}"
+            );
+        }
         assert_eq!(sb.pending_checkout().unwrap(), None);
         assert_eq!(sb.head().unwrap(), Some(to));
         assert!(sb
@@ -871,6 +881,30 @@ fn after_a_power_cut_a_finished_checkout_is_checked_again() {
         .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
         .unwrap()
         .is_none());
+    // The next add records only the real local edit.
+    let r = add(sb, &p.b);
+    assert_eq!(r.bytes_read, 10, "{r:?}");
+}
+
+#[test]
+fn add_after_a_reboot_checks_the_last_checkout_first() {
+    let p = Pair::new();
+    fs::write(p.a.join("f"), b"version 1").unwrap();
+    p.sync_with(&CheckoutOptions { fsync: true });
+    fs::write(p.a.join("f"), b"version 2").unwrap();
+    p.sync();
+    let sb = p.sb();
+    let v2 = sb.head().unwrap();
+    // The power cut took the rename back.
+    fs::remove_file(p.b.join("f")).unwrap();
+    fs::write(p.b.join("f"), b"version 1").unwrap();
+    sb.debug_set_boot_id(Some("rebooted"));
+    // Without the check, this add would record "version 1" as a local edit (and a sync would
+    // spread the revert).
+    let r = add(sb, &p.b);
+    assert_eq!(r.snapshot, None, "{r:?}");
+    assert_eq!(sb.head().unwrap(), v2);
+    assert_eq!(fs::read(p.b.join("f")).unwrap(), b"version 2");
 }
 
 fn now_ns() -> i64 {
