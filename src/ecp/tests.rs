@@ -489,3 +489,18 @@ proptest! {
         while let Ok(Some(_)) = d.decode(&mut input) {}
     }
 }
+
+#[test]
+fn raw_chunks_are_verified_in_place() {
+    let plain = vec![42u8; 3000];
+    let cid = ChunkId(Hash(*blake3::hash(&plain).as_bytes()));
+    let mut enc = vec![left_store::codec::CODEC_RAW];
+    enc.extend_from_slice(&plain);
+    assert_eq!(verify_chunk(&cid, &enc, MAX_CHUNK_SIZE).unwrap(), 3000);
+    let e = verify_chunk(&ChunkId(h(2)), &enc, MAX_CHUNK_SIZE).unwrap_err();
+    assert!(e.to_string().contains("do not hash to its id"), "{e}");
+    let e = verify_chunk(&cid, &enc, 2999).unwrap_err();
+    assert!(e.to_string().contains("exceeds the maximum"), "{e}");
+    let e = verify_chunk(&cid, &[9, 1, 2], MAX_CHUNK_SIZE).unwrap_err();
+    assert!(e.to_string().contains("codec"), "{e}");
+}
