@@ -197,38 +197,67 @@ fn sigkill_of_the_receiver_then_resume_fetches_only_what_is_missing() {
     a.add(&[]);
     let all = chunks_of(&a, &["a.txt", "sub/b.txt", "sub/deeper/c.txt", "big.bin"]);
     assert!(all.len() > 40, "{} chunks", all.len());
+    let plain_len: Vec<u64> = {
+        let store = Store::open(&a.store).unwrap();
+        all.iter()
+            .map(|c| store.read_chunk(*c).unwrap().len() as u64)
+            .collect()
+    };
 
-    // 10 MB/s out of the server: about 5 s for the whole file.
-    let slow = a.serve_on(
-        "127.0.0.1:0",
-        &[],
-        &[("LEFT_IMPAIR", "rate=10000000,seed=1")],
-    );
-    let b = a.join();
-    let before = du(&b.store);
-    let mut child = spawn_sync(&b, &[slow.addr()], &[], &[]);
-    let killed = grown_while_running(&b, before, 12 * MIB as u64, &mut child);
-    assert!(killed, "the sync finished before it could be killed");
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL));
-    slow.stop();
+    // 10 MB/s out of the server: about 5 s for the whole file. Kill points: once B's store has
+    // grown by this much.
+    for grown in [4u64 << 20, 20 << 20, 36 << 20] {
+        let slow = a.serve_on(
+            "127.0.0.1:0",
+            &[],
+            &[("LEFT_IMPAIR", "rate=10000000,seed=1")],
+        );
+        let b = a.join();
+        let before = du(&b.store);
+        let mut child = spawn_sync(&b, &[slow.addr()], &[], &[]);
+        let killed = grown_while_running(&b, before, grown, &mut child);
+        assert!(killed, "the sync finished before its store grew by {grown}");
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        slow.stop();
 
-    let have = stored(&b, &all);
-    let missing = all.len() - have;
-    eprintln!("killed with {have} of {} chunks stored", all.len());
-    assert!(have > 0, "nothing was stored before the kill");
-    assert!(missing > 0, "everything was stored before the kill");
+        let present = {
+            let store = Store::open(&b.store).expect("open store after the kill");
+            store.has_chunks(&all).unwrap()
+        };
+        let have = present.iter().filter(|p| **p).count();
+        let missing = all.len() - have;
+        let missing_bytes: u64 = present
+            .iter()
+            .zip(&plain_len)
+            .filter(|(p, _)| !**p)
+            .map(|(_, n)| n)
+            .sum();
+        eprintln!(
+            "killed after {} MiB: {have} of {} chunks stored, {missing_bytes} bytes missing",
+            grown >> 20,
+            all.len()
+        );
+        assert!(have > 0, "nothing was stored before the kill");
+        assert!(missing > 0, "everything was stored before the kill");
 
-    let fast = a.serve();
-    let j = b.sync_ok(&[fast.addr()], &[], &[]);
-    assert_eq!(
-        u(&j, "chunks_fetched"),
-        missing as u64,
-        "stored chunks crossed the wire again: {j}"
-    );
-    assert_same_tree(&a.root, &b.root);
-    fast.stop();
+        let fast = a.serve();
+        let j = b.sync_ok(&[fast.addr()], &[], &[]);
+        assert_eq!(
+            u(&j, "chunks_fetched"),
+            missing as u64,
+            "stored chunks crossed the wire again: {j}"
+        );
+        assert_eq!(u(&j, "chunk_bytes_fetched"), missing_bytes, "{j}");
+        // Random data: the payload is the missing chunks plus the nodes, nothing stored twice.
+        assert!(
+            u(&j, "payload_bytes_received") < missing_bytes + (1 << 20),
+            "{missing_bytes} bytes were missing: {j}"
+        );
+        assert_same_tree(&a.root, &b.root);
+        fast.stop();
+    }
 }
 
 #[test]
