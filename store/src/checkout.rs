@@ -103,7 +103,9 @@ const SCAN_BATCH: usize = 512;
 pub const CHECKOUT_MAX_DEPTH: usize = 256;
 /// Most paths listed in `kept` (one more entry says how many were left out).
 const KEPT_MAX: usize = 10_000;
-/// Files at least this big get their blocks allocated up front (see [`preallocate`]).
+/// Files at least this big get their blocks allocated (`fallocate`) before they are written: a
+/// full disk shows before any work, and the rename over the old file does not have to flush the
+/// new one first (ext4 `auto_da_alloc`).
 pub const PREALLOCATE_MIN: u64 = 1 << 20;
 /// Bytes copied per step when `copy_file_range` is unavailable.
 const COPY_STEP: usize = 1 << 20;
