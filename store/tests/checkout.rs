@@ -122,8 +122,16 @@ fn read_only_open_beside_an_open_store() {
     let ro2 = Store::open_read_only(&dir).unwrap();
     assert_eq!(ro2.head().unwrap(), Some(s2));
     assert_eq!(ro2.log(s2, 10).unwrap().len(), 2);
+    // Objects the primary wrote and has not flushed (still in its WAL) are seen by a new reader.
+    let data = rand_bytes(77, 5000);
+    let cid = ChunkId(Hash::of(&data));
+    assert!(store.put_chunk(cid, &codec::encode(&data)).unwrap());
+    let ro3 = Store::open_read_only(&dir).unwrap();
+    assert_eq!(ro3.read_chunk(cid).unwrap(), data);
+    assert!(ro2.read_chunk(cid).is_err());
     drop(ro);
     drop(ro2);
+    drop(ro3);
     // The primary was not disturbed.
     drop(store);
     let store = Store::open(&dir).unwrap();
