@@ -1222,9 +1222,8 @@ impl Store {
         rehash: bool,
     ) -> Result<bool> {
         match (&y.target, disk_kind(st)) {
-            (Target::Link(t), DiskKind::Symlink) => {
-                Ok(readlink_at(dfd, name).map_err(|e| cx.io(rel, e))? == *t)
-            }
+            (Target::Link(t), DiskKind::Symlink) => Ok(Stat::of_raw(st).mtime_ns == y.mtime_ns
+                && readlink_at(dfd, name).map_err(|e| cx.io(rel, e))? == *t),
             (Target::Node(id), DiskKind::File) if y.kind == EntryKind::File => {
                 let s = Stat::of_raw(st);
                 // After a reboot, a file a settled checkout wrote may have the right stat but

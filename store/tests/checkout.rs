@@ -376,6 +376,12 @@ fn deletions_kind_changes_and_symlinks() {
     assert_eq!(r.dirs_removed, 2, "{r:?}");
     p.assert_same();
 
+    // A link whose only change is its mtime.
+    set_mtime(&p.a.join("new-link"), 1_234_567_890_000_000_001);
+    let r = p.sync();
+    assert_eq!(r.symlinks_written, 1, "{r:?}");
+    p.assert_same();
+
     // Everything removed.
     for e in fs::read_dir(&p.a).unwrap() {
         let e = e.unwrap().path();
