@@ -321,15 +321,22 @@ async fn close_session(mut s: Session) {
     s.conn.close(CODE_NO_ERROR, b"sync done");
 }
 
+/// How long, once something was fetched or confirmed, the fetch still waits for peers that have
+/// not answered yet (one of them may offer a newer head) before it gives up on them.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// Pulls from every target what it has and we lack, into `store`.
 ///
-/// Connects to all targets at once, sends `Hello` and `Have { head: local head }`, and for each
-/// distinct head offered runs one [`Pull`] fed by every peer offering it. A pull that loses all
-/// its peers, or a round in which no peer could be reached, is retried with exponential backoff
-/// (`min_backoff` doubling to `max_backoff`) until `timeout` has passed without progress; peers
-/// that refuse us (different share or encryption setting, device not allowed) or send bad data are
-/// not retried. Once any head is fetched, peers still failing are reported, not retried. Each
-/// fetched head is stored as the ref `peers/<device id>` of every peer that offered it.
+/// Connects to all targets at once and sends `Hello` and `Have { head: local head }`. A [`Pull`]
+/// starts as soon as the first peer offers a head; peers offering the same head later join it, so
+/// a dead or slow peer holds nothing up (once something was fetched, peers still silent get
+/// [`ANSWER_GRACE`] more, then are reported). Different heads are pulled one after the other. A
+/// pull that loses all its peers, or a round in which no peer could be reached, is retried with
+/// exponential backoff (`min_backoff` doubling to `max_backoff`) until `timeout` has passed without
+/// progress; peers that refuse us (different share or encryption setting, device not allowed) or
+/// send bad data are not retried. Once any head is fetched, peers still failing are reported, not
+/// retried. Each fetched head is stored as the ref `peers/<device id>` of every peer that
+/// offered it.
 pub async fn fetch(
     endpoints: &Endpoints,
     store: Arc<Store>,
@@ -351,139 +358,21 @@ pub async fn fetch(
     let mut settled = vec![false; targets.len()];
     let mut last_progress = Instant::now();
     let mut backoff = cfg.min_backoff;
-    // Progress offsets: earlier attempts' bytes stay counted.
-    let (mut disc_base, mut fetched_base) = (0u64, 0u64);
     loop {
         report.attempts += 1;
-        let local_head = store.head().ok().flatten();
-        let todo: Vec<usize> = (0..targets.len()).filter(|&i| !settled[i]).collect();
-        // Connect to every unsettled peer at once.
-        let mut set = tokio::task::JoinSet::new();
-        for &i in &todo {
-            let addr = targets[i].addr;
-            let Some(ep) = endpoints.for_addr(addr).cloned() else {
-                report.peers[i].error = Some("no local endpoint for its address family".into());
-                settled[i] = true;
-                continue;
-            };
-            let hello = cfg.hello.clone();
-            let limit = cfg.connect_timeout;
-            set.spawn(async move {
-                let mut device = None;
-                let r = tokio::time::timeout(
-                    limit,
-                    open_session(&ep, addr, &hello, local_head, &mut device),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(PeerError::retry(format!(
-                        "no answer within {} s (is `left serve` running there, with the same share key?)",
-                        limit.as_secs()
-                    )))
-                });
-                (i, device, r)
-            });
-        }
-        let mut groups: BTreeMap<NodeId, Vec<(usize, Session)>> = BTreeMap::new();
-        while let Some(joined) = set.join_next().await {
-            let Ok((i, device, r)) = joined else { continue };
-            let out = &mut report.peers[i];
-            if device.is_some() {
-                out.device = device;
-            }
-            match r {
-                Ok(s) => {
-                    out.error = None;
-                    match s.answer {
-                        Answer::Same => {
-                            out.same = true;
-                            out.head = local_head;
-                            settled[i] = true;
-                            last_progress = Instant::now();
-                            close_session(s).await;
-                        }
-                        Answer::Nothing => {
-                            out.head = None;
-                            settled[i] = true;
-                            last_progress = Instant::now();
-                            close_session(s).await;
-                        }
-                        Answer::Excess(h) => {
-                            out.head = Some(h);
-                            groups.entry(h).or_default().push((i, s));
-                        }
-                    }
-                }
-                Err(e) => {
-                    out.error = Some(e.reason);
-                    if e.fatal {
-                        settled[i] = true;
-                    }
-                }
-            }
-        }
-        for (head, sessions) in groups {
-            let mut idx: Vec<usize> = sessions.iter().map(|(i, _)| *i).collect();
-            idx.sort_unstable();
-            let before = report.stats.clone();
-            let result = run_pull(
-                &store,
-                head,
-                sessions,
-                cfg,
-                progress,
-                (disc_base, fetched_base),
-            )
-            .await;
-            add_stats(&mut report.stats, &result.stats);
-            disc_base = report.stats.chunk_bytes_discovered;
-            fetched_base = report.stats.chunk_bytes_fetched;
-            if report.stats.nodes_fetched > before.nodes_fetched
-                || report.stats.chunks_fetched > before.chunks_fetched
-            {
-                last_progress = Instant::now();
-                backoff = cfg.min_backoff;
-            }
-            let mut dropped = Vec::new();
-            for (i, err) in result.peer_errors {
-                report.peers[i].error = Some(err.reason);
-                dropped.push(i);
-                if err.fatal {
-                    settled[i] = true;
-                }
-            }
-            match result.outcome {
-                Ok(()) => {
-                    for &i in &idx {
-                        settled[i] = true;
-                        if dropped.contains(&i) {
-                            // It failed during the pull; the others finished it.
-                            continue;
-                        }
-                        report.peers[i].fetched = true;
-                        report.peers[i].error = None;
-                        if let Some(d) = report.peers[i].device {
-                            let name = format!("peers/{}", DeviceId(d));
-                            if let Err(e) = store.set_ref(&name, head) {
-                                report.peers[i].error =
-                                    Some(format!("cannot record the fetched head: {e}"));
-                            }
-                        }
-                    }
-                    last_progress = Instant::now();
-                    report.heads.push((head, idx));
-                }
-                Err(reason) if reason.starts_with("local store") => {
-                    report.local_error = Some(reason);
-                }
-                Err(reason) => {
-                    for &i in &idx {
-                        if report.peers[i].error.is_none() {
-                            report.peers[i].error = Some(reason.clone());
-                        }
-                    }
-                }
-            }
+        let made_progress = attempt(
+            endpoints,
+            &store,
+            targets,
+            cfg,
+            progress,
+            &mut report,
+            &mut settled,
+        )
+        .await;
+        if made_progress {
+            last_progress = Instant::now();
+            backoff = cfg.min_backoff;
         }
         let anything_fetched = !report.heads.is_empty() || report.peers.iter().any(|p| p.same);
         if settled.iter().all(|s| *s) || anything_fetched || report.local_error.is_some() {
@@ -497,6 +386,231 @@ pub async fn fetch(
         backoff = (backoff * 2).min(cfg.max_backoff);
     }
     report
+}
+
+/// The pull being driven in an attempt: its head, the peers in it, and the channel that hands
+/// it late peers.
+struct Running {
+    head: NodeId,
+    idx: Vec<usize>,
+    late: mpsc::UnboundedSender<(usize, Session)>,
+}
+
+/// One round: connect to every unsettled peer, pull what they offer. Returns whether anything
+/// was fetched or confirmed.
+async fn attempt(
+    endpoints: &Endpoints,
+    store: &Arc<Store>,
+    targets: &[Target],
+    cfg: &FetchConfig,
+    progress: &dyn FetchProgress,
+    report: &mut FetchReport,
+    settled: &mut [bool],
+) -> bool {
+    let local_head = store.head().ok().flatten();
+    let mut progressed = false;
+    let mut connects = tokio::task::JoinSet::new();
+    let mut pending: Vec<usize> = Vec::new();
+    for i in 0..targets.len() {
+        if settled[i] {
+            continue;
+        }
+        let addr = targets[i].addr;
+        let Some(ep) = endpoints.for_addr(addr).cloned() else {
+            report.peers[i].error = Some("no local endpoint for its address family".into());
+            settled[i] = true;
+            continue;
+        };
+        let hello = cfg.hello.clone();
+        let limit = cfg.connect_timeout;
+        pending.push(i);
+        connects.spawn(async move {
+            let mut device = None;
+            let r = tokio::time::timeout(
+                limit,
+                open_session(&ep, addr, &hello, local_head, &mut device),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(PeerError::retry(format!(
+                    "no answer within {} s (is `left serve` running there, with the same share key?)",
+                    limit.as_secs()
+                )))
+            });
+            (i, device, r)
+        });
+    }
+    // Heads offered while another pull runs: pulled next.
+    let mut queued: BTreeMap<NodeId, Vec<(usize, Session)>> = BTreeMap::new();
+    let mut running: Option<Running> = None;
+    let mut pull_fut: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = PullResult> + '_>>,
+    > = None;
+    let mut settled_at: Option<Instant> = None;
+    loop {
+        if pull_fut.is_none() {
+            if let Some((&head, _)) = queued.iter().next() {
+                let sessions = queued.remove(&head).unwrap_or_default();
+                let (tx, rx) = mpsc::unbounded_channel();
+                let idx = sessions.iter().map(|(i, _)| *i).collect();
+                let base = (
+                    report.stats.chunk_bytes_discovered,
+                    report.stats.chunk_bytes_fetched,
+                );
+                pull_fut = Some(Box::pin(run_pull(
+                    store, head, sessions, rx, cfg, progress, base,
+                )));
+                running = Some(Running {
+                    head,
+                    idx,
+                    late: tx,
+                });
+            }
+        }
+        if pull_fut.is_none() && connects.is_empty() {
+            break;
+        }
+        let idle = pull_fut.is_none();
+        let grace_over = async {
+            match settled_at {
+                Some(t) if idle => tokio::time::sleep_until((t + ANSWER_GRACE).into()).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(joined) = connects.join_next(), if !connects.is_empty() => {
+                let Ok((i, device, r)) = joined else { continue };
+                pending.retain(|&p| p != i);
+                let out = &mut report.peers[i];
+                if device.is_some() {
+                    out.device = device;
+                }
+                let s = match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        out.error = Some(e.reason);
+                        if e.fatal {
+                            settled[i] = true;
+                        }
+                        continue;
+                    }
+                };
+                out.error = None;
+                match s.answer {
+                    Answer::Same | Answer::Nothing => {
+                        out.same = matches!(s.answer, Answer::Same);
+                        out.head = if out.same { local_head } else { None };
+                        settled[i] = true;
+                        progressed = true;
+                        settled_at.get_or_insert_with(Instant::now);
+                        close_session(s).await;
+                    }
+                    Answer::Excess(h) => {
+                        out.head = Some(h);
+                        if let Some(run) = running.as_mut().filter(|r| r.head == h) {
+                            run.idx.push(i);
+                            let _ = run.late.send((i, s));
+                        } else if report.heads.iter().any(|(x, _)| *x == h) {
+                            // Already fetched in this round: nothing more to get from it.
+                            record_fetched(store, report, settled, h, &[i]);
+                            close_session(s).await;
+                        } else {
+                            queued.entry(h).or_default().push((i, s));
+                        }
+                    }
+                }
+            }
+            result = async { pull_fut.as_mut().expect("guarded").await }, if pull_fut.is_some() => {
+                pull_fut = None;
+                let run = running.take().expect("set with the future");
+                let mut idx = run.idx;
+                idx.sort_unstable();
+                let before = report.stats.clone();
+                add_stats(&mut report.stats, &result.stats);
+                if report.stats.nodes_fetched > before.nodes_fetched
+                    || report.stats.chunks_fetched > before.chunks_fetched
+                {
+                    progressed = true;
+                }
+                let mut dropped = Vec::new();
+                for (i, err) in result.peer_errors {
+                    report.peers[i].error = Some(err.reason);
+                    dropped.push(i);
+                    if err.fatal {
+                        settled[i] = true;
+                    }
+                }
+                match result.outcome {
+                    Ok(()) => {
+                        progressed = true;
+                        settled_at.get_or_insert_with(Instant::now);
+                        let ok: Vec<usize> =
+                            idx.iter().copied().filter(|i| !dropped.contains(i)).collect();
+                        for &i in &dropped {
+                            // It failed during the pull; the others finished it.
+                            settled[i] = true;
+                        }
+                        report.heads.push((run.head, Vec::new()));
+                        record_fetched(store, report, settled, run.head, &ok);
+                    }
+                    Err(reason) if reason.starts_with("local store") => {
+                        report.local_error = Some(reason);
+                        break;
+                    }
+                    Err(reason) => {
+                        for &i in &idx {
+                            if report.peers[i].error.is_none() {
+                                report.peers[i].error = Some(reason.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            _ = grace_over => break,
+        }
+    }
+    // Peers still silent once the others are done: given up on for this round.
+    connects.abort_all();
+    for i in pending {
+        if report.peers[i].error.is_none() {
+            report.peers[i].error = Some(format!(
+                "no answer within {:.1} s, while the other peers were done (is `left serve` running there?)",
+                ANSWER_GRACE.as_secs_f64()
+            ));
+        }
+    }
+    for (_, sessions) in queued {
+        for (_, s) in sessions {
+            close_session(s).await;
+        }
+    }
+    progressed
+}
+
+/// Marks peers `idx` as having served `head` (now complete here) and records their refs.
+fn record_fetched(
+    store: &Store,
+    report: &mut FetchReport,
+    settled: &mut [bool],
+    head: NodeId,
+    idx: &[usize],
+) {
+    for &i in idx {
+        settled[i] = true;
+        let p = &mut report.peers[i];
+        p.fetched = true;
+        p.error = None;
+        if let Some(d) = p.device {
+            let name = format!("peers/{}", DeviceId(d));
+            if let Err(e) = store.set_ref(&name, head) {
+                p.error = Some(format!("cannot record the fetched head: {e}"));
+            }
+        }
+        if let Some(entry) = report.heads.iter_mut().find(|(h, _)| *h == head) {
+            entry.1.push(i);
+            entry.1.sort_unstable();
+        }
+    }
 }
 
 fn add_stats(total: &mut PullStats, s: &PullStats) {
@@ -534,10 +648,71 @@ enum Event {
 /// Most messages handled before the engine is polled again.
 const EVENT_BATCH: usize = 32;
 
+/// Starts the reader and writer tasks of a peer joining a pull in `slot`.
+fn attach(
+    slot: usize,
+    s: Session,
+    tx: &mpsc::Sender<Event>,
+    cfg: &FetchConfig,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> (mpsc::UnboundedSender<Message>, Connection) {
+    let Session {
+        conn,
+        mut reader,
+        mut writer,
+        ..
+    } = s;
+    let txr = tx.clone();
+    let max_chunk = cfg.pull.max_chunk_size;
+    tasks.spawn(async move {
+        loop {
+            let ev = match reader.next().await {
+                // Chunks are verified here, in parallel with the engine and the store writes.
+                Ok(Some(Message::Chunk { id, bytes })) => {
+                    let check = crate::ecp::verify_chunk(&id, &bytes, max_chunk);
+                    Event::Chunk {
+                        slot,
+                        id,
+                        bytes,
+                        check,
+                    }
+                }
+                Ok(Some(m)) => Event::Message(slot, m),
+                Ok(None) => Event::Failed(slot, PeerError::retry("the peer ended the session")),
+                Err(e) => Event::Failed(slot, read_error(&e)),
+            };
+            let last = matches!(ev, Event::Failed(..));
+            if txr.send(ev).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<Message>();
+    let txw = tx.clone();
+    tasks.spawn(async move {
+        while let Some(m) = wrx.recv().await {
+            let mut ok = writer.queue(&m).is_ok();
+            while let Ok(m) = wrx.try_recv() {
+                ok &= writer.queue(&m).is_ok();
+            }
+            if let Err(e) = writer.flush().await {
+                let _ = txw.send(Event::Failed(slot, net_error(&e))).await;
+                return;
+            }
+            if !ok {
+                return;
+            }
+        }
+        writer.finish();
+    });
+    (wtx, conn)
+}
+
 async fn run_pull(
     store: &Arc<Store>,
     head: NodeId,
     sessions: Vec<(usize, Session)>,
+    mut late: mpsc::UnboundedReceiver<(usize, Session)>,
     cfg: &FetchConfig,
     progress: &dyn FetchProgress,
     base: (u64, u64),
@@ -547,60 +722,11 @@ async fn run_pull(
     let mut conns = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (slot, (i, s)) in sessions.into_iter().enumerate() {
-        let Session {
-            conn,
-            mut reader,
-            mut writer,
-            ..
-        } = s;
-        let txr = tx.clone();
-        let max_chunk = cfg.pull.max_chunk_size;
-        tasks.spawn(async move {
-            loop {
-                let ev = match reader.next().await {
-                    // Chunks are verified here, in parallel with the engine and the store writes.
-                    Ok(Some(Message::Chunk { id, bytes })) => {
-                        let check = crate::ecp::verify_chunk(&id, &bytes, max_chunk);
-                        Event::Chunk {
-                            slot,
-                            id,
-                            bytes,
-                            check,
-                        }
-                    }
-                    Ok(Some(m)) => Event::Message(slot, m),
-                    Ok(None) => Event::Failed(slot, PeerError::retry("the peer ended the session")),
-                    Err(e) => Event::Failed(slot, read_error(&e)),
-                };
-                let last = matches!(ev, Event::Failed(..));
-                if txr.send(ev).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Message>();
-        let txw = tx.clone();
-        tasks.spawn(async move {
-            while let Some(m) = wrx.recv().await {
-                let mut ok = writer.queue(&m).is_ok();
-                while let Ok(m) = wrx.try_recv() {
-                    ok &= writer.queue(&m).is_ok();
-                }
-                let r = writer.flush().await;
-                if let Err(e) = r {
-                    let _ = txw.send(Event::Failed(slot, net_error(&e))).await;
-                    return;
-                }
-                if !ok {
-                    return;
-                }
-            }
-            writer.finish();
-        });
-        writers.push(Some(wtx));
+        let (w, conn) = attach(slot, s, &tx, cfg, &mut tasks);
+        writers.push(Some(w));
         conns.push((i, conn));
     }
-    drop(tx);
+    let mut late_open = true;
     let peers: Vec<PeerId> = (0..conns.len() as u64).map(PeerId).collect();
     let mut pull = Pull::new(head, &peers, Instant::now(), cfg.pull.clone());
     let mut peer_errors: Vec<(usize, PeerError)> = Vec::new();
@@ -657,14 +783,21 @@ async fn run_pull(
             }
         };
         tokio::select! {
-            ev = rx.recv() => {
-                let Some(ev) = ev else {
-                    // Every reader and writer ended: nobody left (the engine learns below).
-                    for (slot, _) in conns.iter().enumerate() {
-                        pull.remove_peer(PeerId(slot as u64), "connection ended");
+            joined = late.recv(), if late_open => {
+                match joined {
+                    Some((i, s)) => {
+                        let slot = conns.len();
+                        let (w, conn) = attach(slot, s, &tx, cfg, &mut tasks);
+                        writers.push(Some(w));
+                        conns.push((i, conn));
+                        pull.add_peer(Instant::now(), PeerId(slot as u64));
                     }
-                    continue;
-                };
+                    None => late_open = false,
+                }
+            }
+            ev = rx.recv() => {
+                // `tx` is held here, so the channel never ends.
+                let Some(ev) = ev else { continue };
                 let mut ev = Some(ev);
                 let mut n = 0;
                 while let Some(e) = ev.take() {

@@ -619,3 +619,44 @@ async fn the_server_refuses_a_malformed_client_and_keeps_serving() {
         "{events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_listed_beside_a_live_one_holds_nothing_up() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let files = random_files(7, 3, 400_000);
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (a, head) = make_store(da.path(), &files);
+    let head = head.unwrap();
+    let (b, _) = make_store(db.path(), &[]);
+    let srv = serve(a, 1, true, Arc::new(AllowAll));
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let eps = client(2, true);
+    let mut cfg = fetch_config(2, true);
+    cfg.connect_timeout = Duration::from_secs(8);
+    cfg.timeout = Duration::from_secs(20);
+    let started = Instant::now();
+    let report = fetch(
+        &eps,
+        b.clone(),
+        &targets(&[silent.local_addr().unwrap(), srv.addr]),
+        &cfg,
+        &(),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(complete(&b, head), "{report:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(report.peers[1].fetched && report.peers[1].error.is_none());
+    assert!(!report.peers[0].fetched);
+    assert!(
+        report.peers[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no answer")),
+        "{report:?}"
+    );
+    assert_eq!(report.heads, vec![(head, vec![1])]);
+    eps.close().await;
+    srv.shutdown().await;
+}
