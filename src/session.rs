@@ -20,12 +20,16 @@
 //! refuses) are reported as [`ServerEvent::Refused`] from
 //! [`crate::net::driver::Endpoint::next_incoming_failure`], so both sides see the reason.
 //!
-//! Puller: [`fetch`] connects to every target at once, groups the peers by the head they offer,
-//! and drives one [`crate::sync::Pull`] per head in one task: a reader task per peer forwards
-//! decoded messages over a bounded channel, a writer task per peer sends requests, and the loop
-//! applies every effect to the store before polling the engine again. A pull that loses every
-//! peer is retried with backoff; the store is the progress record, so a retry fetches only what
-//! is missing. Nothing a peer sends can panic this code: every decode error ends that peer's
+//! Puller: [`fetch`] connects to every target at once and starts a [`crate::sync::Pull`] as soon
+//! as the first peer offers a head; peers offering the same head later join that pull, so a dead
+//! or slow peer holds nothing up (different heads are pulled one after the other). The pull is
+//! driven in one task: a reader task per peer decodes its messages and verifies chunks against
+//! their ids (off the engine's thread) and forwards them over a bounded channel, a writer task
+//! per peer sends requests, and the loop applies every effect to the store before polling the
+//! engine again. A pull that loses every peer is retried with exponential backoff until the
+//! configured time passes without progress; the store is the progress record, so a retry
+//! fetches only what is missing. Byte counts for `--json` come from the endpoints' sockets
+//! ([`crate::net::driver::Endpoint::udp_bytes`]) and the engine's [`crate::sync::PullStats`]. Nothing a peer sends can panic this code: every decode error ends that peer's
 //! session with `Error { MALFORMED }` and a one-line reason.
 #![warn(missing_docs)]
 
