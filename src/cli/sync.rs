@@ -217,6 +217,8 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let mut diverged = false;
     match &decision {
         Decision::Checkout(to) => {
+            check_names(&store, *to, local_head)
+                .with_context(|| format!("refusing to check out {}", to.fmt_short()))?;
             let r = store
                 .checkout(&share, local_head, *to, &copts, &progress)
                 .with_context(|| {
@@ -349,6 +351,52 @@ fn failure_hint(r: &FetchReport) -> String {
     } else {
         "check that `left serve` runs on the peer and that the address and port are right".into()
     }
+}
+
+/// Checks that every folder of snapshot `to` that differs from snapshot `from` lists its names in
+/// strictly increasing order, so no name appears twice (a peer could otherwise split one folder
+/// into index leaves that both hold `x`: a symlink, then a folder). Folders equal to `from`'s were
+/// checked when they arrived. Work is proportional to the changed folders.
+fn check_names(store: &Store, to: NodeId, from: Option<NodeId>) -> anyhow::Result<()> {
+    use left_store::node::Target;
+    use left_store::EntryKind;
+    let new_root = store.snapshot_root(to)?;
+    let old_root = match from {
+        Some(f) => store.snapshot_root(f).ok(),
+        None => None,
+    };
+    let mut work = vec![(new_root, old_root, std::path::PathBuf::new())];
+    while let Some((dir, old, path)) = work.pop() {
+        if Some(dir) == old {
+            continue;
+        }
+        let entries = store.dir_entries(dir)?;
+        if let Some(w) = entries.windows(2).find(|w| w[0].name >= w[1].name) {
+            anyhow::bail!(
+                "the folder {:?} of the fetched snapshot lists {:?} out of order or twice",
+                path.display().to_string(),
+                String::from_utf8_lossy(&w[1].name)
+            );
+        }
+        let old_entries = match old {
+            Some(o) => store.dir_entries(o).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for e in entries {
+            if let (EntryKind::Dir, Target::Node(child)) = (&e.kind, &e.target) {
+                let old_child = old_entries
+                    .binary_search_by(|o| o.name.cmp(&e.name))
+                    .ok()
+                    .and_then(|i| match (&old_entries[i].kind, &old_entries[i].target) {
+                        (EntryKind::Dir, Target::Node(n)) => Some(*n),
+                        _ => None,
+                    });
+                let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
+                work.push((*child, old_child, path.join(name)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Chooses what to check out given the fetched heads.
