@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use left::ecp::ShareId;
 use left::identity::{self, DeviceId, Identity};
 use left::session::{self, Endpoints, FetchConfig, FetchProgress, FetchReport, Target};
 use left::sync::PullConfig;
-use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Progress, Store};
+use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Store};
 use serde_json::json;
 
 use super::serve::{bind, endpoint_config, parse_on_off, runtime, BookPolicy, DEFAULT_PORT};
@@ -77,17 +77,55 @@ fn resolve(peer: &str) -> Result<SocketAddr, String> {
     addrs.next().ok_or_else(|| format!("{host} has no address"))
 }
 
-/// A progress bar phase for the fetch: bytes of chunks fetched.
-struct FetchBar<'a> {
-    bar: &'a dyn Progress,
-    shown: AtomicU64,
+/// The fetch's progress bar on stderr: chunk bytes fetched against those found missing so far
+/// (the total grows while the walk goes on), with rate and ETA. Drawn only on a terminal, without
+/// -q, and only once the fetch has run for a second.
+struct FetchBar {
+    bar: Option<indicatif::ProgressBar>,
+    shown: std::sync::atomic::AtomicBool,
 }
 
-impl FetchProgress for FetchBar<'_> {
-    fn update(&self, _discovered: u64, fetched: u64) {
-        let before = self.shown.swap(fetched, Ordering::Relaxed);
-        if fetched > before {
-            self.bar.advance(fetched - before);
+impl FetchBar {
+    fn new(enabled: bool) -> FetchBar {
+        use std::io::IsTerminal;
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(0),
+                indicatif::ProgressDrawTarget::hidden(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "   fetch [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        FetchBar {
+            bar,
+            shown: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            if self.shown.load(Ordering::Relaxed) {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl FetchProgress for FetchBar {
+    fn update(&self, discovered: u64, fetched: u64) {
+        let Some(bar) = &self.bar else { return };
+        bar.set_length(discovered.max(fetched));
+        bar.set_position(fetched);
+        if !self.shown.load(Ordering::Relaxed)
+            && bar.elapsed() >= Duration::from_secs(1)
+            && !self.shown.swap(true, Ordering::Relaxed)
+        {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
         }
     }
 }
@@ -193,13 +231,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             let cfg = endpoint_config(&identity, share_key, allowed.clone(), args.encryption);
             eps.v6 = Some(bind(SocketAddr::from(([0u16; 8], 0)), cfg)?);
         }
-        progress.start("fetch", None);
-        let bar = FetchBar {
-            bar: &progress,
-            shown: AtomicU64::new(0),
-        };
+        let bar = FetchBar::new(!out.quiet);
         let report = session::fetch(&eps, store.clone(), &targets, &fcfg, &bar).await;
-        progress.finish();
+        bar.finish();
         let udp = eps.udp_bytes();
         eps.close().await;
         anyhow::Ok((report, udp))
@@ -295,21 +329,14 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     if failed {
         return Ok(EXIT_ERROR);
     }
-    let rate = if seconds > 0.0 {
-        format!(
-            "{}/s",
-            fmt::bytes((st.payload_bytes_received as f64 / seconds) as u64)
-        )
-    } else {
-        String::new()
-    };
     let line = match (&decision, &checkout) {
         (Decision::Checkout(to), Some(c)) => format!(
-            "synced {}: fetched {} chunks and {} nodes ({}, {rate}) in {seconds:.1} s; wrote {} files ({}), removed {}",
+            "synced {}: fetched {} of new data ({} chunks, {} nodes; {} on the wire) in {seconds:.1} s; wrote {} files ({}), removed {}",
             to.fmt_short(),
+            fmt::bytes(st.chunk_bytes_fetched),
             st.chunks_fetched,
             st.nodes_fetched,
-            fmt::bytes(st.payload_bytes_received),
+            fmt::bytes(udp.1),
             c.files_written,
             fmt::bytes(c.bytes_written),
             c.files_removed
