@@ -2,8 +2,9 @@
 //!
 //! **verify** walks every snapshot reachable from the refs (through all parents), newest first, and
 //! every tree whose files gc has not dropped: each node is re-hashed and decoded, each chunk decoded
-//! (bounded) and re-hashed (in parallel). A missing or corrupt object is reported once, with up to 10
-//! paths that use it in the newest snapshot that uses it.
+//! (bounded) and re-hashed (in parallel), and a folder split over several leaves must list its names
+//! in strictly increasing order across them (else its root node is corrupt). A missing or corrupt
+//! object is reported once, with up to 10 paths that use it in the newest snapshot that uses it.
 //!
 //! **gc** marks from the refs: every snapshot node reachable through parents is kept; trees are kept
 //! for all of them, or with `keep_last = N` only for the last N snapshots of head's first-parent
@@ -83,9 +84,10 @@ impl Store {
             if self.is_shallow(sid)? {
                 continue;
             }
-            // Depth-first walk with paths.
-            let mut stack: Vec<(NodeId, PathBuf)> = vec![(snap.root, root)];
-            while let Some((id, path)) = stack.pop() {
+            // Depth-first walk with paths; `top` marks the root node of a folder (not a lower
+            // node of a wide folder's index).
+            let mut stack: Vec<(NodeId, PathBuf, bool)> = vec![(snap.root, root, true)];
+            while let Some((id, path, top)) = stack.pop() {
                 if !seen_nodes.insert(id) {
                     continue;
                 }
@@ -103,11 +105,22 @@ impl Store {
                         }
                     },
                 };
+                if top && matches!(node, Node::Dir(DirNode::Index { .. })) {
+                    // Each leaf is valid alone; the names must also increase across leaves. A
+                    // lower node that fails to load is reported when the walk reaches it.
+                    match self.walk_dir(id, &mut |_| Ok(())) {
+                        Err(Error::Corrupt { what }) if what.starts_with("folder node") => {
+                            note(false, id.0, ProblemKind::Corrupt, &path)
+                        }
+                        _ => {}
+                    }
+                }
                 match &node {
                     Node::Dir(DirNode::Leaf(entries)) => {
                         for e in entries.iter().rev() {
                             if let Target::Node(c) = e.target {
-                                stack.push((c, path.join(OsStr::from_bytes(&e.name))));
+                                let top = e.kind == EntryKind::Dir;
+                                stack.push((c, path.join(OsStr::from_bytes(&e.name)), top));
                             }
                         }
                     }
@@ -115,7 +128,7 @@ impl Store {
                         let mut chunks = Vec::new();
                         for c in node.children().into_iter().rev() {
                             match c {
-                                Child::Node(n) => stack.push((n, path.clone())),
+                                Child::Node(n) => stack.push((n, path.clone(), false)),
                                 Child::Chunk(c, len) => {
                                     if seen_chunks.insert(c) {
                                         chunks.push((c, len));

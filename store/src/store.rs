@@ -677,21 +677,69 @@ impl Store {
     // ---------------------------------------------------------------- read side
 
     /// All entries of the folder rooted at `id`, in name order (every level of a wide folder).
+    ///
+    /// Each leaf is checked when it is decoded, but a folder split over several leaves could still
+    /// list a name in two leaves, or leaves out of order (each node valid alone, e.g. a link `x` in
+    /// one leaf and a folder `x` in the next). So the names are checked across leaves too (see
+    /// [`Store::walk_dir`]): a folder whose names do not strictly increase is [`Error::Corrupt`]
+    /// ("folder node <id> lists <name> twice or out of order"), and every reader of folders
+    /// (checkout, diff, restore, ls, add, verify) goes through that check.
     pub fn dir_entries(&self, id: NodeId) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
-        self.dir_entries_into(id, &mut out, 0)?;
+        self.walk_dir(id, &mut |e| {
+            out.push(e);
+            Ok(())
+        })?;
         Ok(out)
     }
 
-    fn dir_entries_into(&self, id: NodeId, out: &mut Vec<DirEntry>, depth: u32) -> Result<()> {
+    /// Streams the entries of the folder rooted at `id` to `f` in name order, refusing (before
+    /// handing it over) an entry whose name is not greater than the previous one, across all
+    /// leaves. Memory: the previous leaf's last name and one node per index level.
+    pub(crate) fn walk_dir(
+        &self,
+        id: NodeId,
+        f: &mut dyn FnMut(DirEntry) -> Result<()>,
+    ) -> Result<()> {
+        let mut prev = None;
+        self.walk_dir_at(id, id, &mut prev, f, 0)
+    }
+
+    fn walk_dir_at(
+        &self,
+        folder: NodeId,
+        id: NodeId,
+        prev: &mut Option<Vec<u8>>,
+        f: &mut dyn FnMut(DirEntry) -> Result<()>,
+        depth: u32,
+    ) -> Result<()> {
         if depth > node::MAX_LEVEL as u32 {
             return Err(Error::corrupt(format!("folder node {id} is too deep")));
         }
         match self.read_node(id)? {
-            Node::Dir(DirNode::Leaf(e)) => out.extend(e),
+            Node::Dir(DirNode::Leaf(entries)) => {
+                let Some(last) = entries.last().map(|e| e.name.clone()) else {
+                    return Ok(());
+                };
+                // Decoding already refused a leaf out of order; checked again here all the same.
+                let mut before = prev.as_deref();
+                for e in &entries {
+                    if before.is_some_and(|p| p >= &e.name[..]) {
+                        return Err(Error::corrupt(format!(
+                            "folder node {folder} lists {:?} twice or out of order",
+                            String::from_utf8_lossy(&e.name)
+                        )));
+                    }
+                    before = Some(&e.name);
+                }
+                for e in entries {
+                    f(e)?;
+                }
+                *prev = Some(last);
+            }
             Node::Dir(DirNode::Index { children, .. }) => {
                 for c in children {
-                    self.dir_entries_into(c, out, depth + 1)?;
+                    self.walk_dir_at(folder, c, prev, f, depth + 1)?;
                 }
             }
             _ => return Err(Error::corrupt(format!("node {id} is not a folder"))),

@@ -680,6 +680,157 @@ fn deep_trees_within_the_limit_work_and_deeper_ones_are_refused_whole() {
     assert_eq!(s.pending_checkout().unwrap(), None);
 }
 
+/// Puts a folder split by hand into one leaf per group (each leaf sorted, as a valid node must
+/// be, but nothing checked across leaves) under one index node; returns the index node's id.
+fn put_split_dir(s: &Store, leaves: Vec<Vec<DirEntry>>) -> NodeId {
+    let children = leaves.into_iter().map(|l| put_dir(s, l)).collect();
+    let (id, b) = Node::Dir(DirNode::Index { level: 1, children })
+        .encode_with_id()
+        .unwrap();
+    assert!(s.put_node(id, &b).unwrap(), "the index node alone is valid");
+    id
+}
+
+/// Asserts `r` is the corrupt-folder error naming folder node `dir` and the entry `name`.
+fn assert_names_twice<T: std::fmt::Debug>(r: Result<T>, dir: NodeId, name: &str) {
+    let want = format!("folder node {dir} lists {name:?} twice or out of order");
+    match r {
+        Err(Error::Corrupt { what }) => assert_eq!(what, want),
+        other => panic!("expected Corrupt({want}), got {other:?}"),
+    }
+}
+
+#[test]
+fn a_folder_naming_an_entry_twice_across_leaves_is_refused_by_every_reader() {
+    // Each leaf is valid alone; together they list `x` twice: first a link to a folder outside the
+    // share, then a folder `x` holding `evil`. Checking out the link and then writing `x/evil`
+    // would write outside; keeping only one of the two would drop the other silently.
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep"), b"outside").unwrap();
+    let s = Store::create(&t.path().join("store"), small_cfg()).unwrap();
+    let inner = put_dir(
+        &s,
+        vec![file_entry(&s, "evil", b"written through a link", None)],
+    );
+    let root = put_split_dir(
+        &s,
+        vec![vec![link_entry("x", &outside)], vec![dir_entry("x", inner)]],
+    );
+    let snap = put_snap(&s, root, None);
+    assert!(s.has_nodes(&[snap]).unwrap()[0], "stored as complete");
+
+    assert_names_twice(s.dir_entries(root), root, "x");
+    assert_names_twice(s.ls(snap, Path::new("")), root, "x");
+    assert_names_twice(s.ls(snap, Path::new("x")), root, "x");
+
+    let target = t.path().join("restored");
+    let r = s.restore(snap, None, &target, &RestoreOptions::default(), &NoProgress);
+    assert_names_twice(r, root, "x");
+    assert_eq!(
+        listing(&target),
+        Vec::<PathBuf>::new(),
+        "restore wrote something"
+    );
+
+    let share = t.path().join("share");
+    fs::create_dir(&share).unwrap();
+    fs::write(share.join("mine"), b"local").unwrap();
+    let before = picture(&share);
+    let r = s.checkout(&share, None, snap, &CheckoutOptions::default(), &NoProgress);
+    assert_names_twice(r, root, "x");
+    assert_eq!(picture(&share), before, "checkout touched the share");
+    assert_eq!(listing(&outside), vec![PathBuf::from("keep")]);
+    assert_eq!(s.head().unwrap(), None);
+    // Refused whole, not cut short: nothing is journaled for a resume to finish.
+    assert_eq!(s.pending_checkout().unwrap(), None);
+
+    // The same one level down, with leaves out of order (`b` then `a`), beside a good file at the
+    // root and over a previous checkout: the whole checkout is refused before anything is written.
+    let good = put_snap(
+        &s,
+        put_dir(&s, vec![file_entry(&s, "f", b"v1", None)]),
+        None,
+    );
+    s.checkout(&share, None, good, &CheckoutOptions::default(), &NoProgress)
+        .unwrap();
+    let d = put_split_dir(
+        &s,
+        vec![
+            vec![file_entry(&s, "b", b"b", None)],
+            vec![file_entry(&s, "a", b"a", None)],
+        ],
+    );
+    let bad = put_snap(
+        &s,
+        put_dir(
+            &s,
+            vec![file_entry(&s, "f", b"v2", None), dir_entry("d", d)],
+        ),
+        Some(good),
+    );
+    let before = picture(&share);
+    let r = s.checkout(
+        &share,
+        Some(good),
+        bad,
+        &CheckoutOptions::default(),
+        &NoProgress,
+    );
+    assert_names_twice(r, d, "a");
+    assert_eq!(picture(&share), before, "checkout touched the share");
+    assert_eq!(fs::read(share.join("f")).unwrap(), b"v1");
+    assert_eq!(s.head().unwrap(), Some(good));
+    assert_eq!(s.pending_checkout().unwrap(), None);
+    assert_names_twice(s.ls(bad, Path::new("d")), d, "a");
+    let target = t.path().join("restored-d");
+    let r = s.restore(
+        bad,
+        Some(Path::new("d")),
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    );
+    assert_names_twice(r, d, "a");
+    assert_eq!(
+        listing(&target),
+        Vec::<PathBuf>::new(),
+        "restore wrote something"
+    );
+    // diff (what a peer would be sent) refuses it too.
+    let r = s.diff(good, bad, 100, &mut |_| Ok(()));
+    assert_names_twice(r, d, "a");
+    // verify names both folders (which `left` suggests after such an error).
+    s.set_ref("peers/one", snap).unwrap();
+    s.set_ref("peers/two", bad).unwrap();
+    let mut found: Vec<(ObjectKind, ProblemKind, Hash, Vec<PathBuf>)> = s
+        .verify(&NoProgress)
+        .unwrap()
+        .problems
+        .into_iter()
+        .map(|p| (p.object, p.kind, p.id, p.paths))
+        .collect();
+    found.sort_by_key(|p| p.3.clone());
+    assert_eq!(
+        found,
+        vec![
+            (
+                ObjectKind::Node,
+                ProblemKind::Corrupt,
+                root.0,
+                vec![PathBuf::new()]
+            ),
+            (
+                ObjectKind::Node,
+                ProblemKind::Corrupt,
+                d.0,
+                vec![PathBuf::from("d")]
+            ),
+        ]
+    );
+}
+
 #[test]
 fn not_enough_space_touches_nothing() {
     let p = Pair::new();
