@@ -744,8 +744,11 @@ async fn run_pull(
                     Effect::PeerDropped { peer, reason } => {
                         let slot = peer.0 as usize;
                         let (i, conn) = &conns[slot];
-                        // Dropped for what it sent (bad data, NotFound, stall): not retried.
-                        let fatal = !reason.contains("stalled");
+                        // Dropped for lying (bad data, NotFound for what it offered): not
+                        // retried. A stall, a Bye (a server shutting down) or an Error may pass.
+                        let fatal = reason.contains("bad node")
+                            || reason.contains("bad chunk")
+                            || reason.contains("does not have");
                         peer_errors.push((
                             *i,
                             PeerError {
