@@ -563,6 +563,7 @@ class LeftPair:
                "payload_bytes_received": js.get("payload_bytes_received"),
                "chunks_fetched": js.get("chunks_fetched"), "nodes_fetched": js.get("nodes_fetched"),
                "sync_reported_seconds": js.get("seconds"),
+               "fetch_seconds": js.get("fetch_seconds"), "checkout_seconds": js.get("checkout_seconds"),
                "rss_a": rss_a, "rss_serve": serve_peak, "rss_add": add.rss if add else None,
                "rss_b": sync.rss, "sync": js}
         if add is not None:
@@ -628,8 +629,10 @@ def one_run(i, args, data, hasher, size):
                 place(src, os.path.join(pair.a, FILE))
                 r = pair.mutation(k)
                 check_copy(hasher, pair.b, hasher.source(src), f"left sync of mutation {k}")
+            fc = "" if r["fetch_seconds"] is None else \
+                f": fetch {r['fetch_seconds']:.3f} s, checkout {r['checkout_seconds'] or 0:.3f} s"
             log(f"  left  {k or 'initial'}: {r['seconds']:.3f} s (add {r['add_seconds'] or 0:.3f} s, "
-                f"sync {r['sync_seconds']:.3f} s), payload {fmt_bytes(r['payload_bytes_received'])}, "
+                f"sync {r['sync_seconds']:.3f} s{fc}), payload {fmt_bytes(r['payload_bytes_received'])}, "
                 f"UDP {fmt_bytes(r['bytes_received'])} in / {fmt_bytes(r['bytes_sent'])} out, "
                 f"RSS A {fmt_bytes(r['rss_a'])} B {fmt_bytes(r['rss_b'])}")
             return r
@@ -705,7 +708,7 @@ def max_of(runs, get):
     return max(vals) if vals else None
 
 
-LEFT_KEYS = ["seconds", "add_seconds", "sync_seconds", "bytes_sent", "bytes_received",
+LEFT_KEYS = ["seconds", "add_seconds", "sync_seconds", "fetch_seconds", "checkout_seconds", "bytes_sent", "bytes_received",
              "payload_bytes_received", "chunks_fetched", "nodes_fetched", "rss_a", "rss_serve",
              "rss_add", "rss_b"]
 RSYNC_KEYS = ["seconds", "bytes_sent", "bytes_received", "literal_data", "matched_data", "rss", "rss_daemon"]

@@ -89,16 +89,8 @@ seq 1 3000 > "$share/docs/new.txt"
 (cd "$share" && run add -m "edit on A")
 
 step "B syncs again: only the delta crosses the wire"
-printf '$ left sync %s --json\n' "$addr"
-"$LEFT" sync "$addr" --json | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-print(json.dumps(r))
-MiB = 1 << 20
-chunks, nodes, secs = r.get("chunks_fetched"), r.get("nodes_fetched"), r.get("seconds", 0)
-payload, udp = r.get("payload_bytes_received", 0) / MiB, r.get("bytes_received", 0) / MiB
-print(f"-> fetched {chunks} chunks and {nodes} nodes: {payload:.2f} MiB of payload, {udp:.2f} MiB "
-      f"received over UDP in all, in {secs:.2f} s (the share holds 64 MiB; about 1 MiB of it changed)")'
+run sync "$addr"
+echo "(the share holds 64.5 MiB; about 1.1 MiB of it changed)"
 diff -r --exclude=.left "$share" "$peer" >/dev/null && echo "B's folder matches A's again"
 
 step "B's history: the snapshots it fetched from A"
