@@ -37,7 +37,9 @@ mod client;
 mod server;
 pub mod wire;
 
-pub use client::{fetch, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerOutcome, Target};
+pub use client::{
+    fetch, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure, PeerOutcome, Target,
+};
 pub use server::{AllowAll, PeerPolicy, PeerStatus, Server, ServerConfig, ServerEvent};
 
 use crate::ecp::{Message, ShareId, PROTOCOL_VERSION};

@@ -49,7 +49,9 @@ mod pull;
 mod serve;
 
 pub use answer::{Answer, ObjectSource};
-pub use pull::{Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats};
+pub use pull::{
+    DropCause, Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats,
+};
 pub use serve::{ServeSession, SessionError};
 
 use left_store::node::Node;

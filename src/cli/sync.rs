@@ -10,6 +10,8 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +20,9 @@ use anyhow::Context;
 use clap::Args;
 use left::ecp::ShareId;
 use left::identity::{self, DeviceId, Identity};
-use left::session::{self, Endpoints, FetchConfig, FetchProgress, FetchReport, Target};
+use left::session::{
+    self, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure, Target,
+};
 use left::sync::PullConfig;
 use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Store};
 use serde_json::json;
@@ -253,15 +257,27 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         Decision::Checkout(to) => {
             check_names(&store, *to, local_head)
                 .with_context(|| format!("refusing to check out {}", to.fmt_short()))?;
-            let r = store
-                .checkout(&share, local_head, *to, &copts, &progress)
-                .with_context(|| {
-                    format!(
+            let r = match store.checkout(&share, local_head, *to, &copts, &progress) {
+                Ok(r) => r,
+                Err(e @ left_store::Error::DiskFull { .. }) => {
+                    let why = match space_report(&store, *to, local_head, &share) {
+                        Some(space) => format!("not enough space: {space}"),
+                        None => e.to_string(),
+                    };
+                    anyhow::bail!(
+                        "cannot check out {} into {}: {why}",
+                        to.fmt_short(),
+                        share.display()
+                    );
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
                         "cannot check out {} into {}",
                         to.fmt_short(),
                         share.display()
-                    )
-                })?;
+                    )))
+                }
+            };
             checkout = Some(r);
         }
         Decision::Diverged(peer) => {
@@ -290,7 +306,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         }
     }
     if failed {
-        let _ = writeln!(stderr, "hint: {}", failure_hint(&report));
+        if let Some(hint) = failure_hint(&report) {
+            let _ = writeln!(stderr, "hint: {hint}");
+        }
     }
     drop(stderr);
     let st = &report.stats;
@@ -363,20 +381,53 @@ fn fetched_head(d: &Decision, r: &FetchReport) -> Option<NodeId> {
     }
 }
 
-fn failure_hint(r: &FetchReport) -> String {
-    let all: Vec<&str> = r.peers.iter().filter_map(|p| p.error.as_deref()).collect();
-    if all.iter().any(|e| e.contains("encryption")) {
-        "use the same --encryption setting on both sides".into()
-    } else if all
-        .iter()
-        .any(|e| e.contains("not allowed") || e.contains("does not allow"))
-    {
-        "the peer refuses this device: check `left peers` on both sides (pinned or revoked devices)"
-            .into()
-    } else if all.iter().any(|e| e.contains("serves share")) {
-        "both sides must hold the same share key (`left share-key`, `left init --join`)".into()
-    } else {
-        "check that `left serve` runs on the peer and that the address and port are right".into()
+/// What to do about one kind of failure, or `None` when no advice would help.
+fn hint_for(kind: PeerFailure) -> Option<&'static str> {
+    Some(match kind {
+        PeerFailure::Unreachable => {
+            "check that `left serve` runs on the peer and that the address and port are right"
+        }
+        PeerFailure::Misbehaved => {
+            "the peer sent data that failed verification; nothing from it was kept; tell its owner (`left verify` there checks its store)"
+        }
+        PeerFailure::Refused => {
+            "a device was refused: check `left peers` on both sides (`--pin`/`--unpin`, `--revoke`/`--unrevoke`)"
+        }
+        PeerFailure::Encryption => "use the same --encryption setting on both sides",
+        PeerFailure::OtherShare => {
+            "both sides must hold the same share key (`left share-key` there, `left init --join KEY` here)"
+        }
+        PeerFailure::Version => {
+            "the two sides run incompatible versions of left: upgrade the older one"
+        }
+        PeerFailure::Other => return None,
+    })
+}
+
+/// One hint line for a failed sync: the advice for each kind of failure among the peers (named
+/// when they failed differently), or `None` when no advice would help.
+fn failure_hint(r: &FetchReport) -> Option<String> {
+    let mut kinds: Vec<(PeerFailure, Vec<&str>)> = Vec::new();
+    for p in r.peers.iter().filter(|p| p.error.is_some()) {
+        let kind = p.failure.unwrap_or(PeerFailure::Other);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, labels)) => labels.push(&p.label),
+            None => kinds.push((kind, vec![&p.label])),
+        }
+    }
+    let hints: Vec<(Vec<&str>, &str)> = kinds
+        .into_iter()
+        .filter_map(|(k, labels)| hint_for(k).map(|h| (labels, h)))
+        .collect();
+    match hints.as_slice() {
+        [] => None,
+        [(_, h)] => Some(h.to_string()),
+        many => Some(
+            many.iter()
+                .map(|(labels, h)| format!("{}: {h}", labels.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
     }
 }
 
@@ -424,6 +475,87 @@ fn check_names(store: &Store, to: NodeId, from: Option<NodeId>) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// For a checkout refused for want of space: "it writes X, Y free on MOUNT (the file system of
+/// SHARE)". X is the size of every file of `to` that is new or changed against `from` (what the
+/// checkout writes, before the space the replaced files free), Y what `statvfs` reports free to
+/// unprivileged users. `None` when either cannot be found.
+fn space_report(store: &Store, to: NodeId, from: Option<NodeId>, share: &Path) -> Option<String> {
+    let needs = bytes_to_write(store, to, from).ok()?;
+    let c = std::ffi::CString::new(share.as_os_str().as_bytes()).ok()?;
+    // SAFETY: zeroed statvfs is a valid out-parameter; `c` is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    Some(format!(
+        "the checkout writes {}, {} free on {} (the file system of {})",
+        fmt::bytes(needs),
+        fmt::bytes(free),
+        mount_point(share).display(),
+        share.display()
+    ))
+}
+
+/// The mount point of the file system holding `path`: its highest ancestor on the same device.
+fn mount_point(path: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(path).map(|m| m.dev()) else {
+        return path.to_path_buf();
+    };
+    let mut top = path;
+    while let Some(parent) = top.parent() {
+        match std::fs::metadata(parent) {
+            Ok(m) if m.dev() == dev => top = parent,
+            _ => break,
+        }
+    }
+    top.to_path_buf()
+}
+
+/// Bytes of the files of snapshot `to` that are new or changed against snapshot `from`. Work is
+/// proportional to the changed folders.
+fn bytes_to_write(store: &Store, to: NodeId, from: Option<NodeId>) -> anyhow::Result<u64> {
+    use left_store::node::Target;
+    use left_store::EntryKind;
+    let new_root = store.snapshot_root(to)?;
+    let old_root = from.and_then(|f| store.snapshot_root(f).ok());
+    let mut total = 0u64;
+    let mut work = vec![(new_root, old_root)];
+    while let Some((dir, old)) = work.pop() {
+        if Some(dir) == old {
+            continue;
+        }
+        let entries = store.dir_entries(dir)?;
+        let old_entries = match old {
+            Some(o) => store.dir_entries(o).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for e in entries {
+            let before = old_entries
+                .binary_search_by(|o| o.name.cmp(&e.name))
+                .ok()
+                .map(|i| &old_entries[i]);
+            match (&e.kind, &e.target) {
+                (EntryKind::Dir, Target::Node(child)) => {
+                    let old_child = before.and_then(|o| match (&o.kind, &o.target) {
+                        (EntryKind::Dir, Target::Node(n)) => Some(*n),
+                        _ => None,
+                    });
+                    work.push((*child, old_child));
+                }
+                (EntryKind::File, _) => {
+                    if before.is_none_or(|o| o.target != e.target || o.kind != e.kind) {
+                        total = total.saturating_add(e.size);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Chooses what to check out given the fetched heads.
@@ -527,6 +659,57 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn each_kind_of_failure_gets_its_own_hint() {
+        use left::session::PeerOutcome;
+        let peer = |label: &str, failure: PeerFailure| PeerOutcome {
+            label: label.into(),
+            error: Some("it failed".into()),
+            failure: Some(failure),
+            ..PeerOutcome::default()
+        };
+        let hint = |peers: Vec<PeerOutcome>| {
+            failure_hint(&FetchReport {
+                peers,
+                ..FetchReport::default()
+            })
+        };
+        let one = |f| hint(vec![peer("a", f)]).unwrap_or_default();
+        assert!(one(PeerFailure::Unreachable).contains("`left serve` runs"));
+        for f in [
+            PeerFailure::Misbehaved,
+            PeerFailure::Refused,
+            PeerFailure::Encryption,
+            PeerFailure::OtherShare,
+            PeerFailure::Version,
+        ] {
+            assert!(!one(f).contains("`left serve` runs"), "{f:?}: {}", one(f));
+        }
+        assert!(one(PeerFailure::Misbehaved).contains("failed verification"));
+        assert!(one(PeerFailure::Refused).contains("left peers"));
+        assert!(one(PeerFailure::Encryption).contains("--encryption"));
+        assert!(one(PeerFailure::OtherShare).contains("share key"));
+        assert!(one(PeerFailure::Version).contains("upgrade"));
+        assert_eq!(hint(vec![peer("a", PeerFailure::Other)]), None);
+        // Two peers failing the same way: one hint; differently: each named, on one line.
+        assert_eq!(
+            hint(vec![
+                peer("a", PeerFailure::Unreachable),
+                peer("b", PeerFailure::Unreachable)
+            ]),
+            Some(one(PeerFailure::Unreachable))
+        );
+        let both = hint(vec![
+            peer("a", PeerFailure::Unreachable),
+            peer("b", PeerFailure::Misbehaved),
+            peer("c", PeerFailure::Other),
+        ])
+        .unwrap();
+        assert!(both.starts_with("a: check that"), "{both}");
+        assert!(both.contains("; b: the peer sent data"), "{both}");
+        assert!(!both.contains('\n'), "{both}");
     }
 
     #[test]

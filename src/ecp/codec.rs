@@ -1,7 +1,7 @@
 //! Framing: `u32` big-endian length, version byte, postcard body; a streaming [`Decoder`].
 
 use super::bounded;
-use super::message::{ErrorCode, Message};
+use super::message::{ErrorCode, Message, KINDS};
 use super::{LEN_PREFIX, MAX_FRAME_LEN, WIRE_VERSION};
 
 /// Why bytes from a peer are not a message.
@@ -26,9 +26,10 @@ pub enum DecodeError {
         version: u8,
     },
     /// The body does not decode, breaks a limit, or has trailing bytes.
-    #[error("malformed message: {reason}")]
+    #[error("{reason}")]
     Invalid {
-        /// What is wrong, one line.
+        /// What is wrong, one line, starting with "malformed" and naming the message type and
+        /// size when known ("malformed Chunk message (70 bytes): it ends early").
         reason: String,
     },
 }
@@ -117,7 +118,7 @@ fn frame_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, DecodeError> {
     }
     if len == 0 {
         return Err(DecodeError::Invalid {
-            reason: "empty frame".into(),
+            reason: "malformed message: an empty frame".into(),
         });
     }
     Ok(len)
@@ -125,7 +126,7 @@ fn frame_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, DecodeError> {
 
 fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
     let (&version, body) = frame.split_first().ok_or(DecodeError::Invalid {
-        reason: "empty frame".into(),
+        reason: "malformed message: an empty frame".into(),
     })?;
     if version != WIRE_VERSION {
         return Err(DecodeError::UnknownVersion { version });
@@ -133,14 +134,48 @@ fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
     let _ = bounded::take_violation();
     let (msg, rest): (Message, &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| DecodeError::Invalid {
-            reason: bounded::take_violation().unwrap_or_else(|| e.to_string()),
+            reason: undecodable(frame.len(), body, &e),
         })?;
     if !rest.is_empty() {
         return Err(DecodeError::Invalid {
-            reason: format!("{} trailing bytes after {}", rest.len(), msg.kind()),
+            reason: format!(
+                "malformed {} message ({} bytes): {} trailing bytes",
+                msg.kind(),
+                frame.len(),
+                rest.len()
+            ),
         });
     }
     Ok(msg)
+}
+
+/// One line saying what is wrong with a frame of `frame_len` bytes whose `body` (after the
+/// version byte) postcard refused with `e`: the message type when its tag is known, and the
+/// cause in words (a limit the bounded decoders recorded, or postcard's error kind).
+fn undecodable(frame_len: usize, body: &[u8], e: &postcard::Error) -> String {
+    let tag = postcard::take_from_bytes::<u32>(body).ok().map(|(t, _)| t);
+    let kind = tag.and_then(|t| KINDS.get(t as usize).copied());
+    let what = match bounded::take_violation() {
+        Some(v) => v,
+        None => match e {
+            postcard::Error::DeserializeUnexpectedEnd => "it ends early".into(),
+            postcard::Error::DeserializeBadVarint => "an integer is badly encoded".into(),
+            postcard::Error::DeserializeBadBool => "a flag is neither 0 nor 1".into(),
+            postcard::Error::DeserializeBadChar | postcard::Error::DeserializeBadUtf8 => {
+                "a text field is not UTF-8".into()
+            }
+            postcard::Error::DeserializeBadOption => "an optional field has a bad tag".into(),
+            _ if kind.is_none() => match tag {
+                Some(t) => format!("unknown message type {t}"),
+                None => "no message type".into(),
+            },
+            _ => "a field does not decode".into(),
+        },
+    };
+    match kind {
+        Some(k) => format!("malformed {k} message ({frame_len} bytes): {what}"),
+        None => format!("malformed message ({frame_len} bytes): {what}"),
+    }
 }
 
 /// Decodes the frame at the start of `buf`; returns the message and the bytes it used.

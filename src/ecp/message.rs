@@ -93,6 +93,24 @@ impl ErrorCode {
     pub const INTERNAL: ErrorCode = ErrorCode(7);
 }
 
+/// The names of [`Message`]'s variants by wire tag (postcard tags variants by index), for
+/// messages about frames that do not decode.
+pub(crate) const KINDS: [&str; 13] = [
+    "Hello",
+    "Have",
+    "Update",
+    "Same",
+    "Excess",
+    "Working",
+    "GetNodes",
+    "Nodes",
+    "GetChunks",
+    "Chunk",
+    "NotFound",
+    "Error",
+    "Bye",
+];
+
 /// One ecp message. Variant order is part of the wire format (postcard tags variants by index).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {

@@ -504,3 +504,58 @@ fn raw_chunks_are_verified_in_place() {
     let e = verify_chunk(&cid, &[9, 1, 2], MAX_CHUNK_SIZE).unwrap_err();
     assert!(e.to_string().contains("codec"), "{e}");
 }
+
+#[test]
+fn undecodable_frames_say_what_is_wrong_in_one_clean_line() {
+    let msg = |body: &[u8]| {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        decode_frame(&f).unwrap_err().to_string()
+    };
+    // An unknown message type (tag 200), not postcard's "Serde Deserialization Error".
+    assert_eq!(
+        msg(&[WIRE_VERSION, 200, 1, 2, 3]),
+        "malformed message (5 bytes): unknown message type 200"
+    );
+    // A Chunk cut short: the type is named.
+    let mut chunk = encode(&Message::Chunk {
+        id: ChunkId(h(1)),
+        bytes: vec![5; 40],
+    })
+    .unwrap();
+    chunk.truncate(LEN_PREFIX + 20);
+    assert_eq!(
+        msg(&chunk[LEN_PREFIX..]),
+        "malformed Chunk message (20 bytes): it ends early"
+    );
+    // A bad boolean in a Hello (its encryption flag is its last byte).
+    let mut hello = encode(&Message::Hello {
+        protocol: 1,
+        share: crate::ecp::ShareId(h(2)),
+        device: [3; 32],
+        encryption: true,
+    })
+    .unwrap();
+    *hello.last_mut().unwrap() = 7;
+    assert_eq!(
+        msg(&hello[LEN_PREFIX..]),
+        format!(
+            "malformed Hello message ({} bytes): a flag is neither 0 nor 1",
+            hello.len() - LEN_PREFIX
+        )
+    );
+    assert_eq!(msg(&[]), "malformed message: an empty frame");
+    for m in [
+        msg(&[WIRE_VERSION, 200, 1, 2, 3]),
+        msg(&chunk[LEN_PREFIX..]),
+    ] {
+        assert!(!m.contains("Serde"), "{m}");
+        assert_eq!(m.matches("malformed").count(), 1, "{m}");
+    }
+    // The tag names agree with the encoder.
+    for m in samples() {
+        let f = encode(&m).unwrap();
+        let tag = f[LEN_PREFIX + 1] as usize;
+        assert_eq!(crate::ecp::message::KINDS[tag], m.kind());
+    }
+}

@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 
 use super::wire::{FrameReader, FrameWriter, ReadError};
 use super::{sanitize, CODE_PROTOCOL_ERROR};
-use crate::ecp::{check_hello, ErrorCode, Message};
+use crate::ecp::{check_hello, DecodeError, ErrorCode, HelloMismatch, Message};
 use crate::identity::DeviceId;
 use crate::net::driver::{Connection, Endpoint, NetError, CODE_NO_ERROR, CODE_REFUSED};
 use crate::rdt::ConnectionError;
-use crate::sync::{Effect, Output, PeerId, Pull, PullConfig, PullStats};
+use crate::sync::{DropCause, Effect, Output, PeerId, Pull, PullConfig, PullStats};
 
 /// A peer to pull from: how the user named it and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +113,30 @@ pub struct PeerOutcome {
     pub fetched: bool,
     /// Why it failed, one line (`None` when it did not).
     pub error: Option<String>,
+    /// What kind of failure `error` is (set with it), so the caller can say what to do about it.
+    pub failure: Option<PeerFailure>,
+}
+
+/// A peer's failure, by what the user can do about it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerFailure {
+    /// It could not be reached or stopped answering (not running, wrong address or port, a
+    /// firewall, a stall, a server shutting down).
+    Unreachable,
+    /// It sent data that failed verification or broke the protocol (a chunk or node that does
+    /// not match its id, a malformed frame, `NotFound` for what it offered). Nothing unverified
+    /// from it was kept.
+    Misbehaved,
+    /// It refuses this device, or this side refuses its device (pinned or revoked devices).
+    Refused,
+    /// Its `--encryption` setting differs from ours.
+    Encryption,
+    /// It serves another share (another share key).
+    OtherShare,
+    /// It speaks another protocol or wire version.
+    Version,
+    /// Anything else (an error it reported, a local problem with its address).
+    Other,
 }
 
 /// Progress of a fetch, for a bar.
@@ -152,50 +176,87 @@ impl FetchReport {
 struct PeerError {
     reason: String,
     fatal: bool,
+    kind: PeerFailure,
 }
 
 impl PeerError {
-    fn retry(reason: impl Into<String>) -> PeerError {
+    fn retry(kind: PeerFailure, reason: impl Into<String>) -> PeerError {
         PeerError {
             reason: reason.into(),
             fatal: false,
+            kind,
         }
     }
-    fn fatal(reason: impl Into<String>) -> PeerError {
+    fn fatal(kind: PeerFailure, reason: impl Into<String>) -> PeerError {
         PeerError {
             reason: reason.into(),
             fatal: true,
+            kind,
         }
     }
 }
 
 fn net_error(e: &NetError) -> PeerError {
-    let fatal = match e {
+    use PeerFailure as F;
+    let (kind, fatal) = match e {
         NetError::ConnectionLost(c) => match c {
-            ConnectionError::EncryptionMismatch { .. }
-            | ConnectionError::PeerKeyRefused { .. }
-            | ConnectionError::RefusedByPeer => true,
-            ConnectionError::PeerClosed { code, .. } => {
-                *code == CODE_REFUSED || *code == CODE_PROTOCOL_ERROR
+            ConnectionError::EncryptionMismatch { .. } => (F::Encryption, true),
+            ConnectionError::PeerKeyRefused { .. } | ConnectionError::RefusedByPeer => {
+                (F::Refused, true)
             }
-            _ => false,
+            ConnectionError::PeerClosed { code, .. } if *code == CODE_REFUSED => (F::Refused, true),
+            ConnectionError::PeerClosed { code, .. } if *code == CODE_PROTOCOL_ERROR => {
+                (F::Other, true)
+            }
+            ConnectionError::ProtocolViolation { .. } => (F::Misbehaved, false),
+            ConnectionError::LocallyClosed => (F::Other, false),
+            _ => (F::Unreachable, false),
         },
-        _ => false,
+        NetError::Io(_) => (F::Unreachable, false),
+        _ => (F::Other, false),
     };
     let reason = match e {
-        NetError::ConnectionLost(ConnectionError::HandshakeTimedOut) => {
-            "no answer (is `left serve` running there, with the same share key?)".to_string()
-        }
+        NetError::ConnectionLost(ConnectionError::HandshakeTimedOut) => "no answer".to_string(),
         NetError::ConnectionLost(c) => c.to_string(),
         other => other.to_string(),
     };
-    PeerError { reason, fatal }
+    PeerError {
+        reason,
+        fatal,
+        kind,
+    }
 }
 
 fn read_error(e: &ReadError) -> PeerError {
     match e {
         ReadError::Net(n) => net_error(n),
-        other => PeerError::fatal(format!("malformed message: {other}")),
+        ReadError::Decode(DecodeError::UnknownVersion { .. }) => {
+            PeerError::fatal(PeerFailure::Version, e.to_string())
+        }
+        ReadError::Decode(_) | ReadError::Truncated => {
+            PeerError::fatal(PeerFailure::Misbehaved, e.to_string())
+        }
+    }
+}
+
+/// The kind of failure an `Error { code }` from the peer reports.
+fn error_kind(code: ErrorCode) -> PeerFailure {
+    match code {
+        ErrorCode::PROTOCOL_VERSION => PeerFailure::Version,
+        ErrorCode::SHARE_MISMATCH => PeerFailure::OtherShare,
+        ErrorCode::ENCRYPTION_MISMATCH => PeerFailure::Encryption,
+        ErrorCode::NOT_ALLOWED => PeerFailure::Refused,
+        _ => PeerFailure::Other,
+    }
+}
+
+/// The kind of failure a mismatch between our `Hello` and the peer's is.
+fn hello_kind(e: &HelloMismatch) -> PeerFailure {
+    match e {
+        HelloMismatch::Protocol { .. } => PeerFailure::Version,
+        HelloMismatch::Share { .. } => PeerFailure::OtherShare,
+        HelloMismatch::Encryption { .. } => PeerFailure::Encryption,
+        HelloMismatch::NotHello(_) => PeerFailure::Misbehaved,
     }
 }
 
@@ -227,23 +288,28 @@ async fn open_session(
     let mut writer = FrameWriter::new(conn.control_stream());
     let share = match hello {
         Message::Hello { share, .. } => *share,
-        _ => return Err(PeerError::fatal("bad local hello")),
+        _ => return Err(PeerError::fatal(PeerFailure::Other, "bad local hello")),
     };
     writer
         .queue(hello)
-        .map_err(|e| PeerError::fatal(e.to_string()))?;
+        .map_err(|e| PeerError::fatal(PeerFailure::Other, e.to_string()))?;
     writer
         .queue(&Message::Have {
             share,
             head: local_head,
         })
-        .map_err(|e| PeerError::fatal(e.to_string()))?;
+        .map_err(|e| PeerError::fatal(PeerFailure::Other, e.to_string()))?;
     writer.flush().await.map_err(|e| net_error(&e))?;
     let mut greeted = false;
     loop {
         let msg = match reader.next().await {
             Ok(Some(m)) => m,
-            Ok(None) => return Err(PeerError::retry("the peer ended the session")),
+            Ok(None) => {
+                return Err(PeerError::retry(
+                    PeerFailure::Unreachable,
+                    "the peer ended the session",
+                ))
+            }
             Err(e) => {
                 let err = read_error(&e);
                 if matches!(e, ReadError::Decode(_)) {
@@ -260,24 +326,27 @@ async fn open_session(
         };
         match msg {
             Message::Error { code, message } => {
-                return Err(PeerError::fatal(format!(
-                    "the peer refused us: {} (code {})",
-                    sanitize(&message),
-                    code.0
-                )));
+                return Err(PeerError::fatal(
+                    error_kind(code),
+                    format!(
+                        "the peer refused us: {} (code {})",
+                        sanitize(&message),
+                        code.0
+                    ),
+                ));
             }
             Message::Hello { .. } if !greeted => {
                 if let Err(e) = check_hello(hello, &msg) {
                     let _ = writer.send(&e.to_message()).await;
                     conn.close(CODE_PROTOCOL_ERROR, e.to_string().as_bytes());
-                    return Err(PeerError::fatal(e.to_string()));
+                    return Err(PeerError::fatal(hello_kind(&e), e.to_string()));
                 }
                 greeted = true;
             }
             _ if !greeted => {
                 let reason = format!("the peer sent {} before Hello", msg.kind());
                 conn.close(CODE_PROTOCOL_ERROR, reason.as_bytes());
-                return Err(PeerError::fatal(reason));
+                return Err(PeerError::fatal(PeerFailure::Misbehaved, reason));
             }
             Message::Same => {
                 return Ok(Session {
@@ -307,7 +376,12 @@ async fn open_session(
                     },
                 })
             }
-            Message::Bye => return Err(PeerError::retry("the peer ended the session")),
+            Message::Bye => {
+                return Err(PeerError::retry(
+                    PeerFailure::Unreachable,
+                    "the peer ended the session",
+                ))
+            }
             // Anything else (a repeated Hello, a Working) needs no answer.
             _ => {}
         }
@@ -360,7 +434,7 @@ pub async fn fetch(
     let mut backoff = cfg.min_backoff;
     loop {
         report.attempts += 1;
-        let made_progress = attempt(
+        let progressed_at = attempt(
             endpoints,
             &store,
             targets,
@@ -370,8 +444,10 @@ pub async fn fetch(
             &mut settled,
         )
         .await;
-        if made_progress {
-            last_progress = Instant::now();
+        if let Some(t) = progressed_at {
+            // The time of the last arrival, not the end of the attempt: a pull whose peer died
+            // spent the stall timeout noticing, and that counts against `timeout` too.
+            last_progress = last_progress.max(t);
             backoff = cfg.min_backoff;
         }
         let anything_fetched = !report.heads.is_empty() || report.peers.iter().any(|p| p.same);
@@ -396,8 +472,8 @@ struct Running {
     late: mpsc::UnboundedSender<(usize, Session)>,
 }
 
-/// One round: connect to every unsettled peer, pull what they offer. Returns whether anything
-/// was fetched or confirmed.
+/// One round: connect to every unsettled peer, pull what they offer. Returns when something was
+/// last fetched or confirmed, `None` when nothing was.
 async fn attempt(
     endpoints: &Endpoints,
     store: &Arc<Store>,
@@ -406,9 +482,9 @@ async fn attempt(
     progress: &dyn FetchProgress,
     report: &mut FetchReport,
     settled: &mut [bool],
-) -> bool {
+) -> Option<Instant> {
     let local_head = store.head().ok().flatten();
-    let mut progressed = false;
+    let mut progressed: Option<Instant> = None;
     let mut connects = tokio::task::JoinSet::new();
     let mut pending: Vec<usize> = Vec::new();
     for i in 0..targets.len() {
@@ -418,6 +494,7 @@ async fn attempt(
         let addr = targets[i].addr;
         let Some(ep) = endpoints.for_addr(addr).cloned() else {
             report.peers[i].error = Some("no local endpoint for its address family".into());
+            report.peers[i].failure = Some(PeerFailure::Other);
             settled[i] = true;
             continue;
         };
@@ -432,10 +509,10 @@ async fn attempt(
             )
             .await
             .unwrap_or_else(|_| {
-                Err(PeerError::retry(format!(
-                    "no answer within {} s (is `left serve` running there, with the same share key?)",
-                    limit.as_secs()
-                )))
+                Err(PeerError::retry(
+                    PeerFailure::Unreachable,
+                    format!("no answer within {:.1} s", limit.as_secs_f64()),
+                ))
             });
             (i, device, r)
         });
@@ -489,6 +566,7 @@ async fn attempt(
                     Ok(s) => s,
                     Err(e) => {
                         out.error = Some(e.reason);
+                        out.failure = Some(e.kind);
                         if e.fatal {
                             settled[i] = true;
                         }
@@ -496,12 +574,13 @@ async fn attempt(
                     }
                 };
                 out.error = None;
+                out.failure = None;
                 match s.answer {
                     Answer::Same | Answer::Nothing => {
                         out.same = matches!(s.answer, Answer::Same);
                         out.head = if out.same { local_head } else { None };
                         settled[i] = true;
-                        progressed = true;
+                        progressed = Some(Instant::now());
                         settled_at.get_or_insert_with(Instant::now);
                         close_session(s).await;
                     }
@@ -530,11 +609,12 @@ async fn attempt(
                 if report.stats.nodes_fetched > before.nodes_fetched
                     || report.stats.chunks_fetched > before.chunks_fetched
                 {
-                    progressed = true;
+                    progressed = progressed.max(result.last_arrival);
                 }
                 let mut dropped = Vec::new();
                 for (i, err) in result.peer_errors {
                     report.peers[i].error = Some(err.reason);
+                    report.peers[i].failure = Some(err.kind);
                     dropped.push(i);
                     if err.fatal {
                         settled[i] = true;
@@ -542,7 +622,7 @@ async fn attempt(
                 }
                 match result.outcome {
                     Ok(()) => {
-                        progressed = true;
+                        progressed = Some(Instant::now());
                         settled_at.get_or_insert_with(Instant::now);
                         let ok: Vec<usize> =
                             idx.iter().copied().filter(|i| !dropped.contains(i)).collect();
@@ -561,6 +641,7 @@ async fn attempt(
                         for &i in &idx {
                             if report.peers[i].error.is_none() {
                                 report.peers[i].error = Some(reason.clone());
+                                report.peers[i].failure = Some(PeerFailure::Other);
                             }
                         }
                     }
@@ -574,9 +655,10 @@ async fn attempt(
     for i in pending {
         if report.peers[i].error.is_none() {
             report.peers[i].error = Some(format!(
-                "no answer within {:.1} s, while the other peers were done (is `left serve` running there?)",
+                "no answer within {:.1} s, while the other peers were done",
                 ANSWER_GRACE.as_secs_f64()
             ));
+            report.peers[i].failure = Some(PeerFailure::Unreachable);
         }
     }
     for (_, sessions) in queued {
@@ -600,10 +682,12 @@ fn record_fetched(
         let p = &mut report.peers[i];
         p.fetched = true;
         p.error = None;
+        p.failure = None;
         if let Some(d) = p.device {
             let name = format!("peers/{}", DeviceId(d));
             if let Err(e) = store.set_ref(&name, head) {
                 p.error = Some(format!("cannot record the fetched head: {e}"));
+                p.failure = Some(PeerFailure::Other);
             }
         }
         if let Some(entry) = report.heads.iter_mut().find(|(h, _)| *h == head) {
@@ -630,6 +714,8 @@ fn add_stats(total: &mut PullStats, s: &PullStats) {
 struct PullResult {
     outcome: Result<(), String>,
     stats: PullStats,
+    /// When the last node or chunk arrived.
+    last_arrival: Option<Instant>,
     peer_errors: Vec<(usize, PeerError)>,
 }
 
@@ -678,7 +764,10 @@ fn attach(
                     }
                 }
                 Ok(Some(m)) => Event::Message(slot, m),
-                Ok(None) => Event::Failed(slot, PeerError::retry("the peer ended the session")),
+                Ok(None) => Event::Failed(
+                    slot,
+                    PeerError::retry(PeerFailure::Unreachable, "the peer ended the session"),
+                ),
                 Err(e) => Event::Failed(slot, read_error(&e)),
             };
             let last = matches!(ev, Event::Failed(..));
@@ -730,6 +819,7 @@ async fn run_pull(
     let peers: Vec<PeerId> = (0..conns.len() as u64).map(PeerId).collect();
     let mut pull = Pull::new(head, &peers, Instant::now(), cfg.pull.clone());
     let mut peer_errors: Vec<(usize, PeerError)> = Vec::new();
+    let (mut arrivals, mut last_arrival) = (0u64, None);
     let outcome = loop {
         // Drain the engine, applying each effect before polling again.
         let mut finished = None;
@@ -741,19 +831,27 @@ async fn run_pull(
                     }
                 }
                 Output::Effect(e) => match e {
-                    Effect::PeerDropped { peer, reason } => {
+                    Effect::PeerDropped {
+                        peer,
+                        reason,
+                        cause,
+                    } => {
                         let slot = peer.0 as usize;
                         let (i, conn) = &conns[slot];
                         // Dropped for lying (bad data, NotFound for what it offered): not
                         // retried. A stall, a Bye (a server shutting down) or an Error may pass.
-                        let fatal = reason.contains("bad node")
-                            || reason.contains("bad chunk")
-                            || reason.contains("does not have");
+                        let kind = match cause {
+                            DropCause::BadData => PeerFailure::Misbehaved,
+                            DropCause::Stalled | DropCause::Ended => PeerFailure::Unreachable,
+                            DropCause::PeerError(code) => error_kind(ErrorCode(code)),
+                            DropCause::Removed => PeerFailure::Other,
+                        };
                         peer_errors.push((
                             *i,
                             PeerError {
                                 reason: sanitize(&reason),
-                                fatal,
+                                fatal: cause == DropCause::BadData,
+                                kind,
                             },
                         ));
                         conn.close(CODE_PROTOCOL_ERROR, reason.as_bytes());
@@ -771,6 +869,11 @@ async fn run_pull(
             }
         }
         let st = pull.stats();
+        let arrived = st.nodes_fetched + st.chunks_fetched;
+        if arrived > arrivals {
+            arrivals = arrived;
+            last_arrival = Some(Instant::now());
+        }
         progress.update(
             base.0 + st.chunk_bytes_discovered,
             base.1 + st.chunk_bytes_fetched,
@@ -824,6 +927,7 @@ async fn run_pull(
     PullResult {
         outcome,
         stats,
+        last_arrival,
         peer_errors,
     }
 }

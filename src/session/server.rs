@@ -458,7 +458,8 @@ async fn malformed(writer: &mut FrameWriter, e: ReadError) -> SessionEnd {
         ReadError::Decode(d) => d.code(),
         _ => ErrorCode::MALFORMED,
     };
-    let reason = format!("malformed message from the peer: {e}");
+    // One line, as the decoder put it ("malformed Have message (12 bytes): it ends early").
+    let reason = sanitize(&e.to_string());
     let _ = writer.queue(&Message::Error {
         code,
         message: reason.clone(),

@@ -97,11 +97,29 @@ pub enum Effect {
         peer: PeerId,
         /// Why, one line.
         reason: String,
+        /// Why, for the driver to decide on retries and hints.
+        cause: DropCause,
     },
     /// The head and everything beneath it are stored and marked complete. Last effect.
     Done(NodeId),
     /// The pull cannot finish (every peer dropped, or a local store error). Last effect.
     Failed(String),
+}
+
+/// Why the engine dropped a peer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DropCause {
+    /// It sent a node or chunk that does not match its id, or said it lacks something beneath
+    /// the head it announced: it lies, so retrying it is pointless.
+    BadData,
+    /// It owed replies and sent nothing for the stall timeout.
+    Stalled,
+    /// It ended the session (`Bye`): a server shutting down.
+    Ended,
+    /// It sent an `Error` with this code.
+    PeerError(u16),
+    /// The driver removed it ([`Pull::remove_peer`]: its connection failed).
+    Removed,
 }
 
 /// One output of [`Pull::poll`].
@@ -298,7 +316,7 @@ impl Pull {
     /// requests go back to the queue. No `PeerDropped` effect is emitted for it.
     pub fn remove_peer(&mut self, peer: PeerId, reason: &str) {
         if self.peers.contains_key(&peer) {
-            self.drop_peer(peer, reason.to_string(), false);
+            self.drop_peer(peer, reason.to_string(), DropCause::Removed, false);
         }
     }
 
@@ -387,6 +405,7 @@ impl Pull {
                     self.drop_peer(
                         peer,
                         format!("peer does not have {what} beneath the head it announced"),
+                        DropCause::BadData,
                         true,
                     );
                 }
@@ -402,10 +421,20 @@ impl Pull {
                     .chars()
                     .map(|c| if c.is_control() { ' ' } else { c })
                     .collect();
-                self.drop_peer(peer, format!("peer sent error {}: {text}", code.0), true);
+                self.drop_peer(
+                    peer,
+                    format!("peer sent error {}: {text}", code.0),
+                    DropCause::PeerError(code.0),
+                    true,
+                );
             }
             Message::Bye => {
-                self.drop_peer(peer, "peer closed the session".into(), true);
+                self.drop_peer(
+                    peer,
+                    "peer closed the session".into(),
+                    DropCause::Ended,
+                    true,
+                );
             }
             _ => {}
         }
@@ -460,6 +489,7 @@ impl Pull {
             self.drop_peer(
                 peer,
                 format!("peer stalled: no reply for {secs:.1} s"),
+                DropCause::Stalled,
                 true,
             );
         }
@@ -810,7 +840,12 @@ impl Pull {
         let node = match ecp::verify_node(&id, &bytes) {
             Ok(n) => n,
             Err(e) => {
-                self.drop_peer(peer, format!("peer sent a bad node: {e}"), true);
+                self.drop_peer(
+                    peer,
+                    format!("peer sent a bad node: {e}"),
+                    DropCause::BadData,
+                    true,
+                );
                 return false;
             }
         };
@@ -835,7 +870,12 @@ impl Pull {
         let plain_len = match check {
             Ok(n) => n as u64,
             Err(e) => {
-                self.drop_peer(peer, format!("peer sent a bad chunk: {e}"), true);
+                self.drop_peer(
+                    peer,
+                    format!("peer sent a bad chunk: {e}"),
+                    DropCause::BadData,
+                    true,
+                );
                 return;
             }
         };
@@ -882,7 +922,7 @@ impl Pull {
         }
     }
 
-    fn drop_peer(&mut self, peer: PeerId, reason: String, announce: bool) {
+    fn drop_peer(&mut self, peer: PeerId, reason: String, cause: DropCause, announce: bool) {
         self.requeue_peer(peer);
         if self.peers.remove(&peer).is_none() {
             return;
@@ -890,7 +930,11 @@ impl Pull {
         self.stats.peers_dropped += 1;
         self.dropped.push((peer, reason.clone()));
         if announce {
-            self.effects.push_back(Effect::PeerDropped { peer, reason });
+            self.effects.push_back(Effect::PeerDropped {
+                peer,
+                reason,
+                cause,
+            });
         }
     }
 
