@@ -14,9 +14,11 @@
 //! [`serve`] runs the accept loop on tokio and hands each request to a [`Handler`] on a blocking
 //! thread (store work is synchronous). [`StoreHandler`] is the handler a serving process uses: it
 //! runs `add` and `gc` against its open store and delegates `Status` and `Stop` to closures the
-//! server provides. [`call`] is the blocking client the command line uses; it returns `Ok(None)`
-//! when nothing listens (no socket file, or a stale one left by a killed server), so the caller can
-//! fall back to opening the store itself.
+//! server provides. A gc runs through the server's [`Exclusive`] hook, which holds peers' object
+//! requests off (they get `Working` and retry) while it deletes; an `add` runs beside them, as it
+//! only adds objects and moves the head. [`call`] is the blocking client the command line uses;
+//! it returns `Ok(None)` when nothing listens (no socket file, or a stale one left by a killed
+//! server), so the caller can fall back to opening the store itself.
 //!
 //! Paths inside requests and replies travel as text when they are UTF-8 and as a byte array
 //! otherwise, so non-UTF-8 names survive the trip. Reports mirror the store's [`AddReport`] and
@@ -495,7 +497,13 @@ pub struct StoreHandler {
     pub stop: Box<dyn Fn() + Send + Sync>,
     /// Serialises store-changing requests.
     ops: Mutex<()>,
+    /// Runs gc while peers are told the store is busy (see [`StoreHandler::with_exclusive`]).
+    exclusive: Option<Exclusive>,
 }
+
+/// Runs the work it is given while peers' object requests are held off (the serving process
+/// passes [`crate::session::Server::busy_while`]).
+pub type Exclusive = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
 
 impl StoreHandler {
     /// A handler for `store` whose share is `share_root`.
@@ -513,7 +521,16 @@ impl StoreHandler {
             status,
             stop,
             ops: Mutex::new(()),
+            exclusive: None,
         }
+    }
+
+    /// Runs each `gc` through `exclusive`, so peers get `Working` (and retry) instead of
+    /// objects it may be deleting. `add` runs beside the peers: it only adds objects and moves
+    /// the head, and snapshots never change, so a pull in progress still finds all it wants.
+    pub fn with_exclusive(mut self, exclusive: Exclusive) -> StoreHandler {
+        self.exclusive = Some(exclusive);
+        self
     }
 
     fn add(&self, paths: Vec<PathBuf>, opts: AddOptions) -> Response {
@@ -558,9 +575,16 @@ impl Handler for StoreHandler {
             ),
             Request::Gc { keep_last } => {
                 let _one = self.ops.lock().unwrap_or_else(|e| e.into_inner());
-                match self.store.gc(&GcOptions { keep_last }, &NoProgress) {
-                    Ok(report) => Response::Gc(report.into()),
-                    Err(e) => store_error("cannot collect garbage", &e),
+                let mut result = None;
+                let mut gc = || result = Some(self.store.gc(&GcOptions { keep_last }, &NoProgress));
+                match &self.exclusive {
+                    Some(exclusive) => exclusive(&mut gc),
+                    None => gc(),
+                }
+                match result {
+                    Some(Ok(report)) => Response::Gc(report.into()),
+                    Some(Err(e)) => store_error("cannot collect garbage", &e),
+                    None => error("gc did not run".into(), None),
                 }
             }
             Request::Status => {

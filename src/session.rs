@@ -19,6 +19,11 @@
 //! handshakes that fail before they can be accepted (encryption mismatch, a key the transport
 //! refuses) are reported as [`ServerEvent::Refused`] from
 //! [`crate::net::driver::Endpoint::next_incoming_failure`], so both sides see the reason.
+//! Sessions read objects only with a permit from the server's busy gate: work that deletes
+//! objects (a gc through the control socket) runs in [`Server::busy_while`], which waits for
+//! reads in progress and meanwhile answers every object request, pending ones included, with
+//! `Working` (the peer pauses and re-asks). An `add` needs no such care: snapshots never change,
+//! so a pull of the previous head still finds everything.
 //!
 //! Puller: [`fetch`] connects to every target at once and starts a [`crate::sync::Pull`] as soon
 //! as the first peer offers a head; peers offering the same head later join that pull, so a dead
@@ -28,7 +33,10 @@
 //! per peer sends requests, and the loop applies every effect to the store before polling the
 //! engine again. A pull that loses every peer is retried with exponential backoff until the
 //! configured time passes without progress; the store is the progress record, so a retry
-//! fetches only what is missing. Byte counts for `--json` come from the endpoints' sockets
+//! fetches only what is missing; `timeout` counts from the last object that arrived, so a server
+//! that dies mid-pull is given up on `timeout` after its last reply (the stall timeout, no longer
+//! than `timeout`, is spent inside that budget). Each failed peer gets a [`PeerFailure`] kind
+//! beside its one-line reason, so the caller can say what to do about it. Byte counts for `--json` come from the endpoints' sockets
 //! ([`crate::net::driver::Endpoint::udp_bytes`]) and the engine's [`crate::sync::PullStats`]. Nothing a peer sends can panic this code: every decode error ends that peer's
 //! session with `Error { MALFORMED }` and a one-line reason.
 #![warn(missing_docs)]

@@ -210,13 +210,15 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 tx.send_replace(true);
             })
         };
-        let handler = Arc::new(StoreHandler::new(
-            store.clone(),
-            share.clone(),
-            device.0,
-            status,
-            stop,
-        ));
+        // A gc deletes objects a pull may be about to ask for: peers get `Working` meanwhile.
+        let exclusive: control::Exclusive = {
+            let server = server.clone();
+            Box::new(move |work: &mut dyn FnMut()| server.busy_while(work))
+        };
+        let handler = Arc::new(
+            StoreHandler::new(store.clone(), share.clone(), device.0, status, stop)
+                .with_exclusive(exclusive),
+        );
         let control_dir = dir.clone();
         let control_rx = stop_rx.clone();
         let control =

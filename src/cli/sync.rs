@@ -255,20 +255,34 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let mut diverged = false;
     match &decision {
         Decision::Checkout(to) => {
-            check_names(&store, *to, local_head)
-                .with_context(|| format!("refusing to check out {}", to.fmt_short()))?;
+            if let Err(e) = check_names(&store, *to, local_head) {
+                return Ok(refuse(
+                    &format!("refusing to check out {}: {e:#}", to.fmt_short()),
+                    Some(
+                        "the peer's snapshot is malformed; nothing was checked out; tell its owner (`left verify` there checks its store)",
+                    ),
+                ));
+            }
             let r = match store.checkout(&share, local_head, *to, &copts, &progress) {
                 Ok(r) => r,
                 Err(e @ left_store::Error::DiskFull { .. }) => {
-                    let why = match space_report(&store, *to, local_head, &share) {
-                        Some(space) => format!("not enough space: {space}"),
-                        None => e.to_string(),
-                    };
-                    anyhow::bail!(
-                        "cannot check out {} into {}: {why}",
+                    let line = format!(
+                        "cannot check out {} into {}",
                         to.fmt_short(),
                         share.display()
                     );
+                    let hint = left::control::store_error_hint(&e);
+                    return Ok(match space_report(&store, *to, local_head, &share) {
+                        Some(space) => refuse(
+                            &format!("{line}: not enough space: {}", space.text),
+                            if space.needs > space.size {
+                                Some("the snapshot needs more than this whole file system holds; nothing was changed")
+                            } else {
+                                hint.as_deref()
+                            },
+                        ),
+                        None => refuse(&format!("{line}: {e}"), hint.as_deref()),
+                    });
                 }
                 Err(e) => {
                     return Err(anyhow::Error::new(e).context(format!(
@@ -385,7 +399,7 @@ fn fetched_head(d: &Decision, r: &FetchReport) -> Option<NodeId> {
 fn hint_for(kind: PeerFailure) -> Option<&'static str> {
     Some(match kind {
         PeerFailure::Unreachable => {
-            "check that `left serve` runs on the peer and that the address and port are right"
+            "check that `left serve` runs on the peer, that the address and port are right, and that both sides hold the same share key (`left share-key`)"
         }
         PeerFailure::Misbehaved => {
             "the peer sent data that failed verification; nothing from it was kept; tell its owner (`left verify` there checks its store)"
@@ -477,26 +491,49 @@ fn check_names(store: &Store, to: NodeId, from: Option<NodeId>) -> anyhow::Resul
     Ok(())
 }
 
-/// For a checkout refused for want of space: "it writes X, Y free on MOUNT (the file system of
-/// SHARE)". X is the size of every file of `to` that is new or changed against `from` (what the
-/// checkout writes, before the space the replaced files free), Y what `statvfs` reports free to
-/// unprivileged users. `None` when either cannot be found.
-fn space_report(store: &Store, to: NodeId, from: Option<NodeId>, share: &Path) -> Option<String> {
+/// Prints a refusal (`left: LINE` and its hint) the way `main` prints errors; returns the exit
+/// code.
+fn refuse(line: &str, hint: Option<&str>) -> u8 {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "left: {line}");
+    if let Some(h) = hint {
+        let _ = writeln!(stderr, "hint: {h}");
+    }
+    EXIT_ERROR
+}
+
+/// Why a checkout needs more space than there is.
+struct Space {
+    /// "the checkout writes X, Y free on MOUNT (the file system of SHARE)".
+    text: String,
+    /// X.
+    needs: u64,
+    /// The file system's whole size.
+    size: u64,
+}
+
+/// For a checkout refused for want of space. X is the size of every file of `to` that is new or
+/// changed against `from` (what the checkout writes, before the space the replaced files free),
+/// Y what `statvfs` reports free to unprivileged users. `None` when either cannot be found.
+fn space_report(store: &Store, to: NodeId, from: Option<NodeId>, share: &Path) -> Option<Space> {
     let needs = bytes_to_write(store, to, from).ok()?;
     let c = std::ffi::CString::new(share.as_os_str().as_bytes()).ok()?;
     // SAFETY: zeroed statvfs is a valid out-parameter; `c` is a NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return None;
     }
     let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
-    Some(format!(
+    let size = (st.f_blocks as u64).saturating_mul(st.f_frsize as u64);
+    let text = format!(
         "the checkout writes {}, {} free on {} (the file system of {})",
         fmt::bytes(needs),
         fmt::bytes(free),
         mount_point(share).display(),
         share.display()
-    ))
+    );
+    Some(Space { text, needs, size })
 }
 
 /// The mount point of the file system holding `path`: its highest ancestor on the same device.
@@ -546,10 +583,10 @@ fn bytes_to_write(store: &Store, to: NodeId, from: Option<NodeId>) -> anyhow::Re
                     });
                     work.push((*child, old_child));
                 }
-                (EntryKind::File, _) => {
-                    if before.is_none_or(|o| o.target != e.target || o.kind != e.kind) {
-                        total = total.saturating_add(e.size);
-                    }
+                (EntryKind::File, _)
+                    if before.is_none_or(|o| o.target != e.target || o.kind != e.kind) =>
+                {
+                    total = total.saturating_add(e.size);
                 }
                 _ => {}
             }

@@ -196,6 +196,10 @@ impl PeerError {
     }
 }
 
+/// Why a peer may not answer a handshake at all: the transport cannot tell these apart (a peer
+/// holding another share key cannot even decrypt our first packet).
+const NO_ANSWER_CAUSES: &str = "not running, unreachable, or holding another share key";
+
 fn net_error(e: &NetError) -> PeerError {
     use PeerFailure as F;
     let (kind, fatal) = match e {
@@ -216,7 +220,9 @@ fn net_error(e: &NetError) -> PeerError {
         _ => (F::Other, false),
     };
     let reason = match e {
-        NetError::ConnectionLost(ConnectionError::HandshakeTimedOut) => "no answer".to_string(),
+        NetError::ConnectionLost(ConnectionError::HandshakeTimedOut) => {
+            format!("no answer ({NO_ANSWER_CAUSES})")
+        }
         NetError::ConnectionLost(c) => c.to_string(),
         other => other.to_string(),
     };
@@ -511,7 +517,10 @@ async fn attempt(
             .unwrap_or_else(|_| {
                 Err(PeerError::retry(
                     PeerFailure::Unreachable,
-                    format!("no answer within {:.1} s", limit.as_secs_f64()),
+                    format!(
+                        "no answer within {:.1} s ({NO_ANSWER_CAUSES})",
+                        limit.as_secs_f64()
+                    ),
                 ))
             });
             (i, device, r)

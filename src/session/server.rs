@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use left_store::Store;
@@ -114,7 +114,69 @@ struct Inner {
     events: Option<mpsc::UnboundedSender<ServerEvent>>,
     conns: Mutex<HashMap<u64, Connection>>,
     next_id: AtomicU64,
-    busy: watch::Sender<Option<u32>>,
+    gate: Gate,
+}
+
+/// Whether peers' object requests may read the store now.
+///
+/// Sessions read objects only while holding a [`Gate::read`] guard, one reply at a time. Work that
+/// deletes objects a pull may want (gc) runs through [`Server::busy_while`]: it marks the server
+/// busy, so from then on every session answers object requests (and drops its pending ones) with
+/// `Working`, waits until no session is mid-read, runs, and clears the mark. `add` needs none of
+/// this: it only adds objects and moves the head, and a snapshot never changes, so a pull of the
+/// previous head finds everything it wants.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Sessions reading objects now.
+    readers: usize,
+    /// `busy_while` calls running or waiting.
+    holders: usize,
+    /// Set by [`Server::set_busy`].
+    manual: Option<u32>,
+}
+
+/// The `retry_after_ms` told to peers while gc or another `busy_while` runs.
+pub(super) const BUSY_RETRY_MS: u32 = 500;
+
+impl GateState {
+    fn busy(&self) -> Option<u32> {
+        self.manual.or((self.holders > 0).then_some(BUSY_RETRY_MS))
+    }
+}
+
+/// Held while a session reads objects.
+struct ReadGuard<'a>(&'a Gate);
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.readers -= 1;
+        if st.readers == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read permit, or the `retry_after_ms` to answer with while busy. Never blocks.
+    fn read(&self) -> Result<ReadGuard<'_>, u32> {
+        let mut st = self.lock();
+        if let Some(ms) = st.busy() {
+            return Err(ms);
+        }
+        st.readers += 1;
+        Ok(ReadGuard(self))
+    }
 }
 
 /// Serves a store to every peer that connects to an endpoint. Cheap to clone.
@@ -141,7 +203,7 @@ impl Server {
                 events,
                 conns: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
-                busy: watch::Sender::new(None),
+                gate: Gate::default(),
             }),
         }
     }
@@ -171,9 +233,34 @@ impl Server {
     }
 
     /// While set, object requests are answered with `Working { retry_after_ms }` (the store is
-    /// busy, say with a checkout).
+    /// busy, say with a checkout). Does not wait for replies being read; see
+    /// [`Server::busy_while`] for work that must not overlap them.
     pub fn set_busy(&self, retry_after_ms: Option<u32>) {
-        self.inner.busy.send_replace(retry_after_ms);
+        self.inner.gate.lock().manual = retry_after_ms;
+    }
+
+    /// Runs `work` while peers' object requests are answered with `Working` (retry shortly):
+    /// marks the server busy, waits until no session is reading an object (each read is one
+    /// reply, so this is short), runs `work`, and clears the mark. Pending requests are dropped
+    /// with a `Working` too, so a peer re-asks them afterwards. For work that deletes objects
+    /// (gc); blocks, so call it off the async threads (the control socket's handlers run on
+    /// blocking threads).
+    pub fn busy_while<T>(&self, work: impl FnOnce() -> T) -> T {
+        struct Holder<'a>(&'a Gate);
+        impl Drop for Holder<'_> {
+            fn drop(&mut self) {
+                self.0.lock().holders -= 1;
+            }
+        }
+        let gate = &self.inner.gate;
+        let mut st = gate.lock();
+        st.holders += 1;
+        let _holder = Holder(gate);
+        while st.readers > 0 {
+            st = gate.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(st);
+        work()
     }
 
     /// Accepts and serves peers until `shutdown` turns true; then says `Bye` to every peer, closes
@@ -318,7 +405,6 @@ async fn run_session(
     let mut reader = FrameReader::new(conn.control_stream());
     let mut writer = FrameWriter::new(conn.control_stream());
     let mut session = ServeSession::new(cfg.hello.clone(), cfg.max_pending);
-    let mut busy = inner.busy.subscribe();
     let mut greeted = false;
     // Set when the session ended badly: its queued reply goes out first.
     let mut end: Option<SessionEnd> = None;
@@ -340,7 +426,14 @@ async fn run_session(
                     Err(e) => return Err(malformed(&mut writer, e).await),
                 }
             }
-            let msg = match session.poll_message(&*inner.store) {
+            // Objects are read only with the gate's permit; while busy, pending requests turn
+            // into one `Working` and nothing is read.
+            let polled = {
+                let permit = inner.gate.read();
+                session.set_busy(permit.as_ref().err().copied());
+                session.poll_message(&*inner.store)
+            };
+            let msg = match polled {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
@@ -412,7 +505,6 @@ async fn run_session(
                     cfg.hello_timeout.as_secs()
                 )));
             }
-            _ = busy.changed() => session.set_busy(*busy.borrow()),
             _ = shutdown.changed() => {
                 let _ = writer.queue(&Message::Bye);
                 let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
@@ -430,6 +522,8 @@ fn handle(
     msg: Message,
 ) -> Result<(), SessionEnd> {
     let is_hello = matches!(msg, Message::Hello { .. });
+    // A request arriving while busy is answered with `Working` at once.
+    session.set_busy(inner.gate.lock().busy());
     let head = if matches!(msg, Message::Have { .. } | Message::Update { .. }) {
         inner.store.head().ok().flatten()
     } else {

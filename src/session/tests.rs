@@ -672,3 +672,102 @@ async fn a_dead_peer_listed_beside_a_live_one_holds_nothing_up() {
     eps.close().await;
     srv.shutdown().await;
 }
+
+/// While the server runs work through `busy_while` (a gc), object requests get `Working` and
+/// nothing is read; afterwards the same requests are served, and a pull that began during the
+/// busy spell finishes once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_busy_work_get_working_then_are_served() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (a, head) = make_store(da.path(), &[("f", vec![7; 300_000])]);
+    let head = head.unwrap();
+    let chunks = a.debug_file_chunks(head, Path::new("f")).unwrap();
+    let srv = serve(a, 1, true, Arc::new(AllowAll));
+
+    // The busy work: holds until released, on a blocking thread as the control socket runs it.
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let server = srv.server.clone();
+    let busy = tokio::task::spawn_blocking(move || {
+        server.busy_while(move || {
+            entered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        })
+    });
+    entered_rx.await.unwrap();
+
+    // A raw client: its requests are answered with Working, not objects.
+    let ep = endpoint(7, true, None);
+    let conn = ep.connect(srv.addr).await.unwrap();
+    let mut reader = wire::FrameReader::new(conn.control_stream());
+    let mut writer = wire::FrameWriter::new(conn.control_stream());
+    writer.queue(&hello(share(), public(7), true)).unwrap();
+    writer
+        .queue(&Message::GetChunks {
+            ids: chunks.clone(),
+        })
+        .unwrap();
+    writer
+        .queue(&Message::GetNodes { ids: vec![head] })
+        .unwrap();
+    writer.flush().await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("a reply within 10 s")
+            .unwrap()
+            .unwrap()
+    };
+    assert!(matches!(next().await, Message::Hello { .. }));
+    for _ in 0..2 {
+        assert_eq!(
+            next().await,
+            Message::Working {
+                retry_after_ms: super::server::BUSY_RETRY_MS
+            }
+        );
+    }
+
+    // A pull started now makes no progress until the work is done, then completes.
+    let (b, _) = make_store(db.path(), &[]);
+    let eps = client(2, true);
+    let mut cfg = fetch_config(2, true);
+    cfg.timeout = Duration::from_secs(30);
+    let to = targets(&[srv.addr]);
+    let pull = fetch(&eps, b.clone(), &to, &cfg, &());
+    let rest = async {
+        // Once the raw client is refused again, the pull's requests so far were too: nothing
+        // of the file is stored here while the work runs.
+        writer
+            .send(&Message::GetNodes { ids: vec![head] })
+            .await
+            .unwrap();
+        assert!(matches!(next().await, Message::Working { .. }));
+        assert!(!complete(&b, head));
+
+        release_tx.send(()).unwrap();
+        busy.await.unwrap();
+        // Served again: the same request now gets the chunks.
+        writer
+            .send(&Message::GetChunks {
+                ids: chunks.clone(),
+            })
+            .await
+            .unwrap();
+        for id in &chunks {
+            match next().await {
+                Message::Chunk { id: got, .. } => assert_eq!(got, *id),
+                other => panic!("expected chunk {id:?}, got {other:?}"),
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(pull, rest);
+    assert!(complete(&b, head), "{report:?}");
+    assert!(report.peers[0].error.is_none(), "{report:?}");
+    writer.finish();
+    conn.close(0, b"done");
+    eps.close().await;
+    ep.close().await;
+    srv.shutdown().await;
+}

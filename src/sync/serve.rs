@@ -66,9 +66,17 @@ impl ServeSession {
     }
 
     /// While set, object requests are answered with `Working { retry_after_ms }` (the store is
-    /// busy checking out or scanning).
+    /// busy: a gc may be deleting objects). Requests still pending when it is set are dropped
+    /// and answered with one `Working` (the peer re-asks everything it was owed after the wait),
+    /// so nothing more is read from the store until it is cleared.
     pub fn set_busy(&mut self, retry_after_ms: Option<u32>) {
         self.busy_ms = retry_after_ms;
+        if let Some(ms) = retry_after_ms {
+            if !self.answers.is_empty() {
+                self.answers.clear();
+                self.out.push_back(Message::Working { retry_after_ms: ms });
+            }
+        }
     }
 
     /// Whether the driver should read more from this peer.

@@ -1515,6 +1515,47 @@ fn serve_session_greets_answers_and_bounds_pending_requests() {
 }
 
 #[test]
+fn serve_session_turned_busy_drops_pending_requests_with_one_working() {
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let (src, head) = random_share(&mut rng, 1, 3, 10);
+    let c = *src.chunks.keys().next().unwrap();
+    let mut s = ServeSession::new(hello(1, true), 4);
+    s.handle_message(hello(1, true), None).unwrap();
+    assert!(matches!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Hello { .. })
+    ));
+    s.handle_message(Message::GetChunks { ids: vec![c, c] }, Some(head))
+        .unwrap();
+    s.handle_message(Message::GetNodes { ids: vec![head] }, Some(head))
+        .unwrap();
+    // One reply of the first request went out, then the store turns busy.
+    assert!(matches!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Chunk { .. })
+    ));
+    s.set_busy(Some(300));
+    s.set_busy(Some(300));
+    // Nothing more is read: one Working for everything pending, however often busy is set.
+    let empty = Mem::default();
+    assert_eq!(
+        s.poll_message(&empty).unwrap(),
+        Some(Message::Working {
+            retry_after_ms: 300
+        })
+    );
+    assert_eq!(s.poll_message(&empty).unwrap(), None);
+    // Busy cleared: requests are served again.
+    s.set_busy(None);
+    s.handle_message(Message::GetNodes { ids: vec![head] }, Some(head))
+        .unwrap();
+    assert!(matches!(
+        s.poll_message(&src).unwrap(),
+        Some(Message::Nodes { .. })
+    ));
+}
+
+#[test]
 fn serve_session_refuses_mismatches_clearly() {
     let src = Mem::default();
     let mut s = ServeSession::new(hello(1, true), 4);
