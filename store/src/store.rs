@@ -389,6 +389,42 @@ impl Store {
         Ok(true)
     }
 
+    /// Stores a batch of chunks the caller has already verified (as [`Store::put_chunk_verified`],
+    /// each `(id, encoded bytes, plain length)`) in one RocksDB write: one presence lookup for the
+    /// whole batch, one WAL append (unsynced, like `put_chunk_verified`), one memtable insert pass.
+    /// Chunks already stored, and repeats of an id within the batch, are skipped. Returns how many
+    /// were new. A bad length anywhere refuses the whole batch before anything is written.
+    pub fn put_chunks_verified(&self, chunks: &[(ChunkId, &[u8], u32)]) -> Result<usize> {
+        let _g = self.op.read().expect("op lock");
+        for (id, enc, plain_len) in chunks {
+            if enc.is_empty() || *plain_len > self.cfg.chunk_max {
+                return Err(Error::corrupt(format!("chunk {id} is corrupt: bad length")));
+            }
+        }
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
+        let have = self.has_chunks(&ids)?;
+        let mut seen = std::collections::HashSet::with_capacity(chunks.len());
+        let mut b = Batch::default();
+        let mut new = 0;
+        for ((id, enc, plain_len), had) in chunks.iter().zip(have) {
+            if had || !seen.insert(*id) {
+                continue;
+            }
+            b.put(&self.db, cf::CHUNKS, id.as_bytes(), enc);
+            let ie = IndexEntry {
+                len: *plain_len,
+                codec: enc[0],
+                enc_len: enc.len() as u32,
+            };
+            b.put(&self.db, cf::CHUNK_INDEX, id.as_bytes(), &ie.to_bytes());
+            new += 1;
+        }
+        if new > 0 {
+            self.db.write(b.inner, false)?;
+        }
+        Ok(new)
+    }
+
     /// The encoded bytes of a node.
     pub fn get_node(&self, id: NodeId) -> Result<Option<Vec<u8>>> {
         self.db.get(cf::NODES, id.as_bytes())

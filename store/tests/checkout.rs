@@ -163,6 +163,47 @@ fn put_chunk_verified_stores_like_put_chunk() {
     assert!(!store.has_chunks(&[id2]).unwrap()[0]);
 }
 
+#[test]
+fn put_chunks_verified_stores_a_batch() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::create(&t.path().join("store"), small_cfg()).unwrap();
+    let datas: Vec<Vec<u8>> = (0..5)
+        .map(|i| rand_bytes(100 + i, 3000 + i as usize))
+        .collect();
+    let encs: Vec<Vec<u8>> = datas.iter().map(|d| codec::encode(d)).collect();
+    let ids: Vec<ChunkId> = datas.iter().map(|d| ChunkId(Hash::of(d))).collect();
+    // One already stored, one repeated within the batch.
+    store
+        .put_chunk_verified(ids[0], &encs[0], datas[0].len() as u32)
+        .unwrap();
+    let mut batch: Vec<(ChunkId, &[u8], u32)> = (0..5)
+        .map(|i| (ids[i], &encs[i][..], datas[i].len() as u32))
+        .collect();
+    batch.push((ids[3], &encs[3][..], datas[3].len() as u32));
+    assert_eq!(store.put_chunks_verified(&batch).unwrap(), 4);
+    for i in 0..5 {
+        assert_eq!(store.read_chunk(ids[i]).unwrap(), datas[i]);
+        assert_eq!(
+            store.chunk_info(ids[i]).unwrap().unwrap().len as usize,
+            datas[i].len()
+        );
+    }
+    assert_eq!(store.put_chunks_verified(&batch).unwrap(), 0);
+    assert_eq!(store.put_chunks_verified(&[]).unwrap(), 0);
+    // A bad length anywhere refuses the whole batch, storing nothing.
+    let d = rand_bytes(200, 2000);
+    let e = codec::encode(&d);
+    let id = ChunkId(Hash::of(&d));
+    let bad = [(id, &e[..], d.len() as u32), (ids[4], &[][..], 10)];
+    assert!(store.put_chunks_verified(&bad).is_err());
+    let bad = [
+        (id, &e[..], d.len() as u32),
+        (ids[4], &encs[4][..], 1 << 30),
+    ];
+    assert!(store.put_chunks_verified(&bad).is_err());
+    assert!(!store.has_chunks(&[id]).unwrap()[0]);
+}
+
 // ---------------------------------------------------------------- checkout
 
 /// Copies what `dst` lacks of snapshot `snap` from `src`, as a pull would, and marks it complete.

@@ -151,3 +151,94 @@ fn mutation_growth() {
         );
     }
 }
+
+/// Per-chunk cost of storing pulled chunks one at a time (`put_chunk_verified`) against batches
+/// (`put_chunks_verified`): 16384 distinct 64 KiB incompressible chunks (1 GiB) per round, each
+/// round into a fresh store; batch sizes alternate so noise from other work shows. Run: `cargo test --release -p left-store --test measure_throughput -- --ignored
+/// --nocapture put_chunks_batched`.
+#[test]
+#[ignore = "measurement: run by hand with --ignored"]
+fn put_chunks_batched() {
+    const N: usize = 16384;
+    const LEN: usize = 64 << 10;
+    // Incompressible, distinct chunks (xorshift per chunk), prepared before timing.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = vec![0u8; LEN];
+    let chunks: Vec<(ChunkId, Vec<u8>)> = (0..N)
+        .map(|_| {
+            for w in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_le_bytes());
+            }
+            (ChunkId(Hash::of(&buf)), codec::encode(&buf))
+        })
+        .collect();
+    assert_eq!(chunks[0].1[0], codec::CODEC_RAW);
+    // Interleaved rounds: the machine is shared, so compare side by side.
+    for batch in [1usize, 64, 1, 64, 16, 256, 1, 64] {
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = Store::create(&tmp.path().join("store"), StoreConfig::default()).unwrap();
+        let (t, c) = (Instant::now(), cpu());
+        let mut new = 0;
+        if batch == 1 {
+            for (id, enc) in &chunks {
+                new += store.put_chunk_verified(*id, enc, LEN as u32).unwrap() as usize;
+            }
+        } else {
+            for b in chunks.chunks(batch) {
+                let v: Vec<(ChunkId, &[u8], u32)> =
+                    b.iter().map(|(id, e)| (*id, &e[..], LEN as u32)).collect();
+                new += store.put_chunks_verified(&v).unwrap();
+            }
+        }
+        let (dt, dc) = (t.elapsed().as_secs_f64(), cpu() - c);
+        assert_eq!(new, N);
+        println!(
+            "{} x 64 KiB, batch {batch:>3}: {dt:.2} s wall ({:.1} µs/chunk), {dc:.2} s cpu ({:.1} µs/chunk)",
+            N,
+            dt * 1e6 / N as f64,
+            dc * 1e6 / N as f64
+        );
+    }
+}
+
+/// `add` of a big file changed slightly (the update benchmark's first step on the sending peer):
+/// base.bin is added once, then each mutation is copied over it and added, and base.bin again
+/// (every add has a change to read). Run: `LEFT_BENCH_MUT_DIR=/var/tmp/left-bench/e2e-1073741824
+/// cargo test --release -p left-store --test measure_throughput -- --ignored --nocapture
+/// add_of_changed_file`.
+#[test]
+#[ignore = "measurement: run by hand with LEFT_BENCH_MUT_DIR set and --ignored"]
+fn add_of_changed_file() {
+    let dir =
+        std::env::var("LEFT_BENCH_MUT_DIR").expect("set LEFT_BENCH_MUT_DIR (see the file docs)");
+    let dir = std::path::PathBuf::from(dir);
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let store = Store::create(&tmp.path().join("store"), StoreConfig::default()).unwrap();
+    let f = share.join("f.bin");
+    std::fs::copy(dir.join("base.bin"), &f).unwrap();
+    store
+        .add(&share, &[], &AddOptions::default(), &NoProgress)
+        .unwrap();
+    for k in ["a", "b", "c", "d"] {
+        for src in [dir.join(format!("mut_{k}.bin")), dir.join("base.bin")] {
+            std::fs::copy(&src, &f).unwrap();
+            let (t, c) = (Instant::now(), cpu());
+            let r = store
+                .add(&share, &[], &AddOptions::default(), &NoProgress)
+                .unwrap();
+            let (dt, dc) = (t.elapsed().as_secs_f64(), cpu() - c);
+            assert!(r.snapshot.is_some());
+            println!(
+                "add after copying {:>9} over it: {dt:.3} s wall, {dc:.3} s cpu, read {} new {}",
+                src.file_name().unwrap().to_string_lossy(),
+                r.bytes_read,
+                r.bytes_new
+            );
+        }
+    }
+}
