@@ -25,7 +25,10 @@
 //! [`Pull::poll_timeout`] has come, and after every input drain [`Pull::poll`] until it returns
 //! `None`, sending each [`Output::Send`] to its peer and applying each [`Output::Effect`] to the
 //! store *before* calling `poll` again (the engine asks the store about what it just handed out).
-//! [`apply_to_store`] applies an effect to a [`Store`]. The pull ends with exactly one
+//! [`apply_to_store`] applies an effect to a [`Store`]. A driver may gather consecutive
+//! [`Effect::StoreChunk`]s and store them in one write ([`Store::put_chunks_verified`]), as long
+//! as it does so before applying any other effect and before polling while
+//! [`Pull::has_effects`] is false (queued effects come out without a store lookup). The pull ends with exactly one
 //! [`Effect::Done`] or [`Effect::Failed`]. It fails as soon as no peer is left; a driver that
 //! wants to retry with backoff (a restarted server, a flaky link) makes a new `Pull` later, which
 //! costs nothing but a local walk because everything that arrived is already stored. Requests

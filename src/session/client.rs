@@ -829,52 +829,78 @@ async fn run_pull(
     let mut pull = Pull::new(head, &peers, Instant::now(), cfg.pull.clone());
     let mut peer_errors: Vec<(usize, PeerError)> = Vec::new();
     let (mut arrivals, mut last_arrival) = (0u64, None);
+    // Verified chunks handed out by the engine and not stored yet (see `store_chunks`).
+    let mut chunks: Vec<(left_store::ChunkId, Vec<u8>, u32)> = Vec::new();
     let outcome = loop {
-        // Drain the engine, applying each effect before polling again.
+        // Drain the engine, applying each effect before it can look at the store again
+        // (consecutive chunks are gathered and stored in one write).
         let mut finished = None;
-        while let Some(out) = pull.poll(Instant::now(), &**store) {
+        loop {
+            // Chunks handed out are stored in one write before the engine may look at the store
+            // again, and before any other effect (a completeness mark) is applied.
+            if !pull.has_effects() && !chunks.is_empty() {
+                if let Err(err) = store_chunks(store, &mut chunks) {
+                    finished = Some(Err(format!("local store: {err}")));
+                    break;
+                }
+            }
+            let Some(out) = pull.poll(Instant::now(), &**store) else {
+                break;
+            };
             match out {
+                Output::Effect(Effect::StoreChunk(id, bytes, plain_len)) => {
+                    chunks.push((id, bytes, plain_len));
+                }
                 Output::Send { peer, message } => {
                     if let Some(Some(w)) = writers.get(peer.0 as usize) {
                         let _ = w.send(message);
                     }
                 }
-                Output::Effect(e) => match e {
-                    Effect::PeerDropped {
-                        peer,
-                        reason,
-                        cause,
-                    } => {
-                        let slot = peer.0 as usize;
-                        let (i, conn) = &conns[slot];
-                        // Dropped for lying (bad data, NotFound for what it offered): not
-                        // retried. A stall, a Bye (a server shutting down) or an Error may pass.
-                        let kind = match cause {
-                            DropCause::BadData => PeerFailure::Misbehaved,
-                            DropCause::Stalled | DropCause::Ended => PeerFailure::Unreachable,
-                            DropCause::PeerError(code) => error_kind(ErrorCode(code)),
-                            DropCause::Removed => PeerFailure::Other,
-                        };
-                        peer_errors.push((
-                            *i,
-                            PeerError {
-                                reason: sanitize(&reason),
-                                fatal: cause == DropCause::BadData,
-                                kind,
-                            },
-                        ));
-                        conn.close(CODE_PROTOCOL_ERROR, reason.as_bytes());
-                        writers[slot] = None;
-                    }
-                    Effect::Done(_) => finished = Some(Ok(())),
-                    Effect::Failed(r) => finished = Some(Err(r)),
-                    other => {
-                        if let Err(err) = crate::sync::apply_to_store(store, &other) {
+                Output::Effect(e) => {
+                    // The gathered chunks go first: the effect may mark their files complete.
+                    if !matches!(e, Effect::PeerDropped { .. }) && !chunks.is_empty() {
+                        if let Err(err) = store_chunks(store, &mut chunks) {
                             finished = Some(Err(format!("local store: {err}")));
                             break;
                         }
                     }
-                },
+                    match e {
+                        Effect::PeerDropped {
+                            peer,
+                            reason,
+                            cause,
+                        } => {
+                            let slot = peer.0 as usize;
+                            let (i, conn) = &conns[slot];
+                            // Dropped for lying (bad data, NotFound for what it offered): not
+                            // retried. A stall, a Bye (a server shutting down) or an Error may pass.
+                            let kind = match cause {
+                                DropCause::BadData => PeerFailure::Misbehaved,
+                                DropCause::Stalled | DropCause::Ended => PeerFailure::Unreachable,
+                                DropCause::PeerError(code) => error_kind(ErrorCode(code)),
+                                DropCause::Removed => PeerFailure::Other,
+                            };
+                            peer_errors.push((
+                                *i,
+                                PeerError {
+                                    reason: sanitize(&reason),
+                                    fatal: cause == DropCause::BadData,
+                                    kind,
+                                },
+                            ));
+                            conn.close(CODE_PROTOCOL_ERROR, reason.as_bytes());
+                            writers[slot] = None;
+                        }
+                        Effect::Done(_) => finished = Some(Ok(())),
+                        Effect::Failed(r) => finished = Some(Err(r)),
+                        other => {
+                            if let Err(err) = crate::sync::apply_to_store(store, &other) {
+                                finished = Some(Err(format!("local store: {err}")));
+                                break;
+                            }
+                        }
+                    }
+                }
             }
         }
         let st = pull.stats();
@@ -939,6 +965,20 @@ async fn run_pull(
         last_arrival,
         peer_errors,
     }
+}
+
+/// Stores the gathered chunks in one write and empties the list.
+fn store_chunks(
+    store: &Store,
+    chunks: &mut Vec<(left_store::ChunkId, Vec<u8>, u32)>,
+) -> Result<(), left_store::Error> {
+    let batch: Vec<(left_store::ChunkId, &[u8], u32)> = chunks
+        .iter()
+        .map(|(id, bytes, n)| (*id, bytes.as_slice(), *n))
+        .collect();
+    store.put_chunks_verified(&batch)?;
+    chunks.clear();
+    Ok(())
 }
 
 fn handle_event(
