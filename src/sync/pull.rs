@@ -540,8 +540,6 @@ impl Pull {
         t
     }
 
-    /// The next output: queued effects first, then requests. Apply each effect before calling
-    /// `poll` again; call until it returns `None`.
     /// Whether effects are queued: the next [`Pull::poll`] returns one without looking at the
     /// store. A driver may hold back `StoreChunk` effects (to store them in one write) while this
     /// is true, and must store them before polling once it is false, and before applying any
@@ -550,6 +548,8 @@ impl Pull {
         !self.effects.is_empty()
     }
 
+    /// The next output: queued effects first, then requests. Apply each effect before calling
+    /// `poll` again (or see [`Pull::has_effects`]); call until it returns `None`.
     pub fn poll(&mut self, now: Instant, local: &dyn LocalObjects) -> Option<Output> {
         if let Some(e) = self.effects.pop_front() {
             return Some(Output::Effect(e));
