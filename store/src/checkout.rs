@@ -14,7 +14,11 @@
 //!   are copied from it with `copy_file_range` (runs of consecutive chunks in one call; the
 //!   chunk-id → old-offset map is capped at [`REUSE_MAP_CAP`] chunks, beyond which chunks come from
 //!   the store); every other chunk is read from the store and hash-verified before its bytes are
-//!   written. A file whose bytes did not change (only mode or mtime) is re-permissioned in place.
+//!   written, in windows: one window is fetched and verified on the rayon pool while the previous
+//!   one is written. A file whose bytes did not change (only mode or mtime) is re-permissioned in
+//!   place. A replaced big file is released (closed, so freed) on a release thread, which also
+//!   drops the page cache of what was already copied out of it: freeing 1 GiB on ext4 takes
+//!   ~0.2 s, mostly waiting, and the checkout does not wait for it ([`Store::wait_released`]).
 //! - a **symlink** is created verbatim (never followed) under a temporary name and renamed in.
 //! - a **folder** is created, filled, then given its mode and mtime (after its content).
 //! - a **removed** path is deleted: files and links unlinked; folders lose only what the old tree
@@ -109,6 +113,13 @@ const KEPT_MAX: usize = 10_000;
 pub const PREALLOCATE_MIN: u64 = 1 << 20;
 /// Bytes copied per step when `copy_file_range` is unavailable.
 const COPY_STEP: usize = 1 << 20;
+/// Replaced files at least this big are released on the checkout's release thread
+/// ([`Releaser`]); smaller ones are closed in place.
+const RELEASE_MIN: u64 = 8 << 20;
+/// Bytes of a run copied from an old file between two page-cache drops of what was copied.
+const UNCACHE_STEP: u64 = 64 << 20;
+/// Messages queued to the release thread at most (bounds the open descriptors it holds).
+const RELEASE_QUEUE: usize = 64;
 
 /// A unique hidden temporary name: `.left-tmp-<16 hex>`.
 pub(crate) fn tmp_name() -> String {
@@ -195,6 +206,84 @@ pub(crate) fn check_space(plan: &Plan, avail: u64, share: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Work for the release thread.
+enum Release {
+    /// Drop the page cache of a range already copied out of an old file (`POSIX_FADV_DONTNEED`:
+    /// clean pages only, the file is not changed).
+    Uncache(std::sync::Arc<File>, u64, u64),
+    /// The last handle of a replaced file: closing it frees its blocks.
+    Close(File),
+}
+
+/// The release thread of a store's checkouts. Freeing a replaced big file costs about 0.2 s per
+/// GiB on ext4 (its page cache, then its blocks), most of it waiting: the checkout hands the file's
+/// last descriptor here and goes on. While a run is copied out of an old file, the pages already
+/// copied are dropped here too, so little is left to free at the close. Dropping the releaser
+/// waits for everything queued ([`Store::wait_released`], the next checkout, or the store's drop).
+pub(crate) struct Releaser {
+    tx: Option<crossbeam_channel::Sender<Release>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Releaser {
+    /// A new release thread; `None` if no thread can be started (then work is done in place).
+    fn start() -> Option<Releaser> {
+        let (tx, rx) = crossbeam_channel::bounded::<Release>(RELEASE_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("left-release".into())
+            .spawn(move || {
+                for r in rx.iter() {
+                    match r {
+                        Release::Uncache(f, off, len) => uncache(&f, off, len),
+                        Release::Close(f) => drop(f),
+                    }
+                }
+            })
+            .ok()?;
+        Some(Releaser {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Queues `r` to the release thread, or does it here without one.
+fn release(tx: Option<&crossbeam_channel::Sender<Release>>, r: Release) {
+    let r = match tx {
+        Some(t) => match t.send(r) {
+            Ok(()) => return,
+            Err(crossbeam_channel::SendError(r)) => r,
+        },
+        None => r,
+    };
+    match r {
+        Release::Uncache(f, off, len) => uncache(&f, off, len),
+        Release::Close(f) => drop(f),
+    }
+}
+
+impl Drop for Releaser {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Drops the clean cached pages of `len` bytes of `f` from `off` (a hint: errors are ignored).
+fn uncache(f: &File, off: u64, len: u64) {
+    // SAFETY: valid descriptor; advice only, the file's content is not changed.
+    unsafe {
+        libc::posix_fadvise(
+            f.as_raw_fd(),
+            off as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
 }
 
 // ------------------------------------------------------------------ system calls
@@ -562,9 +651,27 @@ struct Ctx<'a> {
     report: CheckoutReport,
     kept_more: u64,
     scan: Batch,
+    /// The store's release thread, once a big file was replaced (`Some(None)`: none could start).
+    release: Option<Option<crossbeam_channel::Sender<Release>>>,
 }
 
 impl Ctx<'_> {
+    /// The release thread's queue, started on first use; `None` if no thread can start.
+    fn release_tx(&mut self) -> Option<crossbeam_channel::Sender<Release>> {
+        if self.release.is_none() {
+            let mut g = self
+                .store
+                .releaser
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if g.is_none() {
+                *g = Releaser::start();
+            }
+            self.release = Some(g.as_ref().and_then(|r| r.tx.clone()));
+        }
+        self.release.clone().flatten()
+    }
+
     fn keep(&mut self, path: &Path, reason: &str) {
         if self.report.kept.len() < KEPT_MAX {
             self.report.kept.push(Skipped {
@@ -632,6 +739,19 @@ impl Ctx<'_> {
 }
 
 impl Store {
+    /// Waits until the files earlier checkouts replaced are released: checkout hands a replaced
+    /// big file to a release thread (freeing 1 GiB on ext4 takes ~0.2 s, mostly waiting) and
+    /// returns without waiting for it. The next checkout and the store's drop wait as well; call
+    /// this to have their space back now.
+    pub fn wait_released(&self) {
+        let r = self
+            .releaser
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(r);
+    }
+
     /// Moves the share folder from snapshot `from` (`None`: nothing checked out yet) to snapshot
     /// `to`, touching only paths that differ between the two trees, then sets head = `to` (synced).
     /// `to` must be complete in the store. See the module documentation for what is written, what
@@ -834,6 +954,8 @@ impl Store {
             .and_then(|d| d.strip_prefix(&share).ok().map(Path::to_path_buf))
             .filter(|r| !r.as_os_str().is_empty());
 
+        // Files earlier checkouts replaced are freed first (their space counts as free).
+        self.wait_released();
         // Plan: bytes to write against the free space, before anything is touched.
         let mut plan = Plan::default();
         self.plan_dir(from_root, Some(to_root), &mut plan, 0)?;
@@ -866,6 +988,7 @@ impl Store {
             report: CheckoutReport::default(),
             kept_more: 0,
             scan: Batch::default(),
+            release: None,
         };
         progress.start("checkout", Some(plan.write));
         let r = self.apply_dir(&mut cx, &root, Path::new(""), from_root, Some(to_root), 0);
@@ -1523,6 +1646,11 @@ impl Store {
                 match r {
                     Ok(Some(reused)) => {
                         checkout_step();
+                        if let Some((of, ost, _)) = old {
+                            if ost.size >= RELEASE_MIN {
+                                release(cx.release_tx().as_ref(), Release::Close(of));
+                            }
+                        }
                         let now = fstat(tmp.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
                         cx.record(rel, Stat::of_raw(&now), *id)?;
                         cx.report.files_written += 1;
@@ -1582,6 +1710,15 @@ impl Store {
             })?;
         }
         let progress = cx.progress;
+        // Pages copied out of a big old file are dropped on the release thread as the copy goes
+        // (through a second descriptor of it).
+        let uncacher = match old {
+            Some((src, _, _)) if old_size >= RELEASE_MIN => match cx.release_tx() {
+                Some(tx) => src.try_clone().ok().map(|d| (std::sync::Arc::new(d), tx)),
+                None => None,
+            },
+            _ => None,
+        };
         let mut reused = 0u64;
         let mut off = 0u64;
         // The pending run of copies: (next old index, old offset, new offset, length). A run goes
@@ -1593,22 +1730,43 @@ impl Store {
             |run: &mut Option<(usize, u64, u64, u64)>, reused: &mut u64| -> Result<()> {
                 if let Some((_, oi, oo, len)) = run.take() {
                     let (src, _, _) = old.expect("runs only with an old file");
-                    copy_range(src, tmp, oi, oo, len).map_err(|e| cx.io(rel, e))?;
+                    let mut done = 0;
+                    while done < len {
+                        let n = (len - done).min(UNCACHE_STEP);
+                        copy_range(src, tmp, oi + done, oo + done, n).map_err(|e| cx.io(rel, e))?;
+                        if let Some((f, tx)) = &uncacher {
+                            release(Some(tx), Release::Uncache(f.clone(), oi + done, n));
+                        }
+                        done += n;
+                        progress.advance(n);
+                    }
                     *reused += len;
-                    progress.advance(len);
                 }
                 Ok(())
             };
-        let flush_window = |window: &mut Vec<(u64, ChunkRef)>| -> Result<()> {
-            let refs: Vec<ChunkRef> = window.iter().map(|w| w.1).collect();
-            for ((o, r), p) in window.iter().zip(self.fetch_window(&refs)) {
-                let p = p?;
-                tmp.write_all_at(&p, *o).map_err(|e| cx.io(rel, e))?;
-                progress.advance(r.len);
+        // Chunks from the store go in windows: a window is fetched and verified (on the rayon
+        // pool) while the previous one, `ready`, is written, so both cores work.
+        let write_ready = |ready: &mut Vec<(u64, Vec<u8>)>| -> io::Result<u64> {
+            let mut n = 0;
+            for (o, p) in ready.drain(..) {
+                tmp.write_all_at(&p, o)?;
+                n += p.len() as u64;
             }
-            window.clear();
-            Ok(())
+            Ok(n)
         };
+        let flush_window =
+            |window: &mut Vec<(u64, ChunkRef)>, ready: &mut Vec<(u64, Vec<u8>)>| -> Result<()> {
+                let refs: Vec<ChunkRef> = window.iter().map(|w| w.1).collect();
+                let (written, fetched) =
+                    rayon::join(|| write_ready(ready), || self.fetch_window(&refs));
+                progress.advance(written.map_err(|e| cx.io(rel, e))?);
+                for ((o, _), p) in window.iter().zip(fetched) {
+                    ready.push((*o, p?));
+                }
+                window.clear();
+                Ok(())
+            };
+        let mut ready: Vec<(u64, Vec<u8>)> = Vec::with_capacity(restore::WINDOW);
         let usable = |i: usize, r: &ChunkRef| -> bool {
             list.get(i)
                 .map(|&(id, o, l)| id == r.id && l == r.len && o.saturating_add(l) <= old_size)
@@ -1634,7 +1792,7 @@ impl Store {
                             flush_run(&mut run, &mut reused)?;
                             window.push((off, *r));
                             if window.len() >= restore::WINDOW {
-                                flush_window(&mut window)?;
+                                flush_window(&mut window, &mut ready)?;
                             }
                         }
                     },
@@ -1646,7 +1804,10 @@ impl Store {
             Ok(())
         })?;
         flush_run(&mut run, &mut reused)?;
-        flush_window(&mut window)?;
+        if !window.is_empty() {
+            flush_window(&mut window, &mut ready)?;
+        }
+        progress.advance(write_ready(&mut ready).map_err(|e| cx.io(rel, e))?);
         if off != f.size {
             return Err(Error::corrupt("file node size does not match its chunks"));
         }

@@ -38,6 +38,8 @@ pub struct Store {
     pub(crate) op: RwLock<()>,
     /// Test hook: the boot id checkout records instead of the kernel's.
     pub(crate) boot_override: std::sync::Mutex<Option<String>>,
+    /// Releases the files checkouts replaced, off their thread (see [`Store::wait_released`]).
+    pub(crate) releaser: std::sync::Mutex<Option<crate::checkout::Releaser>>,
 }
 
 fn lock(dir: &Path) -> Result<File> {
@@ -105,6 +107,7 @@ impl Store {
             _lock: Some(lock),
             op: RwLock::new(()),
             boot_override: std::sync::Mutex::new(None),
+            releaser: std::sync::Mutex::new(None),
         })
     }
 
@@ -195,6 +198,7 @@ impl Store {
             _lock: lock,
             op: RwLock::new(()),
             boot_override: std::sync::Mutex::new(None),
+            releaser: std::sync::Mutex::new(None),
         })
     }
 
