@@ -414,9 +414,11 @@ const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// pull that loses all its peers, or a round in which no peer could be reached, is retried with
 /// exponential backoff (`min_backoff` doubling to `max_backoff`) until `timeout` has passed without
 /// progress; peers that refuse us (different share or encryption setting, device not allowed) or
-/// send bad data are not retried. Once any head is fetched, peers still failing are reported, not
-/// retried. Each fetched head is stored as the ref `peers/<device id>` of every peer that
-/// offered it.
+/// send bad data are not retried. A peer that says it lacks objects beneath the head it offered
+/// is asked once more: offering the same head again, it is given up on (it lies); offering a new
+/// one (it collected garbage since), that one is pulled. Once any head is fetched, peers still
+/// failing are reported, not retried. Each fetched head is stored as the ref
+/// `peers/<device id>` of every peer that offered it.
 pub async fn fetch(
     endpoints: &Endpoints,
     store: Arc<Store>,
@@ -435,7 +437,10 @@ pub async fn fetch(
             .collect(),
         ..FetchReport::default()
     };
-    let mut settled = vec![false; targets.len()];
+    let mut peers = PeerRounds {
+        settled: vec![false; targets.len()],
+        missing_head: vec![None; targets.len()],
+    };
     let mut last_progress = Instant::now();
     let mut backoff = cfg.min_backoff;
     loop {
@@ -447,7 +452,7 @@ pub async fn fetch(
             cfg,
             progress,
             &mut report,
-            &mut settled,
+            &mut peers,
         )
         .await;
         if let Some(t) = progressed_at {
@@ -457,7 +462,7 @@ pub async fn fetch(
             backoff = cfg.min_backoff;
         }
         let anything_fetched = !report.heads.is_empty() || report.peers.iter().any(|p| p.same);
-        if settled.iter().all(|s| *s) || anything_fetched || report.local_error.is_some() {
+        if peers.settled.iter().all(|s| *s) || anything_fetched || report.local_error.is_some() {
             break;
         }
         let spent = last_progress.elapsed();
@@ -468,6 +473,14 @@ pub async fn fetch(
         backoff = (backoff * 2).min(cfg.max_backoff);
     }
     report
+}
+
+/// What the rounds of a fetch know about each peer, by target index.
+struct PeerRounds {
+    /// Nothing more to do with it: it served its head, answered `Same`, or failed for good.
+    settled: Vec<bool>,
+    /// The head it last said it lacks objects of (a `NotFound` beneath it).
+    missing_head: Vec<Option<NodeId>>,
 }
 
 /// The pull being driven in an attempt: its head, the peers in it, and the channel that hands
@@ -487,8 +500,12 @@ async fn attempt(
     cfg: &FetchConfig,
     progress: &dyn FetchProgress,
     report: &mut FetchReport,
-    settled: &mut [bool],
+    peers: &mut PeerRounds,
 ) -> Option<Instant> {
+    let PeerRounds {
+        settled,
+        missing_head,
+    } = peers;
     let local_head = store.head().ok().flatten();
     let mut progressed: Option<Instant> = None;
     let mut connects = tokio::task::JoinSet::new();
@@ -582,6 +599,15 @@ async fn attempt(
                         continue;
                     }
                 };
+                if let Answer::Excess(h) = s.answer {
+                    if missing_head[i] == Some(h) {
+                        // It said it lacks objects beneath this very head and offers it again:
+                        // it lies (a server that collected garbage offers its new head).
+                        settled[i] = true;
+                        close_session(s).await;
+                        continue;
+                    }
+                }
                 out.error = None;
                 out.failure = None;
                 match s.answer {
@@ -619,6 +645,9 @@ async fn attempt(
                     || report.stats.chunks_fetched > before.chunks_fetched
                 {
                     progressed = progressed.max(result.last_arrival);
+                }
+                for &i in &result.missing {
+                    missing_head[i] = Some(run.head);
                 }
                 let mut dropped = Vec::new();
                 for (i, err) in result.peer_errors {
@@ -725,6 +754,8 @@ struct PullResult {
     stats: PullStats,
     /// When the last node or chunk arrived.
     last_arrival: Option<Instant>,
+    /// Peers dropped for saying they lack something beneath the head.
+    missing: Vec<usize>,
     peer_errors: Vec<(usize, PeerError)>,
 }
 
@@ -828,6 +859,7 @@ async fn run_pull(
     let peers: Vec<PeerId> = (0..conns.len() as u64).map(PeerId).collect();
     let mut pull = Pull::new(head, &peers, Instant::now(), cfg.pull.clone());
     let mut peer_errors: Vec<(usize, PeerError)> = Vec::new();
+    let mut missing: Vec<usize> = Vec::new();
     let (mut arrivals, mut last_arrival) = (0u64, None);
     // Verified chunks handed out by the engine and not stored yet (see `store_chunks`).
     let mut chunks: Vec<(left_store::ChunkId, Vec<u8>, u32)> = Vec::new();
@@ -875,15 +907,20 @@ async fn run_pull(
                             // Dropped for lying (bad data, NotFound for what it offered): not
                             // retried. A stall, a Bye (a server shutting down) or an Error may pass.
                             let kind = match cause {
-                                DropCause::BadData => PeerFailure::Misbehaved,
+                                DropCause::BadData | DropCause::Missing => PeerFailure::Misbehaved,
                                 DropCause::Stalled | DropCause::Ended => PeerFailure::Unreachable,
                                 DropCause::PeerError(code) => error_kind(ErrorCode(code)),
                                 DropCause::Removed => PeerFailure::Other,
                             };
+                            if cause == DropCause::Missing {
+                                missing.push(*i);
+                            }
                             peer_errors.push((
                                 *i,
                                 PeerError {
                                     reason: sanitize(&reason),
+                                    // Missing is retried once: the server may have collected garbage
+                                    // since it offered the head (see `attempt`).
                                     fatal: cause == DropCause::BadData,
                                     kind,
                                 },
@@ -964,6 +1001,7 @@ async fn run_pull(
         stats,
         last_arrival,
         peer_errors,
+        missing,
     }
 }
 

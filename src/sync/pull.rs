@@ -109,9 +109,11 @@ pub enum Effect {
 /// Why the engine dropped a peer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum DropCause {
-    /// It sent a node or chunk that does not match its id, or said it lacks something beneath
-    /// the head it announced: it lies, so retrying it is pointless.
+    /// It sent a node or chunk that does not match its id: it lies, so retrying it is pointless.
     BadData,
+    /// It said it lacks something beneath the head it announced: it lies, or it collected
+    /// garbage since (its head moved on, and the old head's objects went).
+    Missing,
     /// It owed replies and sent nothing for the stall timeout.
     Stalled,
     /// It ended the session (`Bye`): a server shutting down.
@@ -405,7 +407,7 @@ impl Pull {
                     self.drop_peer(
                         peer,
                         format!("peer does not have {what} beneath the head it announced"),
-                        DropCause::BadData,
+                        DropCause::Missing,
                         true,
                     );
                 }
