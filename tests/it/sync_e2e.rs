@@ -692,6 +692,26 @@ fn ipv6_loopback() {
     server.stop();
 }
 
+#[test]
+fn a_revoked_device_is_refused_with_the_peer_book_hint() {
+    let a = Share::new();
+    a.write("x.txt", b"x");
+    a.add(&[]);
+    let b = a.join();
+    let b_id = b.left(&["id"]).expect_code(0).out().trim().to_owned();
+    a.left(&["peers", "--revoke", &b_id]).expect_code(0);
+    let server = a.serve();
+    let r = b.sync(&[server.addr()], &["--timeout", "5"], &[]);
+    let r = r.expect_code(1);
+    let line = one_error_line(&r);
+    assert!(line.contains(&server.addr()), "{line}");
+    let hint = hint_of(&r);
+    assert!(hint.contains("left peers"), "hint: {hint}");
+    assert!(!hint.contains("left serve"), "hint: {hint}");
+    assert!(!b.root.join("x.txt").exists());
+    server.stop();
+}
+
 /// The `hint:` line of a failed run, without the prefix (`""` when there is none).
 fn hint_of(r: &Run) -> String {
     r.stderr
