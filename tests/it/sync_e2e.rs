@@ -406,7 +406,10 @@ fn server_killed_and_never_back_is_named_after_the_timeout() {
         "the error does not name {addr}: {line}"
     );
     // --timeout 5: no progress for 5 s in total (stall detection included), plus slack for load.
-    assert!(took < Duration::from_secs(5 + 7), "took {took:?} to give up");
+    assert!(
+        took < Duration::from_secs(5 + 7),
+        "took {took:?} to give up"
+    );
     assert!(hint_of(&r).contains("left serve"), "{}", r.stderr);
     assert!(
         !b.root.join("big.bin").exists(),
