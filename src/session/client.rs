@@ -440,8 +440,8 @@ pub async fn fetch(
     let mut peers = PeerRounds {
         settled: vec![false; targets.len()],
         missing_head: vec![None; targets.len()],
+        idle_since: Instant::now(),
     };
-    let mut last_progress = Instant::now();
     let mut backoff = cfg.min_backoff;
     loop {
         report.attempts += 1;
@@ -458,14 +458,14 @@ pub async fn fetch(
         if let Some(t) = progressed_at {
             // The time of the last arrival, not the end of the attempt: a pull whose peer died
             // spent the stall timeout noticing, and that counts against `timeout` too.
-            last_progress = last_progress.max(t);
+            peers.idle_since = peers.idle_since.max(t);
             backoff = cfg.min_backoff;
         }
         let anything_fetched = !report.heads.is_empty() || report.peers.iter().any(|p| p.same);
         if peers.settled.iter().all(|s| *s) || anything_fetched || report.local_error.is_some() {
             break;
         }
-        let spent = last_progress.elapsed();
+        let spent = peers.idle_since.elapsed();
         if spent >= cfg.timeout {
             break;
         }
@@ -481,6 +481,9 @@ struct PeerRounds {
     settled: Vec<bool>,
     /// The head it last said it lacks objects of (a `NotFound` beneath it).
     missing_head: Vec<Option<NodeId>>,
+    /// When something was last fetched or confirmed (or the fetch began): `timeout` counts from
+    /// here, across attempts.
+    idle_since: Instant,
 }
 
 /// The pull being driven in an attempt: its head, the peers in it, and the channel that hands
@@ -505,7 +508,9 @@ async fn attempt(
     let PeerRounds {
         settled,
         missing_head,
+        idle_since,
     } = peers;
+    let idle_since = *idle_since;
     let local_head = store.head().ok().flatten();
     let mut progressed: Option<Instant> = None;
     let mut connects = tokio::task::JoinSet::new();
@@ -556,10 +561,11 @@ async fn attempt(
                 let sessions = queued.remove(&head).unwrap_or_default();
                 let (tx, rx) = mpsc::unbounded_channel();
                 let idx = sessions.iter().map(|(i, _)| *i).collect();
-                let base = (
-                    report.stats.chunk_bytes_discovered,
-                    report.stats.chunk_bytes_fetched,
-                );
+                let base = Baseline {
+                    discovered: report.stats.chunk_bytes_discovered,
+                    fetched: report.stats.chunk_bytes_fetched,
+                    idle_since,
+                };
                 pull_fut = Some(Box::pin(run_pull(
                     store, head, sessions, rx, cfg, progress, base,
                 )));
@@ -837,6 +843,14 @@ fn attach(
     (wtx, conn)
 }
 
+/// Where a pull starts from: the fetch's byte counts so far (for the progress bar) and the time
+/// `timeout` counts from.
+struct Baseline {
+    discovered: u64,
+    fetched: u64,
+    idle_since: Instant,
+}
+
 async fn run_pull(
     store: &Arc<Store>,
     head: NodeId,
@@ -844,7 +858,7 @@ async fn run_pull(
     mut late: mpsc::UnboundedReceiver<(usize, Session)>,
     cfg: &FetchConfig,
     progress: &dyn FetchProgress,
-    base: (u64, u64),
+    base: Baseline,
 ) -> PullResult {
     let (tx, mut rx) = mpsc::channel::<Event>(cfg.queue.max(1));
     let mut writers = Vec::new();
@@ -947,13 +961,15 @@ async fn run_pull(
             last_arrival = Some(Instant::now());
         }
         progress.update(
-            base.0 + st.chunk_bytes_discovered,
-            base.1 + st.chunk_bytes_fetched,
+            base.discovered + st.chunk_bytes_discovered,
+            base.fetched + st.chunk_bytes_fetched,
         );
         if let Some(f) = finished {
             break f;
         }
         let deadline = pull.poll_timeout();
+        let idle_deadline =
+            last_arrival.unwrap_or(base.idle_since).max(base.idle_since) + cfg.timeout;
         let sleep = async {
             match deadline {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -988,6 +1004,22 @@ async fn run_pull(
                 }
             }
             _ = sleep => pull.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(idle_deadline.into()) => {
+                // Peers that answer but deliver nothing (`Working` forever, say) are not stalls
+                // to the engine; `timeout` without an arrival ends the pull all the same.
+                let secs = cfg.timeout.as_secs_f64();
+                for p in pull.peers().collect::<Vec<_>>() {
+                    let slot = p.0 as usize;
+                    peer_errors.push((
+                        conns[slot].0,
+                        PeerError::retry(
+                            PeerFailure::Unreachable,
+                            format!("nothing arrived from it for {secs:.1} s (it may be busy)"),
+                        ),
+                    ));
+                }
+                break Err(format!("no progress for {secs:.1} s"));
+            }
         }
     };
     let stats = pull.stats().clone();

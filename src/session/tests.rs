@@ -854,3 +854,34 @@ async fn a_gc_during_a_pull_sends_the_peer_to_the_new_head() {
     eps.close().await;
     srv.shutdown().await;
 }
+
+/// A server that answers every request with `Working` and never delivers is given up on once
+/// `timeout` passes without an arrival (the engine sees no stall: nothing is owed while paused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_busy_forever_is_given_up_on_after_the_timeout() {
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (a, head) = make_store(da.path(), &[("f", vec![5; 100_000])]);
+    let head = head.unwrap();
+    let srv = serve(a, 1, true, Arc::new(AllowAll));
+    srv.server.set_busy(Some(50));
+    let (b, _) = make_store(db.path(), &[]);
+    let eps = client(2, true);
+    let mut cfg = fetch_config(2, true);
+    cfg.timeout = Duration::from_millis(1500);
+    let started = Instant::now();
+    let report = fetch(&eps, b.clone(), &targets(&[srv.addr]), &cfg, &()).await;
+    let took = started.elapsed();
+    assert!(report.all_failed(), "{report:?}");
+    assert!(!complete(&b, head));
+    let err = report.peers[0].error.clone().unwrap_or_default();
+    assert!(err.contains("nothing arrived from it for 1.5 s"), "{err}");
+    assert_eq!(
+        report.peers[0].failure,
+        Some(crate::session::PeerFailure::Unreachable)
+    );
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    eps.close().await;
+    srv.shutdown().await;
+}
