@@ -1014,7 +1014,7 @@ async fn run_pull(
                         conns[slot].0,
                         PeerError::retry(
                             PeerFailure::Unreachable,
-                            format!("nothing arrived from it for {secs:.1} s (it may be busy)"),
+                            format!("stalled: no object arrived from it for {secs:.1} s"),
                         ),
                     ));
                 }

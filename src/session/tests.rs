@@ -875,7 +875,10 @@ async fn a_server_busy_forever_is_given_up_on_after_the_timeout() {
     assert!(report.all_failed(), "{report:?}");
     assert!(!complete(&b, head));
     let err = report.peers[0].error.clone().unwrap_or_default();
-    assert!(err.contains("nothing arrived from it for 1.5 s"), "{err}");
+    assert!(
+        err.contains("stalled: no object arrived from it for 1.5 s"),
+        "{err}"
+    );
     assert_eq!(
         report.peers[0].failure,
         Some(crate::session::PeerFailure::Unreachable)
