@@ -2,7 +2,9 @@
 //!
 //! The process opens the store (taking its lock), binds the rdt endpoint with this device's key and
 //! the share key, and serves every peer the peer book allows through [`left::session::Server`].
-//! Other `left` commands reach it through the control socket ([`left::control`]). It prints one
+//! Other `left` commands reach it through the control socket ([`left::control`]); a `gc` made that
+//! way runs in [`Server::busy_while`], so peers get `Working` and retry instead of asking for
+//! objects it is deleting, while an `add` runs beside them (snapshots never change). It prints one
 //! line once listening (`--json`: one `{"event":"listening",...}` object) and logs peers on stderr.
 //! SIGINT or SIGTERM stops it cleanly: peers get `Bye`, connections close with code 0, the control
 //! socket is removed, and the exit code is 0.
