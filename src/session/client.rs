@@ -410,7 +410,7 @@ const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// Connects to all targets at once and sends `Hello` and `Have { head: local head }`. A [`Pull`]
 /// starts as soon as the first peer offers a head; peers offering the same head later join it, so
 /// a dead or slow peer holds nothing up (once something was fetched, peers still silent get
-/// one more second more, then are reported). Different heads are pulled one after the other. A
+/// one more second, then are reported). Different heads are pulled one after the other. A
 /// pull that loses all its peers, or a round in which no peer could be reached, is retried with
 /// exponential backoff (`min_backoff` doubling to `max_backoff`) until `timeout` has passed without
 /// progress; peers that refuse us (different share or encryption setting, device not allowed) or
