@@ -556,8 +556,8 @@ impl StoreHandler {
     }
 }
 
-impl Handler for StoreHandler {
-    fn handle(&self, req: Request) -> Response {
+impl StoreHandler {
+    fn run(&self, req: Request) -> Response {
         match req {
             Request::Add {
                 paths,
@@ -613,6 +613,23 @@ impl Handler for StoreHandler {
                 Response::Stopping
             }
         }
+    }
+}
+
+impl Handler for StoreHandler {
+    fn handle(&self, req: Request) -> Response {
+        let heavy = matches!(req, Request::Add { .. } | Request::Gc { .. });
+        let response = self.run(req);
+        if heavy {
+            // The store raises glibc's trim threshold (db.rs) so chunk buffers are not mapped
+            // and unmapped per chunk; a long-running serve hands the memory of a finished add
+            // or gc back here instead of keeping it as its new high-water mark.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+        response
     }
 }
 

@@ -250,8 +250,10 @@ async fn two_peers_with_the_same_head_share_the_work() {
     let sent1 = s1.server.endpoint().udp_bytes().0;
     let sent3 = s3.server.endpoint().udp_bytes().0;
     eprintln!("payload {payload}, server 1 sent {sent1}, server 3 sent {sent3}");
+    // Both served several requests (each at most 512 KiB). Not an even split: under load the
+    // second peer's handshake can finish well after the first has started serving.
     assert!(
-        sent1 > payload / 5 && sent3 > payload / 5,
+        sent1 > payload / 10 && sent3 > payload / 10,
         "{sent1} {sent3} of {payload}"
     );
     eps.close().await;
