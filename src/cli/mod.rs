@@ -334,6 +334,8 @@ pub(crate) fn open_store_read(global: &Global) -> anyhow::Result<(PathBuf, Store
 }
 
 /// A store opened here, or the `left serve` process that holds it.
+// One value per command run: boxing the store would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Opened {
     /// Opened by this process.
     Local(PathBuf, Store),

@@ -58,22 +58,30 @@ pub(crate) fn parse_on_off(s: &str) -> Result<bool, String> {
 /// (on 0.0.0.0).
 pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
-    if let Ok(a) = s.parse::<SocketAddr>() {
+    if let Some(a) = literal_addr(s) {
         return Ok(a);
     }
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
+    Err(format!(
+        "{s:?} is not a listen address (use IP:PORT, [IPv6]:PORT, an IP, or a port)"
+    ))
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare (optionally bracketed) IP with the default port; `None`
+/// for anything else (a host name, a bare port). Shared by `serve --listen` and `sync PEER`.
+pub(crate) fn literal_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
     let bare = s
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(s);
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
-    }
-    Err(format!(
-        "{s:?} is not a listen address (use IP:PORT, [IPv6]:PORT, an IP, or a port)"
-    ))
+    bare.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
 }
 
 /// The peer book as a [`PeerPolicy`]: re-read when another process changed it.

@@ -9,7 +9,7 @@
 //! exit code is 4.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -56,15 +56,8 @@ fn resolve(peer: &str) -> Result<SocketAddr, String> {
     if p.is_empty() {
         return Err("empty peer address".into());
     }
-    if let Ok(a) = p.parse::<SocketAddr>() {
+    if let Some(a) = super::serve::literal_addr(p) {
         return Ok(a);
-    }
-    let bare = p
-        .strip_prefix('[')
-        .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(p);
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
     let (host, port) = match p.rsplit_once(':') {
         Some((h, port)) if !h.contains(':') => {
