@@ -241,7 +241,10 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
 
     // 4. Decide.
     if let Some(e) = &report.local_error {
-        anyhow::bail!("cannot sync: {e}");
+        return Ok(refuse(
+            &format!("cannot sync: {e}"),
+            Some(local_error_hint(e)),
+        ));
     }
     let decision = decide(&store, local_head, &report)?;
     let mut checkout: Option<CheckoutReport> = None;
@@ -486,6 +489,15 @@ fn check_names(store: &Store, to: NodeId, from: Option<NodeId>) -> anyhow::Resul
 
 /// Prints a refusal (`left: LINE` and its hint) the way `main` prints errors; returns the exit
 /// code.
+/// What to do about a local store failure during the fetch (the text is the store error's).
+fn local_error_hint(error: &str) -> &'static str {
+    if error.contains("disk full") {
+        "free some disk space and run `left sync` again: what was fetched is kept and is not fetched again"
+    } else {
+        "run `left verify` to check the local store; what was fetched so far is kept"
+    }
+}
+
 fn refuse(line: &str, hint: Option<&str>) -> u8 {
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "left: {line}");
@@ -740,6 +752,13 @@ mod tests {
         assert!(both.starts_with("a: check that"), "{both}");
         assert!(both.contains("; b: the peer sent data"), "{both}");
         assert!(!both.contains('\n'), "{both}");
+    }
+
+    #[test]
+    fn local_store_failures_get_their_own_hint() {
+        assert!(local_error_hint("local store: disk full while writing /x")
+            .contains("free some disk space"));
+        assert!(local_error_hint("local store: chunk 1a2b is corrupt").contains("left verify"));
     }
 
     #[test]

@@ -723,3 +723,56 @@ fn hint_of(r: &Run) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// A disk that fills up while chunks arrive (the store's `fail-write` hook: the N-th write batch
+/// fails with ENOSPC): the sync stops at once with one line and a hint to free space, the share
+/// folder is untouched, and the next sync fetches only what is still missing. How many write
+/// batches a sync makes depends on how arrivals are batched, so several fault points are tried
+/// and at least one must fall inside the chunk transfer.
+#[test]
+fn disk_full_while_fetching_is_one_clear_line_and_loses_nothing() {
+    let a = Share::new();
+    populate(&a, 24);
+    a.add(&[]);
+    let all = chunks_of(&a, &["a.txt", "sub/b.txt", "sub/deeper/c.txt", "big.bin"]);
+    let server = a.serve();
+    let mut inside = 0;
+    for n in [6u32, 12, 16, 20, 24, 32] {
+        let b = a.join();
+        let before = read_tree(&b.root);
+        let fault = format!("fail-write:{n}");
+        let mut cmd = b.sync_cmd(&[server.addr()], &[], &[("LEFT_FAULT", &fault)]);
+        let r = Run::from_output(cmd.output().unwrap());
+        if r.code == Some(0) {
+            eprintln!("{fault}: fewer than {n} write batches");
+            continue;
+        }
+        assert_eq!(r.code, Some(1), "{fault}: {r:?}");
+        let line = one_error_line(&r);
+        assert!(line.contains("disk full"), "{fault}: {line}");
+        assert!(
+            r.stderr.contains("hint: free some disk space"),
+            "{fault}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            read_tree(&b.root),
+            before,
+            "{fault}: the share folder changed"
+        );
+        let have = stored(&b, &all);
+        eprintln!("{fault}: {have} of {} chunks stored", all.len());
+        if have > 0 && have < all.len() {
+            inside += 1;
+        }
+        let j = b.sync_ok(&[server.addr()], &[], &[]);
+        assert_eq!(
+            u(&j, "chunks_fetched"),
+            (all.len() - have) as u64,
+            "{fault}: {j}"
+        );
+        assert_same_tree(&a.root, &b.root);
+    }
+    assert!(inside >= 1, "no fault point fell inside the chunk transfer");
+    server.stop();
+}
