@@ -46,7 +46,8 @@ mod server;
 pub mod wire;
 
 pub use client::{
-    fetch, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure, PeerOutcome, Target,
+    fetch, fetch_history, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure,
+    PeerOutcome, Target, HISTORY_LIMIT,
 };
 pub use server::{AllowAll, PeerPolicy, PeerStatus, Server, ServerConfig, ServerEvent};
 

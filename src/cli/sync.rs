@@ -231,6 +231,44 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         let bar = FetchBar::new(!out.quiet);
         let report = session::fetch(&eps, store.clone(), &targets, &fcfg, &bar).await;
         bar.finish();
+        // A peer several snapshots ahead: fetch the headers between its head and ours, so the
+        // decision below sees that ours is an ancestor (headers only, never their trees).
+        if let Some(local) = local_head {
+            for (head, idx) in &report.heads {
+                if *head == local || store.is_ancestor(local, *head).unwrap_or(false) {
+                    continue;
+                }
+                let Ok(floor) = store.snapshot(local).map(|s| s.time_ns) else {
+                    continue;
+                };
+                for &i in idx {
+                    let Some(addr) = report.peers[i].addr else {
+                        continue;
+                    };
+                    let label = &report.peers[i].label;
+                    match session::fetch_history(
+                        &eps,
+                        addr,
+                        &fcfg,
+                        &store,
+                        *head,
+                        floor,
+                        session::HISTORY_LIMIT,
+                    )
+                    .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if !out.quiet => {
+                            eprintln!(
+                                "left: cannot fetch the history of {} from {label}: {e}",
+                                head.fmt_short()
+                            )
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
         let udp = eps.udp_bytes();
         eps.close().await;
         anyhow::Ok((report, udp))

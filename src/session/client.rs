@@ -1082,3 +1082,124 @@ fn handle_event(
         }
     }
 }
+
+/// Most snapshot headers [`fetch_history`] fetches in one call.
+pub const HISTORY_LIMIT: usize = 10_000;
+
+/// Fetches from the peer at `addr` the snapshot headers between `head` (stored here) and the
+/// snapshots this store already knows, so ancestry (`Store::is_ancestor`) and `left log` see the
+/// chain: a peer that made two snapshots since we last synced is ahead of us, not diverged.
+///
+/// Only headers travel (about 200 bytes each; their trees are not fetched: they are stored as
+/// shallow, as `gc --keep-last` leaves old snapshots). The walk goes newest first, one request
+/// per generation of up to [`crate::ecp::MAX_IDS_PER_REQUEST`] unknown parents, and does not go
+/// below `floor_ns` (snapshots older than the local head cannot lead to it: a snapshot is never
+/// older than its parents) or past `limit` headers. A parent the peer lacks (its own history
+/// is shallow) ends that branch. Every header is checked against its id and must be a snapshot;
+/// anything else ends the call with the reason. Returns the number of headers stored.
+pub async fn fetch_history(
+    endpoints: &Endpoints,
+    addr: SocketAddr,
+    cfg: &FetchConfig,
+    store: &Store,
+    head: NodeId,
+    floor_ns: i64,
+    limit: usize,
+) -> Result<usize, String> {
+    let unknown_parents = |ids: &[NodeId]| -> Result<Vec<NodeId>, String> {
+        let mut out = Vec::new();
+        for id in ids {
+            let snap = store.snapshot(*id).map_err(|e| e.to_string())?;
+            if snap.time_ns < floor_ns {
+                continue;
+            }
+            for p in snap.parents {
+                if store.get_node(p).map_err(|e| e.to_string())?.is_none() && !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    };
+    let mut want = unknown_parents(&[head])?;
+    if want.is_empty() {
+        return Ok(0);
+    }
+    let endpoint = endpoints
+        .for_addr(addr)
+        .ok_or_else(|| format!("no endpoint for {addr}"))?;
+    let mut device = None;
+    let mut s = tokio::time::timeout(
+        cfg.connect_timeout,
+        open_session(
+            endpoint,
+            addr,
+            &cfg.hello,
+            store.head().ok().flatten(),
+            &mut device,
+        ),
+    )
+    .await
+    .map_err(|_| "no answer".to_string())?
+    .map_err(|e| e.reason)?;
+    let mut stored = 0;
+    let result = async {
+        while !want.is_empty() && stored < limit {
+            want.truncate(crate::ecp::MAX_IDS_PER_REQUEST.min(limit - stored));
+            s.writer
+                .send(&Message::GetNodes { ids: want.clone() })
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut got = Vec::new();
+            let mut answered = 0;
+            while answered < want.len() {
+                let msg = tokio::time::timeout(cfg.pull.stall_timeout, s.reader.next())
+                    .await
+                    .map_err(|_| "stalled while sending history".to_string())?
+                    .map_err(|e| read_error(&e).reason)?
+                    .ok_or_else(|| "the peer ended the session".to_string())?;
+                match msg {
+                    Message::Nodes { nodes } => {
+                        for (id, bytes) in nodes {
+                            if !want.contains(&id) || got.contains(&id) {
+                                return Err(format!(
+                                    "the peer sent node {} unasked",
+                                    id.fmt_short()
+                                ));
+                            }
+                            if store
+                                .put_snapshot_header(id, &bytes)
+                                .map_err(|e| format!("snapshot {}: {e}", id.fmt_short()))?
+                            {
+                                stored += 1;
+                            }
+                            got.push(id);
+                            answered += 1;
+                        }
+                    }
+                    Message::NotFound { ids } => answered += ids.len(),
+                    Message::Working { retry_after_ms } => {
+                        tokio::time::sleep(Duration::from_millis(retry_after_ms.min(5_000).into()))
+                            .await;
+                        s.writer
+                            .send(&Message::GetNodes { ids: want.clone() })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        got.clear();
+                        answered = 0;
+                    }
+                    Message::Error { message, .. } => {
+                        return Err(format!("the peer refused: {}", sanitize(&message)))
+                    }
+                    // Repeated hellos and heads need no answer here.
+                    _ => {}
+                }
+            }
+            want = unknown_parents(&got)?;
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    close_session(s).await;
+    result.map(|()| stored)
+}

@@ -457,6 +457,32 @@ impl Store {
         Ok(complete)
     }
 
+    /// Stores the header of a snapshot whose tree is not being fetched (a parent of a fetched
+    /// head, so history and ancestry work). The bytes are checked against `id` and must decode to
+    /// a snapshot. Unless its tree is already complete here, the snapshot is recorded as shallow
+    /// (as `gc --keep-last` records the snapshots whose trees it dropped), so `verify`, `gc`,
+    /// `add` and `log` know its tree is absent. Returns whether it was new.
+    pub fn put_snapshot_header(&self, id: NodeId, bytes: &[u8]) -> Result<bool> {
+        let _g = self.op.read().expect("op lock");
+        self.writable()?;
+        let node = Node::decode_verified(&id, bytes)?;
+        let Node::Snapshot(snap) = &node else {
+            return Err(Error::corrupt(format!("{id} is not a snapshot")));
+        };
+        if self.get_node(id)?.is_some() {
+            return Ok(false);
+        }
+        let mut b = Batch::default();
+        b.put(&self.db, cf::NODES, id.as_bytes(), bytes);
+        if self.has_nodes(&[snap.root])?[0] {
+            b.put(&self.db, cf::COMPLETE, id.as_bytes(), b"");
+        } else {
+            b.put(&self.db, cf::META, &shallow_key(id), b"");
+        }
+        self.db.write(b.inner, false)?;
+        Ok(true)
+    }
+
     fn children_complete(&self, node: &Node) -> Result<bool> {
         let (mut cs, mut ns) = (Vec::new(), Vec::new());
         for c in node.children() {
@@ -506,6 +532,10 @@ impl Store {
         if all {
             let mut b = Batch::default();
             b.put(&self.db, cf::COMPLETE, root.as_bytes(), b"");
+            if matches!(node, Node::Snapshot(_)) {
+                // A header fetched earlier as history now has its whole tree.
+                b.delete(&self.db, cf::META, &shallow_key(root));
+            }
             self.db.write(b.inner, false)?;
         }
         Ok(all)
@@ -947,7 +977,7 @@ impl Store {
         let s = self.snapshot(snapshot)?;
         if self.is_shallow(snapshot)? {
             return Err(Error::not_found(format!(
-                "the files of snapshot {} were dropped by gc",
+                "the files of snapshot {} are not in this store (history fetched without its trees, or dropped by gc)",
                 snapshot.fmt_short()
             )));
         }

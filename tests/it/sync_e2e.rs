@@ -776,3 +776,43 @@ fn disk_full_while_fetching_is_one_clear_line_and_loses_nothing() {
     assert!(inside >= 1, "no fault point fell inside the chunk transfer");
     server.stop();
 }
+
+/// A peer that made several snapshots since we last synced is ahead of us, not diverged: the
+/// sync fetches the snapshot headers in between (not their trees), fast-forwards, and `left log`
+/// shows the whole chain. Those old snapshots are shallow here: `ls` of one says why it cannot
+/// list it, and `verify` and `gc` accept them.
+#[test]
+fn several_snapshots_ahead_is_a_fast_forward_with_history() {
+    let a = Share::new();
+    a.write("f.txt", b"one\n");
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    for (i, name) in ["g.txt", "h.txt", "i.txt"].iter().enumerate() {
+        a.write(name, format!("{i}\n").as_bytes());
+        a.add(&["-m", name]);
+    }
+    a.write("f.txt", b"two\n");
+    a.add(&[]);
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(j["diverged"], Value::Bool(false), "{j}");
+    assert_eq!(j["checked_out"], Value::Bool(true), "{j}");
+    assert_same_tree(&a.root, &b.root);
+    let ids = |s: &Share| -> Vec<String> {
+        s.json(&["log"], 0)["snapshots"]
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .map(|e| e["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    assert_eq!(ids(&b), ids(&a), "B's history differs from A's");
+    let shallow = &ids(&b)[1];
+    let r = b.left(&["ls", &shallow[..12]]).expect_code(1);
+    assert!(r.stderr.contains("not in this store"), "{}", r.stderr);
+    b.left(&["verify"]).expect_code(0);
+    b.left(&["gc"]).expect_code(0);
+    b.left(&["verify"]).expect_code(0);
+    server.stop();
+}
