@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from benchdata import ensure_data, place
+
 MiB = 1 << 20
 GiB = 1 << 30
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,41 +86,6 @@ class Left:
         if code not in expect:
             sys.exit(f"store_e2e: {' '.join(argv)} exited {code}:\n{err}")
         return secs, json.loads(out), rss
-
-
-def ensure_data(data_dir, size, gen):
-    """Reuses DIR/base.bin and mut_{a..d}.bin when they match the size; else runs gen.py all."""
-    names = ["base.bin"] + [f"mut_{k}.bin" for k in "abcd"]
-    stamp = os.path.join(data_dir, "params.json")
-    want = {"size": size, "seed": 42}
-    try:
-        with open(stamp) as f:
-            have = json.load(f)
-        if have == want and all(os.path.isfile(os.path.join(data_dir, n)) for n in names):
-            return False
-    except (OSError, ValueError):
-        pass
-    if not os.path.isfile(gen):
-        sys.exit(f"store_e2e: data generator not found at {gen} (pass --gen PATH)")
-    os.makedirs(data_dir, exist_ok=True)
-    print(f"generating {size} byte data set in {data_dir} ...", file=sys.stderr)
-    subprocess.run([sys.executable, gen, "all", data_dir, "--size", str(size)], check=True,
-                   stdout=subprocess.DEVNULL)
-    with open(stamp, "w") as f:
-        json.dump(want, f)
-    return True
-
-
-def place(src, dst):
-    """Puts src at dst (hard link when possible: no copy time, fresh inode per source file)."""
-    tmp = dst + ".tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def baselines(path):

@@ -45,6 +45,8 @@ import tempfile
 import threading
 import time
 
+from benchdata import ensure_data, place
+
 MiB = 1 << 20
 GiB = 1 << 30
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -198,41 +200,6 @@ def free_port():
 
 # ---------------------------------------------------------------------------------------------------
 # Data
-
-
-def ensure_data(data_dir, size, gen):
-    """Reuses DIR/base.bin and mut_{a..d}.bin when they match the size; else runs gen.py all."""
-    names = ["base.bin"] + [f"mut_{k}.bin" for k in KINDS]
-    stamp = os.path.join(data_dir, "params.json")
-    want = {"size": size, "seed": 42}
-    try:
-        with open(stamp) as f:
-            have = json.load(f)
-        if have == want and all(os.path.isfile(os.path.join(data_dir, n)) for n in names):
-            return False
-    except (OSError, ValueError):
-        pass
-    if not os.path.isfile(gen):
-        die(f"data generator not found at {gen} (pass --gen PATH)")
-    os.makedirs(data_dir, exist_ok=True)
-    log(f"generating {size} byte data set in {data_dir} ...")
-    subprocess.run([sys.executable, gen, "all", data_dir, "--size", str(size)], check=True,
-                   stdout=subprocess.DEVNULL)
-    with open(stamp, "w") as f:
-        json.dump(want, f)
-    return True
-
-
-def place(src, dst):
-    """Puts src at dst by rename (hard link when possible: no copy time, a fresh inode per source)."""
-    tmp = dst + ".bench-tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
 
 
 class Hasher:

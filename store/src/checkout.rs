@@ -590,6 +590,24 @@ fn disk_kind(st: &libc::stat) -> DiskKind {
 }
 
 /// Pairs the entries of two sorted folders by name.
+impl Store {
+    /// The entries of folders `a` and `b` (either may be absent) paired by name, only the pairs
+    /// that differ: what both checkout passes (plan and write) walk.
+    #[allow(clippy::type_complexity)]
+    fn changed_entries(
+        &self,
+        a: Option<NodeId>,
+        b: Option<NodeId>,
+    ) -> Result<Vec<(Option<DirEntry>, Option<DirEntry>)>> {
+        let entries = |d: Option<NodeId>| -> Result<Vec<DirEntry>> {
+            Ok(d.map(|d| self.dir_entries(d)).transpose()?.unwrap_or_default())
+        };
+        let mut out = pairs(entries(a)?, entries(b)?);
+        out.retain(|(x, y)| x != y);
+        Ok(out)
+    }
+}
+
 fn pairs(a: Vec<DirEntry>, b: Vec<DirEntry>) -> Vec<(Option<DirEntry>, Option<DirEntry>)> {
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
@@ -1083,18 +1101,7 @@ impl Store {
                 "folders nested deeper than {CHECKOUT_MAX_DEPTH} levels are not checked out"
             )));
         }
-        let ea = a
-            .map(|a| self.dir_entries(a))
-            .transpose()?
-            .unwrap_or_default();
-        let eb = b
-            .map(|b| self.dir_entries(b))
-            .transpose()?
-            .unwrap_or_default();
-        for (x, y) in pairs(ea, eb) {
-            if x == y {
-                continue;
-            }
+        for (x, y) in self.changed_entries(a, b)? {
             let old_file = x
                 .as_ref()
                 .filter(|x| x.kind == EntryKind::File)
@@ -1146,18 +1153,7 @@ impl Store {
                 }
             }
         }
-        let ea = a
-            .map(|a| self.dir_entries(a))
-            .transpose()?
-            .unwrap_or_default();
-        let eb = b
-            .map(|b| self.dir_entries(b))
-            .transpose()?
-            .unwrap_or_default();
-        for (x, y) in pairs(ea, eb) {
-            if x == y {
-                continue;
-            }
+        for (x, y) in self.changed_entries(a, b)? {
             let name = x.as_ref().or(y.as_ref()).expect("one side").name.clone();
             check_name(&name)?;
             let path = rel.join(OsStr::from_bytes(&name));
