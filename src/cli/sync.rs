@@ -397,14 +397,20 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     }
     let line = match (&decision, &checkout) {
         (Decision::Checkout(to), Some(c)) => format!(
-            "synced {}: fetched {} of new data ({} chunks, {} nodes; {} on the wire) in {seconds:.1} s; wrote {} files ({}), removed {}",
+            "synced {}: fetched {} of new data ({} chunks, {} nodes; {} on the wire) in {seconds:.1} s; wrote {} {} ({}{}), removed {}",
             to.fmt_short(),
             fmt::bytes(st.chunk_bytes_fetched),
             st.chunks_fetched,
             st.nodes_fetched,
             fmt::bytes(udp.1),
             c.files_written,
+            if c.files_written == 1 { "file" } else { "files" },
             fmt::bytes(c.bytes_written),
+            if c.bytes_reused > 0 {
+                format!(", {} of it copied from the old versions", fmt::bytes(c.bytes_reused))
+            } else {
+                String::new()
+            },
             c.files_removed
         ),
         (Decision::Diverged(_), _) => format!(

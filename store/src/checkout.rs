@@ -600,7 +600,9 @@ impl Store {
         b: Option<NodeId>,
     ) -> Result<Vec<(Option<DirEntry>, Option<DirEntry>)>> {
         let entries = |d: Option<NodeId>| -> Result<Vec<DirEntry>> {
-            Ok(d.map(|d| self.dir_entries(d)).transpose()?.unwrap_or_default())
+            Ok(d.map(|d| self.dir_entries(d))
+                .transpose()?
+                .unwrap_or_default())
         };
         let mut out = pairs(entries(a)?, entries(b)?);
         out.retain(|(x, y)| x != y);
