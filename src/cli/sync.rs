@@ -165,9 +165,31 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     }
 
     let dir = store_dir(global)?;
-    let store = Arc::new(
-        Store::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?,
-    );
+    let store = match Store::open(&dir) {
+        Ok(store) => Arc::new(store),
+        Err(left_store::Error::Locked { pid })
+            if matches!(
+                left::control::call(&dir, &left::control::Request::Status),
+                Ok(Some(_))
+            ) =>
+        {
+            // A serving process owns the store: say so, and what to do, instead of "in use".
+            return Err(super::CliError::Served {
+                message: format!(
+                    "cannot sync: a `left serve` (pid {pid}) owns the store at {}",
+                    dir.display()
+                ),
+                hint: Some(format!(
+                    "stop that serve (Ctrl-C, or `kill {pid}`), run `left sync`, then start `left serve` again"
+                )),
+            }
+            .into());
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot open the store at {}", dir.display())))
+        }
+    };
     let share = share_root(&dir, &store)?;
     let identity = Identity::load(&dir).context("cannot read the device key")?;
     let share_key = identity::load_share_key(&dir).context("cannot read the share key")?;

@@ -816,3 +816,30 @@ fn several_snapshots_ahead_is_a_fast_forward_with_history() {
     b.left(&["verify"]).expect_code(0);
     server.stop();
 }
+
+/// `left sync` on a share whose store a running `left serve` owns: one line saying so, with what
+/// to do, and nothing touched (the serve keeps serving).
+#[test]
+fn sync_beside_a_running_serve_says_who_owns_the_store() {
+    let a = Share::new();
+    a.write("f.txt", b"one\n");
+    a.add(&[]);
+    let server_a = a.serve();
+    let b = a.join();
+    let server_b = b.serve();
+    let before = read_tree(&b.root);
+    let mut cmd = b.sync_cmd(&[server_a.addr()], &[], &[]);
+    let r = Run::from_output(cmd.output().unwrap());
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let line = one_error_line(&r);
+    assert!(
+        line.contains("`left serve`") && line.contains("owns the store"),
+        "{line}"
+    );
+    assert!(r.stderr.contains("hint: stop that serve"), "{}", r.stderr);
+    assert_eq!(read_tree(&b.root), before);
+    server_b.stop();
+    b.sync_ok(&[server_a.addr()], &[], &[]);
+    assert_same_tree(&a.root, &b.root);
+    server_a.stop();
+}
