@@ -311,14 +311,6 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let mut diverged = false;
     match &decision {
         Decision::Checkout(to) => {
-            if let Err(e) = check_names(&store, *to, local_head) {
-                return Ok(refuse(
-                    &format!("refusing to check out {}: {e:#}", to.fmt_short()),
-                    Some(
-                        "the peer's snapshot is malformed; nothing was checked out; tell its owner (`left verify` there checks its store)",
-                    ),
-                ));
-            }
             let r = match store.checkout(&share, local_head, *to, &copts, &progress) {
                 Ok(r) => r,
                 Err(e @ left_store::Error::DiskFull { .. }) => {
@@ -339,6 +331,17 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
                         ),
                         None => refuse(&format!("{line}: {e}"), hint.as_deref()),
                     });
+                }
+                // The store refuses a malformed tree (a folder naming an entry twice, ...) in its
+                // planning pass, before it writes anything.
+                Err(e @ left_store::Error::Corrupt { .. }) => {
+                    return Ok(refuse(
+                        &format!("refusing to check out {}: {e}", to.fmt_short()),
+                        Some(
+                            "nothing was checked out; the fetched snapshot (or this store) is damaged: \
+                             `left verify` here names what; a peer serving a malformed tree should hear of it",
+                        ),
+                    ))
                 }
                 Err(e) => {
                     return Err(anyhow::Error::new(e).context(format!(
@@ -507,54 +510,6 @@ fn failure_hint(r: &FetchReport) -> Option<String> {
     }
 }
 
-/// Checks that every folder of snapshot `to` that differs from snapshot `from` lists its names in
-/// strictly increasing order, so no name appears twice (a peer could otherwise split one folder
-/// into index leaves that both hold `x`: a symlink, then a folder). Folders equal to `from`'s were
-/// checked when they arrived. Work is proportional to the changed folders.
-fn check_names(store: &Store, to: NodeId, from: Option<NodeId>) -> anyhow::Result<()> {
-    use left_store::node::Target;
-    use left_store::EntryKind;
-    let new_root = store.snapshot_root(to)?;
-    let old_root = match from {
-        Some(f) => store.snapshot_root(f).ok(),
-        None => None,
-    };
-    let mut work = vec![(new_root, old_root, std::path::PathBuf::new())];
-    while let Some((dir, old, path)) = work.pop() {
-        if Some(dir) == old {
-            continue;
-        }
-        let entries = store.dir_entries(dir)?;
-        if let Some(w) = entries.windows(2).find(|w| w[0].name >= w[1].name) {
-            anyhow::bail!(
-                "the folder {:?} of the fetched snapshot lists {:?} out of order or twice",
-                path.display().to_string(),
-                String::from_utf8_lossy(&w[1].name)
-            );
-        }
-        let old_entries = match old {
-            Some(o) => store.dir_entries(o).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        for e in entries {
-            if let (EntryKind::Dir, Target::Node(child)) = (&e.kind, &e.target) {
-                let old_child = old_entries
-                    .binary_search_by(|o| o.name.cmp(&e.name))
-                    .ok()
-                    .and_then(|i| match (&old_entries[i].kind, &old_entries[i].target) {
-                        (EntryKind::Dir, Target::Node(n)) => Some(*n),
-                        _ => None,
-                    });
-                let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&e.name);
-                work.push((*child, old_child, path.join(name)));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Prints a refusal (`left: LINE` and its hint) the way `main` prints errors; returns the exit
-/// code.
 /// What to do about a local store failure during the fetch (the text is the store error's).
 fn local_error_hint(error: &str) -> &'static str {
     if error.contains("disk full") {
@@ -564,6 +519,8 @@ fn local_error_hint(error: &str) -> &'static str {
     }
 }
 
+/// Prints a refusal (`left: LINE` and its hint) the way `main` prints errors; returns the exit
+/// code.
 fn refuse(line: &str, hint: Option<&str>) -> u8 {
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "left: {line}");

@@ -971,7 +971,7 @@ impl Pull {
 
     /// A queued id is live when it is still wanted and asked of nobody.
     fn is_live(&self, key: &ObjectId) -> bool {
-        self.waiting.get(key).is_some_and(|w| w.asked.is_empty())
+        is_live(&self.waiting, key)
     }
 
     fn trim_queues(&mut self) {
@@ -1072,25 +1072,15 @@ impl Pull {
         idle: bool,
     ) -> Option<(Vec<ObjectId>, Message)> {
         let mut used = 0u64;
-        let mut ids = Vec::new();
         let max = items.min(self.cfg.max_nodes_per_request);
-        while ids.len() < max {
-            let Some(&n) = self.want_nodes.front() else {
-                break;
-            };
-            let key = ObjectId::Node(n);
-            if !self.is_live(&key) {
-                self.want_nodes.pop_front();
-                continue;
-            }
-            let est = self.waiting[&key].est;
-            if used + est > bytes {
-                break;
-            }
-            used += est;
-            self.want_nodes.pop_front();
-            ids.push(n);
-        }
+        let ids = take_live(
+            &mut self.want_nodes,
+            &self.waiting,
+            ObjectId::Node,
+            max,
+            bytes,
+            &mut used,
+        );
         if !ids.is_empty() {
             let keys = ids.iter().map(|n| ObjectId::Node(*n)).collect();
             return Some((keys, Message::GetNodes { ids }));
@@ -1103,30 +1093,20 @@ impl Pull {
         if !idle && items < min_batch {
             return None;
         }
-        let mut ids = Vec::new();
         let max = items.min(self.cfg.max_chunks_per_request);
         let bytes = bytes.min(
             self.cfg
                 .max_request_bytes
                 .max(self.cfg.max_chunk_size as u64 + 1),
         );
-        while ids.len() < max {
-            let Some(&c) = self.want_chunks.front() else {
-                break;
-            };
-            let key = ObjectId::Chunk(c);
-            if !self.is_live(&key) {
-                self.want_chunks.pop_front();
-                continue;
-            }
-            let est = self.waiting[&key].est;
-            if used + est > bytes {
-                break;
-            }
-            used += est;
-            self.want_chunks.pop_front();
-            ids.push(c);
-        }
+        let ids = take_live(
+            &mut self.want_chunks,
+            &self.waiting,
+            ObjectId::Chunk,
+            max,
+            bytes,
+            &mut used,
+        );
         if ids.is_empty() {
             return None;
         }
@@ -1207,4 +1187,38 @@ impl Pull {
         };
         Some((keys, message))
     }
+}
+
+/// Queued and not asked of anyone yet (a queue may hold stale entries: settled or in flight).
+fn is_live(waiting: &HashMap<ObjectId, Wait>, key: &ObjectId) -> bool {
+    waiting.get(key).is_some_and(|w| w.asked.is_empty())
+}
+
+/// Takes from the front of `queue` up to `max` live ids whose estimated sizes fit in `budget`
+/// bytes together with `used` (which it advances), dropping the stale entries it passes.
+fn take_live<T: Copy>(
+    queue: &mut VecDeque<T>,
+    waiting: &HashMap<ObjectId, Wait>,
+    key_of: fn(T) -> ObjectId,
+    max: usize,
+    budget: u64,
+    used: &mut u64,
+) -> Vec<T> {
+    let mut ids = Vec::new();
+    while ids.len() < max {
+        let Some(&id) = queue.front() else { break };
+        let key = key_of(id);
+        if !is_live(waiting, &key) {
+            queue.pop_front();
+            continue;
+        }
+        let est = waiting[&key].est;
+        if *used + est > budget {
+            break;
+        }
+        *used += est;
+        queue.pop_front();
+        ids.push(id);
+    }
+    ids
 }
