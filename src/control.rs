@@ -495,10 +495,13 @@ pub struct StoreHandler {
     pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
     /// Asks the server to stop (it should then turn `serve`'s shutdown to true).
     pub stop: Box<dyn Fn() + Send + Sync>,
-    /// Serialises store-changing requests.
-    ops: Mutex<()>,
+    /// Serialises store-changing requests (shared with automatic sync's tasks, see
+    /// [`StoreHandler::with_folder_lock`]).
+    ops: Arc<Mutex<()>>,
     /// Runs gc while peers are told the store is busy (see [`StoreHandler::with_exclusive`]).
     exclusive: Option<Exclusive>,
+    /// Called after an `add` that made a snapshot (automatic sync then tells the peers).
+    on_snapshot: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Runs the work it is given while peers' object requests are held off (the serving process
@@ -520,9 +523,23 @@ impl StoreHandler {
             device,
             status,
             stop,
-            ops: Mutex::new(()),
+            ops: Arc::new(Mutex::new(())),
             exclusive: None,
+            on_snapshot: None,
         }
+    }
+
+    /// Uses `lock` to serialise `add` and `gc` with other work on the share folder (automatic
+    /// sync scans and checks out under the same lock), so two snapshots never race for the head.
+    pub fn with_folder_lock(mut self, lock: Arc<Mutex<()>>) -> StoreHandler {
+        self.ops = lock;
+        self
+    }
+
+    /// Calls `f` after each `add` that made a snapshot.
+    pub fn on_snapshot(mut self, f: Box<dyn Fn() + Send + Sync>) -> StoreHandler {
+        self.on_snapshot = Some(f);
+        self
     }
 
     /// Runs each `gc` through `exclusive`, so peers get `Working` (and retry) instead of
@@ -547,7 +564,14 @@ impl StoreHandler {
         }
         let _one = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         match self.store.add(&self.share_root, &paths, &opts, &NoProgress) {
-            Ok(report) => Response::Add(report.into()),
+            Ok(report) => {
+                if report.snapshot.is_some() {
+                    if let Some(f) = &self.on_snapshot {
+                        f();
+                    }
+                }
+                Response::Add(report.into())
+            }
             Err(e) => store_error(
                 &format!("cannot snapshot {}", self.share_root.display()),
                 &e,

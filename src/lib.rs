@@ -12,3 +12,4 @@ pub mod peers;
 pub mod rdt;
 pub mod session;
 pub mod sync;
+pub mod watch;

@@ -41,12 +41,13 @@
 //! session with `Error { MALFORMED }` and a one-line reason.
 #![warn(missing_docs)]
 
+pub mod auto;
 mod client;
 mod server;
 pub mod wire;
 
 pub use client::{
-    fetch, fetch_history, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure,
+    fetch, fetch_history, DevicePolicy, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure,
     PeerOutcome, Target, HISTORY_LIMIT,
 };
 pub use server::{AllowAll, PeerPolicy, PeerStatus, Server, ServerConfig, ServerEvent};

@@ -47,10 +47,13 @@
 //! with depth capped by `max_depth`. A 100 GiB tree (1.6 million chunks) is walked in that space.
 #![warn(missing_docs)]
 
+pub mod agent;
 mod answer;
+pub mod integrate;
 mod pull;
 mod serve;
 
+pub use agent::{Agent, AgentConfig, ExchangeOutcome, ScanOutcome, Task};
 pub use answer::{Answer, ObjectSource};
 pub use pull::{
     DropCause, Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats,

@@ -65,21 +65,41 @@ pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Resul
             "id": id.to_string(),
             "root": s.root.to_string(),
             "parents": s.parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "device": DeviceId(s.device).to_string(),
+            // A merge snapshot carries no device (all zeros): null here.
+            "device": (s.device != [0; 32]).then(|| DeviceId(s.device).to_string()),
             "time_ns": s.time_ns,
             "message": s.message,
+            "merge": s.parents.len() > 1,
+            "shallow": store.is_shallow(*id).unwrap_or(false),
         })).collect::<Vec<_>>(),
     }))?;
     if entries.is_empty() {
         out.human("no snapshots yet (run `left add`)")?;
     }
     for (id, s) in &entries {
-        let merge = if s.parents.len() > 1 { " (merge)" } else { "" };
+        let who = if s.parents.len() > 1 {
+            format!(
+                "merge of {}",
+                s.parents
+                    .iter()
+                    .map(|p| p.fmt_short())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            )
+        } else if s.device == [0; 32] {
+            "(no device)".to_owned()
+        } else {
+            DeviceId(s.device).fmt_short()
+        };
+        let shallow = if store.is_shallow(*id).unwrap_or(false) {
+            " [history only]"
+        } else {
+            ""
+        };
         out.data(format!(
-            "{} {} {}{merge} {}",
+            "{} {} {who}{shallow} {}",
             id.fmt_short(),
             fmt::time(s.time_ns),
-            DeviceId(s.device).fmt_short(),
             s.message
         ))?;
     }

@@ -23,9 +23,15 @@ use left::net::driver::Endpoint;
 use left::net::udp::SocketConfig;
 use left::peers::PeerBook;
 use left::rdt::EndpointConfig;
-use left::session::{self, PeerPolicy, Server, ServerConfig, ServerEvent};
-use left_store::Store;
+use left::session::auto::{self, AutoConfig, AutoInput, AutoStatus};
+use left::session::{
+    self, DevicePolicy, Endpoints, FetchConfig, PeerPolicy, Server, ServerConfig, ServerEvent,
+    Target,
+};
+use left::sync::{AgentConfig, PullConfig};
+use left_store::{CheckoutOptions, Store};
 use serde_json::json;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{share_root, store_dir, Global, Output, EXIT_OK};
@@ -43,6 +49,78 @@ pub struct ServeArgs {
     /// Encrypt packets (on|off, or yes|no); peers must use the same setting
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     encryption: bool,
+    /// Keep the folder in sync with this peer automatically (HOST:PORT, a host, [IPv6]:PORT);
+    /// repeat for more peers. Turns on watching, pushing and merging
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<String>,
+    /// More peers, comma-separated (as the seed's --ip a,b,c)
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    ip: Vec<String>,
+    /// Sync automatically even with no --peer: watch the folder, and pull and merge what peers
+    /// that connect to us announce
+    #[arg(long)]
+    auto: bool,
+    /// Seconds a change must be left alone before it is snapshotted and sent (files still being
+    /// written wait)
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    settle: f64,
+    /// Seconds between full rescans of the folder (they back up the watcher)
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    rescan: f64,
+    /// Seconds between head exchanges with every peer (catches peers that were down)
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    interval: f64,
+    /// Longest pause, in seconds, between retries of a peer that cannot be reached
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    retry_max: f64,
+    /// Do not watch the folder (changes are found by the periodic rescan only)
+    #[arg(long)]
+    no_watch: bool,
+    /// fsync every file a checkout writes (the store is durable either way)
+    #[arg(long)]
+    fsync: bool,
+}
+
+impl ServeArgs {
+    /// The peers to keep in sync with, resolved.
+    fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        let mut given: Vec<String> = self.peers.clone();
+        given.extend(
+            self.ip
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        );
+        let mut out: Vec<Target> = Vec::new();
+        for g in given {
+            let addr = super::sync::resolve(&g)
+                .map_err(|e| anyhow::anyhow!("bad peer address {g:?}: {e}"))?;
+            if !out.iter().any(|t| t.addr == addr) {
+                out.push(Target { label: g, addr });
+            }
+        }
+        Ok(out)
+    }
+
+    fn agent_config(&self) -> anyhow::Result<AgentConfig> {
+        let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
+            if v.is_finite() && v > 0.0 && v < 1e9 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                anyhow::bail!("--{name} must be a positive number of seconds")
+            }
+        };
+        let settle = secs("settle", self.settle)?;
+        let retry_max = secs("retry-max", self.retry_max)?;
+        Ok(AgentConfig {
+            settle,
+            max_delay: (settle * 10).max(Duration::from_secs(1)),
+            rescan: secs("rescan", self.rescan)?,
+            exchange_interval: secs("interval", self.interval)?,
+            min_backoff: Duration::from_millis(250).min(retry_max),
+            max_backoff: retry_max,
+        })
+    }
 }
 
 /// Parses `on|off|yes|no|true|false`.
@@ -155,6 +233,9 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs `left serve`.
 pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Result<u8> {
+    let targets = args.targets()?;
+    let automatic = args.auto || !targets.is_empty();
+    let agent_cfg = args.agent_config()?;
     let dir = store_dir(global)?;
     let store = Arc::new(
         Store::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?,
@@ -175,23 +256,113 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
             .local_addr()
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let hello = session::hello(share_id, device.0, args.encryption);
         let server = Server::new(
-            endpoint,
+            endpoint.clone(),
             store.clone(),
-            ServerConfig::new(session::hello(share_id, device.0, args.encryption)),
-            policy,
+            ServerConfig::new(hello.clone()),
+            policy.clone(),
             Some(events_tx),
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
+
+        // Automatic sync: the agent's driver, fed by the watcher, the server's events and the
+        // control socket.
+        let auto_status: Arc<Mutex<AutoStatus>> = Arc::new(Mutex::new(AutoStatus::default()));
+        let folder = Arc::new(Mutex::new(()));
+        let (auto_tx, auto_rx) = mpsc::unbounded_channel::<AutoInput>();
+        let mut auto_task = None;
+        let mut _watcher = None;
+        if automatic {
+            // Outgoing connections leave from the serving endpoint (peers see us where we
+            // listen); a second endpoint serves the other address family if a peer needs it.
+            let mut eps = Endpoints::default();
+            let other = if local.is_ipv4() {
+                eps.v4 = Some(endpoint.clone());
+                targets.iter().any(|t| t.addr.is_ipv6()).then(|| SocketAddr::from(([0u16; 8], 0)))
+            } else {
+                eps.v6 = Some(endpoint.clone());
+                targets.iter().any(|t| t.addr.is_ipv4()).then(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+            };
+            if let Some(a) = other {
+                let cfg = endpoint_config(&identity, share_key, None, args.encryption);
+                let ep = bind(a, cfg)?;
+                if a.is_ipv4() {
+                    eps.v4 = Some(ep);
+                } else {
+                    eps.v6 = Some(ep);
+                }
+            }
+            let mut pull = PullConfig::for_store(&store);
+            pull.stall_timeout = Duration::from_secs(10);
+            let mut fetch = FetchConfig::new(hello.clone(), pull);
+            fetch.connect_timeout = Duration::from_secs(3);
+            fetch.timeout = Duration::from_secs(10);
+            fetch.max_backoff = Duration::from_secs(2);
+            let allow = policy.clone();
+            fetch.allow = Some(DevicePolicy(Arc::new(move |d: &[u8; 32]| allow.allows(d))));
+            let cfg = AutoConfig {
+                agent: agent_cfg,
+                fetch,
+                device: device.0,
+                checkout: CheckoutOptions { fsync: args.fsync },
+            };
+            if !args.no_watch {
+                let (wtx, mut wrx) = mpsc::unbounded_channel::<()>();
+                let (etx, mut erx) = mpsc::unbounded_channel::<String>();
+                match left::watch::watch(&share, &dir, wtx, etx) {
+                    Ok(w) => _watcher = Some(w),
+                    Err(e) => eprintln!("left: warning: {e}; changes are found by the rescan every {} s", args.rescan),
+                }
+                let tx = auto_tx.clone();
+                tokio::spawn(async move {
+                    while wrx.recv().await.is_some() {
+                        if tx.send(AutoInput::LocalChange).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let quiet = out.quiet;
+                tokio::spawn(async move {
+                    let mut last = None;
+                    while let Some(e) = erx.recv().await {
+                        if !quiet && last.as_ref() != Some(&e) {
+                            eprintln!("left: warning: watching the folder: {e}");
+                        }
+                        last = Some(e);
+                    }
+                });
+            }
+            auto_task = Some(tokio::spawn(auto::run(
+                store.clone(),
+                share.clone(),
+                eps,
+                targets.clone(),
+                cfg,
+                auto_rx,
+                auto_status.clone(),
+                folder.clone(),
+                stop_rx.clone(),
+            )));
+        } else {
+            drop(auto_rx);
+        }
+
+        // Heads peers told us (device -> (address, head)), for status.
+        #[allow(clippy::type_complexity)]
+        let heard: Arc<Mutex<std::collections::BTreeMap<[u8; 32], (SocketAddr, Option<left_store::NodeId>)>>> =
+            Arc::default();
 
         // The control socket: other commands reach the store through it.
         let status = {
             let server = server.clone();
             let store = store.clone();
             let share_id = share_id.fmt_short();
+            let auto_status = auto_status.clone();
+            let heard = heard.clone();
             Box::new(move || {
-                let peers: Vec<_> = server
+                let sessions: Vec<_> = server
                     .peers()
                     .into_iter()
                     .map(|p| {
@@ -203,15 +374,50 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                         })
                     })
                     .collect();
-                json!({
+                let head = store.head().ok().flatten().map(|h| h.to_string());
+                let mut v = json!({
                     "serving": true,
+                    "automatic": automatic,
                     "listen": local.to_string(),
                     "device": device.to_string(),
                     "share": share_id,
                     "encryption": args.encryption,
-                    "head": store.head().ok().flatten().map(|h| h.to_string()),
-                    "peers": peers,
-                })
+                    "head": head,
+                    "sessions": sessions,
+                });
+                if automatic {
+                    let st = auto_status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let mut a = serde_json::to_value(&st).unwrap_or_default();
+                    if let serde_json::Value::Object(m) = &mut a {
+                        // The store's head is the truth; the snapshot of the status may lag.
+                        m.insert("head".into(), json!(head));
+                    }
+                    if let (serde_json::Value::Object(m), serde_json::Value::Object(a)) = (&mut v, a) {
+                        for (k, x) in a {
+                            m.insert(k, x);
+                        }
+                    }
+                } else {
+                    // Serving only: idle, and the peers that talked to us.
+                    let heard = heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let conns = server.peers();
+                    let peers: Vec<_> = heard
+                        .iter()
+                        .map(|(d, (addr, h))| {
+                            json!({
+                                "device": DeviceId(*d).to_string(),
+                                "addr": addr.to_string(),
+                                "connected": conns.iter().any(|c| c.device == *d),
+                                "head": h.map(|h| h.to_string()),
+                            })
+                        })
+                        .collect();
+                    if let serde_json::Value::Object(m) = &mut v {
+                        m.insert("idle".into(), json!(true));
+                        m.insert("peers".into(), json!(peers));
+                    }
+                }
+                v
             })
         };
         let stop = {
@@ -225,10 +431,16 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
             let server = server.clone();
             Box::new(move |work: &mut dyn FnMut()| server.busy_while(work))
         };
-        let handler = Arc::new(
-            StoreHandler::new(store.clone(), share.clone(), device.0, status, stop)
-                .with_exclusive(exclusive),
-        );
+        let mut handler = StoreHandler::new(store.clone(), share.clone(), device.0, status, stop)
+            .with_exclusive(exclusive)
+            .with_folder_lock(folder.clone());
+        if automatic {
+            let tx = auto_tx.clone();
+            handler = handler.on_snapshot(Box::new(move || {
+                let _ = tx.send(AutoInput::HeadChanged);
+            }));
+        }
+        let handler = Arc::new(handler);
         let control_dir = dir.clone();
         let control_rx = stop_rx.clone();
         let control =
@@ -254,15 +466,37 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
             stdout.flush()?;
         }
 
-        // Peers in the log.
+        // Peers in the log; the heads they announce go to automatic sync.
         let quiet = out.quiet;
-        let logger = tokio::spawn(async move {
-            while let Some(e) = events_rx.recv().await {
-                if !quiet {
-                    eprintln!("{}", describe(&e));
+        let logger = {
+            let heard = heard.clone();
+            let auto_tx = auto_tx.clone();
+            tokio::spawn(async move {
+                while let Some(e) = events_rx.recv().await {
+                    if let ServerEvent::PeerHead {
+                        addr, device, head, ..
+                    } = &e
+                    {
+                        heard
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(*device, (*addr, *head));
+                        if automatic {
+                            let _ = auto_tx.send(AutoInput::PeerHead {
+                                addr: *addr,
+                                device: *device,
+                                head: *head,
+                            });
+                        }
+                        continue;
+                    }
+                    if !quiet {
+                        eprintln!("{}", describe(&e));
+                    }
                 }
-            }
-        });
+            })
+        };
+        drop(auto_tx);
 
         // Signals.
         {
@@ -290,6 +524,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 control.await
             }
         };
+        if let Some(t) = auto_task {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
         drop(server);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), logger).await;
         match control_result {
@@ -316,6 +553,11 @@ fn describe(e: &ServerEvent) -> String {
             Some(d) => format!("left: refused peer {} at {addr}: {reason}", DeviceId(*d)),
             None => format!("left: refused peer at {addr}: {reason}"),
         },
+        ServerEvent::PeerHead { addr, device, head, .. } => format!(
+            "left: peer {} at {addr} has {}",
+            DeviceId(*device),
+            head.map(|h| h.fmt_short()).unwrap_or_else(|| "nothing".into())
+        ),
         ServerEvent::Disconnected {
             addr,
             device,

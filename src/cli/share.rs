@@ -163,6 +163,11 @@ fn record_json(r: &PeerRecord) -> Value {
 }
 
 /// Runs `left status`.
+///
+/// With a `left serve` running, its view: `idle` (nothing to scan, fetch or check out), each
+/// peer (`connected`, `head`, `in_sync`, `lag_bytes`, its last error), the transfer running and
+/// the last error, beside the peer book's records. Without one: the store's head, `idle: true`,
+/// and the peers the book knows with the heads last fetched from them (`peers/<device>` refs).
 pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
     let dir = store_dir(global)?;
     let served = match control::call(&dir, &control::Request::Status)
@@ -172,6 +177,7 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         Some(other) => return Err(answer_error(other, "Status")),
         None => None,
     };
+    let mut peer_refs: std::collections::BTreeMap<String, String> = Default::default();
     let (head, share_root) = match &served {
         Some(v) => (
             v["head"].as_str().map(str::to_owned),
@@ -183,6 +189,11 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
                 .head()
                 .context("cannot read the head")?
                 .map(|h| h.to_string());
+            for (name, id) in store.refs().context("cannot read the refs")? {
+                if let Some(d) = name.strip_prefix("peers/") {
+                    peer_refs.insert(d.to_owned(), id.to_string());
+                }
+            }
             let root = store
                 .config()
                 .share_root
@@ -196,6 +207,37 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         .ok()
         .map(|k| ShareId::from_key(&k).0.to_string());
     let book = PeerBook::load(&dir).context("cannot read the peer book")?;
+    // One list: the serving process's peers (configured, learned, connected) first, then the
+    // book's other devices.
+    let mut peers: Vec<Value> = Vec::new();
+    if let Some(list) = served.as_ref().and_then(|v| v["peers"].as_array()) {
+        for p in list {
+            let mut p = p.clone();
+            if let Some(rec) = p["device"]
+                .as_str()
+                .and_then(|d| book.records().iter().find(|r| r.device.to_string() == d))
+            {
+                p["pinned"] = json!(rec.pinned);
+                p["revoked"] = json!(rec.revoked);
+            }
+            peers.push(p);
+        }
+    }
+    for r in book.records() {
+        let d = r.device.to_string();
+        if peers.iter().any(|p| p["device"].as_str() == Some(d.as_str())) {
+            continue;
+        }
+        let mut v = record_json(r);
+        v["connected"] = json!(false);
+        v["head"] = json!(peer_refs.get(&d));
+        v["addr"] = json!(r.last_addr.map(|a| a.to_string()));
+        peers.push(v);
+    }
+    let idle = served
+        .as_ref()
+        .map(|v| v["idle"].as_bool().unwrap_or(true))
+        .unwrap_or(true);
     out.json(&json!({
         "store": fmt::json_path(&dir),
         "share_root": share_root,
@@ -203,11 +245,16 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         "device": device.map(|d| d.to_string()),
         "share": share,
         "serving": served.is_some(),
+        "automatic": served.as_ref().map(|v| v["automatic"].as_bool().unwrap_or(false)).unwrap_or(false),
+        "idle": idle,
+        "running": served.as_ref().and_then(|v| v["running"].as_str().map(str::to_owned)),
+        "transfer": served.as_ref().map(|v| v["transfer"].clone()).unwrap_or(Value::Null),
+        "last_error": served.as_ref().and_then(|v| v["last_error"].as_str().map(str::to_owned)),
         "serve": served,
         "pin_mode": book.pin_mode(),
-        "peers": book.records().iter().map(record_json).collect::<Vec<_>>(),
+        "peers": peers,
     }))?;
-    let short = |s: &Option<String>, n: usize| match s {
+    let short = |s: Option<&str>, n: usize| match s {
         Some(s) => s.chars().take(n).collect(),
         None => "none".to_owned(),
     };
@@ -217,15 +264,66 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         dir.display()
     ))?;
     out.data(format!(
-        "head {}; device {}; {} peer(s) known{}",
-        short(&head, 12),
-        short(&device.map(|d| d.to_string()), 8),
-        book.records().len(),
-        if book.pin_mode() { ", pin mode" } else { "" }
+        "head {}; device {}{}",
+        short(head.as_deref(), 12),
+        short(device.map(|d| d.to_string()).as_deref(), 8),
+        if book.pin_mode() { "; pin mode" } else { "" }
     ))?;
     match &served {
-        Some(v) => out.data(format!("serving: yes; {v}"))?,
+        Some(v) => {
+            let state = if v["automatic"].as_bool() == Some(true) {
+                match v["running"].as_str() {
+                    Some(r) => format!("syncing automatically, now: {r}"),
+                    None if idle => "syncing automatically, idle".to_owned(),
+                    None => "syncing automatically, waiting".to_owned(),
+                }
+            } else {
+                "serving only (no --peer)".to_owned()
+            };
+            out.data(format!(
+                "serving on {}: {state}",
+                v["listen"].as_str().unwrap_or("?")
+            ))?;
+            if let (Some(d), Some(f)) = (
+                v["transfer"]["bytes_discovered"].as_u64(),
+                v["transfer"]["bytes_fetched"].as_u64(),
+            ) {
+                out.data(format!(
+                    "  fetching: {} of {}",
+                    fmt::bytes(f),
+                    fmt::bytes(d)
+                ))?;
+            }
+            if let Some(e) = v["last_error"].as_str() {
+                out.data(format!("  last error: {e}"))?;
+            }
+        }
         None => out.data("serving: no")?,
+    }
+    for p in &peers {
+        let name = p["peer"]
+            .as_str()
+            .or(p["addr"].as_str())
+            .unwrap_or("?")
+            .to_owned();
+        let dev = short(p["device"].as_str(), 8);
+        let state = if p["revoked"].as_bool() == Some(true) {
+            "revoked".to_owned()
+        } else if p["in_sync"].as_bool() == Some(true) {
+            "in sync".to_owned()
+        } else if p["connected"].as_bool() == Some(true) {
+            match p["head"].as_str() {
+                Some(h) => format!("connected, at {}", short(Some(h), 12)),
+                None => "connected, no snapshot".to_owned(),
+            }
+        } else {
+            "not connected".to_owned()
+        };
+        let err = p["last_error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        out.data(format!("  peer {name} [{dev}]: {state}{err}"))?;
     }
     Ok(EXIT_OK)
 }

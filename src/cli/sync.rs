@@ -51,7 +51,7 @@ pub struct SyncArgs {
 }
 
 /// Resolves one peer as given: `HOST:PORT`, `[IPv6]:PORT`, a bare IP or host (default port).
-fn resolve(peer: &str) -> Result<SocketAddr, String> {
+pub(crate) fn resolve(peer: &str) -> Result<SocketAddr, String> {
     let p = peer.trim();
     if p.is_empty() {
         return Err("empty peer address".into());

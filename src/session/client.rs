@@ -79,6 +79,25 @@ pub struct FetchConfig {
     pub pull: PullConfig,
     /// Decoded messages queued from the peers' readers to the engine (bounds memory).
     pub queue: usize,
+    /// Say `Update { head, parents }` instead of `Have { head }`: our head just changed (automatic
+    /// sync announces it). The peer answers both the same way.
+    pub announce: bool,
+    /// Pull this snapshot from every peer that answers, whatever head it offers (a merge base
+    /// whose tree we lack). No `peers/<device>` ref is set for it.
+    pub want: Option<NodeId>,
+    /// Asked of every peer we reach, right after its handshake: whether its device may be
+    /// talked to (the peer book). `None`: every device holding the share key.
+    pub allow: Option<DevicePolicy>,
+}
+
+/// Whether a device may be talked to; see [`FetchConfig::allow`].
+#[derive(Clone)]
+pub struct DevicePolicy(pub Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for DevicePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevicePolicy")
+    }
 }
 
 impl FetchConfig {
@@ -92,6 +111,9 @@ impl FetchConfig {
             max_backoff: Duration::from_secs(5),
             pull,
             queue: 64,
+            announce: false,
+            want: None,
+            allow: None,
         }
     }
 }
@@ -281,15 +303,62 @@ struct Session {
     answer: Answer,
 }
 
+/// How to greet a peer: our `Hello`, then `Have` (or `Update` when announcing) with our head.
+#[derive(Clone)]
+struct Greeting {
+    hello: Message,
+    local_head: Option<NodeId>,
+    /// `Some(parents)`: say `Update` with these parents.
+    announce: Option<Vec<NodeId>>,
+    allow: Option<DevicePolicy>,
+}
+
+impl Greeting {
+    fn new(cfg: &FetchConfig, store: &Store) -> Greeting {
+        let local_head = store.head().ok().flatten();
+        let announce = match (cfg.announce, local_head) {
+            (true, Some(h)) => Some(
+                store
+                    .snapshot(h)
+                    .map(|s| {
+                        let mut p = s.parents;
+                        p.truncate(crate::ecp::MAX_PARENTS);
+                        p
+                    })
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        Greeting {
+            hello: cfg.hello.clone(),
+            local_head,
+            announce,
+            allow: cfg.allow.clone(),
+        }
+    }
+}
+
 async fn open_session(
     endpoint: &Endpoint,
     addr: SocketAddr,
-    hello: &Message,
-    local_head: Option<NodeId>,
+    greeting: &Greeting,
     device: &mut Option<[u8; 32]>,
 ) -> Result<Session, PeerError> {
+    let hello = &greeting.hello;
+    let local_head = greeting.local_head;
     let conn = endpoint.connect(addr).await.map_err(|e| net_error(&e))?;
-    *device = Some(conn.peer_key());
+    let key = conn.peer_key();
+    *device = Some(key);
+    if let Some(allow) = &greeting.allow {
+        if !(allow.0)(&key) {
+            let reason = format!(
+                "device {} is not allowed here (revoked, or not pinned while others are: `left peers`)",
+                super::short_device(&key)
+            );
+            conn.close(CODE_REFUSED, reason.as_bytes());
+            return Err(PeerError::fatal(PeerFailure::Refused, reason));
+        }
+    }
     let mut reader = FrameReader::new(conn.control_stream());
     let mut writer = FrameWriter::new(conn.control_stream());
     let share = match hello {
@@ -299,11 +368,19 @@ async fn open_session(
     writer
         .queue(hello)
         .map_err(|e| PeerError::fatal(PeerFailure::Other, e.to_string()))?;
-    writer
-        .queue(&Message::Have {
+    let have = match (&greeting.announce, local_head) {
+        (Some(parents), Some(head)) => Message::Update {
+            share,
+            head,
+            parents: parents.clone(),
+        },
+        _ => Message::Have {
             share,
             head: local_head,
-        })
+        },
+    };
+    writer
+        .queue(&have)
         .map_err(|e| PeerError::fatal(PeerFailure::Other, e.to_string()))?;
     writer.flush().await.map_err(|e| net_error(&e))?;
     let mut greeted = false;
@@ -511,7 +588,8 @@ async fn attempt(
         idle_since,
     } = peers;
     let idle_since = *idle_since;
-    let local_head = store.head().ok().flatten();
+    let greeting = Greeting::new(cfg, store);
+    let local_head = greeting.local_head;
     let mut progressed: Option<Instant> = None;
     let mut connects = tokio::task::JoinSet::new();
     let mut pending: Vec<usize> = Vec::new();
@@ -526,14 +604,14 @@ async fn attempt(
             settled[i] = true;
             continue;
         };
-        let hello = cfg.hello.clone();
+        let greeting = greeting.clone();
         let limit = cfg.connect_timeout;
         pending.push(i);
         connects.spawn(async move {
             let mut device = None;
             let r = tokio::time::timeout(
                 limit,
-                open_session(&ep, addr, &hello, local_head, &mut device),
+                open_session(&ep, addr, &greeting, &mut device),
             )
             .await
             .unwrap_or_else(|_| {
@@ -552,7 +630,7 @@ async fn attempt(
     let mut queued: BTreeMap<NodeId, Vec<(usize, Session)>> = BTreeMap::new();
     let mut running: Option<Running> = None;
     let mut pull_fut: Option<
-        std::pin::Pin<Box<dyn std::future::Future<Output = PullResult> + '_>>,
+        std::pin::Pin<Box<dyn std::future::Future<Output = PullResult> + Send + '_>>,
     > = None;
     let mut settled_at: Option<Instant> = None;
     loop {
@@ -594,7 +672,7 @@ async fn attempt(
                 if device.is_some() {
                     out.device = device;
                 }
-                let s = match r {
+                let mut s = match r {
                     Ok(s) => s,
                     Err(e) => {
                         out.error = Some(e.reason);
@@ -605,6 +683,15 @@ async fn attempt(
                         continue;
                     }
                 };
+                if let Some(w) = cfg.want {
+                    // A given snapshot, whatever the peer's head is.
+                    out.head = match s.answer {
+                        Answer::Excess(h) => Some(h),
+                        Answer::Same => local_head,
+                        Answer::Nothing => None,
+                    };
+                    s.answer = Answer::Excess(w);
+                }
                 if let Answer::Excess(h) = s.answer {
                     if missing_head[i] == Some(h) {
                         // It said it lacks objects beneath this very head and offers it again:
@@ -626,13 +713,15 @@ async fn attempt(
                         close_session(s).await;
                     }
                     Answer::Excess(h) => {
-                        out.head = Some(h);
+                        if cfg.want.is_none() {
+                            out.head = Some(h);
+                        }
                         if let Some(run) = running.as_mut().filter(|r| r.head == h) {
                             run.idx.push(i);
                             let _ = run.late.send((i, s));
                         } else if report.heads.iter().any(|(x, _)| *x == h) {
                             // Already fetched in this round: nothing more to get from it.
-                            record_fetched(store, report, settled, h, &[i]);
+                            record_fetched(store, report, settled, h, &[i], cfg.want.is_none());
                             close_session(s).await;
                         } else {
                             queued.entry(h).or_default().push((i, s));
@@ -675,7 +764,7 @@ async fn attempt(
                             settled[i] = true;
                         }
                         report.heads.push((run.head, Vec::new()));
-                        record_fetched(store, report, settled, run.head, &ok);
+                        record_fetched(store, report, settled, run.head, &ok, cfg.want.is_none());
                     }
                     Err(reason) if reason.starts_with("local store") => {
                         report.local_error = Some(reason);
@@ -720,6 +809,7 @@ fn record_fetched(
     settled: &mut [bool],
     head: NodeId,
     idx: &[usize],
+    set_ref: bool,
 ) {
     for &i in idx {
         settled[i] = true;
@@ -727,7 +817,7 @@ fn record_fetched(
         p.fetched = true;
         p.error = None;
         p.failure = None;
-        if let Some(d) = p.device {
+        if let Some(d) = p.device.filter(|_| set_ref) {
             let name = format!("peers/{}", DeviceId(d));
             if let Err(e) = store.set_ref(&name, head) {
                 p.error = Some(format!("cannot record the fetched head: {e}"));
@@ -1131,13 +1221,7 @@ pub async fn fetch_history(
     let mut device = None;
     let mut s = tokio::time::timeout(
         cfg.connect_timeout,
-        open_session(
-            endpoint,
-            addr,
-            &cfg.hello,
-            store.head().ok().flatten(),
-            &mut device,
-        ),
+        open_session(endpoint, addr, &Greeting::new(cfg, store), &mut device),
     )
     .await
     .map_err(|_| "no answer".to_string())?

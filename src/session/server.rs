@@ -82,6 +82,19 @@ pub enum ServerEvent {
         /// Why, one line.
         reason: String,
     },
+    /// A peer told us its head (`Have` or `Update`); `None` when it has none. Automatic sync
+    /// pulls a head it does not hold.
+    PeerHead {
+        /// Its address (the peer's own endpoint: a serving peer connects from its listening
+        /// address, so this is where it can be reached).
+        addr: SocketAddr,
+        /// Its device key.
+        device: [u8; 32],
+        /// Its head.
+        head: Option<left_store::NodeId>,
+        /// It said `Update` (its head just changed), not `Have`.
+        update: bool,
+    },
     /// A peer's session ended.
     Disconnected {
         /// Its address.
@@ -418,7 +431,7 @@ async fn run_session(
             while session.wants_input() {
                 match reader.try_next() {
                     Ok(Some(m)) => {
-                        if let Err(e) = handle(inner, &mut session, &mut greeted, m) {
+                        if let Err(e) = handle(inner, conn, &mut session, &mut greeted, m) {
                             end.get_or_insert(e);
                         }
                     }
@@ -484,7 +497,7 @@ async fn run_session(
         tokio::select! {
             r = reader.next() => match r {
                 Ok(Some(m)) => {
-                    if let Err(e) = handle(inner, &mut session, &mut greeted, m) {
+                    if let Err(e) = handle(inner, conn, &mut session, &mut greeted, m) {
                         end.get_or_insert(e);
                     }
                 }
@@ -517,11 +530,27 @@ async fn run_session(
 
 fn handle(
     inner: &Inner,
+    conn: &Connection,
     session: &mut ServeSession,
     greeted: &mut bool,
     msg: Message,
 ) -> Result<(), SessionEnd> {
     let is_hello = matches!(msg, Message::Hello { .. });
+    if *greeted {
+        let told = match &msg {
+            Message::Have { head, .. } => Some((*head, false)),
+            Message::Update { head, .. } => Some((Some(*head), true)),
+            _ => None,
+        };
+        if let Some((head, update)) = told {
+            inner.emit(ServerEvent::PeerHead {
+                addr: conn.remote_addr(),
+                device: conn.peer_key(),
+                head,
+                update,
+            });
+        }
+    }
     // A request arriving while busy is answered with `Working` at once.
     session.set_busy(inner.gate.lock().busy());
     let head = if matches!(msg, Message::Have { .. } | Message::Update { .. }) {

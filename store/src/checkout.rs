@@ -94,7 +94,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Prefix of the temporary files of checkout and restore (never scanned by `add`).
-pub(crate) const TMP_PREFIX: &str = ".left-tmp-";
+pub const TMP_PREFIX: &str = ".left-tmp-";
 /// Most chunks of an old file indexed for reuse (~60 bytes each); a bigger file's later chunks
 /// come from the store.
 pub const REUSE_MAP_CAP: usize = 1 << 18;

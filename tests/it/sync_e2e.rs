@@ -558,7 +558,7 @@ fn two_servers_with_the_same_head_both_serve() {
                 continue;
             }
             let v = r.json();
-            for p in v["serve"]["peers"].as_array().into_iter().flatten() {
+            for p in v["serve"]["sessions"].as_array().into_iter().flatten() {
                 if p["device"] == Value::String(b_device.clone()) {
                     sent[i] = sent[i].max(p["bytes_sent"].as_u64().unwrap_or(0));
                 }

@@ -1,0 +1,609 @@
+//! Automatic sync (`left serve --peer ...`): the tokio driver around [`crate::sync::Agent`].
+//!
+//! The agent decides when to scan and when to exchange with which peers; this loop feeds it
+//! (watcher hints, heads that peers announce to our server, an `add` through the control socket,
+//! timers) and runs the tasks it hands out, one at a time:
+//!
+//! - **Scan**: `Store::add` on a blocking thread, under the folder lock (the control socket's
+//!   `add` takes it too, so two snapshots never race for the head).
+//! - **Exchange**: [`super::fetch`] with the chosen peers (our `Have`, or `Update` when our head
+//!   changed, goes out on the way, so they hear of it; what they offer that we lack is pulled,
+//!   swarm-style from every peer offering the same head), then the ancestry headers of each
+//!   fetched head ([`super::fetch_history`], so merge bases can be found), then
+//!   [`crate::sync::integrate`] on a blocking thread (scan, fast-forward or merge, checkout). A
+//!   merge base whose tree is missing is pulled ([`super::FetchConfig::want`]) and the
+//!   integration retried once; otherwise the agent asks again later.
+//!
+//! Outgoing connections leave from the serving endpoint, so a peer sees us at our listening
+//! address and can reach us there; a peer that reaches us without being configured is learned
+//! (added to the agent's peers) the same way. Every device we reach is checked against the peer
+//! book right after its handshake.
+//!
+//! The loop publishes an [`AutoStatus`] for `left status`; `idle` is the agent's (nothing to
+//! scan, fetch or check out).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use left_store::{CheckoutOptions, NodeId, NoProgress, Store};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use super::client::{fetch, fetch_history, Endpoints, FetchConfig, FetchProgress, Target};
+use super::HISTORY_LIMIT;
+use crate::identity::DeviceId;
+use crate::sync::integrate::{integrate, IntegrateOptions, Integrated};
+use crate::sync::{Agent, AgentConfig, ExchangeOutcome, ScanOutcome, Task};
+
+/// Settings of [`run`].
+#[derive(Clone, Debug)]
+pub struct AutoConfig {
+    /// The agent's timers.
+    pub agent: AgentConfig,
+    /// How to fetch (hello, engine limits, timeouts; `announce`/`want` are set per exchange).
+    pub fetch: FetchConfig,
+    /// This device.
+    pub device: [u8; 32],
+    /// Checkout settings.
+    pub checkout: CheckoutOptions,
+}
+
+/// Something the driver is told.
+#[derive(Clone, Debug)]
+pub enum AutoInput {
+    /// The share folder changed (a watcher event).
+    LocalChange,
+    /// Our head moved outside the driver (an `add` through the control socket).
+    HeadChanged,
+    /// A peer told our server its head.
+    PeerHead {
+        /// Where it connected from.
+        addr: SocketAddr,
+        /// Its device.
+        device: [u8; 32],
+        /// Its head.
+        head: Option<NodeId>,
+    },
+}
+
+/// One peer in [`AutoStatus`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AutoPeerStatus {
+    /// As configured (or the address it reached us from).
+    pub peer: String,
+    /// Its address.
+    pub addr: String,
+    /// Its device id, once known.
+    pub device: Option<String>,
+    /// The last exchange with it succeeded, or it talked to us since.
+    pub connected: bool,
+    /// Its head as last heard.
+    pub head: Option<String>,
+    /// Its head is ours.
+    pub in_sync: bool,
+    /// Bytes of chunks still to fetch for its head (while a pull of it runs), else 0 when in
+    /// sync, `None` when unknown.
+    pub lag_bytes: Option<u64>,
+    /// Seconds since we last heard from it.
+    pub last_seen_secs: Option<f64>,
+    /// The last failure, one line.
+    pub last_error: Option<String>,
+    /// Configured with `--peer` (not learned).
+    pub configured: bool,
+}
+
+/// A pull running now.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TransferStatus {
+    /// Plain chunk bytes found missing so far.
+    pub bytes_discovered: u64,
+    /// Of which fetched.
+    pub bytes_fetched: u64,
+}
+
+/// What automatic sync is doing, for `left status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AutoStatus {
+    /// Nothing to scan, fetch or check out.
+    pub idle: bool,
+    /// `"scan"`, `"exchange"` or null.
+    pub running: Option<String>,
+    /// Our head.
+    pub head: Option<String>,
+    /// The peers.
+    pub peers: Vec<AutoPeerStatus>,
+    /// The pull running now.
+    pub transfer: Option<TransferStatus>,
+    /// The last error, one line.
+    pub last_error: Option<String>,
+    /// Scans run.
+    pub scans: u64,
+    /// Exchanges run.
+    pub exchanges: u64,
+    /// Merge snapshots made.
+    pub merges: u64,
+    /// Conflicts kept as copies so far.
+    pub conflicts: u64,
+    /// Fast-forwards made.
+    pub fast_forwards: u64,
+    /// Node and chunk bytes received from peers since the start (ecp payload), for tests and
+    /// `status`: a resumed or delta transfer shows here how little it moved.
+    pub payload_bytes_fetched: u64,
+    /// Chunks received since the start.
+    pub chunks_fetched: u64,
+}
+
+/// A peer as the driver knows it.
+#[derive(Clone, Debug)]
+struct Peer {
+    target: Target,
+    configured: bool,
+    device: Option<[u8; 32]>,
+    head: Option<NodeId>,
+    connected: bool,
+    last_seen: Option<Instant>,
+    last_error: Option<String>,
+}
+
+struct Ctx {
+    store: Arc<Store>,
+    share: PathBuf,
+    endpoints: Endpoints,
+    cfg: AutoConfig,
+    /// Held by every task that scans or moves the head (and by the control socket's `add`).
+    folder: Arc<Mutex<()>>,
+    status: Arc<Mutex<AutoStatus>>,
+}
+
+/// What a task reports back to the loop.
+enum Done {
+    Scan(Result<ScanOutcome, String>),
+    Exchange(Box<ExchangeReport>),
+}
+
+#[derive(Default)]
+struct ExchangeReport {
+    outcome: ExchangeOutcome,
+    /// Per peer index: (device, head, error).
+    peers: Vec<(usize, Option<[u8; 32]>, Option<NodeId>, Option<String>)>,
+    integrated: Option<Integrated>,
+    error: Option<String>,
+    payload_bytes: u64,
+    chunks: u64,
+}
+
+/// Runs automatic sync until `shutdown` turns true.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    store: Arc<Store>,
+    share: PathBuf,
+    endpoints: Endpoints,
+    peers: Vec<Target>,
+    cfg: AutoConfig,
+    mut inputs: mpsc::UnboundedReceiver<AutoInput>,
+    status: Arc<Mutex<AutoStatus>>,
+    folder: Arc<Mutex<()>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut agent = Agent::new(Instant::now(), cfg.agent.clone(), peers.len());
+    let mut known: Vec<Peer> = peers
+        .into_iter()
+        .map(|target| Peer {
+            target,
+            configured: true,
+            device: None,
+            head: None,
+            connected: false,
+            last_seen: None,
+            last_error: None,
+        })
+        .collect();
+    let ctx = Arc::new(Ctx {
+        store,
+        share,
+        endpoints,
+        cfg,
+        folder,
+        status,
+    });
+    let mut task: Option<tokio::task::JoinHandle<Done>> = None;
+    let mut totals = Totals::default();
+    let mut last_error: Option<String> = None;
+    loop {
+        let now = Instant::now();
+        if task.is_none() {
+            if let Some(t) = agent.poll_task(now) {
+                task = Some(start(&ctx, &known, t));
+            }
+        }
+        publish(&ctx, &agent, &known, totals, &last_error);
+        if *shutdown.borrow() {
+            break;
+        }
+        let deadline = agent
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            input = inputs.recv() => {
+                let Some(input) = input else { break };
+                let now = Instant::now();
+                match input {
+                    AutoInput::LocalChange => agent.local_change(now),
+                    AutoInput::HeadChanged => agent.head_changed(now),
+                    AutoInput::PeerHead { addr, device, head } => {
+                        let i = match find_peer(&known, addr, device) {
+                            Some(i) => i,
+                            None => {
+                                known.push(Peer {
+                                    target: Target { label: addr.to_string(), addr },
+                                    configured: false,
+                                    device: Some(device),
+                                    head: None,
+                                    connected: true,
+                                    last_seen: None,
+                                    last_error: None,
+                                });
+                                agent.add_peer(now)
+                            }
+                        };
+                        let p = &mut known[i];
+                        p.device = Some(device);
+                        p.head = head;
+                        p.connected = true;
+                        p.last_seen = Some(now);
+                        if let Some(h) = head {
+                            if !holds(&ctx.store, h) {
+                                agent.heard(now, i);
+                            }
+                        }
+                    }
+                }
+            }
+            done = async { task.as_mut().expect("guarded").await }, if task.is_some() => {
+                task = None;
+                let now = Instant::now();
+                match done {
+                    Ok(Done::Scan(r)) => match r {
+                        Ok(o) => agent.scan_done(now, o),
+                        Err(e) => {
+                            last_error = Some(e);
+                            agent.scan_done(now, ScanOutcome::default());
+                        }
+                    },
+                    Ok(Done::Exchange(rep)) => {
+                        for (i, device, head, error) in &rep.peers {
+                            let p = &mut known[*i];
+                            if device.is_some() {
+                                p.device = *device;
+                            }
+                            match error {
+                                None => {
+                                    p.head = head.or(p.head);
+                                    p.connected = true;
+                                    p.last_seen = Some(now);
+                                    p.last_error = None;
+                                }
+                                Some(e) => {
+                                    p.connected = false;
+                                    p.last_error = Some(e.clone());
+                                }
+                            }
+                        }
+                        totals.payload += rep.payload_bytes;
+                        totals.chunks += rep.chunks;
+                        if let Some(ig) = &rep.integrated {
+                            totals.merges += u64::from(ig.merges);
+                            totals.conflicts += ig.conflicts.len() as u64;
+                            totals.fast_forwards += u64::from(ig.fast_forwards);
+                            if ig.kept > 0 {
+                                // Local changes the checkout kept: snapshot them.
+                                agent.local_change(now);
+                            }
+                        }
+                        if let Some(e) = &rep.error {
+                            last_error = Some(e.clone());
+                        }
+                        agent.exchange_done(now, &rep.outcome);
+                    }
+                    Err(e) => {
+                        last_error = Some(format!("a sync task failed: {e}"));
+                        // The agent waits for the task it started: end it as failed.
+                        match agent.running() {
+                            Some("scan") => agent.scan_done(now, ScanOutcome::default()),
+                            _ => agent.exchange_done(now, &ExchangeOutcome::default()),
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                agent.handle_timeout(Instant::now());
+            }
+        }
+    }
+    // A task still running finishes (a checkout stopped halfway would be finished by the
+    // journal at the next start anyway); give it a moment.
+    if let Some(t) = task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+}
+
+/// The peer an announcement came from: by device once known, else by address.
+fn find_peer(known: &[Peer], addr: SocketAddr, device: [u8; 32]) -> Option<usize> {
+    known
+        .iter()
+        .position(|p| p.device == Some(device))
+        .or_else(|| {
+            known
+                .iter()
+                .position(|p| p.target.addr == addr && p.device.is_none())
+        })
+}
+
+/// Whether `head` is ours or behind ours (nothing to fetch or merge).
+fn holds(store: &Store, head: NodeId) -> bool {
+    match store.head() {
+        Ok(Some(ours)) => ours == head || store.is_ancestor(head, ours).unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// Counters since the start.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    merges: u64,
+    conflicts: u64,
+    fast_forwards: u64,
+    payload: u64,
+    chunks: u64,
+}
+
+fn publish(
+    ctx: &Ctx,
+    agent: &Agent,
+    known: &[Peer],
+    totals: Totals,
+    last_error: &Option<String>,
+) {
+    let head = ctx.store.head().ok().flatten();
+    let now = Instant::now();
+    let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
+    let (scans, exchanges) = agent.counts();
+    st.idle = agent.is_idle();
+    st.running = agent.running().map(str::to_string);
+    st.head = head.map(|h| h.to_string());
+    st.scans = scans;
+    st.exchanges = exchanges;
+    st.merges = totals.merges;
+    st.conflicts = totals.conflicts;
+    st.fast_forwards = totals.fast_forwards;
+    st.payload_bytes_fetched = totals.payload;
+    st.chunks_fetched = totals.chunks;
+    st.last_error = last_error.clone();
+    if st.running.is_none() {
+        st.transfer = None;
+    }
+    st.peers = known
+        .iter()
+        .map(|p| {
+            let in_sync = p.head.is_some() && p.head == head;
+            AutoPeerStatus {
+                peer: p.target.label.clone(),
+                addr: p.target.addr.to_string(),
+                device: p.device.map(|d| DeviceId(d).to_string()),
+                connected: p.connected,
+                head: p.head.map(|h| h.to_string()),
+                in_sync,
+                lag_bytes: if in_sync { Some(0) } else { None },
+                last_seen_secs: p.last_seen.map(|t| now.duration_since(t).as_secs_f64()),
+                last_error: p.last_error.clone(),
+                configured: p.configured,
+            }
+        })
+        .collect();
+}
+
+fn start(ctx: &Arc<Ctx>, known: &[Peer], task: Task) -> tokio::task::JoinHandle<Done> {
+    match task {
+        Task::Scan => {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || Done::Scan(scan(&ctx)))
+        }
+        Task::Exchange { peers, announce } => {
+            let ctx = ctx.clone();
+            let targets: Vec<(usize, Target)> = peers
+                .into_iter()
+                .map(|i| (i, known[i].target.clone()))
+                .collect();
+            tokio::spawn(async move { Done::Exchange(Box::new(exchange(ctx, targets, announce).await)) })
+        }
+    }
+}
+
+/// Snapshots local changes.
+fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
+    let _folder = ctx.folder.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = left_store::AddOptions {
+        device: ctx.cfg.device,
+        message: String::new(),
+        ..left_store::AddOptions::default()
+    };
+    let r = ctx
+        .store
+        .add(&ctx.share, &[], &opts, &NoProgress)
+        .map_err(|e| format!("cannot snapshot {}: {e}", ctx.share.display()))?;
+    let unsettled = r
+        .skipped
+        .iter()
+        .any(|s| s.reason.contains("changed while being read"));
+    release_memory();
+    Ok(ScanOutcome {
+        new_head: r.snapshot.is_some(),
+        unsettled,
+    })
+}
+
+/// Hands the memory of a finished add or checkout back (see `control.rs`).
+fn release_memory() {
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+struct Bar {
+    status: Arc<Mutex<AutoStatus>>,
+}
+
+impl FetchProgress for Bar {
+    fn update(&self, discovered: u64, fetched: u64) {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.transfer = Some(TransferStatus {
+            bytes_discovered: discovered,
+            bytes_fetched: fetched,
+        });
+    }
+}
+
+async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) -> ExchangeReport {
+    let mut rep = ExchangeReport::default();
+    let mut fcfg = ctx.cfg.fetch.clone();
+    fcfg.announce = announce;
+    fcfg.want = None;
+    let list: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
+    let bar = Bar {
+        status: ctx.status.clone(),
+    };
+    let report = fetch(&ctx.endpoints, ctx.store.clone(), &list, &fcfg, &bar).await;
+    rep.payload_bytes += report.stats.payload_bytes_received;
+    rep.chunks += report.stats.chunks_fetched;
+    for (k, p) in report.peers.iter().enumerate() {
+        let i = targets[k].0;
+        rep.peers.push((i, p.device, p.head, p.error.clone()));
+        if p.error.is_none() || p.fetched {
+            rep.outcome.reached.push(i);
+        } else {
+            rep.outcome.failed.push(i);
+        }
+    }
+    if let Some(e) = report.local_error {
+        rep.error = Some(format!("cannot store what peers sent: {e}"));
+        rep.outcome.incomplete = true;
+        return rep;
+    }
+    // Heads to integrate: fetched, and not ours or behind ours.
+    let mut heads: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+    for (h, idx) in &report.heads {
+        if !holds(&ctx.store, *h) {
+            heads.insert(*h, idx.clone());
+        }
+    }
+    if heads.is_empty() {
+        return rep;
+    }
+    // Their ancestry, so merge bases can be found.
+    for (h, idx) in &heads {
+        for &k in idx {
+            let Some(addr) = report.peers[k].addr else {
+                continue;
+            };
+            if fetch_history(
+                &ctx.endpoints,
+                addr,
+                &fcfg,
+                &ctx.store,
+                *h,
+                i64::MIN,
+                HISTORY_LIMIT,
+            )
+            .await
+            .is_ok()
+            {
+                break;
+            }
+        }
+    }
+    let heads_list: Vec<NodeId> = heads.keys().copied().collect();
+    let mut result = integrate_blocking(&ctx, heads_list.clone()).await;
+    if let Ok(ig) = &result {
+        if !ig.need_trees.is_empty() {
+            // Fetch the merge bases' trees from the peers that offered the heads, then retry.
+            let sources: Vec<Target> = heads
+                .values()
+                .flatten()
+                .filter_map(|&k| report.peers[k].addr.map(|addr| Target {
+                    label: report.peers[k].label.clone(),
+                    addr,
+                }))
+                .collect();
+            for base in ig.need_trees.clone() {
+                let mut want = fcfg.clone();
+                want.want = Some(base);
+                want.announce = false;
+                let r = fetch(&ctx.endpoints, ctx.store.clone(), &sources, &want, &()).await;
+                rep.payload_bytes += r.stats.payload_bytes_received;
+                rep.chunks += r.stats.chunks_fetched;
+                if r.heads.is_empty() {
+                    rep.error = Some(format!(
+                        "cannot fetch the files of merge base {} from the peers",
+                        base.fmt_short()
+                    ));
+                }
+            }
+            let first = result.ok();
+            result = integrate_blocking(&ctx, heads_list).await.map(|mut second| {
+                if let Some(f) = first {
+                    second.before = f.before;
+                    second.merges += f.merges;
+                    second.fast_forwards += f.fast_forwards;
+                    second.conflicts.extend(f.conflicts);
+                    second.kept += f.kept;
+                }
+                second
+            });
+        }
+    }
+    match result {
+        Ok(ig) => {
+            rep.outcome.new_head = ig.moved() || ig.scanned;
+            rep.outcome.incomplete = !ig.need_trees.is_empty();
+            if ig.moved() {
+                if let Some(h) = ig.after {
+                    tracing::info!(head = %h.fmt_short(), merges = ig.merges, "integrated");
+                }
+            }
+            rep.integrated = Some(ig);
+        }
+        Err(e) => {
+            rep.error = Some(e);
+            rep.outcome.incomplete = true;
+        }
+    }
+    rep
+}
+
+async fn integrate_blocking(ctx: &Arc<Ctx>, heads: Vec<NodeId>) -> Result<Integrated, String> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let _folder = ctx.folder.lock().unwrap_or_else(|p| p.into_inner());
+        let opts = IntegrateOptions {
+            device: ctx.cfg.device,
+            message: String::new(),
+            checkout: ctx.cfg.checkout.clone(),
+        };
+        let r = integrate(&ctx.store, &ctx.share, &heads, &opts, &NoProgress)
+            .map_err(|e| format!("cannot bring in what peers have: {e}"));
+        release_memory();
+        r
+    })
+    .await
+    .map_err(|e| format!("the sync task failed: {e}"))?
+}
+

@@ -1,0 +1,159 @@
+//! [`integrate`]: bring heads fetched from peers into the share folder (the local half of
+//! automatic sync: the store and the folder, no network, no clock).
+//!
+//! For each fetched head, in id order (so every peer takes the same steps for the same input):
+//!
+//! 1. First the folder is scanned (`Store::add`): a local change that was not snapshotted yet
+//!    becomes a snapshot and takes part in the merge, so checkout never overwrites it.
+//! 2. Then [`Store::merge`] decides: the fetched head is ours or behind us (nothing to do), ahead
+//!    of us (fast-forward), or both sides changed (a deterministic three-way merge snapshot that
+//!    every peer merging the same two heads computes identically; see the store's `merge`).
+//!    Two special cases keep a fresh peer from adding merge snapshots to everyone's history: a
+//!    fetched head that is a parentless snapshot of an empty folder (a peer that just joined)
+//!    is ignored, and when *our* head is one, the fetched head is simply checked out.
+//! 3. The folder is checked out from our head to the result (`Store::checkout`): only changed
+//!    paths, temp file and rename, a path changed on disk since the scan is kept (the next scan
+//!    snapshots it) and reported in `kept`.
+//!
+//! A merge whose base tree is not in the store (history fetched headers-only) is not attempted
+//! against a wrong base: the base is listed in [`Integrated::need_trees`] for the driver to
+//! fetch, and the head is integrated on a later call.
+
+use std::path::Path;
+
+use left_store::{AddOptions, CheckoutOptions, NodeId, Progress, Store};
+
+/// Settings of [`integrate`].
+#[derive(Clone, Debug, Default)]
+pub struct IntegrateOptions {
+    /// This device (recorded in the snapshot a scan makes).
+    pub device: [u8; 32],
+    /// Message of a snapshot of local changes.
+    pub message: String,
+    /// Checkout settings (`fsync`).
+    pub checkout: CheckoutOptions,
+}
+
+/// What [`integrate`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Integrated {
+    /// Our head before (after the scan of local changes).
+    pub before: Option<NodeId>,
+    /// Our head after.
+    pub after: Option<NodeId>,
+    /// The scan found local changes and made a snapshot of them.
+    pub scanned: bool,
+    /// Fast-forwards made.
+    pub fast_forwards: u32,
+    /// Merge snapshots made.
+    pub merges: u32,
+    /// Conflicts resolved by keeping both versions, as (kept name, conflict copy name).
+    pub conflicts: Vec<(String, String)>,
+    /// Paths the checkouts left alone because they changed on disk meanwhile.
+    pub kept: usize,
+    /// Merge bases whose trees must be fetched before these heads can be merged.
+    pub need_trees: Vec<NodeId>,
+    /// Files written and removed by the checkouts.
+    pub files_written: u64,
+    /// Files removed by the checkouts.
+    pub files_removed: u64,
+}
+
+impl Integrated {
+    /// The head moved.
+    pub fn moved(&self) -> bool {
+        self.before != self.after
+    }
+}
+
+/// Whether a snapshot is a parentless snapshot of an empty folder (a peer's first scan of a
+/// new, empty share).
+fn is_empty_start(store: &Store, id: NodeId) -> left_store::Result<bool> {
+    let s = store.snapshot(id)?;
+    if !s.parents.is_empty() {
+        return Ok(false);
+    }
+    if store.is_shallow(id)? {
+        return Ok(false);
+    }
+    Ok(store.dir_entries(s.root)?.is_empty())
+}
+
+/// Scans the share, then fast-forwards to or merges with each of `heads` (complete in the
+/// store) and checks the result out. See the module documentation.
+pub fn integrate(
+    store: &Store,
+    share: &Path,
+    heads: &[NodeId],
+    opts: &IntegrateOptions,
+    progress: &dyn Progress,
+) -> left_store::Result<Integrated> {
+    let add = store.add(
+        share,
+        &[],
+        &AddOptions {
+            device: opts.device,
+            message: opts.message.clone(),
+            ..AddOptions::default()
+        },
+        progress,
+    )?;
+    let mut out = Integrated {
+        scanned: add.snapshot.is_some(),
+        before: store.head()?,
+        ..Integrated::default()
+    };
+    out.after = out.before;
+    let mut heads: Vec<NodeId> = heads.to_vec();
+    heads.sort();
+    heads.dedup();
+    for theirs in heads {
+        let ours = store.head()?;
+        let target = match ours {
+            None => Some(theirs),
+            Some(o) if o == theirs => None,
+            Some(o) => {
+                if is_empty_start(store, theirs)? {
+                    None
+                } else if is_empty_start(store, o)? && !store.is_ancestor(theirs, o)? {
+                    Some(theirs)
+                } else {
+                    match store.merge(o, theirs) {
+                        Ok(left_store::MergeOutcome::UpToDate) => None,
+                        Ok(left_store::MergeOutcome::FastForward(t)) => {
+                            out.fast_forwards += 1;
+                            Some(t)
+                        }
+                        Ok(left_store::MergeOutcome::Merged {
+                            snapshot,
+                            conflicts,
+                        }) => {
+                            out.merges += 1;
+                            out.conflicts.extend(
+                                conflicts
+                                    .iter()
+                                    .map(|c| (c.path.display().to_string(), c.copy.display().to_string())),
+                            );
+                            Some(snapshot)
+                        }
+                        Err(left_store::Error::NeedTree(base)) => {
+                            if !out.need_trees.contains(&base) {
+                                out.need_trees.push(base);
+                            }
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        };
+        if let Some(to) = target {
+            let r = store.checkout(share, ours, to, &opts.checkout, progress)?;
+            out.kept += r.kept.len();
+            out.files_written += r.files_written;
+            out.files_removed += r.files_removed;
+            out.after = store.head()?;
+        }
+    }
+    Ok(out)
+}
