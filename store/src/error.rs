@@ -1,5 +1,6 @@
 //! The one error type of the store crate.
 
+use crate::ids::NodeId;
 use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in the store. Messages are short, lowercase and name the cause.
@@ -79,6 +80,22 @@ pub enum Error {
     /// A RocksDB error.
     #[error("database error: {0}")]
     Db(String),
+    /// A merge needs the files (tree) of this snapshot, a merge base or one of the heads, and the
+    /// store holds only its header (history fetched without trees, or dropped by gc): fetch the
+    /// tree from a peer, then merge again. Never merged against another base instead.
+    #[error(
+        "the files of snapshot {} are needed for the merge and are not in this store (fetch them, then merge again)",
+        .0.fmt_short()
+    )]
+    NeedTree(NodeId),
+    /// A merge needs these snapshot headers (sorted) to find its merge base: they are parents of
+    /// stored snapshots but not stored. Fetch them from a peer, then merge again.
+    #[error(
+        "the history between the two heads is incomplete here ({} snapshot headers missing, e.g. {}): fetch them, then merge again",
+        .0.len(),
+        .0.first().map(|i| i.fmt_short()).unwrap_or_default()
+    )]
+    NeedHeaders(Vec<NodeId>),
 }
 
 /// Result with the store's [`Error`].

@@ -7,11 +7,20 @@
 //! object is reported once, with up to 10 paths that use it in the newest snapshot that uses it.
 //!
 //! **gc** marks from the refs: every snapshot node reachable through parents is kept; trees are kept
-//! for all of them, or with `keep_last = N` only for the last N snapshots of head's first-parent
-//! history (and the tips of other refs). Dropped trees are recorded (`meta/shallow/<id>`) so verify,
-//! ls and restore know those files are gone on purpose. Then it sweeps unmarked chunks and nodes and,
-//! when it deleted anything, compacts with forced blob garbage collection, so the space really
-//! returns to the disk (with nothing deleted it does not compact, so it never grows a store).
+//! for all of them, or, when a retention rule is given, only for the snapshots a rule keeps (as
+//! restic combines its `--keep-*` rules: a snapshot is kept if any rule keeps it):
+//! - `keep_last = N`: the last N snapshots of head's first-parent history;
+//! - `keep_within = D` ([`Store::gc_keep_within`]): every snapshot (any branch) whose time is within
+//!   D of head's time (as restic, measured from the latest snapshot, not the clock, so a store left
+//!   alone for a month does not lose its history on the next gc);
+//! - always: the tips of all refs, and what merging head with each `peers/*` ref reads: their merge
+//!   base(s), and for a criss-cross the bases the virtual base is built from, so the next merge with
+//!   that peer finds its base tree here.
+//!
+//! Dropped trees are recorded (`meta/shallow/<id>`) so verify, ls and restore know those files are
+//! gone on purpose. Then it sweeps unmarked chunks and nodes and, when it deleted anything,
+//! compacts with forced blob garbage collection, so the space really returns to the disk (with
+//! nothing deleted it does not compact, so it never grows a store).
 //! gc holds the store's operation lock for writing: no add or put runs meanwhile.
 //!
 //! Memory: the marks are in-memory sets of ids (about 40 bytes per chunk, i.e. ~1 MiB per 1.6 GiB
@@ -200,6 +209,18 @@ impl Store {
     /// Drops unreachable chunks and nodes (and, with `keep_last`, the trees of older snapshots), then
     /// compacts so the store really shrinks on disk.
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        self.gc_keep_within(opts, None, progress)
+    }
+
+    /// [`Store::gc`] with one more retention rule: `keep_within` keeps the trees of every snapshot
+    /// at most that much older than head (restic's `--keep-within`). With `keep_last` too, a
+    /// snapshot is kept if either rule keeps it; with neither, every tree is kept.
+    pub fn gc_keep_within(
+        &self,
+        opts: &GcOptions,
+        keep_within: Option<std::time::Duration>,
+        progress: &dyn Progress,
+    ) -> Result<GcReport> {
         self.writable()?;
         if let Some((_, to)) = self.pending_checkout()? {
             // Its trees are what finishing it reads.
@@ -217,10 +238,12 @@ impl Store {
         let snaps = self.all_snapshots()?;
         // Which trees to keep.
         let mut keep_tree: HashSet<NodeId> = HashSet::new();
-        match opts.keep_last {
-            None => keep_tree.extend(snaps.iter().map(|(id, _)| *id)),
-            Some(n) => {
-                let mut cur = self.head()?;
+        if opts.keep_last.is_none() && keep_within.is_none() {
+            keep_tree.extend(snaps.iter().map(|(id, _)| *id));
+        } else {
+            let head = self.head()?;
+            if let Some(n) = opts.keep_last {
+                let mut cur = head;
                 let mut k = 0;
                 while let (Some(id), true) = (cur, k < n) {
                     keep_tree.insert(id);
@@ -230,10 +253,30 @@ impl Store {
                         .ok()
                         .and_then(|s| s.parents.first().copied());
                 }
-                for (name, id) in self.refs()? {
-                    if name != "head" {
-                        keep_tree.insert(id);
-                    }
+            }
+            if let Some(d) = keep_within {
+                let newest = snaps
+                    .iter()
+                    .filter_map(|(_, s)| s.as_ref().map(|s| s.time_ns))
+                    .max();
+                let reference = match head.map(|h| self.snapshot(h)) {
+                    Some(Ok(s)) => Some(s.time_ns),
+                    _ => newest,
+                };
+                if let Some(reference) = reference {
+                    let within = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+                    let floor = reference.saturating_sub(within);
+                    keep_tree.extend(snaps.iter().filter_map(|(id, s)| {
+                        s.as_ref().filter(|s| s.time_ns >= floor).map(|_| *id)
+                    }));
+                }
+            }
+            for (name, id) in self.refs()? {
+                if name != "head" {
+                    keep_tree.insert(id);
+                }
+                if let (Some(h), true) = (head, name.starts_with("peers/")) {
+                    keep_tree.extend(self.merge_needs(h, id)?);
                 }
             }
         }

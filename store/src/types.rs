@@ -257,3 +257,65 @@ pub struct CheckoutReport {
     /// Paths left untouched because they changed locally since the last scan.
     pub kept: Vec<Skipped>,
 }
+
+/// The lowest common ancestors of two snapshots over the snapshot-header DAG
+/// ([`crate::Store::merge_bases`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MergeBases {
+    /// The merge bases, sorted by id: none for unrelated histories, one usually, several after a
+    /// criss-cross.
+    pub bases: Vec<NodeId>,
+    /// Snapshot headers (sorted) the walk reached as parents but the store lacks. When not empty,
+    /// `bases` may be wrong (too old, or missing altogether): fetch these headers and ask again.
+    pub missing: Vec<NodeId>,
+    /// The walk stopped after [`crate::ANCESTOR_LIMIT`] snapshots; `bases` may be wrong.
+    pub truncated: bool,
+}
+
+impl MergeBases {
+    /// Whether the walk saw every header it needed (`bases` are exact).
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty() && !self.truncated
+    }
+}
+
+/// What [`crate::Store::merge`] decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum MergeOutcome {
+    /// Theirs is ours or one of its ancestors: nothing to do.
+    UpToDate,
+    /// Ours is an ancestor of theirs (the id): check theirs out and move head there.
+    FastForward(NodeId),
+    /// Both sides changed: a merge snapshot was written (head was not moved).
+    Merged {
+        /// The merge snapshot (the same on every peer merging the same two heads).
+        snapshot: NodeId,
+        /// Paths both sides changed differently, where both versions were kept.
+        conflicts: Vec<Conflict>,
+    },
+}
+
+/// A side of a merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MergeSide {
+    /// The first argument of [`crate::Store::merge`] (our head).
+    Ours,
+    /// The second argument (the peer's head).
+    Theirs,
+}
+
+/// A path both sides of a merge changed differently: the winner keeps the name, the other version
+/// is kept beside it under a `.sync-conflict-` name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// The path (relative to the share) that keeps the winning version.
+    pub path: PathBuf,
+    /// Where the losing version was kept (same folder, conflict name).
+    pub copy: PathBuf,
+    /// Which side's version kept the name.
+    pub winner: MergeSide,
+    /// The author device of the winning side.
+    pub winner_device: [u8; 32],
+    /// The author device of the losing side (the device named in the conflict name).
+    pub loser_device: [u8; 32],
+}
