@@ -15,9 +15,10 @@
 //!    paths, temp file and rename, a path changed on disk since the scan is kept (the next scan
 //!    snapshots it) and reported in `kept`.
 //!
-//! A merge whose base tree is not in the store (history fetched headers-only) is not attempted
-//! against a wrong base: the base is listed in [`Integrated::need_trees`] for the driver to
-//! fetch, and the head is integrated on a later call.
+//! A merge is never attempted against a base that may be wrong: a base whose tree is not in the
+//! store (history fetched headers-only) is listed in [`Integrated::need_trees`], history headers
+//! the merge-base walk could not find in [`Integrated::need_headers`]; the driver fetches them and
+//! calls again.
 
 use std::path::Path;
 
@@ -53,6 +54,9 @@ pub struct Integrated {
     pub kept: usize,
     /// Merge bases whose trees must be fetched before these heads can be merged.
     pub need_trees: Vec<NodeId>,
+    /// Snapshot headers of the histories that must be fetched before these heads can be merged
+    /// (their merge base cannot be found without them).
+    pub need_headers: Vec<NodeId>,
     /// Files written and removed by the checkouts.
     pub files_written: u64,
     /// Files removed by the checkouts.
@@ -132,13 +136,23 @@ pub fn integrate(
                             out.conflicts.extend(
                                 conflicts
                                     .iter()
-                                    .map(|c| (c.path.display().to_string(), c.copy.display().to_string())),
+                                    .map(|c| {
+                                        (c.path.display().to_string(), c.copy.display().to_string())
+                                    }),
                             );
                             Some(snapshot)
                         }
                         Err(left_store::Error::NeedTree(base)) => {
                             if !out.need_trees.contains(&base) {
                                 out.need_trees.push(base);
+                            }
+                            None
+                        }
+                        Err(left_store::Error::NeedHeaders(ids)) => {
+                            for id in ids {
+                                if !out.need_headers.contains(&id) {
+                                    out.need_headers.push(id);
+                                }
                             }
                             None
                         }

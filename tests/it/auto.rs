@@ -161,7 +161,6 @@ impl Cluster {
     fn converge(&self, limit: Duration) -> String {
         let running: Vec<&Peer> = self.peers.iter().filter(|p| p.server.is_some()).collect();
         let deadline = Instant::now() + limit;
-        let mut last = String::new();
         loop {
             let statuses: Vec<Value> = running.iter().map(|p| self.status(p.name)).collect();
             let head = statuses[0]["head"].clone();
@@ -192,7 +191,7 @@ impl Cluster {
                     return head.as_str().unwrap().to_owned();
                 }
             }
-            last = statuses
+            let last = statuses
                 .iter()
                 .zip(&running)
                 .map(|(s, p)| {

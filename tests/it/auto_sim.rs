@@ -78,7 +78,6 @@ enum Pending {
 }
 
 struct SimPeer {
-    root: PathBuf,
     share: PathBuf,
     store_dir: PathBuf,
     device: [u8; 32],
@@ -153,7 +152,7 @@ fn pull(
             }
         }
         steps += 1;
-        if rng.gen_bool(cut) {
+        if rng.random_bool(cut) {
             p.remove_peer(peer, "link failed");
             continue;
         }
@@ -204,7 +203,6 @@ impl Sim {
                 let mut device = [0u8; 32];
                 rng.fill(&mut device);
                 SimPeer {
-                    root,
                     share,
                     store_dir,
                     device,
@@ -284,12 +282,12 @@ impl Sim {
         const NAMES: [&str; 6] = ["a.txt", "b.txt", "c.bin", "d/e.txt", "d/f.txt", "g/h/i.txt"];
         let share = self.peers[i].share.clone();
         let existing: Vec<PathBuf> = files(&share);
-        let op = self.rng.gen_range(0..10);
+        let op = self.rng.random_range(0..10);
         let mut touched: Vec<PathBuf> = Vec::new();
         let what = match op {
             0..=3 => {
-                let name = NAMES[self.rng.gen_range(0..NAMES.len())];
-                let len = self.rng.gen_range(0..3000);
+                let name = NAMES[self.rng.random_range(0..NAMES.len())];
+                let len = self.rng.random_range(0..3000);
                 let mut data = vec![0u8; len];
                 self.rng.fill(&mut data[..]);
                 let path = share.join(name);
@@ -308,18 +306,18 @@ impl Sim {
                 format!("write {name} ({len} B)")
             }
             4..=5 if !existing.is_empty() => {
-                let path = &existing[self.rng.gen_range(0..existing.len())];
+                let path = &existing[self.rng.random_range(0..existing.len())];
                 let mut data = fs::read(path).unwrap();
-                let at = if data.is_empty() { 0 } else { self.rng.gen_range(0..data.len()) };
-                data.insert(at, self.rng.gen());
+                let at = if data.is_empty() { 0 } else { self.rng.random_range(0..data.len()) };
+                data.insert(at, self.rng.random());
                 fs::write(path, &data).unwrap();
                 set_mtime(path, self.mtime_now());
                 touched.push(path.clone());
                 format!("modify {}", path.strip_prefix(&share).unwrap().display())
             }
             6 if !existing.is_empty() => {
-                let from = existing[self.rng.gen_range(0..existing.len())].clone();
-                let to = share.join(NAMES[self.rng.gen_range(0..NAMES.len())]);
+                let from = existing[self.rng.random_range(0..existing.len())].clone();
+                let to = share.join(NAMES[self.rng.random_range(0..NAMES.len())]);
                 if to.exists() || to.parent().is_some_and(|p| p.is_file()) {
                     return;
                 }
@@ -334,13 +332,13 @@ impl Sim {
                 )
             }
             7..=8 if !existing.is_empty() => {
-                let path = &existing[self.rng.gen_range(0..existing.len())];
+                let path = &existing[self.rng.random_range(0..existing.len())];
                 fs::remove_file(path).unwrap();
                 touched.push(path.clone());
                 format!("delete {}", path.strip_prefix(&share).unwrap().display())
             }
             9 => {
-                let dir = share.join(["d", "g"][self.rng.gen_range(0..2)]);
+                let dir = share.join(["d", "g"][self.rng.random_range(0..2)]);
                 if dir.is_dir() {
                     fs::remove_dir_all(&dir).unwrap();
                     touched.push(dir.clone());
@@ -368,7 +366,7 @@ impl Sim {
             }
         }
         if let Some(a) = self.peers[i].agent.as_mut() {
-            if self.rng.gen_range(0..10) != 0 {
+            if self.rng.random_range(0..10) != 0 {
                 a.local_change(self.now);
             }
         }
@@ -384,7 +382,7 @@ impl Sim {
             let Some(task) = self.peers[i].agent.as_mut().unwrap().poll_task(now) else {
                 continue;
             };
-            let took = Duration::from_millis(self.rng.gen_range(1..80));
+            let took = Duration::from_millis(self.rng.random_range(1..80));
             let pending = match task {
                 Task::Scan => Pending::Scan,
                 Task::Exchange { peers, .. } => self.exchange(i, &peers),
@@ -403,7 +401,7 @@ impl Sim {
         let our_head = self.peers[i].head();
         for &k in peers {
             let j = Sim::other(i, k);
-            if !self.peers[j].up() || !self.link_up(i, j) || self.rng.gen_bool(0.03) {
+            if !self.peers[j].up() || !self.link_up(i, j) || self.rng.random_bool(0.03) {
                 failed.push(k);
                 continue;
             }
@@ -648,12 +646,12 @@ fn run_seed(seed: u64, n: usize, ops: usize) {
     let mut sim = Sim::new(seed, n);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for _ in 0..ops {
-            let gap = Duration::from_millis(sim.rng.gen_range(0..600));
+            let gap = Duration::from_millis(sim.rng.random_range(0..600));
             let until = sim.now + gap;
             sim.run_until(until);
-            match sim.rng.gen_range(0..20) {
+            match sim.rng.random_range(0..20) {
                 0 => {
-                    let i = sim.rng.gen_range(0..n);
+                    let i = sim.rng.random_range(0..n);
                     if sim.peers[i].up() {
                         sim.kill(i);
                     } else {
@@ -661,14 +659,14 @@ fn run_seed(seed: u64, n: usize, ops: usize) {
                     }
                 }
                 1 => {
-                    let a = sim.rng.gen_range(0..n);
-                    let b = (a + sim.rng.gen_range(1..n)) % n;
-                    let until = sim.now + Duration::from_millis(sim.rng.gen_range(100..4000));
+                    let a = sim.rng.random_range(0..n);
+                    let b = (a + sim.rng.random_range(1..n)) % n;
+                    let until = sim.now + Duration::from_millis(sim.rng.random_range(100..4000));
                     sim.down.insert((a.min(b), a.max(b)), until);
                     sim.note(format!("link {a}-{b} down"));
                 }
                 _ => {
-                    let i = sim.rng.gen_range(0..n);
+                    let i = sim.rng.random_range(0..n);
                     sim.edit(i);
                 }
             }
@@ -698,6 +696,18 @@ fn run_seed(seed: u64, n: usize, ops: usize) {
         for i in 1..n {
             assert_same_tree(&sim.peers[0].share, &sim.peers[i].share);
         }
+        let count = |w: &str| sim.log.iter().filter(|l| l.contains(w)).count();
+        eprintln!(
+            "auto_sim seed {seed}: {} edits, {} kills, {} link failures, {} snapshots, {} integrations, {} merges, {} files at the end, {:.1} s virtual",
+            count(": write") + count(": modify") + count(": rename") + count(": delete") + count(": rm -r"),
+            count("killed"),
+            count("down"),
+            count("snapshot "),
+            count("integrated"),
+            sim.log.iter().filter(|l| l.contains("integrated") && !l.contains(" 0 merges")).count(),
+            files(&sim.peers[0].share).len(),
+            (sim.now - sim.t0).as_secs_f64()
+        );
         // And the folder is what the head says (a rescan makes nothing new).
         for p in &sim.peers {
             let r = p
@@ -764,10 +774,10 @@ fn a_seed_replays_to_the_same_tree() {
     let root_of = |seed| {
         let mut sim = Sim::new(seed, 3);
         for _ in 0..20 {
-            let gap = Duration::from_millis(sim.rng.gen_range(0..400));
+            let gap = Duration::from_millis(sim.rng.random_range(0..400));
             let until = sim.now + gap;
             sim.run_until(until);
-            let i = sim.rng.gen_range(0..3);
+            let i = sim.rng.random_range(0..3);
             sim.edit(i);
         }
         let until = sim.now + Duration::from_secs(60);
