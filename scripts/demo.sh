@@ -4,7 +4,9 @@
 # restore the old version byte for byte.
 # Part 2, two peers on loopback: A serves the share, B joins it with A's share key and syncs; a change
 # on A is added (through the running serve) and B's second sync moves only the delta.
-# Leaves nothing behind (the serve is stopped, the folder removed) unless KEEP=1.
+# Part 3, three peers syncing automatically (`left serve --peer ...`): an add, an edit, a deletion
+# and a concurrent edit of one file on two peers, each reaching all three; `left status` on the way.
+# Leaves nothing behind (the serves are stopped, the folder removed) unless KEEP=1.
 set -euo pipefail
 
 LEFT="${LEFT:-target/release/left}"
@@ -15,11 +17,16 @@ gen="$here/../shared/bench/gen.py"
 
 work="$(mktemp -d /tmp/left-demo.XXXXXX)"
 serve_pid=""
+auto_pids=()
 cleanup() {
   if [ -n "$serve_pid" ] && kill -0 "$serve_pid" 2>/dev/null; then
     kill -INT "$serve_pid" 2>/dev/null || true
     wait "$serve_pid" 2>/dev/null || true
   fi
+  for p in "${auto_pids[@]}"; do
+    kill -INT "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   if [ "${KEEP:-0}" = 1 ]; then echo "demo: work folder kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -102,5 +109,82 @@ status=0
 wait "$serve_pid" || status=$?
 serve_pid=""
 echo "left serve exited with status $status"
+
+# ---------------------------------------------------------------------------------------------
+step "three peers that sync automatically: X, Y, Z, each given the other two (the seed's layout)"
+key="$("$LEFT" share-key --store "$share/.left")"
+ports=($(python3 -c 'import socket
+s=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+[x.bind(("127.0.0.1", 0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))'))
+names=(X Y Z)
+for i in 0 1 2; do
+  d="$work/${names[$i]}"
+  printf '%s\n' "$key" | "$LEFT" init --join - "$d" >/dev/null
+done
+for i in 0 1 2; do
+  d="$work/${names[$i]}"
+  peers=()
+  for j in 0 1 2; do [ "$j" = "$i" ] || peers+=(--peer "127.0.0.1:${ports[$j]}"); done
+  printf '$ left serve --listen 127.0.0.1:%s %s --settle 0.3 --interval 2 &   # in %s\n' \
+    "${ports[$i]}" "${peers[*]}" "${names[$i]}"
+  (cd "$d" && exec "$LEFT" serve --listen "127.0.0.1:${ports[$i]}" "${peers[@]}" \
+      --settle 0.3 --interval 2 --rescan 10 >"$work/${names[$i]}.out" 2>"$work/${names[$i]}.err") &
+  auto_pids+=($!)
+done
+# Waits until all three are idle on one head (polling `left status --json`).
+converge() {
+  for _ in $(seq 1 600); do
+    heads=""
+    ok=1
+    for n in "${names[@]}"; do
+      st="$("$LEFT" status --json --store "$work/$n/.left" 2>/dev/null)" || { ok=0; break; }
+      line="$(printf '%s' "$st" | python3 -c 'import json,sys
+v=json.load(sys.stdin); print(v["head"], v["idle"])')"
+      heads="$heads ${line% *}"
+      [ "${line#* }" = "True" ] || ok=0
+    done
+    if [ "$ok" = 1 ] && [ "$(printf '%s\n' $heads | sort -u | wc -l)" = 1 ] && [ "${heads# }" != "None" ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "demo: the three peers did not converge" >&2
+  tail -n 5 "$work"/X.err "$work"/Y.err "$work"/Z.err >&2
+  return 1
+}
+same3() {
+  diff -r --exclude=.left "$work/X" "$work/Y" >/dev/null && diff -r --exclude=.left "$work/X" "$work/Z" >/dev/null \
+    && echo "X, Y and Z hold the same files: $(cd "$work/X" && find . -path ./.left -prune -o -type f -print | sed 's|^./||' | sort | tr '\n' ' ')"
+}
+
+step "add a file on X: Y and Z get it"
+echo "a note written on X" > "$work/X/note.txt"
+converge && same3
+run status --store "$work/Y/.left"
+
+step "edit it on Y, add a folder on Z: all three get both"
+echo "the note, edited on Y" > "$work/Y/note.txt"
+mkdir -p "$work/Z/photos" && head -c 300000 /dev/urandom > "$work/Z/photos/cat.jpg"
+converge && same3
+
+step "delete the folder on X: it goes everywhere (and stays in the history)"
+rm -r "$work/X/photos"
+converge && same3
+
+step "the same file edited on X and Z at once: both versions are kept, on all three"
+echo "X's version" > "$work/X/note.txt"
+echo "Z's version" > "$work/Z/note.txt"
+converge && same3
+for f in "$work"/Y/note*; do printf '  Y/%s: %s\n' "$(basename "$f")" "$(cat "$f")"; done
+
+step "Y's history: snapshots from all three devices and the merges"
+run log --store "$work/Y/.left" -n 8
+run status --store "$work/Z/.left"
+
+step "stop the three peers (Ctrl-C)"
+for p in "${auto_pids[@]}"; do kill -INT "$p"; done
+for p in "${auto_pids[@]}"; do wait "$p" || true; done
+auto_pids=()
 echo
 echo "demo done"

@@ -78,6 +78,9 @@ pub enum Request {
     Gc {
         /// Keep the trees of only the last N snapshots.
         keep_last: Option<usize>,
+        /// Also keep the trees of snapshots at most this many seconds older than head.
+        #[serde(default)]
+        keep_within_secs: Option<u64>,
     },
     /// The server's status (a JSON object; see [`StoreHandler`] for the keys it always has).
     Status,
@@ -597,10 +600,20 @@ impl StoreHandler {
                     device: self.device,
                 },
             ),
-            Request::Gc { keep_last } => {
+            Request::Gc {
+                keep_last,
+                keep_within_secs,
+            } => {
                 let _one = self.ops.lock().unwrap_or_else(|e| e.into_inner());
                 let mut result = None;
-                let mut gc = || result = Some(self.store.gc(&GcOptions { keep_last }, &NoProgress));
+                let within = keep_within_secs.map(std::time::Duration::from_secs);
+                let mut gc = || {
+                    result = Some(self.store.gc_keep_within(
+                        &GcOptions { keep_last },
+                        within,
+                        &NoProgress,
+                    ))
+                };
                 match &self.exclusive {
                     Some(exclusive) => exclusive(&mut gc),
                     None => gc(),
@@ -803,7 +816,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            call(dir, &Request::Gc { keep_last: None })
+            call(dir, &Request::Gc { keep_last: None, keep_within_secs: None })
                 .unwrap()
                 .unwrap(),
             error("no".into(), Some("hint".into()))
@@ -859,7 +872,7 @@ mod tests {
 
     #[test]
     fn wire_forms_are_stable() {
-        let req = Request::Gc { keep_last: Some(3) };
+        let req = Request::Gc { keep_last: Some(3), keep_within_secs: Some(60) };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
             r#"{"Gc":{"keep_last":3}}"#

@@ -96,12 +96,20 @@ pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Resul
         } else {
             ""
         };
-        out.data(format!(
-            "{} {} {who}{shallow} {}",
-            id.fmt_short(),
-            fmt::time(s.time_ns),
-            s.message
-        ))?;
+        let message = if s.parents.len() > 1 && s.message == left_store::MERGE_MESSAGE {
+            ""
+        } else {
+            s.message.as_str()
+        };
+        out.data(
+            format!(
+                "{} {} {who}{shallow} {message}",
+                id.fmt_short(),
+                fmt::time(s.time_ns),
+            )
+            .trim_end()
+            .to_owned(),
+        )?;
     }
     Ok(EXIT_OK)
 }

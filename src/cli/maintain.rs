@@ -19,6 +19,45 @@ pub struct GcArgs {
     /// Keep the files of only the last N snapshots of the head's history (the history itself stays)
     #[arg(long, value_name = "N")]
     keep_last: Option<usize>,
+    /// Also keep the files of every snapshot at most this much older than the head (e.g. 30d,
+    /// 12h, 90m, 2w, 1y); with --keep-last, a snapshot either rule keeps is kept
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<std::time::Duration>,
+}
+
+/// Parses a retention duration: a number and a unit (s, m, h, d, w, y), or several such
+/// (`1d12h`).
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 30d, 12h, 90m, 2w or 1y");
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            'y' => 365 * 86_400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(bad)?;
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 /// Runs `left verify`: exit 0 when clean, else every problem on stdout and exit 1.
@@ -80,10 +119,11 @@ pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<
         Opened::Local(_, store) => {
             let progress = out.progress();
             let report = store
-                .gc(
+                .gc_keep_within(
                     &GcOptions {
                         keep_last: args.keep_last,
                     },
+                    args.keep_within,
                     &progress,
                 )
                 .context("cannot collect garbage")?;
@@ -93,6 +133,7 @@ pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<
         Opened::Served(dir, _) => {
             let req = control::Request::Gc {
                 keep_last: args.keep_last,
+                keep_within_secs: args.keep_within.map(|d| d.as_secs()),
             };
             match call_served(&dir, &req)? {
                 control::Response::Gc(reply) => reply.into(),
@@ -119,4 +160,22 @@ fn print_gc(out: &Output, report: &GcReport) -> anyhow::Result<()> {
         fmt::bytes(report.bytes_after)
     ))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn retention_durations_parse() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("1d12h"), Ok(Duration::from_secs(36 * 3600)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("1y"), Ok(Duration::from_secs(365 * 86_400)));
+        for bad in ["", "d", "30", "3x", "1.5d", "99999999999999999999y"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }
