@@ -21,7 +21,8 @@
 //! through a symlink, keeping local changes, journaled so a crash is finished by
 //! `resume_checkout` (see [`checkout`] for the rules and what survives a power cut).
 //!
-//! What this crate does not do: it knows nothing about peers, the network, keys or merging; it does
+//! What this crate does not do: it knows nothing about peers, the network or keys (it merges
+//! two snapshots deterministically, [`Store::merge`], without knowing where they came from); it does
 //! not watch folders; it does not encrypt chunks (codec bytes 2 and up are reserved for sealed chunks
 //! later). Two processes cannot both open one store for writing: the second gets [`Error::Locked`].
 #![warn(missing_docs)]
