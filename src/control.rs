@@ -816,7 +816,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            call(dir, &Request::Gc { keep_last: None, keep_within_secs: None })
+            call(
+                dir,
+                &Request::Gc {
+                    keep_last: None,
+                    keep_within_secs: None,
+                },
+            )
                 .unwrap()
                 .unwrap(),
             error("no".into(), Some("hint".into()))
@@ -872,10 +878,21 @@ mod tests {
 
     #[test]
     fn wire_forms_are_stable() {
-        let req = Request::Gc { keep_last: Some(3), keep_within_secs: Some(60) };
+        let req = Request::Gc {
+            keep_last: Some(3),
+            keep_within_secs: Some(60),
+        };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
-            r#"{"Gc":{"keep_last":3}}"#
+            r#"{"Gc":{"keep_last":3,"keep_within_secs":60}}"#
+        );
+        // A request from an older client (no keep_within_secs) still reads.
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"Gc":{"keep_last":3}}"#).unwrap(),
+            Request::Gc {
+                keep_last: Some(3),
+                keep_within_secs: None
+            }
         );
         assert_eq!(
             serde_json::to_string(&Request::Status).unwrap(),
