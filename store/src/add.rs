@@ -7,9 +7,20 @@
 //!    mtime in ns and raw name bytes.
 //! 2. **Scan cache**: a file whose size, mtime, ctime and inode match its cache record, and whose file
 //!    node is still complete in the store, keeps that node without being read (`rehash` disables this).
+//!    A record written while the file's mtime was within [`Store::RACY_MARGIN_NS`] of the moment its
+//!    read started is *racy*: a write in the same timestamp tick right after the read would not
+//!    change the stat, so the next add reads that file again even if its stat matches (git's "racy
+//!    clean" problem); that re-read, once the file is older, writes a normal record.
 //! 3. **Pipeline** for the other files, four stages joined by bounded channels: a reader thread
 //!    reads each file in 1 MiB blocks straight into a ~4 MiB batch buffer and cuts chunks (FastCDC)
-//!    in place, so chunk bytes are not copied on this serial stage; a hashing
+//!    in place, so chunk bytes are not copied on this serial stage. A changed file whose scan
+//!    record names a previous version this add cut itself (and whose node is complete) is not
+//!    scanned again where it did not change: at each true cut the reader checks whether the
+//!    previous version's next chunk is there again (BLAKE3 of those bytes, on the rayon pool, and
+//!    FastCDC's decision at its end, see [`chunker::CutCheck`]) and takes it with its known id;
+//!    after a mismatch it cuts with FastCDC and looks each new chunk up among the next old chunks
+//!    (a bounded window) to find where the old list continues ([`Reuse`]). The chunks are exactly
+//!    those of a full FastCDC pass. A hashing
 //!    thread hashes (BLAKE3), checks the chunk index and compresses new chunks of a batch on the
 //!    rayon pool (both cores); the calling thread turns each batch into chunk, chunk-list node, file
 //!    node and completeness-mark puts; a writer thread writes those batches to RocksDB. Every stage
@@ -45,6 +56,55 @@ use std::path::{Path, PathBuf};
 const READ_BLOCK: usize = 1 << 20;
 const BATCH_BYTES: usize = 4 << 20;
 const MAX_REREADS: usize = 3;
+/// Old chunks a changed file's reader looks ahead to find where the old list continues after a
+/// change (an insertion or deletion shifts it): 4096 entries, ~256 MiB of the old file at the
+/// default sizes, ~400 KiB of memory.
+const REUSE_WINDOW: usize = 4096;
+/// After this many bytes cut without finding an old chunk again, the rest of the file is cut
+/// without looking (the reader stops hashing chunks itself, which the hashing stage does in
+/// parallel with the reading).
+const RESYNC_LIMIT: u64 = 64 << 20;
+/// While looking for the old list, the reader cuts and hashes one chunk at a time (it stops
+/// cutting at the first old chunk found) until this many bytes went unmatched; then a whole read
+/// block at a time, hashed on the rayon pool (a long new stretch: an old chunk is not near).
+const RESYNC_BULK: u64 = 1 << 20;
+/// Old chunks checked at once (hashed on the rayon pool) in [`Mode::Fast`], at most: the group
+/// starts at 2 after a change and doubles after each group found whole. After a mismatch the rest
+/// of its group was hashed for nothing, and each group costs a wake-up of the pool, so groups are
+/// small near changes and as large as the bytes read allow elsewhere.
+const REUSE_GROUP: usize = 64;
+
+/// A scan record is *racy* when the file's mtime is within this of the moment its read started
+/// (or later): 2 s. A write right after the read changes the stat only if it gets a new mtime (and
+/// ctime), and a timestamp is the filesystem's clock when the write starts, rounded to its
+/// granularity: ext4, xfs and btrfs take it from the kernel's coarse clock (a tick of 1-10 ms);
+/// ext3, HFS+ and some NFS servers keep whole seconds, FAT and exFAT 2 s for mtime. So a file
+/// whose mtime is more than 2 s before its read started gets a different mtime from any later
+/// write. Costs one re-read of each file written within 2 s before an add, at the next add.
+///
+/// The ctime is not looked at (as git's racy check): a later write that then puts the mtime back
+/// (`cp -p`, `rsync -t`, `tar x`) changes the ctime, which the stat compares, unless all of it
+/// happens in the very tick of the ctime recorded, with the same size and the very same old mtime.
+/// Counting a recent ctime as racy would instead re-read, once, every file recently linked,
+/// renamed, chmodded or put in place with its old mtime (a hard-linked benchmark input, every file
+/// a checkout writes): a cost on every such add for a race that needs a writer to restore the
+/// exact mtime within one clock tick.
+pub(crate) const RACY_MARGIN_NS: i64 = 2_000_000_000;
+
+impl Store {
+    /// How recent (ns) a file's mtime may be, relative to the start of its read, for its
+    /// scan record to be marked racy (read again by the next add even if its stat matches).
+    pub const RACY_MARGIN_NS: i64 = RACY_MARGIN_NS;
+}
+
+/// Scan record flags, kept in the high bits of the mode word (a mode never uses bits above
+/// 0o7777), so a record stays 68 bytes (gc keeps only 68-byte records) and old records read as
+/// "no flags". The record may be stale: read the file again even if its stat matches.
+const REC_RACY: u32 = 1 << 31;
+/// The record's file node was cut by this store's `add` (FastCDC with the store's sizes), so its
+/// cuts may be reused ([`chunker::CutCheck`]); not set by checkout, whose nodes come from peers.
+const REC_CUT_HERE: u32 = 1 << 30;
+const REC_FLAGS: u32 = REC_RACY | REC_CUT_HERE;
 
 /// Test hook: called by the reader thread after the first block of each read attempt of a file,
 /// with the file's path and the attempt number (0 = first read).
@@ -89,31 +149,51 @@ impl Stat {
             mode: st.st_mode & 0o7777,
         }
     }
+    /// A scan record without flags (not racy, node not known to be cut here).
     pub(crate) fn cache_bytes(&self, node: NodeId) -> [u8; 68] {
+        self.record_bytes(node, 0)
+    }
+    /// A scan record with `flags` (`REC_*`) in the high bits of the mode word.
+    fn record_bytes(&self, node: NodeId, flags: u32) -> [u8; 68] {
         let mut b = [0u8; 68];
         b[..8].copy_from_slice(&self.size.to_le_bytes());
         b[8..16].copy_from_slice(&self.mtime_ns.to_le_bytes());
         b[16..24].copy_from_slice(&self.ctime_ns.to_le_bytes());
         b[24..32].copy_from_slice(&self.ino.to_le_bytes());
-        b[32..36].copy_from_slice(&self.mode.to_le_bytes());
+        b[32..36].copy_from_slice(&((self.mode & !REC_FLAGS) | (flags & REC_FLAGS)).to_le_bytes());
         b[36..].copy_from_slice(node.as_bytes());
         b
     }
+    /// The stat and node of a scan record, flags dropped.
     pub(crate) fn from_cache(b: &[u8]) -> Option<(Stat, NodeId)> {
+        Stat::from_record(b).map(|(st, node, _)| (st, node))
+    }
+    /// The stat, node and flags (`REC_*`) of a scan record.
+    fn from_record(b: &[u8]) -> Option<(Stat, NodeId, u32)> {
         if b.len() != 68 {
             return None;
         }
         let u = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8"));
+        let mode = u32::from_le_bytes(b[32..36].try_into().expect("4"));
         Some((
             Stat {
                 size: u(0..8),
                 mtime_ns: u(8..16) as i64,
                 ctime_ns: u(16..24) as i64,
                 ino: u(24..32),
-                mode: u32::from_le_bytes(b[32..36].try_into().expect("4")),
+                mode: mode & !REC_FLAGS,
             },
             NodeId(Hash(b[36..].try_into().expect("32"))),
+            mode & REC_FLAGS,
         ))
+    }
+    /// Whether a record of this stat, for a read that started at `started` and ended at `ended`
+    /// (ns), is racy: its mtime is not clearly older than the read ([`RACY_MARGIN_NS`]). An mtime
+    /// far in the future (a clock set back, a `touch -d`) is not racy: a later write gets a
+    /// timestamp of now, which differs from it.
+    fn racy(&self, started: i64, ended: i64) -> bool {
+        self.mtime_ns >= started.saturating_sub(RACY_MARGIN_NS)
+            && self.mtime_ns <= ended.saturating_add(RACY_MARGIN_NS)
     }
 }
 
@@ -133,11 +213,23 @@ struct Ent {
     gone: bool,
 }
 
+/// What the reader already knows of a chunk's id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// Nothing: the hashing stage hashes it.
+    No,
+    /// A chunk of the file's previous version, found again (hashed by the reader): already stored.
+    Reused(ChunkId),
+    /// Cut by FastCDC and hashed by the reader while looking for the previous version's chunks.
+    Hashed(ChunkId),
+}
+
 enum Item {
     Chunk {
         job: usize,
         start: usize,
         len: usize,
+        known: Known,
     },
     Restart {
         job: usize,
@@ -151,6 +243,8 @@ enum Item {
     Done {
         job: usize,
         stat: Stat,
+        /// The scan record must be marked racy.
+        racy: bool,
     },
 }
 
@@ -164,6 +258,28 @@ struct ReadBatch {
 struct Job {
     ent: usize,
     abs: PathBuf,
+    /// The file node of the file's previous version, cut by this store and complete, whose cuts
+    /// the reader may reuse.
+    prev: Option<NodeId>,
+}
+
+/// Counters of one add, for tests and measurements ([`Store::debug_add_with_stats`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddStats {
+    /// Plain bytes of chunks taken from a previous version of their file (cut and id reused,
+    /// verified by BLAKE3 and FastCDC's decision at the cut) instead of being cut by FastCDC.
+    pub bytes_cut_reused: u64,
+    /// Chunks taken that way.
+    pub chunks_cut_reused: u64,
+    /// Plain bytes cut by FastCDC.
+    pub bytes_cut_cdc: u64,
+    /// Of those, bytes the reader hashed itself, looking for the previous version's chunks.
+    pub bytes_cut_resync: u64,
+    /// Files read although their stat matched the scan record, because the record was racy.
+    pub files_racy_reread: u64,
+    /// Scan records written racy.
+    pub records_racy: u64,
 }
 
 /// A chunk after the hashing stage: its id, and its encoding unless the store already has it.
@@ -277,7 +393,21 @@ impl Store {
         opts: &AddOptions,
         progress: &dyn Progress,
     ) -> Result<AddReport> {
+        self.debug_add_with_stats(share_root, only, opts, progress)
+            .map(|(r, _)| r)
+    }
+
+    /// [`Store::add`], also returning counters of what the reader did (tests, measurements).
+    #[doc(hidden)]
+    pub fn debug_add_with_stats(
+        &self,
+        share_root: &Path,
+        only: &[PathBuf],
+        opts: &AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<(AddReport, AddStats)> {
         self.writable()?;
+        let mut stats = AddStats::default();
         self.resume_checkout(share_root, &CheckoutOptions::default(), progress)?;
         let _g = self.op.read().expect("op lock");
         let share = fs::canonicalize(share_root).map_err(|e| Error::io(share_root, e))?;
@@ -351,10 +481,13 @@ impl Store {
             scan_roots.push((rel.clone(), idx));
         }
 
-        // Scan cache (batched lookups), then jobs for everything not known unchanged.
+        // Scan cache (batched lookups), then jobs for everything not known unchanged. A file whose
+        // record is racy is read again even if its stat matches. A file whose record names a node
+        // this store cut keeps it as the previous version whose cuts its reader may reuse.
         let files: Vec<usize> = (0..ents.len())
             .filter(|&i| ents[i].kind == EntryKind::File && !ents[i].skipped)
             .collect();
+        let mut prevs: HashMap<usize, NodeId> = HashMap::new();
         if !opts.rehash {
             for part in files.chunks(4096) {
                 let keys: Vec<&[u8]> = part
@@ -362,18 +495,28 @@ impl Store {
                     .map(|&i| ents[i].rel.as_os_str().as_bytes())
                     .collect();
                 let vals = self.db.get_many(cf::SCAN, &keys)?;
-                let hits: Vec<(usize, NodeId)> = part
-                    .iter()
-                    .zip(vals)
-                    .filter_map(|(&i, v)| {
-                        let (st, node) = Stat::from_cache(&v?)?;
-                        (st == ents[i].stat).then_some((i, node))
-                    })
-                    .collect();
-                let ids: Vec<NodeId> = hits.iter().map(|h| h.1).collect();
-                for ((i, node), ok) in hits.into_iter().zip(self.has_nodes(&ids)?) {
-                    if ok {
-                        ents[i].node = Some(node);
+                // (entry, node, unchanged)
+                let mut found: Vec<(usize, NodeId, bool)> = Vec::new();
+                for (&i, v) in part.iter().zip(vals) {
+                    let Some((st, node, flags)) = v.as_deref().and_then(Stat::from_record) else {
+                        continue;
+                    };
+                    let same = st == ents[i].stat;
+                    if same && flags & REC_RACY == 0 {
+                        found.push((i, node, true));
+                    } else if flags & REC_CUT_HERE != 0 {
+                        stats.files_racy_reread += u64::from(same);
+                        found.push((i, node, false));
+                    }
+                }
+                let ids: Vec<NodeId> = found.iter().map(|h| h.1).collect();
+                for ((i, node, same), ok) in found.into_iter().zip(self.has_nodes(&ids)?) {
+                    match (ok, same) {
+                        (true, true) => ents[i].node = Some(node),
+                        (true, false) => {
+                            prevs.insert(i, node);
+                        }
+                        (false, _) => {}
                     }
                 }
             }
@@ -387,12 +530,13 @@ impl Store {
                 jobs.push(Job {
                     ent: i,
                     abs: share.join(&e.rel),
+                    prev: prevs.get(&i).copied(),
                 });
             }
         }
 
         progress.start("add", Some(total));
-        let res = self.run_pipeline(jobs, &mut ents, &mut report, progress);
+        let res = self.run_pipeline(jobs, &mut ents, &mut report, &mut stats, progress);
         progress.finish();
         res?;
 
@@ -458,7 +602,7 @@ impl Store {
             && prev_root.is_some()
         {
             self.flush_after_add();
-            return Ok(report);
+            return Ok((report, stats));
         }
         let snap = Snapshot {
             root: new_root,
@@ -488,7 +632,7 @@ impl Store {
         self.db.write(b.inner, true)?;
         report.snapshot = Some(sid);
         report.head = Some(sid);
-        Ok(report)
+        Ok((report, stats))
     }
 
     /// Flushes the memtables, so the next open does not replay the WAL (up to the whole memtable
@@ -603,6 +747,7 @@ impl Store {
         jobs: Vec<Job>,
         ents: &mut [Ent],
         report: &mut AddReport,
+        stats: &mut AddStats,
         progress: &dyn Progress,
     ) -> Result<()> {
         if jobs.is_empty() {
@@ -615,11 +760,12 @@ impl Store {
         let (htx, hrx) = crossbeam_channel::bounded::<(ReadBatch, Vec<Hashed>)>(1);
         let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
         let (wtx, wrx) = crossbeam_channel::bounded::<rocksdb::WriteBatch>(1);
-        let reader = std::thread::spawn(move || read_files(jobs, sizes, tx, pool_rx));
         let db = &self.db;
         let mut refs: Vec<ContentBuilder> =
             (0..job_ents.len()).map(|_| ContentBuilder::new()).collect();
         let result = std::thread::scope(|scope| {
+            // The reader reads the previous versions' chunk lists from the store as it goes.
+            scope.spawn(move || read_files(self, jobs, sizes, tx, pool_rx));
             // Writes overlap with hashing and compressing the next batch.
             let writer = scope.spawn(move || -> Result<()> {
                 for b in wrx.iter() {
@@ -635,12 +781,20 @@ impl Store {
                         .items
                         .par_iter()
                         .filter_map(|it| match it {
-                            Item::Chunk { start, len, .. } => Some((*start, *len)),
+                            Item::Chunk {
+                                start, len, known, ..
+                            } => Some((*start, *len, *known)),
                             _ => None,
                         })
-                        .map(|(s, l)| {
+                        .map(|(s, l, known)| {
                             let data = &rb.buf[s..s + l];
-                            let id = ChunkId(Hash::of(data));
+                            let id = match known {
+                                // Stored: the previous version's node is complete, and gc cannot
+                                // run during an add.
+                                Known::Reused(id) => return Ok((id, None)),
+                                Known::Hashed(id) => id,
+                                Known::No => ChunkId(Hash::of(data)),
+                            };
                             if db.exists(cf::CHUNK_INDEX, id.as_bytes())? {
                                 return Ok((id, None));
                             }
@@ -672,7 +826,20 @@ impl Store {
                 let step = (|| -> Result<()> {
                     for it in items {
                         match it {
-                            Item::Chunk { job, len, .. } => {
+                            Item::Chunk {
+                                job, len, known, ..
+                            } => {
+                                match known {
+                                    Known::Reused(_) => {
+                                        stats.bytes_cut_reused += len as u64;
+                                        stats.chunks_cut_reused += 1;
+                                    }
+                                    Known::Hashed(_) => {
+                                        stats.bytes_cut_cdc += len as u64;
+                                        stats.bytes_cut_resync += len as u64;
+                                    }
+                                    Known::No => stats.bytes_cut_cdc += len as u64,
+                                }
                                 let (id, enc) = done.next().expect("one result per chunk")?;
                                 if let Some(enc) = enc {
                                     w.put_chunk(id, len, &enc);
@@ -699,17 +866,23 @@ impl Store {
                                     });
                                 }
                             }
-                            Item::Done { job, stat } => {
+                            Item::Done { job, stat, racy } => {
                                 let r = std::mem::take(&mut refs[job]);
                                 let id = w.file_node(stat, r)?;
                                 let e = &mut ents[job_ents[job]];
                                 e.stat = stat;
                                 e.node = Some(id);
+                                let flags = if racy {
+                                    stats.records_racy += 1;
+                                    REC_CUT_HERE | REC_RACY
+                                } else {
+                                    REC_CUT_HERE
+                                };
                                 w.batch.put(
                                     &self.db,
                                     cf::SCAN,
                                     e.rel.as_os_str().as_bytes(),
-                                    &stat.cache_bytes(id),
+                                    &stat.record_bytes(id, flags),
                                 );
                             }
                         }
@@ -732,7 +905,6 @@ impl Store {
                 Err(_) => Err(Error::Db("the write thread panicked".into())),
             }
         });
-        let _ = reader.join();
         result
     }
 }
@@ -1059,10 +1231,11 @@ fn normalize(p: &Path) -> PathBuf {
 ///
 /// Files are read straight into the batch buffer and cut in place ([`chunker::cut_ready`]): chunk
 /// bytes are never copied on this thread, which is the serial stage of the pipeline. Only the
-/// uncut tail of a file (less than `max` bytes) moves to the next buffer when a batch is sent.
+/// uncut tail of a file (at most `max` bytes) moves to the next buffer when a batch is sent.
 /// Buffers are allocated zeroed once (`cap` bytes, recycled through `pool`); `fill` is how much of
 /// one holds data.
 fn read_files(
+    store: &Store,
     jobs: Vec<Job>,
     sizes: chunker::ChunkSizes,
     tx: crossbeam_channel::Sender<ReadBatch>,
@@ -1070,6 +1243,8 @@ fn read_files(
 ) {
     let cap = BATCH_BYTES + READ_BLOCK + 2 * sizes.max as usize;
     let mut r = Reader {
+        store,
+        check: chunker::CutCheck::new(sizes),
         sizes,
         cap,
         rb: ReadBatch::default(),
@@ -1081,10 +1256,10 @@ fn read_files(
     for (job, j) in jobs.iter().enumerate() {
         let mut attempt = 0;
         loop {
-            match r.read_one(job, attempt, &j.abs) {
+            match r.read_one(job, attempt, &j.abs, j.prev) {
                 Err(()) => return, // receiver gone
-                Ok(ReadOutcome::Ok(stat)) => {
-                    r.rb.items.push(Item::Done { job, stat });
+                Ok(ReadOutcome::Ok(stat, racy)) => {
+                    r.rb.items.push(Item::Done { job, stat, racy });
                     break;
                 }
                 Ok(ReadOutcome::Failed(reason)) => {
@@ -1127,14 +1302,17 @@ fn read_files(
 }
 
 enum ReadOutcome {
-    Ok(Stat),
+    /// Read whole: its stat, and whether its scan record must be marked racy.
+    Ok(Stat, bool),
     Failed(String),
     Gone,
     Changed,
 }
 
 /// The reader thread's state: the batch being filled, `fill` bytes of its buffer in use.
-struct Reader {
+struct Reader<'s> {
+    store: &'s Store,
+    check: chunker::CutCheck,
     sizes: chunker::ChunkSizes,
     cap: usize,
     rb: ReadBatch,
@@ -1143,7 +1321,284 @@ struct Reader {
     pool: crossbeam_channel::Receiver<Vec<u8>>,
 }
 
-impl Reader {
+/// One chunk of a file's previous version: id, plain length, offset in that version.
+#[derive(Debug, Clone, Copy)]
+struct OldChunk {
+    id: Hash,
+    len: u64,
+    off: u64,
+}
+
+/// The chunk entries of a stored file in order, read one chunk-list node at a time: memory is the
+/// tree depth times the fan-out (at most 41 x 1024 entries), whatever the file size. A node that
+/// is missing, corrupt or not where it belongs ends the list early (the reader then cuts the rest
+/// with FastCDC, which is always correct).
+struct OldChunks<'s> {
+    store: &'s Store,
+    /// The chunk-list nodes being walked, root first: level, entries, index of the next entry.
+    stack: Vec<(u8, Vec<ChunkRef>, usize)>,
+}
+
+impl<'s> OldChunks<'s> {
+    fn new(store: &'s Store, content: node::Content) -> OldChunks<'s> {
+        let stack = match content {
+            node::Content::Inline(e) => vec![(0, e, 0)],
+            node::Content::Tree(root) => match store.read_node(root) {
+                Ok(Node::ChunkList(c)) => vec![(c.level, c.entries, 0)],
+                _ => Vec::new(),
+            },
+        };
+        OldChunks { store, stack }
+    }
+}
+
+impl Iterator for OldChunks<'_> {
+    type Item = ChunkRef;
+
+    fn next(&mut self) -> Option<ChunkRef> {
+        loop {
+            let (level, entries, i) = self.stack.last_mut()?;
+            let Some(&e) = entries.get(*i) else {
+                self.stack.pop();
+                continue;
+            };
+            *i += 1;
+            if *level == 0 {
+                return Some(e);
+            }
+            let level = *level;
+            match self.store.read_node(NodeId(e.id)) {
+                Ok(Node::ChunkList(c)) if c.level + 1 == level => {
+                    self.stack.push((c.level, c.entries, 0))
+                }
+                _ => {
+                    self.stack.clear();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// How a changed file's reader is cutting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// At a true cut where the previous version's next chunk (the front of the window) may be
+    /// again: check it, take it if it is.
+    Fast,
+    /// Cutting with FastCDC and hashing each chunk to find it among the next old chunks.
+    Resync,
+    /// Cutting with FastCDC only (no old chunk left, or none found for [`RESYNC_LIMIT`] bytes).
+    Plain,
+}
+
+/// A changed file's previous version, whose cuts its reader reuses where the file did not change.
+///
+/// At each true cut (the file's start, the end of every chunk emitted) `cursor` names the old
+/// chunk that may come next. In [`Mode::Fast`] the reader takes the next old chunks as long as
+/// [`chunker::CutCheck::keeps_cut`] says FastCDC would cut at their end and their bytes hash to
+/// their id; their cut is then FastCDC's (see [`chunker::CutCheck`]). After a mismatch it cuts
+/// with FastCDC ([`Mode::Resync`]) and looks each chunk's id up among the old chunks of the window
+/// (up to [`REUSE_BEHIND`] before the cursor and the rest of [`REUSE_WINDOW`] after it): an
+/// overwrite keeps offsets, an insertion or deletion shifts them, and a new chunk equal to an old
+/// one says where the old list continues. In that order, it takes: the chunk's id at the old
+/// offset the last alignment predicts (`shift`), an old chunk boundary where that alignment puts
+/// the chunk's end (an overwrite keeps the alignment), or the id elsewhere (nearest to the
+/// prediction) but only on probation: data often repeats (zero runs, copied blocks), so such a
+/// jump is undone unless the next old chunk is there too. Emitted chunks are true cuts in every
+/// mode: the window only decides where to look, never what is cut.
+struct Reuse<'s> {
+    old: OldChunks<'s>,
+    /// Size of the previous version.
+    old_size: u64,
+    /// Offset of the next old chunk `old` yields.
+    next_off: u64,
+    /// Old chunks `base..base + win.len()` (sequence numbers in the old list).
+    win: std::collections::VecDeque<OldChunk>,
+    base: u64,
+    /// The old chunk that may come next (`base <= cursor <= base + win.len()`).
+    cursor: u64,
+    /// Where each id of `win` is, ascending.
+    index: HashMap<Hash, std::collections::VecDeque<u64>>,
+    mode: Mode,
+    /// Bytes cut in [`Mode::Resync`] since the last old chunk was found.
+    unmatched: u64,
+    /// Offset in the new file of the current true cut.
+    new_off: u64,
+    /// New offset minus old offset where the two lists were last aligned.
+    shift: i64,
+    /// `(cursor, shift)` before a jump on probation: restored if the jump is not confirmed.
+    fallback: Option<(u64, i64)>,
+    /// Old chunks to check at once in [`Mode::Fast`] (up to [`REUSE_GROUP`]).
+    group: usize,
+}
+
+/// Old chunks the window keeps before the cursor, so that a resync can also go back (after an id
+/// found more than once was taken at the wrong place).
+const REUSE_BEHIND: u64 = 1024;
+
+impl<'s> Reuse<'s> {
+    /// The previous version `prev` (a file node), or `None` if it cannot be read.
+    fn open(store: &'s Store, prev: NodeId) -> Option<Reuse<'s>> {
+        let Ok(Node::File(f)) = store.read_node(prev) else {
+            return None;
+        };
+        Some(Reuse {
+            old: OldChunks::new(store, f.content),
+            old_size: f.size,
+            next_off: 0,
+            win: std::collections::VecDeque::new(),
+            base: 0,
+            cursor: 0,
+            index: HashMap::new(),
+            mode: Mode::Fast,
+            unmatched: 0,
+            new_off: 0,
+            shift: 0,
+            fallback: None,
+            group: 2,
+        })
+    }
+
+    /// Drops old chunks more than [`REUSE_BEHIND`] before the cursor and tops the window up to
+    /// [`REUSE_WINDOW`] entries.
+    fn fill(&mut self) {
+        let low = self
+            .fallback
+            .map_or(self.cursor, |(c, _)| c.min(self.cursor));
+        while low - self.base > REUSE_BEHIND {
+            let Some(e) = self.win.pop_front() else { break };
+            if let Some(seqs) = self.index.get_mut(&e.id) {
+                debug_assert_eq!(seqs.front(), Some(&self.base));
+                seqs.pop_front();
+                if seqs.is_empty() {
+                    self.index.remove(&e.id);
+                }
+            }
+            self.base += 1;
+        }
+        while self.win.len() < REUSE_WINDOW {
+            let Some(e) = self.old.next() else { return };
+            let seq = self.base + self.win.len() as u64;
+            self.index.entry(e.id).or_default().push_back(seq);
+            self.win.push_back(OldChunk {
+                id: e.id,
+                len: e.len,
+                off: self.next_off,
+            });
+            self.next_off = self.next_off.saturating_add(e.len);
+        }
+    }
+
+    /// The old chunks from the cursor on.
+    fn ahead(&self) -> impl Iterator<Item = &OldChunk> {
+        self.win.range((self.cursor - self.base) as usize..)
+    }
+
+    /// The old chunk at `seq` was found again as the new chunk of `len` bytes at `new_off`: the
+    /// lists are aligned after it.
+    fn take(&mut self, seq: u64, len: usize) {
+        let c = self.win[(seq - self.base) as usize];
+        self.cursor = seq + 1;
+        self.shift = self.new_off as i64 - c.off as i64;
+        self.new_off += len as u64;
+    }
+
+    /// An old chunk was taken in [`Mode::Fast`]: the alignment is confirmed.
+    fn confirmed(&mut self) {
+        self.fallback = None;
+        self.unmatched = 0;
+    }
+
+    /// The old chunk at the cursor is not next: look for the old list (undoing a jump on
+    /// probation).
+    fn reject(&mut self) {
+        if let Some((cursor, shift)) = self.fallback.take() {
+            self.cursor = cursor;
+            self.shift = shift;
+        }
+        self.mode = Mode::Resync;
+        self.group = 2;
+    }
+
+    /// Bytes from an old chunk's start to the previous version's end.
+    fn rem_old(&self, c: &OldChunk) -> u64 {
+        self.old_size.saturating_sub(c.off)
+    }
+
+    /// The old chunk of the window that starts at old offset `off`.
+    fn starting_at(&self, off: i64) -> Option<u64> {
+        let i = self.win.partition_point(|c| (c.off as i64) < off);
+        (self.win.get(i)?.off as i64 == off).then_some(self.base + i as u64)
+    }
+
+    /// After a new chunk `id` of `len` bytes was cut at `new_off` with FastCDC: where the old list
+    /// continues, if it can tell.
+    fn found(&mut self, id: Hash, len: usize) {
+        if self.mode == Mode::Fast {
+            if self
+                .ahead()
+                .next()
+                .is_some_and(|c| c.id == id && c.len == len as u64)
+            {
+                self.take(self.cursor, len);
+                self.confirmed();
+                return;
+            }
+            self.reject();
+        }
+        let expect = self.new_off as i64 - self.shift;
+        let mut elsewhere = None;
+        if let Some(seqs) = self.index.get(&id) {
+            // The occurrence nearest to where the current alignment puts this chunk.
+            let off = |seq: u64| self.win[(seq - self.base) as usize].off as i64;
+            let i = seqs.partition_point(|&q| off(q) < expect);
+            let nearest = [i.checked_sub(1), Some(i)]
+                .into_iter()
+                .flatten()
+                .filter_map(|i| seqs.get(i).copied())
+                .filter(|&q| self.win[(q - self.base) as usize].len == len as u64)
+                .min_by_key(|&q| (off(q) - expect).unsigned_abs());
+            if let Some(q) = nearest {
+                if off(q) == expect {
+                    self.take(q, len);
+                    self.mode = Mode::Fast;
+                    self.confirmed();
+                    return;
+                }
+                elsewhere = Some(q);
+            }
+        }
+        if let Some(q) = self.starting_at(expect + len as i64) {
+            self.new_off += len as u64;
+            self.cursor = q;
+            self.mode = Mode::Fast;
+        } else if let Some(q) = elsewhere {
+            self.fallback = Some((self.cursor, self.shift));
+            self.take(q, len);
+            self.mode = Mode::Fast;
+        } else {
+            self.new_off += len as u64;
+        }
+        self.unmatched += len as u64;
+    }
+}
+
+/// Hashes chunks `(start, len)` of `data`, on the rayon pool when there are several.
+fn hash_chunks(data: &[u8], chunks: &[(usize, usize)]) -> Vec<Hash> {
+    if chunks.len() <= 1 {
+        return chunks
+            .iter()
+            .map(|&(s, l)| Hash::of(&data[s..s + l]))
+            .collect();
+    }
+    chunks
+        .par_iter()
+        .map(|&(s, l)| Hash::of(&data[s..s + l]))
+        .collect()
+}
+
+impl Reader<'_> {
     /// A buffer of `cap` bytes: a recycled one, else a new one.
     fn fresh_buf(&self) -> Vec<u8> {
         let mut b = self.pool.try_recv().unwrap_or_default();
@@ -1169,13 +1624,16 @@ impl Reader {
         self.tx.send(full).map_err(|_| ())
     }
 
-    /// Reads one file into the batch buffer(s), adding an item per chunk.
+    /// Reads one file into the batch buffer(s), adding an item per chunk. `prev`: the file node of
+    /// its previous version, whose cuts may be reused.
     fn read_one(
         &mut self,
         job: usize,
         attempt: usize,
         path: &Path,
+        prev: Option<NodeId>,
     ) -> std::result::Result<ReadOutcome, ()> {
+        let started = now_ns();
         let mut f = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),
@@ -1186,8 +1644,13 @@ impl Reader {
             Ok(_) => return Ok(ReadOutcome::Failed("no longer a regular file".into())),
             Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
         };
-        // This file's uncut bytes are `pend..fill` of the buffer. Invariant before each read:
-        // `pend < BATCH_BYTES` and `fill - pend < max`, so a block always fits (`cap`).
+        // A file of one chunk has nothing to gain from its previous cuts.
+        let mut reuse = prev
+            .filter(|_| before.size > u64::from(self.sizes.max))
+            .and_then(|p| Reuse::open(self.store, p));
+        // This file's uncut bytes are `pend..fill` of the buffer, and `pend` is a true cut.
+        // Invariant before each read: `pend < BATCH_BYTES` and `fill - pend <= max`, so a block
+        // always fits (`cap`).
         let mut pend = self.fill;
         let mut total = 0u64;
         let outcome = loop {
@@ -1205,15 +1668,7 @@ impl Reader {
             total += n as u64;
             self.rb.bytes_read += n as u64;
             self.fill += n;
-            let items = &mut self.rb.items;
-            let base = pend;
-            pend += chunker::cut_ready(&self.rb.buf[base..self.fill], self.sizes, |start, len| {
-                items.push(Item::Chunk {
-                    job,
-                    start: base + start,
-                    len,
-                })
-            });
+            pend = self.cut(job, pend, &mut reuse, false);
             if pend >= BATCH_BYTES {
                 self.send(pend)?;
                 pend = 0;
@@ -1224,11 +1679,8 @@ impl Reader {
             self.fill = pend;
             return Ok(failed);
         }
-        let mut start = pend;
-        for len in chunker::cut_all(&self.rb.buf[pend..self.fill], self.sizes) {
-            self.rb.items.push(Item::Chunk { job, start, len });
-            start += len;
-        }
+        let end = self.cut(job, pend, &mut reuse, true);
+        debug_assert_eq!(end, self.fill, "all cut at the end of the file");
         let after = match f.metadata() {
             Ok(m) => Stat::of(&m),
             Err(e) => return Ok(ReadOutcome::Failed(one_line(&e.to_string()))),
@@ -1237,6 +1689,249 @@ impl Reader {
         if before != after || total != after.size || path_now != Some(after) {
             return Ok(ReadOutcome::Changed);
         }
-        Ok(ReadOutcome::Ok(after))
+        Ok(ReadOutcome::Ok(after, after.racy(started, now_ns())))
+    }
+
+    /// Cuts the file's pending bytes `pend..fill` (`pend` a true cut), adding an item per chunk
+    /// whose end is certain (every chunk at the end of the file, `eof`); returns the new `pend`.
+    /// Afterwards `fill - pend <= max`, and `pend == fill` at the end of the file.
+    fn cut(
+        &mut self,
+        job: usize,
+        mut pend: usize,
+        reuse: &mut Option<Reuse<'_>>,
+        eof: bool,
+    ) -> usize {
+        if let Some(ru) = reuse.as_mut() {
+            loop {
+                let again = match ru.mode {
+                    Mode::Fast => self.cut_reused(job, &mut pend, ru, eof),
+                    Mode::Resync => self.cut_resync(job, &mut pend, ru, eof),
+                    Mode::Plain => break,
+                };
+                if !again {
+                    return pend;
+                }
+            }
+        }
+        self.cut_plain(job, pend, eof)
+    }
+
+    /// FastCDC only, the chunks' ids left to the hashing stage.
+    fn cut_plain(&mut self, job: usize, pend: usize, eof: bool) -> usize {
+        let items = &mut self.rb.items;
+        let data = &self.rb.buf[pend..self.fill];
+        let mut push = |start: usize, len: usize| {
+            items.push(Item::Chunk {
+                job,
+                start: pend + start,
+                len,
+                known: Known::No,
+            })
+        };
+        if eof {
+            let mut start = 0;
+            for len in chunker::cut_all(data, self.sizes) {
+                push(start, len);
+                start += len;
+            }
+            self.fill
+        } else {
+            pend + chunker::cut_ready(data, self.sizes, push)
+        }
+    }
+
+    /// [`Mode::Fast`]: takes the previous version's next chunks while they are there again. Returns
+    /// whether to go on cutting (in another mode); `false` when more bytes are needed, or at the end
+    /// of the file, all cut.
+    fn cut_reused(&mut self, job: usize, pend: &mut usize, ru: &mut Reuse<'_>, eof: bool) -> bool {
+        let max = self.sizes.max as usize;
+        let data = &self.rb.buf[*pend..self.fill];
+        if data.is_empty() {
+            return false;
+        }
+        ru.fill();
+        if ru.ahead().next().is_none() {
+            ru.mode = Mode::Plain;
+            return true;
+        }
+        // The old chunks that may follow, as far as the bytes read decide: FastCDC's decision at
+        // a chunk's end needs the byte after it, and the bytes left to the end of the file unless
+        // more than `max` are (all such counts decide alike).
+        let mut cands: Vec<(usize, usize)> = Vec::new();
+        let mut off = 0;
+        let mut need_bytes = false;
+        let mut rejected = false;
+        for c in ru.ahead() {
+            let left = data.len() - off;
+            if left == 0 {
+                // At the end of the file: all cut. (Before it, `left > max` below.)
+                break;
+            }
+            if !eof && left <= max {
+                need_bytes = true;
+                break;
+            }
+            let len = c.len as usize;
+            if !self
+                .check
+                .keeps_cut(&data[off..], len, ru.rem_old(c), left as u64)
+            {
+                rejected = true;
+                break;
+            }
+            cands.push((off, len));
+            off += len;
+            if cands.len() == ru.group {
+                break;
+            }
+        }
+        let ids = hash_chunks(data, &cands);
+        let mut taken = 0;
+        let mut end = 0;
+        for (&(s, len), id) in cands.iter().zip(ids) {
+            if ru.ahead().next().map(|c| c.id) != Some(id) {
+                rejected = true;
+                break;
+            }
+            self.rb.items.push(Item::Chunk {
+                job,
+                start: *pend + s,
+                len,
+                known: Known::Reused(ChunkId(id)),
+            });
+            ru.take(ru.cursor, len);
+            taken += 1;
+            end = s + len;
+        }
+        debug_assert!(taken == cands.len() || rejected);
+        *pend += end;
+        if taken > 0 {
+            ru.confirmed();
+        }
+        if taken == ru.group {
+            ru.group = (2 * ru.group).min(REUSE_GROUP);
+        }
+        if rejected {
+            ru.reject();
+            return true;
+        }
+        if need_bytes || *pend == self.fill {
+            return false;
+        }
+        // The next group; or the window ran out: top it up (or, at the old list's end, cut the
+        // rest with FastCDC).
+        true
+    }
+
+    /// [`Mode::Resync`]: cuts what is certain with FastCDC, hashes each chunk and looks for it among
+    /// the next old chunks, stopping at the first found. Returns whether to go on cutting in
+    /// another mode ([`Mode::Fast`] after an old chunk was found, or [`Mode::Plain`]); `false`
+    /// when more bytes are needed, or at the end of the file, all cut.
+    fn cut_resync(&mut self, job: usize, pend: &mut usize, ru: &mut Reuse<'_>, eof: bool) -> bool {
+        loop {
+            ru.fill();
+            // Past the old list's end (an append, as far as the alignment says), nothing is left
+            // to find.
+            let past_end = ru.new_off as i64 - ru.shift >= ru.old_size as i64;
+            if past_end || ru.ahead().next().is_none() || ru.unmatched > RESYNC_LIMIT {
+                ru.mode = Mode::Plain;
+                return true;
+            }
+            let data = &self.rb.buf[*pend..self.fill];
+            let mut cuts: Vec<(usize, usize)> = Vec::new();
+            if ru.unmatched < RESYNC_BULK {
+                cuts.extend(chunker::cut_first(data, self.sizes, eof).map(|l| (0, l)));
+            } else if eof {
+                let mut start = 0;
+                for len in chunker::cut_all(data, self.sizes) {
+                    cuts.push((start, len));
+                    start += len;
+                }
+            } else {
+                chunker::cut_ready(data, self.sizes, |s, l| cuts.push((s, l)));
+            }
+            if cuts.is_empty() {
+                return false;
+            }
+            let ids = hash_chunks(data, &cuts);
+            let mut end = 0;
+            for (&(s, len), id) in cuts.iter().zip(ids) {
+                self.rb.items.push(Item::Chunk {
+                    job,
+                    start: *pend + s,
+                    len,
+                    known: Known::Hashed(ChunkId(id)),
+                });
+                end = s + len;
+                ru.found(id, len);
+            }
+            *pend += end;
+            if ru.mode == Mode::Fast {
+                return *pend < self.fill;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat() -> Stat {
+        Stat {
+            size: 123_456,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_001_000_000_001,
+            ino: 987_654,
+            mode: 0o4755,
+        }
+    }
+
+    #[test]
+    fn scan_records_keep_their_format() {
+        let node = NodeId(Hash::of(b"node"));
+        // A record as add wrote it before flags existed (and as checkout writes it).
+        let mut old = Vec::new();
+        old.extend_from_slice(&123_456u64.to_le_bytes());
+        old.extend_from_slice(&1_700_000_000_123_456_789i64.to_le_bytes());
+        old.extend_from_slice(&1_700_000_001_000_000_001i64.to_le_bytes());
+        old.extend_from_slice(&987_654u64.to_le_bytes());
+        old.extend_from_slice(&0o4755u32.to_le_bytes());
+        old.extend_from_slice(node.as_bytes());
+        assert_eq!(old.len(), 68);
+        assert_eq!(stat().cache_bytes(node).to_vec(), old);
+        assert_eq!(Stat::from_record(&old), Some((stat(), node, 0)));
+        for flags in [REC_CUT_HERE, REC_RACY | REC_CUT_HERE, REC_RACY] {
+            let b = stat().record_bytes(node, flags);
+            assert_eq!(b.len(), 68, "gc keeps only 68-byte records");
+            assert_eq!(Stat::from_record(&b), Some((stat(), node, flags)));
+            // Checkout's view: the stat without the flags.
+            assert_eq!(Stat::from_cache(&b), Some((stat(), node)));
+        }
+        assert_eq!(Stat::from_record(&old[..67]), None);
+    }
+
+    #[test]
+    fn racy_is_a_time_near_the_read() {
+        let s = 1_000_000_000_000i64;
+        let e = s + 5_000_000;
+        let at = |m: i64, c: i64| Stat {
+            mtime_ns: m,
+            ctime_ns: c,
+            ..stat()
+        };
+        let old = s - RACY_MARGIN_NS - 1;
+        assert!(!at(old, old).racy(s, e));
+        assert!(
+            at(s - RACY_MARGIN_NS, old).racy(s, e),
+            "mtime at the margin"
+        );
+        assert!(at(s - 1, old).racy(s, e), "mtime just before the read");
+        assert!(at(e, e).racy(s, e), "changed during the read");
+        // Only the mtime counts (see RACY_MARGIN_NS).
+        assert!(!at(old, e).racy(s, e), "recent ctime, old mtime");
+        // Far in the future (a clock set back, touch -d): a later write changes it anyway.
+        assert!(!at(e + RACY_MARGIN_NS + 1, old).racy(s, e));
     }
 }

@@ -7,6 +7,10 @@
 //! [`Chunker`] cuts a stream fed in blocks of any size, producing the same cut points as one pass
 //! over the whole input (a chunk is only emitted once the bytes after it are known, except at the
 //! end of the stream). It does not hash or compress; see [`crate::codec`].
+//!
+//! [`CutCheck`] decides, without scanning a chunk, whether FastCDC would cut a changed stream where
+//! it cut the previous version: `add` uses it to keep the cuts of a changed file's unchanged parts
+//! (see its documentation for the argument).
 
 use crate::error::{Error, Result};
 use fastcdc::v2020::{FastCDC, Normalization};
@@ -90,6 +94,189 @@ pub fn cut_ready(pending: &[u8], sizes: ChunkSizes, mut emit: impl FnMut(usize, 
         pos = end;
     }
     pos
+}
+
+/// FastCDC v2020's cut decision at one position, computed from the 64 bytes before it: what lets
+/// `add` keep the cuts of a file's previous version instead of scanning the unchanged parts again.
+///
+/// # How FastCDC v2020 (fastcdc 5.0.0, `cut_gear`) cuts one chunk
+///
+/// Called with the `rem` bytes from a chunk start `p` to the end of the stream: if `rem <= min` the
+/// chunk is all of them. Otherwise `R = min(rem, max)`, `center = avg` (or `rem` when `rem < avg`;
+/// normalization level 1 picks the strict mask `mask_s` below `center`, the loose `mask_l` from
+/// it), and the gear hash restarts at 0 at offset `min`. Bytes are taken in pairs (pair `i` = offsets
+/// `2i`, `2i + 1`) for `i` from `min / 2` while `i < R / 2`; the hash after offset `j` is
+/// `H(j) = sum over min <= k <= j of gear[b(k)] << (j - k)` (wrapping; `GEAR_LS` is `GEAR << 1`, so
+/// the two steps of a pair are this sum), and the chunk ends at the first *tested* offset `j` with
+/// `H(j) & mask == 0` (tested as `(H << 1) & (mask << 1)` at even `j`), the mask being `mask_s` when
+/// the pair index `j / 2 < center / 2`. **The chunk is then `j` bytes long: the byte at `j`, the first
+/// byte of the next chunk, took part in the decision.** With no hit, the chunk is `R` bytes (the
+/// maximum, or the end of the stream). Three facts follow:
+///
+/// 1. The decision at offset `j` depends only on the bytes `p..=p + j` and, through the mask and
+///    whether `j` is tested at all, on `rem` (only via `min(rem, max)` and `center`, so every
+///    `rem > max` is the same); `H(j)` depends only on the 64 bytes before and at `j`, because a
+///    term shifted by 64 or more is 0.
+/// 2. A cut at `p` is *true* (the one a pass over the whole stream makes) when `p` is the stream
+///    start or the end of a true chunk: each cut starts from scratch at the previous one.
+/// 3. So if a previous version of the stream had a true chunk of `len` bytes at `q`, whose bytes
+///    equal the new stream's bytes at a true cut `p` (checked by BLAKE3 of the chunk), the new
+///    chunk at `p` scans the same bytes with the same decisions below `len`, as long as the masks
+///    agree there: no tested offset below `len` hits (the old chunk would have ended there). What
+///    remains is the decision *at* `len`, which is not covered by the chunk's bytes:
+///    - `len == max`: every offset below was tested without a hit in the old stream, and both
+///      streams have `rem >= max`, so the new chunk is forced at `max` too;
+///    - `len == rem_old` (the old stream's last chunk, cut by its end): trusted only when the new
+///      stream also ends there (`rem_new == len`): same bytes, same `rem`, same result;
+///    - otherwise the old chunk ended on a hash hit at `len`. The new one does too if offset `len`
+///      is tested in the new stream and `H(len)`, computed here from the new bytes (the byte at
+///      `p + len` included), hits with the new stream's mask; or, if `len` is not tested in the new
+///      stream, when the new chunk is cut at `R = len` (the new stream ends there). Otherwise the
+///      old cut is not used. BLAKE3 equality of the chunk alone is *not* enough: a different byte
+///      right after it can move the cut (`tests::chunk_bytes_alone_do_not_decide_the_cut`).
+///
+/// Trusting an old chunk list this way needs it to be FastCDC's own output with the same sizes:
+/// `add` uses only the chunk lists it cut itself (a scan-cache flag), never one a peer sent.
+#[derive(Clone)]
+pub struct CutCheck {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+    gear: std::borrow::Cow<'static, [u64]>,
+    gear_ls: std::borrow::Cow<'static, [u64]>,
+}
+
+impl CutCheck {
+    /// The check for these sizes (validated).
+    pub fn new(sizes: ChunkSizes) -> CutCheck {
+        let (mask_s, mask_l) =
+            fastcdc::v2020::select_masks(sizes.avg as usize, Normalization::Level1);
+        let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(0);
+        CutCheck {
+            min: sizes.min as usize,
+            avg: sizes.avg as usize,
+            max: sizes.max as usize,
+            mask_s,
+            mask_l,
+            gear,
+            gear_ls,
+        }
+    }
+
+    /// `limit1`, `limit2` of `cut_gear` for a chunk with `rem` bytes to the end of the stream:
+    /// pair `i` is tested when `min / 2 <= i < limit2`, with the strict mask when `i < limit1`.
+    fn limits(&self, rem: u64) -> (usize, usize) {
+        if rem <= self.min as u64 {
+            return (0, 0);
+        }
+        let remaining = rem.min(self.max as u64) as usize;
+        let center = if rem > self.max as u64 || remaining >= self.avg {
+            self.avg
+        } else {
+            remaining
+        };
+        (center / 2, remaining / 2)
+    }
+
+    fn tested(&self, j: usize, rem: u64) -> bool {
+        j >= self.min && j / 2 < self.limits(rem).1
+    }
+
+    /// Whether FastCDC, cutting a chunk that starts at `chunk[0]` with `rem` bytes to the end of the
+    /// stream, tests offset `j` and finds a cut there (the chunk would be `j` bytes long, if no
+    /// earlier offset hit). `chunk` holds at least `j + 1` bytes.
+    pub fn hit(&self, chunk: &[u8], j: usize, rem: u64) -> bool {
+        let (limit1, limit2) = self.limits(rem);
+        let index = j / 2;
+        if j < self.min || index >= limit2 {
+            return false;
+        }
+        let mask = if index < limit1 {
+            self.mask_s
+        } else {
+            self.mask_l
+        };
+        // Pairs below `index - 32` are shifted out of the 64-bit hash by offset `j`.
+        let from = (self.min / 2).max(index.saturating_sub(32));
+        let mut hash = 0u64;
+        for i in from..=index {
+            let a = 2 * i;
+            hash = (hash << 2).wrapping_add(self.gear_ls[chunk[a] as usize]);
+            if a == j {
+                return hash & (mask << 1) == 0;
+            }
+            hash = hash.wrapping_add(self.gear[chunk[a + 1] as usize]);
+        }
+        hash & mask == 0
+    }
+
+    /// Whether FastCDC, cutting the new stream at a true cut whose bytes are `new` (at least
+    /// `len + 1` of them, or all `rem_new` if fewer), ends the chunk at exactly `len`, given that
+    /// `new[..len]` are the bytes of a true chunk of the previous version (checked by the caller,
+    /// by hash) that had `rem_old` bytes from its start to the old stream's end. `rem_new` is the
+    /// same count in the new stream; any value above `max` means "more than `max`". See the type's
+    /// documentation for the argument.
+    pub fn keeps_cut(&self, new: &[u8], len: usize, rem_old: u64, rem_new: u64) -> bool {
+        let l = len as u64;
+        if len == 0 || len > self.max || l > rem_new || l > rem_old {
+            return false;
+        }
+        if len == self.max {
+            return true;
+        }
+        if l == rem_old {
+            return rem_new == rem_old;
+        }
+        // The old chunk ended on a hash hit at `len`: FastCDC tested it there. If it would not
+        // have, the old list is not FastCDC's with these sizes; do not trust it.
+        if !self.tested(len, rem_old) {
+            return false;
+        }
+        let (l1_old, _) = self.limits(rem_old);
+        let (l1_new, l2_new) = self.limits(rem_new);
+        // Pairs holding an offset below `len` that the new stream tests must use the same mask as
+        // in the old stream (the old one tested them all, since it tested `len`). This follows
+        // from the checks above (a `center` below `avg` is a `rem` beyond `len`), so it is only a
+        // guard.
+        let below = (len - 1) / 2;
+        if l2_new > self.min / 2 && below >= self.min / 2 {
+            let last = below.min(l2_new - 1);
+            let (lo, hi) = (l1_old.min(l1_new), l1_old.max(l1_new));
+            // Pairs `lo..hi` have different masks; none may lie in `min / 2..=last`.
+            if lo < hi && lo <= last && hi > self.min / 2 {
+                return false;
+            }
+        }
+        if self.tested(len, rem_new) {
+            if new.len() <= len {
+                return false;
+            }
+            self.hit(new, len, rem_new)
+        } else {
+            // No tested offset below `len` hits, `len` is not tested: the chunk is `R` bytes.
+            rem_new.min(self.max as u64) == l
+        }
+    }
+}
+
+/// The length of the first chunk of `pending` (the bytes of a stream after a true cut), if its end
+/// is certain: `pending` holds at least `max` bytes, or `end` says the stream ends with it. The
+/// same cut as [`cut_ready`] and [`cut_all`] make there; one chunk at a time, for a caller that
+/// looks at each chunk before cutting the next.
+pub fn cut_first(pending: &[u8], sizes: ChunkSizes, end: bool) -> Option<usize> {
+    if pending.is_empty() || (!end && pending.len() < sizes.max as usize) {
+        return None;
+    }
+    let cdc = FastCDC::with_level(
+        pending,
+        sizes.min as usize,
+        sizes.avg as usize,
+        sizes.max as usize,
+        Normalization::Level1,
+    );
+    Some(cdc.cut(0, pending.len()).1)
 }
 
 /// Streaming chunker: feed blocks with [`Chunker::push`], then call [`Chunker::finish`].
@@ -216,6 +403,26 @@ mod tests {
     ];
 
     #[test]
+    fn cut_first_one_at_a_time_equals_whole() {
+        for data in [gen(8, 200_000), mixed(9, 200_000), Vec::new(), gen(10, 100)] {
+            let whole = cut_all(&data, SMALL);
+            let mut lens = Vec::new();
+            let mut pos = 0;
+            // As the reader does: cut while `max` bytes are known, the rest at the end.
+            let known = data.len().saturating_sub(5000);
+            while let Some(l) = cut_first(&data[pos..known.max(pos)], SMALL, false) {
+                lens.push(l);
+                pos += l;
+            }
+            while let Some(l) = cut_first(&data[pos..], SMALL, true) {
+                lens.push(l);
+                pos += l;
+            }
+            assert_eq!(lens, whole);
+        }
+    }
+
+    #[test]
     fn streaming_equals_whole() {
         let data = gen(7, 3 << 20);
         let whole = cut_all(&data, SIZES);
@@ -223,6 +430,156 @@ mod tests {
             assert_eq!(stream(&data, SIZES, block), whole, "block {block}");
         }
         assert!(stream(&[], SIZES, 10).is_empty());
+    }
+
+    /// Chunk sizes the cut-check tests run with: the store's small test sizes, odd-ish sizes and
+    /// the defaults.
+    const CHECK_SIZES: [ChunkSizes; 3] = [
+        SMALL,
+        ChunkSizes {
+            min: 64,
+            avg: 300,
+            max: 1024,
+        },
+        SIZES,
+    ];
+
+    /// Bytes with every kind of cut: random stretches (hash hits), zero runs and a repeated short
+    /// pattern (forced `max` cuts), text-like stretches.
+    fn mixed(seed: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut r = gen(seed, 64);
+        let mut k = 0u64;
+        while out.len() < len {
+            k += 1;
+            let n = (u64::from_le_bytes(r[..8].try_into().unwrap()) % 9000) as usize + 1;
+            match r[8] % 4 {
+                0 => out.extend(std::iter::repeat_n(0u8, n)),
+                1 => out.extend(b"abcabcab".iter().cycle().take(n)),
+                2 => out.extend(
+                    gen(seed ^ k, n)
+                        .iter()
+                        .map(|b| b"etaoin shrdlu\n"[*b as usize % 14]),
+                ),
+                _ => out.extend(gen(seed.wrapping_add(k), n)),
+            }
+            r = gen(seed.wrapping_mul(31).wrapping_add(k), 64);
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// [`CutCheck::hit`] is FastCDC's decision: within every chunk of a whole pass no offset hits,
+    /// and a chunk shorter than `min(rem, max)` ends on a hit.
+    fn check_hits(data: &[u8], sizes: ChunkSizes) {
+        let c = CutCheck::new(sizes);
+        let mut p = 0;
+        for len in cut_all(data, sizes) {
+            let rem = (data.len() - p) as u64;
+            let chunk = &data[p..];
+            for j in 0..len {
+                assert!(
+                    !c.hit(chunk, j, rem),
+                    "hit at {j} inside a chunk of {len} at {p}"
+                );
+            }
+            if (len as u64) < rem.min(sizes.max as u64) {
+                assert!(c.hit(chunk, len, rem), "no hit at the cut {len} at {p}");
+            }
+            p += len;
+        }
+    }
+
+    #[test]
+    fn hit_is_fastcdcs_decision() {
+        for (k, sizes) in CHECK_SIZES.iter().enumerate() {
+            let n = if k == 2 { 3 << 20 } else { 300_000 };
+            check_hits(&gen(11, n), *sizes);
+            check_hits(&mixed(12, n), *sizes);
+            // Short streams: `rem < avg`, `rem <= min`, odd lengths.
+            for len in [
+                1, 63, 64, 65, 255, 257, 299, 301, 1023, 1025, 4095, 4097, 70_001,
+            ] {
+                check_hits(&gen(len as u64, len), *sizes);
+            }
+        }
+    }
+
+    /// A chunk's bytes do not decide its cut alone: FastCDC looks at the first byte after the cut.
+    /// So an old chunk found again by hash must still pass [`CutCheck::keeps_cut`].
+    #[test]
+    fn chunk_bytes_alone_do_not_decide_the_cut() {
+        let data = gen(5, 400_000);
+        let c = CutCheck::new(SMALL);
+        let mut found = 0;
+        let mut p = 0;
+        for len in cut_all(&data, SMALL) {
+            if p + len + 2000 > data.len() {
+                break;
+            }
+            let mut b = data[p..p + len + 2000].to_vec();
+            b[len] ^= 0x5a;
+            let new_first = cut_all(&b, SMALL)[0];
+            if new_first != len {
+                found += 1;
+                assert!(!c.keeps_cut(&b, len, (data.len() - p) as u64, b.len() as u64));
+            }
+            p += len;
+        }
+        assert!(found > 10, "only {found} cuts moved");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Soundness of [`CutCheck::keeps_cut`]: whenever it says a new stream that starts with the
+        /// bytes of an old chunk is cut where the old one was, FastCDC agrees; and an unchanged
+        /// continuation is always recognised.
+        #[test]
+        fn keeps_cut_is_fastcdcs_cut(seed in any::<u64>(), which in 0usize..3, len in 1usize..200_000,
+                                     pick in any::<prop::sample::Index>(), tail_kind in 0usize..5,
+                                     tail_len in 0usize..20_000) {
+            let sizes = CHECK_SIZES[which];
+            let max = sizes.max as usize;
+            let old = if seed % 2 == 0 { gen(seed, len) } else { mixed(seed, len) };
+            let lens = cut_all(&old, sizes);
+            let i = pick.index(lens.len());
+            let q: usize = lens[..i].iter().sum();
+            let l = lens[i];
+            let rem_old = (old.len() - q) as u64;
+            let mut new = old[q..q + l].to_vec();
+            match tail_kind {
+                0 => new.extend_from_slice(&old[q + l..]),
+                1 => {
+                    new.extend_from_slice(&old[q + l..]);
+                    if new.len() > l {
+                        new[l] = new[l].wrapping_add(1 + (seed >> 8) as u8 % 255);
+                    }
+                }
+                2 => new.extend_from_slice(&gen(seed ^ 77, tail_len)),
+                3 => new.extend_from_slice(&old[q + l..(q + l + tail_len).min(old.len())]),
+                _ => new.extend_from_slice(&mixed(seed ^ 99, tail_len % (2 * max))),
+            }
+            let c = CutCheck::new(sizes);
+            let rem_new = new.len() as u64;
+            let first = cut_all(&new, sizes)[0];
+            let keep = c.keeps_cut(&new, l, rem_old, rem_new);
+            if keep {
+                prop_assert_eq!(first, l, "keeps_cut said yes, FastCDC cut at {}", first);
+            }
+            if tail_kind == 0 {
+                prop_assert!(keep, "an unchanged continuation was not recognised");
+            }
+            // Any `rem_new` above `max` means the same.
+            if rem_new > max as u64 {
+                prop_assert_eq!(keep, c.keeps_cut(&new, l, rem_old, max as u64 + 1));
+            }
+        }
+
+        #[test]
+        fn hit_matches_fastcdc_on_random_input(seed in any::<u64>(), which in 0usize..2, len in 0usize..60_000) {
+            check_hits(&mixed(seed, len), CHECK_SIZES[which]);
+            check_hits(&gen(seed, len), CHECK_SIZES[which]);
+        }
     }
 
     proptest! {

@@ -228,16 +228,21 @@ fn add_of_changed_file() {
         for src in [dir.join(format!("mut_{k}.bin")), dir.join("base.bin")] {
             std::fs::copy(&src, &f).unwrap();
             let (t, c) = (Instant::now(), cpu());
-            let r = store
-                .add(&share, &[], &AddOptions::default(), &NoProgress)
+            let (r, s) = store
+                .debug_add_with_stats(&share, &[], &AddOptions::default(), &NoProgress)
                 .unwrap();
             let (dt, dc) = (t.elapsed().as_secs_f64(), cpu() - c);
             assert!(r.snapshot.is_some());
             println!(
-                "add after copying {:>9} over it: {dt:.3} s wall, {dc:.3} s cpu, read {} new {}",
+                "add after copying {:>9} over it: {dt:.3} s wall, {dc:.3} s cpu, read {} new {}; \
+                 cuts reused for {} bytes ({} chunks), FastCDC cut {} (hashed by the reader {})",
                 src.file_name().unwrap().to_string_lossy(),
                 r.bytes_read,
-                r.bytes_new
+                r.bytes_new,
+                s.bytes_cut_reused,
+                s.chunks_cut_reused,
+                s.bytes_cut_cdc,
+                s.bytes_cut_resync
             );
         }
     }
