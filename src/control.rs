@@ -185,6 +185,8 @@ impl From<AddReply> for AddReport {
                     reason: s.reason,
                 })
                 .collect(),
+            // `add` through the socket never waits for files to settle.
+            unsettled: Vec::new(),
         }
     }
 }
@@ -598,6 +600,7 @@ impl StoreHandler {
                     rehash,
                     message,
                     device: self.device,
+                    settle_ns: 0,
                 },
             ),
             Request::Gc {
@@ -823,8 +826,8 @@ mod tests {
                     keep_within_secs: None,
                 },
             )
-                .unwrap()
-                .unwrap(),
+            .unwrap()
+            .unwrap(),
             error("no".into(), Some("hint".into()))
         );
         // A second server on the same folder is refused while the first answers.

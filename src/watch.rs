@@ -41,25 +41,27 @@ pub fn watch(
     errors: mpsc::UnboundedSender<String>,
 ) -> Result<FolderWatcher, String> {
     let share: PathBuf = share.to_path_buf();
-    let store: PathBuf = std::fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
+    let store: PathBuf =
+        std::fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
     let share_c = share.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) => {
-            if matches!(ev.kind, EventKind::Access(_)) {
-                return;
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) => {
+                if matches!(ev.kind, EventKind::Access(_)) {
+                    return;
+                }
+                // An event without paths (a queue overflow) means "anything may have changed".
+                if ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(&share_c, &store, p)) {
+                    let _ = tx.send(());
+                }
             }
-            // An event without paths (a queue overflow) means "anything may have changed".
-            if ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(&share_c, &store, p)) {
+            Err(e) => {
+                let _ = errors.send(e.to_string());
+                // Something may have been missed: scan.
                 let _ = tx.send(());
             }
-        }
-        Err(e) => {
-            let _ = errors.send(e.to_string());
-            // Something may have been missed: scan.
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| format!("cannot watch {}: {e}", share.display()))?;
+        })
+        .map_err(|e| format!("cannot watch {}: {e}", share.display()))?;
     watcher
         .watch(&share, RecursiveMode::Recursive)
         .map_err(|e| format!("cannot watch {}: {e}", share.display()))?;

@@ -55,6 +55,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: AddArgs) -> anyhow::Resul
         rehash: args.rehash,
         message: args.message.unwrap_or_default(),
         device: device.0,
+        settle_ns: 0,
     };
     let progress = out.progress();
     let report = store

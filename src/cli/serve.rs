@@ -280,10 +280,16 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
             let mut eps = Endpoints::default();
             let other = if local.is_ipv4() {
                 eps.v4 = Some(endpoint.clone());
-                targets.iter().any(|t| t.addr.is_ipv6()).then(|| SocketAddr::from(([0u16; 8], 0)))
+                targets
+                    .iter()
+                    .any(|t| t.addr.is_ipv6())
+                    .then(|| SocketAddr::from(([0u16; 8], 0)))
             } else {
                 eps.v6 = Some(endpoint.clone());
-                targets.iter().any(|t| t.addr.is_ipv4()).then(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+                targets
+                    .iter()
+                    .any(|t| t.addr.is_ipv4())
+                    .then(|| SocketAddr::from(([0, 0, 0, 0], 0)))
             };
             if let Some(a) = other {
                 let cfg = endpoint_config(&identity, share_key, None, args.encryption);
@@ -313,7 +319,10 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 let (etx, mut erx) = mpsc::unbounded_channel::<String>();
                 match left::watch::watch(&share, &dir, wtx, etx) {
                     Ok(w) => _watcher = Some(w),
-                    Err(e) => eprintln!("left: warning: {e}; changes are found by the rescan every {} s", args.rescan),
+                    Err(e) => eprintln!(
+                        "left: warning: {e}; changes are found by the rescan every {} s",
+                        args.rescan
+                    ),
                 }
                 let tx = auto_tx.clone();
                 tokio::spawn(async move {
@@ -351,8 +360,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
 
         // Heads peers told us (device -> (address, head)), for status.
         #[allow(clippy::type_complexity)]
-        let heard: Arc<Mutex<std::collections::BTreeMap<[u8; 32], (SocketAddr, Option<left_store::NodeId>)>>> =
-            Arc::default();
+        let heard: Arc<
+            Mutex<std::collections::BTreeMap<[u8; 32], (SocketAddr, Option<left_store::NodeId>)>>,
+        > = Arc::default();
 
         // The control socket: other commands reach the store through it.
         let status = {
@@ -386,13 +396,18 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                     "sessions": sessions,
                 });
                 if automatic {
-                    let st = auto_status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let st = auto_status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
                     let mut a = serde_json::to_value(&st).unwrap_or_default();
                     if let serde_json::Value::Object(m) = &mut a {
                         // The store's head is the truth; the snapshot of the status may lag.
                         m.insert("head".into(), json!(head));
                     }
-                    if let (serde_json::Value::Object(m), serde_json::Value::Object(a)) = (&mut v, a) {
+                    if let (serde_json::Value::Object(m), serde_json::Value::Object(a)) =
+                        (&mut v, a)
+                    {
                         for (k, x) in a {
                             m.insert(k, x);
                         }
@@ -553,10 +568,13 @@ fn describe(e: &ServerEvent) -> String {
             Some(d) => format!("left: refused peer {} at {addr}: {reason}", DeviceId(*d)),
             None => format!("left: refused peer at {addr}: {reason}"),
         },
-        ServerEvent::PeerHead { addr, device, head, .. } => format!(
+        ServerEvent::PeerHead {
+            addr, device, head, ..
+        } => format!(
             "left: peer {} at {addr} has {}",
             DeviceId(*device),
-            head.map(|h| h.fmt_short()).unwrap_or_else(|| "nothing".into())
+            head.map(|h| h.fmt_short())
+                .unwrap_or_else(|| "nothing".into())
         ),
         ServerEvent::Disconnected {
             addr,

@@ -225,7 +225,10 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
     }
     for r in book.records() {
         let d = r.device.to_string();
-        if peers.iter().any(|p| p["device"].as_str() == Some(d.as_str())) {
+        if peers
+            .iter()
+            .any(|p| p["device"].as_str() == Some(d.as_str()))
+        {
             continue;
         }
         let mut v = record_json(r);

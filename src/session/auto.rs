@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use left_store::{CheckoutOptions, NodeId, NoProgress, Store};
+use left_store::{CheckoutOptions, NoProgress, NodeId, Store};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -303,8 +303,9 @@ pub async fn run(
                             totals.merges += u64::from(ig.merges);
                             totals.conflicts += ig.conflicts.len() as u64;
                             totals.fast_forwards += u64::from(ig.fast_forwards);
-                            if ig.kept > 0 {
-                                // Local changes the checkout kept: snapshot them.
+                            if ig.kept > 0 || ig.unsettled {
+                                // Local changes the checkout kept, or files still being
+                                // written: snapshot them later.
                                 agent.local_change(now);
                             }
                         }
@@ -365,13 +366,7 @@ struct Totals {
     chunks: u64,
 }
 
-fn publish(
-    ctx: &Ctx,
-    agent: &Agent,
-    known: &[Peer],
-    totals: Totals,
-    last_error: &Option<String>,
-) {
+fn publish(ctx: &Ctx, agent: &Agent, known: &[Peer], totals: Totals, last_error: &Option<String>) {
     let head = ctx.store.head().ok().flatten();
     let now = Instant::now();
     let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -422,7 +417,9 @@ fn start(ctx: &Arc<Ctx>, known: &[Peer], task: Task) -> tokio::task::JoinHandle<
                 .into_iter()
                 .map(|i| (i, known[i].target.clone()))
                 .collect();
-            tokio::spawn(async move { Done::Exchange(Box::new(exchange(ctx, targets, announce).await)) })
+            tokio::spawn(
+                async move { Done::Exchange(Box::new(exchange(ctx, targets, announce).await)) },
+            )
         }
     }
 }
@@ -433,21 +430,27 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
     let opts = left_store::AddOptions {
         device: ctx.cfg.device,
         message: String::new(),
+        settle_ns: settle_ns(&ctx.cfg),
         ..left_store::AddOptions::default()
     };
     let r = ctx
         .store
         .add(&ctx.share, &[], &opts, &NoProgress)
         .map_err(|e| format!("cannot snapshot {}: {e}", ctx.share.display()))?;
-    let unsettled = r
-        .skipped
-        .iter()
-        .any(|s| s.reason.contains("changed while being read"));
+    let unsettled = !r.unsettled.is_empty()
+        || r.skipped
+            .iter()
+            .any(|s| s.reason.contains("changed while being read"));
     release_memory();
     Ok(ScanOutcome {
         new_head: r.snapshot.is_some(),
         unsettled,
     })
+}
+
+/// The agent's settle time, as `AddOptions::settle_ns`.
+fn settle_ns(cfg: &AutoConfig) -> i64 {
+    i64::try_from(cfg.agent.settle.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Hands the memory of a finished add or checkout back (see `control.rs`).
@@ -538,10 +541,12 @@ async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) 
             let sources: Vec<Target> = heads
                 .values()
                 .flatten()
-                .filter_map(|&k| report.peers[k].addr.map(|addr| Target {
-                    label: report.peers[k].label.clone(),
-                    addr,
-                }))
+                .filter_map(|&k| {
+                    report.peers[k].addr.map(|addr| Target {
+                        label: report.peers[k].label.clone(),
+                        addr,
+                    })
+                })
                 .collect();
             for base in ig.need_trees.clone() {
                 let mut want = fcfg.clone();
@@ -558,16 +563,18 @@ async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) 
                 }
             }
             let first = result.ok();
-            result = integrate_blocking(&ctx, heads_list).await.map(|mut second| {
-                if let Some(f) = first {
-                    second.before = f.before;
-                    second.merges += f.merges;
-                    second.fast_forwards += f.fast_forwards;
-                    second.conflicts.extend(f.conflicts);
-                    second.kept += f.kept;
-                }
-                second
-            });
+            result = integrate_blocking(&ctx, heads_list)
+                .await
+                .map(|mut second| {
+                    if let Some(f) = first {
+                        second.before = f.before;
+                        second.merges += f.merges;
+                        second.fast_forwards += f.fast_forwards;
+                        second.conflicts.extend(f.conflicts);
+                        second.kept += f.kept;
+                    }
+                    second
+                });
         }
     }
     match result {
@@ -597,6 +604,7 @@ async fn integrate_blocking(ctx: &Arc<Ctx>, heads: Vec<NodeId>) -> Result<Integr
             device: ctx.cfg.device,
             message: String::new(),
             checkout: ctx.cfg.checkout.clone(),
+            settle_ns: settle_ns(&ctx.cfg),
         };
         let r = integrate(&ctx.store, &ctx.share, &heads, &opts, &NoProgress)
             .map_err(|e| format!("cannot bring in what peers have: {e}"));
@@ -606,4 +614,3 @@ async fn integrate_blocking(ctx: &Arc<Ctx>, heads: Vec<NodeId>) -> Result<Integr
     .await
     .map_err(|e| format!("the sync task failed: {e}"))?
 }
-

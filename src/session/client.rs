@@ -609,20 +609,17 @@ async fn attempt(
         pending.push(i);
         connects.spawn(async move {
             let mut device = None;
-            let r = tokio::time::timeout(
-                limit,
-                open_session(&ep, addr, &greeting, &mut device),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(PeerError::retry(
-                    PeerFailure::Unreachable,
-                    format!(
-                        "no answer within {:.1} s ({NO_ANSWER_CAUSES})",
-                        limit.as_secs_f64()
-                    ),
-                ))
-            });
+            let r = tokio::time::timeout(limit, open_session(&ep, addr, &greeting, &mut device))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(PeerError::retry(
+                        PeerFailure::Unreachable,
+                        format!(
+                            "no answer within {:.1} s ({NO_ANSWER_CAUSES})",
+                            limit.as_secs_f64()
+                        ),
+                    ))
+                });
             (i, device, r)
         });
     }

@@ -10,7 +10,8 @@
 //!    every peer merging the same two heads computes identically; see the store's `merge`).
 //!    Two special cases keep a fresh peer from adding merge snapshots to everyone's history: a
 //!    fetched head that is a parentless snapshot of an empty folder (a peer that just joined)
-//!    is ignored, and when *our* head is one, the fetched head is simply checked out.
+//!    is ignored, and when *our* head is one, the fetched head is simply checked out. When both
+//!    are, the greater id wins on both sides (so two fresh peers agree on one head).
 //! 3. The folder is checked out from our head to the result (`Store::checkout`): only changed
 //!    paths, temp file and rename, a path changed on disk since the scan is kept (the next scan
 //!    snapshots it) and reported in `kept`.
@@ -33,6 +34,8 @@ pub struct IntegrateOptions {
     pub message: String,
     /// Checkout settings (`fsync`).
     pub checkout: CheckoutOptions,
+    /// Files modified less than this ago are not snapshotted yet ([`AddOptions::settle_ns`]).
+    pub settle_ns: i64,
 }
 
 /// What [`integrate`] did.
@@ -44,6 +47,8 @@ pub struct Integrated {
     pub after: Option<NodeId>,
     /// The scan found local changes and made a snapshot of them.
     pub scanned: bool,
+    /// The scan found files still being written (left for a later scan).
+    pub unsettled: bool,
     /// Fast-forwards made.
     pub fast_forwards: u32,
     /// Merge snapshots made.
@@ -98,12 +103,14 @@ pub fn integrate(
         &AddOptions {
             device: opts.device,
             message: opts.message.clone(),
+            settle_ns: opts.settle_ns,
             ..AddOptions::default()
         },
         progress,
     )?;
     let mut out = Integrated {
         scanned: add.snapshot.is_some(),
+        unsettled: !add.unsettled.is_empty(),
         before: store.head()?,
         ..Integrated::default()
     };
@@ -117,9 +124,11 @@ pub fn integrate(
             None => Some(theirs),
             Some(o) if o == theirs => None,
             Some(o) => {
-                if is_empty_start(store, theirs)? {
+                let (theirs_empty, ours_empty) =
+                    (is_empty_start(store, theirs)?, is_empty_start(store, o)?);
+                if theirs_empty && (!ours_empty || theirs < o) {
                     None
-                } else if is_empty_start(store, o)? && !store.is_ancestor(theirs, o)? {
+                } else if ours_empty && !store.is_ancestor(theirs, o)? {
                     Some(theirs)
                 } else {
                     match store.merge(o, theirs) {
@@ -133,13 +142,9 @@ pub fn integrate(
                             conflicts,
                         }) => {
                             out.merges += 1;
-                            out.conflicts.extend(
-                                conflicts
-                                    .iter()
-                                    .map(|c| {
-                                        (c.path.display().to_string(), c.copy.display().to_string())
-                                    }),
-                            );
+                            out.conflicts.extend(conflicts.iter().map(|c| {
+                                (c.path.display().to_string(), c.copy.display().to_string())
+                            }));
                             Some(snapshot)
                         }
                         Err(left_store::Error::NeedTree(base)) => {

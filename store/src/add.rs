@@ -523,7 +523,22 @@ impl Store {
         }
         let mut jobs = Vec::new();
         let mut total = 0u64;
+        let scan_ns = now_ns();
         for i in files {
+            let e = &ents[i];
+            // Still being written: modified within `settle_ns` (a future mtime more than a second
+            // ahead is a timestamp from elsewhere, not a write in progress).
+            if e.node.is_none()
+                && opts.settle_ns > 0
+                && e.stat.mtime_ns > scan_ns - opts.settle_ns
+                && e.stat.mtime_ns <= scan_ns + 1_000_000_000
+            {
+                let e = &mut ents[i];
+                e.skipped = true;
+                report.files = report.files.saturating_sub(1);
+                report.unsettled.push(e.rel.clone());
+                continue;
+            }
             let e = &ents[i];
             if e.node.is_none() {
                 total += e.stat.size;

@@ -63,6 +63,10 @@ pub struct AddOptions {
     pub message: String,
     /// This device's X25519 public key (recorded in the snapshot).
     pub device: [u8; 32],
+    /// A file modified less than this many nanoseconds ago (by its mtime) is taken as still being
+    /// written: it keeps its previous snapshot's entry (a new file stays out) and is listed in
+    /// [`AddReport::unsettled`], to be snapshotted by a later add. 0: no such wait (`left add`).
+    pub settle_ns: i64,
 }
 
 /// What [`crate::Store::add`] did.
@@ -87,6 +91,9 @@ pub struct AddReport {
     /// Paths that could not be stored, with the reason. Each keeps the previous snapshot's entry
     /// (if it had one) in the new snapshot.
     pub skipped: Vec<Skipped>,
+    /// Files modified within [`AddOptions::settle_ns`] of the scan: still being written, so they
+    /// kept their previous entry (a new one stayed out) this time.
+    pub unsettled: Vec<PathBuf>,
 }
 
 /// A file `add` could not store.

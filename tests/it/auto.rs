@@ -93,6 +93,12 @@ impl Cluster {
 
     #[track_caller]
     fn start_with(&mut self, name: &str, env: &[(&str, &str)]) {
+        self.start_args(name, env, &[]);
+    }
+
+    /// Starts `name` with `env` and extra arguments (later ones override the defaults).
+    #[track_caller]
+    fn start_args(&mut self, name: &str, env: &[(&str, &str)], args: &[&str]) {
         let i = self.idx(name);
         let others: Vec<String> = self
             .peers
@@ -100,18 +106,30 @@ impl Cluster {
             .filter(|p| p.name != name)
             .map(|p| p.addr.clone())
             .collect();
-        let mut extra: Vec<&str> = vec![
-            "--encryption",
-            self.encryption,
-            "--settle",
-            "0.2",
-            "--interval",
-            "1",
-            "--rescan",
-            "5",
-            "--retry-max",
-            "1",
+        // Defaults, each replaced by the same option in `args`.
+        let mut opts: Vec<(&str, &str)> = vec![
+            ("--encryption", self.encryption),
+            ("--settle", "0.2"),
+            ("--interval", "1"),
+            ("--rescan", "5"),
+            ("--retry-max", "1"),
         ];
+        let mut flags: Vec<&str> = Vec::new();
+        let mut it = args.iter().peekable();
+        while let Some(k) = it.next() {
+            match it.peek() {
+                Some(v) if !v.starts_with("--") => {
+                    let v = it.next().expect("peeked");
+                    match opts.iter_mut().find(|(o, _)| o == k) {
+                        Some(o) => o.1 = v,
+                        None => opts.push((k, v)),
+                    }
+                }
+                _ => flags.push(k),
+            }
+        }
+        let mut extra: Vec<&str> = opts.iter().flat_map(|(k, v)| [*k, *v]).collect();
+        extra.extend(flags);
         for o in &others {
             extra.push("--peer");
             extra.push(o);
@@ -150,7 +168,11 @@ impl Cluster {
     fn stderr(&self) -> String {
         self.peers
             .iter()
-            .filter_map(|p| p.server.as_ref().map(|s| format!("--- {}:\n{}", p.name, s.stderr())))
+            .filter_map(|p| {
+                p.server
+                    .as_ref()
+                    .map(|s| format!("--- {}:\n{}", p.name, s.stderr()))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -164,7 +186,9 @@ impl Cluster {
         loop {
             let statuses: Vec<Value> = running.iter().map(|p| self.status(p.name)).collect();
             let head = statuses[0]["head"].clone();
-            let all_same = statuses.iter().all(|s| s["head"] == head && !head.is_null());
+            let all_same = statuses
+                .iter()
+                .all(|s| s["head"] == head && !head.is_null());
             let all_idle = statuses.iter().all(|s| s["idle"] == Value::Bool(true));
             // Every peer has heard every other at this head (no announcement still owed).
             let heard = statuses.iter().all(|s| {
@@ -174,7 +198,9 @@ impl Cluster {
                         ps.iter()
                             .filter(|p| p["configured"] == Value::Bool(true))
                             .filter(|p| {
-                                running.iter().any(|r| Some(r.addr.as_str()) == p["addr"].as_str())
+                                running
+                                    .iter()
+                                    .any(|r| Some(r.addr.as_str()) == p["addr"].as_str())
                             })
                             .all(|p| p["head"] == head)
                     })
@@ -254,7 +280,8 @@ fn phases(test: u8, encryption: &'static str, order: [&'static str; 3]) {
 
     // Phase 1: start the first; add a file there; start the second: it gets it; then the third.
     c.start(first);
-    c.share(first).write("hello.txt", b"hello from the first peer\n");
+    c.share(first)
+        .write("hello.txt", b"hello from the first peer\n");
     wait_for("the first peer snapshots hello.txt", LIMIT, || {
         c.status(first)["head"].is_string() && c.status(first)["idle"] == Value::Bool(true)
     });
@@ -281,7 +308,9 @@ fn phases(test: u8, encryption: &'static str, order: [&'static str; 3]) {
     let f = c.idx(first);
     wait_for("the first peer to receive part of big.bin", LIMIT, || {
         let st = c.status(first);
-        let got = st["serve"]["transfer"]["bytes_fetched"].as_u64().unwrap_or(0);
+        let got = st["serve"]["transfer"]["bytes_fetched"]
+            .as_u64()
+            .unwrap_or(0);
         got > 4 * MIB as u64
     });
     c.kill(first);
@@ -313,10 +342,21 @@ fn phases(test: u8, encryption: &'static str, order: [&'static str; 3]) {
         }
         (had, missing)
     };
-    eprintln!("killed {first} holding {had} of {} bytes of big.bin", had + missing);
-    assert!(had > 0 && missing > 0, "the kill was not mid-transfer: had {had}, missing {missing}");
+    eprintln!(
+        "killed {first} holding {had} of {} bytes of big.bin",
+        had + missing
+    );
+    assert!(
+        had > 0 && missing > 0,
+        "the kill was not mid-transfer: had {had}, missing {missing}"
+    );
     c.wait_file(third, "big.bin", &big, LIMIT * 2);
-    c.wait_file(third, "folder/sub/two.txt", &random_bytes(5, 100_000), LIMIT);
+    c.wait_file(
+        third,
+        "folder/sub/two.txt",
+        &random_bytes(5, 100_000),
+        LIMIT,
+    );
     c.start(first);
     c.wait_file(first, "big.bin", &big, LIMIT * 2);
     c.converge(LIMIT);
@@ -348,7 +388,10 @@ fn phases(test: u8, encryption: &'static str, order: [&'static str; 3]) {
     c.converge(LIMIT);
     for (name, b) in [first, second].into_iter().zip(before) {
         let moved = c.fetched(name) - b;
-        eprintln!("{name}: a 1 MiB change of a {} MiB file moved {moved} bytes", big_mib());
+        eprintln!(
+            "{name}: a 1 MiB change of a {} MiB file moved {moved} bytes",
+            big_mib()
+        );
         assert!(moved > 0, "{name} fetched nothing");
         assert!(
             moved < 3 * MIB as u64,
@@ -431,7 +474,12 @@ fn concurrent_edits_keep_both_renames_move_nothing_deletions_propagate() {
         c.share("C").root.join("moved/big-renamed.bin"),
     )
     .unwrap();
-    c.wait_file("A", "moved/big-renamed.bin", &random_bytes(17, 8 * MIB), LIMIT);
+    c.wait_file(
+        "A",
+        "moved/big-renamed.bin",
+        &random_bytes(17, 8 * MIB),
+        LIMIT,
+    );
     c.converge(LIMIT);
     for (k, p) in ["A", "B"].iter().enumerate() {
         let chunks = c.status(p)["serve"]["chunks_fetched"].as_u64().unwrap();
@@ -451,10 +499,20 @@ fn concurrent_edits_keep_both_renames_move_nothing_deletions_propagate() {
     assert!(!c.share("C").root.join("doc.txt").exists());
     let out = c.share("A").scratch("restored");
     c.share("A")
-        .left(&["restore", &with_doc[..12], "doc.txt", "--to", out.to_str().unwrap()])
+        .left(&[
+            "restore",
+            &with_doc[..12],
+            "doc.txt",
+            "--to",
+            out.to_str().unwrap(),
+        ])
         .expect_code(0);
     let back = fs::read(out.join("doc.txt")).unwrap();
-    assert!(versions.contains(&back), "restored {:?}", String::from_utf8_lossy(&back));
+    assert!(
+        versions.contains(&back),
+        "restored {:?}",
+        String::from_utf8_lossy(&back)
+    );
     for p in ["A", "B", "C"] {
         c.stop(p);
     }
@@ -489,7 +547,11 @@ fn random_operations_with_kills_through_loss_converge() {
                 let path = root.join(name);
                 if !path.is_dir() && path.parent().is_some_and(|d| !d.is_file()) {
                     fs::create_dir_all(path.parent().unwrap()).unwrap();
-                    fs::write(&path, random_bytes(rng.random(), rng.random_range(0..200_000))).unwrap();
+                    fs::write(
+                        &path,
+                        random_bytes(rng.random(), rng.random_range(0..200_000)),
+                    )
+                    .unwrap();
                 }
                 c.start(p);
             }
@@ -500,12 +562,19 @@ fn random_operations_with_kills_through_loss_converge() {
                     continue;
                 }
                 fs::create_dir_all(path.parent().unwrap()).unwrap();
-                fs::write(&path, random_bytes(rng.random(), rng.random_range(0..200_000))).unwrap();
+                fs::write(
+                    &path,
+                    random_bytes(rng.random(), rng.random_range(0..200_000)),
+                )
+                .unwrap();
                 eprintln!("step {step}: write {p}:{name}");
             }
             6..=7 => {
                 let name = NAMES[rng.random_range(0..NAMES.len())];
-                let (from, to) = (root.join(name), root.join(NAMES[rng.random_range(0..NAMES.len())]));
+                let (from, to) = (
+                    root.join(name),
+                    root.join(NAMES[rng.random_range(0..NAMES.len())]),
+                );
                 if from.is_file() && !to.exists() && to.parent().is_some_and(|d| !d.is_file()) {
                     fs::create_dir_all(to.parent().unwrap()).unwrap();
                     fs::rename(&from, &to).unwrap();
@@ -527,6 +596,57 @@ fn random_operations_with_kills_through_loss_converge() {
     let head = c.converge(LIMIT * 2);
     eprintln!("seed {seed}: converged on {head}");
     for p in ["A", "B", "C"] {
+        c.stop(p);
+    }
+}
+
+/// A file still being written is not published half-written: it is written in pieces for two
+/// seconds while a rescan runs every 0.3 s (no watcher, whose debounce alone would hide the
+/// problem); the other peer never holds a partial version, and gets the whole file once the
+/// writer is done.
+#[test]
+fn a_file_being_written_is_not_published_half_written() {
+    use std::io::Write;
+    let mut c = Cluster::new(5, 2, "yes");
+    for p in ["A", "B"] {
+        c.start_args(
+            p,
+            &[],
+            &["--settle", "0.5", "--rescan", "0.3", "--no-watch"],
+        );
+    }
+    c.converge(LIMIT);
+    let path = c.share("A").root.join("recording.wav");
+    let piece = random_bytes(21, 256 * 1024);
+    let mut whole = Vec::new();
+    let mut f = fs::File::create(&path).unwrap();
+    let seen_on_b = c.share("B").root.join("recording.wav");
+    let started = Instant::now();
+    let mut polls = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        f.write_all(&piece).unwrap();
+        f.flush().unwrap();
+        whole.extend_from_slice(&piece);
+        // Pacing of the writer (a slow producer), not synchronisation.
+        let until = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < until {
+            polls += 1;
+            assert!(
+                !seen_on_b.exists(),
+                "B got the file while A was still writing it ({} bytes written)",
+                whole.len()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(f);
+    c.wait_file("B", "recording.wav", &whole, LIMIT);
+    c.converge(LIMIT);
+    eprintln!(
+        "{} bytes written in pieces, {polls} polls of B meanwhile",
+        whole.len()
+    );
+    for p in ["A", "B"] {
         c.stop(p);
     }
 }

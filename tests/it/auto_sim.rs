@@ -28,7 +28,7 @@ use left::sync::{
     apply_to_store, Agent, AgentConfig, Effect, ExchangeOutcome, Output, PeerId, Pull, PullConfig,
     ScanOutcome, ServeSession, Task,
 };
-use left_store::{AddOptions, Hash, NodeId, NoProgress, Store, StoreConfig};
+use left_store::{AddOptions, Hash, NoProgress, NodeId, Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -308,7 +308,11 @@ impl Sim {
             4..=5 if !existing.is_empty() => {
                 let path = &existing[self.rng.random_range(0..existing.len())];
                 let mut data = fs::read(path).unwrap();
-                let at = if data.is_empty() { 0 } else { self.rng.random_range(0..data.len()) };
+                let at = if data.is_empty() {
+                    0
+                } else {
+                    self.rng.random_range(0..data.len())
+                };
                 data.insert(at, self.rng.random());
                 fs::write(path, &data).unwrap();
                 set_mtime(path, self.mtime_now());
@@ -426,7 +430,15 @@ impl Sim {
                 continue;
             }
             let src_store = src.store.as_ref().unwrap();
-            let r = pull(dst_store, src_store, src.device, h, self.now, &mut self.rng, 0.02);
+            let r = pull(
+                dst_store,
+                src_store,
+                src.device,
+                h,
+                self.now,
+                &mut self.rng,
+                0.02,
+            );
             match r {
                 Ok(()) => {
                     copy_history(dst_store, src_store, h);
@@ -496,8 +508,14 @@ impl Sim {
                     };
                     let mut ig = {
                         let p = &self.peers[i];
-                        integrate(p.store.as_ref().unwrap(), &p.share, &list, &opts, &NoProgress)
-                            .unwrap_or_else(|e| panic!("integrate on peer {i}: {e}"))
+                        integrate(
+                            p.store.as_ref().unwrap(),
+                            &p.share,
+                            &list,
+                            &opts,
+                            &NoProgress,
+                        )
+                        .unwrap_or_else(|e| panic!("integrate on peer {i}: {e}"))
                     };
                     if !ig.need_trees.is_empty() {
                         // Fetch the merge bases' trees from the peers that offered the heads.
