@@ -601,6 +601,7 @@ impl StoreHandler {
                     message,
                     device: self.device,
                     settle_ns: 0,
+                    time_ns: None,
                 },
             ),
             Request::Gc {

@@ -56,6 +56,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: AddArgs) -> anyhow::Resul
         message: args.message.unwrap_or_default(),
         device: device.0,
         settle_ns: 0,
+        time_ns: None,
     };
     let progress = out.progress();
     let report = store

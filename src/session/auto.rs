@@ -605,6 +605,7 @@ async fn integrate_blocking(ctx: &Arc<Ctx>, heads: Vec<NodeId>) -> Result<Integr
             message: String::new(),
             checkout: ctx.cfg.checkout.clone(),
             settle_ns: settle_ns(&ctx.cfg),
+            time_ns: None,
         };
         let r = integrate(&ctx.store, &ctx.share, &heads, &opts, &NoProgress)
             .map_err(|e| format!("cannot bring in what peers have: {e}"));

@@ -36,6 +36,9 @@ pub struct IntegrateOptions {
     pub checkout: CheckoutOptions,
     /// Files modified less than this ago are not snapshotted yet ([`AddOptions::settle_ns`]).
     pub settle_ns: i64,
+    /// The time of a snapshot the scan makes ([`AddOptions::time_ns`]; `None`: the clock).
+    #[doc(hidden)]
+    pub time_ns: Option<i64>,
 }
 
 /// What [`integrate`] did.
@@ -104,6 +107,7 @@ pub fn integrate(
             device: opts.device,
             message: opts.message.clone(),
             settle_ns: opts.settle_ns,
+            time_ns: opts.time_ns,
             ..AddOptions::default()
         },
         progress,

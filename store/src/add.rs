@@ -623,7 +623,10 @@ impl Store {
             root: new_root,
             parents: head.into_iter().collect(),
             device: opts.device,
-            time_ns: now_ns().max(head_snap.as_ref().map(|s| s.time_ns + 1).unwrap_or(0)),
+            time_ns: opts
+                .time_ns
+                .unwrap_or_else(now_ns)
+                .max(head_snap.as_ref().map(|s| s.time_ns + 1).unwrap_or(0)),
             message: opts.message.clone(),
         };
         if snap.message.len() > 16 * 1024 {

@@ -67,6 +67,10 @@ pub struct AddOptions {
     /// written: it keeps its previous snapshot's entry (a new file stays out) and is listed in
     /// [`AddReport::unsettled`], to be snapshotted by a later add. 0: no such wait (`left add`).
     pub settle_ns: i64,
+    /// The snapshot's time in ns (still never before its parent's); `None`: the clock. For
+    /// simulations that replay a seed to the same snapshot ids.
+    #[doc(hidden)]
+    pub time_ns: Option<i64>,
 }
 
 /// What [`crate::Store::add`] did.
