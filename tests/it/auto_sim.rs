@@ -697,6 +697,10 @@ fn run_seed(seed: u64, n: usize, ops: usize) {
             sim.revive(i);
         }
         sim.note("healed".into());
+        // A change whose watcher hint was lost is found by the next rescan (or by the scan an
+        // exchange starts with): let every peer rescan once before calling anything quiet.
+        let until = sim.now + cfg().rescan + cfg().exchange_interval;
+        sim.run_until(until);
         let limit = sim.now + Duration::from_secs(600);
         let step = Duration::from_millis(500);
         loop {

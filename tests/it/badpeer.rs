@@ -1184,8 +1184,11 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM")
 }
 
-/// Runs `cmd` to the end and returns its run and its peak RSS in KiB (from `wait4`).
-// The child is reaped by wait4 (which also gives its rusage), not by Child::wait.
+/// Runs `cmd` to the end and returns its run and its peak RSS in KiB: the largest `VmHWM` of
+/// `/proc/<pid>/status` sampled while it runs (the high-water mark of the program's own memory
+/// after exec). Not `wait4`'s `ru_maxrss`: that also counts the forked image of this test
+/// process from before the exec, which is as big as whatever other tests hold at the time.
+// The child is reaped by wait4, not by Child::wait.
 #[allow(clippy::zombie_processes)]
 fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, u64) {
     let mut child = cmd
@@ -1210,7 +1213,18 @@ fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, 
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 on our own child with WNOHANG.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut peak = 0u64;
+    let hwm = |pid: libc::pid_t| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
     loop {
+        if let Some(k) = hwm(pid) {
+            peak = peak.max(k);
+        }
         // SAFETY: valid pointers to locals; pid is our unreaped child.
         let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         assert!(rc >= 0, "wait4: {}", std::io::Error::last_os_error());
@@ -1222,7 +1236,7 @@ fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, 
             let _ = child.wait();
             panic!("still running after {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
     let code = if libc::WIFEXITED(status) {
         Some(libc::WEXITSTATUS(status))
@@ -1234,7 +1248,8 @@ fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, 
         stdout: t_out.join().unwrap(),
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
     };
-    (run, usage.ru_maxrss as u64)
+    assert!(peak > 0, "no VmHWM was read while the child ran");
+    (run, peak)
 }
 
 #[test]
