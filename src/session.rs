@@ -47,8 +47,8 @@ mod server;
 pub mod wire;
 
 pub use client::{
-    fetch, fetch_history, DevicePolicy, Endpoints, FetchConfig, FetchProgress, FetchReport,
-    PeerFailure, PeerOutcome, Target, HISTORY_LIMIT,
+    fetch, fetch_history, heads, DevicePolicy, Endpoints, FetchConfig, FetchProgress, FetchReport,
+    NodeSession, NodeSink, OpenError, PeerFailure, PeerOutcome, Target, HISTORY_LIMIT,
 };
 pub use server::{AllowAll, PeerPolicy, PeerStatus, Server, ServerConfig, ServerEvent};
 

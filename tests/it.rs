@@ -21,6 +21,8 @@ mod faults;
 mod net;
 #[path = "it/rdt_sim.rs"]
 mod rdt_sim;
+#[path = "it/repair.rs"]
+mod repair;
 #[path = "it/roundtrip.rs"]
 mod roundtrip;
 #[path = "it/sync_e2e.rs"]

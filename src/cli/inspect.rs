@@ -36,19 +36,36 @@ pub struct LsArgs {
 
 /// Arguments of `left restore`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "With --from PEER, what the store lacks of the snapshot (or of PATH in \
+it) is fetched from PEER first, each object checked against its id; SNAPSHOT may then also be a \
+full snapshot id this store never had, or `peer` for the peer's current head. Only the folders \
+along PATH and what lies under PATH travel. --from needs the store to itself: stop a running \
+`left serve` first."
+)]
 pub struct RestoreArgs {
-    /// Snapshot: head, head~N, a full hex id or a unique prefix of at least 4 characters
+    /// Snapshot: head, head~N, a full hex id or a unique prefix of at least 4 characters (with
+    /// --from also `peer`: the peer's head)
     #[arg(value_name = "SNAPSHOT")]
-    snapshot: String,
+    pub(crate) snapshot: String,
     /// Only this folder or file of the snapshot, relative to the share root
     #[arg(value_name = "PATH")]
-    path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// Folder to write into (created if missing; must be empty unless --force)
     #[arg(long, value_name = "DIR")]
-    to: PathBuf,
+    pub(crate) to: PathBuf,
     /// Write into a non-empty folder, replacing what the snapshot holds
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
+    /// Fetch what this store lacks from this peer first (HOST:PORT, a host, [IPv6]:PORT)
+    #[arg(long, value_name = "PEER")]
+    pub(crate) from: Option<String>,
+    /// Encrypt packets (on|off); the peer must use the same setting
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = super::serve::parse_on_off, action = clap::ArgAction::Set, requires = "from")]
+    pub(crate) encryption: bool,
+    /// Give up on the peer after this many seconds without progress
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, requires = "from")]
+    pub(crate) timeout: f64,
 }
 
 /// Runs `left log`.
@@ -170,17 +187,42 @@ pub(crate) fn ls(global: &Global, out: &Output, args: LsArgs) -> anyhow::Result<
 
 /// Runs `left restore`.
 pub(crate) fn restore(global: &Global, out: &Output, args: RestoreArgs) -> anyhow::Result<u8> {
+    if args.from.is_some() {
+        return super::remote::restore_from(global, out, args);
+    }
     let (_, store) = open_store_read(global)?;
     let snapshot = resolve(&store, &args.snapshot)?;
     let path = args.path.as_deref().map(snapshot_path);
-    let target = absolute(&args.to)?;
+    restore_into(
+        out,
+        &store,
+        snapshot,
+        path.as_deref(),
+        &args.to,
+        args.force,
+        None,
+    )
+}
+
+/// Restores `snapshot` (or `path` in it) into `to` and prints the result (with what was fetched
+/// for it, after `--from`).
+pub(crate) fn restore_into(
+    out: &Output,
+    store: &Store,
+    snapshot: NodeId,
+    path: Option<&Path>,
+    to: &Path,
+    force: bool,
+    fetched: Option<super::remote::Fetched>,
+) -> anyhow::Result<u8> {
+    let target = absolute(to)?;
     let progress = out.progress();
     let report = store
         .restore(
             snapshot,
-            path.as_deref(),
+            path,
             &target,
-            &RestoreOptions { force: args.force },
+            &RestoreOptions { force },
             &progress,
         )
         .with_context(|| {
@@ -193,24 +235,38 @@ pub(crate) fn restore(global: &Global, out: &Output, args: RestoreArgs) -> anyho
     drop(progress);
     out.json(&json!({
         "snapshot": snapshot.to_string(),
-        "path": path.as_deref().map(fmt::json_path),
+        "path": path.map(fmt::json_path),
         "to": fmt::json_path(&target),
         "files": report.files,
         "dirs": report.dirs,
         "symlinks": report.symlinks,
         "bytes_written": report.bytes_written,
+        "fetched": fetched.as_ref().map(|f| json!({
+            "peer": f.peer,
+            "nodes": f.nodes,
+            "chunks": f.chunks,
+            "chunk_bytes": f.bytes,
+        })),
     }))?;
     out.human(format!(
-        "restored {}{} to {}: {} files, {} dirs, {} symlinks, {}",
+        "restored {}{} to {}: {} files, {} dirs, {} symlinks, {}{}",
         snapshot.fmt_short(),
-        path.as_deref()
-            .map(|p| format!(":/{}", p.display()))
+        path.map(|p| format!(":/{}", p.display()))
             .unwrap_or_default(),
         target.display(),
         report.files,
         report.dirs,
         report.symlinks,
-        fmt::bytes(report.bytes_written)
+        fmt::bytes(report.bytes_written),
+        fetched
+            .map(|f| format!(
+                " (fetched {} chunks and {} nodes, {}, from {})",
+                f.chunks,
+                f.nodes,
+                fmt::bytes(f.bytes),
+                f.peer
+            ))
+            .unwrap_or_default()
     ))?;
     Ok(EXIT_OK)
 }
@@ -230,7 +286,7 @@ fn looks_like_spec(s: &str) -> bool {
 }
 
 /// A path inside a snapshot: relative to the share root, without `.` or a leading `/`.
-fn snapshot_path(p: &Path) -> PathBuf {
+pub(crate) fn snapshot_path(p: &Path) -> PathBuf {
     p.components()
         .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
         .collect()

@@ -1,17 +1,45 @@
-//! `left verify` and `left gc`: checking and shrinking the store.
+//! `left verify` and `left gc`: checking and shrinking the store. `left verify --repair` is in
+//! [`super::remote`].
 
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Context;
 use clap::Args;
 use left::control;
-use left_store::{GcOptions, GcReport, ObjectKind, ProblemKind};
+use left_store::{GcOptions, GcReport, ObjectKind, Problem, ProblemKind};
 use serde_json::json;
 
 use super::{
     answer_error, call_served, fmt, open_or_served, open_store_read, CliError, Global, Opened,
     Output, EXIT_OK,
 };
+
+/// Arguments of `left verify`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "With --repair, every missing or corrupt object is fetched again from \
+the peers: the ones named, plus every address in the peer book (<store>/peers.json) of a device \
+still allowed. Each object is checked against its id on arrival; then the store is verified again, \
+and the exit code is 1 if anything is still damaged. --repair needs the store to itself: stop a \
+running `left serve` first (plain verify works beside it)."
+)]
+pub struct VerifyArgs {
+    /// Fetch every missing or corrupt object again from peers, then verify again
+    #[arg(long)]
+    pub(crate) repair: bool,
+    /// Peers to repair from (HOST:PORT, a host, [IPv6]:PORT), besides those of the peer book
+    #[arg(value_name = "PEER", requires = "repair")]
+    pub(crate) peers: Vec<String>,
+    /// More peers, comma-separated
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',', requires = "repair")]
+    pub(crate) ip: Vec<String>,
+    /// Encrypt packets (on|off); the peers must use the same setting
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = super::serve::parse_on_off, action = clap::ArgAction::Set, requires = "repair")]
+    pub(crate) encryption: bool,
+    /// Give up on the peers after this many seconds without progress
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, requires = "repair")]
+    pub(crate) timeout: f64,
+}
 
 /// Arguments of `left gc`.
 #[derive(Debug, Args)]
@@ -61,41 +89,23 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Runs `left verify`: exit 0 when clean, else every problem on stdout and exit 1.
-pub(crate) fn verify(global: &Global, out: &Output) -> anyhow::Result<u8> {
+pub(crate) fn verify(global: &Global, out: &Output, args: VerifyArgs) -> anyhow::Result<u8> {
+    if args.repair {
+        return super::remote::verify_repair(global, out, args);
+    }
     let (_, store) = open_store_read(global)?;
     let progress = out.progress();
     let report = store.verify(&progress).context("cannot verify the store")?;
     drop(progress);
-    let object = |k: ObjectKind| match k {
-        ObjectKind::Chunk => "chunk",
-        ObjectKind::Node => "node",
-    };
-    let kind = |k: ProblemKind| match k {
-        ProblemKind::Missing => "missing",
-        ProblemKind::Corrupt => "corrupt",
-    };
     out.json(&json!({
         "ok": report.problems.is_empty(),
         "chunks_checked": report.chunks_checked,
         "nodes_checked": report.nodes_checked,
         "bytes_checked": report.bytes_checked,
-        "problems": report.problems.iter().map(|p| json!({
-            "object": object(p.object),
-            "id": p.id.to_string(),
-            "kind": kind(p.kind),
-            "paths": p.paths.iter().map(|x| fmt::json_path(x)).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
+        "problems": report.problems.iter().map(problem_json).collect::<Vec<_>>(),
     }))?;
     for p in &report.problems {
-        let mut line = format!("{} {} {}", kind(p.kind), object(p.object), p.id).into_bytes();
-        if !p.paths.is_empty() {
-            line.extend_from_slice(b", used by:");
-            for path in &p.paths {
-                line.push(b' ');
-                line.extend_from_slice(path.as_os_str().as_bytes());
-            }
-        }
-        out.data(line)?;
+        out.data(problem_line("", p))?;
     }
     if !report.problems.is_empty() {
         return Err(CliError::VerifyFailed {
@@ -110,6 +120,51 @@ pub(crate) fn verify(global: &Global, out: &Output) -> anyhow::Result<u8> {
         report.nodes_checked
     ))?;
     Ok(EXIT_OK)
+}
+
+/// "chunk" or "node".
+pub(crate) fn object_name(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Chunk => "chunk",
+        ObjectKind::Node => "node",
+    }
+}
+
+/// "missing" or "corrupt".
+pub(crate) fn problem_name(k: ProblemKind) -> &'static str {
+    match k {
+        ProblemKind::Missing => "missing",
+        ProblemKind::Corrupt => "corrupt",
+    }
+}
+
+/// A problem in `--json` output.
+pub(crate) fn problem_json(p: &Problem) -> serde_json::Value {
+    json!({
+        "object": object_name(p.object),
+        "id": p.id.to_string(),
+        "kind": problem_name(p.kind),
+        "paths": p.paths.iter().map(|x| fmt::json_path(x)).collect::<Vec<_>>(),
+    })
+}
+
+/// A problem as one line: `PREFIXmissing chunk ID, used by: PATH...`.
+pub(crate) fn problem_line(prefix: &str, p: &Problem) -> Vec<u8> {
+    let mut line = format!(
+        "{prefix}{} {} {}",
+        problem_name(p.kind),
+        object_name(p.object),
+        p.id
+    )
+    .into_bytes();
+    if !p.paths.is_empty() {
+        line.extend_from_slice(b", used by:");
+        for path in &p.paths {
+            line.push(b' ');
+            line.extend_from_slice(path.as_os_str().as_bytes());
+        }
+    }
+    line
 }
 
 /// Runs `left gc`.

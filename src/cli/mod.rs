@@ -12,7 +12,9 @@
 //! While `left serve` runs it holds the store's lock. Then `add` and `gc` send their work to it
 //! through the control socket ([`left::control`], see [`open_or_served`]) and print its reply as
 //! they print a local result; `log`, `ls`, `restore` and `verify` open the store read-only
-//! ([`open_store_read`]); `status` asks the server for its status.
+//! ([`open_store_read`]); `status` asks the server for its status. `sync`, `verify --repair` and
+//! `restore --from` fetch from peers and need the store to themselves ([`open_store_exclusive`]):
+//! beside a serve they say so in one line, with what to do.
 
 mod add;
 mod fmt;
@@ -20,6 +22,7 @@ mod init;
 mod inspect;
 mod maintain;
 mod progress;
+mod remote;
 mod serve;
 mod share;
 mod sync;
@@ -94,7 +97,8 @@ pub enum Command {
     /// Write a snapshot (or one path of it) into a folder, exactly as it was
     Restore(inspect::RestoreArgs),
     /// Re-hash every chunk and node the snapshots use; name what is missing or corrupt
-    Verify,
+    /// (with --repair, fetch those objects again from peers)
+    Verify(maintain::VerifyArgs),
     /// Drop chunks and nodes no snapshot needs and shrink the store on disk
     Gc(maintain::GcArgs),
     /// Print this device's id (its public key)
@@ -159,6 +163,24 @@ pub enum CliError {
         /// Number of problems.
         count: usize,
     },
+    /// `verify --repair` left problems unrepaired (already printed).
+    #[error("repair left {left} of {found} problem(s) unrepaired{why}")]
+    RepairIncomplete {
+        /// Problems still there.
+        left: usize,
+        /// Problems found before the repair.
+        found: usize,
+        /// Why, starting with `: ` (empty when nothing more is known).
+        why: String,
+    },
+    /// Talking to peers failed in a way the command cannot go on from.
+    #[error("{message}")]
+    Peers {
+        /// What failed, one line.
+        message: String,
+        /// What to do about it.
+        hint: Option<String>,
+    },
     /// The serving process answered a request with an error.
     #[error("{message}")]
     Served {
@@ -190,7 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Log(args) => inspect::log(&cli.global, &out, args),
         Command::Ls(args) => inspect::ls(&cli.global, &out, args),
         Command::Restore(args) => inspect::restore(&cli.global, &out, args),
-        Command::Verify => maintain::verify(&cli.global, &out),
+        Command::Verify(args) => maintain::verify(&cli.global, &out, args),
         Command::Gc(args) => maintain::gc(&cli.global, &out, args),
         Command::Id => init::id(&cli.global, &out),
         Command::ShareKey => share::share_key(&cli.global, &out),
@@ -220,7 +242,12 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
                      keep a copy of the store for inspection and add the files again if you still have them"
                         .into(),
                 ),
-                CliError::Served { hint, .. } => hint.clone(),
+                CliError::RepairIncomplete { .. } => Some(
+                    "the objects listed above are still damaged: name a peer that holds them \
+                     (`left verify --repair HOST:PORT`), or add the files again if you still have them"
+                        .into(),
+                ),
+                CliError::Served { hint, .. } | CliError::Peers { hint, .. } => hint.clone(),
                 CliError::BadShareKey(_) => Some(
                     "copy the key exactly as `left share-key` prints it on a device of the share"
                         .into(),
@@ -331,6 +358,39 @@ pub(crate) fn open_store_read(global: &Global) -> anyhow::Result<(PathBuf, Store
         Err(e) => return Err(anyhow::Error::new(e).context(context())),
     };
     Ok((dir, store))
+}
+
+/// Opens the store for writing, for a command that fetches from peers (`sync`, `verify --repair`,
+/// `restore --from`). When a `left serve` holds it, says so and what to do instead of "in use"
+/// (`verb` says what cannot be done, `what` is the command to run instead, e.g. `verify --repair`).
+pub(crate) fn open_store_exclusive(
+    global: &Global,
+    verb: &str,
+    what: &str,
+) -> anyhow::Result<(PathBuf, Store)> {
+    let dir = store_dir(global)?;
+    match Store::open(&dir) {
+        Ok(store) => Ok((dir, store)),
+        Err(left_store::Error::Locked { pid })
+            if matches!(control::call(&dir, &control::Request::Status), Ok(Some(_))) =>
+        {
+            // A serving process owns the store: say so, and what to do, instead of "in use".
+            Err(CliError::Served {
+                message: format!(
+                    "cannot {verb}: a `left serve` (pid {pid}) owns the store at {}",
+                    dir.display()
+                ),
+                hint: Some(format!(
+                    "stop that serve (Ctrl-C, or `kill {pid}`), run `left {what}`, then start `left serve` again"
+                )),
+            }
+            .into())
+        }
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("cannot open the store at {}", dir.display())))
+        }
+    }
 }
 
 /// A store opened here, or the `left serve` process that holds it.

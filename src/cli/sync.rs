@@ -28,7 +28,7 @@ use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Store};
 use serde_json::json;
 
 use super::serve::{bind, endpoint_config, parse_on_off, runtime, BookPolicy, DEFAULT_PORT};
-use super::{fmt, share_root, store_dir, Global, Output, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK};
+use super::{fmt, share_root, Global, Output, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK};
 
 /// Arguments of `left sync`.
 #[derive(Debug, Args)]
@@ -74,16 +74,37 @@ pub(crate) fn resolve(peer: &str) -> Result<SocketAddr, String> {
     addrs.next().ok_or_else(|| format!("{host} has no address"))
 }
 
+/// One client endpoint per address family the targets use, with this device's key, the share key,
+/// the peer book's allow-list and the encryption setting. Must run inside the tokio runtime.
+pub(crate) fn bind_endpoints(
+    targets: &[Target],
+    identity: &Identity,
+    share_key: [u8; 32],
+    allowed: Option<Vec<[u8; 32]>>,
+    encryption: bool,
+) -> anyhow::Result<Endpoints> {
+    let mut eps = Endpoints::default();
+    if targets.iter().any(|t| t.addr.is_ipv4()) {
+        let cfg = endpoint_config(identity, share_key, allowed.clone(), encryption);
+        eps.v4 = Some(bind(SocketAddr::from(([0, 0, 0, 0], 0)), cfg)?);
+    }
+    if targets.iter().any(|t| t.addr.is_ipv6()) {
+        let cfg = endpoint_config(identity, share_key, allowed, encryption);
+        eps.v6 = Some(bind(SocketAddr::from(([0u16; 8], 0)), cfg)?);
+    }
+    Ok(eps)
+}
+
 /// The fetch's progress bar on stderr: chunk bytes fetched against those found missing so far
 /// (the total grows while the walk goes on), with rate and ETA. Drawn only on a terminal, without
 /// -q, and only once the fetch has run for a second.
-struct FetchBar {
+pub(crate) struct FetchBar {
     bar: Option<indicatif::ProgressBar>,
     shown: std::sync::atomic::AtomicBool,
 }
 
 impl FetchBar {
-    fn new(enabled: bool) -> FetchBar {
+    pub(crate) fn new(enabled: bool) -> FetchBar {
         use std::io::IsTerminal;
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(
@@ -103,7 +124,7 @@ impl FetchBar {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             if self.shown.load(Ordering::Relaxed) {
                 bar.finish_and_clear();
@@ -164,32 +185,8 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         anyhow::bail!("--timeout must be a positive number of seconds");
     }
 
-    let dir = store_dir(global)?;
-    let store = match Store::open(&dir) {
-        Ok(store) => Arc::new(store),
-        Err(left_store::Error::Locked { pid })
-            if matches!(
-                left::control::call(&dir, &left::control::Request::Status),
-                Ok(Some(_))
-            ) =>
-        {
-            // A serving process owns the store: say so, and what to do, instead of "in use".
-            return Err(super::CliError::Served {
-                message: format!(
-                    "cannot sync: a `left serve` (pid {pid}) owns the store at {}",
-                    dir.display()
-                ),
-                hint: Some(format!(
-                    "stop that serve (Ctrl-C, or `kill {pid}`), run `left sync`, then start `left serve` again"
-                )),
-            }
-            .into());
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("cannot open the store at {}", dir.display())))
-        }
-    };
+    let (dir, store) = super::open_store_exclusive(global, "sync", "sync")?;
+    let store = Arc::new(store);
     let share = share_root(&dir, &store)?;
     let identity = Identity::load(&dir).context("cannot read the device key")?;
     let share_key = identity::load_share_key(&dir).context("cannot read the share key")?;
@@ -240,16 +237,13 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     fcfg.connect_timeout = fcfg.connect_timeout.min(fcfg.timeout);
     let rt = runtime()?;
     let (report, udp) = rt.block_on(async {
-        let mut eps = Endpoints::default();
-        let allowed = policy.allowed_peers();
-        if targets.iter().any(|t| t.addr.is_ipv4()) {
-            let cfg = endpoint_config(&identity, share_key, allowed.clone(), args.encryption);
-            eps.v4 = Some(bind(SocketAddr::from(([0, 0, 0, 0], 0)), cfg)?);
-        }
-        if targets.iter().any(|t| t.addr.is_ipv6()) {
-            let cfg = endpoint_config(&identity, share_key, allowed.clone(), args.encryption);
-            eps.v6 = Some(bind(SocketAddr::from(([0u16; 8], 0)), cfg)?);
-        }
+        let eps = bind_endpoints(
+            &targets,
+            &identity,
+            share_key,
+            policy.allowed_peers(),
+            args.encryption,
+        )?;
         let bar = FetchBar::new(!out.quiet);
         let report = session::fetch(&eps, store.clone(), &targets, &fcfg, &bar).await;
         bar.finish();
@@ -461,7 +455,7 @@ fn fetched_head(d: &Decision, r: &FetchReport) -> Option<NodeId> {
 }
 
 /// What to do about one kind of failure, or `None` when no advice would help.
-fn hint_for(kind: PeerFailure) -> Option<&'static str> {
+pub(crate) fn hint_for(kind: PeerFailure) -> Option<&'static str> {
     Some(match kind {
         PeerFailure::Unreachable => {
             "check that `left serve` runs on the peer, that the address and port are right, and that both sides hold the same share key (`left share-key`)"
@@ -485,7 +479,7 @@ fn hint_for(kind: PeerFailure) -> Option<&'static str> {
 
 /// One hint line for a failed sync: the advice for each kind of failure among the peers (named
 /// when they failed differently), or `None` when no advice would help.
-fn failure_hint(r: &FetchReport) -> Option<String> {
+pub(crate) fn failure_hint(r: &FetchReport) -> Option<String> {
     let mut kinds: Vec<(PeerFailure, Vec<&str>)> = Vec::new();
     for p in r.peers.iter().filter(|p| p.error.is_some()) {
         let kind = p.failure.unwrap_or(PeerFailure::Other);

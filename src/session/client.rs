@@ -1224,58 +1224,20 @@ pub async fn fetch_history(
     .map_err(|_| "no answer".to_string())?
     .map_err(|e| e.reason)?;
     let mut stored = 0;
+    let stall = cfg.pull.stall_timeout;
     let result = async {
         while !want.is_empty() && stored < limit {
             want.truncate(crate::ecp::MAX_IDS_PER_REQUEST.min(limit - stored));
-            s.writer
-                .send(&Message::GetNodes { ids: want.clone() })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut got = Vec::new();
-            let mut answered = 0;
-            while answered < want.len() {
-                let msg = tokio::time::timeout(cfg.pull.stall_timeout, s.reader.next())
-                    .await
-                    .map_err(|_| "stalled while sending history".to_string())?
-                    .map_err(|e| read_error(&e).reason)?
-                    .ok_or_else(|| "the peer ended the session".to_string())?;
-                match msg {
-                    Message::Nodes { nodes } => {
-                        for (id, bytes) in nodes {
-                            if !want.contains(&id) || got.contains(&id) {
-                                return Err(format!(
-                                    "the peer sent node {} unasked",
-                                    id.fmt_short()
-                                ));
-                            }
-                            if store
-                                .put_snapshot_header(id, &bytes)
-                                .map_err(|e| format!("snapshot {}: {e}", id.fmt_short()))?
-                            {
-                                stored += 1;
-                            }
-                            got.push(id);
-                            answered += 1;
-                        }
-                    }
-                    Message::NotFound { ids } => answered += ids.len(),
-                    Message::Working { retry_after_ms } => {
-                        tokio::time::sleep(Duration::from_millis(retry_after_ms.min(5_000).into()))
-                            .await;
-                        s.writer
-                            .send(&Message::GetNodes { ids: want.clone() })
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        got.clear();
-                        answered = 0;
-                    }
-                    Message::Error { message, .. } => {
-                        return Err(format!("the peer refused: {}", sanitize(&message)))
-                    }
-                    // Repeated hellos and heads need no answer here.
-                    _ => {}
+            let got = request_nodes(&mut s, &want, stall, &mut |id, bytes| {
+                if store
+                    .put_snapshot_header(id, bytes)
+                    .map_err(|e| format!("snapshot {}: {e}", id.fmt_short()))?
+                {
+                    stored += 1;
                 }
-            }
+                Ok(())
+            })
+            .await?;
             want = unknown_parents(&got)?;
         }
         Ok::<(), String>(())
@@ -1283,4 +1245,240 @@ pub async fn fetch_history(
     .await;
     close_session(s).await;
     result.map(|()| stored)
+}
+
+/// Takes each node a peer sent, already checked against its id (stores it, say); an error ends
+/// the request with that reason.
+pub type NodeSink<'a> = dyn FnMut(NodeId, &[u8]) -> Result<(), String> + Send + 'a;
+
+/// Asks the peer for the nodes `want` (at most [`crate::ecp::MAX_IDS_PER_REQUEST`]) and hands
+/// each one, checked against its id, to `keep`. Returns the ids received; the others the peer
+/// does not have. A node not asked for, a node that does not match its id, an `Error`, or
+/// `stall` without an answer ends the call with the reason.
+async fn request_nodes(
+    s: &mut Session,
+    want: &[NodeId],
+    stall: Duration,
+    keep: &mut NodeSink<'_>,
+) -> Result<Vec<NodeId>, String> {
+    s.writer
+        .send(&Message::GetNodes { ids: want.to_vec() })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let mut answered = 0;
+    while answered < want.len() {
+        let msg = tokio::time::timeout(stall, s.reader.next())
+            .await
+            .map_err(|_| format!("stalled: no answer for {:.1} s", stall.as_secs_f64()))?
+            .map_err(|e| read_error(&e).reason)?
+            .ok_or_else(|| "the peer ended the session".to_string())?;
+        match msg {
+            Message::Nodes { nodes } => {
+                for (id, bytes) in nodes {
+                    if !want.contains(&id) || got.contains(&id) {
+                        return Err(format!("the peer sent node {} unasked", id.fmt_short()));
+                    }
+                    crate::ecp::verify_node(&id, &bytes).map_err(|e| e.to_string())?;
+                    keep(id, &bytes)?;
+                    got.push(id);
+                    answered += 1;
+                }
+            }
+            Message::NotFound { ids } => answered += ids.len(),
+            Message::Working { retry_after_ms } => {
+                tokio::time::sleep(Duration::from_millis(retry_after_ms.min(5_000).into())).await;
+                s.writer
+                    .send(&Message::GetNodes { ids: want.to_vec() })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                got.clear();
+                answered = 0;
+            }
+            Message::Error { message, .. } => {
+                return Err(format!("the peer refused: {}", sanitize(&message)))
+            }
+            // Repeated hellos and heads need no answer here.
+            _ => {}
+        }
+    }
+    Ok(got)
+}
+
+/// One peer's answer to [`NodeSession::open`] failing: what kind of failure, and why (one line).
+pub type OpenError = (PeerFailure, String);
+
+/// A session with one peer outside a [`Pull`]: the head it offered in the `Have` exchange, and
+/// nodes asked by id (`GetNodes`), each checked against its id before it is handed over. For the
+/// few nodes a caller wants one by one (the folders along a path, snapshot headers); a tree is
+/// fetched with [`fetch`] and [`FetchConfig::want`].
+pub struct NodeSession {
+    s: Session,
+    head: Option<NodeId>,
+    device: Option<[u8; 32]>,
+    stall: Duration,
+}
+
+impl NodeSession {
+    /// Connects to the peer at `addr` (handshake, `Hello`, `Have` with our head), within
+    /// `cfg.connect_timeout`.
+    pub async fn open(
+        endpoints: &Endpoints,
+        addr: SocketAddr,
+        cfg: &FetchConfig,
+        store: &Store,
+    ) -> Result<NodeSession, OpenError> {
+        let endpoint = endpoints.for_addr(addr).ok_or_else(|| {
+            (
+                PeerFailure::Other,
+                "no local endpoint for its address family".to_string(),
+            )
+        })?;
+        let greeting = Greeting::new(cfg, store);
+        let mut device = None;
+        let s = tokio::time::timeout(
+            cfg.connect_timeout,
+            open_session(endpoint, addr, &greeting, &mut device),
+        )
+        .await
+        .map_err(|_| {
+            (
+                PeerFailure::Unreachable,
+                format!(
+                    "no answer within {:.1} s ({NO_ANSWER_CAUSES})",
+                    cfg.connect_timeout.as_secs_f64()
+                ),
+            )
+        })?
+        .map_err(|e| (e.kind, e.reason))?;
+        let head = match s.answer {
+            Answer::Excess(h) => Some(h),
+            Answer::Same => greeting.local_head,
+            Answer::Nothing => None,
+        };
+        Ok(NodeSession {
+            s,
+            head,
+            device,
+            stall: cfg.pull.stall_timeout,
+        })
+    }
+
+    /// The peer's head (`None`: it has no snapshot).
+    pub fn head(&self) -> Option<NodeId> {
+        self.head
+    }
+
+    /// The peer's device key.
+    pub fn device(&self) -> Option<[u8; 32]> {
+        self.device
+    }
+
+    /// Asks for `ids` (in requests of at most [`crate::ecp::MAX_IDS_PER_REQUEST`]) and hands each
+    /// node received, verified against its id, to `keep`. Returns the ids received: the others
+    /// the peer does not have.
+    pub async fn get_nodes(
+        &mut self,
+        ids: &[NodeId],
+        keep: &mut NodeSink<'_>,
+    ) -> Result<Vec<NodeId>, String> {
+        let mut got = Vec::new();
+        for part in ids.chunks(crate::ecp::MAX_IDS_PER_REQUEST) {
+            got.extend(request_nodes(&mut self.s, part, self.stall, keep).await?);
+        }
+        Ok(got)
+    }
+
+    /// Says goodbye and closes.
+    pub async fn close(self) {
+        close_session(self.s).await;
+    }
+}
+
+/// Asks every target for its head at once (handshake, `Hello`, `Have`), fetching nothing: one
+/// outcome per target, in order, with its device and head (ours when it answered `Same`), or the
+/// error and its kind. Each is bounded by `cfg.connect_timeout`; once one peer has answered, the
+/// others get [`ANSWER_GRACE`] more (as in [`fetch`]). Used to find out whether any peer can be
+/// reached before changing anything that only a fetch can make good again.
+pub async fn heads(
+    endpoints: &Endpoints,
+    targets: &[Target],
+    cfg: &FetchConfig,
+    store: &Store,
+) -> Vec<PeerOutcome> {
+    type Fut<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = PeerOutcome> + Send + 'a>>;
+    let local_head = store.head().ok().flatten();
+    let mut futs: Vec<Fut<'_>> = targets
+        .iter()
+        .map(|t| {
+            Box::pin(async move {
+                let mut out = PeerOutcome {
+                    label: t.label.clone(),
+                    addr: Some(t.addr),
+                    ..PeerOutcome::default()
+                };
+                match NodeSession::open(endpoints, t.addr, cfg, store).await {
+                    Ok(s) => {
+                        out.device = s.device();
+                        out.head = s.head();
+                        out.same = s.head().is_some() && s.head() == local_head;
+                        s.close().await;
+                    }
+                    Err((kind, reason)) => {
+                        out.error = Some(reason);
+                        out.failure = Some(kind);
+                    }
+                }
+                out
+            }) as Fut<'_>
+        })
+        .collect();
+    let mut done: Vec<Option<PeerOutcome>> = targets.iter().map(|_| None).collect();
+    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(done.iter_mut()) {
+            if o.is_some() {
+                continue;
+            }
+            match std::future::Future::poll(f.as_mut(), cx) {
+                std::task::Poll::Ready(v) => {
+                    if v.error.is_none() && grace.is_none() {
+                        grace = Some(Box::pin(tokio::time::sleep(ANSWER_GRACE)));
+                    }
+                    *o = Some(v);
+                }
+                std::task::Poll::Pending => pending = true,
+            }
+        }
+        if !pending {
+            return std::task::Poll::Ready(());
+        }
+        let grace_over = grace
+            .as_mut()
+            .is_some_and(|g| std::future::Future::poll(g.as_mut(), cx).is_ready());
+        if grace_over {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    // Dropping the connects still running gives up on them.
+    drop(futs);
+    done.into_iter()
+        .zip(targets)
+        .map(|(o, t)| {
+            o.unwrap_or_else(|| PeerOutcome {
+                label: t.label.clone(),
+                addr: Some(t.addr),
+                error: Some(format!(
+                    "no answer within {:.1} s, while the other peers were done",
+                    ANSWER_GRACE.as_secs_f64()
+                )),
+                failure: Some(PeerFailure::Unreachable),
+                ..PeerOutcome::default()
+            })
+        })
+        .collect()
 }

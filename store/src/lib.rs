@@ -14,7 +14,8 @@
 //! [`Store`] is the entry point: `create`/`open` (with an exclusive lock) or `open_read_only` (no
 //! lock, beside a process that holds it, e.g. `left serve`; writes fail with [`Error::ReadOnly`]),
 //! `add` (snapshot a folder, streaming on all cores with bounded memory), `ls`, `log`, `resolve`,
-//! `restore`, `verify`, `gc`, the object-level operations the sync engine needs (`has_many`,
+//! `restore`, `verify` (and `repair_plan` / `apply_repair_plan`, which let a fetch bring back what
+//! verify found damaged), `gc`, the object-level operations the sync engine needs (`has_many`,
 //! `missing`, `diff`, `get_chunk`, `put_chunk`, `put_chunk_verified`, `get_node`, `put_node`,
 //! `mark_complete`, `is_ancestor`), and `checkout`: moving the share folder from one snapshot to
 //! another, touching only changed paths, reusing unchanged ranges of changed files, never writing
@@ -46,6 +47,7 @@ pub use add::{debug_set_read_hook, ReadHook};
 pub use checkout::{CHECKOUT_MAX_DEPTH, REUSE_MAP_CAP, SETTLE_WINDOW_NS};
 pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};
+pub use maint::RepairPlan;
 pub use merge::{conflict_name, AUTHOR_DEPTH, MERGE_MESSAGE, VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES};
 pub use store::{ObjectId, Store, ANCESTOR_LIMIT};
 pub use types::*;

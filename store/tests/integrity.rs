@@ -422,3 +422,108 @@ fn missing_and_diff_match_set_difference() {
     let node = Node::decode(&n).unwrap();
     assert!(matches!(node, Node::Snapshot(_)));
 }
+
+/// Every id `missing` reports under `root`.
+fn missing_set(store: &Store, root: NodeId) -> HashSet<ObjectId> {
+    let mut out = HashSet::new();
+    store
+        .missing(root, 64, &mut |ids| {
+            out.extend(ids.iter().copied());
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn repair_plan_reaches_damaged_objects_and_verified_copies_fix_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    fs::create_dir_all(share.join("sub")).unwrap();
+    fs::write(share.join("sub/file"), rand_bytes(9, 300_000)).unwrap();
+    fs::write(share.join("other"), b"fine").unwrap();
+    // A second store of the same folder holds the same chunks and file nodes: the "peer".
+    let good = Store::create(&tmp.path().join("good"), small_cfg()).unwrap();
+    add(&good, &share);
+    let store = Store::create(&tmp.path().join("store"), small_cfg()).unwrap();
+    let s1 = add(&store, &share).snapshot.unwrap();
+    fs::write(share.join("extra"), b"x").unwrap();
+    let s2 = add(&store, &share).snapshot.unwrap();
+    let chunks = store.debug_file_chunks(s1, Path::new("sub/file")).unwrap();
+    assert!(chunks.len() > 4);
+    let other = store.ls(s1, Path::new("other")).unwrap()[0].id;
+    store.debug_corrupt_chunk(chunks[1]).unwrap();
+    store.debug_delete_chunk(chunks[3]).unwrap();
+    store.debug_corrupt_node(other).unwrap();
+    // The marks above them still claim completeness: a fetch would skip the damage.
+    assert!(missing_set(&store, s2).is_empty());
+
+    let v = store.verify(&NoProgress).unwrap();
+    assert_eq!(v.problems.len(), 3, "{:?}", v.problems);
+    let plan = store.repair_plan(&v.problems).unwrap();
+    assert_eq!(plan.snapshots, vec![s2, s1], "newest first");
+    assert!(
+        plan.headers.is_empty() && plan.unfixable.is_empty(),
+        "{plan:?}"
+    );
+    let damaged: HashSet<ObjectId> = [
+        ObjectId::Chunk(chunks[1]),
+        ObjectId::Chunk(chunks[3]),
+        ObjectId::Node(other),
+    ]
+    .into();
+    assert_eq!(plan.remove.iter().copied().collect::<HashSet<_>>(), damaged);
+    // Planning changes nothing.
+    assert_eq!(store.verify(&NoProgress).unwrap().problems, v.problems);
+    // Two snapshots, their root folders, `sub`, `sub/file`'s node and its chunk list, and the
+    // damaged node itself; nothing else.
+    assert_eq!(plan.marks_cleared(), 8, "{plan:?}");
+
+    store.apply_repair_plan(&plan).unwrap();
+    assert!(!store.has_nodes(&[s1, s2]).unwrap().into_iter().any(|c| c));
+    assert_eq!(missing_set(&store, s2), damaged);
+    assert_eq!(missing_set(&store, s1), damaged);
+    // Verified copies from the good store, as a fetch stores them; then the marks come back.
+    for id in &damaged {
+        match *id {
+            ObjectId::Chunk(c) => {
+                assert!(store
+                    .put_chunk(c, &good.get_chunk(c).unwrap().unwrap())
+                    .unwrap())
+            }
+            ObjectId::Node(n) => {
+                assert!(store
+                    .put_node(n, &good.get_node(n).unwrap().unwrap())
+                    .unwrap())
+            }
+        }
+    }
+    assert!(store.mark_complete(s2).unwrap());
+    assert!(store.mark_complete(s1).unwrap());
+    assert!(store.verify(&NoProgress).unwrap().problems.is_empty());
+    let out = tmp.path().join("out");
+    store
+        .restore(s1, None, &out, &RestoreOptions::default(), &NoProgress)
+        .unwrap();
+    assert_eq!(
+        fs::read(out.join("sub/file")).unwrap(),
+        rand_bytes(9, 300_000)
+    );
+    // Nothing left to plan.
+    assert!(store.repair_plan(&[]).unwrap().is_empty());
+
+    // Damage again, and let `add` repair from the share folder, which still holds the files: with
+    // the marks and the removed file node's scan-cache record gone, it reads both files again
+    // instead of reusing their nodes, and stores what is missing.
+    store.debug_delete_chunk(chunks[2]).unwrap();
+    store.debug_corrupt_node(other).unwrap();
+    let v = store.verify(&NoProgress).unwrap();
+    assert_eq!(v.problems.len(), 2, "{:?}", v.problems);
+    let plan = store.repair_plan(&v.problems).unwrap();
+    store.apply_repair_plan(&plan).unwrap();
+    add(&store, &share);
+    for s in plan.snapshots {
+        assert!(store.mark_complete(s).unwrap());
+    }
+    assert!(store.verify(&NoProgress).unwrap().problems.is_empty());
+}
