@@ -540,7 +540,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
             }
         };
         if let Some(t) = auto_task {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
         }
         drop(server);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), logger).await;

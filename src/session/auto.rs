@@ -84,8 +84,8 @@ pub struct AutoPeerStatus {
     pub head: Option<String>,
     /// Its head is ours.
     pub in_sync: bool,
-    /// Bytes of chunks still to fetch for its head (while a pull of it runs), else 0 when in
-    /// sync, `None` when unknown.
+    /// How far we are behind it: plain chunk bytes still to fetch while a pull runs, 0 when we
+    /// hold its head (in sync, or it is behind us), `None` when not known yet.
     pub lag_bytes: Option<u64>,
     /// Seconds since we last heard from it.
     pub last_seen_secs: Option<f64>,
@@ -329,10 +329,15 @@ pub async fn run(
             }
         }
     }
-    // A task still running finishes (a checkout stopped halfway would be finished by the
-    // journal at the next start anyway); give it a moment.
+    // An exchange still running is cut short: its network part stops at once (what it fetched
+    // is stored; a new exchange fetches only the rest), while the local work it may be doing on
+    // a blocking thread (a checkout, which is journaled anyway) runs to its end before the
+    // process exits. A scan is waited for.
     if let Some(t) = task {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        if agent.running() == Some("exchange") {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
 }
 
@@ -385,10 +390,18 @@ fn publish(ctx: &Ctx, agent: &Agent, known: &[Peer], totals: Totals, last_error:
     if st.running.is_none() {
         st.transfer = None;
     }
+    // Bytes still to fetch of the pull running now (its peers are the ones we lag behind).
+    let pending = st
+        .transfer
+        .as_ref()
+        .map(|t| t.bytes_discovered.saturating_sub(t.bytes_fetched));
     st.peers = known
         .iter()
         .map(|p| {
             let in_sync = p.head.is_some() && p.head == head;
+            let behind_us = p
+                .head
+                .is_some_and(|h| head.is_some() && holds(&ctx.store, h));
             AutoPeerStatus {
                 peer: p.target.label.clone(),
                 addr: p.target.addr.to_string(),
@@ -396,7 +409,11 @@ fn publish(ctx: &Ctx, agent: &Agent, known: &[Peer], totals: Totals, last_error:
                 connected: p.connected,
                 head: p.head.map(|h| h.to_string()),
                 in_sync,
-                lag_bytes: if in_sync { Some(0) } else { None },
+                lag_bytes: if in_sync || behind_us {
+                    Some(0)
+                } else {
+                    pending
+                },
                 last_seen_secs: p.last_seen.map(|t| now.duration_since(t).as_secs_f64()),
                 last_error: p.last_error.clone(),
                 configured: p.configured,
