@@ -16,9 +16,10 @@
 //!   the store); every other chunk is read from the store and hash-verified before its bytes are
 //!   written, in windows: one window is fetched and verified on the rayon pool while the previous
 //!   one is written. A file whose bytes did not change (only mode or mtime) is re-permissioned in
-//!   place. A replaced big file is released (closed, so freed) on a release thread, which also
-//!   drops the page cache of what was already copied out of it: freeing 1 GiB on ext4 takes
-//!   ~0.2 s, mostly waiting, and the checkout does not wait for it ([`Store::wait_released`]).
+//!   place. A replaced big file is released on a release thread, which hands its last
+//!   descriptor to a short-lived grandchild process whose exit frees it: freeing 1 GiB on ext4
+//!   takes ~0.2 s, mostly waiting, and neither the checkout nor the exit of a one-shot command
+//!   waits for it ([`Store::wait_released`] waits for the hand-over only).
 //! - a **symlink** is created verbatim (never followed) under a temporary name and renamed in.
 //! - a **folder** is created, filled, then given its mode and mtime (after its content).
 //! - a **removed** path is deleted: files and links unlinked; folders lose only what the old tree
@@ -116,8 +117,9 @@ const COPY_STEP: usize = 1 << 20;
 /// Replaced files at least this big are released on the checkout's release thread
 /// ([`Releaser`]); smaller ones are closed in place.
 const RELEASE_MIN: u64 = 8 << 20;
-/// Bytes of a run copied from an old file between two page-cache drops of what was copied.
-const UNCACHE_STEP: u64 = 64 << 20;
+/// Bytes of a run copied from an old file per `copy_file_range` step (progress is reported
+/// between steps).
+const COPY_RUN_STEP: u64 = 64 << 20;
 /// Messages queued to the release thread at most (bounds the open descriptors it holds).
 const RELEASE_QUEUE: usize = 64;
 
@@ -210,18 +212,15 @@ pub(crate) fn check_space(plan: &Plan, avail: u64, share: &Path) -> Result<()> {
 
 /// Work for the release thread.
 enum Release {
-    /// Drop the page cache of a range already copied out of an old file (`POSIX_FADV_DONTNEED`:
-    /// clean pages only, the file is not changed).
-    Uncache(std::sync::Arc<File>, u64, u64),
     /// The last handle of a replaced file: closing it frees its blocks.
     Close(File),
 }
 
 /// The release thread of a store's checkouts. Freeing a replaced big file costs about 0.2 s per
 /// GiB on ext4 (its page cache, then its blocks), most of it waiting: the checkout hands the file's
-/// last descriptor here and goes on. While a run is copied out of an old file, the pages already
-/// copied are dropped here too, so little is left to free at the close. Dropping the releaser
-/// waits for everything queued ([`Store::wait_released`], the next checkout, or the store's drop).
+/// last descriptor here and goes on, and this thread hands it on to a grandchild process
+/// ([`close_detached`]). Dropping the releaser waits for everything queued
+/// ([`Store::wait_released`], the next checkout, or the store's drop).
 pub(crate) struct Releaser {
     tx: Option<crossbeam_channel::Sender<Release>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -236,7 +235,6 @@ impl Releaser {
             .spawn(move || {
                 for r in rx.iter() {
                     match r {
-                        Release::Uncache(f, off, len) => uncache(&f, off, len),
                         Release::Close(f) => close_detached(f),
                     }
                 }
@@ -259,34 +257,57 @@ fn release(tx: Option<&crossbeam_channel::Sender<Release>>, r: Release) {
         None => r,
     };
     match r {
-        Release::Uncache(f, off, len) => uncache(&f, off, len),
         Release::Close(f) => drop(f),
     }
 }
 
 /// Closes the last descriptor of a replaced big file in a short-lived grandchild process, so its
-/// blocks are freed there: freeing 1 GiB on ext4 takes ~0.15 s of kernel time that would
-/// otherwise hold up this thread, and with it the exit of a one-shot command (`left sync`), whose
-/// store's drop waits for this thread. The grandchild keeps only that descriptor (everything else
-/// it inherited, the store's lock included, is closed at once) and exits; its exit frees the
-/// file. Where that cannot be done, the file is closed here.
+/// blocks and cached pages are freed there: freeing 1 GiB on ext4 takes ~0.15 s of kernel time
+/// that would otherwise hold up this thread, and with it the exit of a one-shot command (`left
+/// sync`), whose store's drop waits for this thread. The grandchild keeps only that descriptor
+/// and the read end of a pipe (everything else it inherited, the store's lock included, is closed
+/// at once), waits until this process has closed its own descriptor of the file (the pipe's write
+/// end is closed right after it), and exits: its exit is the last close. Where that cannot be
+/// done, the file is closed here.
 fn close_detached(f: File) {
     let fd = f.as_raw_fd();
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: a valid two-element array for pipe2.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        drop(f);
+        return;
+    }
+    let (rd, wr) = (pipe[0], pipe[1]);
     // SAFETY: between fork and _exit the child and grandchild make only async-signal-safe system
-    // calls (fork, close_range, _exit) and touch no memory; the parent reaps its child at once.
+    // calls (fork, close, close_range, read, _exit) on integers and a stack byte; the parent
+    // reaps its child at once.
     unsafe {
         let pid = libc::fork();
         if pid == 0 {
             if libc::fork() == 0 {
-                if fd > 0 {
-                    libc::syscall(libc::SYS_close_range, 0u32, (fd - 1) as u32, 0u32);
+                // Keep `fd` and `rd`; close everything else.
+                let (lo, hi) = (fd.min(rd), fd.max(rd));
+                if lo > 0 {
+                    libc::syscall(libc::SYS_close_range, 0u32, (lo - 1) as u32, 0u32);
                 }
-                libc::syscall(libc::SYS_close_range, fd as u32 + 1, u32::MAX, 0u32);
+                if hi - lo > 1 {
+                    libc::syscall(
+                        libc::SYS_close_range,
+                        (lo + 1) as u32,
+                        (hi - 1) as u32,
+                        0u32,
+                    );
+                }
+                libc::syscall(libc::SYS_close_range, (hi + 1) as u32, u32::MAX, 0u32);
+                // EOF once the parent closed the write end (after its copy of `fd`).
+                let mut b = 0u8;
+                while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
             }
-            // The child exits at once (the grandchild belongs to init from here); the
-            // grandchild's exit closes `fd`, the last link to the old file.
             libc::_exit(0);
         }
+        libc::close(rd);
         if pid > 0 {
             let mut status = 0;
             while libc::waitpid(pid, &mut status, 0) < 0
@@ -294,8 +315,9 @@ fn close_detached(f: File) {
             {
             }
         }
+        drop(f);
+        libc::close(wr);
     }
-    drop(f);
 }
 
 impl Drop for Releaser {
@@ -305,19 +327,6 @@ impl Drop for Releaser {
             let _ = t.join();
         }
     }
-}
-
-/// Drops the clean cached pages of `len` bytes of `f` from `off` (a hint: errors are ignored).
-fn uncache(f: &File, off: u64, len: u64) {
-    // SAFETY: valid descriptor; advice only, the file's content is not changed.
-    unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            off as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
-        )
-    };
 }
 
 // ------------------------------------------------------------------ system calls
@@ -1742,15 +1751,6 @@ impl Store {
             })?;
         }
         let progress = cx.progress;
-        // Pages copied out of a big old file are dropped on the release thread as the copy goes
-        // (through a second descriptor of it).
-        let uncacher = match old {
-            Some((src, _, _)) if old_size >= RELEASE_MIN => match cx.release_tx() {
-                Some(tx) => src.try_clone().ok().map(|d| (std::sync::Arc::new(d), tx)),
-                None => None,
-            },
-            _ => None,
-        };
         let mut reused = 0u64;
         let mut off = 0u64;
         // The pending run of copies: (next old index, old offset, new offset, length). A run goes
@@ -1764,11 +1764,8 @@ impl Store {
                     let (src, _, _) = old.expect("runs only with an old file");
                     let mut done = 0;
                     while done < len {
-                        let n = (len - done).min(UNCACHE_STEP);
+                        let n = (len - done).min(COPY_RUN_STEP);
                         copy_range(src, tmp, oi + done, oo + done, n).map_err(|e| cx.io(rel, e))?;
-                        if let Some((f, tx)) = &uncacher {
-                            release(Some(tx), Release::Uncache(f.clone(), oi + done, n));
-                        }
                         done += n;
                         progress.advance(n);
                     }

@@ -321,8 +321,30 @@ fn open_deleted(prefix: &Path) -> Vec<String> {
     out
 }
 
+/// Descriptors of any process (the detached releasers included) open on deleted files whose path
+/// starts with `prefix`.
+fn open_deleted_anywhere(prefix: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for e in fds.flatten() {
+            if let Ok(t) = fs::read_link(e.path()) {
+                let t = t.to_string_lossy().into_owned();
+                if t.starts_with(&*prefix.to_string_lossy()) && t.ends_with(" (deleted)") {
+                    out.push(format!("{}: {t}", p.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Big replaced files are copied from where unchanged and released by the release thread: after
-/// `wait_released` (and after the store is dropped) no descriptor of the old versions is left.
+/// `wait_released` (and after the store is dropped) no descriptor of the old versions is left in
+/// this process, and the grandchild that frees each one exits soon after (nothing anywhere keeps
+/// an old version alive).
 #[test]
 fn big_replaced_files_are_released() {
     let mut p = Pair::new();
@@ -347,6 +369,18 @@ fn big_replaced_files_are_released() {
         p.assert_same();
         p.sb().wait_released();
         assert_eq!(open_deleted(&p.b), Vec::<String>::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = open_deleted_anywhere(&p.b);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "old versions still open: {left:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
     // Both files at once; the store's drop waits for the release too.
     for n in ["big1", "big2"] {
