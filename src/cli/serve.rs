@@ -301,11 +301,15 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 }
             }
             let mut pull = PullConfig::for_store(&store);
-            pull.stall_timeout = Duration::from_secs(10);
+            pull.stall_timeout = Duration::from_secs(5);
+            // One attempt per exchange: the agent retries a peer that failed (with its own
+            // backoff), so an unreachable peer holds the agent up for one handshake timeout, not
+            // for a round of retries. A transfer that stalls midway is dropped by the pull's
+            // stall timeout and resumed by the next exchange.
             let mut fetch = FetchConfig::new(hello.clone(), pull);
-            fetch.connect_timeout = Duration::from_secs(3);
-            fetch.timeout = Duration::from_secs(10);
-            fetch.max_backoff = Duration::from_secs(2);
+            fetch.connect_timeout = Duration::from_secs(2);
+            fetch.timeout = Duration::from_secs(2);
+            fetch.max_backoff = Duration::from_secs(1);
             let allow = policy.clone();
             fetch.allow = Some(DevicePolicy(Arc::new(move |d: &[u8; 32]| allow.allows(d))));
             let cfg = AutoConfig {
@@ -313,6 +317,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 fetch,
                 device: device.0,
                 checkout: CheckoutOptions { fsync: args.fsync },
+                log: !out.quiet,
             };
             if !args.no_watch {
                 let (wtx, mut wrx) = mpsc::unbounded_channel::<()>();

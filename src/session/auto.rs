@@ -49,6 +49,8 @@ pub struct AutoConfig {
     pub device: [u8; 32],
     /// Checkout settings.
     pub checkout: CheckoutOptions,
+    /// Print a line on stderr for each update, merge and conflict.
+    pub log: bool,
 }
 
 /// Something the driver is told.
@@ -313,6 +315,17 @@ pub async fn run(
                             last_error = Some(e.clone());
                         }
                         agent.exchange_done(now, &rep.outcome);
+                        // A peer that reached us unconfigured and cannot be reached back (a
+                        // one-shot `left sync` from a passing port) is left alone until it
+                        // talks to us again.
+                        for &i in &rep.outcome.failed {
+                            if !known[i].configured && agent.failures(i) >= LEARNED_RETRIES {
+                                agent.retire(i);
+                            }
+                        }
+                        if ctx.cfg.log {
+                            log_exchange(&rep, &known);
+                        }
                     }
                     Err(e) => {
                         last_error = Some(format!("a sync task failed: {e}"));
@@ -338,6 +351,42 @@ pub async fn run(
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+}
+
+/// Failed exchanges in a row after which a learned peer is retired.
+const LEARNED_RETRIES: u32 = 3;
+
+/// One stderr line for what an exchange brought in (nothing when it brought nothing).
+fn log_exchange(rep: &ExchangeReport, known: &[Peer]) {
+    let Some(ig) = &rep.integrated else { return };
+    if !ig.moved() {
+        return;
+    }
+    let from: Vec<&str> = rep
+        .peers
+        .iter()
+        .filter(|(_, _, h, e)| e.is_none() && h.is_some() && *h != ig.before)
+        .map(|(i, ..)| known[*i].target.label.as_str())
+        .collect();
+    let what = if ig.merges > 0 {
+        format!("merged with {}", from.join(", "))
+    } else {
+        format!("updated from {}", from.join(", "))
+    };
+    eprintln!(
+        "left: {what}: now at {} ({} file(s) written, {} removed{})",
+        ig.after.map(|h| h.fmt_short()).unwrap_or_default(),
+        ig.files_written,
+        ig.files_removed,
+        if ig.kept > 0 {
+            format!(", {} local change(s) kept for the next snapshot", ig.kept)
+        } else {
+            String::new()
+        }
+    );
+    for (path, copy) in &ig.conflicts {
+        eprintln!("left: conflict: {path} was changed on two devices; the other version is kept as {copy}");
     }
 }
 
@@ -397,7 +446,9 @@ fn publish(ctx: &Ctx, agent: &Agent, known: &[Peer], totals: Totals, last_error:
         .map(|t| t.bytes_discovered.saturating_sub(t.bytes_fetched));
     st.peers = known
         .iter()
-        .map(|p| {
+        .enumerate()
+        .filter(|(i, p)| p.configured || !agent.is_retired(*i))
+        .map(|(_, p)| {
             let in_sync = p.head.is_some() && p.head == head;
             let behind_us = p
                 .head

@@ -116,6 +116,8 @@ struct PeerState {
     backoff: Duration,
     /// Consecutive failures.
     failures: u32,
+    /// Not talked to until it talks to us again ([`Agent::retire`]).
+    retired: bool,
 }
 
 impl PeerState {
@@ -126,11 +128,12 @@ impl PeerState {
             not_before: None,
             backoff: min_backoff,
             failures: 0,
+            retired: false,
         }
     }
 
     fn ready(&self, now: Instant) -> bool {
-        self.want && self.not_before.is_none_or(|t| t <= now)
+        !self.retired && self.want && self.not_before.is_none_or(|t| t <= now)
     }
 }
 
@@ -207,19 +210,35 @@ impl Agent {
     /// every peer.
     pub fn head_changed(&mut self, _now: Instant) {
         for p in &mut self.peers {
-            p.want = true;
+            p.want = !p.retired;
             p.announce = true;
         }
     }
 
     /// Peer `peer` told us of a head we do not hold (or just connected to us): exchange with it
-    /// soon. A peer that talks to us is up, so its backoff is forgotten.
+    /// soon. A peer that talks to us is up, so its backoff is forgotten (and a retired peer is
+    /// back).
     pub fn heard(&mut self, _now: Instant, peer: usize) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.want = true;
+            p.retired = false;
             p.not_before = None;
             p.backoff = self.cfg.min_backoff;
         }
+    }
+
+    /// Stops talking to `peer` until it talks to us again ([`Agent::heard`]): for a peer that
+    /// reached us from an address nobody listens on (a one-shot `left sync`).
+    pub fn retire(&mut self, peer: usize) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.retired = true;
+            p.want = false;
+        }
+    }
+
+    /// Whether `peer` is retired.
+    pub fn is_retired(&self, peer: usize) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.retired)
     }
 
     /// The next task, if one is due and none is running. Call after every input and timeout,
@@ -278,7 +297,7 @@ impl Agent {
         }
         for &i in &outcome.failed {
             if let Some(p) = self.peers.get_mut(i) {
-                p.want = true;
+                p.want = !p.retired;
                 p.failures = p.failures.saturating_add(1);
                 p.not_before = Some(now + p.backoff);
                 p.backoff = (p.backoff * 2).min(self.cfg.max_backoff);
@@ -308,7 +327,7 @@ impl Agent {
         }
         if now >= self.next_exchange {
             for p in &mut self.peers {
-                p.want = true;
+                p.want = !p.retired;
             }
             self.next_exchange = now + self.cfg.exchange_interval;
         }
@@ -590,6 +609,55 @@ mod tests {
             a.poll_task(ms(t0, 210)),
             Some(Task::Exchange {
                 peers: vec![0, 1, 2],
+                announce: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_retired_peer_is_left_alone_until_it_talks_again() {
+        let t0 = Instant::now();
+        let mut a = started(t0, 2);
+        a.retire(1);
+        a.head_changed(t0);
+        assert_eq!(
+            a.poll_task(t0),
+            Some(Task::Exchange {
+                peers: vec![0],
+                announce: true
+            })
+        );
+        a.exchange_done(
+            t0,
+            &ExchangeOutcome {
+                reached: vec![0],
+                ..Default::default()
+            },
+        );
+        let t = a.poll_timeout().unwrap();
+        a.handle_timeout(t);
+        assert_eq!(
+            a.poll_task(t),
+            Some(Task::Exchange {
+                peers: vec![0],
+                announce: false
+            })
+        );
+        assert!(a.is_retired(1));
+        a.exchange_done(
+            t,
+            &ExchangeOutcome {
+                reached: vec![0],
+                ..Default::default()
+            },
+        );
+        assert!(a.is_idle());
+        a.heard(t, 1);
+        assert!(!a.is_retired(1));
+        assert_eq!(
+            a.poll_task(t),
+            Some(Task::Exchange {
+                peers: vec![1],
                 announce: true
             })
         );

@@ -711,3 +711,35 @@ fn a_file_being_written_is_not_published_half_written() {
         c.stop(p);
     }
 }
+
+/// A one-shot `left sync` against a peer that syncs automatically: it gets the files, the
+/// serving peer learns it from its announcement, cannot reach it back once it is gone (it came
+/// from a passing port), and after a few tries stops trying and is idle again, not listing it.
+#[test]
+fn a_one_shot_sync_client_is_served_then_forgotten() {
+    let mut c = Cluster::new(6, 2, "yes");
+    c.share("A").write("a.txt", b"from A\n");
+    for p in ["A", "B"] {
+        c.start(p);
+    }
+    c.converge(LIMIT);
+    let visitor = c.share("A").join();
+    let addr = c.peers[c.idx("A")].addr.clone();
+    let j = visitor.sync_ok(&[addr], &[], &[]);
+    assert_eq!(j["checked_out"], Value::Bool(true), "{j}");
+    assert_eq!(fs::read(visitor.root.join("a.txt")).unwrap(), b"from A\n");
+    let visitor_id = visitor.left(&["id"]).expect_code(0).out().trim().to_owned();
+    let t = Instant::now();
+    wait_for("A idle again, not listing the visitor", LIMIT, || {
+        let st = c.status("A");
+        st["idle"] == Value::Bool(true)
+            && st["serve"]["peers"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().all(|p| p["device"].as_str() != Some(&visitor_id)))
+    });
+    eprintln!("A forgot the visitor after {:?}", t.elapsed());
+    c.converge(LIMIT);
+    for p in ["A", "B"] {
+        c.stop(p);
+    }
+}
