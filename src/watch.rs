@@ -15,6 +15,16 @@ use tokio::sync::mpsc;
 /// A running watcher; dropping it stops watching.
 pub struct FolderWatcher {
     _watcher: notify::RecommendedWatcher,
+    pending: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FolderWatcher {
+    /// The flag set while a hint is queued: the receiver clears it as it takes a hint (before
+    /// acting on it), so a burst of events (an untar, a `git checkout`) queues one hint, not
+    /// one per event, and none is lost.
+    pub fn pending(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.pending.clone()
+    }
 }
 
 /// Whether an event on `path` can matter to a snapshot of `share` (with its store at `store`).
@@ -44,6 +54,13 @@ pub fn watch(
     let store: PathBuf =
         std::fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
     let share_c = share.clone();
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = pending.clone();
+    let hint = move || {
+        if !flag.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let _ = tx.send(());
+        }
+    };
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) => {
@@ -52,20 +69,23 @@ pub fn watch(
                 }
                 // An event without paths (a queue overflow) means "anything may have changed".
                 if ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(&share_c, &store, p)) {
-                    let _ = tx.send(());
+                    hint();
                 }
             }
             Err(e) => {
                 let _ = errors.send(e.to_string());
                 // Something may have been missed: scan.
-                let _ = tx.send(());
+                hint();
             }
         })
         .map_err(|e| format!("cannot watch {}: {e}", share.display()))?;
     watcher
         .watch(&share, RecursiveMode::Recursive)
         .map_err(|e| format!("cannot watch {}: {e}", share.display()))?;
-    Ok(FolderWatcher { _watcher: watcher })
+    Ok(FolderWatcher {
+        _watcher: watcher,
+        pending,
+    })
 }
 
 #[cfg(test)]
@@ -92,7 +112,7 @@ mod tests {
         std::fs::create_dir(share.join(".left")).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (etx, _erx) = mpsc::unbounded_channel();
-        let _w = watch(&share, &share.join(".left"), tx, etx).unwrap();
+        let w = watch(&share, &share.join(".left"), tx, etx).unwrap();
         // Writes in the store are not reported...
         std::fs::write(share.join(".left/x"), b"1").unwrap();
         // ...a new file in a new folder is.
@@ -101,6 +121,18 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
             .await
             .expect("an event within 10 s")
+            .expect("the watcher is alive");
+        // A burst queues one hint until it is taken; then the next change gives a new one.
+        for i in 0..200 {
+            std::fs::write(share.join(format!("d/burst-{i}")), b"x").unwrap();
+        }
+        assert!(rx.try_recv().is_err(), "a burst queued more than one hint");
+        w.pending()
+            .store(false, std::sync::atomic::Ordering::Release);
+        std::fs::write(share.join("d/after"), b"y").unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a new hint within 10 s")
             .expect("the watcher is alive");
     }
 }

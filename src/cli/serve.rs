@@ -322,8 +322,12 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
             if !args.no_watch {
                 let (wtx, mut wrx) = mpsc::unbounded_channel::<()>();
                 let (etx, mut erx) = mpsc::unbounded_channel::<String>();
+                let mut flag = None;
                 match left::watch::watch(&share, &dir, wtx, etx) {
-                    Ok(w) => _watcher = Some(w),
+                    Ok(w) => {
+                        flag = Some(w.pending());
+                        _watcher = Some(w);
+                    }
                     Err(e) => eprintln!(
                         "left: warning: {e}; changes are found by the rescan every {} s",
                         args.rescan
@@ -332,6 +336,10 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 let tx = auto_tx.clone();
                 tokio::spawn(async move {
                     while wrx.recv().await.is_some() {
+                        // Cleared before the hint goes on: an event from now on queues another.
+                        if let Some(f) = &flag {
+                            f.store(false, std::sync::atomic::Ordering::Release);
+                        }
                         if tx.send(AutoInput::LocalChange).is_err() {
                             break;
                         }

@@ -158,6 +158,8 @@ struct Ctx {
     /// Held by every task that scans or moves the head (and by the control socket's `add`).
     folder: Arc<Mutex<()>>,
     status: Arc<Mutex<AutoStatus>>,
+    /// Files still being written have waited `max_delay`: scan without the settle wait.
+    settle_off: std::sync::atomic::AtomicBool,
 }
 
 /// What a task reports back to the loop.
@@ -175,6 +177,8 @@ struct ExchangeReport {
     error: Option<String>,
     payload_bytes: u64,
     chunks: u64,
+    /// Heads that could not be integrated this time.
+    stuck: Vec<NodeId>,
 }
 
 /// Runs automatic sync until `shutdown` turns true.
@@ -210,10 +214,18 @@ pub async fn run(
         cfg,
         folder,
         status,
+        settle_off: std::sync::atomic::AtomicBool::new(false),
     });
     let mut task: Option<tokio::task::JoinHandle<Done>> = None;
     let mut totals = Totals::default();
     let mut last_error: Option<String> = None;
+    let mut holds_cache = HoldsCache::default();
+    // Heads that could not be integrated (their history or a merge base cannot be had): a peer
+    // announcing one again does not start a new exchange at once; the agent's backoff and the
+    // periodic exchange retry them.
+    let mut stuck: std::collections::HashSet<NodeId> = Default::default();
+    // Since when scans keep finding files still being written (see `max_delay`).
+    let mut unsettled_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if task.is_none() {
@@ -221,13 +233,16 @@ pub async fn run(
                 task = Some(start(&ctx, &known, t));
             }
         }
-        publish(&ctx, &agent, &known, totals, &last_error);
+        publish(&ctx, &agent, &known, totals, &last_error, &mut holds_cache);
         if *shutdown.borrow() {
             break;
         }
-        let deadline = agent
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        // While a task runs nothing new can start, so timers already due wait for its end (which
+        // wakes the loop): sleeping until a past deadline would spin.
+        let deadline = match agent.poll_timeout() {
+            Some(t) if task.is_none() || t > now => t,
+            _ => now + Duration::from_secs(3600),
+        };
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() {
@@ -235,14 +250,27 @@ pub async fn run(
                 }
             }
             input = inputs.recv() => {
-                let Some(input) = input else { break };
+                let Some(first) = input else { break };
                 let now = Instant::now();
+                // Everything queued is taken in one pass (a burst of watcher hints or
+                // announcements costs one status update, not one each).
+                let mut batch = vec![first];
+                while batch.len() < 4096 {
+                    match inputs.try_recv() {
+                        Ok(i) => batch.push(i),
+                        Err(_) => break,
+                    }
+                }
+                for input in batch {
                 match input {
                     AutoInput::LocalChange => agent.local_change(now),
                     AutoInput::HeadChanged => agent.head_changed(now),
                     AutoInput::PeerHead { addr, device, head } => {
                         let i = match find_peer(&known, addr, device) {
                             Some(i) => i,
+                            // Learned peers are capped: past that, an unknown device is served
+                            // but not talked back to.
+                            None if known.len() >= MAX_PEERS => continue,
                             None => {
                                 known.push(Peer {
                                     target: Target { label: addr.to_string(), addr },
@@ -262,11 +290,12 @@ pub async fn run(
                         p.connected = true;
                         p.last_seen = Some(now);
                         if let Some(h) = head {
-                            if !holds(&ctx.store, h) {
+                            if !holds_cached(&ctx.store, h, &mut holds_cache) && !stuck.contains(&h) {
                                 agent.heard(now, i);
                             }
                         }
                     }
+                }
                 }
             }
             done = async { task.as_mut().expect("guarded").await }, if task.is_some() => {
@@ -274,7 +303,23 @@ pub async fn run(
                 let now = Instant::now();
                 match done {
                     Ok(Done::Scan(r)) => match r {
-                        Ok(o) => agent.scan_done(now, o),
+                        Ok(o) => {
+                            last_error = None;
+                            if o.unsettled {
+                                let since = *unsettled_since.get_or_insert(now);
+                                // A file rewritten more often than `settle` (a log, a
+                                // database) would never be published: after `max_delay` of
+                                // that, the next scan takes it as it is.
+                                ctx.settle_off.store(
+                                    now.duration_since(since) >= ctx.cfg.agent.max_delay,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                            } else {
+                                unsettled_since = None;
+                                ctx.settle_off.store(false, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            agent.scan_done(now, o)
+                        }
                         Err(e) => {
                             last_error = Some(e);
                             agent.scan_done(now, ScanOutcome::default());
@@ -311,8 +356,14 @@ pub async fn run(
                                 agent.local_change(now);
                             }
                         }
-                        if let Some(e) = &rep.error {
-                            last_error = Some(e.clone());
+                        match &rep.error {
+                            Some(e) => last_error = Some(e.clone()),
+                            None if !rep.outcome.reached.is_empty() => last_error = None,
+                            None => {}
+                        }
+                        stuck.extend(rep.stuck.iter().copied());
+                        if rep.outcome.new_head {
+                            stuck.clear();
                         }
                         agent.exchange_done(now, &rep.outcome);
                         // A peer that reached us unconfigured and cannot be reached back (a
@@ -356,6 +407,30 @@ pub async fn run(
 
 /// Failed exchanges in a row after which a learned peer is retired.
 const LEARNED_RETRIES: u32 = 3;
+
+/// Most peers known (configured and learned).
+const MAX_PEERS: usize = 256;
+
+/// Answers of [`holds`] for our current head (an announcement of an old snapshot would
+/// otherwise cost a history walk each time it is repeated).
+#[derive(Default)]
+struct HoldsCache {
+    ours: Option<NodeId>,
+    known: std::collections::HashMap<NodeId, bool>,
+}
+
+/// [`holds`], remembered until our head moves (at most 4096 answers).
+fn holds_cached(store: &Store, head: NodeId, cache: &mut HoldsCache) -> bool {
+    let ours = store.head().ok().flatten();
+    if cache.ours != ours || cache.known.len() > 4096 {
+        cache.ours = ours;
+        cache.known.clear();
+    }
+    *cache
+        .known
+        .entry(head)
+        .or_insert_with(|| holds(store, head))
+}
 
 /// One stderr line for what an exchange brought in (nothing when it brought nothing).
 fn log_exchange(rep: &ExchangeReport, known: &[Peer]) {
@@ -420,7 +495,14 @@ struct Totals {
     chunks: u64,
 }
 
-fn publish(ctx: &Ctx, agent: &Agent, known: &[Peer], totals: Totals, last_error: &Option<String>) {
+fn publish(
+    ctx: &Ctx,
+    agent: &Agent,
+    known: &[Peer],
+    totals: Totals,
+    last_error: &Option<String>,
+    cache: &mut HoldsCache,
+) {
     let head = ctx.store.head().ok().flatten();
     let now = Instant::now();
     let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -452,7 +534,7 @@ fn publish(ctx: &Ctx, agent: &Agent, known: &[Peer], totals: Totals, last_error:
             let in_sync = p.head.is_some() && p.head == head;
             let behind_us = p
                 .head
-                .is_some_and(|h| head.is_some() && holds(&ctx.store, h));
+                .is_some_and(|h| head.is_some() && holds_cached(&ctx.store, h, cache));
             AutoPeerStatus {
                 peer: p.target.label.clone(),
                 addr: p.target.addr.to_string(),
@@ -498,7 +580,7 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
     let opts = left_store::AddOptions {
         device: ctx.cfg.device,
         message: String::new(),
-        settle_ns: settle_ns(&ctx.cfg),
+        settle_ns: settle_ns(&ctx),
         ..left_store::AddOptions::default()
     };
     let r = ctx
@@ -516,9 +598,13 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
     })
 }
 
-/// The agent's settle time, as `AddOptions::settle_ns`.
-fn settle_ns(cfg: &AutoConfig) -> i64 {
-    i64::try_from(cfg.agent.settle.as_nanos()).unwrap_or(i64::MAX)
+/// The agent's settle time, as `AddOptions::settle_ns` (0 once files have been unsettled for
+/// `max_delay`).
+fn settle_ns(ctx: &Ctx) -> i64 {
+    if ctx.settle_off.load(std::sync::atomic::Ordering::Relaxed) {
+        return 0;
+    }
+    i64::try_from(ctx.cfg.agent.settle.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Hands the memory of a finished add or checkout back (see `control.rs`).
@@ -602,53 +688,83 @@ async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) 
         }
     }
     let heads_list: Vec<NodeId> = heads.keys().copied().collect();
-    let mut result = integrate_blocking(&ctx, heads_list.clone()).await;
-    if let Ok(ig) = &result {
-        if !ig.need_trees.is_empty() {
-            // Fetch the merge bases' trees from the peers that offered the heads, then retry.
-            let sources: Vec<Target> = heads
-                .values()
-                .flatten()
-                .filter_map(|&k| {
-                    report.peers[k].addr.map(|addr| Target {
-                        label: report.peers[k].label.clone(),
-                        addr,
-                    })
-                })
-                .collect();
-            for base in ig.need_trees.clone() {
-                let mut want = fcfg.clone();
-                want.want = Some(base);
-                want.announce = false;
-                let r = fetch(&ctx.endpoints, ctx.store.clone(), &sources, &want, &()).await;
-                rep.payload_bytes += r.stats.payload_bytes_received;
-                rep.chunks += r.stats.chunks_fetched;
-                if r.heads.is_empty() {
-                    rep.error = Some(format!(
-                        "cannot fetch the files of merge base {} from the peers",
-                        base.fmt_short()
-                    ));
-                }
+    let sources: Vec<Target> = heads
+        .values()
+        .flatten()
+        .filter_map(|&k| {
+            report.peers[k].addr.map(|addr| Target {
+                label: report.peers[k].label.clone(),
+                addr,
+            })
+        })
+        .collect();
+    // Integrate; when a merge lacks history headers or a base's tree, fetch them from the peers
+    // that offered the heads and try again (twice at most: what they lack, nobody here has).
+    let mut total: Option<Integrated> = None;
+    let mut last: Result<Integrated, String> = Err(String::new());
+    for round in 0..3 {
+        last = integrate_blocking(&ctx, heads_list.clone()).await;
+        let Ok(ig) = &last else { break };
+        total = Some(match total.take() {
+            None => ig.clone(),
+            Some(mut t) => {
+                t.after = ig.after;
+                t.scanned |= ig.scanned;
+                t.unsettled = ig.unsettled;
+                t.merges += ig.merges;
+                t.fast_forwards += ig.fast_forwards;
+                t.conflicts.extend(ig.conflicts.iter().cloned());
+                t.kept += ig.kept;
+                t.files_written += ig.files_written;
+                t.files_removed += ig.files_removed;
+                t.need_trees = ig.need_trees.clone();
+                t.need_headers = ig.need_headers.clone();
+                t.errors = ig.errors.clone();
+                t
             }
-            let first = result.ok();
-            result = integrate_blocking(&ctx, heads_list)
-                .await
-                .map(|mut second| {
-                    if let Some(f) = first {
-                        second.before = f.before;
-                        second.merges += f.merges;
-                        second.fast_forwards += f.fast_forwards;
-                        second.conflicts.extend(f.conflicts);
-                        second.kept += f.kept;
-                    }
-                    second
-                });
+        });
+        if (ig.need_trees.is_empty() && ig.need_headers.is_empty()) || round == 2 {
+            break;
+        }
+        for id in ig.need_headers.clone() {
+            let (p, c) = fetch_headers(&ctx, &sources, &fcfg, id).await;
+            rep.payload_bytes += p;
+            rep.chunks += c;
+        }
+        for base in ig.need_trees.clone() {
+            let mut want = fcfg.clone();
+            want.want = Some(base);
+            want.announce = false;
+            let r = fetch(&ctx.endpoints, ctx.store.clone(), &sources, &want, &()).await;
+            rep.payload_bytes += r.stats.payload_bytes_received;
+            rep.chunks += r.stats.chunks_fetched;
         }
     }
-    match result {
-        Ok(ig) => {
+    match (last, total) {
+        (Ok(_), Some(ig)) => {
             rep.outcome.new_head = ig.moved() || ig.scanned;
-            rep.outcome.incomplete = !ig.need_trees.is_empty();
+            let incomplete = !ig.need_trees.is_empty() || !ig.need_headers.is_empty();
+            rep.outcome.incomplete = incomplete || !ig.errors.is_empty();
+            if let Some((h, e)) = ig.errors.first() {
+                rep.stuck.extend(ig.errors.iter().map(|(h, _)| *h));
+                rep.error = Some(format!("cannot bring in {}: {e}", h.fmt_short()));
+            }
+            if incomplete {
+                rep.stuck = heads_list.clone();
+                rep.error = Some(if ig.need_headers.is_empty() {
+                    format!(
+                        "cannot merge with {}: the files of its merge base {} are on no peer reached",
+                        short_list(&heads_list),
+                        short_list(&ig.need_trees)
+                    )
+                } else {
+                    format!(
+                        "cannot merge with {}: {} snapshot header(s) of its history are on no peer reached",
+                        short_list(&heads_list),
+                        ig.need_headers.len()
+                    )
+                });
+            }
             if ig.moved() {
                 if let Some(h) = ig.after {
                     tracing::info!(head = %h.fmt_short(), merges = ig.merges, "integrated");
@@ -656,12 +772,68 @@ async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) 
             }
             rep.integrated = Some(ig);
         }
-        Err(e) => {
+        (Err(e), t) => {
+            // What the rounds before the failure did still counts.
+            if let Some(ig) = t {
+                rep.outcome.new_head = ig.moved() || ig.scanned;
+                rep.integrated = Some(ig);
+            }
+            rep.stuck = heads_list.clone();
             rep.error = Some(e);
             rep.outcome.incomplete = true;
         }
+        (Ok(_), None) => {}
     }
     rep
+}
+
+/// Short ids, comma-separated.
+fn short_list(ids: &[NodeId]) -> String {
+    ids.iter()
+        .map(|h| h.fmt_short())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fetches the snapshot header `id` and its missing ancestry from the first of `sources` that
+/// has it; returns (payload bytes, chunks) for the counters.
+async fn fetch_headers(
+    ctx: &Arc<Ctx>,
+    sources: &[Target],
+    cfg: &FetchConfig,
+    id: NodeId,
+) -> (u64, u64) {
+    for t in sources {
+        let Ok(mut s) = super::NodeSession::open(&ctx.endpoints, t.addr, cfg, &ctx.store).await
+        else {
+            continue;
+        };
+        let store = ctx.store.clone();
+        let mut bytes = 0u64;
+        let mut keep = |nid: NodeId, b: &[u8]| -> Result<(), String> {
+            bytes += b.len() as u64;
+            store
+                .put_snapshot_header(nid, b)
+                .map(drop)
+                .map_err(|e| format!("snapshot {}: {e}", nid.fmt_short()))
+        };
+        let got = s.get_nodes(&[id], &mut keep).await;
+        s.close().await;
+        if matches!(&got, Ok(g) if g.contains(&id)) {
+            let _ = fetch_history(
+                &ctx.endpoints,
+                t.addr,
+                cfg,
+                &ctx.store,
+                id,
+                i64::MIN,
+                HISTORY_LIMIT,
+            )
+            .await;
+            return (bytes, 0);
+        }
+    }
+    (0, 0)
 }
 
 async fn integrate_blocking(ctx: &Arc<Ctx>, heads: Vec<NodeId>) -> Result<Integrated, String> {
@@ -672,7 +844,7 @@ async fn integrate_blocking(ctx: &Arc<Ctx>, heads: Vec<NodeId>) -> Result<Integr
             device: ctx.cfg.device,
             message: String::new(),
             checkout: ctx.cfg.checkout.clone(),
-            settle_ns: settle_ns(&ctx.cfg),
+            settle_ns: settle_ns(&ctx),
             time_ns: None,
         };
         let r = integrate(&ctx.store, &ctx.share, &heads, &opts, &NoProgress)

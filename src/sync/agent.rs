@@ -291,8 +291,12 @@ impl Agent {
             if let Some(p) = self.peers.get_mut(i) {
                 p.announce = false;
                 p.failures = 0;
-                p.backoff = self.cfg.min_backoff;
                 p.not_before = None;
+                // An exchange that could not finish its work keeps growing the wait, so a
+                // lasting problem (a merge base nobody has) is retried ever less often.
+                if !outcome.incomplete {
+                    p.backoff = self.cfg.min_backoff;
+                }
             }
         }
         for &i in &outcome.failed {
@@ -661,6 +665,51 @@ mod tests {
                 announce: true
             })
         );
+    }
+
+    #[test]
+    fn an_incomplete_exchange_is_retried_ever_less_often() {
+        let t0 = Instant::now();
+        let mut a = started(t0, 1);
+        a.heard(t0, 0);
+        let mut now = t0;
+        let mut waits = vec![];
+        for _ in 0..5 {
+            assert!(matches!(a.poll_task(now), Some(Task::Exchange { .. })));
+            a.exchange_done(
+                now,
+                &ExchangeOutcome {
+                    reached: vec![0],
+                    incomplete: true,
+                    ..Default::default()
+                },
+            );
+            let next = a.poll_timeout().unwrap();
+            waits.push((next - now).as_millis());
+            now = next;
+            a.handle_timeout(now);
+        }
+        assert_eq!(waits, vec![50, 100, 200, 400, 400]);
+        // A complete exchange resets it.
+        assert!(matches!(a.poll_task(now), Some(Task::Exchange { .. })));
+        a.exchange_done(
+            now,
+            &ExchangeOutcome {
+                reached: vec![0],
+                ..Default::default()
+            },
+        );
+        a.heard(now, 0);
+        assert!(matches!(a.poll_task(now), Some(Task::Exchange { .. })));
+        a.exchange_done(
+            now,
+            &ExchangeOutcome {
+                reached: vec![0],
+                incomplete: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!((a.poll_timeout().unwrap() - now).as_millis(), 50);
     }
 
     #[test]

@@ -13,8 +13,13 @@
 //!    is ignored, and when *our* head is one, the fetched head is simply checked out. When both
 //!    are, the greater id wins on both sides (so two fresh peers agree on one head).
 //! 3. The folder is checked out from our head to the result (`Store::checkout`): only changed
-//!    paths, temp file and rename, a path changed on disk since the scan is kept (the next scan
-//!    snapshots it) and reported in `kept`.
+//!    paths, temp file and rename, a path changed on disk since the scan (or still being written,
+//!    so left out of it) is kept and reported in `kept`. When the incoming version of such a path
+//!    differs from what we had, it is written beside it under a conflict name, so neither edit is
+//!    lost: the next scan snapshots both (the local one keeps the name).
+//!
+//! A head that fails (an error reading it, a checkout that cannot write a path) is reported in
+//! [`Integrated::errors`] and the others are still integrated.
 //!
 //! A merge is never attempted against a base that may be wrong: a base whose tree is not in the
 //! store (history fetched headers-only) is listed in [`Integrated::need_trees`], history headers
@@ -69,6 +74,8 @@ pub struct Integrated {
     pub files_written: u64,
     /// Files removed by the checkouts.
     pub files_removed: u64,
+    /// Heads that could not be integrated, with why (one line each).
+    pub errors: Vec<(NodeId, String)>,
 }
 
 impl Integrated {
@@ -123,8 +130,25 @@ pub fn integrate(
     heads.sort();
     heads.dedup();
     for theirs in heads {
-        let ours = store.head()?;
-        let target = match ours {
+        if let Err(e) = integrate_one(store, share, theirs, opts, progress, &mut out) {
+            out.errors.push((theirs, e.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Fast-forwards to or merges with one fetched head and checks the result out.
+fn integrate_one(
+    store: &Store,
+    share: &Path,
+    theirs: NodeId,
+    opts: &IntegrateOptions,
+    progress: &dyn Progress,
+    out: &mut Integrated,
+) -> left_store::Result<()> {
+    let ours = store.head()?;
+    let target =
+        match ours {
             None => Some(theirs),
             Some(o) if o == theirs => None,
             Some(o) => {
@@ -170,13 +194,143 @@ pub fn integrate(
                 }
             }
         };
-        if let Some(to) = target {
-            let r = store.checkout(share, ours, to, &opts.checkout, progress)?;
-            out.kept += r.kept.len();
-            out.files_written += r.files_written;
-            out.files_removed += r.files_removed;
-            out.after = store.head()?;
+    if let Some(to) = target {
+        let r = store.checkout(share, ours, to, &opts.checkout, progress)?;
+        out.kept += r.kept.len();
+        out.files_written += r.files_written;
+        out.files_removed += r.files_removed;
+        out.after = store.head()?;
+        for k in &r.kept {
+            match keep_incoming(store, share, ours, to, &k.path) {
+                Ok(Some(copy)) => out
+                    .conflicts
+                    .push((k.path.display().to_string(), copy.display().to_string())),
+                Ok(None) => {}
+                Err(e) => out.errors.push((
+                    to,
+                    format!(
+                        "cannot keep the incoming version of {} beside the local one: {e}",
+                        k.path.display()
+                    ),
+                )),
+            }
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The entry at `path` in `snapshot`'s tree (looked up in its folder), if any.
+fn entry_at(
+    store: &Store,
+    snapshot: NodeId,
+    path: &Path,
+) -> left_store::Result<Option<left_store::LsEntry>> {
+    let (Some(name), parent) = (path.file_name(), path.parent().unwrap_or(Path::new(""))) else {
+        return Ok(None);
+    };
+    match store.ls(snapshot, parent) {
+        Ok(list) => Ok(list.into_iter().find(|e| e.name == name)),
+        Err(left_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The checkout kept the local file at `path` (changed on disk since the scan). If the incoming
+/// snapshot `to` changed that path too (a file or link that differs from `from`'s), its version is
+/// written beside the local one under a conflict name, which is returned: both edits survive and
+/// the next scan records both. Nothing is written through a symlink: every folder on the way must
+/// be a real folder.
+fn keep_incoming(
+    store: &Store,
+    share: &Path,
+    from: Option<NodeId>,
+    to: NodeId,
+    path: &Path,
+) -> left_store::Result<Option<std::path::PathBuf>> {
+    use left_store::EntryKind;
+    let Some(incoming) = entry_at(store, to, path)? else {
+        // Deleted there, changed here: the edit wins.
+        return Ok(None);
+    };
+    if incoming.kind == EntryKind::Dir {
+        return Ok(None);
+    }
+    let before = match from {
+        Some(f) => entry_at(store, f, path)?,
+        None => None,
+    };
+    if before
+        .as_ref()
+        .is_some_and(|b| b.kind == incoming.kind && b.id == incoming.id)
+    {
+        // Only the local side changed it.
+        return Ok(None);
+    }
+    let parent_rel = path.parent().unwrap_or(Path::new(""));
+    let mut dir = share.to_path_buf();
+    for c in parent_rel.components() {
+        dir.push(c);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            _ => return Ok(None),
+        }
+    }
+    let name = incoming.name.as_encoded_bytes().to_vec();
+    let device = author(store, to);
+    let mut n = 1;
+    let copy = loop {
+        let c = left_store::conflict_name(&name, incoming.mtime_ns, &device, n);
+        let c = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(c);
+        if std::fs::symlink_metadata(dir.join(&c)).is_err() {
+            break c;
+        }
+        n += 1;
+        if n > 1000 {
+            return Ok(None);
+        }
+    };
+    // Restored into a temp folder beside it (never snapshotted), then renamed into place.
+    let tmp = dir.join(format!(
+        "{}conflict-{}",
+        left_store::checkout::TMP_PREFIX,
+        incoming.id.fmt_short()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let r = store
+        .restore(
+            to,
+            Some(path),
+            &tmp,
+            &left_store::RestoreOptions::default(),
+            &left_store::NoProgress,
+        )
+        .and_then(|_| {
+            std::fs::rename(tmp.join(&incoming.name), dir.join(&copy))
+                .map_err(|e| left_store::Error::io(&dir.join(&copy), e))
+        });
+    let _ = std::fs::remove_dir_all(&tmp);
+    r?;
+    Ok(Some(parent_rel.join(copy)))
+}
+
+/// The device named in a conflict copy of `snapshot`'s version: its author, or for a merge
+/// snapshot (no device) the author of its newest parent.
+fn author(store: &Store, snapshot: NodeId) -> [u8; 32] {
+    let mut id = snapshot;
+    for _ in 0..64 {
+        let Ok(s) = store.snapshot(id) else { break };
+        if s.device != [0; 32] {
+            return s.device;
+        }
+        let newest = s
+            .parents
+            .iter()
+            .filter_map(|p| store.snapshot(*p).ok().map(|ps| (ps.time_ns, *p)))
+            .max();
+        match newest {
+            Some((_, p)) => id = p,
+            None => break,
+        }
+    }
+    [0; 32]
 }

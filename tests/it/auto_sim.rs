@@ -814,3 +814,95 @@ fn a_seed_replays_to_the_same_head() {
         assert_eq!(head_of(seed), head_of(seed), "seed {seed}");
     }
 }
+
+/// A file still being written locally (so left out of the scan) when a peer's edit of it comes
+/// in: the checkout keeps the local file and the incoming version is written beside it under a
+/// conflict name, so neither edit is lost; the next scan records both.
+#[test]
+fn an_incoming_edit_of_a_file_being_written_here_is_kept_beside_it() {
+    let mut sim = Sim::new(77, 2);
+    let (a, b) = (0usize, 1usize);
+    let shares = [sim_share(&sim, 0), sim_share(&sim, 1)];
+    let f = |i: usize| shares[i].join("doc.txt");
+    fs::write(f(a), b"base\n").unwrap();
+    set_mtime(&f(a), EPOCH_NS);
+    let add = |sim: &Sim, i: usize, settle_ns: i64| {
+        let p = &sim.peers[i];
+        p.store
+            .as_ref()
+            .unwrap()
+            .add(
+                &p.share,
+                &[],
+                &AddOptions {
+                    device: p.device,
+                    settle_ns,
+                    ..AddOptions::default()
+                },
+                &NoProgress,
+            )
+            .unwrap()
+    };
+    let bring = |sim: &mut Sim, to: usize, from: usize, settle_ns: i64| {
+        let h = sim.peers[from].head().unwrap();
+        let now = sim.now;
+        let (dst, src) = two(&mut sim.peers, to, from);
+        pull(
+            dst.store.as_ref().unwrap(),
+            src.store.as_ref().unwrap(),
+            src.device,
+            h,
+            now,
+            &mut ChaCha8Rng::seed_from_u64(1),
+            0.0,
+        )
+        .unwrap();
+        copy_history(dst.store.as_ref().unwrap(), src.store.as_ref().unwrap(), h);
+        let p = &sim.peers[to];
+        integrate(
+            p.store.as_ref().unwrap(),
+            &p.share,
+            &[h],
+            &IntegrateOptions {
+                device: p.device,
+                settle_ns,
+                ..IntegrateOptions::default()
+            },
+            &NoProgress,
+        )
+        .unwrap()
+    };
+    add(&sim, a, 0);
+    add(&sim, b, 0);
+    bring(&mut sim, b, a, 0);
+    assert_eq!(fs::read(f(b)).unwrap(), b"base\n");
+
+    // A edits and snapshots; B is writing the same file right now (mtime: the real clock).
+    fs::write(f(a), b"A's edit\n").unwrap();
+    set_mtime(&f(a), EPOCH_NS + 5_000_000_000);
+    add(&sim, a, 0);
+    fs::write(f(b), b"B's edit, still being written\n").unwrap();
+    let ig = bring(&mut sim, b, a, 60_000_000_000);
+    assert!(ig.unsettled, "B's file was left out of B's scan");
+    assert_eq!(ig.kept, 1, "{ig:?}");
+    assert_eq!(ig.conflicts.len(), 1, "{ig:?}");
+    assert_eq!(fs::read(f(b)).unwrap(), b"B's edit, still being written\n");
+    let copy = sim_share(&sim, b).join(&ig.conflicts[0].1);
+    assert!(
+        copy.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("doc.sync-conflict-"),
+        "{copy:?}"
+    );
+    assert_eq!(fs::read(&copy).unwrap(), b"A's edit\n");
+    // Once settled, B's scan records both; A gets both by a fast-forward.
+    let r = add(&sim, b, 0);
+    assert!(r.snapshot.is_some());
+    bring(&mut sim, a, b, 0);
+    assert_same_tree(&sim_share(&sim, a), &sim_share(&sim, b));
+}
+
+fn sim_share(sim: &Sim, i: usize) -> PathBuf {
+    sim.peers[i].share.clone()
+}
