@@ -664,7 +664,8 @@ fn random_operations_with_kills_through_loss_converge() {
 /// A file still being written is not published half-written: it is written in pieces for two
 /// seconds while a rescan runs every 0.3 s (no watcher, whose debounce alone would hide the
 /// problem); the other peer never holds a partial version, and gets the whole file once the
-/// writer is done.
+/// writer is done. The writer pauses 0.1 s between pieces; `--settle 1.5` leaves room for a
+/// loaded machine to delay it.
 #[test]
 fn a_file_being_written_is_not_published_half_written() {
     use std::io::Write;
@@ -673,7 +674,7 @@ fn a_file_being_written_is_not_published_half_written() {
         c.start_args(
             p,
             &[],
-            &["--settle", "0.5", "--rescan", "0.3", "--no-watch"],
+            &["--settle", "1.5", "--rescan", "0.3", "--no-watch"],
         );
     }
     c.converge(LIMIT);
