@@ -118,15 +118,12 @@ pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Resul
         } else {
             s.message.as_str()
         };
-        out.data(
-            format!(
-                "{} {} {who}{shallow} {message}",
-                id.fmt_short(),
-                fmt::time(s.time_ns),
-            )
-            .trim_end()
-            .to_owned(),
-        )?;
+        let line = format!(
+            "{} {} {who}{shallow} {message}",
+            id.fmt_short(),
+            fmt::time(s.time_ns),
+        );
+        out.data(line.trim_end())?;
     }
     Ok(EXIT_OK)
 }

@@ -168,11 +168,14 @@ enum Done {
     Exchange(Box<ExchangeReport>),
 }
 
+/// One peer's part of an exchange: (its index, device, head, error).
+type PeerReport = (usize, Option<[u8; 32]>, Option<NodeId>, Option<String>);
+
 #[derive(Default)]
 struct ExchangeReport {
     outcome: ExchangeOutcome,
     /// Per peer index: (device, head, error).
-    peers: Vec<(usize, Option<[u8; 32]>, Option<NodeId>, Option<String>)>,
+    peers: Vec<PeerReport>,
     integrated: Option<Integrated>,
     error: Option<String>,
     payload_bytes: u64,
@@ -580,7 +583,7 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
     let opts = left_store::AddOptions {
         device: ctx.cfg.device,
         message: String::new(),
-        settle_ns: settle_ns(&ctx),
+        settle_ns: settle_ns(ctx),
         ..left_store::AddOptions::default()
     };
     let r = ctx

@@ -92,7 +92,10 @@ pub struct FetchConfig {
 
 /// Whether a device may be talked to; see [`FetchConfig::allow`].
 #[derive(Clone)]
-pub struct DevicePolicy(pub Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>);
+pub struct DevicePolicy(pub Arc<DeviceCheck>);
+
+/// The check behind a [`DevicePolicy`]: whether this device (its public key) may be talked to.
+pub type DeviceCheck = dyn Fn(&[u8; 32]) -> bool + Send + Sync;
 
 impl std::fmt::Debug for DevicePolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -306,7 +306,7 @@ fn keep_incoming(
         )
         .and_then(|_| {
             std::fs::rename(tmp.join(&incoming.name), dir.join(&copy))
-                .map_err(|e| left_store::Error::io(&dir.join(&copy), e))
+                .map_err(|e| left_store::Error::io(dir.join(&copy), e))
         });
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
