@@ -134,8 +134,12 @@ pub struct AutoStatus {
     /// Node and chunk bytes received from peers since the start (ecp payload), for tests and
     /// `status`: a resumed or delta transfer shows here how little it moved.
     pub payload_bytes_fetched: u64,
-    /// Chunks received since the start.
+    /// Chunks received and stored since the start (not counting copies that arrived twice).
     pub chunks_fetched: u64,
+    /// Plain bytes of those chunks: what actually had to travel, without the endgame's copies.
+    pub chunk_bytes_fetched: u64,
+    /// Replies that arrived twice (the endgame asks a slow peer's last chunks elsewhere too).
+    pub duplicates: u64,
 }
 
 /// A peer as the driver knows it.
@@ -180,6 +184,8 @@ struct ExchangeReport {
     error: Option<String>,
     payload_bytes: u64,
     chunks: u64,
+    chunk_bytes: u64,
+    duplicates: u64,
     /// Heads that could not be integrated this time.
     stuck: Vec<NodeId>,
 }
@@ -233,7 +239,7 @@ pub async fn run(
         let now = Instant::now();
         if task.is_none() {
             if let Some(t) = agent.poll_task(now) {
-                task = Some(start(&ctx, &known, t));
+                task = Some(start(&ctx, &known, t, &stuck));
             }
         }
         publish(&ctx, &agent, &known, totals, &last_error, &mut holds_cache);
@@ -349,6 +355,8 @@ pub async fn run(
                         }
                         totals.payload += rep.payload_bytes;
                         totals.chunks += rep.chunks;
+                        totals.chunk_bytes += rep.chunk_bytes;
+                        totals.duplicates += rep.duplicates;
                         if let Some(ig) = &rep.integrated {
                             totals.merges += u64::from(ig.merges);
                             totals.conflicts += ig.conflicts.len() as u64;
@@ -496,6 +504,8 @@ struct Totals {
     fast_forwards: u64,
     payload: u64,
     chunks: u64,
+    chunk_bytes: u64,
+    duplicates: u64,
 }
 
 fn publish(
@@ -520,6 +530,8 @@ fn publish(
     st.fast_forwards = totals.fast_forwards;
     st.payload_bytes_fetched = totals.payload;
     st.chunks_fetched = totals.chunks;
+    st.chunk_bytes_fetched = totals.chunk_bytes;
+    st.duplicates = totals.duplicates;
     st.last_error = last_error.clone();
     if st.running.is_none() {
         st.transfer = None;
@@ -558,7 +570,12 @@ fn publish(
         .collect();
 }
 
-fn start(ctx: &Arc<Ctx>, known: &[Peer], task: Task) -> tokio::task::JoinHandle<Done> {
+fn start(
+    ctx: &Arc<Ctx>,
+    known: &[Peer],
+    task: Task,
+    stuck: &std::collections::HashSet<NodeId>,
+) -> tokio::task::JoinHandle<Done> {
     match task {
         Task::Scan => {
             let ctx = ctx.clone();
@@ -570,9 +587,10 @@ fn start(ctx: &Arc<Ctx>, known: &[Peer], task: Task) -> tokio::task::JoinHandle<
                 .into_iter()
                 .map(|i| (i, known[i].target.clone()))
                 .collect();
-            tokio::spawn(
-                async move { Done::Exchange(Box::new(exchange(ctx, targets, announce).await)) },
-            )
+            tokio::spawn({
+                let stuck: Vec<NodeId> = stuck.iter().copied().collect();
+                async move { Done::Exchange(Box::new(exchange(ctx, targets, announce, stuck).await)) }
+            })
         }
     }
 }
@@ -632,7 +650,12 @@ impl FetchProgress for Bar {
     }
 }
 
-async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) -> ExchangeReport {
+async fn exchange(
+    ctx: Arc<Ctx>,
+    targets: Vec<(usize, Target)>,
+    announce: bool,
+    stuck: Vec<NodeId>,
+) -> ExchangeReport {
     let mut rep = ExchangeReport::default();
     let mut fcfg = ctx.cfg.fetch.clone();
     fcfg.announce = announce;
@@ -644,6 +667,8 @@ async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) 
     let report = fetch(&ctx.endpoints, ctx.store.clone(), &list, &fcfg, &bar).await;
     rep.payload_bytes += report.stats.payload_bytes_received;
     rep.chunks += report.stats.chunks_fetched;
+    rep.chunk_bytes += report.stats.chunk_bytes_fetched;
+    rep.duplicates += report.stats.duplicates;
     for (k, p) in report.peers.iter().enumerate() {
         let i = targets[k].0;
         rep.peers.push((i, p.device, p.head, p.error.clone()));
@@ -663,6 +688,28 @@ async fn exchange(ctx: Arc<Ctx>, targets: Vec<(usize, Target)>, announce: bool) 
     for (h, idx) in &report.heads {
         if !holds(&ctx.store, *h) {
             heads.insert(*h, idx.clone());
+        }
+    }
+    // Heads fetched earlier (a `peers/<device>` ref, complete here) but never brought in: a crash
+    // between a fetch and its merge, with that peer unreachable since. Brought in now, unless the
+    // device is no longer allowed or the head was set aside.
+    if let Ok(refs) = ctx.store.refs() {
+        for (name, h) in refs {
+            let Some(dev) = name
+                .strip_prefix("peers/")
+                .and_then(|d| d.parse::<DeviceId>().ok())
+            else {
+                continue;
+            };
+            if fcfg.allow.as_ref().is_some_and(|a| !(a.0)(&dev.0))
+                || heads.contains_key(&h)
+                || stuck.contains(&h)
+                || holds(&ctx.store, h)
+                || !ctx.store.has_nodes(&[h]).map(|v| v[0]).unwrap_or(false)
+            {
+                continue;
+            }
+            heads.insert(h, Vec::new());
         }
     }
     if heads.is_empty() {
