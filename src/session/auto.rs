@@ -294,6 +294,15 @@ pub async fn run(
                             }
                         };
                         let p = &mut known[i];
+                        // A known device talking from a new address on the port we know it by
+                        // (a laptop on another network: a serving peer connects from its
+                        // listening port) is dialled there from now on.
+                        if p.device == Some(device)
+                            && p.target.addr != addr
+                            && p.target.addr.port() == addr.port()
+                        {
+                            p.target.addr = addr;
+                        }
                         p.device = Some(device);
                         p.head = head;
                         p.connected = true;

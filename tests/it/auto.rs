@@ -790,3 +790,35 @@ fn a_fetched_head_left_aside_is_merged_once_sync_is_automatic() {
     );
     c.stop("B");
 }
+
+/// A peer that comes back on another address (a laptop on another network, same port) is
+/// reached there: once it talks to us from it, our changes are pushed to it, although it was
+/// configured with the old one (here it never asks by itself: its periodic exchange is off).
+#[test]
+fn a_peer_back_on_another_address_is_reached_there() {
+    let mut c = Cluster::new(8, 2, "yes");
+    for p in ["A", "B"] {
+        c.start(p);
+    }
+    c.converge(LIMIT);
+    c.stop("B");
+    let b = c.idx("B");
+    let net = subnet(8);
+    c.peers[b].addr = format!("{net}.5:22001");
+    c.start_args("B", &[], &["--interval", "600", "--rescan", "600"]);
+    // B's start tells A its head from the new address.
+    wait_for("A hears B at its new address", LIMIT, || {
+        c.status("A")["serve"]["peers"]
+            .as_array()
+            .is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["addr"].as_str() == Some(&format!("{net}.5:22001")))
+            })
+    });
+    c.share("A")
+        .write("pushed.txt", b"pushed to B's new address\n");
+    c.wait_file("B", "pushed.txt", b"pushed to B's new address\n", LIMIT);
+    for p in ["A", "B"] {
+        c.stop(p);
+    }
+}
