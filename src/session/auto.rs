@@ -2,7 +2,8 @@
 //!
 //! The agent decides when to scan and when to exchange with which peers; this loop feeds it
 //! (watcher hints, heads that peers announce to our server, an `add` through the control socket,
-//! timers) and runs the tasks it hands out, one at a time:
+//! timers) and runs the tasks it hands out (a scan and an exchange may run side by side; the
+//! folder lock serialises a scan with an exchange's integration):
 //!
 //! - **Scan**: `Store::add` on a blocking thread, under the folder lock (the control socket's
 //!   `add` takes it too, so two snapshots never race for the head).
@@ -225,7 +226,8 @@ pub async fn run(
         status,
         settle_off: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut task: Option<tokio::task::JoinHandle<Done>> = None;
+    let mut scan_task: Option<tokio::task::JoinHandle<Done>> = None;
+    let mut xchg_task: Option<tokio::task::JoinHandle<Done>> = None;
     let mut totals = Totals::default();
     let mut last_error: Option<String> = None;
     let mut holds_cache = HoldsCache::default();
@@ -237,21 +239,26 @@ pub async fn run(
     let mut unsettled_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if task.is_none() {
-            if let Some(t) = agent.poll_task(now) {
-                task = Some(start(&ctx, &known, t, &stuck));
+        agent.handle_timeout(now);
+        while let Some(t) = agent.poll_task(now) {
+            let scan = t == Task::Scan;
+            let h = start(&ctx, &known, t, &stuck);
+            if scan {
+                scan_task = Some(h);
+            } else {
+                xchg_task = Some(h);
             }
         }
         publish(&ctx, &agent, &known, totals, &last_error, &mut holds_cache);
         if *shutdown.borrow() {
             break;
         }
-        // While a task runs nothing new can start, so timers already due wait for its end (which
-        // wakes the loop): sleeping until a past deadline would spin.
-        let deadline = match agent.poll_timeout() {
-            Some(t) if task.is_none() || t > now => t,
-            _ => now + Duration::from_secs(3600),
-        };
+        // Timers already due that could not start anything wait for a task's end (which wakes
+        // the loop): sleeping until a past deadline would spin.
+        let deadline = agent
+            .next_timer_after(now)
+            .unwrap_or(now + Duration::from_secs(3600));
+        let mut finished = None;
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() {
@@ -316,100 +323,109 @@ pub async fn run(
                 }
                 }
             }
-            done = async { task.as_mut().expect("guarded").await }, if task.is_some() => {
-                task = None;
-                let now = Instant::now();
-                match done {
-                    Ok(Done::Scan(r)) => match r {
-                        Ok(o) => {
-                            last_error = None;
-                            if o.unsettled {
-                                let since = *unsettled_since.get_or_insert(now);
-                                // A file rewritten more often than `settle` (a log, a
-                                // database) would never be published: after `max_delay` of
-                                // that, the next scan takes it as it is.
-                                ctx.settle_off.store(
-                                    now.duration_since(since) >= ctx.cfg.agent.max_delay,
-                                    std::sync::atomic::Ordering::Relaxed,
-                                );
-                            } else {
-                                unsettled_since = None;
-                                ctx.settle_off.store(false, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            agent.scan_done(now, o)
-                        }
-                        Err(e) => {
-                            last_error = Some(e);
-                            agent.scan_done(now, ScanOutcome::default());
-                        }
-                    },
-                    Ok(Done::Exchange(rep)) => {
-                        for (i, device, head, error) in &rep.peers {
-                            let p = &mut known[*i];
-                            if device.is_some() {
-                                p.device = *device;
-                            }
-                            match error {
-                                None => {
-                                    p.head = head.or(p.head);
-                                    p.connected = true;
-                                    p.last_seen = Some(now);
-                                    p.last_error = None;
-                                }
-                                Some(e) => {
-                                    p.connected = false;
-                                    p.last_error = Some(e.clone());
-                                }
-                            }
-                        }
-                        totals.payload += rep.payload_bytes;
-                        totals.chunks += rep.chunks;
-                        totals.chunk_bytes += rep.chunk_bytes;
-                        totals.duplicates += rep.duplicates;
-                        if let Some(ig) = &rep.integrated {
-                            totals.merges += u64::from(ig.merges);
-                            totals.conflicts += ig.conflicts.len() as u64;
-                            totals.fast_forwards += u64::from(ig.fast_forwards);
-                            if ig.kept > 0 || ig.unsettled {
-                                // Local changes the checkout kept, or files still being
-                                // written: snapshot them later.
-                                agent.local_change(now);
-                            }
-                        }
-                        match &rep.error {
-                            Some(e) => last_error = Some(e.clone()),
-                            None if !rep.outcome.reached.is_empty() => last_error = None,
-                            None => {}
-                        }
-                        stuck.extend(rep.stuck.iter().copied());
-                        if rep.outcome.new_head {
-                            stuck.clear();
-                        }
-                        agent.exchange_done(now, &rep.outcome);
-                        // A peer that reached us unconfigured and cannot be reached back (a
-                        // one-shot `left sync` from a passing port) is left alone until it
-                        // talks to us again.
-                        for &i in &rep.outcome.failed {
-                            if !known[i].configured && agent.failures(i) >= LEARNED_RETRIES {
-                                agent.retire(i);
-                            }
-                        }
-                        if ctx.cfg.log {
-                            log_exchange(&rep, &known);
-                        }
-                    }
-                    Err(e) => {
-                        last_error = Some(format!("a sync task failed: {e}"));
-                        // The agent waits for the task it started: end it as failed.
-                        match agent.running() {
-                            Some("scan") => agent.scan_done(now, ScanOutcome::default()),
-                            _ => agent.exchange_done(now, &ExchangeOutcome::default()),
-                        }
-                    }
-                }
+            done = async { scan_task.as_mut().expect("guarded").await }, if scan_task.is_some() => {
+                scan_task = None;
+                finished = Some((true, done));
+            }
+            done = async { xchg_task.as_mut().expect("guarded").await }, if xchg_task.is_some() => {
+                xchg_task = None;
+                finished = Some((false, done));
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 agent.handle_timeout(Instant::now());
+            }
+        }
+        if let Some((was_scan, done)) = finished {
+            let now = Instant::now();
+            match done {
+                Ok(Done::Scan(r)) => match r {
+                    Ok(o) => {
+                        last_error = None;
+                        if o.unsettled {
+                            let since = *unsettled_since.get_or_insert(now);
+                            // A file rewritten more often than `settle` (a log, a
+                            // database) would never be published: after `max_delay` of
+                            // that, the next scan takes it as it is.
+                            ctx.settle_off.store(
+                                now.duration_since(since) >= ctx.cfg.agent.max_delay,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        } else {
+                            unsettled_since = None;
+                            ctx.settle_off
+                                .store(false, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        agent.scan_done(now, o)
+                    }
+                    Err(e) => {
+                        last_error = Some(e);
+                        agent.scan_done(now, ScanOutcome::default());
+                    }
+                },
+                Ok(Done::Exchange(rep)) => {
+                    for (i, device, head, error) in &rep.peers {
+                        let p = &mut known[*i];
+                        if device.is_some() {
+                            p.device = *device;
+                        }
+                        match error {
+                            None => {
+                                p.head = head.or(p.head);
+                                p.connected = true;
+                                p.last_seen = Some(now);
+                                p.last_error = None;
+                            }
+                            Some(e) => {
+                                p.connected = false;
+                                p.last_error = Some(e.clone());
+                            }
+                        }
+                    }
+                    totals.payload += rep.payload_bytes;
+                    totals.chunks += rep.chunks;
+                    totals.chunk_bytes += rep.chunk_bytes;
+                    totals.duplicates += rep.duplicates;
+                    if let Some(ig) = &rep.integrated {
+                        totals.merges += u64::from(ig.merges);
+                        totals.conflicts += ig.conflicts.len() as u64;
+                        totals.fast_forwards += u64::from(ig.fast_forwards);
+                        if ig.kept > 0 || ig.unsettled {
+                            // Local changes the checkout kept, or files still being
+                            // written: snapshot them later.
+                            agent.local_change(now);
+                        }
+                    }
+                    match &rep.error {
+                        Some(e) => last_error = Some(e.clone()),
+                        None if !rep.outcome.reached.is_empty() => last_error = None,
+                        None => {}
+                    }
+                    stuck.extend(rep.stuck.iter().copied());
+                    if rep.outcome.new_head {
+                        stuck.clear();
+                    }
+                    agent.exchange_done(now, &rep.outcome);
+                    // A peer that reached us unconfigured and cannot be reached back (a
+                    // one-shot `left sync` from a passing port) is left alone until it
+                    // talks to us again.
+                    for &i in &rep.outcome.failed {
+                        if !known[i].configured && agent.failures(i) >= LEARNED_RETRIES {
+                            agent.retire(i);
+                        }
+                    }
+                    if ctx.cfg.log {
+                        log_exchange(&rep, &known);
+                    }
+                }
+                Err(e) => {
+                    last_error = Some(format!("a sync task failed: {e}"));
+                    // The agent waits for the task it started: end it as failed.
+                    if was_scan {
+                        agent.scan_done(now, ScanOutcome::default());
+                    } else {
+                        agent.exchange_done(now, &ExchangeOutcome::default());
+                    }
+                }
             }
         }
     }
@@ -417,10 +433,11 @@ pub async fn run(
     // is stored; a new exchange fetches only the rest), while the local work it may be doing on
     // a blocking thread (a checkout, which is journaled anyway) runs to its end before the
     // process exits. A scan is waited for.
-    if let Some(t) = task {
-        if agent.running() == Some("exchange") {
-            t.abort();
-        }
+    if let Some(t) = xchg_task {
+        t.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Some(t) = scan_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
 }

@@ -17,9 +17,12 @@
 //!   exponential backoff (`min_backoff` doubling to `max_backoff`; a peer that talks to us is
 //!   retried at once).
 //!
-//! One task runs at a time, so a scan never races a checkout and the head moves in one place.
-//! Scans come first: an exchange that finds something to integrate scans again anyway, but
-//! announcing a head that is already stale would cost every peer a round trip.
+//! At most one scan and one exchange run at a time, and a scan may run while an exchange is
+//! fetching (a long transfer does not hold local changes back); the driver serialises the parts
+//! that touch the folder (a scan, an exchange's integration) with a lock, so a scan never races a
+//! checkout and the head moves in one place. Scans come first: an exchange is not started while
+//! a scan is due or running, since announcing a head that is already stale would cost every peer
+//! a round trip.
 //!
 //! The agent holds no store and reads no clock: `now` comes with every call, timers come out of
 //! [`Agent::poll_timeout`], tasks out of [`Agent::poll_task`]. So the simulation tests drive many
@@ -137,18 +140,13 @@ impl PeerState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Running {
-    Scan,
-    Exchange,
-}
-
 /// The scheduler. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct Agent {
     cfg: AgentConfig,
     peers: Vec<PeerState>,
-    running: Option<Running>,
+    scan_running: bool,
+    exchange_running: bool,
     /// When the next scan is due (`None`: none pending).
     scan_due: Option<Instant>,
     /// When the first hint of the pending scan came (for `max_delay`).
@@ -166,7 +164,8 @@ impl Agent {
         let p = PeerState::new(cfg.min_backoff);
         Agent {
             peers: vec![p; peers],
-            running: None,
+            scan_running: false,
+            exchange_running: false,
             scan_due: Some(now),
             first_hint: Some(now),
             next_rescan: now + cfg.rescan,
@@ -241,18 +240,20 @@ impl Agent {
         self.peers.get(peer).is_some_and(|p| p.retired)
     }
 
-    /// The next task, if one is due and none is running. Call after every input and timeout,
-    /// until it returns `None`.
+    /// The next task that is due and may start now (a scan unless one runs; an exchange unless
+    /// one runs or a scan is due or running). Call after every input and timeout, until it
+    /// returns `None`.
     pub fn poll_task(&mut self, now: Instant) -> Option<Task> {
-        if self.running.is_some() {
-            return None;
-        }
-        if self.scan_due.is_some_and(|d| d <= now) {
+        let scan_now = self.scan_due.is_some_and(|d| d <= now);
+        if scan_now && !self.scan_running {
             self.scan_due = None;
             self.first_hint = None;
-            self.running = Some(Running::Scan);
+            self.scan_running = true;
             self.scans += 1;
             return Some(Task::Scan);
+        }
+        if self.exchange_running || self.scan_running || scan_now {
+            return None;
         }
         let peers: Vec<usize> = (0..self.peers.len())
             .filter(|&i| self.peers[i].ready(now))
@@ -264,7 +265,7 @@ impl Agent {
         for &i in &peers {
             self.peers[i].want = false;
         }
-        self.running = Some(Running::Exchange);
+        self.exchange_running = true;
         self.exchanges += 1;
         Some(Task::Exchange { peers, announce })
     }
@@ -272,8 +273,8 @@ impl Agent {
     /// The scan asked for finished (successfully or not: a failed scan is retried by the next
     /// rescan or hint).
     pub fn scan_done(&mut self, now: Instant, outcome: ScanOutcome) {
-        debug_assert_eq!(self.running, Some(Running::Scan));
-        self.running = None;
+        debug_assert!(self.scan_running);
+        self.scan_running = false;
         if outcome.new_head {
             self.head_changed(now);
         }
@@ -285,8 +286,8 @@ impl Agent {
 
     /// The exchange asked for finished.
     pub fn exchange_done(&mut self, now: Instant, outcome: &ExchangeOutcome) {
-        debug_assert_eq!(self.running, Some(Running::Exchange));
-        self.running = None;
+        debug_assert!(self.exchange_running);
+        self.exchange_running = false;
         for &i in &outcome.reached {
             if let Some(p) = self.peers.get_mut(i) {
                 p.announce = false;
@@ -353,21 +354,48 @@ impl Agent {
         Some(t)
     }
 
+    /// The earliest timer strictly after `now` (a driver waiting while tasks run: timers already
+    /// due are acted on when a task ends, so sleeping until them would spin).
+    pub fn next_timer_after(&self, now: Instant) -> Option<Instant> {
+        let mut all = vec![self.next_rescan, self.next_exchange];
+        all.extend(self.scan_due);
+        all.extend(
+            self.peers
+                .iter()
+                .filter(|p| p.want)
+                .filter_map(|p| p.not_before),
+        );
+        all.into_iter().filter(|t| *t > now).min()
+    }
+
     /// Nothing to scan, fetch or check out now: no task runs, no scan is pending, and no peer
     /// that answers is waiting for an exchange (a peer that is down and retried with backoff
     /// does not count: waiting for it is idle).
     pub fn is_idle(&self) -> bool {
-        self.running.is_none()
+        !self.scan_running
+            && !self.exchange_running
             && self.scan_due.is_none()
             && self.peers.iter().all(|p| !p.want || p.failures > 0)
     }
 
-    /// What runs now: `"scan"`, `"exchange"`, or `None`.
+    /// What runs now: `"scan"`, `"exchange"`, `"scan, exchange"`, or `None`.
     pub fn running(&self) -> Option<&'static str> {
-        self.running.map(|r| match r {
-            Running::Scan => "scan",
-            Running::Exchange => "exchange",
-        })
+        match (self.scan_running, self.exchange_running) {
+            (false, false) => None,
+            (true, false) => Some("scan"),
+            (false, true) => Some("exchange"),
+            (true, true) => Some("scan, exchange"),
+        }
+    }
+
+    /// Whether a scan runs.
+    pub fn scan_running(&self) -> bool {
+        self.scan_running
+    }
+
+    /// Whether an exchange runs.
+    pub fn exchange_running(&self) -> bool {
+        self.exchange_running
     }
 
     /// Consecutive failed exchanges with a peer.
@@ -406,7 +434,11 @@ mod tests {
         let mut a = Agent::new(t0, cfg(), 2);
         assert!(!a.is_idle());
         assert_eq!(a.poll_task(t0), Some(Task::Scan));
-        assert_eq!(a.poll_task(t0), None, "one task at a time");
+        assert_eq!(
+            a.poll_task(t0),
+            None,
+            "no exchange while the first scan runs"
+        );
         a.scan_done(t0, ScanOutcome::default());
         assert_eq!(
             a.poll_task(t0),
@@ -594,10 +626,19 @@ mod tests {
                 announce: false
             })
         );
-        // While it runs, a hint and another head wait their turn: the scan goes first.
+        // While it runs, a hint is scanned (after settling) but another exchange waits.
         a.local_change(t0);
         a.heard(t0, 0);
-        assert_eq!(a.poll_task(ms(t0, 200)), None);
+        assert_eq!(a.poll_task(ms(t0, 50)), None, "the hint is settling");
+        assert_eq!(
+            a.poll_task(ms(t0, 100)),
+            Some(Task::Scan),
+            "a scan during an exchange"
+        );
+        assert_eq!(a.running(), Some("scan, exchange"));
+        a.scan_done(ms(t0, 150), ScanOutcome::default());
+        assert_eq!(a.poll_task(ms(t0, 200)), None, "one exchange at a time");
+        a.local_change(ms(t0, 100));
         a.exchange_done(
             ms(t0, 200),
             &ExchangeOutcome {

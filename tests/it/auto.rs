@@ -822,3 +822,45 @@ fn a_peer_back_on_another_address_is_reached_there() {
         c.stop(p);
     }
 }
+
+/// A long transfer does not hold local changes back: while B is still fetching a big file from
+/// A (A's uploads are slowed), a file written on B is snapshotted (and A gets it afterwards).
+#[test]
+fn local_changes_are_snapshotted_during_a_long_transfer() {
+    let mut c = Cluster::new(9, 2, "yes");
+    c.start_with("A", &[("LEFT_IMPAIR", "rate=12m,queue=256k,seed=9")]);
+    c.start("B");
+    c.converge(LIMIT);
+    let big = write_random(&c.share("A").root.join("big.bin"), 9, 64 * MIB);
+    wait_for("B is fetching big.bin", LIMIT, || {
+        let st = c.status("B");
+        st["running"]
+            .as_str()
+            .is_some_and(|r| r.contains("exchange"))
+            && st["serve"]["transfer"]["bytes_fetched"]
+                .as_u64()
+                .is_some_and(|b| b > 0)
+    });
+    c.share("B")
+        .write("note.txt", b"written during the transfer\n");
+    wait_for("B snapshots note.txt", LIMIT, || {
+        c.share("B").json(&["ls"], 0)["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x["name"] == "note.txt"))
+    });
+    // Asked after the snapshot was seen: the pull is still short of its end, so the snapshot was
+    // not the one the integration at its end makes (scan first), but one made beside it.
+    let st = c.status("B");
+    let t = &st["serve"]["transfer"];
+    assert!(
+        t["bytes_fetched"].as_u64().unwrap_or(u64::MAX)
+            < t["bytes_discovered"].as_u64().unwrap_or(0),
+        "the transfer was over before the snapshot: {st}"
+    );
+    c.wait_hash("B", "big.bin", big, LIMIT);
+    c.wait_file("A", "note.txt", b"written during the transfer\n", LIMIT);
+    c.converge(LIMIT);
+    for p in ["A", "B"] {
+        c.stop(p);
+    }
+}

@@ -83,7 +83,8 @@ struct SimPeer {
     device: [u8; 32],
     store: Option<Store>,
     agent: Option<Agent>,
-    task: Option<(Instant, Pending)>,
+    /// Tasks running (a scan and an exchange may overlap), with when each ends.
+    tasks: Vec<(Instant, Pending)>,
 }
 
 impl SimPeer {
@@ -208,7 +209,7 @@ impl Sim {
                     device,
                     store: None,
                     agent: None,
-                    task: None,
+                    tasks: Vec::new(),
                 }
             })
             .collect();
@@ -245,7 +246,7 @@ impl Sim {
 
     fn kill(&mut self, i: usize) {
         let p = &mut self.peers[i];
-        p.task = None;
+        p.tasks.clear();
         p.agent = None;
         p.store = None;
         self.note(format!("peer {i} killed"));
@@ -379,19 +380,18 @@ impl Sim {
     /// Starts the tasks agents hand out.
     fn start_tasks(&mut self) {
         for i in 0..self.peers.len() {
-            if !self.peers[i].up() || self.peers[i].task.is_some() {
+            if !self.peers[i].up() {
                 continue;
             }
             let now = self.now;
-            let Some(task) = self.peers[i].agent.as_mut().unwrap().poll_task(now) else {
-                continue;
-            };
-            let took = Duration::from_millis(self.rng.random_range(1..80));
-            let pending = match task {
-                Task::Scan => Pending::Scan,
-                Task::Exchange { peers, .. } => self.exchange(i, &peers),
-            };
-            self.peers[i].task = Some((now + took, pending));
+            while let Some(task) = self.peers[i].agent.as_mut().unwrap().poll_task(now) {
+                let took = Duration::from_millis(self.rng.random_range(1..80));
+                let pending = match task {
+                    Task::Scan => Pending::Scan,
+                    Task::Exchange { peers, .. } => self.exchange(i, &peers),
+                };
+                self.peers[i].tasks.push((now + took, pending));
+            }
         }
     }
 
@@ -461,11 +461,19 @@ impl Sim {
     /// Ends tasks whose time has come.
     fn finish_tasks(&mut self) {
         for i in 0..self.peers.len() {
-            let due = matches!(&self.peers[i].task, Some((t, _)) if *t <= self.now);
-            if !due {
+            // The earliest task due first (a scan and an integration never overlap: the real
+            // driver serialises them with the folder lock).
+            let due = self.peers[i]
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, (t, _))| *t <= self.now)
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| k);
+            let Some(k) = due else {
                 continue;
-            }
-            let (_, pending) = self.peers[i].task.take().unwrap();
+            };
+            let (_, pending) = self.peers[i].tasks.remove(k);
             let now = self.now;
             let device = self.peers[i].device;
             match pending {
@@ -588,14 +596,12 @@ impl Sim {
     fn next_event(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         for p in &self.peers {
-            if let Some((at, _)) = &p.task {
+            for (at, _) in &p.tasks {
                 t = Some(t.map_or(*at, |x| x.min(*at)));
             }
             if let Some(a) = &p.agent {
-                if p.task.is_none() {
-                    if let Some(at) = a.poll_timeout() {
-                        t = Some(t.map_or(at, |x| x.min(at)));
-                    }
+                if let Some(at) = a.next_timer_after(self.now) {
+                    t = Some(t.map_or(at, |x| x.min(at)));
                 }
             }
         }
@@ -628,7 +634,7 @@ impl Sim {
     fn quiet(&self) -> bool {
         self.peers
             .iter()
-            .all(|p| p.up() && p.task.is_none() && p.agent.as_ref().unwrap().is_idle())
+            .all(|p| p.up() && p.tasks.is_empty() && p.agent.as_ref().unwrap().is_idle())
     }
 
     fn heads(&self) -> Vec<Option<NodeId>> {
