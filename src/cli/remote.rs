@@ -92,7 +92,7 @@ fn check_timeout(timeout: f64) -> anyhow::Result<()> {
 }
 
 /// Resolves peers as given (each once, by address).
-fn given_targets(peers: &[String], ip: &[String]) -> anyhow::Result<Vec<Target>> {
+pub(crate) fn given_targets(peers: &[String], ip: &[String]) -> anyhow::Result<Vec<Target>> {
     let mut out: Vec<Target> = Vec::new();
     for g in peers
         .iter()

@@ -82,24 +82,9 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The peers to keep in sync with, resolved.
+    /// The peers to keep in sync with, resolved (each once).
     fn targets(&self) -> anyhow::Result<Vec<Target>> {
-        let mut given: Vec<String> = self.peers.clone();
-        given.extend(
-            self.ip
-                .iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
-        );
-        let mut out: Vec<Target> = Vec::new();
-        for g in given {
-            let addr = super::sync::resolve(&g)
-                .map_err(|e| anyhow::anyhow!("bad peer address {g:?}: {e}"))?;
-            if !out.iter().any(|t| t.addr == addr) {
-                out.push(Target { label: g, addr });
-            }
-        }
-        Ok(out)
+        super::remote::given_targets(&self.peers, &self.ip)
     }
 
     fn agent_config(&self) -> anyhow::Result<AgentConfig> {

@@ -50,6 +50,17 @@ pub struct SyncArgs {
     timeout: f64,
 }
 
+/// The peers named on the command line: the positional ones, then those of `--ip a,b,c`.
+pub(crate) fn given_peers(peers: &[String], ip: &[String]) -> Vec<String> {
+    let mut given: Vec<String> = peers.to_vec();
+    given.extend(
+        ip.iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+    );
+    given
+}
+
 /// Resolves one peer as given: `HOST:PORT`, `[IPv6]:PORT`, a bare IP or host (default port).
 pub(crate) fn resolve(peer: &str) -> Result<SocketAddr, String> {
     let p = peer.trim();
@@ -163,13 +174,7 @@ enum Decision {
 /// Runs `left sync`.
 pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let mut given: Vec<String> = args.peers.clone();
-    given.extend(
-        args.ip
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty()),
-    );
+    let given = given_peers(&args.peers, &args.ip);
     if given.is_empty() {
         anyhow::bail!("no peer given: name at least one (HOST:PORT, a host, or --ip A,B)");
     }

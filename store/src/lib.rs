@@ -48,6 +48,8 @@ pub use checkout::{CHECKOUT_MAX_DEPTH, REUSE_MAP_CAP, SETTLE_WINDOW_NS};
 pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};
 pub use maint::RepairPlan;
-pub use merge::{conflict_name, AUTHOR_DEPTH, MERGE_MESSAGE, VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES};
+pub use merge::{
+    base32_lower, conflict_name, AUTHOR_DEPTH, MERGE_MESSAGE, VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES,
+};
 pub use store::{ObjectId, Store, ANCESTOR_LIMIT};
 pub use types::*;

@@ -602,7 +602,7 @@ fn complete(m: MergeBases) -> Result<Vec<NodeId>> {
 }
 
 /// Lowercase RFC 4648 base32 without padding (what `left id` prints for a device).
-fn base32(bytes: &[u8]) -> String {
+pub fn base32_lower(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
     let (mut buffer, mut bits) = (0u32, 0);
@@ -670,7 +670,7 @@ pub fn conflict_name(name: &[u8], mtime_ns: i64, device: &[u8; 32], n: u32) -> V
     let (y, mo, d, h, mi, s) = utc(mtime_ns);
     let mut mid = format!(
         ".sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}",
-        &base32(device)[..8]
+        &base32_lower(device)[..8]
     );
     if n > 1 {
         mid.push_str(&format!("-{n}"));
@@ -1026,9 +1026,9 @@ mod tests {
 
     #[test]
     fn base32_matches_left_id() {
-        assert_eq!(base32(&[0; 32]), "a".repeat(52));
-        assert_eq!(base32(b"f"), "my");
-        assert_eq!(base32(b"foobar"), "mzxw6ytboi");
+        assert_eq!(base32_lower(&[0; 32]), "a".repeat(52));
+        assert_eq!(base32_lower(b"f"), "my");
+        assert_eq!(base32_lower(b"foobar"), "mzxw6ytboi");
     }
 
     #[test]
