@@ -9,6 +9,28 @@ import sys
 KINDS = "abcd"
 
 
+def default_gen(repo):
+    """Where gen.py is: $LEFT_BENCH_GEN; else ../shared/bench/gen.py beside this repository; else
+    beside the repository it was cloned from (a fresh clone in /tmp, as CI makes, has no
+    ../shared of its own). The first candidate is returned when none exists (the error names it)."""
+    env = os.environ.get("LEFT_BENCH_GEN")
+    if env:
+        return env
+    rel = os.path.join("..", "shared", "bench", "gen.py")
+    candidates = [os.path.join(repo, rel)]
+    try:
+        origin = subprocess.run(["git", "-C", repo, "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        origin = ""
+    if origin and os.path.isdir(origin):
+        candidates.append(os.path.join(origin, rel))
+    for c in candidates:
+        if os.path.isfile(c):
+            return os.path.normpath(c)
+    return os.path.normpath(candidates[0])
+
+
 def ensure_data(data_dir, size, gen):
     """Reuses DIR/base.bin and mut_{a..d}.bin when they match the size; else runs gen.py all.
     Returns whether it generated them."""
@@ -23,7 +45,7 @@ def ensure_data(data_dir, size, gen):
     except (OSError, ValueError):
         pass
     if not os.path.isfile(gen):
-        sys.exit(f"data generator not found at {gen} (pass --gen PATH)")
+        sys.exit(f"data generator not found at {gen} (pass --gen PATH or set LEFT_BENCH_GEN)")
     os.makedirs(data_dir, exist_ok=True)
     print(f"generating {size} byte data set in {data_dir} ...", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, gen, "all", data_dir, "--size", str(size)], check=True,

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from benchdata import ensure_data, place
+from benchdata import default_gen, ensure_data, place
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -112,8 +112,8 @@ def main():
     ap.add_argument("--data", help="data folder (default: /var/tmp/left-bench/e2e-SIZE)")
     ap.add_argument("--size", type=int, default=GiB, help="base file size in bytes (default 1 GiB)")
     ap.add_argument("--quick", action="store_true", help="small CI-sized run (64 MiB base)")
-    ap.add_argument("--gen", default=os.path.join(REPO, "..", "shared", "bench", "gen.py"),
-                    help="path of gen.py (default: ../shared/bench/gen.py from the repo root)")
+    ap.add_argument("--gen", default=default_gen(REPO),
+                    help="path of gen.py (default: $LEFT_BENCH_GEN, else ../shared/bench/gen.py beside this repo or beside the one it was cloned from)")
     ap.add_argument("--work", default=None, help="folder for the share, store and restore (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()

@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 
-from benchdata import ensure_data, place
+from benchdata import default_gen, ensure_data, place
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -780,8 +780,8 @@ def main():
                                    "(default: /var/tmp/left-bench/e2e-SIZE)")
     ap.add_argument("--size", type=int, default=GiB, help="base file size in bytes (default 1 GiB)")
     ap.add_argument("--quick", action="store_true", help="small CI-sized run (64 MiB base, one run)")
-    ap.add_argument("--gen", default=os.path.join(REPO, "..", "shared", "bench", "gen.py"),
-                    help="path of gen.py (default: ../shared/bench/gen.py from the repo root)")
+    ap.add_argument("--gen", default=default_gen(REPO),
+                    help="path of gen.py (default: $LEFT_BENCH_GEN, else ../shared/bench/gen.py beside this repo or beside the one it was cloned from)")
     ap.add_argument("--work", default="/var/tmp",
                     help="parent of the temporary peers' folders; keep it on the data's disk (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=None, help="repeat the whole sequence N times and report "

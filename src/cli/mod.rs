@@ -353,33 +353,11 @@ pub(crate) fn open_store_read(global: &Global) -> anyhow::Result<(PathBuf, Store
     let context = || format!("cannot open the store at {}", dir.display());
     let store = match Store::open(&dir) {
         Ok(store) => store,
-        Err(left_store::Error::Locked { pid }) => open_read_only_consistent(&dir)
+        Err(left_store::Error::Locked { pid }) => Store::open_read_only(&dir)
             .with_context(|| format!("{} read-only (pid {pid} holds it)", context()))?,
         Err(e) => return Err(anyhow::Error::new(e).context(context())),
     };
     Ok((dir, store))
-}
-
-/// A read-only open beside the process that writes the store. RocksDB's read-only open reads the
-/// manifest, then the write-ahead logs; a flush of the writer landing between the two (its
-/// tables not yet in the manifest read, its logs already deleted) leaves a view that lacks the
-/// newest writes, such as a head ref without its snapshot. Such a view is opened again (a few
-/// times, the flush is short).
-fn open_read_only_consistent(dir: &Path) -> left_store::Result<Store> {
-    let mut tries = 0;
-    loop {
-        let store = Store::open_read_only(dir)?;
-        let consistent = match store.head()? {
-            Some(h) => store.get_node(h)?.is_some(),
-            None => true,
-        };
-        tries += 1;
-        if consistent || tries >= 20 {
-            return Ok(store);
-        }
-        drop(store);
-        std::thread::sleep(std::time::Duration::from_millis(5 * tries));
-    }
 }
 
 /// Opens the store for writing, for a command that fetches from peers (`sync`, `verify --repair`,

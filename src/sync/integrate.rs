@@ -26,6 +26,7 @@
 //! the merge-base walk could not find in [`Integrated::need_headers`]; the driver fetches them and
 //! calls again.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use left_store::{AddOptions, CheckoutOptions, NodeId, Progress, Store};
@@ -219,22 +220,6 @@ fn integrate_one(
     Ok(())
 }
 
-/// The entry at `path` in `snapshot`'s tree (looked up in its folder), if any.
-fn entry_at(
-    store: &Store,
-    snapshot: NodeId,
-    path: &Path,
-) -> left_store::Result<Option<left_store::LsEntry>> {
-    let (Some(name), parent) = (path.file_name(), path.parent().unwrap_or(Path::new(""))) else {
-        return Ok(None);
-    };
-    match store.ls(snapshot, parent) {
-        Ok(list) => Ok(list.into_iter().find(|e| e.name == name)),
-        Err(left_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// The checkout kept the local file at `path` (changed on disk since the scan). If the incoming
 /// snapshot `to` changed that path too (a file or link that differs from `from`'s), its version is
 /// written beside the local one under a conflict name, which is returned: both edits survive and
@@ -248,7 +233,7 @@ fn keep_incoming(
     path: &Path,
 ) -> left_store::Result<Option<std::path::PathBuf>> {
     use left_store::EntryKind;
-    let Some(incoming) = entry_at(store, to, path)? else {
+    let Some(incoming) = store.entry_at(to, path)? else {
         // Deleted there, changed here: the edit wins.
         return Ok(None);
     };
@@ -256,12 +241,12 @@ fn keep_incoming(
         return Ok(None);
     }
     let before = match from {
-        Some(f) => entry_at(store, f, path)?,
+        Some(f) => store.entry_at(f, path)?,
         None => None,
     };
     if before
         .as_ref()
-        .is_some_and(|b| b.kind == incoming.kind && b.id == incoming.id)
+        .is_some_and(|b| b.kind == incoming.kind && b.target == incoming.target)
     {
         // Only the local side changed it.
         return Ok(None);
@@ -275,11 +260,10 @@ fn keep_incoming(
             _ => return Ok(None),
         }
     }
-    let name = incoming.name.as_encoded_bytes().to_vec();
-    let device = author(store, to);
+    let device = store.author(to)?;
     let mut n = 1;
     let copy = loop {
-        let c = left_store::conflict_name(&name, incoming.mtime_ns, &device, n);
+        let c = left_store::conflict_name(&incoming.name, incoming.mtime_ns, &device, n);
         let c = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(c);
         if std::fs::symlink_metadata(dir.join(&c)).is_err() {
             break c;
@@ -293,9 +277,10 @@ fn keep_incoming(
     let tmp = dir.join(format!(
         "{}conflict-{}",
         left_store::checkout::TMP_PREFIX,
-        incoming.id.fmt_short()
+        std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&tmp);
+    let name = std::ffi::OsStr::from_bytes(&incoming.name);
     let r = store
         .restore(
             to,
@@ -305,32 +290,10 @@ fn keep_incoming(
             &left_store::NoProgress,
         )
         .and_then(|_| {
-            std::fs::rename(tmp.join(&incoming.name), dir.join(&copy))
+            std::fs::rename(tmp.join(name), dir.join(&copy))
                 .map_err(|e| left_store::Error::io(dir.join(&copy), e))
         });
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
     Ok(Some(parent_rel.join(copy)))
-}
-
-/// The device named in a conflict copy of `snapshot`'s version: its author, or for a merge
-/// snapshot (no device) the author of its newest parent.
-fn author(store: &Store, snapshot: NodeId) -> [u8; 32] {
-    let mut id = snapshot;
-    for _ in 0..64 {
-        let Ok(s) = store.snapshot(id) else { break };
-        if s.device != [0; 32] {
-            return s.device;
-        }
-        let newest = s
-            .parents
-            .iter()
-            .filter_map(|p| store.snapshot(*p).ok().map(|ps| (ps.time_ns, *p)))
-            .max();
-        match newest {
-            Some((_, p)) => id = p,
-            None => break,
-        }
-    }
-    [0; 32]
 }

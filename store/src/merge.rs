@@ -772,7 +772,7 @@ impl Store {
 
     /// The device that wrote snapshot `id`: its own, or for a merge (zero device) that of its
     /// parent with the greatest `(time_ns, id)`, recursively; zeros when a header is missing.
-    fn author(&self, id: NodeId) -> Result<[u8; 32]> {
+    pub fn author(&self, id: NodeId) -> Result<[u8; 32]> {
         let mut cur = id;
         for _ in 0..AUTHOR_DEPTH {
             let s = match self.snapshot(cur) {

@@ -120,8 +120,27 @@ impl Store {
     /// Opens a store that another process holds (e.g. a running `left serve`) for reading only: no
     /// lock is taken; every write returns [`Error::ReadOnly`]. Reads see the data as of the open
     /// (RocksDB read-only mode, which works beside a live primary, BlobDB included).
+    ///
+    /// RocksDB's read-only open reads the manifest, then the write-ahead logs; a flush of the
+    /// writer landing between the two (its tables not yet in the manifest read, its logs already
+    /// deleted) gives a view without the newest writes, such as a head ref without its snapshot.
+    /// Such a view is opened again (up to 20 times, the flush is short).
     pub fn open_read_only(store_dir: &Path) -> Result<Store> {
-        Store::open_mode(store_dir, true)
+        let mut tries = 0u64;
+        loop {
+            let store = Store::open_mode(store_dir, true)?;
+            let consistent = match store.head()? {
+                Some(h) => store.get_node(h)?.is_some(),
+                None => true,
+            };
+            tries += 1;
+            if consistent || tries >= 20 {
+                return Ok(store);
+            }
+            drop(store);
+            // Backoff before the next try (the writer's flush finishing), not synchronisation.
+            std::thread::sleep(std::time::Duration::from_millis(5 * tries));
+        }
     }
 
     /// Whether this handle was opened with [`Store::open_read_only`].
@@ -982,6 +1001,16 @@ impl Store {
             )));
         }
         Ok(s.root)
+    }
+
+    /// The entry at `path` (relative, no `..`) in `snapshot`'s tree, or `None` when there is none
+    /// (or `path` is the root).
+    pub fn entry_at(&self, snapshot: NodeId, path: &Path) -> Result<Option<DirEntry>> {
+        let root = self.snapshot_root(snapshot)?;
+        match self.lookup(root, path) {
+            Err(Error::NotFound { .. }) => Ok(None),
+            r => r,
+        }
     }
 
     /// Finds the entry at `path` (relative, no `..`) under folder `root`. `None` for the root itself.

@@ -507,7 +507,12 @@ fn racily_clean_records_are_read_again() {
     let margin = Duration::from_nanos(Store::RACY_MARGIN_NS as u64) + Duration::from_millis(150);
     fs::write(share.join("old"), rand_bytes(1, 30_000)).unwrap();
     fs::write(share.join("copied"), rand_bytes(3, 20_000)).unwrap();
-    std::thread::sleep(margin);
+    // Older than the margin: its mtime a minute back.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    set_mtime(&share.join("old"), now_ns - 60_000_000_000);
     fs::write(share.join("fresh"), rand_bytes(2, 70_000)).unwrap();
     // As `cp -p` leaves it: new ctime, old mtime.
     let old_mtime = fs::metadata(share.join("old")).unwrap().mtime_nsec()
@@ -529,6 +534,8 @@ fn racily_clean_records_are_read_again() {
     assert_eq!((reread, racy), (1, 1));
     assert!(r.snapshot.is_none());
 
+    // Wait for the fresh file to age past the margin with its stat unchanged (its mtime cannot
+    // be moved back without changing the stat): the property tested is about elapsed time.
     std::thread::sleep(margin);
     let (r, _, _, reread, racy) = add_stats(&store, &share);
     assert_eq!(r.bytes_read, 70_000);

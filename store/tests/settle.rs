@@ -20,14 +20,14 @@ fn now_ns() -> i64 {
         .as_nanos() as i64
 }
 
-fn set_mtime(path: &std::path::Path, ns: i64) {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64);
-    fs::File::options()
-        .write(true)
-        .open(path)
+/// The names at the top of a snapshot.
+fn names(store: &Store, snapshot: NodeId) -> Vec<std::ffi::OsString> {
+    store
+        .ls(snapshot, std::path::Path::new(""))
         .unwrap()
-        .set_modified(t)
-        .unwrap();
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
 }
 
 #[test]
@@ -48,14 +48,8 @@ fn files_still_being_written_wait_for_a_later_add() {
     assert_eq!(r.unsettled, vec![std::path::PathBuf::from("growing.log")]);
     assert_eq!(r.files, 1);
     let head = r.snapshot.unwrap();
-    let names: Vec<_> = store
-        .ls(head, std::path::Path::new(""))
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
     assert_eq!(
-        names,
+        names(&store, head),
         vec![std::ffi::OsString::from("done.txt")],
         "the new file stays out"
     );
@@ -105,11 +99,5 @@ fn files_still_being_written_wait_for_a_later_add() {
         "{:?}",
         r.unsettled
     );
-    let names: Vec<_> = store
-        .ls(r.snapshot.unwrap(), std::path::Path::new(""))
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    assert!(names.contains(&std::ffi::OsString::from("future.txt")));
+    assert!(names(&store, r.snapshot.unwrap()).contains(&std::ffi::OsString::from("future.txt")));
 }

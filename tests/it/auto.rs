@@ -761,7 +761,8 @@ fn a_fetched_head_left_aside_is_merged_once_sync_is_automatic() {
     c.share("A").add(&[]);
     c.start("A");
     let a_addr = c.peers[c.idx("A")].addr.clone();
-    c.share("B").sync_ok(std::slice::from_ref(&a_addr), &[], &[]);
+    c.share("B")
+        .sync_ok(std::slice::from_ref(&a_addr), &[], &[]);
     // Both change while B is not syncing automatically: B's one-shot sync finds them diverged.
     c.share("A").write("from-a.txt", b"A's new file\n");
     wait_for("A snapshots its change", LIMIT, || {
