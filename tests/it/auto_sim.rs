@@ -239,7 +239,7 @@ impl Sim {
         if p.up() {
             return;
         }
-        p.store = Some(Store::open(&p.store_dir).unwrap());
+        p.store = Some(open_store(&p.store_dir));
         p.agent = Some(Agent::new(self.now, cfg(), n - 1));
         self.note(format!("peer {i} up"));
     }
@@ -639,6 +639,24 @@ impl Sim {
 
     fn heads(&self) -> Vec<Option<NodeId>> {
         self.peers.iter().map(|p| p.head()).collect()
+    }
+}
+
+/// Opens a simulated peer's store again after a kill. Other tests of this process spawn
+/// processes all the time; a child holds a copy of every descriptor of this process, the store's
+/// lock among them, from its fork until its exec closes them, so the lock a dropped store released
+/// can still be held for that instant: `Locked` is tried again (a backoff, up to 2 s).
+fn open_store(dir: &Path) -> Store {
+    let mut tries = 0;
+    loop {
+        match Store::open(dir) {
+            Ok(s) => return s,
+            Err(left_store::Error::Locked { .. }) if tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open {}: {e}", dir.display()),
+        }
     }
 }
 
