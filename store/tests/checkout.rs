@@ -71,6 +71,43 @@ fn is_ancestor_follows_parents() {
     assert!(!store.is_ancestor(snaps[2], orphan).unwrap());
 }
 
+/// The writer keeps adding (each add flushes, so WAL files come and go) while readers open the
+/// store read-only over and over: every open succeeds and sees a head whose snapshot it can read.
+/// CI once saw a read-only open fail because a WAL file vanished between RocksDB's listing and its
+/// stat of that file.
+#[test]
+fn read_only_opens_while_the_writer_flushes() {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    fs::create_dir_all(&share).unwrap();
+    let dir = t.path().join("store");
+    let store = Store::create(&dir, small_cfg()).unwrap();
+    fs::write(share.join("f"), rand_bytes(0, 20_000)).unwrap();
+    add_msg(&store, &share, "0").unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 1..60u64 {
+                fs::write(share.join("f"), rand_bytes(i, 20_000 + i as usize)).unwrap();
+                fs::write(
+                    share.join(format!("g{}", i % 7)),
+                    rand_bytes(i + 1000, 3000),
+                )
+                .unwrap();
+                add_msg(&store, &share, "w").unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut opens = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || opens < 20 {
+            let ro = Store::open_read_only(&dir).unwrap_or_else(|e| panic!("open {opens}: {e}"));
+            let head = ro.head().unwrap().expect("a head");
+            assert!(ro.get_node(head).unwrap().is_some(), "open {opens}");
+            opens += 1;
+        }
+    });
+}
+
 #[test]
 fn read_only_open_beside_an_open_store() {
     let t = tempfile::tempdir().unwrap();
