@@ -55,6 +55,8 @@ use std::path::{Path, PathBuf};
 
 const READ_BLOCK: usize = 1 << 20;
 const BATCH_BYTES: usize = 4 << 20;
+/// Uncut bytes below this are cut after the next read instead of beside it (see `read_one`).
+const OVERLAP_MIN: usize = 256 << 10;
 const MAX_REREADS: usize = 3;
 /// Old chunks a changed file's reader looks ahead to find where the old list continues after a
 /// change (an insertion or deletion shifts it): 4096 entries, ~256 MiB of the old file at the
@@ -1259,7 +1261,7 @@ fn read_files(
     tx: crossbeam_channel::Sender<ReadBatch>,
     pool: crossbeam_channel::Receiver<Vec<u8>>,
 ) {
-    let cap = BATCH_BYTES + READ_BLOCK + 2 * sizes.max as usize;
+    let cap = BATCH_BYTES + 2 * READ_BLOCK + 2 * sizes.max as usize + OVERLAP_MIN;
     let mut r = Reader {
         store,
         check: chunker::CutCheck::new(sizes),
@@ -1667,15 +1669,39 @@ impl Reader<'_> {
             .filter(|_| before.size > u64::from(self.sizes.max))
             .and_then(|p| Reuse::open(self.store, p));
         // This file's uncut bytes are `pend..fill` of the buffer, and `pend` is a true cut.
-        // Invariant before each read: `pend < BATCH_BYTES` and `fill - pend <= max`, so a block
-        // always fits (`cap`).
+        // Invariant before each read: `pend < BATCH_BYTES` and `fill - pend < max + READ_BLOCK +
+        // OVERLAP_MIN` (`fill - pend <= max` after a cut, plus the block read beside it; or less
+        // than OVERLAP_MIN left uncut, plus a block), so a block always fits (`cap`).
         let mut pend = self.fill;
         let mut total = 0u64;
         let outcome = loop {
-            let n = match f.read(&mut self.rb.buf[self.fill..self.fill + READ_BLOCK]) {
+            // The bytes read so far are cut while the next block is read, on the rayon pool: the
+            // copy out of the page cache and the hashing of reused chunks overlap. Small pending
+            // stretches (a small file, the end of one) are cut after the read, without waking
+            // the pool.
+            let mut buf = std::mem::take(&mut self.rb.buf);
+            let (head, tail) = buf.split_at_mut(self.fill);
+            let block = &mut tail[..READ_BLOCK];
+            let read = |f: &mut File, block: &mut [u8]| loop {
+                match f.read(block) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => return r,
+                }
+            };
+            let res = if head.len() - pend >= OVERLAP_MIN {
+                let (res, p) = rayon::join(
+                    || read(&mut f, block),
+                    || self.cut(head, job, pend, &mut reuse, false),
+                );
+                pend = p;
+                res
+            } else {
+                read(&mut f, block)
+            };
+            self.rb.buf = buf;
+            let n = match res {
                 Ok(0) => break None,
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => break Some(ReadOutcome::Failed(one_line(&e.to_string()))),
             };
             if total == 0 {
@@ -1686,7 +1712,6 @@ impl Reader<'_> {
             total += n as u64;
             self.rb.bytes_read += n as u64;
             self.fill += n;
-            pend = self.cut(job, pend, &mut reuse, false);
             if pend >= BATCH_BYTES {
                 self.send(pend)?;
                 pend = 0;
@@ -1697,7 +1722,9 @@ impl Reader<'_> {
             self.fill = pend;
             return Ok(failed);
         }
-        let end = self.cut(job, pend, &mut reuse, true);
+        let buf = std::mem::take(&mut self.rb.buf);
+        let end = self.cut(&buf[..self.fill], job, pend, &mut reuse, true);
+        self.rb.buf = buf;
         debug_assert_eq!(end, self.fill, "all cut at the end of the file");
         let after = match f.metadata() {
             Ok(m) => Stat::of(&m),
@@ -1715,6 +1742,7 @@ impl Reader<'_> {
     /// Afterwards `fill - pend <= max`, and `pend == fill` at the end of the file.
     fn cut(
         &mut self,
+        buf: &[u8],
         job: usize,
         mut pend: usize,
         reuse: &mut Option<Reuse<'_>>,
@@ -1723,8 +1751,8 @@ impl Reader<'_> {
         if let Some(ru) = reuse.as_mut() {
             loop {
                 let again = match ru.mode {
-                    Mode::Fast => self.cut_reused(job, &mut pend, ru, eof),
-                    Mode::Resync => self.cut_resync(job, &mut pend, ru, eof),
+                    Mode::Fast => self.cut_reused(buf, job, &mut pend, ru, eof),
+                    Mode::Resync => self.cut_resync(buf, job, &mut pend, ru, eof),
                     Mode::Plain => break,
                 };
                 if !again {
@@ -1732,13 +1760,13 @@ impl Reader<'_> {
                 }
             }
         }
-        self.cut_plain(job, pend, eof)
+        self.cut_plain(buf, job, pend, eof)
     }
 
     /// FastCDC only, the chunks' ids left to the hashing stage.
-    fn cut_plain(&mut self, job: usize, pend: usize, eof: bool) -> usize {
+    fn cut_plain(&mut self, buf: &[u8], job: usize, pend: usize, eof: bool) -> usize {
         let items = &mut self.rb.items;
-        let data = &self.rb.buf[pend..self.fill];
+        let data = &buf[pend..];
         let mut push = |start: usize, len: usize| {
             items.push(Item::Chunk {
                 job,
@@ -1753,7 +1781,7 @@ impl Reader<'_> {
                 push(start, len);
                 start += len;
             }
-            self.fill
+            buf.len()
         } else {
             pend + chunker::cut_ready(data, self.sizes, push)
         }
@@ -1762,9 +1790,16 @@ impl Reader<'_> {
     /// [`Mode::Fast`]: takes the previous version's next chunks while they are there again. Returns
     /// whether to go on cutting (in another mode); `false` when more bytes are needed, or at the end
     /// of the file, all cut.
-    fn cut_reused(&mut self, job: usize, pend: &mut usize, ru: &mut Reuse<'_>, eof: bool) -> bool {
+    fn cut_reused(
+        &mut self,
+        buf: &[u8],
+        job: usize,
+        pend: &mut usize,
+        ru: &mut Reuse<'_>,
+        eof: bool,
+    ) -> bool {
         let max = self.sizes.max as usize;
-        let data = &self.rb.buf[*pend..self.fill];
+        let data = &buf[*pend..];
         if data.is_empty() {
             return false;
         }
@@ -1834,7 +1869,7 @@ impl Reader<'_> {
             ru.reject();
             return true;
         }
-        if need_bytes || *pend == self.fill {
+        if need_bytes || *pend == buf.len() {
             return false;
         }
         // The next group; or the window ran out: top it up (or, at the old list's end, cut the
@@ -1846,7 +1881,14 @@ impl Reader<'_> {
     /// the next old chunks, stopping at the first found. Returns whether to go on cutting in
     /// another mode ([`Mode::Fast`] after an old chunk was found, or [`Mode::Plain`]); `false`
     /// when more bytes are needed, or at the end of the file, all cut.
-    fn cut_resync(&mut self, job: usize, pend: &mut usize, ru: &mut Reuse<'_>, eof: bool) -> bool {
+    fn cut_resync(
+        &mut self,
+        buf: &[u8],
+        job: usize,
+        pend: &mut usize,
+        ru: &mut Reuse<'_>,
+        eof: bool,
+    ) -> bool {
         loop {
             ru.fill();
             // Past the old list's end (an append, as far as the alignment says), nothing is left
@@ -1856,7 +1898,7 @@ impl Reader<'_> {
                 ru.mode = Mode::Plain;
                 return true;
             }
-            let data = &self.rb.buf[*pend..self.fill];
+            let data = &buf[*pend..];
             let mut cuts: Vec<(usize, usize)> = Vec::new();
             if ru.unmatched < RESYNC_BULK {
                 cuts.extend(chunker::cut_first(data, self.sizes, eof).map(|l| (0, l)));
@@ -1886,7 +1928,7 @@ impl Reader<'_> {
             }
             *pend += end;
             if ru.mode == Mode::Fast {
-                return *pend < self.fill;
+                return *pend < buf.len();
             }
         }
     }
