@@ -20,7 +20,9 @@
 //!    FastCDC's decision at its end, see [`chunker::CutCheck`]) and takes it with its known id;
 //!    after a mismatch it cuts with FastCDC and looks each new chunk up among the next old chunks
 //!    (a bounded window) to find where the old list continues ([`Reuse`]). The chunks are exactly
-//!    those of a full FastCDC pass. A hashing
+//!    those of a full FastCDC pass. The bytes read so far are cut (and reused chunks hashed) on
+//!    the rayon pool while the next block is read, so the copy out of the page cache overlaps
+//!    the hashing (a changed 1 GiB file: 0.8-1.0 s → 0.53-0.65 s). A hashing
 //!    thread hashes (BLAKE3), checks the chunk index and compresses new chunks of a batch on the
 //!    rayon pool (both cores); the calling thread turns each batch into chunk, chunk-list node, file
 //!    node and completeness-mark puts; a writer thread writes those batches to RocksDB. Every stage
@@ -55,6 +57,9 @@ use std::path::{Path, PathBuf};
 
 const READ_BLOCK: usize = 1 << 20;
 const BATCH_BYTES: usize = 4 << 20;
+/// Buffer of the pipeline's RocksDB batches: they are written once past 4 MiB of values (the last
+/// chunk may pass it by up to a chunk), so most never grow.
+const WRITE_BATCH_CAP: usize = (4 << 20) + (512 << 10);
 /// Uncut bytes below this are cut after the next read instead of beside it (see `read_one`).
 const OVERLAP_MIN: usize = 256 << 10;
 const MAX_REREADS: usize = 3;
@@ -340,7 +345,7 @@ impl Writer<'_> {
 
     fn flush(&mut self) -> Result<()> {
         if !self.batch.is_empty() {
-            let b = std::mem::take(&mut self.batch);
+            let b = std::mem::replace(&mut self.batch, Batch::with_capacity(WRITE_BATCH_CAP));
             match &self.sink {
                 Some(tx) => tx
                     .send(b.inner)
@@ -830,7 +835,7 @@ impl Store {
             let mut w = Writer {
                 store: self,
                 sink: Some(wtx),
-                batch: Batch::default(),
+                batch: Batch::with_capacity(WRITE_BATCH_CAP),
                 written: HashSet::new(),
                 report,
             };

@@ -465,6 +465,15 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch whose buffer holds `bytes` before it grows: a batch of chunks grown by
+    /// doubling copies its bytes about once more (seen at ~3% of a receiver's CPU).
+    pub fn with_capacity(bytes: usize) -> Batch {
+        Batch {
+            inner: WriteBatch::with_capacity_bytes(bytes),
+            bytes: 0,
+        }
+    }
+
     /// Puts a key in a column family.
     pub fn put(&mut self, db: &Db, cf: &str, key: &[u8], value: &[u8]) {
         self.bytes += value.len() as u64;

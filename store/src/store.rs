@@ -437,7 +437,9 @@ impl Store {
         let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
         let have = self.has_chunks(&ids)?;
         let mut seen = std::collections::HashSet::with_capacity(chunks.len());
-        let mut b = Batch::default();
+        // Each put: the value, its 32-byte key, and a few bytes of record header; then the index.
+        let cap: usize = chunks.iter().map(|c| c.1.len() + 128).sum();
+        let mut b = Batch::with_capacity(cap);
         let mut new = 0;
         for ((id, enc, plain_len), had) in chunks.iter().zip(have) {
             if had || !seen.insert(*id) {
