@@ -33,8 +33,8 @@ mod message;
 
 pub use codec::{decode_frame, encode, encode_into, DecodeError, Decoder, EncodeError};
 pub use message::{
-    check_hello, verify_chunk, verify_node, ErrorCode, HelloMismatch, Message, ObjectRef, ShareId,
-    VerifyError, PROTOCOL_VERSION,
+    check_hello, verify_chunk, verify_chunk_with, verify_node, ErrorCode, HelloMismatch, Message,
+    ObjectRef, ShareId, VerifyError, PROTOCOL_VERSION,
 };
 
 /// Version byte that follows the length prefix of every frame.

@@ -44,6 +44,7 @@
 pub mod auto;
 mod client;
 mod server;
+pub mod stage;
 pub mod wire;
 
 pub use client::{

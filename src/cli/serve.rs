@@ -301,7 +301,10 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 agent: agent_cfg,
                 fetch,
                 device: device.0,
-                checkout: CheckoutOptions { fsync: args.fsync },
+                checkout: CheckoutOptions {
+                    fsync: args.fsync,
+                    ..Default::default()
+                },
                 log: !out.quiet,
             };
             if !args.no_watch {

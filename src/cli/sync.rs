@@ -197,7 +197,10 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let share_key = identity::load_share_key(&dir).context("cannot read the share key")?;
     let device = identity.device_id();
     let policy = BookPolicy::load(&dir)?;
-    let copts = CheckoutOptions { fsync: args.fsync };
+    let mut copts = CheckoutOptions {
+        fsync: args.fsync,
+        ..Default::default()
+    };
     let progress = out.progress();
 
     // 1. A checkout a crash cut short is finished first.
@@ -240,6 +243,8 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let mut fcfg = FetchConfig::new(session::hello(share_id, device.0, args.encryption), pull);
     fcfg.timeout = Duration::from_secs_f64(args.timeout);
     fcfg.connect_timeout = fcfg.connect_timeout.min(fcfg.timeout);
+    // Big new files are written out as they arrive, for the checkout below to rename in.
+    fcfg.stage = true;
     let rt = runtime()?;
     let (report, udp) = rt.block_on(async {
         let eps = bind_endpoints(
@@ -306,6 +311,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         ));
     }
     let decision = decide(&store, local_head, &report)?;
+    copts.staged = report.staged.clone();
     let mut checkout: Option<CheckoutReport> = None;
     let mut diverged = false;
     match &decision {
@@ -406,6 +412,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             "symlinks_written": c.symlinks_written,
             "bytes_written": c.bytes_written,
             "bytes_reused": c.bytes_reused,
+            "files_staged": c.files_staged,
             "kept": c.kept.len(),
         })),
         "peers": report.peers.iter().map(|p| json!({

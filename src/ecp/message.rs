@@ -411,12 +411,24 @@ pub fn verify_node(id: &NodeId, bytes: &[u8]) -> Result<Node, VerifyError> {
 /// A raw chunk is hashed where it lies; a compressed one is decoded into a buffer kept per thread,
 /// so verifying allocates nothing per chunk.
 pub fn verify_chunk(id: &ChunkId, encoded: &[u8], max_plain: usize) -> Result<usize, VerifyError> {
+    verify_chunk_with(id, encoded, max_plain, |_| {})
+}
+
+/// [`verify_chunk`], handing the plain bytes to `verified` once they are known to hash to `id`
+/// (never otherwise).
+pub fn verify_chunk_with(
+    id: &ChunkId,
+    encoded: &[u8],
+    max_plain: usize,
+    verified: impl FnOnce(&[u8]),
+) -> Result<usize, VerifyError> {
     thread_local! {
         static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let bad = |reason: String| VerifyError::Chunk { id: *id, reason };
     let check = |plain: &[u8]| {
         if blake3::hash(plain).as_bytes() == id.as_bytes() {
+            verified(plain);
             Ok(plain.len())
         } else {
             Err(bad("its bytes do not hash to its id".into()))

@@ -686,6 +686,8 @@ async fn exchange(
     let mut fcfg = ctx.cfg.fetch.clone();
     fcfg.announce = announce;
     fcfg.want = None;
+    // Big new files are written out as they arrive, for the checkout of the integration.
+    fcfg.stage = true;
     let list: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
     let bar = Bar {
         status: ctx.status.clone(),
@@ -779,7 +781,7 @@ async fn exchange(
     let mut total: Option<Integrated> = None;
     let mut last: Result<Integrated, String> = Err(String::new());
     for round in 0..3 {
-        last = integrate_blocking(&ctx, heads_list.clone()).await;
+        last = integrate_blocking(&ctx, heads_list.clone(), report.staged.clone()).await;
         let Ok(ig) = &last else { break };
         total = Some(match total.take() {
             None => ig.clone(),
@@ -912,14 +914,21 @@ async fn fetch_headers(
     (0, 0)
 }
 
-async fn integrate_blocking(ctx: &Arc<Ctx>, heads: Vec<NodeId>) -> Result<Integrated, String> {
+async fn integrate_blocking(
+    ctx: &Arc<Ctx>,
+    heads: Vec<NodeId>,
+    staged: Option<Arc<left_store::StagedFiles>>,
+) -> Result<Integrated, String> {
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
         let _folder = ctx.folder.lock().unwrap_or_else(|p| p.into_inner());
         let opts = IntegrateOptions {
             device: ctx.cfg.device,
             message: String::new(),
-            checkout: ctx.cfg.checkout.clone(),
+            checkout: CheckoutOptions {
+                staged,
+                ..ctx.cfg.checkout.clone()
+            },
             settle_ns: settle_ns(&ctx),
             time_ns: None,
         };

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use left_store::{NodeId, Store};
 use tokio::sync::mpsc;
 
+use super::stage::Stager;
 use super::wire::{FrameReader, FrameWriter, ReadError};
 use super::{sanitize, CODE_PROTOCOL_ERROR};
 use crate::ecp::{check_hello, DecodeError, ErrorCode, HelloMismatch, Message};
@@ -88,6 +89,12 @@ pub struct FetchConfig {
     /// Asked of every peer we reach, right after its handshake: whether its device may be
     /// talked to (the peer book). `None`: every device holding the share key.
     pub allow: Option<DevicePolicy>,
+    /// Write big new files out while they are fetched ([`super::stage`]), for a checkout that
+    /// follows ([`FetchReport::staged`]). Off by default: a caller that checks nothing out
+    /// would write them for nothing.
+    pub stage: bool,
+    /// The stager of the fetch in progress (set by [`fetch`] when `stage` is on).
+    stager: Option<Arc<Stager>>,
 }
 
 /// Whether a device may be talked to; see [`FetchConfig::allow`].
@@ -117,6 +124,8 @@ impl FetchConfig {
             announce: false,
             want: None,
             allow: None,
+            stage: false,
+            stager: None,
         }
     }
 }
@@ -187,6 +196,9 @@ pub struct FetchReport {
     pub attempts: u32,
     /// The local store failed (disk full, ...): the fetch stopped at once, whatever the peers.
     pub local_error: Option<String>,
+    /// Big new files written out whole while they were fetched (with [`FetchConfig::stage`]):
+    /// give them to the checkout ([`left_store::CheckoutOptions::staged`]).
+    pub staged: Option<Arc<left_store::StagedFiles>>,
 }
 
 impl FetchReport {
@@ -522,6 +534,16 @@ pub async fn fetch(
         missing_head: vec![None; targets.len()],
         idle_since: Instant::now(),
     };
+    let staging;
+    let cfg = if cfg.stage {
+        let mut c = cfg.clone();
+        // Staging is an optimisation: if its folder cannot be made, files are written as before.
+        c.stager = Stager::new(store.dir()).ok().map(Arc::new);
+        staging = c;
+        &staging
+    } else {
+        cfg
+    };
     let mut backoff = cfg.min_backoff;
     loop {
         report.attempts += 1;
@@ -551,6 +573,9 @@ pub async fn fetch(
         }
         tokio::time::sleep(backoff.min(cfg.timeout - spent)).await;
         backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+    if let Some(st) = &cfg.stager {
+        report.staged = Some(Arc::new(st.finish()));
     }
     report
 }
@@ -886,12 +911,18 @@ fn attach(
     } = s;
     let txr = tx.clone();
     let max_chunk = cfg.pull.max_chunk_size;
+    let stager = cfg.stager.clone();
     tasks.spawn(async move {
         loop {
             let ev = match reader.next().await {
-                // Chunks are verified here, in parallel with the engine and the store writes.
+                // Chunks are verified here, in parallel with the engine and the store writes
+                // (and their plain bytes staged, see `stage`).
                 Ok(Some(Message::Chunk { id, bytes })) => {
-                    let check = crate::ecp::verify_chunk(&id, &bytes, max_chunk);
+                    let check = crate::ecp::verify_chunk_with(&id, &bytes, max_chunk, |plain| {
+                        if let Some(s) = &stager {
+                            s.chunk_verified(&id, plain);
+                        }
+                    });
                     Event::Chunk {
                         slot,
                         id,
@@ -1038,6 +1069,10 @@ async fn run_pull(
                             if let Err(err) = crate::sync::apply_to_store(store, &other) {
                                 finished = Some(Err(format!("local store: {err}")));
                                 break;
+                            }
+                            // Before the engine can ask for the node's children.
+                            if let (Effect::StoreNode(id, bytes), Some(s)) = (&other, &cfg.stager) {
+                                s.node_stored(*id, bytes);
                             }
                         }
                     }

@@ -123,6 +123,42 @@ const COPY_RUN_STEP: u64 = 64 << 20;
 /// Messages queued to the release thread at most (bounds the open descriptors it holds).
 const RELEASE_QUEUE: usize = 64;
 
+/// Moves the staged file at `path` into the folder `dfd` under a new temporary name, if it is a
+/// plain file of `want` bytes (`size`, what the stage recorded, must agree): the temporary file,
+/// open. `None` (the file is then written the usual way) if anything is off, for example a stage
+/// on another file system than the share.
+fn adopt_staged(path: &Path, size: u64, want: u64, dfd: RawFd) -> Option<(CString, File)> {
+    if size != want {
+        return None;
+    }
+    let from = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let fd = open_at(libc::AT_FDCWD, &from, libc::O_RDWR | libc::O_NOFOLLOW, 0).ok()?;
+    let f = File::from(fd);
+    let st = fstat(f.as_raw_fd()).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 != want || st.st_nlink != 1 {
+        return None;
+    }
+    loop {
+        let name = CString::new(tmp_name()).expect("no NUL");
+        // SAFETY: both names are NUL-terminated and live across the call.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                dfd,
+                name.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Some((name, f));
+        }
+        if last_err().raw_os_error() != Some(libc::EEXIST) {
+            return None;
+        }
+    }
+}
+
 /// A unique hidden temporary name: `.left-tmp-<16 hex>`.
 pub(crate) fn tmp_name() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -1026,6 +1062,10 @@ impl Store {
         // (Finishing or re-checking: most of the plan is usually done already, and refusing would
         // leave the folder half-way; a real shortage still fails each write with DiskFull.)
         if matches!(mode, Mode::Normal) {
+            // Staged files are on disk already: renaming them in takes no space.
+            if let Some(st) = &opts.staged {
+                plan.write = plan.write.saturating_sub(st.bytes());
+            }
             check_space(&plan, avail, share_root)?;
         }
 
@@ -1651,20 +1691,38 @@ impl Store {
                         "file node {id} does not match its folder entry"
                     )));
                 }
-                let (tmp_name, tmp) = create_tmp(dfd).map_err(|e| cx.io(rel, e))?;
-                if f.size >= PREALLOCATE_MIN {
-                    if let Err(e) = preallocate(&tmp, f.size) {
-                        let _ = unlink_at(dfd, &tmp_name, false);
-                        return Err(cx.io(rel, e));
+                let staged = cx
+                    .opts
+                    .staged
+                    .as_ref()
+                    .and_then(|s| s.take(*id))
+                    .and_then(|(p, size)| adopt_staged(&p, size, f.size, dfd));
+                let from_stage = staged.is_some();
+                let (tmp_name, tmp) = match staged {
+                    Some(t) => t,
+                    None => {
+                        let (tmp_name, tmp) = create_tmp(dfd).map_err(|e| cx.io(rel, e))?;
+                        if f.size >= PREALLOCATE_MIN {
+                            if let Err(e) = preallocate(&tmp, f.size) {
+                                let _ = unlink_at(dfd, &tmp_name, false);
+                                return Err(cx.io(rel, e));
+                            }
+                        }
+                        (tmp_name, tmp)
                     }
-                }
-                let r = self.write_tmp(
-                    cx,
-                    rel,
-                    &tmp,
-                    &f,
-                    old.as_ref().map(|(f, st, n)| (f, st, *n)),
-                );
+                };
+                let r = if from_stage {
+                    cx.progress.advance(f.size);
+                    Ok(0)
+                } else {
+                    self.write_tmp(
+                        cx,
+                        rel,
+                        &tmp,
+                        &f,
+                        old.as_ref().map(|(f, st, n)| (f, st, *n)),
+                    )
+                };
                 let r = r.and_then(|reused| {
                     fchmod(tmp.as_raw_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
                     futimens(tmp.as_raw_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
@@ -1697,6 +1755,7 @@ impl Store {
                         cx.report.files_written += 1;
                         cx.report.bytes_written += f.size;
                         cx.report.bytes_reused += reused;
+                        cx.report.files_staged += u64::from(from_stage);
                         Ok(())
                     }
                     Ok(None) => {

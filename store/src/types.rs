@@ -246,6 +246,65 @@ pub struct CheckoutOptions {
     /// fsync every file before its rename and every touched folder after (`--fsync`). Without it
     /// the checkout journal in the store is what makes a crash recoverable.
     pub fsync: bool,
+    /// Files a fetch already wrote out whole from verified chunks ([`StagedFiles`]): a file of
+    /// the new tree found here is renamed into place instead of being written again.
+    pub staged: Option<std::sync::Arc<StagedFiles>>,
+}
+
+/// Files written out while their chunks were fetched, by file node: each holds exactly the bytes
+/// of that node, every chunk hash-verified before it was written. They live in one folder of the
+/// store (so on the share's file system when the store is in the share); a checkout takes a file
+/// from here by renaming it into place ([`CheckoutOptions::staged`]), which saves reading,
+/// decoding and verifying its chunks again. Whatever no checkout took is deleted with the folder
+/// when this is dropped.
+#[derive(Debug, Default)]
+pub struct StagedFiles {
+    dir: Option<std::path::PathBuf>,
+    files: std::sync::Mutex<std::collections::HashMap<crate::NodeId, (std::path::PathBuf, u64)>>,
+}
+
+impl StagedFiles {
+    /// The staged files in `dir` (deleted on drop): file node → (path, size).
+    pub fn new(
+        dir: std::path::PathBuf,
+        files: std::collections::HashMap<crate::NodeId, (std::path::PathBuf, u64)>,
+    ) -> StagedFiles {
+        StagedFiles {
+            dir: Some(dir),
+            files: std::sync::Mutex::new(files),
+        }
+    }
+
+    /// Takes the staged file of `node`, if any: (path, size).
+    pub fn take(&self, node: crate::NodeId) -> Option<(std::path::PathBuf, u64)> {
+        self.files.lock().ok()?.remove(&node)
+    }
+
+    /// Files not taken yet.
+    pub fn len(&self) -> usize {
+        self.files.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    /// Whether every file was taken (or there were none).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the files not taken yet.
+    pub fn bytes(&self) -> u64 {
+        self.files
+            .lock()
+            .map(|f| f.values().map(|v| v.1).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for StagedFiles {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// What [`crate::Store::checkout`] did.
@@ -265,6 +324,8 @@ pub struct CheckoutReport {
     pub bytes_written: u64,
     /// Of those, bytes copied from the old version of the file (`copy_file_range`).
     pub bytes_reused: u64,
+    /// Files renamed into place from [`StagedFiles`] (written while they were fetched).
+    pub files_staged: u64,
     /// Paths left untouched because they changed locally since the last scan.
     pub kept: Vec<Skipped>,
 }

@@ -340,6 +340,55 @@ impl Pair {
     }
 }
 
+/// Files staged by a fetch (`CheckoutOptions::staged`) are renamed into place, not written; a
+/// staged file whose size is off is ignored and the file written from the store as usual.
+#[test]
+fn staged_files_are_renamed_into_place() {
+    let p = Pair::new();
+    fs::write(p.a.join("big"), rand_bytes(7, 3 << 20)).unwrap();
+    fs::write(p.a.join("other"), rand_bytes(8, 2 << 20)).unwrap();
+    fs::write(p.a.join("small"), b"small").unwrap();
+    let (from, to) = p.add_a();
+    let node = |name: &str| match p
+        .sb()
+        .entry_at(to, Path::new(name))
+        .unwrap()
+        .unwrap()
+        .target
+    {
+        Target::Node(n) => n,
+        t => panic!("{t:?}"),
+    };
+    let stage = p.t.path().join("stage");
+    fs::create_dir(&stage).unwrap();
+    fs::copy(p.a.join("big"), stage.join("1")).unwrap();
+    fs::write(stage.join("2"), rand_bytes(8, 1 << 20)).unwrap();
+    let staged_ino = ino(&stage.join("1"));
+    let files = [
+        (node("big"), (stage.join("1"), 3 << 20)),
+        (node("other"), (stage.join("2"), 1 << 20)),
+    ]
+    .into_iter()
+    .collect();
+    let staged = std::sync::Arc::new(StagedFiles::new(stage.clone(), files));
+    let opts = CheckoutOptions {
+        staged: Some(staged.clone()),
+        ..Default::default()
+    };
+    let r = p.sb().checkout(&p.b, from, to, &opts, &NoProgress).unwrap();
+    assert_eq!(r.files_staged, 1, "{r:?}");
+    assert_eq!(r.files_written, 3, "{r:?}");
+    assert_eq!(ino(&p.b.join("big")), staged_ino, "renamed, not copied");
+    assert!(!stage.join("1").exists());
+    p.assert_same();
+    drop(opts);
+    drop(staged);
+    assert!(
+        !stage.exists(),
+        "the stage folder goes with the last reference"
+    );
+}
+
 fn ino(p: &Path) -> u64 {
     fs::symlink_metadata(p).unwrap().ino()
 }
@@ -1150,7 +1199,10 @@ fn after_a_power_cut_a_finished_checkout_is_checked_again() {
         fs::write(p.a.join(f), format!("{f} v1")).unwrap();
     }
     // (With fsync: no settle record; the one of the checkout below is re-checked alone.)
-    p.sync_with(&CheckoutOptions { fsync: true });
+    p.sync_with(&CheckoutOptions {
+        fsync: true,
+        ..Default::default()
+    });
     for f in ["renamed", "edited-after", "intact"] {
         fs::write(p.a.join(f), format!("{f} v2")).unwrap();
     }
@@ -1221,7 +1273,10 @@ fn after_a_power_cut_a_finished_checkout_is_checked_again() {
 fn add_after_a_reboot_checks_the_last_checkout_first() {
     let p = Pair::new();
     fs::write(p.a.join("f"), b"version 1").unwrap();
-    p.sync_with(&CheckoutOptions { fsync: true });
+    p.sync_with(&CheckoutOptions {
+        fsync: true,
+        ..Default::default()
+    });
     fs::write(p.a.join("f"), b"version 2").unwrap();
     p.sync();
     let sb = p.sb();
@@ -1257,7 +1312,10 @@ fn fsync_option_gives_the_same_result() {
             &p.b,
             from,
             to,
-            &CheckoutOptions { fsync: true },
+            &CheckoutOptions {
+                fsync: true,
+                ..Default::default()
+            },
             &NoProgress,
         )
         .unwrap();

@@ -129,6 +129,18 @@ fn basic_sync_then_nothing_then_a_small_delta() {
     assert_eq!(j["diverged"], Value::Bool(false), "{j}");
     assert!(u(&j["checkout"], "files_written") >= 4, "{j}");
     assert!(u(&j["checkout"], "bytes_written") >= big, "{j}");
+    // The big file was written out while it was fetched and renamed in (the 70 kB one is too
+    // small to stage); nothing is left in the stage folder.
+    assert_eq!(u(&j["checkout"], "files_staged"), 1, "{j}");
+    let staged_left = |b: &Share| {
+        fs::read_dir(b.store.join("stage"))
+            .map(|d| {
+                d.flat_map(|e| fs::read_dir(e.unwrap().path()).unwrap())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(staged_left(&b), 0);
     let p = peer_entry(&j, &server.addr());
     assert!(p["error"].is_null(), "{j}");
     assert_eq!(p["head"], Value::String(head.clone()), "{j}");
@@ -166,6 +178,10 @@ fn basic_sync_then_nothing_then_a_small_delta() {
         u(&j["checkout"], "bytes_reused") >= 28 * MIB as u64,
         "the unchanged 31 MiB were not reused: {j}"
     );
+    // An update shares chunks with the stored version: not staged (the old file's ranges are
+    // copied instead), and nothing left behind.
+    assert_eq!(u(&j["checkout"], "files_staged"), 0, "{j}");
+    assert_eq!(staged_left(&b), 0);
     server.stop();
 }
 

@@ -1,0 +1,402 @@
+//! Staging: big new files written out while their chunks are fetched, so the checkout that
+//! follows renames them into place instead of reading, decoding and verifying every chunk again
+//! (for a fresh 1 GiB file that second pass was most of the checkout).
+//!
+//! The pull driver tells the [`Stager`] about every node it stores (in the order the engine walks
+//! them, which is parents before children) and every chunk a reader task has verified, with its
+//! plain bytes. A file node of at least [`STAGE_MIN`] bytes gets a stage file; its chunk-list
+//! nodes, as they arrive, give each chunk's offsets in it; a verified chunk is written at every
+//! offset still waiting for it. A stage is complete when every chunk-list node beneath its file
+//! node arrived and every byte of it was written; only complete stages are handed on
+//! ([`StagedFiles`]). A chunk or chunk-list node the store already had never arrives, so a file
+//! that shares content with what is stored (an update of a big file) stays incomplete and is
+//! written by the checkout as before (copying unchanged ranges from the old file).
+//!
+//! Memory is bounded by [`MAX_LOCATIONS`] chunk offsets awaited at once (~40 bytes each): a file
+//! that would pass it is not staged. Stage files live in `<store>/stage/<id>/`, which a new
+//! stager empties first (a crash may have left one), and which [`StagedFiles`] removes when
+//! dropped. Every write error just gives up that stage.
+
+use left_store::node::{Content, Node};
+use left_store::{ChunkId, NodeId, StagedFiles};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Smallest file staged: smaller ones gain little and would cost a file each.
+pub const STAGE_MIN: u64 = 1 << 20;
+/// Most chunk offsets awaited at once (over all stages).
+pub const MAX_LOCATIONS: usize = 1 << 18;
+
+/// See the module documentation. Shared by the pull loop and the reader tasks.
+#[derive(Debug)]
+pub struct Stager {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    files: Vec<Stage>,
+    by_node: HashMap<NodeId, usize>,
+    /// Chunk-list node awaited → (stage, offset of its first byte).
+    lists: HashMap<NodeId, Vec<(usize, u64)>>,
+    /// Chunk awaited → (stage, offset, length the list gives) of each place it goes.
+    chunks: HashMap<ChunkId, Vec<(usize, u64, u64)>>,
+    locations: usize,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Stage {
+    node: NodeId,
+    size: u64,
+    path: PathBuf,
+    file: Option<File>,
+    /// Chunk-list nodes beneath it not arrived yet.
+    lists_pending: usize,
+    /// Bytes written (each offset once).
+    written: u64,
+    failed: bool,
+}
+
+impl Stager {
+    /// A stager writing into a fresh folder beneath `<store_dir>/stage` (emptied first).
+    pub fn new(store_dir: &Path) -> std::io::Result<Stager> {
+        let base = store_dir.join("stage");
+        if base.exists() {
+            std::fs::remove_dir_all(&base)?;
+        }
+        let dir = base.join(format!("{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Stager {
+            inner: Mutex::new(Inner {
+                dir,
+                files: Vec::new(),
+                by_node: HashMap::new(),
+                lists: HashMap::new(),
+                chunks: HashMap::new(),
+                locations: 0,
+                closed: false,
+            }),
+        })
+    }
+
+    /// A node was verified and stored: a big file node opens a stage; an awaited chunk-list node
+    /// places its entries.
+    pub fn node_stored(&self, id: NodeId, bytes: &[u8]) {
+        let Ok(mut s) = self.inner.lock() else { return };
+        if s.closed {
+            return;
+        }
+        let is_list = s.lists.contains_key(&id);
+        let Ok(node) = Node::decode(bytes) else {
+            return;
+        };
+        match node {
+            Node::File(f) if f.size >= STAGE_MIN && !s.by_node.contains_key(&id) => {
+                let i = s.files.len();
+                let path = s.dir.join(format!("{i}"));
+                s.files.push(Stage {
+                    node: id,
+                    size: f.size,
+                    path,
+                    file: None,
+                    lists_pending: 0,
+                    written: 0,
+                    failed: false,
+                });
+                s.by_node.insert(id, i);
+                match f.content {
+                    Content::Inline(refs) => s.place(i, 0, 0, &refs),
+                    Content::Tree(root) => {
+                        s.files[i].lists_pending += 1;
+                        s.lists.entry(root).or_default().push((i, 0));
+                    }
+                }
+            }
+            Node::ChunkList(l) if is_list => {
+                for (i, off) in s.lists.remove(&id).unwrap_or_default() {
+                    s.files[i].lists_pending -= 1;
+                    s.place(i, off, l.level, &l.entries);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A chunk's plain bytes were verified against its id: written wherever a stage awaits it.
+    pub fn chunk_verified(&self, id: &ChunkId, plain: &[u8]) {
+        let Ok(mut s) = self.inner.lock() else { return };
+        if s.closed {
+            return;
+        }
+        let Some(places) = s.chunks.remove(id) else {
+            return;
+        };
+        s.locations -= places.len();
+        for (i, off, len) in places {
+            s.write(i, off, len, plain);
+        }
+    }
+
+    /// Ends staging: the complete stages, to hand to the checkout; the rest are deleted.
+    pub fn finish(&self) -> StagedFiles {
+        let mut done = HashMap::new();
+        let mut s = match self.inner.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.closed = true;
+        s.lists.clear();
+        s.chunks.clear();
+        for st in s.files.iter_mut() {
+            let file = st.file.take();
+            let complete = !st.failed && st.lists_pending == 0 && st.written == st.size;
+            if complete && file.is_some() {
+                done.insert(st.node, (st.path.clone(), st.size));
+            } else if file.is_some() {
+                let _ = std::fs::remove_file(&st.path);
+            }
+        }
+        StagedFiles::new(s.dir.clone(), done)
+    }
+}
+
+impl Inner {
+    /// Entries of a chunk list (or a file node's inline list, `level` 0) starting at `off` of
+    /// stage `i`: chunks await their bytes, child lists their node.
+    fn place(&mut self, i: usize, mut off: u64, level: u8, entries: &[left_store::node::ChunkRef]) {
+        if self.files[i].failed {
+            return;
+        }
+        if self.locations + entries.len() > MAX_LOCATIONS {
+            self.files[i].failed = true;
+            return;
+        }
+        for e in entries {
+            if level == 0 {
+                self.chunks
+                    .entry(ChunkId(e.id))
+                    .or_default()
+                    .push((i, off, e.len));
+                self.locations += 1;
+            } else {
+                self.files[i].lists_pending += 1;
+                self.lists.entry(NodeId(e.id)).or_default().push((i, off));
+            }
+            off = off.saturating_add(e.len);
+        }
+    }
+
+    /// Writes a verified chunk at `off` of stage `i`, where the list says `len` bytes go. A chunk
+    /// of another length (a tree that lies about lengths) gives the stage up: with every length
+    /// checked, the places never overlap, so `written == size` means every byte is there.
+    fn write(&mut self, i: usize, off: u64, len: u64, plain: &[u8]) {
+        let st = &mut self.files[i];
+        if st.failed || plain.len() as u64 != len || off.saturating_add(len) > st.size {
+            st.failed = true;
+            return;
+        }
+        if st.file.is_none() {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&st.path)
+                .and_then(|f| f.set_len(st.size).map(|_| f));
+            match f {
+                Ok(f) => st.file = Some(f),
+                Err(_) => {
+                    st.failed = true;
+                    return;
+                }
+            }
+        }
+        let f = st.file.as_ref().expect("opened above");
+        match f.write_all_at(plain, off) {
+            Ok(()) => st.written += plain.len() as u64,
+            Err(_) => st.failed = true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use left_store::node::{ChunkListNode, ChunkRef, FileNode};
+    use left_store::Hash;
+
+    fn chunk(seed: u8, len: usize) -> (ChunkId, Vec<u8>) {
+        let b: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        (ChunkId(Hash::of(&b)), b)
+    }
+
+    fn cref(c: &(ChunkId, Vec<u8>)) -> ChunkRef {
+        ChunkRef {
+            id: c.0 .0,
+            len: c.1.len() as u64,
+        }
+    }
+
+    fn file(content: Content, size: u64) -> (NodeId, Vec<u8>) {
+        Node::File(FileNode {
+            size,
+            mode: 0o644,
+            mtime_ns: 1,
+            content,
+        })
+        .encode_with_id()
+        .unwrap()
+    }
+
+    fn list(level: u8, entries: Vec<ChunkRef>) -> (NodeId, Vec<u8>) {
+        Node::ChunkList(ChunkListNode { level, entries })
+            .encode_with_id()
+            .unwrap()
+    }
+
+    fn staged_bytes(s: &StagedFiles, id: NodeId) -> Option<Vec<u8>> {
+        s.take(id).map(|(p, _)| std::fs::read(p).unwrap())
+    }
+
+    /// Inline chunks, one of them twice in the file, arriving out of order and twice (an endgame
+    /// duplicate): the stage holds exactly the file's bytes.
+    #[test]
+    fn inline_file_staged_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let st = Stager::new(t.path()).unwrap();
+        let (a, b) = (chunk(1, 400_000), chunk(2, 350_000));
+        let refs = vec![cref(&a), cref(&b), cref(&a)];
+        let size = 1_150_000;
+        let (id, bytes) = file(Content::Inline(refs), size);
+        st.node_stored(id, &bytes);
+        st.chunk_verified(&b.0, &b.1);
+        st.chunk_verified(&a.0, &a.1);
+        st.chunk_verified(&a.0, &a.1);
+        let staged = st.finish();
+        let want = [a.1.clone(), b.1.clone(), a.1.clone()].concat();
+        assert_eq!(staged_bytes(&staged, id), Some(want));
+        let dir = t.path().join("stage");
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_some());
+        drop(staged);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "folder removed"
+        );
+    }
+
+    /// A two-level chunk-list tree: offsets come from the lists as they arrive.
+    #[test]
+    fn tree_file_staged_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let st = Stager::new(t.path()).unwrap();
+        let cs: Vec<_> = (0..6).map(|i| chunk(i, 200_000 + i as usize)).collect();
+        let (l1, l1b) = list(0, cs[..3].iter().map(cref).collect());
+        let (l2, l2b) = list(0, cs[3..].iter().map(cref).collect());
+        let n1: u64 = cs[..3].iter().map(|c| c.1.len() as u64).sum();
+        let n2: u64 = cs[3..].iter().map(|c| c.1.len() as u64).sum();
+        let (root, rootb) = list(
+            1,
+            vec![
+                ChunkRef { id: l1.0, len: n1 },
+                ChunkRef { id: l2.0, len: n2 },
+            ],
+        );
+        let (id, bytes) = file(Content::Tree(root), n1 + n2);
+        st.node_stored(id, &bytes);
+        st.node_stored(root, &rootb);
+        st.node_stored(l2, &l2b);
+        for c in cs[3..].iter().rev() {
+            st.chunk_verified(&c.0, &c.1);
+        }
+        st.node_stored(l1, &l1b);
+        for c in &cs[..3] {
+            st.chunk_verified(&c.0, &c.1);
+        }
+        let staged = st.finish();
+        let want: Vec<u8> = cs.iter().flat_map(|c| c.1.clone()).collect();
+        assert_eq!(staged_bytes(&staged, id), Some(want));
+    }
+
+    /// What is never complete is not handed on: a chunk that never arrived (the store had it), a
+    /// chunk-list node that never arrived, a chunk whose length is not the one the list gives, a
+    /// small file.
+    #[test]
+    fn incomplete_stages_are_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let st = Stager::new(t.path()).unwrap();
+        let (a, b) = (chunk(1, 600_000), chunk(2, 600_000));
+        // A chunk missing.
+        let (f1, f1b) = file(Content::Inline(vec![cref(&a), cref(&b)]), 1_200_000);
+        // A list node missing.
+        let (l, _) = list(0, vec![cref(&a), cref(&b)]);
+        let (f2, f2b) = file(Content::Tree(l), 1_200_000);
+        // The list lies about a length (and the size agrees with the lie).
+        let c = chunk(3, 700_000);
+        let lie = ChunkRef {
+            id: c.0 .0,
+            len: 600_000,
+        };
+        let (f3, f3b) = file(Content::Inline(vec![cref(&a), lie]), 1_200_000);
+        // Small.
+        let (f4, f4b) = file(
+            Content::Inline(vec![ChunkRef {
+                id: a.0 .0,
+                len: 1000,
+            }]),
+            1000,
+        );
+        for (id, b) in [(f1, &f1b), (f2, &f2b), (f3, &f3b), (f4, &f4b)] {
+            st.node_stored(id, b);
+        }
+        st.chunk_verified(&a.0, &a.1);
+        st.chunk_verified(&c.0, &c.1);
+        let staged = st.finish();
+        assert!(staged.is_empty(), "{staged:?}");
+        let dir = std::fs::read_dir(t.path().join("stage"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0, "files removed");
+    }
+
+    /// Files past the location budget are not staged; nothing after `finish` writes.
+    #[test]
+    fn budget_and_close() {
+        let t = tempfile::tempdir().unwrap();
+        let st = Stager::new(t.path()).unwrap();
+        let a = chunk(1, 16);
+        // One list of 1000 chunks, 300 times: 300,000 places.
+        let (l, lb) = list(0, vec![cref(&a); 1000]);
+        let (root, rootb) = list(
+            1,
+            vec![
+                ChunkRef {
+                    id: l.0,
+                    len: 16_000
+                };
+                300
+            ],
+        );
+        let (big, bigb) = file(Content::Tree(root), 300 * 16_000);
+        const { assert!(300 * 1000 > MAX_LOCATIONS) };
+        st.node_stored(big, &bigb);
+        st.node_stored(root, &rootb);
+        st.node_stored(l, &lb);
+        st.chunk_verified(&a.0, &a.1);
+        let b = chunk(2, 2 << 20);
+        let (f, fb) = file(Content::Inline(vec![cref(&b)]), 2 << 20);
+        st.node_stored(f, &fb);
+        let staged = st.finish();
+        st.chunk_verified(&b.0, &b.1);
+        assert!(staged.is_empty());
+    }
+}
