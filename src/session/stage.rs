@@ -12,8 +12,10 @@
 //! that shares content with what is stored (an update of a big file) stays incomplete and is
 //! written by the checkout as before (copying unchanged ranges from the old file).
 //!
-//! Memory is bounded by [`MAX_LOCATIONS`] chunk offsets awaited at once (~40 bytes each): a file
-//! that would pass it is not staged. Stage files live in `<store>/stage/<id>/`, which a new
+//! Memory is bounded by [`MAX_LOCATIONS`] chunk offsets awaited at once (~50 bytes each): a file
+//! that would pass it is not staged. Nor is a file that would leave less than [`FREE_MARGIN`]
+//! free on the store's file system (counting the stages before it), so staging never fills a disk
+//! the store writes to. Stage files live in `<store>/stage/<id>/`, which a new
 //! stager empties first (a crash may have left one), and which [`StagedFiles`] removes when
 //! dropped. Every write error just gives up that stage.
 
@@ -29,6 +31,9 @@ use std::sync::Mutex;
 pub const STAGE_MIN: u64 = 1 << 20;
 /// Most chunk offsets awaited at once (over all stages).
 pub const MAX_LOCATIONS: usize = 1 << 18;
+/// Free space a stage must leave on the store's file system: staging never makes the fetch
+/// itself (or anything else) run out of space.
+pub const FREE_MARGIN: u64 = 256 << 20;
 
 /// See the module documentation. Shared by the pull loop and the reader tasks.
 #[derive(Debug)]
@@ -46,6 +51,8 @@ struct Inner {
     /// Chunk awaited → (stage, offset, length the list gives) of each place it goes.
     chunks: HashMap<ChunkId, Vec<(usize, u64, u64)>>,
     locations: usize,
+    /// Bytes of the stages opened so far (their blocks are allocated as chunks arrive).
+    reserved: u64,
     closed: bool,
 }
 
@@ -79,6 +86,7 @@ impl Stager {
                 lists: HashMap::new(),
                 chunks: HashMap::new(),
                 locations: 0,
+                reserved: 0,
                 closed: false,
             }),
         })
@@ -97,6 +105,14 @@ impl Stager {
         };
         match node {
             Node::File(f) if f.size >= STAGE_MIN && !s.by_node.contains_key(&id) => {
+                let need = s
+                    .reserved
+                    .saturating_add(f.size)
+                    .saturating_add(FREE_MARGIN);
+                if free_bytes(&s.dir).is_none_or(|free| free < need) {
+                    return;
+                }
+                s.reserved += f.size;
                 let i = s.files.len();
                 let path = s.dir.join(format!("{i}"));
                 s.files.push(Stage {
@@ -163,6 +179,18 @@ impl Stager {
         }
         StagedFiles::new(s.dir.clone(), done)
     }
+}
+
+/// Bytes available to us on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: zeroed statvfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 impl Inner {
