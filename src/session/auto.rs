@@ -813,6 +813,9 @@ async fn exchange(
             let mut want = fcfg.clone();
             want.want = Some(base);
             want.announce = false;
+            // A merge base is not checked out (and a stager would empty the stage folder the
+            // head's staged files are waiting in).
+            want.stage = false;
             let r = fetch(&ctx.endpoints, ctx.store.clone(), &sources, &want, &()).await;
             rep.payload_bytes += r.stats.payload_bytes_received;
             rep.chunks += r.stats.chunks_fetched;

@@ -12,12 +12,13 @@
 //! that shares content with what is stored (an update of a big file) stays incomplete and is
 //! written by the checkout as before (copying unchanged ranges from the old file).
 //!
+//! Stage files live in `<store>/stage/<pid>-<n>/`; a new stager removes the folders of other
+//! processes (a crash's leftovers), and [`StagedFiles`] removes its own when dropped.
+//!
 //! Memory is bounded by [`MAX_LOCATIONS`] chunk offsets awaited at once (~50 bytes each): a file
 //! that would pass it is not staged. Nor is a file that would leave less than [`FREE_MARGIN`]
 //! free on the store's file system (counting the stages before it), so staging never fills a disk
-//! the store writes to. Stage files live in `<store>/stage/<id>/`, which a new
-//! stager empties first (a crash may have left one), and which [`StagedFiles`] removes when
-//! dropped. Every write error just gives up that stage.
+//! the store writes to. Every write error just gives up that stage.
 
 use left_store::node::{Content, Node};
 use left_store::{ChunkId, NodeId, StagedFiles};
@@ -70,13 +71,24 @@ struct Stage {
 }
 
 impl Stager {
-    /// A stager writing into a fresh folder beneath `<store_dir>/stage` (emptied first).
+    /// A stager writing into a fresh folder beneath `<store_dir>/stage`. Folders other processes
+    /// left there are removed first (only one process owns a store at a time, so they are what
+    /// a crash left); this process's other stages are left alone.
     pub fn new(store_dir: &Path) -> std::io::Result<Stager> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let base = store_dir.join("stage");
-        if base.exists() {
-            std::fs::remove_dir_all(&base)?;
+        let pid = std::process::id();
+        let mine = format!("{pid}-");
+        if let Ok(rd) = std::fs::read_dir(&base) {
+            for e in rd.flatten() {
+                if !e.file_name().to_string_lossy().starts_with(&mine) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
-        let dir = base.join(format!("{}", std::process::id()));
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("{pid}-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         Ok(Stager {
             inner: Mutex::new(Inner {
@@ -394,6 +406,24 @@ mod tests {
             .unwrap()
             .path();
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0, "files removed");
+    }
+
+    /// A crash's leftovers (another process's folder) go; this process's other stages stay.
+    #[test]
+    fn leftovers_of_other_processes_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let old = t.path().join("stage/4000000000-0");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("0"), b"left by a crash").unwrap();
+        let first = Stager::new(t.path()).unwrap();
+        assert!(!old.exists());
+        let a = chunk(1, 1 << 20);
+        let (id, b) = file(Content::Inline(vec![cref(&a)]), 1 << 20);
+        first.node_stored(id, &b);
+        first.chunk_verified(&a.0, &a.1);
+        let staged = first.finish();
+        let _second = Stager::new(t.path()).unwrap();
+        assert_eq!(staged_bytes(&staged, id), Some(a.1.clone()));
     }
 
     /// Files past the location budget are not staged; nothing after `finish` writes.
