@@ -414,6 +414,10 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             "bytes_reused": c.bytes_reused,
             "files_staged": c.files_staged,
             "kept": c.kept.len(),
+            "unwritten": c.unwritten.iter().map(|u| json!({
+                "path": u.path.display().to_string(),
+                "reason": u.reason,
+            })).collect::<Vec<_>>(),
         })),
         "peers": report.peers.iter().map(|p| json!({
             "addr": p.addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -456,6 +460,13 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         },
     };
     out.human(line)?;
+    if let Some(c) = &checkout {
+        if !out.quiet {
+            for u in &c.unwritten {
+                eprintln!("left: warning: {}: {}", u.path.display(), u.reason);
+            }
+        }
+    }
     Ok(if diverged { EXIT_DIVERGED } else { EXIT_OK })
 }
 

@@ -500,6 +500,9 @@ fn log_exchange(rep: &ExchangeReport, known: &[Peer]) {
     for (path, copy) in &ig.conflicts {
         eprintln!("left: conflict: {path} was changed on two devices; the other version is kept as {copy}");
     }
+    for u in &ig.unwritten {
+        eprintln!("left: warning: {u}");
+    }
 }
 
 /// The peer an announcement came from: by device once known, else by address.
@@ -793,6 +796,7 @@ async fn exchange(
                 t.fast_forwards += ig.fast_forwards;
                 t.conflicts.extend(ig.conflicts.iter().cloned());
                 t.kept += ig.kept;
+                t.unwritten.extend(ig.unwritten.iter().cloned());
                 t.files_written += ig.files_written;
                 t.files_removed += ig.files_removed;
                 t.need_trees = ig.need_trees.clone();

@@ -77,6 +77,9 @@ pub struct Integrated {
     pub files_removed: u64,
     /// Heads that could not be integrated, with why (one line each).
     pub errors: Vec<(NodeId, String)>,
+    /// Paths the checkouts could not write here (`path: reason`, one line each); they keep the
+    /// synced version in snapshots and are tried again at the next checkout.
+    pub unwritten: Vec<String>,
 }
 
 impl Integrated {
@@ -198,6 +201,11 @@ fn integrate_one(
     if let Some(to) = target {
         let r = store.checkout(share, ours, to, &opts.checkout, progress)?;
         out.kept += r.kept.len();
+        out.unwritten.extend(
+            r.unwritten
+                .iter()
+                .map(|u| format!("{}: {}", u.path.display(), u.reason)),
+        );
         out.files_written += r.files_written;
         out.files_removed += r.files_removed;
         out.after = store.head()?;

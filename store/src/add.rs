@@ -461,6 +461,9 @@ impl Store {
             }
         }
 
+        // Paths a checkout could not write: while the disk shows what it saw there, the head's
+        // entry (the version it meant to write) is kept, so the old bytes are not published.
+        let unwritten = self.unwritten()?;
         let mut ents: Vec<Ent> = Vec::new();
         let mut scan_roots: Vec<(PathBuf, Option<usize>)> = Vec::new();
         for rel in &roots {
@@ -470,6 +473,7 @@ impl Store {
                 rel,
                 opts,
                 !only.is_empty(),
+                &unwritten,
                 &mut ents,
                 &mut report,
             )?;
@@ -678,6 +682,7 @@ impl Store {
         rel: &Path,
         opts: &AddOptions,
         parents: bool,
+        unwritten: &[(PathBuf, crate::checkout::Seen)],
         ents: &mut Vec<Ent>,
         report: &mut AddReport,
     ) -> Result<Option<usize>> {
@@ -762,6 +767,49 @@ impl Store {
             ents[parent].children.push(i);
             if ents[i].kind == EntryKind::Dir && !ents[i].skipped {
                 dirs.insert(r, i);
+            }
+        }
+        for (p, seen) in unwritten {
+            if p.as_os_str().is_empty() || !p.starts_with(rel) {
+                continue;
+            }
+            let m = fs::symlink_metadata(share.join(p)).ok();
+            if crate::checkout::Seen::of_meta(m.as_ref()) != *seen {
+                continue;
+            }
+            let reason: String =
+                "the last checkout could not write it; the synced version is kept".into();
+            if p == rel {
+                // An `only` path: its previous entry is carried whole.
+                ents[root].skipped = true;
+                ents[root].children.clear();
+                report.skipped.push(Skipped {
+                    path: p.clone(),
+                    reason,
+                });
+                continue;
+            }
+            // Scanned already: marked skipped in its folder (a folder drops what it found).
+            let parent = p.parent().and_then(|q| dirs.get(q).copied());
+            let name = p.file_name().map(|n| n.as_bytes().to_vec());
+            let found = parent.zip(name).and_then(|(parent, name)| {
+                ents[parent]
+                    .children
+                    .iter()
+                    .copied()
+                    .find(|&c| ents[c].name == name)
+            });
+            match found {
+                Some(c) => {
+                    ents[c].skipped = true;
+                    ents[c].children.clear();
+                    dirs.remove(p);
+                    report.skipped.push(Skipped {
+                        path: p.clone(),
+                        reason,
+                    });
+                }
+                None => skip_path(ents, &dirs, p.clone(), reason, report),
             }
         }
         Ok(Some(root))

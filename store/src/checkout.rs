@@ -159,6 +159,132 @@ fn adopt_staged(path: &Path, size: u64, want: u64, dfd: RawFd) -> Option<(CStrin
     }
 }
 
+/// Prefix of the records of paths a checkout could not write, in `meta` (`unwritten/<path>`).
+const UNWRITTEN_PREFIX: &[u8] = b"unwritten/";
+
+/// What a checkout saw on disk at a path it could not write (`present: false`: nothing there).
+/// While the disk still shows exactly this, `add` keeps the head's entry for the path (the
+/// version the checkout meant to write) instead of publishing the old bytes as a local change,
+/// and every later checkout tries the path again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Seen {
+    present: bool,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    mode: u32,
+}
+
+impl Seen {
+    pub(crate) fn of(st: Option<&libc::stat>) -> Seen {
+        match st {
+            Some(st) => {
+                let s = Stat::of_raw(st);
+                Seen {
+                    present: true,
+                    size: s.size,
+                    mtime_ns: s.mtime_ns,
+                    ctime_ns: s.ctime_ns,
+                    ino: s.ino,
+                    mode: st.st_mode,
+                }
+            }
+            None => Seen {
+                present: false,
+                size: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                ino: 0,
+                mode: 0,
+            },
+        }
+    }
+
+    /// The same from `fs::symlink_metadata` (`None`: nothing there).
+    pub(crate) fn of_meta(m: Option<&std::fs::Metadata>) -> Seen {
+        use std::os::unix::fs::MetadataExt;
+        match m {
+            Some(m) => {
+                let s = Stat::of(m);
+                Seen {
+                    present: true,
+                    size: s.size,
+                    mtime_ns: s.mtime_ns,
+                    ctime_ns: s.ctime_ns,
+                    ino: s.ino,
+                    mode: m.mode(),
+                }
+            }
+            None => Seen::of(None),
+        }
+    }
+}
+
+/// An error that concerns one path, which cannot be written here (a read-only folder, a name the
+/// file system refuses), not the checkout as a whole: its reason.
+fn path_error(e: &Error) -> Option<String> {
+    match e {
+        Error::Io { source, .. } => match source.raw_os_error() {
+            Some(
+                libc::EACCES
+                | libc::EPERM
+                | libc::ENAMETOOLONG
+                | libc::EROFS
+                | libc::EILSEQ
+                | libc::ETXTBSY
+                | libc::EMLINK,
+            ) => Some(one_line(&source.to_string())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// Test hook: writing a path for which it returns true fails with `EACCES`, as in a read-only
+/// folder (tests run as root, which no permission stops).
+pub type DenyHook = fn(&Path) -> bool;
+static DENY_HOOK: std::sync::RwLock<Option<DenyHook>> = std::sync::RwLock::new(None);
+
+/// Sets (or clears) the [`DenyHook`].
+#[doc(hidden)]
+pub fn debug_set_deny_hook(hook: Option<DenyHook>) {
+    *DENY_HOOK.write().unwrap_or_else(|e| e.into_inner()) = hook;
+}
+
+fn denied(rel: &Path) -> bool {
+    DENY_HOOK
+        .read()
+        .map(|h| h.is_some_and(|f| f(rel)))
+        .unwrap_or(false)
+}
+
+impl Store {
+    /// The records of paths a checkout could not write: (path, what it saw there).
+    pub(crate) fn unwritten(&self) -> Result<Vec<(PathBuf, Seen)>> {
+        let mut out = Vec::new();
+        for kv in self.db.iter_prefix(cf::META, UNWRITTEN_PREFIX) {
+            let (k, v) = kv?;
+            let Ok(seen) = postcard::from_bytes::<Seen>(&v) else {
+                continue;
+            };
+            let p = PathBuf::from(OsStr::from_bytes(&k[UNWRITTEN_PREFIX.len()..]));
+            out.push((p, seen));
+        }
+        Ok(out)
+    }
+
+    /// Paths the last checkouts could not write and that still wait to be (see
+    /// [`CheckoutReport::unwritten`]).
+    pub fn unwritten_paths(&self) -> Result<Vec<PathBuf>> {
+        Ok(self.unwritten()?.into_iter().map(|(p, _)| p).collect())
+    }
+}
+
 /// A unique hidden temporary name: `.left-tmp-<16 hex>`.
 pub(crate) fn tmp_name() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -752,6 +878,8 @@ struct Ctx<'a> {
     scan: Batch,
     /// The store's release thread, once a big file was replaced (`Some(None)`: none could start).
     release: Option<Option<crossbeam_channel::Sender<Release>>>,
+    /// Records of paths earlier checkouts could not write, not visited yet by this one.
+    unwritten: HashMap<PathBuf, Seen>,
 }
 
 impl Ctx<'_> {
@@ -784,6 +912,36 @@ impl Ctx<'_> {
 
     fn io(&self, rel: &Path, e: io::Error) -> Error {
         Error::io(self.share.join(rel), e)
+    }
+
+    /// `rel` (named `name` in the folder `dfd`) could not be written: recorded (with what is on
+    /// disk there now) and reported, and the checkout goes on.
+    fn fail_path(&mut self, dfd: RawFd, name: &CStr, rel: &Path, why: &str) -> Result<()> {
+        let seen = Seen::of(lstat_at(dfd, name).ok().flatten().as_ref());
+        let v = postcard::to_stdvec(&seen).map_err(|e| Error::Invalid(e.to_string()))?;
+        let key = [UNWRITTEN_PREFIX, rel.as_os_str().as_bytes()].concat();
+        self.scan.put(&self.store.db, cf::META, &key, &v);
+        self.unwritten.remove(rel);
+        if self.report.unwritten.len() < KEPT_MAX {
+            self.report.unwritten.push(Skipped {
+                path: rel.to_path_buf(),
+                reason: format!(
+                    "cannot be written here ({why}); left as it is, kept at the synced version in \
+                     snapshots, and tried again at the next checkout"
+                ),
+            });
+        }
+        self.flush_scan(false)
+    }
+
+    /// `rel` was dealt with: its record (if any) goes.
+    fn clear_unwritten(&mut self, rel: &Path) -> Result<()> {
+        if self.unwritten.remove(rel).is_some() {
+            let key = [UNWRITTEN_PREFIX, rel.as_os_str().as_bytes()].concat();
+            self.scan.delete(&self.store.db, cf::META, &key);
+            self.flush_scan(false)?;
+        }
+        Ok(())
     }
 
     fn record(&mut self, rel: &Path, st: Stat, node: NodeId) -> Result<()> {
@@ -1092,9 +1250,14 @@ impl Store {
             kept_more: 0,
             scan: Batch::default(),
             release: None,
+            unwritten: self.unwritten()?.into_iter().collect(),
         };
         progress.start("checkout", Some(plan.write));
         let r = self.apply_dir(&mut cx, &root, Path::new(""), from_root, Some(to_root), 0);
+        let r = r.and_then(|()| match mode {
+            Mode::Settle { .. } => Ok(()),
+            _ => self.retry_unwritten(&mut cx, &root, to),
+        });
         progress.finish();
         // Scan records of what was written stay true whatever happened after.
         cx.flush_scan(true)?;
@@ -1126,6 +1289,92 @@ impl Store {
             });
         }
         Ok(report)
+    }
+
+    /// Tries again the paths earlier checkouts could not write that this one did not visit: each
+    /// still showing what that checkout saw is brought to `to`'s version (the old bytes are never
+    /// reused: they are not a version the store knows); one showing anything else changed since
+    /// (a local change the next add records) and loses its record.
+    fn retry_unwritten(&self, cx: &mut Ctx<'_>, root: &OwnedFd, to: NodeId) -> Result<()> {
+        let mut left: Vec<(PathBuf, Seen)> = cx.unwritten.drain().collect();
+        left.sort_by(|a, b| a.0.cmp(&b.0));
+        for (rel, seen) in left {
+            let key = [UNWRITTEN_PREFIX, rel.as_os_str().as_bytes()].concat();
+            // The parent, one checked component at a time; gone or not a folder: stale.
+            let mut dir: Option<OwnedFd> = None;
+            let mut ok = true;
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            for c in parent.components() {
+                let n = c.as_os_str().as_bytes();
+                if check_name(n).is_err() {
+                    ok = false;
+                    break;
+                }
+                let at = dir.as_ref().map_or(root.as_raw_fd(), |d| d.as_raw_fd());
+                match open_dir_at(at, &cstring(n)?) {
+                    Ok(d) => dir = Some(d),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            let name = rel.file_name().map(|n| n.as_bytes().to_vec());
+            let (Some(name), true) = (name, ok) else {
+                cx.scan.delete(&self.db, cf::META, &key);
+                continue;
+            };
+            let c = cstring(&name)?;
+            let pfd = match dir {
+                Some(d) => d,
+                None => root.try_clone().map_err(|e| Error::io(&cx.share, e))?,
+            };
+            let disk = lstat_at(pfd.as_raw_fd(), &c).map_err(|e| cx.io(&rel, e))?;
+            if Seen::of(disk.as_ref()) != seen || cx.reserved(&rel, &name) {
+                cx.scan.delete(&self.db, cf::META, &key);
+                continue;
+            }
+            let y = self.entry_at(to, &rel)?;
+            let depth = rel.components().count();
+            let r = match (disk.as_ref().map(disk_kind), y.as_ref()) {
+                (None, Some(y)) => self.put_entry(cx, &pfd, &rel, &c, y, None, None, depth),
+                (None, None) => Ok(()),
+                (Some(DiskKind::File | DiskKind::Symlink), Some(y)) if y.kind != EntryKind::Dir => {
+                    let ino = disk.as_ref().map(|d| d.st_ino);
+                    self.put_entry(cx, &pfd, &rel, &c, y, None, ino, depth)
+                }
+                (Some(DiskKind::File | DiskKind::Symlink), None) if denied(&rel) => {
+                    Err(cx.io(&rel, io::Error::from_raw_os_error(libc::EACCES)))
+                }
+                (Some(DiskKind::File | DiskKind::Symlink), None) => {
+                    unlink_at(pfd.as_raw_fd(), &c, false).map_err(|e| cx.io(&rel, e))
+                }
+                (Some(DiskKind::Dir), Some(y)) if y.kind == EntryKind::Dir => {
+                    self.enter_dir(cx, &pfd, &rel, &c, None, Some(y), depth)
+                }
+                // A kind change across a folder: left for a person (the record stays).
+                _ => continue,
+            };
+            match r {
+                Ok(()) => {
+                    cx.scan.delete(&self.db, cf::META, &key);
+                    // Writing in the folder moved its mtime: back to the snapshot's.
+                    if !parent.as_os_str().is_empty() {
+                        if let Some(pe) = self.entry_at(to, parent)? {
+                            if pe.kind == EntryKind::Dir {
+                                futimens(pfd.as_raw_fd(), pe.mtime_ns)
+                                    .map_err(|e| cx.io(parent, e))?;
+                            }
+                        }
+                    }
+                }
+                Err(e) => match path_error(&e) {
+                    Some(why) => cx.fail_path(pfd.as_raw_fd(), &c, &rel, &why)?,
+                    None => return Err(e),
+                },
+            }
+        }
+        Ok(())
     }
 
     /// Puts the settle record of a checkout that just finished without fsync into `b`, and drops
@@ -1249,7 +1498,13 @@ impl Store {
                 continue;
             }
             let c = cstring(&name)?;
-            self.apply_entry(cx, fd, &path, &c, x.as_ref(), y.as_ref(), depth)?;
+            match self.apply_entry(cx, fd, &path, &c, x.as_ref(), y.as_ref(), depth) {
+                Ok(()) => cx.clear_unwritten(&path)?,
+                Err(e) => match path_error(&e) {
+                    Some(why) => cx.fail_path(fd.as_raw_fd(), &c, &path, &why)?,
+                    None => return Err(e),
+                },
+            }
         }
         if cx.opts.fsync {
             fsync(fd.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
@@ -1270,6 +1525,9 @@ impl Store {
         depth: usize,
     ) -> Result<()> {
         let dfd = dir.as_raw_fd();
+        if denied(rel) {
+            return Err(cx.io(rel, io::Error::from_raw_os_error(libc::EACCES)));
+        }
         let disk = lstat_at(dfd, name).map_err(|e| cx.io(rel, e))?;
         let Some(st) = disk else {
             // Nothing there: write the new version (an edit beats a local deletion; on resume, the
@@ -1631,6 +1889,9 @@ impl Store {
         depth: usize,
     ) -> Result<()> {
         let dfd = dir.as_raw_fd();
+        if denied(rel) {
+            return Err(cx.io(rel, io::Error::from_raw_os_error(libc::EACCES)));
+        }
         // Whether the path still holds what was checked (nothing, or the old version's inode).
         let unchanged = |cx: &Ctx<'_>| -> Result<bool> {
             let there = lstat_at(dfd, name).map_err(|e| cx.io(rel, e))?;

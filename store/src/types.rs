@@ -328,6 +328,11 @@ pub struct CheckoutReport {
     pub files_staged: u64,
     /// Paths left untouched because they changed locally since the last scan.
     pub kept: Vec<Skipped>,
+    /// Paths that could not be written here (a read-only folder, a name the file system
+    /// refuses), with the reason. They are left as they are; until they change on disk, snapshots
+    /// keep the version the checkout meant to write (so the old bytes are not sent back to peers
+    /// as a change), and every later checkout tries them again.
+    pub unwritten: Vec<Skipped>,
 }
 
 /// The lowest common ancestors of two snapshots over the snapshot-header DAG

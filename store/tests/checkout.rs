@@ -389,6 +389,77 @@ fn staged_files_are_renamed_into_place() {
     );
 }
 
+/// A path the checkout cannot write (a read-only folder; the hook stands in for one, since tests
+/// run as root) does not stop the checkout: it is reported and recorded, the rest is written and
+/// the head moves. An add does not publish the old bytes as a local change while they are still
+/// there, and the next checkout writes the path once it can.
+/// The deny hook is global to the process: its tests take turns.
+static DENY_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_path_that_cannot_be_written_is_kept_at_the_synced_version_and_tried_again() {
+    let _turn = DENY_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    fn deny(p: &Path) -> bool {
+        p.file_name().is_some_and(|n| n == "locked-by-test.bin")
+    }
+    let p = Pair::new();
+    fs::create_dir(p.a.join("d")).unwrap();
+    fs::write(p.a.join("d/locked-by-test.bin"), b"one").unwrap();
+    fs::write(p.a.join("f"), b"one").unwrap();
+    p.sync();
+    p.assert_same();
+    fs::write(p.a.join("d/locked-by-test.bin"), b"two two").unwrap();
+    fs::write(p.a.join("f"), b"two").unwrap();
+    left_store::checkout::debug_set_deny_hook(Some(deny));
+    let r = p.sync();
+    left_store::checkout::debug_set_deny_hook(None);
+    assert_eq!(r.unwritten.len(), 1, "{r:?}");
+    assert_eq!(r.unwritten[0].path, Path::new("d/locked-by-test.bin"));
+    assert!(r.unwritten[0].reason.contains("denied"), "{r:?}");
+    assert!(r.kept.is_empty(), "{r:?}");
+    assert_eq!(fs::read(p.b.join("f")).unwrap(), b"two");
+    assert_eq!(fs::read(p.b.join("d/locked-by-test.bin")).unwrap(), b"one");
+    let locked = vec![PathBuf::from("d/locked-by-test.bin")];
+    assert_eq!(p.sb().unwritten_paths().unwrap(), locked);
+    // The old bytes are not a local change: no snapshot (it would send them back to the peers).
+    let a = add(p.sb(), &p.b);
+    assert_eq!(a.snapshot, None, "{a:?}");
+    assert!(a.skipped.iter().any(|s| s.path == locked[0]), "{a:?}");
+    // The next checkout (another change, elsewhere) writes it.
+    fs::write(p.a.join("f"), b"three").unwrap();
+    let r = p.sync();
+    assert!(r.unwritten.is_empty(), "{r:?}");
+    assert_eq!(r.files_written, 2, "{r:?}");
+    p.assert_same();
+    assert!(p.sb().unwritten_paths().unwrap().is_empty());
+}
+
+/// Once the path changes on disk (a person fixed it by hand), it is an ordinary local change.
+#[test]
+fn an_unwritten_path_edited_by_hand_is_a_local_change() {
+    let _turn = DENY_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    fn deny(p: &Path) -> bool {
+        p.file_name().is_some_and(|n| n == "locked-then-edited.bin")
+    }
+    let p = Pair::new();
+    fs::write(p.a.join("locked-then-edited.bin"), b"one").unwrap();
+    p.sync();
+    fs::write(p.a.join("locked-then-edited.bin"), b"two two").unwrap();
+    left_store::checkout::debug_set_deny_hook(Some(deny));
+    let r = p.sync();
+    left_store::checkout::debug_set_deny_hook(None);
+    assert_eq!(r.unwritten.len(), 1, "{r:?}");
+    fs::write(p.b.join("locked-then-edited.bin"), b"mine!").unwrap();
+    let a = add(p.sb(), &p.b);
+    let snap = a.snapshot.expect("the edit is a local change");
+    let e = p
+        .sb()
+        .entry_at(snap, Path::new("locked-then-edited.bin"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.size, 5);
+}
+
 fn ino(p: &Path) -> u64 {
     fs::symlink_metadata(p).unwrap().ino()
 }
