@@ -36,6 +36,18 @@
 //! The old file is checked again just before the rename (a change meanwhile keeps it as well).
 //! A path `from` had but the disk no longer has is simply written (an edit beats a deletion).
 //!
+//! ## Paths that cannot be written
+//!
+//! An error that concerns one path (`EACCES`, `EPERM`, `EROFS`, `ENAMETOOLONG`, `EILSEQ`,
+//! `ETXTBSY`, `EMLINK`: a read-only folder, a name the file system refuses) leaves that path as it
+//! is and the checkout goes on: it is listed in [`CheckoutReport::unwritten`] and recorded in
+//! `meta` as `unwritten/<path>` with what was on disk there ([`Seen`]). While the disk still shows
+//! exactly that, `add` keeps the head's entry for the path (the version this checkout meant to
+//! write), so the old bytes never go out as a change; each later checkout tries the path again
+//! (from the store, never reusing the old bytes) and drops the record once written, or once the
+//! disk shows something else (a person changed it: an ordinary local change). Other errors (a
+//! full disk, an I/O error) still stop the checkout, which the journal finishes later.
+//!
 //! ## Never outside the share
 //!
 //! Every operation is relative to a folder descriptor opened from the share root one component at
@@ -256,7 +268,17 @@ pub fn debug_set_deny_hook(hook: Option<DenyHook>) {
     *DENY_HOOK.write().unwrap_or_else(|e| e.into_inner()) = hook;
 }
 
+/// The hook, or `LEFT_FAULT_DENY=NAME` (paths whose last component is NAME), for tests of whole
+/// processes.
 fn denied(rel: &Path) -> bool {
+    static ENV: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    let env = ENV.get_or_init(|| std::env::var_os("LEFT_FAULT_DENY"));
+    if env
+        .as_ref()
+        .is_some_and(|n| rel.file_name() == Some(n.as_os_str()))
+    {
+        return true;
+    }
     DENY_HOOK
         .read()
         .map(|h| h.is_some_and(|f| f(rel)))

@@ -45,6 +45,8 @@
 //! ([`Error::DiskFull`]); `LEFT_FAULT=abort-write:N` calls `std::process::abort()` just before the
 //! N-th write batch; `LEFT_FAULT=abort-checkout:N` aborts right after checkout renamed its N-th path
 //! into place (before the scan cache records it). The variable is read once per process.
+//! `LEFT_FAULT_DENY=NAME` makes checkout fail to write any path named NAME with `EACCES`, as a
+//! read-only folder would (tests run as root, whom permissions do not stop).
 
 use crate::error::{Error, Result};
 use rocksdb::{

@@ -545,6 +545,48 @@ fn diverged_heads_exit_4_and_leave_the_folder_alone() {
     server.stop();
 }
 
+/// A path B cannot write (a read-only folder; `LEFT_FAULT_DENY` stands in for one, since tests
+/// run as root) stops neither this sync nor the next ones: it is reported, everything else is
+/// written and the head moves; an add on B does not send the old version back as a change; the
+/// next sync writes it.
+#[test]
+fn a_path_that_cannot_be_written_does_not_stop_syncing() {
+    let a = Share::new();
+    a.write("d/locked.txt", b"one");
+    a.write("f.txt", b"one");
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    a.write("d/locked.txt", b"two two");
+    a.write("f.txt", b"two");
+    a.add(&[]);
+    let r = b.sync(&[server.addr()], &[], &[("LEFT_FAULT_DENY", "locked.txt")]);
+    assert!(
+        r.stderr.contains("d/locked.txt: cannot be written here"),
+        "{}",
+        r.stderr
+    );
+    let j = r.expect_code(0).json();
+    assert_eq!(j["checkout"]["unwritten"][0]["path"], "d/locked.txt", "{j}");
+    assert_eq!(fs::read(b.root.join("f.txt")).unwrap(), b"two");
+    assert_eq!(fs::read(b.root.join("d/locked.txt")).unwrap(), b"one");
+    assert_eq!(b.head(), a.head());
+    // Like any path add could not take as it is: exit 3, named, and its synced version kept.
+    let add = b.json(&["add"], 3);
+    assert!(
+        add["snapshot"].is_null(),
+        "the old bytes were published: {add}"
+    );
+    assert_eq!(add["skipped"][0]["path"], "d/locked.txt", "{add}");
+    a.write("g.txt", b"new");
+    a.add(&[]);
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(j["checkout"]["unwritten"], serde_json::json!([]), "{j}");
+    assert_same_tree(&a.root, &b.root);
+    server.stop();
+}
+
 #[test]
 fn two_servers_with_the_same_head_both_serve() {
     let a1 = Share::new();
