@@ -41,7 +41,7 @@
 //! An error that concerns one path (`EACCES`, `EPERM`, `EROFS`, `ENAMETOOLONG`, `EILSEQ`,
 //! `ETXTBSY`, `EMLINK`: a read-only folder, a name the file system refuses) leaves that path as it
 //! is and the checkout goes on: it is listed in [`CheckoutReport::unwritten`] and recorded in
-//! `meta` as `unwritten/<path>` with what was on disk there ([`Seen`]). While the disk still shows
+//! `meta` as `unwritten/<path>` with what was on disk there (`Seen`). While the disk still shows
 //! exactly that, `add` keeps the head's entry for the path (the version this checkout meant to
 //! write), so the old bytes never go out as a change; each later checkout tries the path again
 //! (from the store, never reusing the old bytes) and drops the record once written, or once the
