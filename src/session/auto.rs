@@ -637,6 +637,23 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
         .store
         .add(&ctx.share, &[], &opts, &NoProgress)
         .map_err(|e| format!("cannot snapshot {}: {e}", ctx.share.display()))?;
+    // Paths a checkout could not write (a read-only folder made writable since, say).
+    let before = ctx.store.unwritten_paths().unwrap_or_default();
+    if !before.is_empty() {
+        match ctx.store.retry_unwritten(&ctx.share, &ctx.cfg.checkout) {
+            Ok(Some(c)) => {
+                let still: Vec<_> = c.unwritten.iter().map(|u| &u.path).collect();
+                for p in before.iter().filter(|p| !still.contains(p)) {
+                    eprintln!(
+                        "left: {} is written now (it could not be before)",
+                        p.display()
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot write what a checkout left: {e}")),
+        }
+    }
     let unsettled = !r.unsettled.is_empty()
         || r.skipped
             .iter()

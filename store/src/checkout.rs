@@ -305,6 +305,24 @@ impl Store {
     pub fn unwritten_paths(&self) -> Result<Vec<PathBuf>> {
         Ok(self.unwritten()?.into_iter().map(|(p, _)| p).collect())
     }
+
+    /// Tries again to write the paths earlier checkouts could not (a checkout from the head to
+    /// itself, which touches nothing else): for a periodic retry while no new snapshot comes.
+    /// `None` when there is nothing to try.
+    pub fn retry_unwritten(
+        &self,
+        share_root: &Path,
+        opts: &CheckoutOptions,
+    ) -> Result<Option<CheckoutReport>> {
+        if self.is_read_only() || self.unwritten()?.is_empty() {
+            return Ok(None);
+        }
+        let Some(head) = self.head()? else {
+            return Ok(None);
+        };
+        self.checkout(share_root, Some(head), head, opts, &NoProgress)
+            .map(Some)
+    }
 }
 
 /// A unique hidden temporary name: `.left-tmp-<16 hex>`.
@@ -1278,7 +1296,7 @@ impl Store {
         let r = self.apply_dir(&mut cx, &root, Path::new(""), from_root, Some(to_root), 0);
         let r = r.and_then(|()| match mode {
             Mode::Settle { .. } => Ok(()),
-            _ => self.retry_unwritten(&mut cx, &root, to),
+            _ => self.retry_unwritten_paths(&mut cx, &root, to),
         });
         progress.finish();
         // Scan records of what was written stay true whatever happened after.
@@ -1317,7 +1335,7 @@ impl Store {
     /// still showing what that checkout saw is brought to `to`'s version (the old bytes are never
     /// reused: they are not a version the store knows); one showing anything else changed since
     /// (a local change the next add records) and loses its record.
-    fn retry_unwritten(&self, cx: &mut Ctx<'_>, root: &OwnedFd, to: NodeId) -> Result<()> {
+    fn retry_unwritten_paths(&self, cx: &mut Ctx<'_>, root: &OwnedFd, to: NodeId) -> Result<()> {
         let mut left: Vec<(PathBuf, Seen)> = cx.unwritten.drain().collect();
         left.sort_by(|a, b| a.0.cmp(&b.0));
         for (rel, seen) in left {

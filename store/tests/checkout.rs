@@ -434,6 +434,47 @@ fn a_path_that_cannot_be_written_is_kept_at_the_synced_version_and_tried_again()
     assert!(p.sb().unwritten_paths().unwrap().is_empty());
 }
 
+/// `retry_unwritten` writes such a path once it can, without a new snapshot (what automatic sync
+/// does at each rescan); with nothing to retry it does nothing.
+#[test]
+fn retry_unwritten_writes_the_path_once_it_can() {
+    let _turn = DENY_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    fn deny(p: &Path) -> bool {
+        p.file_name().is_some_and(|n| n == "locked-then-freed.bin")
+    }
+    let p = Pair::new();
+    fs::create_dir(p.a.join("d")).unwrap();
+    fs::write(p.a.join("d/locked-then-freed.bin"), b"one").unwrap();
+    p.sync();
+    assert!(p
+        .sb()
+        .retry_unwritten(&p.b, &CheckoutOptions::default())
+        .unwrap()
+        .is_none());
+    fs::write(p.a.join("d/locked-then-freed.bin"), b"two two").unwrap();
+    left_store::checkout::debug_set_deny_hook(Some(deny));
+    let r = p.sync();
+    assert_eq!(r.unwritten.len(), 1, "{r:?}");
+    let again = p
+        .sb()
+        .retry_unwritten(&p.b, &CheckoutOptions::default())
+        .unwrap()
+        .expect("a path to retry");
+    assert_eq!(again.unwritten.len(), 1, "still denied: {again:?}");
+    left_store::checkout::debug_set_deny_hook(None);
+    let head = p.sb().head().unwrap();
+    let done = p
+        .sb()
+        .retry_unwritten(&p.b, &CheckoutOptions::default())
+        .unwrap()
+        .expect("a path to retry");
+    assert!(done.unwritten.is_empty(), "{done:?}");
+    assert_eq!(done.files_written, 1, "{done:?}");
+    assert_eq!(p.sb().head().unwrap(), head);
+    p.assert_same();
+    assert!(p.sb().unwritten_paths().unwrap().is_empty());
+}
+
 /// Once the path changes on disk (a person fixed it by hand), it is an ordinary local change.
 #[test]
 fn an_unwritten_path_edited_by_hand_is_a_local_change() {

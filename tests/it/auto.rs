@@ -865,3 +865,35 @@ fn local_changes_are_snapshotted_during_a_long_transfer() {
         c.stop(p);
     }
 }
+
+/// A path B cannot write (a read-only folder; `LEFT_FAULT_DENY` stands in for one, since tests
+/// run as root) does not stop automatic sync: everything else still arrives, B's own edits still
+/// leave, both end at the same head, and B never sends the old version (or a deletion) back.
+#[test]
+fn a_path_that_cannot_be_written_does_not_stop_automatic_sync() {
+    let mut c = Cluster::new(10, 2, "yes");
+    c.share("A").write("locked.txt", b"one\n");
+    c.start("A");
+    c.start_with("B", &[("LEFT_FAULT_DENY", "locked.txt")]);
+    c.share("A").write("other.txt", b"other\n");
+    c.wait_file("B", "other.txt", b"other\n", LIMIT);
+    assert!(!c.share("B").root.join("locked.txt").exists());
+    c.share("A").write("locked.txt", b"two\n");
+    c.share("B").write("from-b.txt", b"B's edit\n");
+    c.wait_file("A", "from-b.txt", b"B's edit\n", LIMIT);
+    wait_for("both at one head, idle", LIMIT, || {
+        let (a, b) = (c.status("A"), c.status("B"));
+        a["head"] == b["head"]
+            && !a["head"].is_null()
+            && a["idle"] == Value::Bool(true)
+            && b["idle"] == Value::Bool(true)
+    });
+    assert_eq!(
+        fs::read(c.share("A").root.join("locked.txt")).unwrap(),
+        b"two\n"
+    );
+    assert!(!c.share("B").root.join("locked.txt").exists());
+    let err = c.stop("B");
+    assert!(err.contains("locked.txt: cannot be written here"), "{err}");
+    c.stop("A");
+}
