@@ -120,6 +120,26 @@ pub type ReadHook = fn(&Path, usize);
 
 static READ_HOOK: std::sync::RwLock<Option<ReadHook>> = std::sync::RwLock::new(None);
 
+impl Store {
+    /// Test hook: writes the scan record of `rel` (in the share at `share`) as if the file as it
+    /// is now had been read as `node`, racy or not: what a write within the timestamp tick
+    /// right after a read leaves behind.
+    #[doc(hidden)]
+    pub fn debug_forge_scan_record(
+        &self,
+        share: &Path,
+        rel: &Path,
+        node: NodeId,
+        racy: bool,
+    ) -> Result<()> {
+        let m = fs::symlink_metadata(share.join(rel)).map_err(|e| Error::io(share.join(rel), e))?;
+        let rec = Stat::of(&m).record_bytes(node, if racy { REC_RACY } else { 0 });
+        let mut b = Batch::default();
+        b.put(&self.db, cf::SCAN, rel.as_os_str().as_bytes(), &rec);
+        self.db.write(b.inner, false)
+    }
+}
+
 /// Installs (or removes) the process-wide [`ReadHook`] (tests only).
 #[doc(hidden)]
 pub fn debug_set_read_hook(hook: Option<ReadHook>) {
@@ -170,6 +190,11 @@ impl Stat {
         b[32..36].copy_from_slice(&((self.mode & !REC_FLAGS) | (flags & REC_FLAGS)).to_le_bytes());
         b[36..].copy_from_slice(node.as_bytes());
         b
+    }
+    /// The stat and node of a scan record, and whether it is racy (its file may have changed
+    /// within its timestamp tick after it was read).
+    pub(crate) fn from_cache_racy(b: &[u8]) -> Option<(Stat, NodeId, bool)> {
+        Stat::from_record(b).map(|(st, node, f)| (st, node, f & REC_RACY != 0))
     }
     /// The stat and node of a scan record, flags dropped.
     pub(crate) fn from_cache(b: &[u8]) -> Option<(Stat, NodeId)> {

@@ -30,8 +30,9 @@
 //!
 //! Before a path is replaced or removed, what is on disk must still be the `from` version: for a
 //! file, its stat (size, mtime, ctime, inode, mode) equals the scan-cache record for that path and
-//! that record's file node is `from`'s node; for a link, the same target; for a folder, a real
-//! folder. Otherwise the path is left alone and listed in [`CheckoutReport::kept`]. A path `from`
+//! that record's file node is `from`'s node, and when the record is racy (the file was written
+//! within its timestamp tick of the scan's read, so a later write may not show in the stat) its
+//! bytes hash to that node too; for a link, the same target; for a folder, a real folder. Otherwise the path is left alone and listed in [`CheckoutReport::kept`]. A path `from`
 //! does not have but the disk does (untracked) is kept too; an untracked folder is merged into.
 //! The old file is checked again just before the rename (a change meanwhile keeps it as well).
 //! A path `from` had but the disk no longer has is simply written (an edit beats a deletion).
@@ -1008,6 +1009,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The scan-cache record of `rel`, and whether it is racy.
+    fn cached_racy(&self, rel: &Path) -> Result<Option<(Stat, NodeId, bool)>> {
+        Ok(self
+            .store
+            .db
+            .get(cf::SCAN, rel.as_os_str().as_bytes())?
+            .and_then(|v| Stat::from_cache_racy(&v)))
+    }
+
     /// The scan-cache record of `rel`.
     fn cached(&self, rel: &Path) -> Result<Option<(Stat, NodeId)>> {
         Ok(self
@@ -1842,7 +1852,7 @@ impl Store {
                 Ok(ok.then_some(None))
             }
             (Target::Node(id), DiskKind::File) if x.kind == EntryKind::File => {
-                let Some((cs, cn)) = cx.cached(rel)? else {
+                let Some((cs, cn, racy)) = cx.cached_racy(rel)? else {
                     return Ok(None);
                 };
                 if cs != Stat::of_raw(st) || cn != *id {
@@ -1855,6 +1865,16 @@ impl Store {
                 let now = fstat(f.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
                 if Stat::of_raw(&now) != cs {
                     return Ok(None);
+                }
+                // A racy record (the file was written within its timestamp tick of the scan's
+                // read) may hide a change the stat cannot show: the bytes decide.
+                if racy {
+                    let Node::File(fnode) = self.read_node(*id)? else {
+                        return Err(Error::corrupt(format!("node {id} is not a file")));
+                    };
+                    if !self.file_matches(&f, &fnode)? {
+                        return Ok(None);
+                    }
                 }
                 Ok(Some(Some(f)))
             }

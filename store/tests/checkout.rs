@@ -501,6 +501,43 @@ fn an_unwritten_path_edited_by_hand_is_a_local_change() {
     assert_eq!(e.size, 5);
 }
 
+/// A racy scan record (the file was written within its timestamp tick right after add read it,
+/// so its stat cannot show the change) is not trusted by checkout: the bytes are compared, and a
+/// local edit hiding behind it is kept. A clean record is trusted, which is what records are for.
+#[test]
+fn a_racy_record_does_not_hide_a_local_edit_from_checkout() {
+    for racy in [true, false] {
+        let p = Pair::new();
+        fs::write(p.a.join("f"), b"version one").unwrap();
+        p.sync();
+        let head = p.sb().head().unwrap().unwrap();
+        let node = match p
+            .sb()
+            .entry_at(head, Path::new("f"))
+            .unwrap()
+            .unwrap()
+            .target
+        {
+            Target::Node(n) => n,
+            t => panic!("{t:?}"),
+        };
+        // An edit of the same length whose stat the record claims, as a same-tick write leaves.
+        fs::write(p.b.join("f"), b"local edit!").unwrap();
+        p.sb()
+            .debug_forge_scan_record(&p.b, Path::new("f"), node, racy)
+            .unwrap();
+        fs::write(p.a.join("f"), b"version two").unwrap();
+        let r = p.sync();
+        if racy {
+            assert_eq!(r.kept.len(), 1, "{r:?}");
+            assert_eq!(fs::read(p.b.join("f")).unwrap(), b"local edit!");
+        } else {
+            assert!(r.kept.is_empty(), "{r:?}");
+            assert_eq!(fs::read(p.b.join("f")).unwrap(), b"version two");
+        }
+    }
+}
+
 fn ino(p: &Path) -> u64 {
     fs::symlink_metadata(p).unwrap().ino()
 }
