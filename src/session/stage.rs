@@ -17,8 +17,9 @@
 //!
 //! Memory is bounded by [`MAX_LOCATIONS`] chunk offsets awaited at once (~50 bytes each): a file
 //! that would pass it is not staged. Nor is a file that would leave less than [`FREE_MARGIN`]
-//! free on the store's file system (counting the stages before it), so staging never fills a disk
-//! the store writes to. Every write error just gives up that stage.
+//! free on the store's file system once it and its chunks in the store are written (counting the
+//! stages before it), so staging does not fill a disk the store writes to. Every list's entries
+//! must add up to what its parent says (and a file's to its size): offsets come from them. Every write error just gives up that stage.
 
 use left_store::node::{Content, Node};
 use left_store::{ChunkId, NodeId, StagedFiles};
@@ -47,14 +48,24 @@ struct Inner {
     dir: PathBuf,
     files: Vec<Stage>,
     by_node: HashMap<NodeId, usize>,
-    /// Chunk-list node awaited → (stage, offset of its first byte).
-    lists: HashMap<NodeId, Vec<(usize, u64)>>,
+    /// Chunk-list node awaited → where it goes: stage, offset of its first byte, the bytes its
+    /// entries must add up to, and its level (`None`: any, the root of a file's list).
+    lists: HashMap<NodeId, Vec<Awaited>>,
     /// Chunk awaited → (stage, offset, length the list gives) of each place it goes.
     chunks: HashMap<ChunkId, Vec<(usize, u64, u64)>>,
     locations: usize,
     /// Bytes of the stages opened so far (their blocks are allocated as chunks arrive).
     reserved: u64,
     closed: bool,
+}
+
+/// A chunk-list node awaited by a stage.
+#[derive(Debug, Clone, Copy)]
+struct Awaited {
+    stage: usize,
+    off: u64,
+    len: u64,
+    level: Option<u8>,
 }
 
 #[derive(Debug)]
@@ -117,14 +128,15 @@ impl Stager {
         };
         match node {
             Node::File(f) if f.size >= STAGE_MIN && !s.by_node.contains_key(&id) => {
+                // The store takes up to as much again for the same chunks while they arrive.
                 let need = s
                     .reserved
-                    .saturating_add(f.size)
+                    .saturating_add(f.size.saturating_mul(2))
                     .saturating_add(FREE_MARGIN);
                 if free_bytes(&s.dir).is_none_or(|free| free < need) {
                     return;
                 }
-                s.reserved += f.size;
+                s.reserved += f.size.saturating_mul(2);
                 let i = s.files.len();
                 let path = s.dir.join(format!("{i}"));
                 s.files.push(Stage {
@@ -138,17 +150,37 @@ impl Stager {
                 });
                 s.by_node.insert(id, i);
                 match f.content {
-                    Content::Inline(refs) => s.place(i, 0, 0, &refs),
+                    Content::Inline(refs) => {
+                        let total = refs.iter().try_fold(0u64, |t, e| t.checked_add(e.len));
+                        if total == Some(f.size) {
+                            s.place(i, 0, 0, &refs);
+                        } else {
+                            s.files[i].failed = true;
+                        }
+                    }
                     Content::Tree(root) => {
                         s.files[i].lists_pending += 1;
-                        s.lists.entry(root).or_default().push((i, 0));
+                        s.lists.entry(root).or_default().push(Awaited {
+                            stage: i,
+                            off: 0,
+                            len: f.size,
+                            level: None,
+                        });
                     }
                 }
             }
             Node::ChunkList(l) if is_list => {
-                for (i, off) in s.lists.remove(&id).unwrap_or_default() {
-                    s.files[i].lists_pending -= 1;
-                    s.place(i, off, l.level, &l.entries);
+                // The list must cover exactly the bytes its parent says (and sit at the level
+                // below it): offsets come from these lengths, so a tree that lies about them
+                // would otherwise leave bytes unwritten in a stage that looks complete.
+                let total = l.entries.iter().try_fold(0u64, |t, e| t.checked_add(e.len));
+                for a in s.lists.remove(&id).unwrap_or_default() {
+                    s.files[a.stage].lists_pending -= 1;
+                    if total != Some(a.len) || a.level.is_some_and(|v| v != l.level) {
+                        s.files[a.stage].failed = true;
+                        continue;
+                    }
+                    s.place(a.stage, a.off, l.level, &l.entries);
                 }
             }
             _ => {}
@@ -225,7 +257,12 @@ impl Inner {
                 self.locations += 1;
             } else {
                 self.files[i].lists_pending += 1;
-                self.lists.entry(NodeId(e.id)).or_default().push((i, off));
+                self.lists.entry(NodeId(e.id)).or_default().push(Awaited {
+                    stage: i,
+                    off,
+                    len: e.len,
+                    level: Some(level - 1),
+                });
             }
             off = off.saturating_add(e.len);
         }
@@ -406,6 +443,43 @@ mod tests {
             .unwrap()
             .path();
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0, "files removed");
+    }
+
+    /// A tree whose interior lengths lie (a list placed where its parent says it covers 0 bytes,
+    /// then 2X) would place the same chunk at offset 0 twice and count the file complete with
+    /// X bytes never written: the lengths are checked against each list as it arrives.
+    #[test]
+    fn interior_lengths_that_lie_fail_the_stage() {
+        let t = tempfile::tempdir().unwrap();
+        let st = Stager::new(t.path()).unwrap();
+        let c = chunk(5, 1 << 20);
+        let x = c.1.len() as u64;
+        let (l, lb) = list(0, vec![cref(&c)]);
+        let (root, rootb) = list(
+            1,
+            vec![
+                ChunkRef { id: l.0, len: 0 },
+                ChunkRef {
+                    id: l.0,
+                    len: 2 * x,
+                },
+            ],
+        );
+        let (id, bytes) = file(Content::Tree(root), 2 * x);
+        st.node_stored(id, &bytes);
+        st.node_stored(root, &rootb);
+        st.node_stored(l, &lb);
+        st.chunk_verified(&c.0, &c.1);
+        assert!(st.finish().is_empty());
+        // A level-0 list where a level-1 one belongs fails too.
+        let st = Stager::new(t.path()).unwrap();
+        let (root2, root2b) = list(2, vec![ChunkRef { id: l.0, len: x }]);
+        let (id2, bytes2) = file(Content::Tree(root2), x);
+        st.node_stored(id2, &bytes2);
+        st.node_stored(root2, &root2b);
+        st.node_stored(l, &lb);
+        st.chunk_verified(&c.0, &c.1);
+        assert!(st.finish().is_empty());
     }
 
     /// A crash's leftovers (another process's folder) go; this process's other stages stay.

@@ -921,6 +921,9 @@ struct Ctx<'a> {
     release: Option<Option<crossbeam_channel::Sender<Release>>>,
     /// Records of paths earlier checkouts could not write, not visited yet by this one.
     unwritten: HashMap<PathBuf, Seen>,
+    /// Retrying such a path: the old file is checked before the rename but its bytes are never
+    /// reused (they are not a version the store knows).
+    no_reuse: bool,
 }
 
 impl Ctx<'_> {
@@ -958,11 +961,19 @@ impl Ctx<'_> {
     /// `rel` (named `name` in the folder `dfd`) could not be written: recorded (with what is on
     /// disk there now) and reported, and the checkout goes on.
     fn fail_path(&mut self, dfd: RawFd, name: &CStr, rel: &Path, why: &str) -> Result<()> {
-        let seen = Seen::of(lstat_at(dfd, name).ok().flatten().as_ref());
-        let v = postcard::to_stdvec(&seen).map_err(|e| Error::Invalid(e.to_string()))?;
+        let disk = lstat_at(dfd, name).ok().flatten();
+        let seen = Seen::of(disk.as_ref());
         let key = [UNWRITTEN_PREFIX, rel.as_os_str().as_bytes()].concat();
-        self.scan.put(&self.store.db, cf::META, &key, &v);
         self.unwritten.remove(rel);
+        if disk.as_ref().is_some_and(|d| disk_kind(d) == DiskKind::Dir) {
+            // A folder that is there (its mode or mtime could not be set, or it could not be
+            // removed): its entries were dealt with one by one and carry their own records; a
+            // record here would hide every later edit inside it from `add`.
+            self.scan.delete(&self.store.db, cf::META, &key);
+        } else {
+            let v = postcard::to_stdvec(&seen).map_err(|e| Error::Invalid(e.to_string()))?;
+            self.scan.put(&self.store.db, cf::META, &key, &v);
+        }
         if self.report.unwritten.len() < KEPT_MAX {
             self.report.unwritten.push(Skipped {
                 path: rel.to_path_buf(),
@@ -975,8 +986,15 @@ impl Ctx<'_> {
         self.flush_scan(false)
     }
 
-    /// `rel` was dealt with: its record (if any) goes.
-    fn clear_unwritten(&mut self, rel: &Path) -> Result<()> {
+    /// `rel` was dealt with: its record (if any) goes, unless the disk still shows what the
+    /// failed checkout saw (then the retry pass deals with it).
+    fn clear_unwritten(&mut self, dfd: RawFd, name: &CStr, rel: &Path) -> Result<()> {
+        let Some(seen) = self.unwritten.get(rel).copied() else {
+            return Ok(());
+        };
+        if Seen::of(lstat_at(dfd, name).ok().flatten().as_ref()) == seen {
+            return Ok(());
+        }
         if self.unwritten.remove(rel).is_some() {
             let key = [UNWRITTEN_PREFIX, rel.as_os_str().as_bytes()].concat();
             self.scan.delete(&self.store.db, cf::META, &key);
@@ -1270,9 +1288,13 @@ impl Store {
         // (Finishing or re-checking: most of the plan is usually done already, and refusing would
         // leave the folder half-way; a real shortage still fails each write with DiskFull.)
         if matches!(mode, Mode::Normal) {
-            // Staged files are on disk already: renaming them in takes no space.
+            // Staged files are on disk already: renaming them in takes no space (when they are
+            // on the share's file system; otherwise they are written as usual).
             if let Some(st) = &opts.staged {
-                plan.write = plan.write.saturating_sub(st.bytes());
+                let root_dev = fstat(root.as_raw_fd()).map(|s| s.st_dev).ok();
+                if st.dev().is_some() && st.dev() == root_dev {
+                    plan.write = plan.write.saturating_sub(st.bytes());
+                }
             }
             check_space(&plan, avail, share_root)?;
         }
@@ -1301,6 +1323,7 @@ impl Store {
             scan: Batch::default(),
             release: None,
             unwritten: self.unwritten()?.into_iter().collect(),
+            no_reuse: false,
         };
         progress.start("checkout", Some(plan.write));
         let r = self.apply_dir(&mut cx, &root, Path::new(""), from_root, Some(to_root), 0);
@@ -1391,7 +1414,26 @@ impl Store {
                 (None, None) => Ok(()),
                 (Some(DiskKind::File | DiskKind::Symlink), Some(y)) if y.kind != EntryKind::Dir => {
                     let ino = disk.as_ref().map(|d| d.st_ino);
-                    self.put_entry(cx, &pfd, &rel, &c, y, None, ino, depth)
+                    // A file is opened so that an edit made while the new one is written is
+                    // seen right before the rename (its bytes are not reused).
+                    let old = match disk.as_ref().map(disk_kind) {
+                        Some(DiskKind::File) => match open_file_at(pfd.as_raw_fd(), &c) {
+                            Ok(f) => {
+                                let st = fstat(f.as_raw_fd()).map_err(|e| cx.io(&rel, e))?;
+                                let id = match &y.target {
+                                    Target::Node(n) => *n,
+                                    _ => NodeId(Hash([0; 32])),
+                                };
+                                Some((f, Stat::of_raw(&st), id))
+                            }
+                            Err(_) => None,
+                        },
+                        _ => None,
+                    };
+                    cx.no_reuse = true;
+                    let r = self.put_entry(cx, &pfd, &rel, &c, y, old, ino, depth);
+                    cx.no_reuse = false;
+                    r
                 }
                 (Some(DiskKind::File | DiskKind::Symlink), None) if denied(&rel) => {
                     Err(cx.io(&rel, io::Error::from_raw_os_error(libc::EACCES)))
@@ -1412,8 +1454,8 @@ impl Store {
                     if !parent.as_os_str().is_empty() {
                         if let Some(pe) = self.entry_at(to, parent)? {
                             if pe.kind == EntryKind::Dir {
-                                futimens(pfd.as_raw_fd(), pe.mtime_ns)
-                                    .map_err(|e| cx.io(parent, e))?;
+                                // Best effort: a folder we may write in but not re-time.
+                                let _ = futimens(pfd.as_raw_fd(), pe.mtime_ns);
                             }
                         }
                     }
@@ -1549,7 +1591,7 @@ impl Store {
             }
             let c = cstring(&name)?;
             match self.apply_entry(cx, fd, &path, &c, x.as_ref(), y.as_ref(), depth) {
-                Ok(()) => cx.clear_unwritten(&path)?,
+                Ok(()) => cx.clear_unwritten(fd.as_raw_fd(), &c, &path)?,
                 Err(e) => match path_error(&e) {
                     Some(why) => cx.fail_path(fd.as_raw_fd(), &c, &path, &why)?,
                     None => return Err(e),
@@ -1575,10 +1617,16 @@ impl Store {
         depth: usize,
     ) -> Result<()> {
         let dfd = dir.as_raw_fd();
-        if denied(rel) {
-            return Err(cx.io(rel, io::Error::from_raw_os_error(libc::EACCES)));
-        }
         let disk = lstat_at(dfd, name).map_err(|e| cx.io(rel, e))?;
+        // Still what an earlier checkout could not replace: not a local change (the scan record
+        // names the old version); the retry pass at the end brings it to `to`.
+        if cx
+            .unwritten
+            .get(rel)
+            .is_some_and(|seen| Seen::of(disk.as_ref()) == *seen)
+        {
+            return Ok(());
+        }
         let Some(st) = disk else {
             // Nothing there: write the new version (an edit beats a local deletion; on resume, the
             // old version may already be gone).
@@ -1675,6 +1723,9 @@ impl Store {
         };
         match y {
             None => {
+                if denied(rel) {
+                    return Err(cx.io(rel, io::Error::from_raw_os_error(libc::EACCES)));
+                }
                 unlink_at(dfd, name, false).map_err(|e| cx.io(rel, e))?;
                 cx.report.files_removed += 1;
                 if x.kind == EntryKind::File {
@@ -2041,7 +2092,9 @@ impl Store {
                         rel,
                         &tmp,
                         &f,
-                        old.as_ref().map(|(f, st, n)| (f, st, *n)),
+                        old.as_ref()
+                            .filter(|_| !cx.no_reuse)
+                            .map(|(f, st, n)| (f, st, *n)),
                     )
                 };
                 let r = r.and_then(|reused| {

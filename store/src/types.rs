@@ -260,6 +260,7 @@ pub struct CheckoutOptions {
 #[derive(Debug, Default)]
 pub struct StagedFiles {
     dir: Option<std::path::PathBuf>,
+    dev: Option<u64>,
     files: std::sync::Mutex<std::collections::HashMap<crate::NodeId, (std::path::PathBuf, u64)>>,
 }
 
@@ -269,7 +270,9 @@ impl StagedFiles {
         dir: std::path::PathBuf,
         files: std::collections::HashMap<crate::NodeId, (std::path::PathBuf, u64)>,
     ) -> StagedFiles {
+        use std::os::unix::fs::MetadataExt;
         StagedFiles {
+            dev: std::fs::metadata(&dir).ok().map(|m| m.dev()),
             dir: Some(dir),
             files: std::sync::Mutex::new(files),
         }
@@ -288,6 +291,11 @@ impl StagedFiles {
     /// Whether every file was taken (or there were none).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The file system (device number) the files are on.
+    pub fn dev(&self) -> Option<u64> {
+        self.dev
     }
 
     /// Bytes of the files not taken yet.

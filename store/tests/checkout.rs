@@ -425,6 +425,17 @@ fn a_path_that_cannot_be_written_is_kept_at_the_synced_version_and_tried_again()
     let a = add(p.sb(), &p.b);
     assert_eq!(a.snapshot, None, "{a:?}");
     assert!(a.skipped.iter().any(|s| s.path == locked[0]), "{a:?}");
+    // Changed again on A while still not writable: visited again, still not a local change (the
+    // scan record names the oldest version), still recorded, still not published.
+    fs::write(p.a.join("d/locked-by-test.bin"), b"three 3").unwrap();
+    left_store::checkout::debug_set_deny_hook(Some(deny));
+    let r = p.sync();
+    left_store::checkout::debug_set_deny_hook(None);
+    assert!(r.kept.is_empty(), "{r:?}");
+    assert_eq!(r.unwritten.len(), 1, "{r:?}");
+    assert_eq!(p.sb().unwritten_paths().unwrap(), locked);
+    let a = add(p.sb(), &p.b);
+    assert_eq!(a.snapshot, None, "{a:?}");
     // The next checkout (another change, elsewhere) writes it.
     fs::write(p.a.join("f"), b"three").unwrap();
     let r = p.sync();
