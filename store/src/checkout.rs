@@ -190,47 +190,38 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
-    pub(crate) fn of(st: Option<&libc::stat>) -> Seen {
-        match st {
-            Some(st) => {
-                let s = Stat::of_raw(st);
-                Seen {
-                    present: true,
-                    size: s.size,
-                    mtime_ns: s.mtime_ns,
-                    ctime_ns: s.ctime_ns,
-                    ino: s.ino,
-                    mode: st.st_mode,
-                }
-            }
-            None => Seen {
-                present: false,
-                size: 0,
-                mtime_ns: 0,
-                ctime_ns: 0,
-                ino: 0,
-                mode: 0,
-            },
+    /// Nothing there.
+    const ABSENT: Seen = Seen {
+        present: false,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        ino: 0,
+        mode: 0,
+    };
+
+    fn present(s: Stat, mode: u32) -> Seen {
+        Seen {
+            present: true,
+            size: s.size,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
+            ino: s.ino,
+            mode,
         }
     }
 
-    /// The same from `fs::symlink_metadata` (`None`: nothing there).
+    /// From `lstat` (`None`: nothing there).
+    pub(crate) fn of(st: Option<&libc::stat>) -> Seen {
+        st.map_or(Seen::ABSENT, |st| {
+            Seen::present(Stat::of_raw(st), st.st_mode)
+        })
+    }
+
+    /// The same from `fs::symlink_metadata`.
     pub(crate) fn of_meta(m: Option<&std::fs::Metadata>) -> Seen {
         use std::os::unix::fs::MetadataExt;
-        match m {
-            Some(m) => {
-                let s = Stat::of(m);
-                Seen {
-                    present: true,
-                    size: s.size,
-                    mtime_ns: s.mtime_ns,
-                    ctime_ns: s.ctime_ns,
-                    ino: s.ino,
-                    mode: m.mode(),
-                }
-            }
-            None => Seen::of(None),
-        }
+        m.map_or(Seen::ABSENT, |m| Seen::present(Stat::of(m), m.mode()))
     }
 }
 
