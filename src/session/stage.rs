@@ -6,7 +6,8 @@
 //! them, which is parents before children) and every chunk a reader task has verified, with its
 //! plain bytes. A file node of at least [`STAGE_MIN`] bytes gets a stage file; its chunk-list
 //! nodes, as they arrive, give each chunk's offsets in it; a verified chunk is written at every
-//! offset still waiting for it. A stage is complete when every chunk-list node beneath its file
+//! offset still waiting for it, by a writer thread (a bounded queue of [`WRITE_QUEUE`] chunks),
+//! so the reader tasks go on receiving and verifying while the file is written. A stage is complete when every chunk-list node beneath its file
 //! node arrived and every byte of it was written; only complete stages are handed on
 //! ([`StagedFiles`]). A chunk or chunk-list node the store already had never arrives, so a file
 //! that shares content with what is stored (an update of a big file) stays incomplete and is
@@ -27,7 +28,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Smallest file staged: smaller ones gain little and would cost a file each.
 pub const STAGE_MIN: u64 = 1 << 20;
@@ -37,10 +39,26 @@ pub const MAX_LOCATIONS: usize = 1 << 18;
 /// itself (or anything else) run out of space.
 pub const FREE_MARGIN: u64 = 256 << 20;
 
+/// Chunks queued to the writer thread at most (each up to the largest chunk).
+pub const WRITE_QUEUE: usize = 32;
+
 /// See the module documentation. Shared by the pull loop and the reader tasks.
 #[derive(Debug)]
 pub struct Stager {
     inner: Mutex<Inner>,
+}
+
+/// One verified chunk for the writer thread: its bytes and the places they go.
+struct WriteJob {
+    plain: Vec<u8>,
+    places: Vec<(Arc<File>, u64, Arc<Progress>)>,
+}
+
+/// What the writer thread did to a stage.
+#[derive(Debug, Default)]
+struct Progress {
+    written: AtomicU64,
+    failed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -57,6 +75,10 @@ struct Inner {
     /// Bytes of the stages opened so far (their blocks are allocated as chunks arrive).
     reserved: u64,
     closed: bool,
+    /// The writer thread's queue and handle: the file writes leave the reader tasks, which go
+    /// on receiving and verifying.
+    tx: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A chunk-list node awaited by a stage.
@@ -73,11 +95,11 @@ struct Stage {
     node: NodeId,
     size: u64,
     path: PathBuf,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     /// Chunk-list nodes beneath it not arrived yet.
     lists_pending: usize,
-    /// Bytes written (each offset once).
-    written: u64,
+    /// Bytes written by the writer thread (each offset once), and whether a write failed.
+    progress: Arc<Progress>,
     failed: bool,
 }
 
@@ -101,6 +123,22 @@ impl Stager {
         let dir = base.join(format!("{pid}-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(WRITE_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("left-stage".into())
+            .spawn(move || {
+                for job in rx {
+                    for (f, off, p) in job.places {
+                        match f.write_all_at(&job.plain, off) {
+                            Ok(()) => {
+                                p.written
+                                    .fetch_add(job.plain.len() as u64, Ordering::Relaxed);
+                            }
+                            Err(_) => p.failed.store(true, Ordering::Relaxed),
+                        }
+                    }
+                }
+            })?;
         Ok(Stager {
             inner: Mutex::new(Inner {
                 dir,
@@ -111,6 +149,8 @@ impl Stager {
                 locations: 0,
                 reserved: 0,
                 closed: false,
+                tx: Some(tx),
+                writer: Some(writer),
             }),
         })
     }
@@ -145,7 +185,7 @@ impl Stager {
                     path,
                     file: None,
                     lists_pending: 0,
-                    written: 0,
+                    progress: Arc::default(),
                     failed: false,
                 });
                 s.by_node.insert(id, i);
@@ -189,32 +229,63 @@ impl Stager {
 
     /// A chunk's plain bytes were verified against its id: written wherever a stage awaits it.
     pub fn chunk_verified(&self, id: &ChunkId, plain: &[u8]) {
-        let Ok(mut s) = self.inner.lock() else { return };
-        if s.closed {
-            return;
-        }
-        let Some(places) = s.chunks.remove(id) else {
-            return;
+        let (job, tx) = {
+            let Ok(mut s) = self.inner.lock() else { return };
+            if s.closed {
+                return;
+            }
+            let Some(places) = s.chunks.remove(id) else {
+                return;
+            };
+            s.locations -= places.len();
+            let places: Vec<_> = places
+                .into_iter()
+                .filter_map(|(i, off, len)| s.place_write(i, off, len, plain.len()))
+                .collect();
+            let Some(tx) = s.tx.clone() else { return };
+            if places.is_empty() {
+                return;
+            }
+            (
+                WriteJob {
+                    plain: plain.to_vec(),
+                    places,
+                },
+                tx,
+            )
         };
-        s.locations -= places.len();
-        for (i, off, len) in places {
-            s.write(i, off, len, plain);
-        }
+        // Outside the lock: a full queue holds this reader back (the memory bound), not others.
+        let _ = tx.send(job);
     }
 
     /// Ends staging: the complete stages, to hand to the checkout; the rest are deleted.
     pub fn finish(&self) -> StagedFiles {
         let mut done = HashMap::new();
-        let mut s = match self.inner.lock() {
+        let lock = || match self.inner.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        s.closed = true;
-        s.lists.clear();
-        s.chunks.clear();
+        let writer = {
+            let mut s = lock();
+            s.closed = true;
+            s.lists.clear();
+            s.chunks.clear();
+            s.tx = None;
+            s.writer.take()
+        };
+        // Every queued write lands before the stages are judged (the queue ends once the last
+        // reader's send returned).
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        let mut s = lock();
         for st in s.files.iter_mut() {
             let file = st.file.take();
-            let complete = !st.failed && st.lists_pending == 0 && st.written == st.size;
+            let written = st.progress.written.load(Ordering::Relaxed);
+            let complete = !st.failed
+                && !st.progress.failed.load(Ordering::Relaxed)
+                && st.lists_pending == 0
+                && written == st.size;
             if complete && file.is_some() {
                 done.insert(st.node, (st.path.clone(), st.size));
             } else if file.is_some() {
@@ -268,14 +339,21 @@ impl Inner {
         }
     }
 
-    /// Writes a verified chunk at `off` of stage `i`, where the list says `len` bytes go. A chunk
-    /// of another length (a tree that lies about lengths) gives the stage up: with every length
-    /// checked, the places never overlap, so `written == size` means every byte is there.
-    fn write(&mut self, i: usize, off: u64, len: u64, plain: &[u8]) {
+    /// A verified chunk of `n` bytes goes at `off` of stage `i`, where the list says `len` bytes
+    /// go: the place for the writer thread (opening the stage file first). A chunk of another
+    /// length (a tree that lies about lengths) gives the stage up: with every length checked,
+    /// the places never overlap, so `written == size` means every byte is there.
+    fn place_write(
+        &mut self,
+        i: usize,
+        off: u64,
+        len: u64,
+        n: usize,
+    ) -> Option<(Arc<File>, u64, Arc<Progress>)> {
         let st = &mut self.files[i];
-        if st.failed || plain.len() as u64 != len || off.saturating_add(len) > st.size {
+        if st.failed || n as u64 != len || off.saturating_add(len) > st.size {
             st.failed = true;
-            return;
+            return None;
         }
         if st.file.is_none() {
             let f = File::options()
@@ -285,18 +363,15 @@ impl Inner {
                 .open(&st.path)
                 .and_then(|f| f.set_len(st.size).map(|_| f));
             match f {
-                Ok(f) => st.file = Some(f),
+                Ok(f) => st.file = Some(Arc::new(f)),
                 Err(_) => {
                     st.failed = true;
-                    return;
+                    return None;
                 }
             }
         }
-        let f = st.file.as_ref().expect("opened above");
-        match f.write_all_at(plain, off) {
-            Ok(()) => st.written += plain.len() as u64,
-            Err(_) => st.failed = true,
-        }
+        let f = st.file.clone().expect("opened above");
+        Some((f, off, st.progress.clone()))
     }
 }
 
