@@ -196,10 +196,6 @@ impl Stat {
     pub(crate) fn from_cache_racy(b: &[u8]) -> Option<(Stat, NodeId, bool)> {
         Stat::from_record(b).map(|(st, node, f)| (st, node, f & REC_RACY != 0))
     }
-    /// The stat and node of a scan record, flags dropped.
-    pub(crate) fn from_cache(b: &[u8]) -> Option<(Stat, NodeId)> {
-        Stat::from_record(b).map(|(st, node, _)| (st, node))
-    }
     /// The stat, node and flags (`REC_*`) of a scan record.
     fn from_record(b: &[u8]) -> Option<(Stat, NodeId, u32)> {
         if b.len() != 68 {
@@ -2044,8 +2040,11 @@ mod tests {
             let b = stat().record_bytes(node, flags);
             assert_eq!(b.len(), 68, "gc keeps only 68-byte records");
             assert_eq!(Stat::from_record(&b), Some((stat(), node, flags)));
-            // Checkout's view: the stat without the flags.
-            assert_eq!(Stat::from_cache(&b), Some((stat(), node)));
+            // Checkout's view: the stat without the flags, and whether the record is racy.
+            assert_eq!(
+                Stat::from_cache_racy(&b),
+                Some((stat(), node, flags & REC_RACY != 0))
+            );
         }
         assert_eq!(Stat::from_record(&old[..67]), None);
     }

@@ -1029,11 +1029,7 @@ impl Ctx<'_> {
 
     /// The scan-cache record of `rel`.
     fn cached(&self, rel: &Path) -> Result<Option<(Stat, NodeId)>> {
-        Ok(self
-            .store
-            .db
-            .get(cf::SCAN, rel.as_os_str().as_bytes())?
-            .and_then(|v| Stat::from_cache(&v)))
+        Ok(self.cached_racy(rel)?.map(|(st, node, _)| (st, node)))
     }
 
     /// Re-checking after a reboot: whether the settled checkout wrote this inode last (its ctime

@@ -128,26 +128,22 @@ impl Store {
     pub fn open_read_only(store_dir: &Path) -> Result<Store> {
         let mut tries = 0u64;
         loop {
-            let store = match Store::open_mode(store_dir, true) {
-                Ok(s) => s,
+            tries += 1;
+            match Store::open_mode(store_dir, true) {
+                Ok(store) => {
+                    let consistent = match store.head()? {
+                        Some(h) => store.get_node(h)?.is_some(),
+                        None => true,
+                    };
+                    if consistent || tries >= 20 {
+                        return Ok(store);
+                    }
+                }
                 // The writer deleted a WAL or table file between RocksDB listing the folder and
                 // opening it (a flush or compaction finished): a fresh listing will not name it.
-                Err(Error::Db(m)) if tries < 20 && m.contains("No such file or directory") => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(5 * tries));
-                    continue;
-                }
+                Err(Error::Db(m)) if tries < 20 && m.contains("No such file or directory") => {}
                 Err(e) => return Err(e),
-            };
-            let consistent = match store.head()? {
-                Some(h) => store.get_node(h)?.is_some(),
-                None => true,
-            };
-            tries += 1;
-            if consistent || tries >= 20 {
-                return Ok(store);
             }
-            drop(store);
             // Backoff before the next try (the writer's flush finishing), not synchronisation.
             std::thread::sleep(std::time::Duration::from_millis(5 * tries));
         }
