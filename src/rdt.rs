@@ -211,9 +211,17 @@ pub struct EndpointConfig {
     pub max_pending_handshakes: usize,
     /// Seed for connection ids and ephemeral keys (production: from the OS).
     pub seed: u64,
+    /// Bytes of unacknowledged stream data all connections together may buffer for sending
+    /// (each one also at most its own `connection_window`, whatever the peer grants). A write
+    /// beyond it waits, as for flow control.
+    pub send_buffer_budget: u64,
     /// Transport settings for every connection.
     pub transport: TransportConfig,
 }
+
+/// Default [`EndpointConfig::send_buffer_budget`]: 32 MiB, one connection's default window, so one
+/// transfer runs at full speed and many peers share it.
+pub const DEFAULT_SEND_BUFFER_BUDGET: u64 = 32 << 20;
 
 impl EndpointConfig {
     /// A config with defaults for everything but the keys and the seed.
@@ -226,6 +234,7 @@ impl EndpointConfig {
             retry: RetryPolicy::WhenPendingAbove(64),
             max_pending_handshakes: 1024,
             seed,
+            send_buffer_budget: DEFAULT_SEND_BUFFER_BUDGET,
             transport: TransportConfig::default(),
         }
     }

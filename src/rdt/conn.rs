@@ -34,7 +34,9 @@ use crate::rdt::pacing::Pacer;
 use crate::rdt::packet::{self, Kind, ReplayWindow, DATA_HEADER_LEN, TAG_LEN};
 use crate::rdt::range_set::RangeSet;
 use crate::rdt::rtt::RttEstimator;
-use crate::rdt::stream::{Limits, StreamError, StreamId, StreamMeta, Streams, Violation};
+use crate::rdt::stream::{
+    Limits, SendBudget, StreamError, StreamId, StreamMeta, Streams, Violation,
+};
 use crate::rdt::{
     ConnectionError, Event, Transmit, TransportConfig, CODE_ENCRYPTION_MISMATCH, CODE_KEY_REFUSED,
     CODE_PROTOCOL_VIOLATION, INITIAL_DATAGRAM_SIZE,
@@ -89,6 +91,8 @@ pub(crate) struct Identity {
     pub psk: [u8; 32],
     pub allowed: Option<Vec<[u8; 32]>>,
     pub reset_key: crypto::ResetKey,
+    /// Send-buffer bytes all connections of the endpoint may hold together.
+    pub send_budget: Arc<SendBudget>,
 }
 
 impl Identity {
@@ -833,6 +837,19 @@ impl Connection {
         self.streams.as_ref().map_or(0, |s| s.unacked_bytes())
     }
 
+    /// Bytes this connection holds in send buffers (at most its connection window, whatever
+    /// credit the peer grants).
+    pub fn send_buffered(&self) -> u64 {
+        self.streams.as_ref().map_or(0, |s| s.send_buffered())
+    }
+
+    /// Another connection released send budget: writers cut short by it may try again.
+    pub(crate) fn on_budget_released(&mut self) {
+        if let Some(s) = self.streams.as_mut() {
+            s.wake_blocked(&mut self.events);
+        }
+    }
+
     pub(crate) fn local_cid(&self) -> u64 {
         self.local_cid
     }
@@ -1052,11 +1069,10 @@ impl Connection {
         self.recv_key = Some(PacketKey::new(suite, recv, enc));
         self.peer_key = Some(key);
         let local = Params::from_config(&self.config, self.local_cid, [0; 16]).limits;
-        self.streams = Some(Streams::new(
-            self.side == Side::Initiator,
-            local,
-            peer.limits,
-        ));
+        self.streams = Some(
+            Streams::new(self.side == Side::Initiator, local, peer.limits)
+                .with_budget(self.identity.send_budget.clone()),
+        );
         self.peer_params = Some(peer);
         self.state = State::Established;
         self.idle_deadline = now + self.config.idle_timeout;

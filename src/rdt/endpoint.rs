@@ -19,6 +19,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::rdt::conn::{self, Connection, Identity, Params};
 use crate::rdt::crypto::{self, TokenCheck, TokenKey};
 use crate::rdt::packet::{self, Kind};
+use crate::rdt::stream::SendBudget;
 use crate::rdt::{
     EndpointConfig, Event, RetryPolicy, Transmit, TransportConfig, INITIAL_DATAGRAM_SIZE,
 };
@@ -115,6 +116,7 @@ impl Endpoint {
                 psk: config.psk,
                 allowed: config.allowed_peers,
                 reset_key: crypto::ResetKey::new(&config.static_secret),
+                send_budget: SendBudget::new(config.send_buffer_budget),
             }),
             config: Arc::new(transport),
             accept: config.accept,
@@ -203,6 +205,7 @@ impl Endpoint {
             if let Some(c) = self.conns.get_mut(&h) {
                 c.handle_datagram(now, from, data);
             }
+            self.wake_budget();
             return;
         }
         if kind != Kind::Initial {
@@ -227,6 +230,23 @@ impl Endpoint {
             }
         }
         self.reap();
+        self.wake_budget();
+    }
+
+    /// Bytes held in send buffers over all connections (at most
+    /// [`EndpointConfig::send_buffer_budget`]).
+    pub fn send_buffered(&self) -> u64 {
+        self.identity.send_budget.used()
+    }
+
+    /// When a write was refused for want of the shared send budget and some is free again, lets
+    /// every connection's refused writers try again.
+    fn wake_budget(&mut self) {
+        if self.identity.send_budget.take_unblocked() {
+            for c in self.conns.values_mut() {
+                c.on_budget_released();
+            }
+        }
     }
 
     /// Writes the next datagram(s) to send into `buf` (at least 1452 bytes; a multiple of the
@@ -258,6 +278,7 @@ impl Endpoint {
             }
         }
         self.reap();
+        self.wake_budget();
         None
     }
 

@@ -17,10 +17,17 @@
 //! Receive side: out-of-order segments wait in a map keyed by offset, non-overlapping, until the gap
 //! before them fills. The peer may send only up to the offsets we advertised, and the sum of those
 //! is capped by the connection window, so buffered bytes never exceed the configured windows.
+//!
+//! Send memory is bounded by *our* settings, never by the peer's: whatever credit the peer grants
+//! (a peer may grant 2^62 bytes and never acknowledge), a connection buffers at most its own
+//! connection window of unacknowledged bytes, and all connections of an endpoint together at most
+//! the endpoint's [`SendBudget`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -155,7 +162,8 @@ impl SendStream {
         }
     }
 
-    fn on_ack(&mut self, r: Range<u64>) {
+    /// Records an acknowledged range; returns the buffered bytes it freed.
+    fn on_ack(&mut self, r: Range<u64>) -> u64 {
         if !self.retransmit.is_empty() {
             self.retransmit.remove(r.clone());
         }
@@ -171,13 +179,16 @@ impl SendStream {
                 self.acked.remove(0..self.acked_below);
             }
         }
+        let mut freed = 0;
         while let Some((off, b)) = self.chunks.front() {
             if off + b.len() as u64 <= self.acked_below {
+                freed += b.len() as u64;
                 self.chunks.pop_front();
             } else {
                 break;
             }
         }
+        freed
     }
 }
 
@@ -199,6 +210,44 @@ struct RecvStream {
 struct Stream {
     send: SendStream,
     recv: RecvStream,
+}
+
+/// Bytes held in send buffers (written, not yet acknowledged) by every connection of an
+/// endpoint, and the most they may hold together. Shared by the endpoint's connections; plain
+/// atomics only, so the core stays free of locks, threads and clocks.
+#[derive(Debug)]
+pub(crate) struct SendBudget {
+    used: AtomicU64,
+    limit: u64,
+    /// A write was refused for want of budget: wake writers when some is released.
+    blocked: AtomicBool,
+}
+
+impl SendBudget {
+    pub fn new(limit: u64) -> Arc<SendBudget> {
+        Arc::new(SendBudget {
+            used: AtomicU64::new(0),
+            limit,
+            blocked: AtomicBool::new(false),
+        })
+    }
+
+    /// Bytes that may still be buffered.
+    pub fn room(&self) -> u64 {
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    /// Bytes buffered now over all connections.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether some write was refused for want of budget and room is free again (clears the mark).
+    pub fn take_unblocked(&self) -> bool {
+        self.blocked.load(Ordering::Relaxed)
+            && self.room() > 0
+            && self.blocked.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// All streams of a connection.
@@ -231,6 +280,20 @@ pub(crate) struct Streams {
     max_segments: usize,
     /// An `open` failed on the stream limit; report when it rises.
     open_blocked: bool,
+    /// Bytes held in our send buffers (written, not yet acknowledged or reset away).
+    send_buffered: u64,
+    /// The endpoint-wide budget those bytes also count against.
+    budget: Arc<SendBudget>,
+    /// A write was cut short by `conn_window` or the budget (not by the peer's credit).
+    budget_blocked: bool,
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.send_buffered, Ordering::Relaxed);
+    }
 }
 
 /// Initial flow-control parameters exchanged in the handshake.
@@ -266,9 +329,19 @@ impl Streams {
             segments_total: 0,
             max_segments: (local.max_data / 256).max(4096) as usize,
             open_blocked: false,
+            send_buffered: 0,
+            budget: SendBudget::new(u64::MAX),
+            budget_blocked: false,
         };
         s.insert(0);
         s
+    }
+
+    /// Counts our send buffers against `budget` (shared by the endpoint's connections) too.
+    pub fn with_budget(mut self, budget: Arc<SendBudget>) -> Self {
+        debug_assert_eq!(self.send_buffered, 0);
+        self.budget = budget;
+        self
     }
 
     fn insert(&mut self, id: u64) {
@@ -334,17 +407,61 @@ impl Streams {
     /// that is fewer than offered, so that new credit reports `StreamWritable`.
     fn accept(&mut self, id: StreamId, len: usize) -> Result<usize, StreamError> {
         let conn_credit = self.send_max_data - self.written;
+        // Our own bound on buffered bytes, whatever the peer granted: the peer's credit is
+        // clamped to our connection window of unacknowledged bytes, and to the endpoint budget.
+        let own_room = self.conn_window.saturating_sub(self.send_buffered);
+        let global_room = self.budget.room();
+        let room = own_room.min(global_room);
         let st = self.map.get_mut(&id.0).ok_or(StreamError::UnknownStream)?;
         let s = &mut st.send;
         if s.fin || s.reset.is_some() {
             return Err(StreamError::Finished);
         }
         let credit = (s.max_data - s.write_offset).min(conn_credit);
-        let n = (len as u64).min(credit) as usize;
+        let n = (len as u64).min(credit).min(room) as usize;
         if n < len {
             s.blocked = true;
+            if room < credit.min(len as u64) {
+                self.budget_blocked = true;
+                if global_room < own_room {
+                    self.budget.blocked.store(true, Ordering::Relaxed);
+                }
+            }
         }
         Ok(n)
+    }
+
+    /// Returns `n` buffered bytes to our window and the endpoint budget; writers cut short by
+    /// either are told they may write again.
+    fn release(&mut self, n: u64, events: &mut VecDeque<Event>) {
+        if n == 0 {
+            return;
+        }
+        self.send_buffered -= n;
+        self.budget.used.fetch_sub(n, Ordering::Relaxed);
+        if self.budget_blocked {
+            self.wake_blocked(events);
+        }
+    }
+
+    /// Tells every stream cut short by our window or the budget that it may write again (the
+    /// endpoint calls this when another connection released budget).
+    pub fn wake_blocked(&mut self, events: &mut VecDeque<Event>) {
+        if !self.budget_blocked {
+            return;
+        }
+        self.budget_blocked = false;
+        for (&id, st) in self.map.iter_mut() {
+            if st.send.blocked {
+                st.send.blocked = false;
+                events.push_back(Event::StreamWritable { id: StreamId(id) });
+            }
+        }
+    }
+
+    /// Bytes held in this connection's send buffers.
+    pub fn send_buffered(&self) -> u64 {
+        self.send_buffered
     }
 
     /// Appends `data` (already within credit, non-empty) to the stream's send buffer.
@@ -357,6 +474,8 @@ impl Streams {
         s.chunks.push_back((s.write_offset, data));
         s.write_offset += n as u64;
         self.written += n as u64;
+        self.send_buffered += n as u64;
+        self.budget.used.fetch_add(n as u64, Ordering::Relaxed);
         if !s.queued {
             s.queued = true;
             self.send_queue.push_back(id.0);
@@ -395,9 +514,11 @@ impl Streams {
         }
         st.send.reset = Some(code);
         st.send.reset_pending = true;
-        st.send.chunks.clear();
+        let freed: u64 = st.send.chunks.drain(..).map(|(_, b)| b.len() as u64).sum();
         st.send.retransmit.clear();
         self.reset_queue.push_back(id.0);
+        self.send_buffered -= freed;
+        self.budget.used.fetch_sub(freed, Ordering::Relaxed);
         Ok(())
     }
 
@@ -456,7 +577,11 @@ impl Streams {
         if !(st.recv.done && st.send.is_done()) {
             return;
         }
-        self.map.remove(&id);
+        let st = self.map.remove(&id).expect("looked up above");
+        // A done stream holds no data, but keep the budget exact whatever the path here.
+        let left: u64 = st.send.chunks.iter().map(|(_, b)| b.len() as u64).sum();
+        self.send_buffered -= left;
+        self.budget.used.fetch_sub(left, Ordering::Relaxed);
         if !self.is_local(id) {
             self.remote_closed.insert_one(id >> 2);
             if id != 0 {
@@ -670,12 +795,14 @@ impl Streams {
         if s.reset.is_some() {
             return;
         }
-        s.on_ack(m.offset..m.offset + m.len);
+        let freed = s.on_ack(m.offset..m.offset + m.len);
         if m.fin {
             s.fin_acked = true;
             s.fin_lost = false;
         }
-        if s.is_done() {
+        let done = s.is_done();
+        self.release(freed, events);
+        if done {
             events.push_back(Event::StreamFinished { id: StreamId(m.id) });
             self.maybe_remove(m.id);
         }
@@ -960,5 +1087,71 @@ mod tests {
         let mut ev = VecDeque::new();
         s.on_frame_acked(&again, &mut ev);
         assert_eq!(s.unacked_bytes(), 3000 - m.len);
+    }
+
+    /// Sends one frame of stream `id` and acknowledges it.
+    fn send_and_ack(s: &mut Streams, ev: &mut VecDeque<Event>) -> u64 {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut w = Writer::new(&mut buf, 0);
+        let m = s.write_stream_frame(&mut w).expect("something to send");
+        s.on_frame_acked(&m, ev);
+        m.len
+    }
+
+    #[test]
+    fn a_huge_peer_window_is_clamped_to_ours() {
+        // The peer grants 2^62 bytes and never acknowledges: we still buffer only our window.
+        let huge = Limits {
+            max_data: 1 << 62,
+            max_stream_data: 1 << 62,
+            max_streams: 4,
+        };
+        let mut s = Streams::new(true, pair_limits(1 << 20), huge);
+        let id = s.open(false).unwrap();
+        let mut accepted = 0;
+        // Small writes, so an acknowledged frame frees whole buffered pieces.
+        for _ in 0..2000 {
+            accepted += s.write(id, Bytes::from(vec![7u8; 1000])).unwrap();
+        }
+        assert_eq!(accepted, 1 << 20, "buffered past our 1 MiB window");
+        assert_eq!(s.send_buffered(), 1 << 20);
+        // An acknowledgement frees room and tells the writer.
+        let mut ev = VecDeque::new();
+        let acked = send_and_ack(&mut s, &mut ev);
+        assert!(acked > 1000, "one frame carries several pieces");
+        assert!(ev.contains(&Event::StreamWritable { id }), "{ev:?}");
+        let room = (1 << 20) - s.send_buffered();
+        assert!(room > 0 && room <= acked);
+        assert_eq!(s.write(id, Bytes::from(vec![7u8; 1 << 20])).unwrap() as u64, room);
+        // A reset gives everything back.
+        s.reset(id, 1).unwrap();
+        assert_eq!(s.send_buffered(), 0);
+    }
+
+    #[test]
+    fn connections_share_one_send_budget() {
+        let budget = SendBudget::new(1 << 20);
+        let huge = pair_limits(1 << 40);
+        let mut a = Streams::new(true, huge, huge).with_budget(budget.clone());
+        let mut b = Streams::new(true, huge, huge).with_budget(budget.clone());
+        let (ia, ib) = (a.open(false).unwrap(), b.open(false).unwrap());
+        for _ in 0..768 {
+            assert_eq!(a.write(ia, Bytes::from(vec![1u8; 1024])).unwrap(), 1024);
+        }
+        assert_eq!(b.write(ib, Bytes::from(vec![2u8; 768 << 10])).unwrap(), 256 << 10);
+        assert_eq!(budget.used(), 1 << 20);
+        assert_eq!(budget.room(), 0);
+        // `a` frees some: the budget says so once, and `b`'s writer is woken by the endpoint.
+        let mut ev = VecDeque::new();
+        send_and_ack(&mut a, &mut ev);
+        assert!(budget.take_unblocked());
+        assert!(!budget.take_unblocked());
+        let mut ev = VecDeque::new();
+        b.wake_blocked(&mut ev);
+        assert_eq!(ev, VecDeque::from([Event::StreamWritable { id: ib }]));
+        // A connection that goes away returns what it held.
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used(), 0);
     }
 }

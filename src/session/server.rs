@@ -48,7 +48,16 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Reply bytes encoded before they are written to the stream in one piece.
     pub write_batch: usize,
+    /// Sessions served at once, over all peers; a connection beyond it is refused.
+    pub max_connections: usize,
+    /// Sessions served at once for one device key; a connection beyond it is refused.
+    pub max_per_device: usize,
 }
+
+/// Default [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// Default [`ServerConfig::max_per_device`].
+pub const DEFAULT_MAX_PER_DEVICE: usize = 4;
 
 impl ServerConfig {
     /// Defaults around `hello`.
@@ -59,6 +68,8 @@ impl ServerConfig {
             hello_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             write_batch: 512 * 1024,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_device: DEFAULT_MAX_PER_DEVICE,
         }
     }
 }
@@ -368,11 +379,16 @@ async fn serve_connection(inner: Arc<Inner>, conn: Connection, shutdown: watch::
         let _ = tokio::task::spawn_blocking(move || policy.seen(&device, addr)).await;
     }
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    inner
-        .conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, conn.clone());
+    if let Some(reason) = register(&inner, id, &conn) {
+        conn.close(CODE_REFUSED, reason.as_bytes());
+        inner.emit(ServerEvent::Refused {
+            addr,
+            device: Some(device),
+            reason,
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+        return;
+    }
     let _registered = Registered { inner: &inner, id };
     inner.emit(ServerEvent::Connected { addr, device });
     let error = match run_session(&inner, &conn, shutdown).await {
@@ -392,6 +408,28 @@ async fn serve_connection(inner: Arc<Inner>, conn: Connection, shutdown: watch::
         device,
         error,
     });
+}
+
+/// Adds the connection to the table unless that would pass a connection cap; else why not.
+fn register(inner: &Inner, id: u64, conn: &Connection) -> Option<String> {
+    let mut conns = inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+    let device = conn.peer_key();
+    let cfg = &inner.cfg;
+    if conns.len() >= cfg.max_connections {
+        return Some(format!(
+            "too many peers connected ({}); try again later",
+            cfg.max_connections
+        ));
+    }
+    if conns.values().filter(|c| c.peer_key() == device).count() >= cfg.max_per_device {
+        return Some(format!(
+            "device {} already has {} connections open; close one first",
+            short_device(&device),
+            cfg.max_per_device
+        ));
+    }
+    conns.insert(id, conn.clone());
+    None
 }
 
 /// Why a session ended badly: the close code and a one-line reason (also sent to the peer).
