@@ -10,6 +10,7 @@ pub mod identity;
 pub mod net;
 pub mod peers;
 pub mod rdt;
+pub mod sanitize;
 pub mod session;
 pub mod sync;
 pub mod watch;

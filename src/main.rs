@@ -30,7 +30,8 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::from(cli::EXIT_OK),
         Err(err) => {
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "left: {}", one_line(&err));
+            // The error may quote a peer: one safe line.
+            let _ = writeln!(stderr, "left: {}", left::sanitize::line(&one_line(&err)));
             if let Some(hint) = cli::hint(&err) {
                 let _ = writeln!(stderr, "hint: {hint}");
             }

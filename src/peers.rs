@@ -14,8 +14,18 @@
 //! exclusive `flock` on `<store_dir>/peers.lock`, reloads the file, applies itself and saves, so no
 //! change is lost. A long-running process sees others' changes through [`PeerBook::refresh`].
 //!
-//! The file is read with a size limit ([`MAX_FILE_BYTES`]) and a bad file is an error naming it,
-//! never a panic.
+//! The file is read with a size limit ([`MAX_FILE_BYTES`]). A bad file never stops a command: an
+//! oversized one (older versions let a flood of device keys grow it past the limit) is salvaged
+//! (pinned, revoked and named records kept, the rest cut to the cap), a corrupt one is set aside;
+//! either way the original is kept as `peers.json.bad-<unix time>` and a warning says so.
+//!
+//! **Bounds.** A device is recorded only after it proved the share key and sent a valid `Hello`
+//! (the server calls [`PeerBook::record_seen`] then). Records the user made or named (pinned,
+//! revoked, or [`PeerRecord::named`]) are never dropped; the others ("seen only") are capped at
+//! [`Limits::max_seen`] (the least recently seen go first) and dropped after [`Limits::max_age`]
+//! without contact. Sightings are written at most once per [`Limits::write_interval`] (later ones
+//! wait in memory, at most `max_seen` of them, and go out with the next write or when the book is
+//! dropped); pins and revocations are written at once.
 #![warn(missing_docs)]
 
 use std::fs::{self, File, OpenOptions};
@@ -24,7 +34,8 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +47,29 @@ pub const PEERS_FILE: &str = "peers.json";
 pub const PEERS_LOCK_FILE: &str = "peers.lock";
 /// Largest peer book read (about 30 000 records); a bigger file is refused as malformed.
 pub const MAX_FILE_BYTES: u64 = 8 << 20;
+/// Largest file the salvage of an oversized book reads; beyond it the book is set aside whole.
+pub const MAX_SALVAGE_BYTES: u64 = 64 << 20;
+
+/// Bounds of the book (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most records that are neither pinned, revoked nor named (about 250 bytes each on disk).
+    pub max_seen: usize,
+    /// Such a record not seen for this long is dropped.
+    pub max_age: Duration,
+    /// Sightings are written at most this often.
+    pub write_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_seen: 1024,
+            max_age: Duration::from_secs(180 * 24 * 3600),
+            write_interval: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What can go wrong loading or saving the peer book.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +118,16 @@ pub struct PeerRecord {
     pub pinned: bool,
     /// Revoked by the user: never allowed.
     pub revoked: bool,
+    /// A device the user named (reached at an address given to `--peer`): never aged out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub named: bool,
+}
+
+impl PeerRecord {
+    /// Whether the record is the user's (pinned, revoked or named): never dropped by the bounds.
+    pub fn is_kept(&self) -> bool {
+        self.pinned || self.revoked || self.named
+    }
 }
 
 /// The on-disk form.
@@ -108,14 +152,58 @@ struct Stamp {
 pub struct PeerBook {
     records: Vec<PeerRecord>,
     stamp: Option<Stamp>,
+    limits: Limits,
+    /// Sightings not written yet: device → (when, where, named).
+    pending: HashMap<[u8; 32], (i64, SocketAddr)>,
+    /// Addresses the user named (`--peer`): a device seen there is marked named.
+    named_addrs: Vec<SocketAddr>,
+    /// When sightings were last written.
+    last_write: Option<Instant>,
+    /// Where `pending` goes when the book is dropped.
+    dir: Option<PathBuf>,
 }
 
 impl PeerBook {
-    /// Reads `<store_dir>/peers.json`; a missing file is an empty book.
+    /// Reads `<store_dir>/peers.json`; a missing file is an empty book. A malformed or oversized
+    /// file is salvaged or set aside with a warning (see the module docs), never an error.
     pub fn load(store_dir: &Path) -> Result<PeerBook> {
         let path = store_dir.join(PEERS_FILE);
-        let (records, stamp) = read_file(&path)?;
-        Ok(PeerBook { records, stamp })
+        let limits = Limits::default();
+        let (records, stamp) = read_or_recover(store_dir, &path, &limits)?;
+        Ok(PeerBook {
+            records,
+            stamp,
+            limits,
+            pending: HashMap::new(),
+            named_addrs: Vec::new(),
+            last_write: None,
+            dir: Some(store_dir.to_owned()),
+        })
+    }
+
+    /// The same book with other bounds (tests use small ones).
+    pub fn with_limits(mut self, limits: Limits) -> PeerBook {
+        self.limits = limits;
+        self
+    }
+
+    /// Addresses the user named (`left serve --peer`): a device seen at one of them is marked
+    /// [`PeerRecord::named`] and never dropped by the bounds.
+    pub fn set_named_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.named_addrs = addrs;
+    }
+
+    /// Writes the sightings still waiting (the rate limit held them back).
+    pub fn flush(&mut self, store_dir: &Path) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.change(store_dir, |_| Ok(()))
+    }
+
+    /// Sightings waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
     /// Reloads the book if the file changed since it was last read or written by this value
@@ -125,7 +213,7 @@ impl PeerBook {
         if stamp_of(&path)? == self.stamp {
             return Ok(false);
         }
-        let (records, stamp) = read_file(&path)?;
+        let (records, stamp) = read_or_recover(store_dir, &path, &self.limits)?;
         self.records = records;
         self.stamp = stamp;
         Ok(true)
@@ -168,7 +256,9 @@ impl PeerBook {
         })
     }
 
-    /// Records `device` seen at `addr` now and saves; returns whether the device is new.
+    /// Records `device` seen at `addr` now; returns whether the device is new. Call it only for a
+    /// device that proved the share key and sent a valid `Hello`. The write is rate-limited
+    /// ([`Limits::write_interval`]): a sighting may wait in memory for the next write.
     pub fn record_seen(
         &mut self,
         store_dir: &Path,
@@ -176,29 +266,19 @@ impl PeerBook {
         addr: SocketAddr,
     ) -> Result<bool> {
         let now = unix_now();
-        self.change(store_dir, |records| {
-            match records.iter_mut().find(|r| r.device.0 == device) {
-                Some(r) => {
-                    if r.first_seen == 0 {
-                        r.first_seen = now;
-                    }
-                    r.last_seen = now;
-                    r.last_addr = Some(addr);
-                    Ok(false)
-                }
-                None => {
-                    records.push(PeerRecord {
-                        device: DeviceId(device),
-                        first_seen: now,
-                        last_seen: now,
-                        last_addr: Some(addr),
-                        pinned: false,
-                        revoked: false,
-                    });
-                    Ok(true)
-                }
-            }
-        })
+        let new = self.get(&device).is_none() && !self.pending.contains_key(&device);
+        if self.pending.len() < self.limits.max_seen.max(1) || self.pending.contains_key(&device)
+        {
+            self.pending.insert(device, (now, addr));
+        }
+        self.dir.get_or_insert_with(|| store_dir.to_owned());
+        let due = self
+            .last_write
+            .is_none_or(|t| t.elapsed() >= self.limits.write_interval);
+        if due {
+            self.change(store_dir, |_| Ok(()))?;
+        }
+        Ok(new)
     }
 
     /// Pins `device` (adding it if never seen) and clears a revocation; saves.
@@ -266,13 +346,86 @@ impl PeerBook {
     ) -> Result<T> {
         let _lock = BookLock::take(store_dir)?;
         let path = store_dir.join(PEERS_FILE);
-        let (mut records, _) = read_file(&path)?;
+        let (mut records, _) = read_or_recover_locked(&path, &self.limits)?;
         let out = f(&mut records)?;
+        for (device, (when, addr)) in std::mem::take(&mut self.pending) {
+            let named = self.named_addrs.contains(&addr);
+            apply_seen(&mut records, device, when, addr, named);
+        }
+        prune(&mut records, &self.limits, unix_now());
         write_file(&path, &records)?;
+        self.last_write = Some(Instant::now());
         self.stamp = stamp_of(&path)?;
         self.records = records;
         Ok(out)
     }
+}
+
+impl Drop for PeerBook {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.clone() {
+            if let Err(e) = self.flush(&dir) {
+                crate::sanitize::eprint_line(&format!(
+                    "left: warning: cannot record {} peer(s) in the peer book: {e}",
+                    self.pending.len()
+                ));
+            }
+        }
+    }
+}
+
+fn apply_seen(
+    records: &mut Vec<PeerRecord>,
+    device: [u8; 32],
+    now: i64,
+    addr: SocketAddr,
+    named: bool,
+) {
+    match records.iter_mut().find(|r| r.device.0 == device) {
+        Some(r) => {
+            if r.first_seen == 0 {
+                r.first_seen = now;
+            }
+            r.last_seen = r.last_seen.max(now);
+            r.last_addr = Some(addr);
+            r.named |= named;
+        }
+        None => records.push(PeerRecord {
+            device: DeviceId(device),
+            first_seen: now,
+            last_seen: now,
+            last_addr: Some(addr),
+            pinned: false,
+            revoked: false,
+            named,
+        }),
+    }
+}
+
+/// Applies the bounds: records the user made or named stay; the others are dropped once not
+/// seen for `max_age`, then the least recently seen beyond `max_seen`. Order is kept.
+fn prune(records: &mut Vec<PeerRecord>, limits: &Limits, now: i64) {
+    let max_age = i64::try_from(limits.max_age.as_secs()).unwrap_or(i64::MAX);
+    records.retain(|r| r.is_kept() || r.last_seen == 0 || now.saturating_sub(r.last_seen) <= max_age);
+    let mut seen: Vec<(i64, usize)> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_kept())
+        .map(|(i, r)| (r.last_seen, i))
+        .collect();
+    if seen.len() <= limits.max_seen {
+        return;
+    }
+    // Newest first; everything past the cap goes.
+    seen.sort_by(|a, b| b.cmp(a));
+    let drop: std::collections::HashSet<usize> =
+        seen[limits.max_seen..].iter().map(|(_, i)| *i).collect();
+    let mut i = 0;
+    records.retain(|_| {
+        let keep = !drop.contains(&i);
+        i += 1;
+        keep
+    });
 }
 
 fn entry<'a>(records: &'a mut Vec<PeerRecord>, device: &DeviceId) -> &'a mut PeerRecord {
@@ -286,6 +439,7 @@ fn entry<'a>(records: &'a mut Vec<PeerRecord>, device: &DeviceId) -> &'a mut Pee
                 last_addr: None,
                 pinned: false,
                 revoked: false,
+                named: false,
             });
             records.len() - 1
         }
@@ -325,6 +479,109 @@ fn stamp_of(path: &Path) -> Result<Option<Stamp>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path)(e)),
     }
+}
+
+/// [`read_file`], with a malformed file recovered under the book's lock.
+fn read_or_recover(
+    store_dir: &Path,
+    path: &Path,
+    limits: &Limits,
+) -> Result<(Vec<PeerRecord>, Option<Stamp>)> {
+    match read_file(path) {
+        Err(Error::Malformed { .. }) => {
+            let _lock = BookLock::take(store_dir)?;
+            read_or_recover_locked(path, limits)
+        }
+        r => r,
+    }
+}
+
+/// [`read_file`]; a malformed file (the caller holds the lock) is salvaged when it parses (an
+/// oversized book: its records bounded by `limits`) or else set aside, the original kept as
+/// `peers.json.bad-<unix time>`, with a warning on stderr. Only I/O failures are errors.
+fn read_or_recover_locked(
+    path: &Path,
+    limits: &Limits,
+) -> Result<(Vec<PeerRecord>, Option<Stamp>)> {
+    let reason = match read_file(path) {
+        Err(Error::Malformed { reason, .. }) => reason,
+        r => return r,
+    };
+    let salvaged = salvage(path);
+    let backup = {
+        let base = format!("{}.bad-{}", path.display(), unix_now());
+        let mut b = PathBuf::from(&base);
+        let mut n = 1;
+        while b.exists() {
+            b = PathBuf::from(format!("{base}-{n}"));
+            n += 1;
+        }
+        b
+    };
+    fs::rename(path, &backup).map_err(io_err(path))?;
+    let shown = crate::sanitize::field(&reason);
+    match salvaged {
+        Some(mut records) => {
+            let before = records.len();
+            prune(&mut records, limits, unix_now());
+            write_file(path, &records)?;
+            crate::sanitize::eprint_line(&format!(
+                "left: warning: the peer book {} was malformed ({shown}); kept {} of its {before}                  records (every pinned, revoked and named one); the original is {}",
+                path.display(),
+                records.len(),
+                backup.display()
+            ));
+            Ok((records, stamp_of(path)?))
+        }
+        None => {
+            crate::sanitize::eprint_line(&format!(
+                "left: warning: the peer book {} is unreadable ({shown}); it was moved to {} and                  an empty book is used: pin or revoke devices again with `left peers --pin/--revoke`",
+                path.display(),
+                backup.display()
+            ));
+            Ok((Vec::new(), None))
+        }
+    }
+}
+
+/// The records of a book that parses but breaks a limit (too big, a device listed twice); `None`
+/// when it does not parse or is of another version.
+fn salvage(path: &Path) -> Option<Vec<PeerRecord>> {
+    let mut buf = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(MAX_SALVAGE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .ok()?;
+    if buf.len() as u64 > MAX_SALVAGE_BYTES {
+        return None;
+    }
+    let form: FileForm = serde_json::from_slice(&buf).ok()?;
+    if form.version != FILE_VERSION {
+        return None;
+    }
+    let mut out: Vec<PeerRecord> = Vec::new();
+    let mut index: HashMap<DeviceId, usize> = HashMap::new();
+    for r in form.peers {
+        match index.get(&r.device) {
+            // A device listed twice: a revocation wins over a pin, flags add up.
+            Some(&i) => {
+                let o = &mut out[i];
+                o.revoked |= r.revoked;
+                o.pinned = (o.pinned || r.pinned) && !o.revoked;
+                o.named |= r.named;
+                if r.last_seen > o.last_seen {
+                    o.last_seen = r.last_seen;
+                    o.last_addr = r.last_addr;
+                }
+            }
+            None => {
+                index.insert(r.device, out.len());
+                out.push(r);
+            }
+        }
+    }
+    Some(out)
 }
 
 fn read_file(path: &Path) -> Result<(Vec<PeerRecord>, Option<Stamp>)> {

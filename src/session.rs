@@ -70,12 +70,9 @@ pub fn hello(share: ShareId, device: [u8; 32], encryption: bool) -> Message {
     }
 }
 
-/// `text` on one line, without control characters, at most 300 characters.
+/// `text` on one line, escaped and bounded ([`crate::sanitize::field`]).
 pub(crate) fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(300)
-        .collect()
+    crate::sanitize::field(text)
 }
 
 /// The short printable form of a device key.

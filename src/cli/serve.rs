@@ -181,7 +181,7 @@ impl PeerPolicy for BookPolicy {
     fn seen(&self, device: &[u8; 32], addr: SocketAddr) {
         let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = book.record_seen(&self.dir, *device, addr) {
-            eprintln!(
+            left::log_line!(
                 "left: warning: cannot record peer {}: {e}",
                 DeviceId(*device)
             );
@@ -231,6 +231,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
     let device = identity.device_id();
     let share_id = ShareId::from_key(&share_key);
     let policy = Arc::new(BookPolicy::load(&dir)?);
+    // Devices reached at the addresses the user named are never aged out of the book.
+    (policy.book.lock().unwrap_or_else(|p| p.into_inner()))
+        .set_named_addrs(targets.iter().map(|t| t.addr).collect());
     let rt = runtime()?;
     rt.block_on(async move {
         // The peer book is applied after each handshake (PeerPolicy), not as the transport's
@@ -507,7 +510,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                         continue;
                     }
                     if !quiet {
-                        eprintln!("{}", describe(&e));
+                        left::log_line!("{}", describe(&e));
                     }
                 }
             })

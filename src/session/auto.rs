@@ -486,7 +486,7 @@ fn log_exchange(rep: &ExchangeReport, known: &[Peer]) {
     } else {
         format!("updated from {}", from.join(", "))
     };
-    eprintln!(
+    crate::log_line!(
         "left: {what}: now at {} ({} file(s) written, {} removed{})",
         ig.after.map(|h| h.fmt_short()).unwrap_or_default(),
         ig.files_written,
@@ -498,10 +498,10 @@ fn log_exchange(rep: &ExchangeReport, known: &[Peer]) {
         }
     );
     for (path, copy) in &ig.conflicts {
-        eprintln!("left: conflict: {path} was changed on two devices; the other version is kept as {copy}");
+        crate::log_line!("left: conflict: {path} was changed on two devices; the other version is kept as {copy}");
     }
     for u in &ig.unwritten {
-        eprintln!("left: warning: {u}");
+        crate::log_line!("left: warning: {u}");
     }
 }
 
@@ -644,7 +644,7 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
             Ok(Some(c)) => {
                 let still: Vec<_> = c.unwritten.iter().map(|u| &u.path).collect();
                 for p in before.iter().filter(|p| !still.contains(p)) {
-                    eprintln!(
+                    crate::log_line!(
                         "left: {} is written now (it could not be before)",
                         p.display()
                     );

@@ -20,8 +20,8 @@ use crate::sync::ServeSession;
 pub trait PeerPolicy: Send + Sync + 'static {
     /// Whether the device (its public key) may use the share now.
     fn allows(&self, device: &[u8; 32]) -> bool;
-    /// Records that an allowed device connected from `addr` (may do blocking IO: it is called on
-    /// a blocking thread).
+    /// Records that an allowed device connected from `addr` and sent a valid `Hello` (may do
+    /// blocking IO: it is called on a blocking thread).
     fn seen(&self, device: &[u8; 32], addr: SocketAddr);
 }
 
@@ -374,10 +374,6 @@ async fn serve_connection(inner: Arc<Inner>, conn: Connection, shutdown: watch::
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
         return;
     }
-    {
-        let policy = inner.policy.clone();
-        let _ = tokio::task::spawn_blocking(move || policy.seen(&device, addr)).await;
-    }
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     if let Some(reason) = register(&inner, id, &conn) {
         conn.close(CODE_REFUSED, reason.as_bytes());
@@ -459,9 +455,10 @@ async fn run_session(
     let mut greeted = false;
     // Set when the session ended badly: its queued reply goes out first.
     let mut end: Option<SessionEnd> = None;
+    // A lost connection's reason may be the peer's CLOSE text: escaped and bounded.
     let net = |e: crate::net::driver::NetError| SessionEnd {
         code: CODE_NO_ERROR,
-        reason: e.to_string(),
+        reason: sanitize(&e.to_string()),
     };
     loop {
         // Answer everything answerable, taking in requests that already arrived as we go.
@@ -598,6 +595,13 @@ fn handle(
     };
     match session.handle_message(msg, head) {
         Ok(()) => {
+            if is_hello && !*greeted {
+                // Recorded only now: the device proved the share key (handshake) and sent a
+                // valid Hello. The book write is the policy's (rate-limited) business.
+                let policy = inner.policy.clone();
+                let (device, addr) = (conn.peer_key(), conn.remote_addr());
+                drop(tokio::task::spawn_blocking(move || policy.seen(&device, addr)));
+            }
             *greeted |= is_hello;
             Ok(())
         }

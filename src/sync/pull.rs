@@ -418,11 +418,8 @@ impl Pull {
                 self.requeue_peer(peer);
             }
             Message::Error { code, message } => {
-                // The peer's text goes into our one-line report: no control characters.
-                let text: String = message
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
+                // The peer's text goes into our one-line report: escaped and bounded.
+                let text = crate::sanitize::field(&message);
                 self.drop_peer(
                     peer,
                     format!("peer sent error {}: {text}", code.0),
