@@ -1883,3 +1883,78 @@ fn random_crashes_then_resume() {
         }
     }
 }
+
+// ------------------------------------------------------------------ store folder permissions
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Child side of `the_store_folder_is_private_and_repaired_at_open`: opens the store named by the
+/// environment (its warning goes to this process's stderr).
+#[test]
+#[ignore = "run by the_store_folder_is_private_and_repaired_at_open"]
+fn open_store_child() {
+    let Ok(dir) = std::env::var("LEFT_TEST_STORE_DIR") else {
+        return;
+    };
+    let s = Store::open(Path::new(&dir)).unwrap();
+    println!("CHILD-OPENED head={:?}", s.head().unwrap());
+}
+
+#[test]
+fn the_store_folder_is_private_and_repaired_at_open() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("store");
+    // A fresh store: only its owner may enter it, and the lock file is the owner's alone.
+    let s = Store::create(&dir, small_cfg()).unwrap();
+    assert_eq!(mode_of(&dir), 0o700, "a new store folder");
+    assert_eq!(mode_of(&dir.join("lock")) & 0o077, 0, "the lock file");
+    drop(s);
+    // An empty folder made beforehand (0755) becomes private too.
+    let pre = t.path().join("pre");
+    fs::create_dir(&pre).unwrap();
+    fs::set_permissions(&pre, fs::Permissions::from_mode(0o755)).unwrap();
+    drop(Store::create(&pre, small_cfg()).unwrap());
+    assert_eq!(mode_of(&pre), 0o700, "a store made in an existing folder");
+
+    // A store an older version left at 0755: repaired at open, with a warning on stderr.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "open_store_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LEFT_TEST_STORE_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("CHILD-OPENED"), "{stdout}\n{stderr}");
+    assert_eq!(mode_of(&dir), 0o700, "repaired at open");
+    let warning: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("left: warning:"))
+        .collect();
+    assert_eq!(warning.len(), 1, "{stderr}");
+    assert!(
+        warning[0].contains("readable by other users") && warning[0].contains("755"),
+        "{}",
+        warning[0]
+    );
+    // Once private, opening says nothing.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "open_store_child", "--ignored", "--nocapture"])
+        .env("LEFT_TEST_STORE_DIR", &dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("left: warning:"), "{stderr}");
+    // A read-only view repairs it as well.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+    drop(Store::open_read_only(&dir).unwrap());
+    assert_eq!(mode_of(&dir), 0o700, "repaired at a read-only open");
+}
