@@ -94,7 +94,7 @@
 
 use crate::add::Stat;
 use crate::db::{cf, checkout_step, Batch};
-use crate::node::{check_name, ChunkRef, DirEntry, FileNode, Node, Target};
+use crate::node::{check_name, ChunkRef, Content, DirEntry, FileNode, Node, Target};
 use crate::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -241,6 +241,11 @@ fn path_error(e: &Error) -> Option<String> {
             ) => Some(one_line(&source.to_string())),
             _ => None,
         },
+        // Data of this path that turned out damaged once the walk had begun (a chunk whose bytes
+        // do not hash to its id, a node of the wrong kind): the tree was checked before the
+        // journal, so this is the store's damage, and it must not stop the other paths (the
+        // journal would replay it forever).
+        Error::Corrupt { what } => Some(format!("its data is damaged: {}", one_line(what))),
         _ => None,
     }
 }
@@ -392,6 +397,13 @@ impl Plan {
             .saturating_add(self.overlap)
             .saturating_add(self.files.saturating_mul(4096))
     }
+}
+
+/// What the planning pass found wrong with the target tree (reported after the space check, so
+/// a tree both too big and malformed is refused for its size first).
+#[derive(Default)]
+struct TreeCheck {
+    bad: Option<Error>,
 }
 
 /// Refuses a checkout needing more than `avail` bytes.
@@ -1270,7 +1282,22 @@ impl Store {
         self.wait_released();
         // Plan: bytes to write against the free space, before anything is touched.
         let mut plan = Plan::default();
-        self.plan_dir(from_root, Some(to_root), &mut plan, 0)?;
+        let mut check = TreeCheck::default();
+        match self.plan_dir(
+            from_root,
+            Some(to_root),
+            &mut plan,
+            0,
+            Path::new(""),
+            &mut check,
+        ) {
+            Ok(()) => {}
+            // A folder that does not decode as one, or names an entry twice.
+            Err(e @ Error::Corrupt { .. }) => {
+                check.bad.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
         let avail = free_bytes(root.as_raw_fd()).map_err(|e| Error::io(share_root, e))?;
         // (Finishing or re-checking: most of the plan is usually done already, and refusing would
         // leave the folder half-way; a real shortage still fails each write with DiskFull.)
@@ -1284,6 +1311,31 @@ impl Store {
                 }
             }
             check_space(&plan, avail, share_root)?;
+        }
+        // A malformed tree (a file entry on a folder node, chunk lists whose lengths do not add
+        // up to the file's size) is refused before the journal is written: nothing is touched,
+        // and nothing is left to replay.
+        if let Some(bad) = check.bad.take() {
+            match &mode {
+                Mode::Normal => return Err(bad),
+                // A journal an older version wrote for such a tree could never finish: it is
+                // dropped (as `abort_checkout` does) and said so, so the store is not stuck.
+                Mode::Resume => {
+                    self.abort_checkout()?;
+                    let mut report = CheckoutReport::default();
+                    report.kept.push(Skipped {
+                        path: PathBuf::new(),
+                        reason: format!(
+                            "the interrupted checkout to {} was dropped, its tree is malformed \
+                             ({bad}); the folder keeps what it has and the next add records it",
+                            to.fmt_short()
+                        ),
+                    });
+                    return Ok(report);
+                }
+                // Re-checking finished checkouts: each path goes on its own (damage is per path).
+                Mode::Settle { .. } => {}
+            }
         }
 
         if matches!(mode, Mode::Normal) {
@@ -1501,13 +1553,16 @@ impl Store {
         Ok(())
     }
 
-    /// Adds up what the walk will write and free.
+    /// Adds up what the walk will write and free, and checks every file entry `b` has that `a`
+    /// does not (see [`Store::check_file_entry`]; the first problem goes to `check.bad`).
     fn plan_dir(
         &self,
         a: Option<NodeId>,
         b: Option<NodeId>,
         plan: &mut Plan,
         depth: usize,
+        rel: &Path,
+        check: &mut TreeCheck,
     ) -> Result<()> {
         if depth > CHECKOUT_MAX_DEPTH {
             return Err(Error::Invalid(format!(
@@ -1515,6 +1570,18 @@ impl Store {
             )));
         }
         for (x, y) in self.changed_entries(a, b)? {
+            let name = x.as_ref().or(y.as_ref()).expect("one side").name.clone();
+            let path = rel.join(OsStr::from_bytes(&name));
+            if let Some(y) = y.as_ref().filter(|y| y.kind == EntryKind::File) {
+                if check.bad.is_none() {
+                    if let Err(e) = self.check_file_entry(y, &path) {
+                        match e {
+                            Error::Corrupt { .. } => check.bad = Some(e),
+                            e => return Err(e),
+                        }
+                    }
+                }
+            }
             let old_file = x
                 .as_ref()
                 .filter(|x| x.kind == EntryKind::File)
@@ -1531,10 +1598,175 @@ impl Store {
             }
             let (da, db) = (dir_id(&x), dir_id(&y));
             if (da.is_some() || db.is_some()) && da != db {
-                self.plan_dir(da, db, plan, depth + 1)?;
+                self.plan_dir(da, db, plan, depth + 1, &path, check)?;
             }
         }
         Ok(())
+    }
+
+    /// Checks that the snapshot `to`'s tree is well formed where it differs from snapshot
+    /// `base` (the local head; `None`: the whole tree): every folder entry points at a folder
+    /// node, every file entry at a file node of the entry's size whose chunk lists have the
+    /// levels and lengths their parents claim, adding up to that size, with chunks of 1 to
+    /// `chunk_max` bytes. A fetched head is checked so before it is recorded; checkout checks
+    /// the same before its journal is written. A problem is [`Error::Corrupt`] naming the path.
+    /// The work is the changed part of the tree (each distinct chunk-list node once per file).
+    pub fn validate_tree(&self, to: NodeId, base: Option<NodeId>) -> Result<()> {
+        let to_root = self.snapshot_root(to)?;
+        let base_root = match base {
+            Some(b) => match self.snapshot_root(b) {
+                Ok(r) => Some(r),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let mut check = TreeCheck::default();
+        self.plan_dir(
+            base_root,
+            Some(to_root),
+            &mut Plan::default(),
+            0,
+            Path::new(""),
+            &mut check,
+        )?;
+        match check.bad {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks one file entry against its nodes (see [`Store::validate_tree`]).
+    fn check_file_entry(&self, e: &DirEntry, path: &Path) -> Result<()> {
+        let bad = |why: String| Error::corrupt(format!("{}: {why}", path.display()));
+        let id = node_id(e)?;
+        let Node::File(f) = self.read_node(id)? else {
+            return Err(bad(format!(
+                "the file entry points at node {} that is not a file",
+                id.fmt_short()
+            )));
+        };
+        if f.size != e.size {
+            return Err(bad(format!(
+                "the folder entry says {} bytes, its file node {}",
+                e.size, f.size
+            )));
+        }
+        let max = u64::from(self.cfg.chunk_max);
+        let chunk_ok = |r: &ChunkRef| r.len >= 1 && r.len <= max;
+        let covered = match &f.content {
+            Content::Inline(refs) => {
+                if let Some(r) = refs.iter().find(|r| !chunk_ok(r)) {
+                    return Err(bad(format!("a chunk of {} bytes (most: {max})", r.len)));
+                }
+                refs.iter()
+                    .try_fold(0u64, |a, r| a.checked_add(r.len))
+                    .ok_or_else(|| bad("its chunk lengths overflow".into()))?
+            }
+            Content::Tree(root) => {
+                let mut memo = HashMap::new();
+                self.check_chunk_list(*root, None, &mut memo, max)
+                    .map_err(|e| match e {
+                        Error::Corrupt { what } => bad(what),
+                        e => e,
+                    })?
+            }
+        };
+        if covered != f.size {
+            return Err(bad(format!(
+                "the file claims {} bytes but its chunk lists cover {covered}",
+                f.size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bytes the chunk-list node `id` covers, checked: its level is `level` (when given),
+    /// every child is one level lower and covers exactly what its entry says, every chunk is 1
+    /// to `max` bytes. `memo` holds the nodes already checked (a crafted tree may name one node
+    /// many times: each is read once).
+    fn check_chunk_list(
+        &self,
+        id: NodeId,
+        level: Option<u8>,
+        memo: &mut HashMap<NodeId, (u8, u64)>,
+        max: u64,
+    ) -> Result<u64> {
+        if let Some(&(l, sum)) = memo.get(&id) {
+            if level.is_some_and(|want| want != l) {
+                return Err(Error::corrupt(format!(
+                    "chunk list {} is at level {l}, its parent expects {}",
+                    id.fmt_short(),
+                    level.unwrap_or(0)
+                )));
+            }
+            return Ok(sum);
+        }
+        let Node::ChunkList(c) = self.read_node(id)? else {
+            return Err(Error::corrupt(format!(
+                "node {} is not a chunk list",
+                id.fmt_short()
+            )));
+        };
+        if let Some(want) = level.filter(|&w| w != c.level) {
+            return Err(Error::corrupt(format!(
+                "chunk list {} is at level {}, its parent expects {want}",
+                id.fmt_short(),
+                c.level
+            )));
+        }
+        let mut sum = 0u64;
+        for e in &c.entries {
+            if c.level == 0 {
+                if e.len == 0 || e.len > max {
+                    return Err(Error::corrupt(format!(
+                        "a chunk of {} bytes (most: {max})",
+                        e.len
+                    )));
+                }
+            } else {
+                let below = self.check_chunk_list(NodeId(e.id), Some(c.level - 1), memo, max)?;
+                if below != e.len {
+                    return Err(Error::corrupt(format!(
+                        "a chunk list entry says {} bytes, the list below it covers {below}",
+                        e.len
+                    )));
+                }
+            }
+            sum = sum
+                .checked_add(e.len)
+                .ok_or_else(|| Error::corrupt("chunk lengths overflow"))?;
+        }
+        memo.insert(id, (c.level, sum));
+        Ok(sum)
+    }
+
+    /// Drops a checkout that was cut short (a crash, an error, or a tree that cannot be checked
+    /// out), without touching the folder: it keeps what it has (some paths at the new version,
+    /// the others at the old one, temporary files `add` never reads), `head` stays at the
+    /// checkout's `from`, and the next `add` records what is on disk (so no byte there is lost;
+    /// the scan records of the paths already written name their new versions). Returns the
+    /// dropped checkout, `None` when there was none.
+    pub fn abort_checkout(&self) -> Result<Option<(Option<NodeId>, NodeId)>> {
+        self.writable()?;
+        let Some(p) = self.pending_checkout()? else {
+            return Ok(None);
+        };
+        let mut b = Batch::default();
+        b.delete(&self.db, cf::META, JOURNAL_KEY);
+        self.db.write(b.inner, true)?;
+        Ok(Some(p))
+    }
+
+    /// Test hook: writes a checkout journal `{from, to}` as a checkout does before it touches
+    /// the folder (to stand for a store an older version left journaled).
+    #[doc(hidden)]
+    pub fn debug_write_journal(&self, from: Option<NodeId>, to: NodeId) -> Result<()> {
+        let j = postcard::to_stdvec(&Journal { from, to })
+            .map_err(|e| Error::Invalid(format!("checkout journal: {e}")))?;
+        let mut b = Batch::default();
+        b.put(&self.db, cf::META, JOURNAL_KEY, &j);
+        self.db.write(b.inner, true)
     }
 
     /// Moves the folder open as `fd` (at `rel`) from folder node `a` to folder node `b` (`None`:
@@ -2223,6 +2455,14 @@ impl Store {
         };
         self.file_chunks(&f.content, &mut |refs| {
             for r in refs {
+                // Never past the file's size, whatever its chunk lists claim.
+                if off.saturating_add(r.len) > f.size {
+                    return Err(Error::corrupt(format!(
+                        "{}: its chunks cover more than the file's {} bytes",
+                        rel.display(),
+                        f.size
+                    )));
+                }
                 match &mut run {
                     Some((next, _, _, len)) if usable(*next, r) => {
                         *next += 1;

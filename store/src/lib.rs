@@ -51,5 +51,5 @@ pub use maint::RepairPlan;
 pub use merge::{
     base32_lower, conflict_name, AUTHOR_DEPTH, MERGE_MESSAGE, VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES,
 };
-pub use store::{ObjectId, Store, ANCESTOR_LIMIT};
+pub use store::{ObjectId, Store, ANCESTOR_LIMIT, STORE_MODE};
 pub use types::*;

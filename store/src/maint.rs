@@ -443,20 +443,25 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<GcReport> {
         self.writable()?;
-        if let Some((_, to)) = self.pending_checkout()? {
-            // Its trees are what finishing it reads.
-            return Err(Error::Invalid(format!(
-                "a checkout to {} was cut short; finish it (sync or add) before gc",
-                to.fmt_short()
-            )));
-        }
+        // A checkout that was cut short keeps both its trees (finishing it reads them; aborting
+        // it leaves the folder at a mix of the two): gc still runs, so a full disk that stopped
+        // the checkout can be given space back.
+        let journaled: Vec<NodeId> = match self.pending_checkout()? {
+            Some((from, to)) => from.into_iter().chain([to]).collect(),
+            None => Vec::new(),
+        };
         let _g = self.op.write().expect("op lock");
         let mut rep = GcReport {
             bytes_before: self.disk_usage()?,
             ..Default::default()
         };
         progress.start("gc", None);
-        let snaps = self.all_snapshots()?;
+        let mut snaps = self.all_snapshots()?;
+        for id in &journaled {
+            if !snaps.iter().any(|(s, _)| s == id) {
+                snaps.push((*id, self.snapshot(*id).ok()));
+            }
+        }
         // Which trees to keep.
         let mut keep_tree: HashSet<NodeId> = HashSet::new();
         if opts.keep_last.is_none() && keep_within.is_none() {
@@ -501,6 +506,7 @@ impl Store {
                 }
             }
         }
+        keep_tree.extend(journaled.iter().copied());
         let mut live_nodes: HashSet<NodeId> = HashSet::new();
         let mut live_chunks: HashSet<ChunkId> = HashSet::new();
         let mut newly_shallow = Vec::new();

@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::RwLock;
@@ -42,6 +43,33 @@ pub struct Store {
     pub(crate) releaser: std::sync::Mutex<Option<crate::checkout::Releaser>>,
 }
 
+/// Mode of the store folder: only its owner may enter it.
+pub const STORE_MODE: u32 = 0o700;
+
+/// A store folder that others may enter or read (made by an older version, or chmod-ed) is set
+/// back to [`STORE_MODE`], with a warning on stderr. Best effort: a folder we do not own (a
+/// read-only view of another user's store) is left as it is.
+fn repair_mode(dir: &Path) {
+    let Ok(m) = fs::metadata(dir) else { return };
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match fs::set_permissions(dir, fs::Permissions::from_mode(STORE_MODE)) {
+        Ok(()) => eprintln!(
+            "left: warning: the store folder {} was readable by other users (mode {mode:o}); \
+             set it to {STORE_MODE:o}",
+            dir.display()
+        ),
+        Err(e) => eprintln!(
+            "left: warning: the store folder {} is readable by other users (mode {mode:o}) and \
+             cannot be changed ({e}); run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        ),
+    }
+}
+
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let mut f = OpenOptions::new()
@@ -49,6 +77,7 @@ fn lock(dir: &Path) -> Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
     // SAFETY: flock on a valid descriptor owned by `f`.
@@ -93,6 +122,10 @@ impl Store {
             }
         }
         fs::create_dir_all(store_dir).map_err(|e| Error::io(store_dir, e))?;
+        // Only this user may read the store: it holds every version of every file, whatever
+        // their modes in the share (RocksDB's files live inside, so the folder is enough).
+        fs::set_permissions(store_dir, fs::Permissions::from_mode(STORE_MODE))
+            .map_err(|e| Error::io(store_dir, e))?;
         let lock = lock(store_dir)?;
         let db = Db::open(&store_dir.join("db"), true, cfg.memory_budget)?;
         let mut b = Batch::default();
@@ -169,6 +202,7 @@ impl Store {
                 path: store_dir.to_path_buf(),
             });
         }
+        repair_mode(store_dir);
         let lock = if read_only {
             None
         } else {

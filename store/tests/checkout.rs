@@ -1883,3 +1883,210 @@ fn random_crashes_then_resume() {
         }
     }
 }
+
+// ------------------------------------------------------------------ store folder permissions
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Child side of `the_store_folder_is_private_and_repaired_at_open`: opens the store named by the
+/// environment (its warning goes to this process's stderr).
+#[test]
+#[ignore = "run by the_store_folder_is_private_and_repaired_at_open"]
+fn open_store_child() {
+    let Ok(dir) = std::env::var("LEFT_TEST_STORE_DIR") else {
+        return;
+    };
+    let s = Store::open(Path::new(&dir)).unwrap();
+    println!("CHILD-OPENED head={:?}", s.head().unwrap());
+}
+
+#[test]
+fn the_store_folder_is_private_and_repaired_at_open() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("store");
+    // A fresh store: only its owner may enter it, and the lock file is the owner's alone.
+    let s = Store::create(&dir, small_cfg()).unwrap();
+    assert_eq!(mode_of(&dir), 0o700, "a new store folder");
+    assert_eq!(mode_of(&dir.join("lock")) & 0o077, 0, "the lock file");
+    drop(s);
+    // An empty folder made beforehand (0755) becomes private too.
+    let pre = t.path().join("pre");
+    fs::create_dir(&pre).unwrap();
+    fs::set_permissions(&pre, fs::Permissions::from_mode(0o755)).unwrap();
+    drop(Store::create(&pre, small_cfg()).unwrap());
+    assert_eq!(mode_of(&pre), 0o700, "a store made in an existing folder");
+
+    // A store an older version left at 0755: repaired at open, with a warning on stderr.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "open_store_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LEFT_TEST_STORE_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("CHILD-OPENED"), "{stdout}\n{stderr}");
+    assert_eq!(mode_of(&dir), 0o700, "repaired at open");
+    let warning: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("left: warning:"))
+        .collect();
+    assert_eq!(warning.len(), 1, "{stderr}");
+    assert!(
+        warning[0].contains("readable by other users") && warning[0].contains("755"),
+        "{}",
+        warning[0]
+    );
+    // Once private, opening says nothing.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "open_store_child", "--ignored", "--nocapture"])
+        .env("LEFT_TEST_STORE_DIR", &dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("left: warning:"), "{stderr}");
+    // A read-only view repairs it as well.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+    drop(Store::open_read_only(&dir).unwrap());
+    assert_eq!(mode_of(&dir), 0o700, "repaired at a read-only open");
+}
+
+// ------------------------------------------------------------------ crafted trees cannot jam
+
+/// A file entry claiming 1 KiB whose chunk list covers 16 MiB (interior lengths that do not add
+/// up), and a file entry pointing at a folder node: refused before the journal, nothing touched;
+/// add, gc and an honest checkout still work.
+#[test]
+fn a_malformed_tree_is_refused_before_the_journal_and_jams_nothing() {
+    let p = Pair::new();
+    fs::write(p.a.join("f"), b"v1").unwrap();
+    p.sync();
+    let s = p.sb();
+    let head = s.head().unwrap().unwrap();
+    let chunk = rand_bytes(5, 16384);
+    let cid = ChunkId(Hash::of(&chunk));
+    s.put_chunk(cid, &codec::encode(&chunk)).unwrap();
+    let leaf = Node::ChunkList(left_store::node::ChunkListNode {
+        level: 0,
+        entries: vec![ChunkRef { id: cid.0, len: 16384 }; 64],
+    });
+    let (leaf_id, b) = leaf.encode_with_id().unwrap();
+    s.put_node(leaf_id, &b).unwrap();
+    let top = Node::ChunkList(left_store::node::ChunkListNode {
+        level: 1,
+        entries: vec![ChunkRef { id: leaf_id.0, len: 64 }; 16],
+    });
+    let (top_id, b) = top.encode_with_id().unwrap();
+    s.put_node(top_id, &b).unwrap();
+    let (fid, b) = Node::File(FileNode {
+        size: 1024,
+        mode: 0o644,
+        mtime_ns: 1_000_000_000,
+        content: Content::Tree(top_id),
+    })
+    .encode_with_id()
+    .unwrap();
+    assert!(s.put_node(fid, &b).unwrap());
+    let lying = DirEntry {
+        name: b"lying".to_vec(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        mtime_ns: 1_000_000_000,
+        size: 1024,
+        target: Target::Node(fid),
+    };
+    let folder = put_dir(s, vec![file_entry(s, "inner", b"x", None)]);
+    let on_folder = DirEntry {
+        name: b"on-folder".to_vec(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        mtime_ns: 1_000_000_000,
+        size: 0,
+        target: Target::Node(folder),
+    };
+    for (bad, what) in [(lying, "cover"), (on_folder, "not a file")] {
+        let f2 = file_entry(s, "f", b"v2", None);
+        let to = put_snap(s, put_dir(s, vec![bad, f2]), Some(head));
+        let before = picture(&p.b);
+        let e = s
+            .checkout(&p.b, Some(head), to, &CheckoutOptions::default(), &NoProgress)
+            .unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+        assert!(s.validate_tree(to, Some(head)).is_err());
+        assert_eq!(s.pending_checkout().unwrap(), None, "{what}: journal left");
+        assert_eq!(picture(&p.b), before);
+        assert_eq!(s.head().unwrap(), Some(head));
+    }
+    // Nothing is stuck: gc and add run, an honest change checks out.
+    s.gc(&GcOptions::default(), &NoProgress).unwrap();
+    fs::write(p.b.join("local"), b"mine").unwrap();
+    assert!(add_msg(s, &p.b, "after").is_some());
+}
+
+/// A journal an older version left for a malformed tree is dropped on resume; gc runs while a
+/// checkout is journaled and keeps its trees; `abort_checkout` drops one.
+#[test]
+fn journaled_checkouts_do_not_block_gc_and_can_be_aborted() {
+    let p = Pair::new();
+    fs::write(p.a.join("f"), b"v1").unwrap();
+    p.sync();
+    let s = p.sb();
+    let head = s.head().unwrap().unwrap();
+    // A `to` no ref names, journaled (a checkout cut short).
+    let to = put_snap(
+        s,
+        put_dir(s, vec![file_entry(s, "f", b"v2 only in to", None)]),
+        Some(head),
+    );
+    s.debug_write_journal(Some(head), to).unwrap();
+    s.gc(&GcOptions::default(), &NoProgress)
+        .expect("gc runs while a checkout is journaled");
+    let r = s
+        .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.files_written, 1);
+    assert_eq!(fs::read(p.b.join("f")).unwrap(), b"v2 only in to");
+    assert_eq!(s.head().unwrap(), Some(to));
+    // Abort: head stays, the folder keeps what it has, the next add records it.
+    let to2 = put_snap(s, put_dir(s, vec![file_entry(s, "f", b"v3", None)]), Some(to));
+    s.debug_write_journal(Some(to), to2).unwrap();
+    assert_eq!(s.abort_checkout().unwrap(), Some((Some(to), to2)));
+    assert_eq!(s.pending_checkout().unwrap(), None);
+    assert_eq!(s.head().unwrap(), Some(to));
+    // A journal for a malformed tree (an older version wrote it): dropped on resume.
+    let folder = put_dir(s, vec![file_entry(s, "inner", b"x", None)]);
+    let bad = put_snap(
+        s,
+        put_dir(
+            s,
+            vec![DirEntry {
+                name: b"f".to_vec(),
+                kind: EntryKind::File,
+                mode: 0o644,
+                mtime_ns: 1_000_000_000,
+                size: 0,
+                target: Target::Node(folder),
+            }],
+        ),
+        Some(to),
+    );
+    s.debug_write_journal(Some(to), bad).unwrap();
+    let r = s
+        .resume_checkout(&p.b, &CheckoutOptions::default(), &NoProgress)
+        .unwrap()
+        .unwrap();
+    assert!(r.kept.iter().any(|k| k.reason.contains("dropped")), "{r:?}");
+    assert_eq!(s.pending_checkout().unwrap(), None);
+    assert_eq!(s.head().unwrap(), Some(to));
+    assert!(add_msg(s, &p.b, "after").is_some() || s.head().unwrap() == Some(to));
+}
