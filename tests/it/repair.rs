@@ -181,8 +181,8 @@ fn repair_without_a_reachable_peer_fails_and_changes_nothing() {
     assert!(j["peers"][0]["error"].is_string(), "{j}");
     one_error_line(&r);
 
-    // No peer named and none in the book: one line saying what to do.
-    let r = b.left(&["verify", "--repair"]).expect_code(1);
+    // No peer named and none in the book: one line saying what to do, a usage error (2).
+    let r = b.left(&["verify", "--repair"]).expect_code(2);
     assert_eq!(
         one_error_line(&r),
         "left: cannot repair: no peer to fetch from"
@@ -190,7 +190,7 @@ fn repair_without_a_reachable_peer_fails_and_changes_nothing() {
     assert!(r.stderr.contains("peers.json"), "{}", r.stderr);
     let r = b
         .left(&["verify", "--repair", "localhost:notaport"])
-        .expect_code(1);
+        .expect_code(2);
     assert!(
         one_error_line(&r).contains("bad peer address"),
         "{}",
@@ -311,14 +311,18 @@ fn restore_from_bad_input_gives_one_line() {
         let r = b.left(args).expect_code(1);
         one_error_line(&r)
     };
-    let line = fail(&[
-        "restore",
-        "peer",
-        "--to",
-        to,
-        "--from",
-        "localhost:notaport",
-    ]);
+    // A malformed peer address is a usage error (2).
+    let r = b
+        .left(&[
+            "restore",
+            "peer",
+            "--to",
+            to,
+            "--from",
+            "localhost:notaport",
+        ])
+        .expect_code(2);
+    let line = one_error_line(&r);
     assert!(
         line.contains("bad peer address \"localhost:notaport\""),
         "{line}"
