@@ -35,6 +35,14 @@ use super::{
 
 /// The usage error for a peer address that does not parse or resolve.
 pub(crate) fn bad_address(given: &str, why: &str) -> anyhow::Error {
+    if why.starts_with("cannot resolve") {
+        // A well-formed name the resolver cannot answer for (it may be the network): an error.
+        return CliError::Peers {
+            message: format!("bad peer address {given:?}: {why}"),
+            hint: Some("check the host name, or give its IP address".into()),
+        }
+        .into();
+    }
     CliError::Usage {
         message: format!("bad peer address {given:?}: {why}"),
         hint: Some("give HOST:PORT, a host (port 22001), or an IP address ([::1]:22001, ::1)".into()),

@@ -382,3 +382,31 @@ fn restore_from_bad_input_gives_one_line() {
         r.stderr
     );
 }
+
+/// A peer B synced from is in B's peer book (before, `sync` recorded nothing: "no devices seen
+/// yet"), so `verify --repair` with no peer named finds it.
+#[test]
+fn a_peer_synced_from_is_found_by_repair_without_arguments() {
+    let (_a, server, b) = served_pair();
+    let peers = b.json(&["peers"], 0);
+    assert!(
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["device"] == server.hello["device"]
+                && p["last_addr"] == Value::String(server.addr())),
+        "A is not in B's book: {peers}"
+    );
+    let (corrupt, _, _) = damage(&b);
+    let r = b.left(&["verify", "--repair"]).expect_code(0);
+    assert!(
+        r.out().contains(&format!(
+            "repaired corrupt chunk {corrupt}, used by: big.bin"
+        )),
+        "{}",
+        r.out()
+    );
+    b.verify_clean();
+    server.stop();
+}
