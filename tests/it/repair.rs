@@ -181,7 +181,9 @@ fn repair_without_a_reachable_peer_fails_and_changes_nothing() {
     assert!(j["peers"][0]["error"].is_string(), "{j}");
     one_error_line(&r);
 
-    // No peer named and none in the book: one line saying what to do, a usage error (2).
+    // No peer named and none in the book (the sync recorded A: forget it): one line saying what
+    // to do, a usage error (2).
+    fs::remove_file(b.store.join("peers.json")).unwrap();
     let r = b.left(&["verify", "--repair"]).expect_code(2);
     assert_eq!(
         one_error_line(&r),
