@@ -487,7 +487,8 @@ pub fn call(store_dir: &Path, req: &Request) -> Result<Option<Response>, Control
 /// time), `Status` and `Stop` call the server's closures.
 ///
 /// The `Status` answer is the server's object with these keys added when it lacks them: `head`
-/// (hex id or null), `share_root` and `device` (this device's id). The command line relies on
+/// (hex id or null), `share_root`, `unwritten` (the paths checkouts could not write) and
+/// `device` (this device's id). The command line relies on
 /// `share_root` to turn the paths given to `left add` into share-relative ones.
 pub struct StoreHandler {
     /// The open store.
@@ -640,6 +641,14 @@ impl StoreHandler {
                     }
                     map.entry("share_root").or_insert_with(|| {
                         serde_json::Value::String(self.share_root.to_string_lossy().into_owned())
+                    });
+                    // Paths checkouts could not write (tried again at every scan).
+                    map.entry("unwritten").or_insert_with(|| {
+                        let paths = self.store.unwritten_paths().unwrap_or_default();
+                        serde_json::json!(paths
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>())
                     });
                     map.entry("device").or_insert_with(|| {
                         serde_json::Value::String(

@@ -1,7 +1,7 @@
 //! The `left` binary: parse the command line, run it, map the outcome to an exit code.
 //!
 //! Exit codes (also in `left --help`): 0 success, 1 error, 2 usage error, 3 finished but some files
-//! were skipped. Errors print as one line, `left: <what failed>: <cause>`, followed where useful by a
+//! were skipped, 4 sync fetched but could not merge, 130 interrupted by Ctrl-C. Errors print as one line, `left: <what failed>: <cause>`, followed where useful by a
 //! `hint:` line saying what to do next. A closed stdout (`left log | head`) ends the program quietly
 //! with 0, as other Unix tools do.
 
@@ -25,6 +25,10 @@ fn main() -> ExitCode {
             });
         }
     };
+    // `left serve` stops gracefully on Ctrl-C by itself; every other command ends at once.
+    if !matches!(args.command, cli::Command::Serve(_)) {
+        exit_on_interrupt();
+    }
     match cli::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(err) if is_broken_pipe(&err) => ExitCode::from(cli::EXIT_OK),
@@ -35,8 +39,49 @@ fn main() -> ExitCode {
             if let Some(hint) = cli::hint(&err) {
                 let _ = writeln!(stderr, "hint: {hint}");
             }
-            ExitCode::from(cli::EXIT_ERROR)
+            ExitCode::from(if cli::is_usage(&err) {
+                cli::EXIT_USAGE
+            } else {
+                cli::EXIT_ERROR
+            })
         }
+    }
+}
+
+/// Whether stderr was a terminal when [`exit_on_interrupt`] ran (the message then starts on a
+/// fresh line, below the `^C` and any progress bar).
+static STDERR_IS_TTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// On SIGINT (Ctrl-C): print `left: interrupted; run the same command to resume` and exit 130
+/// at once. Stopping there is safe at any point, exactly as a crash or SIGKILL is: every store
+/// change is one atomic RocksDB batch with the ref moved last, a fetch resumes from what the
+/// store holds, a checkout is journaled and finished by the next run, and files are written to a
+/// temp name and renamed. The handler only calls `write(2)` and `_exit(2)` (async-signal-safe),
+/// so no destructor, lock or buffered state of the interrupted threads is touched.
+fn exit_on_interrupt() {
+    use std::io::IsTerminal;
+    extern "C" fn on_sigint(_: libc::c_int) {
+        const LINE: &[u8] = b"left: interrupted; run the same command to resume\n";
+        const TTY: &[u8] = b"\nleft: interrupted; run the same command to resume\n";
+        let msg = if STDERR_IS_TTY.load(std::sync::atomic::Ordering::Relaxed) {
+            TTY
+        } else {
+            LINE
+        };
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is a static buffer.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(cli::EXIT_INTERRUPTED as libc::c_int);
+        }
+    }
+    STDERR_IS_TTY.store(
+        std::io::stderr().is_terminal(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
     }
 }
 

@@ -309,3 +309,66 @@ mod tests {
         assert_eq!(snapshot_path(Path::new(".")), PathBuf::new());
     }
 }
+
+/// For `left status`: the paths checkouts could not write here (they keep their synced version
+/// in the store and are tried again at every sync and scan), and the paths the serving
+/// process's last scan could not read (a FIFO, a file it may not read: each keeps its previous
+/// version). From the serving process's status when one runs, else from the store (which keeps
+/// no record of skipped paths: `left add` names them when it meets them).
+pub(crate) fn local_problems(
+    global: &Global,
+    served: Option<&serde_json::Value>,
+) -> (Vec<String>, Vec<serde_json::Value>) {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    match served {
+        Some(v) => (
+            strings(&v["unwritten"]),
+            v["skipped"].as_array().cloned().unwrap_or_default(),
+        ),
+        None => {
+            let unwritten = open_store_read(global)
+                .ok()
+                .and_then(|(_, store)| store.unwritten_paths().ok())
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            (unwritten, Vec::new())
+        }
+    }
+}
+
+/// Prints what [`local_problems`] found, one line per path (nothing when there is none).
+pub(crate) fn print_local_problems(
+    out: &Output,
+    unwritten: &[String],
+    skipped: &[serde_json::Value],
+) -> anyhow::Result<()> {
+    if !unwritten.is_empty() {
+        out.data(format!(
+            "{} path(s) could not be written here (tried again at every sync):",
+            unwritten.len()
+        ))?;
+        for p in unwritten {
+            out.data(format!("  {p}"))?;
+        }
+    }
+    if !skipped.is_empty() {
+        out.data(format!(
+            "{} path(s) could not be read at the last scan (they keep their previous version):",
+            skipped.len()
+        ))?;
+        for s in skipped {
+            out.data(format!(
+                "  {}: {}",
+                s["path"].as_str().unwrap_or("?"),
+                s["reason"].as_str().unwrap_or("?")
+            ))?;
+        }
+    }
+    Ok(())
+}

@@ -44,9 +44,11 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the command finished but some files were skipped (listed on stderr and in --json).
 pub const EXIT_PARTIAL: u8 = 3;
 /// Exit code: `left sync` fetched a snapshot but did not check it out, because both sides changed
-/// since they last agreed.
+/// since they last agreed and the history needed to merge them could not be fetched.
 #[allow(dead_code)] // Returned by `left sync`.
 pub const EXIT_DIVERGED: u8 = 4;
+/// Exit code: interrupted by Ctrl-C (SIGINT), 128 + 2 as shells report it.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 const AFTER_HELP: &str = "\
 Store discovery: --store PATH, else $LEFT_STORE, else the nearest folder named .left in the current
@@ -55,9 +57,10 @@ folder or one of its parents.
 Exit codes:
   0  success
   1  error (the cause is printed on stderr as `left: ...`)
-  2  usage error (bad option or argument)
-  3  finished, but some files were skipped (listed on stderr, and under \"skipped\" with --json)
-  4  fetched, but not checked out: both sides changed since they last agreed";
+  2  usage error (bad option or argument, a malformed peer address, no peer to talk to)
+  3  finished, but some files were skipped or could not be written (listed on stderr, and in --json)
+  4  fetched, but not checked out: both sides changed and their merge base is on no peer reached
+  130  interrupted (Ctrl-C): nothing is lost; run the same command to resume";
 
 /// left: peer-to-peer file sync on a content-addressed store.
 #[derive(Debug, Parser)]
@@ -198,6 +201,15 @@ pub enum CliError {
     /// A share key given on the command line does not parse.
     #[error("bad share key given to --join: {0}")]
     BadShareKey(left::identity::ParseShareKeyError),
+    /// A command line clap accepts but that makes no sense (a malformed peer address, no peer
+    /// to talk to): exit 2, like clap's own usage errors.
+    #[error("{message}")]
+    Usage {
+        /// What is wrong, one line.
+        message: String,
+        /// What to do about it.
+        hint: Option<String>,
+    },
 }
 
 /// Runs the parsed command line; returns the process exit code on success.
@@ -221,6 +233,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(args) => serve::run(&cli.global, &out, args),
         Command::Sync(args) => sync::run(&cli.global, &out, args),
     }
+}
+
+/// Whether the error is a usage error (exit 2) rather than a failure (exit 1).
+pub fn is_usage(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|c| matches!(c.downcast_ref::<CliError>(), Some(CliError::Usage { .. })))
 }
 
 /// A hint on what to do next for the error, if one is known.
@@ -247,7 +265,9 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
                      (`left verify --repair HOST:PORT`), or add the files again if you still have them"
                         .into(),
                 ),
-                CliError::Served { hint, .. } | CliError::Peers { hint, .. } => hint.clone(),
+                CliError::Served { hint, .. }
+                | CliError::Peers { hint, .. }
+                | CliError::Usage { hint, .. } => hint.clone(),
                 CliError::BadShareKey(_) => Some(
                     "copy the key exactly as `left share-key` prints it on a device of the share"
                         .into(),
@@ -486,6 +506,7 @@ mod tests {
             "2  usage",
             "3  finished",
             "4  fetched",
+            "130  interrupted",
         ] {
             assert!(help.contains(code), "missing {code:?} in help:\n{help}");
         }

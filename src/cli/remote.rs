@@ -34,7 +34,7 @@ use serde_json::json;
 use super::inspect::RestoreArgs;
 use super::maintain::{problem_json, problem_line, VerifyArgs};
 use super::serve::runtime;
-use super::sync::{bind_endpoints, failure_hint, resolve, FetchBar};
+use super::sync::{bad_address, bind_endpoints, failure_hint, resolve, FetchBar};
 use super::{fmt, open_store_exclusive, CliError, Global, Output, EXIT_OK};
 
 /// What talking to peers needs, read from the store folder.
@@ -86,7 +86,11 @@ impl Net {
 
 fn check_timeout(timeout: f64) -> anyhow::Result<()> {
     if !(timeout.is_finite() && timeout > 0.0 && timeout < 1e9) {
-        anyhow::bail!("--timeout must be a positive number of seconds");
+        return Err(CliError::Usage {
+            message: "--timeout must be a positive number of seconds".into(),
+            hint: None,
+        }
+        .into());
     }
     Ok(())
 }
@@ -100,7 +104,7 @@ pub(crate) fn given_targets(peers: &[String], ip: &[String]) -> anyhow::Result<V
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
     {
-        let addr = resolve(g).map_err(|e| anyhow::anyhow!("bad peer address {g:?}: {e}"))?;
+        let addr = resolve(g).map_err(|e| bad_address(g, &e))?;
         if !out.iter().any(|t| t.addr == addr) {
             out.push(Target {
                 label: g.to_string(),
@@ -113,7 +117,7 @@ pub(crate) fn given_targets(peers: &[String], ip: &[String]) -> anyhow::Result<V
 
 /// The last address of every device of the peer book that is still allowed, not already in
 /// `targets`.
-fn add_book_targets(dir: &Path, targets: &mut Vec<Target>) -> anyhow::Result<usize> {
+pub(crate) fn add_book_targets(dir: &Path, targets: &mut Vec<Target>) -> anyhow::Result<usize> {
     let book = PeerBook::load(dir).context("cannot read the peer book")?;
     let mut added = 0;
     for r in book.records() {
@@ -232,7 +236,7 @@ pub(crate) fn verify_repair(global: &Global, out: &Output, args: VerifyArgs) -> 
     }
     if targets.is_empty() {
         unchanged(&[])?;
-        return Err(CliError::Peers {
+        return Err(CliError::Usage {
             message: "cannot repair: no peer to fetch from".into(),
             hint: Some(format!(
                 "name one: `left verify --repair HOST:PORT` (or --ip A,B); the peer book {} holds no address of an allowed device",
@@ -478,7 +482,7 @@ pub(crate) fn restore_from(global: &Global, out: &Output, args: RestoreArgs) -> 
     check_timeout(args.timeout)?;
     let targets = given_targets(std::slice::from_ref(&peer), &[])?;
     let Some(target) = targets.into_iter().next() else {
-        anyhow::bail!("bad peer address {peer:?}: empty peer address");
+        return Err(bad_address(&peer, "empty peer address"));
     };
     let (dir, store) = open_store_exclusive(global, "fetch from a peer", "restore --from")?;
     let store = Arc::new(store);

@@ -241,7 +241,10 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         .as_ref()
         .map(|v| v["idle"].as_bool().unwrap_or(true))
         .unwrap_or(true);
+    let (unwritten, skipped) = super::inspect::local_problems(global, served.as_ref());
     out.json(&json!({
+        "unwritten": unwritten,
+        "skipped": skipped,
         "store": fmt::json_path(&dir),
         "share_root": share_root,
         "head": head,
@@ -303,6 +306,7 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         }
         None => out.data("serving: no")?,
     }
+    super::inspect::print_local_problems(out, &unwritten, &skipped)?;
     for p in &peers {
         let name = p["peer"]
             .as_str()

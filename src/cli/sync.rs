@@ -24,11 +24,31 @@ use left::session::{
     self, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure, Target,
 };
 use left::sync::PullConfig;
-use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Store};
+use left::sync::integrate::{integrate, IntegrateOptions, Integrated};
+use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Progress, Store};
 use serde_json::json;
 
 use super::serve::{bind, endpoint_config, parse_on_off, runtime, BookPolicy, DEFAULT_PORT};
-use super::{fmt, share_root, Global, Output, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK};
+use super::{
+    fmt, share_root, CliError, Global, Output, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL,
+};
+
+/// The usage error for a peer address that does not parse or resolve.
+pub(crate) fn bad_address(given: &str, why: &str) -> anyhow::Error {
+    if why.starts_with("cannot resolve") {
+        // A well-formed name the resolver cannot answer for (it may be the network): an error.
+        return CliError::Peers {
+            message: format!("bad peer address {given:?}: {why}"),
+            hint: Some("check the host name, or give its IP address".into()),
+        }
+        .into();
+    }
+    CliError::Usage {
+        message: format!("bad peer address {given:?}: {why}"),
+        hint: Some("give HOST:PORT, a host (port 22001), or an IP address ([::1]:22001, ::1)".into()),
+    }
+    .into()
+}
 
 /// Arguments of `left sync`.
 #[derive(Debug, Args)]
@@ -175,19 +195,35 @@ enum Decision {
 pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let given = given_peers(&args.peers, &args.ip);
-    if given.is_empty() {
-        anyhow::bail!("no peer given: name at least one (HOST:PORT, a host, or --ip A,B)");
-    }
     let mut targets = Vec::new();
     for g in &given {
-        let addr = resolve(g).map_err(|e| anyhow::anyhow!("bad peer address {g:?}: {e}"))?;
+        let addr = resolve(g).map_err(|e| bad_address(g, &e))?;
         targets.push(Target {
             label: g.clone(),
             addr,
         });
     }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        anyhow::bail!("--timeout must be a positive number of seconds");
+    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout < 1e9) {
+        return Err(CliError::Usage {
+            message: "--timeout must be a positive number of seconds".into(),
+            hint: None,
+        }
+        .into());
+    }
+    // No peer named: the devices of the peer book, at the address each was last seen at.
+    if targets.is_empty() {
+        let dir = super::store_dir(global)?;
+        super::remote::add_book_targets(&dir, &mut targets)?;
+        if targets.is_empty() {
+            return Err(CliError::Usage {
+                message: "no peer given, and the peer book knows none".into(),
+                hint: Some(
+                    "name one: `left sync HOST:PORT` (or a host, or --ip A,B); a peer synced with once is remembered (`left peers`)"
+                        .into(),
+                ),
+            }
+            .into());
+        }
     }
 
     let (dir, store) = super::open_store_exclusive(global, "sync", "sync")?;
@@ -214,6 +250,9 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             .context("cannot finish the interrupted checkout")?;
     }
     // 2. Snapshot local changes so nothing is overwritten unseen.
+    let unwritten_before = store
+        .unwritten_paths()
+        .context("cannot read the paths earlier checkouts could not write")?;
     let add = store
         .add(
             &share,
@@ -226,12 +265,31 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             &progress,
         )
         .with_context(|| format!("cannot snapshot {} before syncing", share.display()))?;
-    if !add.skipped.is_empty() && !out.quiet {
-        eprintln!(
-            "left: warning: {} path(s) could not be read and keep their previous snapshot (see `left add`)",
-            add.skipped.len()
-        );
+    // Paths add kept at their previous version because it could not read them (a path an earlier
+    // checkout could not write is reported as unwritten instead, below).
+    let skipped: Vec<&left_store::Skipped> = add
+        .skipped
+        .iter()
+        .filter(|s| !unwritten_before.contains(&s.path))
+        .collect();
+    if !out.quiet {
+        for s in &skipped {
+            eprintln!(
+                "left: warning: {}: {} (its previous version is kept)",
+                s.path.display(),
+                s.reason
+            );
+        }
     }
+    // Paths earlier checkouts could not write are tried again at every sync, also when there
+    // is nothing new to fetch (their cause may be gone: a folder made writable).
+    let retried = if unwritten_before.is_empty() {
+        None
+    } else {
+        store
+            .retry_unwritten(&share, &copts)
+            .context("cannot write the paths an earlier checkout could not")?
+    };
     let local_head = store.head().context("cannot read the head")?;
 
     // 3. Fetch.
@@ -246,7 +304,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     // Big new files are written out as they arrive, for the checkout below to rename in.
     fcfg.stage = true;
     let rt = runtime()?;
-    let (report, udp) = rt.block_on(async {
+    let (report, eps) = rt.block_on(async {
         let eps = bind_endpoints(
             &targets,
             &identity,
@@ -295,12 +353,10 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
                 }
             }
         }
-        let udp = eps.udp_bytes();
-        eps.close().await;
-        anyhow::Ok((report, udp))
+        anyhow::Ok((report, eps))
     })?;
-    drop(rt);
     let fetch_seconds = fetch_started.elapsed().as_secs_f64();
+    record_peers(&dir, &report, out.quiet);
     let checkout_started = Instant::now();
 
     // 4. Decide.
@@ -313,6 +369,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let decision = decide(&store, local_head, &report)?;
     copts.staged = report.staged.clone();
     let mut checkout: Option<CheckoutReport> = None;
+    let mut merged: Option<Integrated> = None;
     let mut diverged = false;
     match &decision {
         Decision::Checkout(to) => {
@@ -359,20 +416,60 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             checkout = Some(r);
         }
         Decision::Diverged(peer) => {
-            diverged = true;
-            eprintln!(
-                "left: both this share and {peer} changed since they last agreed; nothing was checked out (merging comes with automatic sync)"
-            );
+            // Both sides changed (a share joined with files already in it, or edits on both
+            // sides): merged as automatic sync merges, so nothing is lost (a path changed on
+            // both sides keeps both versions, the other one under a conflict name).
+            let opts = IntegrateOptions {
+                device: device.0,
+                message: "before sync".into(),
+                checkout: copts.clone(),
+                settle_ns: 0,
+                time_ns: None,
+            };
+            let heads: Vec<NodeId> = report.heads.iter().map(|(h, _)| *h).collect();
+            let ig = rt
+                .block_on(merge_fetched(
+                    &eps, &store, &share, &report, &fcfg, &heads, &opts, &progress,
+                ))
+                .with_context(|| format!("cannot merge with what {peer} has"))?;
+            if let Some((h, e)) = ig.errors.first() {
+                return Err(anyhow::anyhow!(
+                    "cannot merge {} from {peer} into {}: {e}",
+                    h.fmt_short(),
+                    share.display()
+                ));
+            }
+            if !ig.need_trees.is_empty() || !ig.need_headers.is_empty() {
+                diverged = true;
+                eprintln!(
+                    "left: both this share and {peer} changed since they last agreed, and the history needed to merge them is on no peer reached; nothing was checked out"
+                );
+            }
+            if !out.quiet {
+                for (path, copy) in &ig.conflicts {
+                    eprintln!(
+                        "left: {path} changed on both sides: both are kept, the other version as {copy}"
+                    );
+                }
+            }
+            merged = Some(ig);
         }
         Decision::UpToDate | Decision::Failed => {}
     }
     drop(progress);
+    let udp = eps.udp_bytes();
+    rt.block_on(eps.close());
+    drop(rt);
     let checkout_seconds = checkout_started.elapsed().as_secs_f64();
     let head = store.head().ok().flatten();
     let seconds = started.elapsed().as_secs_f64();
 
     // 5. Output.
     let failed = matches!(decision, Decision::Failed);
+    // What is still not written here, after the retry and the checkout.
+    let unwritten = store
+        .unwritten_paths()
+        .context("cannot read the paths the checkout could not write")?;
     let mut stderr = std::io::stderr().lock();
     for p in &report.peers {
         if let Some(e) = &p.error {
@@ -402,8 +499,27 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         "seconds": seconds,
         "fetch_seconds": fetch_seconds,
         "checkout_seconds": checkout_seconds,
-        "checked_out": checkout.is_some(),
+        "checked_out": checkout.is_some() || merged.as_ref().is_some_and(|m| m.moved()),
         "diverged": diverged,
+        "merged": merged.as_ref().map(|m| json!({
+            "merges": m.merges,
+            "fast_forwards": m.fast_forwards,
+            "conflicts": m.conflicts.iter().map(|(path, copy)| json!({
+                "path": path,
+                "copy": copy,
+            })).collect::<Vec<_>>(),
+            "files_written": m.files_written,
+            "files_removed": m.files_removed,
+            "kept": m.kept,
+        })),
+        "retried": retried.as_ref().map(|r| json!({
+            "files_written": r.files_written,
+        })),
+        "unwritten": unwritten.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "skipped": skipped.iter().map(|s| json!({
+            "path": s.path.display().to_string(),
+            "reason": s.reason,
+        })).collect::<Vec<_>>(),
         "checkout": checkout.as_ref().map(|c| json!({
             "files_written": c.files_written,
             "files_removed": c.files_removed,
@@ -448,26 +564,222 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             },
             c.files_removed
         ),
-        (Decision::Diverged(_), _) => format!(
+        (Decision::Diverged(_), _) if diverged => format!(
             "fetched {} chunks and {} nodes ({}); the share diverged, nothing checked out",
             st.chunks_fetched,
             st.nodes_fetched,
             fmt::bytes(st.payload_bytes_received)
         ),
+        (Decision::Diverged(peer), _) => {
+            let m = merged.as_ref();
+            format!(
+                "merged what {peer} has with the changes here: {}; fetched {} of new data in {seconds:.1} s; wrote {} {}, removed {}{}",
+                head.map(|h| h.fmt_short()).unwrap_or_default(),
+                fmt::bytes(st.chunk_bytes_fetched),
+                m.map_or(0, |m| m.files_written),
+                if m.map_or(0, |m| m.files_written) == 1 { "file" } else { "files" },
+                m.map_or(0, |m| m.files_removed),
+                match m.map_or(0, |m| m.conflicts.len()) {
+                    0 => String::new(),
+                    n => format!("; {n} changed on both sides, both versions kept"),
+                }
+            )
+        }
         _ => match head {
             Some(h) => format!("up to date at {}", h.fmt_short()),
             None => "up to date: no snapshot on either side".to_string(),
         },
     };
+    let line = match retried.as_ref().map(|r| r.files_written) {
+        Some(n) if n > 0 => format!(
+            "{line}; wrote {n} {} an earlier checkout could not",
+            if n == 1 { "path" } else { "paths" }
+        ),
+        _ => line,
+    };
     out.human(line)?;
-    if let Some(c) = &checkout {
-        if !out.quiet {
-            for u in &c.unwritten {
+    if !out.quiet {
+        let reports = retried.iter().chain(checkout.iter());
+        let mut named = Vec::new();
+        for u in reports.flat_map(|c| c.unwritten.iter()) {
+            if !named.contains(&&u.path) {
                 eprintln!("left: warning: {}: {}", u.path.display(), u.reason);
+                named.push(&u.path);
+            }
+        }
+        if let Some(m) = &merged {
+            for u in &m.unwritten {
+                eprintln!("left: warning: {u}");
+            }
+        }
+        if !unwritten.is_empty() {
+            eprintln!(
+                "left: warning: {} path(s) could not be written here and keep their synced version in the store; `left sync` tries again (`left status` lists them)",
+                unwritten.len()
+            );
+        }
+    }
+    Ok(if diverged {
+        EXIT_DIVERGED
+    } else if !unwritten.is_empty() || !skipped.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+/// Records in the peer book every peer that answered (its device, at the address we reached it
+/// at), so `left peers`, `left verify --repair` and a later `left sync` without arguments know
+/// it. A book that cannot be written is a warning, never a failed sync.
+fn record_peers(dir: &Path, report: &FetchReport, quiet: bool) {
+    let answered: Vec<([u8; 32], std::net::SocketAddr)> = report
+        .peers
+        .iter()
+        .filter(|p| p.error.is_none() || p.fetched || p.same)
+        .filter_map(|p| Some((p.device?, p.addr?)))
+        .collect();
+    if answered.is_empty() {
+        return;
+    }
+    let mut book = match left::peers::PeerBook::load(dir) {
+        Ok(b) => b,
+        Err(e) => {
+            if !quiet {
+                eprintln!("left: warning: cannot record the peers reached: {e}");
+            }
+            return;
+        }
+    };
+    for (device, addr) in answered {
+        if let Err(e) = book.record_seen(dir, device, addr) {
+            if !quiet {
+                eprintln!(
+                    "left: warning: cannot record peer {}: {e}",
+                    DeviceId(device)
+                );
             }
         }
     }
-    Ok(if diverged { EXIT_DIVERGED } else { EXIT_OK })
+}
+
+/// Merges the fetched `heads` into ours by automatic sync's rules ([`integrate`]): their whole
+/// ancestry first (headers only), so the merge base is found; when a merge still lacks history
+/// headers or a merge base's tree, those are fetched from the peers that offered the heads and
+/// the merge is tried again (twice at most: what they lack, nobody reached has). What remains
+/// missing is left in `need_headers` / `need_trees` (nothing was merged for those heads).
+#[allow(clippy::too_many_arguments)]
+async fn merge_fetched(
+    eps: &Endpoints,
+    store: &Arc<Store>,
+    share: &Path,
+    report: &FetchReport,
+    fcfg: &FetchConfig,
+    heads: &[NodeId],
+    opts: &IntegrateOptions,
+    progress: &dyn Progress,
+) -> left_store::Result<Integrated> {
+    let mut sources: Vec<Target> = Vec::new();
+    for (h, idx) in &report.heads {
+        for &i in idx {
+            let Some(addr) = report.peers[i].addr else {
+                continue;
+            };
+            if !sources.iter().any(|t| t.addr == addr) {
+                sources.push(Target {
+                    label: report.peers[i].label.clone(),
+                    addr,
+                });
+            }
+        }
+        for &i in idx {
+            let Some(addr) = report.peers[i].addr else {
+                continue;
+            };
+            let history = session::fetch_history(
+                eps,
+                addr,
+                fcfg,
+                store,
+                *h,
+                i64::MIN,
+                session::HISTORY_LIMIT,
+            );
+            if history.await.is_ok() {
+                break;
+            }
+        }
+    }
+    let mut total = Integrated::default();
+    for round in 0..3 {
+        let ig = integrate(store, share, heads, opts, progress)?;
+        if round == 0 {
+            total.before = ig.before;
+        }
+        total.after = ig.after;
+        total.scanned |= ig.scanned;
+        total.merges += ig.merges;
+        total.fast_forwards += ig.fast_forwards;
+        total.conflicts.extend(ig.conflicts.iter().cloned());
+        total.kept += ig.kept;
+        total.unwritten.extend(ig.unwritten.iter().cloned());
+        total.files_written += ig.files_written;
+        total.files_removed += ig.files_removed;
+        total.need_trees = ig.need_trees.clone();
+        total.need_headers = ig.need_headers.clone();
+        total.errors = ig.errors.clone();
+        if (ig.need_trees.is_empty() && ig.need_headers.is_empty()) || round == 2 {
+            break;
+        }
+        for id in &ig.need_headers {
+            fetch_headers(eps, store, &sources, fcfg, *id).await;
+        }
+        for base in &ig.need_trees {
+            let mut want = fcfg.clone();
+            want.want = Some(*base);
+            want.announce = false;
+            // A merge base is not checked out (and a stager would empty the stage folder the
+            // head's staged files are waiting in).
+            want.stage = false;
+            session::fetch(eps, store.clone(), &sources, &want, &()).await;
+        }
+    }
+    Ok(total)
+}
+
+/// Fetches the snapshot header `id` and its ancestry from the first of `sources` that has it.
+async fn fetch_headers(
+    eps: &Endpoints,
+    store: &Arc<Store>,
+    sources: &[Target],
+    fcfg: &FetchConfig,
+    id: NodeId,
+) {
+    for t in sources {
+        let Ok(mut s) = session::NodeSession::open(eps, t.addr, fcfg, store).await else {
+            continue;
+        };
+        let mut keep = |nid: NodeId, b: &[u8]| -> Result<(), String> {
+            store
+                .put_snapshot_header(nid, b)
+                .map(drop)
+                .map_err(|e| format!("snapshot {}: {e}", nid.fmt_short()))
+        };
+        let got = s.get_nodes(&[id], &mut keep).await;
+        s.close().await;
+        if matches!(&got, Ok(g) if g.contains(&id)) {
+            let _ = session::fetch_history(
+                eps,
+                t.addr,
+                fcfg,
+                store,
+                id,
+                i64::MIN,
+                session::HISTORY_LIMIT,
+            )
+            .await;
+            return;
+        }
+    }
 }
 
 fn fetched_head(d: &Decision, r: &FetchReport) -> Option<NodeId> {

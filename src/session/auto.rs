@@ -141,6 +141,18 @@ pub struct AutoStatus {
     pub chunk_bytes_fetched: u64,
     /// Replies that arrived twice (the endgame asks a slow peer's last chunks elsewhere too).
     pub duplicates: u64,
+    /// Paths the last scan could not read (a FIFO, a file it may not read), each keeping its
+    /// previous version: listed by `left status`, and logged when first met.
+    pub skipped: Vec<SkippedStatus>,
+}
+
+/// A path a scan could not read, in [`AutoStatus`].
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SkippedStatus {
+    /// Relative to the share root.
+    pub path: String,
+    /// Why, one line.
+    pub reason: String,
 }
 
 /// A peer as the driver knows it.
@@ -654,6 +666,7 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
             Err(e) => return Err(format!("cannot write what a checkout left: {e}")),
         }
     }
+    report_skipped(ctx, &r.skipped);
     let unsettled = !r.unsettled.is_empty()
         || r.skipped
             .iter()
@@ -663,6 +676,31 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
         new_head: r.snapshot.is_some(),
         unsettled,
     })
+}
+
+/// Publishes the paths a scan could not read in the status and logs those not skipped at the
+/// scan before (a file still being written is not one: it is taken once it settles; nor is a
+/// path a checkout could not write, which status lists as unwritten).
+fn report_skipped(ctx: &Ctx, skipped: &[left_store::Skipped]) {
+    let unwritten = ctx.store.unwritten_paths().unwrap_or_default();
+    let now: Vec<SkippedStatus> = skipped
+        .iter()
+        .filter(|s| !s.reason.contains("changed while being read") && !unwritten.contains(&s.path))
+        .map(|s| SkippedStatus {
+            path: s.path.display().to_string(),
+            reason: s.reason.clone(),
+        })
+        .collect();
+    let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
+    for s in now.iter().filter(|s| !st.skipped.contains(s)) {
+        // A name may have come from a peer: no control characters reach the log.
+        eprintln!(
+            "left: warning: {}: {} (not synced; it keeps its previous version)",
+            super::sanitize(&s.path),
+            super::sanitize(&s.reason)
+        );
+    }
+    st.skipped = now;
 }
 
 /// The agent's settle time, as `AddOptions::settle_ns` (0 once files have been unsettled for

@@ -181,8 +181,10 @@ fn repair_without_a_reachable_peer_fails_and_changes_nothing() {
     assert!(j["peers"][0]["error"].is_string(), "{j}");
     one_error_line(&r);
 
-    // No peer named and none in the book: one line saying what to do.
-    let r = b.left(&["verify", "--repair"]).expect_code(1);
+    // No peer named and none in the book (the sync recorded A: forget it): one line saying what
+    // to do, a usage error (2).
+    fs::remove_file(b.store.join("peers.json")).unwrap();
+    let r = b.left(&["verify", "--repair"]).expect_code(2);
     assert_eq!(
         one_error_line(&r),
         "left: cannot repair: no peer to fetch from"
@@ -190,7 +192,7 @@ fn repair_without_a_reachable_peer_fails_and_changes_nothing() {
     assert!(r.stderr.contains("peers.json"), "{}", r.stderr);
     let r = b
         .left(&["verify", "--repair", "localhost:notaport"])
-        .expect_code(1);
+        .expect_code(2);
     assert!(
         one_error_line(&r).contains("bad peer address"),
         "{}",
@@ -311,14 +313,18 @@ fn restore_from_bad_input_gives_one_line() {
         let r = b.left(args).expect_code(1);
         one_error_line(&r)
     };
-    let line = fail(&[
-        "restore",
-        "peer",
-        "--to",
-        to,
-        "--from",
-        "localhost:notaport",
-    ]);
+    // A malformed peer address is a usage error (2).
+    let r = b
+        .left(&[
+            "restore",
+            "peer",
+            "--to",
+            to,
+            "--from",
+            "localhost:notaport",
+        ])
+        .expect_code(2);
+    let line = one_error_line(&r);
     assert!(
         line.contains("bad peer address \"localhost:notaport\""),
         "{line}"
@@ -377,4 +383,32 @@ fn restore_from_bad_input_gives_one_line() {
         "{}",
         r.stderr
     );
+}
+
+/// A peer B synced from is in B's peer book (before, `sync` recorded nothing: "no devices seen
+/// yet"), so `verify --repair` with no peer named finds it.
+#[test]
+fn a_peer_synced_from_is_found_by_repair_without_arguments() {
+    let (_a, server, b) = served_pair();
+    let peers = b.json(&["peers"], 0);
+    assert!(
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["device"] == server.hello["device"]
+                && p["last_addr"] == Value::String(server.addr())),
+        "A is not in B's book: {peers}"
+    );
+    let (corrupt, _, _) = damage(&b);
+    let r = b.left(&["verify", "--repair"]).expect_code(0);
+    assert!(
+        r.out().contains(&format!(
+            "repaired corrupt chunk {corrupt}, used by: big.bin"
+        )),
+        "{}",
+        r.out()
+    );
+    b.verify_clean();
+    server.stop();
 }

@@ -504,8 +504,114 @@ fn encryption_mismatch_is_refused_on_both_sides() {
     }
 }
 
+/// The cause of an unwritten path goes away while the peer has nothing new: the next sync is
+/// "up to date" and writes it all the same (before, it never did); `left status` lists the path
+/// while it waits.
 #[test]
-fn diverged_heads_exit_4_and_leave_the_folder_alone() {
+fn an_unwritten_path_is_listed_in_status_and_written_by_the_next_sync_without_news() {
+    let a = Share::new();
+    a.write("d/locked.txt", b"one");
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    a.write("d/locked.txt", b"two two");
+    a.add(&[]);
+    b.sync(&[server.addr()], &[], &[("LEFT_FAULT_DENY", "locked.txt")])
+        .expect_code(3);
+    assert_eq!(fs::read(b.root.join("d/locked.txt")).unwrap(), b"one");
+    let st = b.json(&["status"], 0);
+    assert_eq!(st["unwritten"], serde_json::json!(["d/locked.txt"]), "{st}");
+    let human = b.left(&["status"]).expect_code(0).out();
+    assert!(
+        human.contains("could not be written here") && human.contains("d/locked.txt"),
+        "{human}"
+    );
+    // Still denied: still 3, still listed.
+    b.sync(&[server.addr()], &[], &[("LEFT_FAULT_DENY", "locked.txt")])
+        .expect_code(3);
+    // The cause is gone; A made nothing new.
+    let r = b.cmd(&["sync", &server.addr()]).output().unwrap();
+    let r = Run::from_output(r).expect_code(0);
+    assert!(r.out().contains("up to date"), "{}", r.out());
+    assert!(
+        r.out().contains("wrote 1 path an earlier checkout could not"),
+        "{}",
+        r.out()
+    );
+    assert_eq!(fs::read(b.root.join("d/locked.txt")).unwrap(), b"two two");
+    assert_eq!(b.json(&["status"], 0)["unwritten"], serde_json::json!([]));
+    assert_same_tree(&a.root, &b.root);
+    // And nothing is sent back as a change: B's head is A's.
+    assert_eq!(b.head(), a.head());
+    server.stop();
+}
+
+/// A folder that already holds files joins a share: the one-shot sync merges the two by the
+/// automatic rules (exit 0, nothing lost: a name on both sides with different bytes keeps both
+/// versions), instead of exit 4 "merging comes with automatic sync". The other side then
+/// fast-forwards to the same merge.
+#[test]
+fn joining_with_files_already_there_merges_them() {
+    let a = Share::new();
+    a.write("same.txt", b"same on both\n");
+    a.write("both.txt", b"A's version\n");
+    a.write("only-a/x.txt", b"from A\n");
+    a.add(&[]);
+    a.write("later.txt", b"a second snapshot on A\n");
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.write("same.txt", b"same on both\n");
+    b.write("both.txt", b"B's version\n");
+    b.write("only-b/y.txt", b"from B\n");
+    let r = b.sync(&[server.addr()], &[], &[]);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let j = r.expect_code(0).json();
+    assert_eq!(j["diverged"], Value::Bool(false), "{j}");
+    assert_eq!(j["checked_out"], Value::Bool(true), "{j}");
+    assert_eq!(u(&j["merged"], "merges"), 1, "{j}");
+    let tree = read_tree(&b.root);
+    let names: Vec<String> = tree
+        .keys()
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.starts_with(".left"))
+        .collect();
+    for want in [
+        "same.txt",
+        "both.txt",
+        "only-a/x.txt",
+        "only-b/y.txt",
+        "later.txt",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    let copies: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("both.sync-conflict-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{names:?}");
+    let mut versions = vec![
+        fs::read(b.root.join("both.txt")).unwrap(),
+        fs::read(b.root.join(copies[0])).unwrap(),
+    ];
+    versions.sort();
+    assert_eq!(versions, vec![b"A's version\n".to_vec(), b"B's version\n".to_vec()]);
+    assert_eq!(fs::read(b.root.join("only-b/y.txt")).unwrap(), b"from B\n");
+    assert_eq!(j["head"].as_str(), b.head().as_deref(), "{j}");
+    server.stop();
+    // A pulls the merge: a fast-forward to the same snapshot and the same files.
+    let bs = b.serve();
+    a.sync_ok(&[bs.addr()], &[], &[]);
+    assert_eq!(a.head(), b.head());
+    assert_same_tree(&b.root, &a.root);
+    bs.stop();
+}
+
+/// Both sides changed since they last agreed: one-shot sync merges as automatic sync does
+/// (disjoint changes combine) and exits 0; the folder gets the other side's change.
+#[test]
+fn diverged_heads_are_merged_by_the_automatic_rules() {
     let a = Share::new();
     a.write("common.txt", b"common\n");
     a.add(&[]);
@@ -519,29 +625,30 @@ fn diverged_heads_exit_4_and_leave_the_folder_alone() {
     b.write("mine.txt", b"made on B\n");
     b.add(&[]);
     let b_head = head_of(&b);
-    let before = read_tree(&b.root);
 
     let server = a.serve();
     let r = b.sync(&[server.addr()], &[], &[]);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-    let r = r.expect_code(4);
-    if !r.stdout.is_empty() {
-        let j = r.json();
-        assert_eq!(j["diverged"], Value::Bool(true), "{j}");
-        assert_eq!(j["checked_out"], Value::Bool(false), "{j}");
-        assert_eq!(j["head"], Value::String(b_head.clone()), "{j}");
-        assert_eq!(j["fetched_head"], Value::String(head_of(&a)), "{j}");
-    }
-    let line = r.stderr.lines().next().unwrap_or_default().to_lowercase();
+    let j = r.expect_code(0).json();
+    assert_eq!(j["diverged"], Value::Bool(false), "{j}");
+    assert_eq!(j["checked_out"], Value::Bool(true), "{j}");
+    assert_eq!(j["fetched_head"], Value::String(head_of(&a)), "{j}");
+    assert_eq!(u(&j["merged"], "merges"), 1, "{j}");
+    assert_eq!(j["merged"]["conflicts"], serde_json::json!([]), "{j}");
+    assert_eq!(fs::read(b.root.join("common.txt")).unwrap(), b"changed on A\n");
+    assert_eq!(fs::read(b.root.join("mine.txt")).unwrap(), b"made on B\n");
+    let merge = head_of(&b);
+    assert_ne!(merge, b_head);
+    let log = b.json(&["log", "--limit", "1"], 0);
+    let parents = &log["snapshots"][0]["parents"];
     assert!(
-        line.contains("diverge") || line.contains("both this share"),
-        "no clear word: {}",
-        r.stderr
+        parents.as_array().is_some_and(|p| p.len() == 2),
+        "not a merge snapshot: {log}"
     );
-    assert!(line.contains("nothing was checked out"), "{}", r.stderr);
-    assert!(line.contains(&server.addr()), "{}", r.stderr);
-    assert_eq!(read_tree(&b.root), before, "B's folder changed");
-    assert_eq!(head_of(&b), b_head, "B's head moved");
+    // Again: nothing new on either side, so up to date at the merge.
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(j["head"], Value::String(merge), "{j}");
+    assert!(j["merged"].is_null(), "{j}");
     server.stop();
 }
 
@@ -567,8 +674,10 @@ fn a_path_that_cannot_be_written_does_not_stop_syncing() {
         "{}",
         r.stderr
     );
-    let j = r.expect_code(0).json();
+    // Finished, but a path was not written: exit 3, as README promises.
+    let j = r.expect_code(3).json();
     assert_eq!(j["checkout"]["unwritten"][0]["path"], "d/locked.txt", "{j}");
+    assert_eq!(j["unwritten"], serde_json::json!(["d/locked.txt"]), "{j}");
     assert_eq!(fs::read(b.root.join("f.txt")).unwrap(), b"two");
     assert_eq!(fs::read(b.root.join("d/locked.txt")).unwrap(), b"one");
     assert_eq!(b.head(), a.head());
@@ -900,4 +1009,122 @@ fn sync_beside_a_running_serve_says_who_owns_the_store() {
     b.sync_ok(&[server_a.addr()], &[], &[]);
     assert_same_tree(&a.root, &b.root);
     server_a.stop();
+}
+
+/// `left sync` records the peer it pulled from in the peer book (before, `left peers` said "no
+/// devices seen yet", so `verify --repair` could not find it), and without an argument syncs
+/// with the devices the book knows. No peer named and none known, or a malformed address: a
+/// usage error (exit 2), one line.
+#[test]
+fn sync_records_its_peer_and_without_arguments_uses_the_known_ones() {
+    let a = Share::new();
+    a.write("f.txt", b"one");
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    let r = b.left(&["sync"]).expect_code(2);
+    let line = one_error_line(&r);
+    assert!(line.contains("no peer given"), "{line}");
+    assert!(r.stderr.contains("hint: name one"), "{}", r.stderr);
+    for bad in ["localhost:notaport", "host:99999", ""] {
+        let r = b.left(&["sync", bad]).expect_code(2);
+        assert!(one_error_line(&r).contains("bad peer address"), "{}", r.stderr);
+    }
+    let r = b
+        .left(&["sync", &server.addr(), "--timeout", "0"])
+        .expect_code(2);
+    assert!(one_error_line(&r).contains("--timeout"), "{}", r.stderr);
+
+    b.sync_ok(&[server.addr()], &[], &[]);
+    let peers = b.json(&["peers"], 0);
+    let rec = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["device"] == server.hello["device"])
+        .unwrap_or_else(|| panic!("A is not in B's peer book: {peers}"));
+    assert_eq!(rec["last_addr"], Value::String(server.addr()), "{peers}");
+
+    a.write("f.txt", b"two");
+    a.add(&[]);
+    let j = b.sync_ok(&[], &[], &[]);
+    assert_eq!(j["peers"][0]["addr"], Value::String(server.addr()), "{j}");
+    assert_eq!(fs::read(b.root.join("f.txt")).unwrap(), b"two");
+    assert_eq!(b.head(), a.head());
+    server.stop();
+}
+
+/// Ctrl-C (SIGINT) in the middle of a fetch: one line, "interrupted; run the same command to
+/// resume", exit 130; the store stays consistent, and the same command then fetches only what
+/// is missing and finishes.
+#[test]
+fn sigint_during_a_sync_exits_130_and_the_same_command_resumes() {
+    let a = Share::new();
+    populate(&a, 24);
+    a.add(&[]);
+    let all = chunks_of(&a, &["a.txt", "sub/b.txt", "sub/deeper/c.txt", "big.bin"]);
+    let slow = a.serve_on(
+        "127.0.0.1:0",
+        &[],
+        &[("LEFT_IMPAIR", "rate=8000000,seed=2")],
+    );
+    let b = a.join();
+    let before = du(&b.store);
+    let mut child = spawn_sync(&b, &[slow.addr()], &[], &[]);
+    assert!(
+        grown_while_running(&b, before, 6 << 20, &mut child),
+        "the sync finished before its store grew"
+    );
+    signal(&child, libc::SIGINT);
+    let r = finish(child, Duration::from_secs(30));
+    let r = r.expect_code(130);
+    assert_eq!(
+        one_error_line(&r),
+        "left: interrupted; run the same command to resume"
+    );
+    assert!(r.stdout.is_empty(), "{}", r.out());
+    slow.stop();
+    let have = stored(&b, &all);
+    assert!(have > 0 && have < all.len(), "{have} of {} chunks", all.len());
+    b.verify_clean();
+
+    let fast = a.serve();
+    let j = b.sync_ok(&[fast.addr()], &[], &[]);
+    assert_eq!(
+        u(&j, "chunks_fetched"),
+        (all.len() - have) as u64,
+        "stored chunks crossed the wire again: {j}"
+    );
+    assert_same_tree(&a.root, &b.root);
+    b.verify_clean();
+    fast.stop();
+}
+
+/// A FIFO in the share of an automatic-sync serve: the scan skips it (it is never read), and
+/// that is no longer silent: `left status` lists it, and the serve's log names it once.
+#[test]
+fn a_fifo_skipped_by_automatic_sync_is_reported_in_status_and_the_log() {
+    let a = Share::new();
+    a.write("f.txt", b"x");
+    let fifo = std::ffi::CString::new(a.root.join("pipe").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let server = a.serve_on("127.0.0.1:0", &["--auto", "--settle", "0.1"], &[]);
+    let mut st = Value::Null;
+    wait_for("the scan to report the FIFO", Duration::from_secs(30), || {
+        st = a.json(&["status"], 0);
+        st["skipped"].as_array().is_some_and(|s| !s.is_empty())
+    });
+    assert_eq!(st["skipped"][0]["path"], "pipe", "{st}");
+    let human = a.left(&["status"]).expect_code(0).out();
+    assert!(
+        human.contains("could not be read at the last scan") && human.contains("  pipe: "),
+        "{human}"
+    );
+    let log = server.stop();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("pipe:") && l.contains("warning")).count(),
+        1,
+        "{log}"
+    );
 }
