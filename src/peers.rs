@@ -683,10 +683,165 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// A book that writes every sighting at once (no rate limit).
+    fn load_now(d: &Path) -> PeerBook {
+        PeerBook::load(d).unwrap().with_limits(Limits {
+            write_interval: Duration::ZERO,
+            ..Limits::default()
+        })
+    }
+
+    fn device(n: u32) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d[..4].copy_from_slice(&n.to_be_bytes());
+        d[31] = 0x5a;
+        d
+    }
+
+    fn ino(d: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(d.join(PEERS_FILE)).unwrap().ino()
+    }
+
+    fn backups(d: &Path) -> Vec<PathBuf> {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".bad-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_flood_of_device_keys_is_capped_and_never_drops_the_users_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let limits = Limits {
+            max_seen: 16,
+            write_interval: Duration::ZERO,
+            ..Limits::default()
+        };
+        let mut book = PeerBook::load(d).unwrap().with_limits(limits);
+        book.set_named_addrs(vec![addr(99)]);
+        let (pinned, revoked, named) = (DeviceId(device(1)), DeviceId(device(2)), device(3));
+        book.record_seen(d, pinned.0, addr(1)).unwrap();
+        book.record_seen(d, revoked.0, addr(2)).unwrap();
+        book.record_seen(d, named, addr(99)).unwrap();
+        book.revoke(d, &revoked).unwrap();
+        // Not pinned yet: pin mode would keep the flood out before it is ever recorded.
+        for n in 0..500 {
+            book.record_seen(d, device(1000 + n), addr(5)).unwrap();
+        }
+        book.pin(d, &pinned).unwrap();
+        let back = PeerBook::load(d).unwrap();
+        let seen_only = back.records().iter().filter(|r| !r.is_kept()).count();
+        let size = fs::metadata(d.join(PEERS_FILE)).unwrap().len();
+        eprintln!(
+            "500 fresh device keys: {} records, {seen_only} seen-only, {size} bytes",
+            back.records().len()
+        );
+        assert_eq!(seen_only, 16);
+        assert!(back.get(&pinned.0).unwrap().pinned);
+        assert!(back.get(&revoked.0).unwrap().revoked);
+        assert!(back.get(&named).unwrap().named);
+        // The most recent ones stay.
+        assert!(back.get(&device(1499)).is_some());
+        assert!(back.get(&device(1000)).is_none());
+    }
+
+    #[test]
+    fn records_not_seen_for_long_age_out_but_the_users_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let old = unix_now() - 400 * 24 * 3600;
+        let rec = |n: u32, pinned: bool, revoked: bool| PeerRecord {
+            device: DeviceId(device(n)),
+            first_seen: old,
+            last_seen: old,
+            last_addr: Some(addr(1)),
+            pinned,
+            revoked,
+            named: false,
+        };
+        write_file(
+            &d.join(PEERS_FILE),
+            &[rec(1, false, false), rec(2, true, false), rec(3, false, true)],
+        )
+        .unwrap();
+        let mut book = load_now(d);
+        book.record_seen(d, device(4), addr(4)).unwrap();
+        let back = PeerBook::load(d).unwrap();
+        assert!(back.get(&device(1)).is_none(), "an old seen-only record stays");
+        for n in [2, 3, 4] {
+            assert!(back.get(&device(n)).is_some(), "record {n} went");
+        }
+    }
+
+    #[test]
+    fn sightings_are_written_at_most_once_per_interval_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut book = PeerBook::load(d).unwrap();
+        assert!(book.record_seen(d, device(0), addr(1)).unwrap());
+        let first = ino(d);
+        for n in 1..300 {
+            assert!(book.record_seen(d, device(n), addr(1)).unwrap());
+        }
+        // Every save renames a new file into place: the same inode means no write.
+        assert_eq!(ino(d), first, "the book was rewritten for a sighting");
+        assert_eq!(book.pending(), 299);
+        assert_eq!(PeerBook::load(d).unwrap().records().len(), 1);
+        // A pin is written at once, with the sightings waiting.
+        let mut cli = PeerBook::load(d).unwrap();
+        cli.pin(d, &DeviceId(device(7))).unwrap();
+        drop(book);
+        let back = PeerBook::load(d).unwrap();
+        assert_eq!(back.records().len(), 300);
+        assert!(back.get(&device(7)).unwrap().pinned);
+    }
+
+    #[test]
+    fn an_oversized_book_is_salvaged_and_a_corrupt_one_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // What a flood left before the bounds: past MAX_FILE_BYTES, unreadable.
+        let mut records: Vec<PeerRecord> = (0..40_000)
+            .map(|n| PeerRecord {
+                device: DeviceId(device(100 + n)),
+                first_seen: unix_now() - 10,
+                last_seen: unix_now() - 10 + i64::from(n % 7),
+                last_addr: Some(addr(2)),
+                pinned: false,
+                revoked: false,
+                named: false,
+            })
+            .collect();
+        records[5].pinned = true;
+        records[6].revoked = true;
+        write_file(&d.join(PEERS_FILE), &records).unwrap();
+        let size = fs::metadata(d.join(PEERS_FILE)).unwrap().len();
+        assert!(size > MAX_FILE_BYTES, "{size}");
+        assert!(matches!(read_file(&d.join(PEERS_FILE)), Err(Error::Malformed { .. })));
+        let mut book = PeerBook::load(d).unwrap();
+        assert!(book.pin_mode());
+        assert!(book.allows(&device(105)) && !book.allows(&device(106)));
+        assert_eq!(book.records().len(), Limits::default().max_seen + 2);
+        assert_eq!(backups(d).len(), 1);
+        assert_eq!(fs::metadata(&backups(d)[0]).unwrap().len(), size);
+        // `left peers --pin` works on it again.
+        book.pin(d, &DeviceId(device(1))).unwrap();
+        assert!(PeerBook::load(d).unwrap().get(&device(1)).unwrap().pinned);
+
+        fs::write(d.join(PEERS_FILE), b"{\"version\":1,\"peers\":[{\"dev").unwrap();
+        let book = PeerBook::load(d).unwrap();
+        assert!(book.records().is_empty());
+        assert_eq!(backups(d).len(), 2);
+        assert!(!d.join(PEERS_FILE).exists());
+    }
+
     #[test]
     fn empty_book_allows_everyone_and_records_devices() {
         let dir = tempfile::tempdir().unwrap();
-        let mut book = PeerBook::load(dir.path()).unwrap();
+        let mut book = load_now(dir.path());
         assert!(book.records().is_empty());
         assert!(book.allows(&[1; 32]));
         assert_eq!(book.allowed_peers(), None);
@@ -707,7 +862,7 @@ mod tests {
     fn pin_mode_and_revocation() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let mut book = PeerBook::load(d).unwrap();
+        let mut book = load_now(d);
         let (a, b, c) = (DeviceId([1; 32]), DeviceId([2; 32]), DeviceId([3; 32]));
         book.record_seen(d, a.0, addr(1)).unwrap();
         book.record_seen(d, b.0, addr(2)).unwrap();
@@ -736,8 +891,8 @@ mod tests {
     fn changes_by_another_handle_are_not_lost_and_refresh_sees_them() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let mut serve = PeerBook::load(d).unwrap();
-        let mut cli = PeerBook::load(d).unwrap();
+        let mut serve = load_now(d);
+        let mut cli = load_now(d);
         serve.record_seen(d, [1; 32], addr(1)).unwrap();
         cli.revoke(d, &DeviceId([1; 32])).unwrap();
         // The serving handle still holds its old view until it refreshes ...
@@ -756,7 +911,7 @@ mod tests {
     fn prefixes_resolve_uniquely() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let mut book = PeerBook::load(d).unwrap();
+        let mut book = load_now(d);
         let a = DeviceId([0; 32]); // "aaaa..."
         let b = DeviceId([0xff; 32]); // "7777..."
         book.record_seen(d, a.0, addr(1)).unwrap();
@@ -772,32 +927,38 @@ mod tests {
     }
 
     #[test]
-    fn bad_files_are_errors_not_panics() {
+    fn bad_files_are_set_aside_not_errors_nor_panics() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for bad in [
+        let id = DeviceId([5; 32]);
+        let rec = format!(
+            "{{\"device\":\"{id}\",\"first_seen\":1,\"last_seen\":1,\"last_addr\":null,\"pinned\":false,\"revoked\":true}}"
+        );
+        let twice = format!("{{\"version\":1,\"peers\":[{rec},{rec}]}}");
+        for (n, bad) in [
             &b"not json"[..],
             b"{\"version\":1,\"peers\":[{\"device\":\"xyz\"}]}",
             b"{\"version\":9,\"peers\":[]}",
-        ] {
+            twice.as_bytes(),
+            &vec![b' '; MAX_FILE_BYTES as usize + 1][..],
+        ]
+        .into_iter()
+        .enumerate()
+        {
             fs::write(d.join(PEERS_FILE), bad).unwrap();
             assert!(
-                matches!(PeerBook::load(d), Err(Error::Malformed { .. })),
-                "{}",
-                String::from_utf8_lossy(bad)
+                matches!(read_file(&d.join(PEERS_FILE)), Err(Error::Malformed { .. })),
+                "{n}"
             );
+            let book = PeerBook::load(d).unwrap();
+            assert_eq!(backups(d).len(), n + 1, "{n}: no backup");
+            if n == 3 {
+                // A device listed twice parses: it is kept once, still revoked.
+                assert_eq!(book.records().len(), 1);
+                assert!(!book.allows(&id.0));
+            } else {
+                assert!(book.records().is_empty(), "{n}");
+            }
         }
-        let id = DeviceId([5; 32]);
-        let rec = format!(
-            "{{\"device\":\"{id}\",\"first_seen\":1,\"last_seen\":1,\"last_addr\":null,\"pinned\":false,\"revoked\":false}}"
-        );
-        fs::write(
-            d.join(PEERS_FILE),
-            format!("{{\"version\":1,\"peers\":[{rec},{rec}]}}"),
-        )
-        .unwrap();
-        assert!(matches!(PeerBook::load(d), Err(Error::Malformed { .. })));
-        fs::write(d.join(PEERS_FILE), vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
-        assert!(matches!(PeerBook::load(d), Err(Error::Malformed { .. })));
     }
 }
