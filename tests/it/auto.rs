@@ -752,10 +752,10 @@ fn a_one_shot_sync_client_is_served_then_forgotten() {
     }
 }
 
-/// A head fetched but never brought in (here: `left sync` found the share diverged and left the
-/// folder alone, exit 4) is merged by automatic sync when it starts, even while that peer is down.
+/// Both sides change while B does not sync automatically: B's one-shot sync merges them (exit 0,
+/// not exit 4 as before), and once B serves, A (automatic) fast-forwards to that merge.
 #[test]
-fn a_fetched_head_left_aside_is_merged_once_sync_is_automatic() {
+fn a_one_shot_merge_of_a_diverged_share_reaches_the_automatic_peer() {
     let mut c = Cluster::new(7, 2, "yes");
     c.share("A").write("common.txt", b"both have this\n");
     c.share("A").add(&[]);
@@ -763,7 +763,6 @@ fn a_fetched_head_left_aside_is_merged_once_sync_is_automatic() {
     let a_addr = c.peers[c.idx("A")].addr.clone();
     c.share("B")
         .sync_ok(std::slice::from_ref(&a_addr), &[], &[]);
-    // Both change while B is not syncing automatically: B's one-shot sync finds them diverged.
     c.share("A").write("from-a.txt", b"A's new file\n");
     wait_for("A snapshots its change", LIMIT, || {
         let st = c.status("A");
@@ -774,22 +773,23 @@ fn a_fetched_head_left_aside_is_merged_once_sync_is_automatic() {
     });
     c.share("B").write("from-b.txt", b"B's new file\n");
     let r = c.share("B").sync(&[a_addr], &[], &[]);
-    assert_eq!(r.code, Some(4), "diverged: {}", r.stderr);
-    assert!(!c.share("B").root.join("from-a.txt").exists());
-    c.stop("A");
-    // B now syncs automatically with A down: the head it fetched is merged in anyway.
-    c.start("B");
-    c.wait_file("B", "from-a.txt", b"A's new file\n", LIMIT);
+    let j = r.expect_code(0).json();
+    assert_eq!(j["checked_out"], Value::Bool(true), "{j}");
     assert_eq!(
-        fs::read(c.share("B").root.join("from-b.txt")).unwrap(),
-        b"B's new file\n"
+        fs::read(c.share("B").root.join("from-a.txt")).unwrap(),
+        b"A's new file\n"
     );
     let log = c.share("B").json(&["log"], 0);
     assert!(
         log["snapshots"][0]["merge"] == Value::Bool(true),
         "the head is a merge: {log}"
     );
-    c.stop("B");
+    c.start("B");
+    c.wait_file("A", "from-b.txt", b"B's new file\n", LIMIT);
+    c.converge(LIMIT);
+    for p in ["A", "B"] {
+        c.stop(p);
+    }
 }
 
 /// A peer that comes back on another address (a laptop on another network, same port) is
