@@ -17,6 +17,7 @@
 //! beside a serve they say so in one line, with what to do.
 
 mod add;
+mod checkout;
 mod fmt;
 mod init;
 mod inspect;
@@ -120,6 +121,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Fetch what peers have, then check it out into the share folder
     Sync(sync::SyncArgs),
+    /// Finish a checkout that was cut short, or drop it (--abort)
+    Checkout(checkout::CheckoutArgs),
 }
 
 /// Errors of the command line itself; each carries the hint shown under it.
@@ -232,6 +235,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status => share::status(&cli.global, &out),
         Command::Serve(args) => serve::run(&cli.global, &out, args),
         Command::Sync(args) => sync::run(&cli.global, &out, args),
+        Command::Checkout(args) => checkout::run(&cli.global, &out, args),
     }
 }
 

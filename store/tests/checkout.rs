@@ -1314,10 +1314,9 @@ fn crash_mid_checkout_then_resume() {
             &NoProgress,
         );
         assert!(matches!(other, Err(Error::Invalid(_))), "{other:?}");
-        assert!(matches!(
-            sb.gc(&GcOptions::default(), &NoProgress),
-            Err(Error::Invalid(_))
-        ));
+        // gc runs meanwhile (a full disk must not deadlock) and keeps both trees.
+        sb.gc(&GcOptions::default(), &NoProgress)
+            .expect("gc runs while a checkout is journaled");
         if step == 4 {
             // `add` finishes the checkout before it scans: no half-checked-out snapshot.
             let r = add(&sb, &p.b);
