@@ -11,6 +11,8 @@ mod auto;
 mod auto_sim;
 #[path = "it/badpeer.rs"]
 mod badpeer;
+#[path = "it/badpeer_transport.rs"]
+mod badpeer_transport;
 #[path = "it/cli.rs"]
 mod cli;
 #[path = "it/control.rs"]
