@@ -13,6 +13,8 @@ mod auto_sim;
 mod badpeer;
 #[path = "it/badpeer_tree.rs"]
 mod badpeer_tree;
+#[path = "it/badpeer_transport.rs"]
+mod badpeer_transport;
 #[path = "it/cli.rs"]
 mod cli;
 #[path = "it/control.rs"]
