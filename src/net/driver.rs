@@ -145,19 +145,26 @@ struct Slot {
     notify: Arc<Notify>,
     peer_key: Option<[u8; 32]>,
     lost: Option<ConnectionError>,
+    /// Peer streams not yet accepted. Ids the core has released (opened and reset before
+    /// anybody accepted them) are pruned once the queue holds `max_streams`, so it never holds
+    /// more than the core's bound on live peer streams (`TransportConfig::max_streams` + stream 0).
     opened: VecDeque<StreamId>,
+    max_streams: usize,
     finished: HashSet<StreamId>,
     /// Every application handle was dropped: remove the slot when the connection is lost.
     abandoned: bool,
 }
 
 impl Slot {
-    fn new() -> Self {
+    fn new(max_streams: u64) -> Self {
+        // Peer streams 1..=max_streams may be live at once, and the control stream 0.
+        let max_streams = usize::try_from(max_streams.saturating_add(1)).unwrap_or(usize::MAX);
         Self {
             notify: Arc::new(Notify::new()),
             peer_key: None,
             lost: None,
             opened: VecDeque::new(),
+            max_streams,
             finished: HashSet::new(),
             abandoned: false,
         }
@@ -292,7 +299,7 @@ impl Endpoint {
                 return Err(NetError::EndpointClosed);
             }
             let handle = state.core.connect(Instant::now(), remote);
-            let slot = Slot::new();
+            let slot = Slot::new(state.core.transport_config().max_streams);
             let notify = slot.notify.clone();
             state.slots.insert(handle, slot);
             (handle, notify)
@@ -489,8 +496,11 @@ impl Connection {
     pub async fn accept_stream(&self) -> Result<Stream, NetError> {
         let id = self
             .wait(|state, h| {
-                if let Some(id) = state.slots.get_mut(&h).and_then(|s| s.opened.pop_front()) {
-                    return Some(Ok(id));
+                // Skip streams the core already released (the peer reset them unread).
+                while let Some(id) = state.slots.get_mut(&h).and_then(|s| s.opened.pop_front()) {
+                    if state.core.connection_ref(h).is_some_and(|c| c.has_stream(id)) {
+                        return Some(Ok(id));
+                    }
                 }
                 core_conn(state, h).err().map(Err)
             })
@@ -1018,16 +1028,27 @@ impl Driver {
                     }
                     continue;
                 }
-                state.slots.insert(h, Slot::new());
+                let slot = Slot::new(state.core.transport_config().max_streams);
+                state.slots.insert(h, slot);
                 state.incoming.push_back(h);
                 self.shared.incoming.notify_waiters();
             }
-            let Some(slot) = state.slots.get_mut(&h) else {
+            let State { core, slots, .. } = &mut *state;
+            let Some(slot) = slots.get_mut(&h) else {
                 continue;
             };
             match event {
                 Event::Connected { peer_key } => slot.peer_key = Some(peer_key),
-                Event::StreamOpened { id } => slot.opened.push_back(id),
+                Event::StreamOpened { id } => {
+                    if slot.opened.len() >= slot.max_streams {
+                        if let Some(c) = core.connection_ref(h) {
+                            slot.opened.retain(|id| c.has_stream(*id));
+                        }
+                    }
+                    if slot.opened.len() < slot.max_streams {
+                        slot.opened.push_back(id);
+                    }
+                }
                 Event::StreamFinished { id } => {
                     slot.finished.insert(id);
                 }
@@ -1035,7 +1056,7 @@ impl Driver {
                     slot.lost = Some(reason);
                     if slot.abandoned {
                         let notify = slot.notify.clone();
-                        state.slots.remove(&h);
+                        slots.remove(&h);
                         notify.notify_waiters();
                         continue;
                     }
@@ -1057,5 +1078,92 @@ mod tests {
         let e = NetError::ConnectionLost(ConnectionError::TimedOut);
         assert!(!e.to_string().contains('\n'));
         assert!(e.to_string().starts_with("connection lost"));
+    }
+}
+
+#[cfg(test)]
+mod stream_churn {
+    use super::*;
+    use crate::net::udp::SocketConfig;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    /// Issue 10 item 5: a peer that opens unidirectional streams and resets them at once, on a
+    /// connection whose application never accepts a stream. Before the fix every opened id stayed
+    /// in the slot's queue (one per stream, forever); now the queue holds at most the core's
+    /// bound on live peer streams.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opening_and_resetting_streams_keeps_the_opened_queue_bounded() {
+        const STREAMS: u64 = 3000;
+        let psk = [7u8; 32];
+        let mut server_cfg = EndpointConfig::new([1u8; 32], psk, 1);
+        server_cfg.transport.max_streams = 8;
+        let server = Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &SocketConfig::default(),
+            server_cfg,
+        )
+        .unwrap();
+        let server_addr = server.local_addr().unwrap();
+        // The crafted client: the sans-IO core over a plain socket, on its own thread.
+        let client = std::thread::spawn(move || {
+            let mut cfg = EndpointConfig::new([2u8; 32], psk, 2);
+            cfg.accept = false;
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            let mut ep = rdt::Endpoint::new(cfg);
+            let h = ep.connect(Instant::now(), server_addr);
+            let (mut buf, mut recv) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut opened = 0u64;
+            let mut connected = false;
+            while opened < STREAMS {
+                assert!(Instant::now() < deadline, "only {opened} streams opened in 60 s");
+                while let Ok((n, from)) = sock.recv_from(&mut recv) {
+                    ep.handle_datagram(Instant::now(), from, BytesMut::from(&recv[..n]));
+                }
+                let now = Instant::now();
+                if ep.poll_timeout().is_some_and(|t| t <= now) {
+                    ep.handle_timeout(now);
+                }
+                while let Some((_, e)) = ep.poll_event() {
+                    connected |= matches!(e, Event::Connected { .. });
+                }
+                if connected {
+                    let c = ep.connection(h).expect("connection alive");
+                    // Open, write a byte and reset, as long as the server's limit allows.
+                    while let Ok(id) = c.open_uni() {
+                        c.write(id, b"x").unwrap();
+                        c.reset(id, 1).unwrap();
+                        opened += 1;
+                        if opened == STREAMS {
+                            break;
+                        }
+                    }
+                }
+                while let Some(t) = ep.poll_transmit(Instant::now(), &mut buf) {
+                    let seg = t.segment_size.unwrap_or(t.size);
+                    for d in buf[..t.size].chunks(seg) {
+                        let _ = sock.send_to(d, t.destination);
+                    }
+                }
+            }
+            // Keep the connection answering while the server checks.
+            (sock, ep)
+        });
+        // Accept the connection but never a stream.
+        let conn = tokio::time::timeout(Duration::from_secs(20), server.accept())
+            .await
+            .expect("handshake within 20 s")
+            .expect("a connection");
+        let (_sock, _ep) = tokio::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        let state = server.shared.lock();
+        let queued = state.slots.get(&conn.inner.handle).expect("slot").opened.len();
+        let stats = state.core.connection_ref(conn.inner.handle).unwrap().stats();
+        println!("opened-stream queue: {queued} ids after {STREAMS} streams; {stats:?}");
+        // The server released all but the last few (the client could open STREAMS of them).
+        assert!(queued <= 8 + 1, "{queued} stream ids queued, max_streams is 8");
     }
 }

@@ -582,6 +582,13 @@ impl Connection {
         streams.read(id, max)
     }
 
+    /// Whether the stream is still held: opened and not yet released (both directions finished
+    /// or reset, and everything read). A peer stream that was opened and reset before anybody
+    /// looked at it is already released.
+    pub fn has_stream(&self, id: StreamId) -> bool {
+        self.streams.as_ref().is_some_and(|s| s.contains(id))
+    }
+
     /// Closes the connection with an application code and reason (at most 1024 bytes are sent).
     pub fn close(&mut self, now: Instant, code: u64, reason: &[u8]) {
         let reason = &reason[..reason.len().min(frame::MAX_REASON_LEN)];

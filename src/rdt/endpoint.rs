@@ -175,6 +175,11 @@ impl Endpoint {
         self.conns.keys().map(|&k| ConnectionHandle(k)).collect()
     }
 
+    /// The transport settings every connection of this endpoint uses.
+    pub fn transport_config(&self) -> &TransportConfig {
+        &self.config
+    }
+
     /// Counters.
     pub fn stats(&self) -> &EndpointStats {
         &self.stats

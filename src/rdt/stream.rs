@@ -622,6 +622,11 @@ impl Streams {
         Ok(self.map.get_mut(&id))
     }
 
+    /// Whether the stream is still held (opened and not yet released).
+    pub fn contains(&self, id: StreamId) -> bool {
+        self.map.contains_key(&id.0)
+    }
+
     /// Handles a received STREAM frame.
     pub fn on_stream_frame(
         &mut self,
