@@ -209,8 +209,11 @@ pub struct EndpointConfig {
     pub retry: RetryPolicy,
     /// Handshakes in progress beyond which new ones are dropped.
     pub max_pending_handshakes: usize,
-    /// Seed for connection ids and ephemeral keys (production: from the OS).
-    pub seed: u64,
+    /// Seed of the endpoint's ChaCha20 stream: connection ids, ephemeral X25519 keys and the
+    /// retry-token key all come from it. Production: 32 bytes from the OS RNG
+    /// ([`EndpointConfig::from_os_rng`]); tests: expanded from a `u64` ([`EndpointConfig::new`]),
+    /// so a run replays.
+    pub seed: [u8; 32],
     /// Bytes of unacknowledged stream data all connections together may buffer for sending
     /// (each one also at most its own `connection_window`, whatever the peer grants). A write
     /// beyond it waits, as for flow control.
@@ -224,8 +227,28 @@ pub struct EndpointConfig {
 pub const DEFAULT_SEND_BUFFER_BUDGET: u64 = 32 << 20;
 
 impl EndpointConfig {
-    /// A config with defaults for everything but the keys and the seed.
+    /// A config with defaults for everything but the keys, seeded from the OS RNG (32 bytes):
+    /// what every production endpoint uses. Panics only if the OS has no random source at all
+    /// (as `rand::random` would).
+    pub fn from_os_rng(static_secret: [u8; 32], psk: [u8; 32]) -> Self {
+        use rand::TryRngCore;
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut seed)
+            .expect("the operating system's random source failed");
+        Self::with_seed(static_secret, psk, seed)
+    }
+
+    /// A config with defaults for everything but the keys and a replayable seed (tests,
+    /// simulations): the same `seed` gives the same connection ids and ephemeral keys.
     pub fn new(static_secret: [u8; 32], psk: [u8; 32], seed: u64) -> Self {
+        use rand::SeedableRng;
+        let seed = rand_chacha::ChaCha20Rng::seed_from_u64(seed).get_seed();
+        Self::with_seed(static_secret, psk, seed)
+    }
+
+    /// A config with defaults for everything but the keys and the full 32-byte seed.
+    pub fn with_seed(static_secret: [u8; 32], psk: [u8; 32], seed: [u8; 32]) -> Self {
         Self {
             static_secret,
             psk,

@@ -196,7 +196,7 @@ pub(crate) fn endpoint_config(
     allowed: Option<Vec<[u8; 32]>>,
     encryption: bool,
 ) -> EndpointConfig {
-    let mut cfg = EndpointConfig::new(identity.secret().to_bytes(), share_key, rand::random());
+    let mut cfg = EndpointConfig::from_os_rng(identity.secret().to_bytes(), share_key);
     cfg.allowed_peers = allowed;
     cfg.transport.encryption = encryption;
     cfg
