@@ -218,6 +218,10 @@ pub struct EndpointConfig {
     /// (each one also at most its own `connection_window`, whatever the peer grants). A write
     /// beyond it waits, as for flow control.
     pub send_buffer_budget: u64,
+    /// Scope of the stateless-reset key (derived from `static_secret` and this): endpoints of
+    /// one device in different scopes never make each other's reset tokens. The tokio driver
+    /// sets it to the socket's local port when it is 0.
+    pub reset_scope: u64,
     /// Transport settings for every connection.
     pub transport: TransportConfig,
 }
@@ -258,6 +262,7 @@ impl EndpointConfig {
             max_pending_handshakes: 1024,
             seed,
             send_buffer_budget: DEFAULT_SEND_BUFFER_BUDGET,
+            reset_scope: 0,
             transport: TransportConfig::default(),
         }
     }

@@ -205,6 +205,11 @@ impl Endpoint {
     /// Starts an endpoint on an open socket. The transport's GSO batch size is capped by what
     /// the socket supports.
     pub fn new(socket: Arc<ImpairedSocket>, mut config: EndpointConfig) -> Result<Self, NetError> {
+        if config.reset_scope == 0 {
+            // Endpoints of one device on other ports (serve and sync) must not make each
+            // other's reset tokens; a restart on the same port still resets old connections.
+            config.reset_scope = u64::from(socket.local_addr()?.port());
+        }
         config.transport.max_gso_segments = config
             .transport
             .max_gso_segments

@@ -373,16 +373,48 @@ impl std::fmt::Debug for ResetKey {
 }
 
 impl ResetKey {
-    pub fn new(static_secret: &[u8; 32]) -> Self {
+    /// The key of endpoints with this static secret in `scope` (the driver uses the socket's
+    /// local port): it survives restarts, so a restarted endpoint can reset its old
+    /// connections, but endpoints of the same device in other scopes (`serve` and `sync`) never
+    /// make each other's tokens (RFC 9000 §21.11).
+    pub fn new(static_secret: &[u8; 32], scope: u64) -> Self {
         let master = hmac::Key::new(hmac::HMAC_SHA256, static_secret);
-        let derived = hmac::sign(&master, b"left-rdt stateless reset key");
+        let mut ctx = hmac::Context::with_key(&master);
+        ctx.update(b"left-rdt stateless reset key");
+        if scope != 0 {
+            ctx.update(&scope.to_be_bytes());
+        }
+        let derived = ctx.sign();
         Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
     }
 
+    /// The reset token of one of our connection ids.
     pub fn token(&self, cid: u64) -> [u8; TAG_LEN] {
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(&hmac::sign(&self.0, &cid.to_be_bytes()).as_ref()[..TAG_LEN]);
         t
+    }
+
+    /// A connection id to issue, from 64 random bits: the high 32 bits are random and the low
+    /// 32 authenticate them, so [`ResetKey::issued`] recognises our cids without state.
+    pub fn issue_cid(&self, random: u64) -> u64 {
+        let high = random & 0xffff_ffff_0000_0000;
+        high | u64::from(self.cid_tag(high))
+    }
+
+    /// Whether `cid` is one that an endpoint with this key issued (a forged one passes with
+    /// probability 2^-32).
+    pub fn issued(&self, cid: u64) -> bool {
+        let high = cid & 0xffff_ffff_0000_0000;
+        ct_eq(&self.cid_tag(high).to_be_bytes(), &(cid as u32).to_be_bytes())
+    }
+
+    fn cid_tag(&self, high: u64) -> u32 {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(b"cid");
+        ctx.update(&high.to_be_bytes());
+        let t = ctx.sign();
+        u32::from_be_bytes(t.as_ref()[..4].try_into().expect("4 bytes"))
     }
 }
 
@@ -498,9 +530,15 @@ mod tests {
 
     #[test]
     fn reset_tokens_survive_restarts_and_depend_on_the_secret() {
-        let a = ResetKey::new(&[1; 32]);
-        let again = ResetKey::new(&[1; 32]);
-        let other = ResetKey::new(&[2; 32]);
+        let a = ResetKey::new(&[1; 32], 0);
+        let again = ResetKey::new(&[1; 32], 0);
+        let other = ResetKey::new(&[2; 32], 0);
+        let scoped = ResetKey::new(&[1; 32], 4000);
+        assert_ne!(a.token(7), scoped.token(7), "another scope, another token");
+        let cid = a.issue_cid(0x1234_5678_9abc_def0);
+        assert!(a.issued(cid) && again.issued(cid));
+        assert!(!other.issued(cid) && !scoped.issued(cid));
+        assert!(!a.issued(cid ^ 1) && !a.issued(cid ^ (1 << 40)));
         assert_eq!(
             a.token(7),
             again.token(7),

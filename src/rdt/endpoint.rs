@@ -69,6 +69,8 @@ pub struct EndpointStats {
     pub retries_sent: u64,
     /// Stateless resets sent (for packets to connection ids we do not know).
     pub resets_sent: u64,
+    /// Stateless resets not sent because [`RESETS_PER_SECOND`] were sent this second.
+    pub resets_limited: u64,
     /// Connections accepted (handshakes started as responder).
     pub accepted: u64,
 }
@@ -98,9 +100,13 @@ pub struct Endpoint {
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<(ConnectionHandle, Event)>,
     stats: EndpointStats,
+    /// Stateless resets: the current one-second window and how many were sent in it.
+    reset_window: Option<(Instant, u32)>,
 }
 
 const MAX_STATELESS_QUEUE: usize = 64;
+/// Stateless resets sent per second at most, whatever arrives.
+pub const RESETS_PER_SECOND: u32 = 32;
 
 impl Endpoint {
     /// A new endpoint.
@@ -115,7 +121,7 @@ impl Endpoint {
                 static_secret: config.static_secret,
                 psk: config.psk,
                 allowed: config.allowed_peers,
-                reset_key: crypto::ResetKey::new(&config.static_secret),
+                reset_key: crypto::ResetKey::new(&config.static_secret, config.reset_scope),
                 send_budget: SendBudget::new(config.send_buffer_budget),
             }),
             config: Arc::new(transport),
@@ -133,6 +139,7 @@ impl Endpoint {
             stateless: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
+            reset_window: None,
         }
     }
 
@@ -214,10 +221,16 @@ impl Endpoint {
             return;
         }
         if kind != Kind::Initial {
-            if kind == Kind::Data && data.len() >= packet::RESET_LEN + 16 {
-                // We may have restarted: tell the peer, with a token only we can make. Smaller
-                // than the packet that caused it, so no amplification.
-                self.queue_reset(from, dst);
+            // We may have restarted: tell the peer, with a token only we can make (RFC 9000
+            // §10.3): only for a Data packet (never a Reset or a handshake packet), larger than
+            // the smallest Data packet (a reset is always smaller than its trigger, so two
+            // endpoints cannot loop), only for a cid that an endpoint with our reset key issued
+            // (never an oracle for arbitrary cids), and at most RESETS_PER_SECOND.
+            if kind == Kind::Data
+                && data.len() >= packet::RESET_LEN + 16
+                && self.identity.reset_key.issued(dst)
+            {
+                self.queue_reset(now, from, dst);
             }
             return self.drop(DropReason::UnknownConnection);
         }
@@ -315,7 +328,10 @@ impl Endpoint {
 
     fn fresh_cid(&mut self) -> u64 {
         loop {
-            let cid = conn::random_cid(&mut self.rng);
+            let cid = self
+                .identity
+                .reset_key
+                .issue_cid(conn::random_cid(&mut self.rng));
             if !self.by_cid.contains_key(&cid) {
                 return cid;
             }
@@ -433,10 +449,19 @@ impl Endpoint {
         Ok(())
     }
 
-    fn queue_reset(&mut self, to: SocketAddr, cid: u64) {
+    fn queue_reset(&mut self, now: Instant, to: SocketAddr, cid: u64) {
         if self.stateless.len() >= MAX_STATELESS_QUEUE {
             return;
         }
+        let (start, sent) = self.reset_window.get_or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= std::time::Duration::from_secs(1) {
+            (*start, *sent) = (now, 0);
+        }
+        if *sent >= RESETS_PER_SECOND {
+            self.stats.resets_limited += 1;
+            return;
+        }
+        *sent += 1;
         let mut buf = vec![0u8; packet::RESET_LEN];
         packet::write_reset(&mut buf, &self.identity.reset_key.token(cid));
         self.stats.resets_sent += 1;
@@ -483,7 +508,7 @@ mod tests {
         let now = Instant::now();
         ep.connect(now, SocketAddr::from(([127, 0, 0, 1], 9)));
         let mut buf = vec![0u8; 64 * 1024];
-        ep.poll_transmit(now, &mut buf).expect("an Initial");
+        let _initial = ep.poll_transmit(now, &mut buf).expect("an Initial");
         assert_eq!(buf[0] & 0x0f, Kind::Initial as u8);
         assert_eq!(buf[17], 0, "no token");
         (
@@ -517,5 +542,85 @@ mod tests {
         );
         assert_ne!(c1.0, c2.0);
         assert_ne!(c1.1, c2.1);
+    }
+}
+
+#[cfg(test)]
+mod reset_tests {
+    use super::*;
+
+    const SECRET: [u8; 32] = [5; 32];
+    const PSK: [u8; 32] = [6; 32];
+
+    fn data_packet(cid: u64, len: usize) -> BytesMut {
+        let mut p = vec![0x5a_u8; len];
+        p[0] = packet::first_byte(Kind::Data);
+        p[1..9].copy_from_slice(&cid.to_be_bytes());
+        BytesMut::from(&p[..])
+    }
+
+    /// Every Reset an endpoint sends now, with its size.
+    fn resets(ep: &mut Endpoint, now: Instant) -> Vec<Vec<u8>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::new();
+        while let Some(t) = ep.poll_transmit(now, &mut buf) {
+            assert_eq!(buf[0] & 0x0f, Kind::Reset as u8, "only resets");
+            out.push(buf[..t.size].to_vec());
+        }
+        out
+    }
+
+    /// The connection id an endpoint issued for its first connection (its Initial's src cid).
+    fn issued_cid(ep: &mut Endpoint, now: Instant) -> u64 {
+        ep.connect(now, SocketAddr::from(([127, 0, 0, 1], 9)));
+        let mut buf = vec![0u8; 64 * 1024];
+        let _initial = ep.poll_transmit(now, &mut buf).expect("an Initial");
+        u64::from_be_bytes(buf[9..17].try_into().unwrap())
+    }
+
+    /// Issue 10 item 10 (RFC 9000 §10.3, §21.11): a stateless reset only for a cid an endpoint
+    /// with our reset key issued, only in our scope, only for a Data packet larger than the
+    /// reset, and rate-limited. Before the fix any cid got its valid token, as often as asked.
+    #[test]
+    fn stateless_resets_are_no_oracle() {
+        let now = Instant::now();
+        let from = SocketAddr::from(([127, 0, 0, 2], 4000));
+        let mut first = Endpoint::new(EndpointConfig::new(SECRET, PSK, 1));
+        let ours = issued_cid(&mut first, now);
+        // The same device restarted (other seed, same scope): a packet of the old connection
+        // gets one reset, smaller than it, with the token the old connection advertised.
+        let mut restarted = Endpoint::new(EndpointConfig::new(SECRET, PSK, 2));
+        restarted.handle_datagram(now, from, data_packet(ours, 100));
+        let r = resets(&mut restarted, now);
+        assert_eq!(r.len(), 1, "a restarted endpoint resets its old connections");
+        assert!(r[0].len() < 100);
+        assert_eq!(r[0][9..], crypto::ResetKey::new(&SECRET, 0).token(ours));
+        // A cid nobody issued: no reset, so no token for it (before: its valid token).
+        for arbitrary in [0x1111_2222_3333_4444_u64, ours ^ 1, ours ^ (1 << 63)] {
+            restarted.handle_datagram(now, from, data_packet(arbitrary, 100));
+            assert!(resets(&mut restarted, now).is_empty(), "a reset for {arbitrary:#x}");
+        }
+        // Another endpoint of the same device (another scope: serve vs sync) gives nothing.
+        let mut cfg = EndpointConfig::new(SECRET, PSK, 3);
+        cfg.reset_scope = 4001;
+        let mut other = Endpoint::new(cfg);
+        other.handle_datagram(now, from, data_packet(ours, 100));
+        assert!(resets(&mut other, now).is_empty(), "another scope answered");
+        // A packet too small to be more than a reset, or a Reset itself: no answer.
+        restarted.handle_datagram(now, from, data_packet(ours, packet::RESET_LEN + 15));
+        let mut reset = data_packet(ours, packet::RESET_LEN);
+        reset[0] = packet::first_byte(Kind::Reset);
+        restarted.handle_datagram(now, from, reset);
+        assert!(resets(&mut restarted, now).is_empty());
+        // A flood gets at most RESETS_PER_SECOND a second.
+        let mut sent = 0;
+        for _ in 0..1000 {
+            restarted.handle_datagram(now, from, data_packet(ours, 100));
+            sent += resets(&mut restarted, now).len();
+        }
+        assert_eq!(sent as u32, RESETS_PER_SECOND - 1, "one was sent this second already");
+        let later = now + std::time::Duration::from_secs(1);
+        restarted.handle_datagram(later, from, data_packet(ours, 100));
+        assert_eq!(resets(&mut restarted, later).len(), 1, "the next second allows more");
     }
 }
