@@ -22,3 +22,15 @@ pub mod driver;
 pub mod impair;
 mod timer;
 pub mod udp;
+
+/// 32 bytes from the operating system's random source, the seed of every production rdt endpoint
+/// (`rdt::EndpointConfig::with_seed`): connection ids, ephemeral keys and the retry-token key
+/// come from it. Panics only if the OS has no working random source (as `rand::random` would).
+pub fn os_seed() -> [u8; 32] {
+    use rand::TryRngCore;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .expect("the operating system's random source failed");
+    seed
+}

@@ -211,7 +211,7 @@ pub struct EndpointConfig {
     pub max_pending_handshakes: usize,
     /// Seed of the endpoint's ChaCha20 stream: connection ids, ephemeral X25519 keys and the
     /// retry-token key all come from it. Production: 32 bytes from the OS RNG
-    /// ([`EndpointConfig::from_os_rng`]); tests: expanded from a `u64` ([`EndpointConfig::new`]),
+    /// (`left::net::os_seed`, since the core itself does no IO); tests: expanded from a `u64` ([`EndpointConfig::new`]),
     /// so a run replays.
     pub seed: [u8; 32],
     /// Bytes of unacknowledged stream data all connections together may buffer for sending
@@ -219,7 +219,7 @@ pub struct EndpointConfig {
     /// beyond it waits, as for flow control.
     pub send_buffer_budget: u64,
     /// Scope of the stateless-reset key (derived from `static_secret` and this): endpoints of
-    /// one device in different scopes never make each other's reset tokens. The tokio driver
+    /// one device in different scopes never make each other's reset tokens. The `net` driver
     /// sets it to the socket's local port when it is 0.
     pub reset_scope: u64,
     /// Transport settings for every connection.
@@ -231,18 +231,6 @@ pub struct EndpointConfig {
 pub const DEFAULT_SEND_BUFFER_BUDGET: u64 = 32 << 20;
 
 impl EndpointConfig {
-    /// A config with defaults for everything but the keys, seeded from the OS RNG (32 bytes):
-    /// what every production endpoint uses. Panics only if the OS has no random source at all
-    /// (as `rand::random` would).
-    pub fn from_os_rng(static_secret: [u8; 32], psk: [u8; 32]) -> Self {
-        use rand::TryRngCore;
-        let mut seed = [0u8; 32];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut seed)
-            .expect("the operating system's random source failed");
-        Self::with_seed(static_secret, psk, seed)
-    }
-
     /// A config with defaults for everything but the keys and a replayable seed (tests,
     /// simulations): the same `seed` gives the same connection ids and ephemeral keys.
     pub fn new(static_secret: [u8; 32], psk: [u8; 32], seed: u64) -> Self {

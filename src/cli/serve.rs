@@ -196,7 +196,8 @@ pub(crate) fn endpoint_config(
     allowed: Option<Vec<[u8; 32]>>,
     encryption: bool,
 ) -> EndpointConfig {
-    let mut cfg = EndpointConfig::from_os_rng(identity.secret().to_bytes(), share_key);
+    let seed = left::net::os_seed();
+    let mut cfg = EndpointConfig::with_seed(identity.secret().to_bytes(), share_key, seed);
     cfg.allowed_peers = allowed;
     cfg.transport.encryption = encryption;
     cfg
