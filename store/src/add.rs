@@ -645,6 +645,8 @@ impl Store {
         let (new_root, frozen) = match prev_root {
             Some(p) if p == new_root => (new_root, frozen_before),
             Some(p) => {
+                // The walk reads the new folders: written first.
+                w.flush()?;
                 let mut ig = Ignores::new(&share);
                 let mut n = 0;
                 let r = freeze(&mut w, &mut ig, p, Some(new_root), Path::new(""), &mut n)?;
