@@ -663,9 +663,7 @@ impl Store {
         report.frozen = frozen;
         report.newly_frozen = frozen.saturating_sub(frozen_before);
         if frozen != frozen_before {
-            let mut b = Batch::default();
-            b.put(&self.db, cf::META, FROZEN_KEY, &frozen.to_le_bytes());
-            self.db.write(b.inner, false)?;
+            self.set_frozen(frozen, report.newly_frozen)?;
         }
 
         report.head = head;
@@ -2102,7 +2100,8 @@ mod tests {
 /// `.leftignore` rule that suddenly covers much of the share (a peer's `*`) is worth a warning.
 pub const FROZEN_WARN: u64 = 100;
 
-/// Meta key: how many paths the last add carried forward frozen.
+/// Meta key: how many paths the last add carried forward frozen, and how many of those it froze
+/// anew when that number last changed (two u64 LE).
 const FROZEN_KEY: &[u8] = b"frozen";
 
 /// The `.leftignore` rules of the share as they are on disk now, for paths that the scan did not
@@ -2257,11 +2256,29 @@ fn freeze(
 impl Store {
     /// Paths the last `add` carried forward frozen (tracked, now covered by `.leftignore`).
     pub fn frozen_count(&self) -> Result<u64> {
-        Ok(self
-            .db
-            .get(cf::META, FROZEN_KEY)?
-            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes))
-            .unwrap_or(0))
+        Ok(self.frozen_status()?.0)
+    }
+
+    /// ([`Store::frozen_count`], how many of them the add that last changed that count froze
+    /// anew): `left status` warns while the second is over [`FROZEN_WARN`].
+    pub fn frozen_status(&self) -> Result<(u64, u64)> {
+        let v = self.db.get(cf::META, FROZEN_KEY)?.unwrap_or_default();
+        let word = |i: usize| {
+            v.get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0)
+        };
+        Ok((word(0), word(1)))
+    }
+
+    fn set_frozen(&self, frozen: u64, newly: u64) -> Result<()> {
+        let mut v = frozen.to_le_bytes().to_vec();
+        v.extend_from_slice(&newly.to_le_bytes());
+        let mut b = Batch::default();
+        b.put(&self.db, cf::META, FROZEN_KEY, &v);
+        self.db.write(b.inner, false)?;
+        Ok(())
     }
 
     /// Drops `paths` (tracked paths now covered by `.leftignore`: frozen) from the head's tree on
@@ -2291,6 +2308,7 @@ impl Store {
         };
         let mut root = head_snap.root;
         let mut names = Vec::new();
+        let mut forgotten = 0u64;
         for p in paths {
             let rel = if p.is_absolute() {
                 normalize(p)
@@ -2318,7 +2336,10 @@ impl Store {
                     rel.display()
                 )));
             }
+            forgotten += count_paths(self, &e)?;
             root = splice(&mut w, &share, Some(root), &comps, PathBuf::new(), None)?;
+            // The next path is looked up in the new tree.
+            w.flush()?;
             names.push(rel.display().to_string());
         }
         w.flush()?;
@@ -2349,6 +2370,8 @@ impl Store {
         let mut b = Batch::default();
         b.put(&self.db, cf::REFS, b"head", sid.as_bytes());
         self.db.write(b.inner, true)?;
+        let (frozen, _) = self.frozen_status()?;
+        self.set_frozen(frozen.saturating_sub(forgotten), 0)?;
         Ok(sid)
     }
 }
