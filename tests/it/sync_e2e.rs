@@ -1147,12 +1147,7 @@ fn a_peers_leftignore_of_everything_deletes_nothing() {
 
     b.write(".leftignore", b"*\n!.leftignore\n");
     let r = b.left(&["add"]);
-    let r = r.expect_code(0);
-    assert!(
-        r.stderr.contains("120 tracked paths are now ignored"),
-        "no freeze warning: {}",
-        r.stderr
-    );
+    let add_stderr = r.expect_code(0).stderr;
     let server = b.serve();
     let j = a.sync_ok(&[server.addr()], &[], &[]);
     assert_eq!(j["head"], Value::String(head_of(&b)), "{j}");
@@ -1165,6 +1160,11 @@ fn a_peers_leftignore_of_everything_deletes_nothing() {
             format!("file {i}\n").as_bytes()
         );
     }
+    // B's add warned.
+    assert!(
+        add_stderr.contains("120 tracked paths are now ignored"),
+        "no freeze warning: {add_stderr}"
+    );
     // A's next add publishes no deletion either, and reports the freeze.
     a.write("d0/f0.txt", b"edited on A, frozen\n");
     let add = a.json(&["add"], 0);
@@ -1174,4 +1174,14 @@ fn a_peers_leftignore_of_everything_deletes_nothing() {
     assert_eq!(st["frozen"], 120, "{st}");
     let ls = a.json(&["ls", "d3"], 0);
     assert!(ls.to_string().contains("f3.txt"), "{ls}");
+    // `left forget` drops one on purpose; a path it cannot forget is a usage error (exit 2).
+    let r = a.left(&["forget", "d3/nope.txt"]).expect_code(2);
+    assert!(r.stderr.contains("not in the snapshot"), "{}", r.stderr);
+    a.left(&["forget"]).expect_code(2);
+    let j = a.json(&["forget", "d3/f3.txt"], 0);
+    assert_eq!(j["frozen"], 119, "{j}");
+    let ls = a.json(&["ls", "d3"], 0);
+    assert!(!ls.to_string().contains("\"f3.txt\""), "{ls}");
+    assert!(ls.to_string().contains("f8.txt"), "{ls}");
+    assert!(a.root.join("d3/f3.txt").exists(), "forget keeps the file on disk");
 }
