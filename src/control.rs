@@ -121,6 +121,10 @@ pub struct AddReply {
     pub bytes_new: u64,
     pub bytes_stored: u64,
     pub skipped: Vec<SkippedPath>,
+    #[serde(default)]
+    pub frozen: u64,
+    #[serde(default)]
+    pub newly_frozen: u64,
 }
 
 /// [`Skipped`] on the wire.
@@ -162,6 +166,8 @@ impl From<AddReport> for AddReply {
                     reason: s.reason,
                 })
                 .collect(),
+            frozen: r.frozen,
+            newly_frozen: r.newly_frozen,
         }
     }
 }
@@ -187,6 +193,8 @@ impl From<AddReply> for AddReport {
                 .collect(),
             // `add` through the socket never waits for files to settle.
             unsettled: Vec::new(),
+            frozen: r.frozen,
+            newly_frozen: r.newly_frozen,
         }
     }
 }

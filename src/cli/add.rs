@@ -168,7 +168,10 @@ fn print(out: &Output, r: &AddReport) -> anyhow::Result<()> {
             let _ = writeln!(err, ": {}", s.reason);
         }
     }
+    frozen_warning(r.newly_frozen);
     out.json(&json!({
+        "frozen": r.frozen,
+        "newly_frozen": r.newly_frozen,
         "snapshot": r.snapshot.map(|id| id.to_string()),
         "head": r.head.map(|id| id.to_string()),
         "files": r.files,
@@ -199,6 +202,118 @@ fn print(out: &Output, r: &AddReport) -> anyhow::Result<()> {
     if !r.skipped.is_empty() {
         line.push_str(&format!("; {} skipped (listed above)", r.skipped.len()));
     }
+    if r.frozen > 0 {
+        line.push_str(&format!("; {} frozen (ignored, kept as tracked)", r.frozen));
+    }
     out.human(line)?;
     Ok(())
+}
+
+/// The warning line for an add that froze more than [`left_store::FROZEN_WARN`] paths at once
+/// (a `.leftignore` change, here or from a peer), if it did.
+pub(crate) fn frozen_warning_line(newly_frozen: u64) -> Option<String> {
+    (newly_frozen > left_store::FROZEN_WARN).then(|| {
+        format!(
+            "warning: {newly_frozen} tracked paths are now ignored by .leftignore: they are frozen, \
+             not deleted (their last version stays in the snapshot, local changes to them are not \
+             published); check .leftignore, or `left forget PATH` to drop one on purpose"
+        )
+    })
+}
+
+/// Prints [`frozen_warning_line`] on stderr (whatever the output mode, like skipped files).
+pub(crate) fn frozen_warning(newly_frozen: u64) {
+    if let Some(l) = frozen_warning_line(newly_frozen) {
+        let _ = writeln!(std::io::stderr().lock(), "left: {l}");
+    }
+}
+
+/// Arguments of `left forget`.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Frozen paths (tracked, now covered by `.leftignore`) to drop from the snapshot
+    #[arg(value_name = "PATH", required = true)]
+    paths: Vec<PathBuf>,
+    /// Snapshot message (default: "forget PATH...")
+    #[arg(short, long, value_name = "MSG")]
+    message: Option<String>,
+}
+
+/// Runs `left forget`: a new snapshot without the given frozen paths (peers delete them; the
+/// files here stay on disk; history keeps their old versions). A path that is not in the head,
+/// not ignored, or outside the share is a usage error (exit 2).
+pub(crate) fn forget(global: &Global, out: &Output, args: ForgetArgs) -> anyhow::Result<u8> {
+    let (store_dir, store) = match open_or_served(global)? {
+        Opened::Local(dir, store) => (dir, store),
+        Opened::Served(..) => {
+            return Err(CliError::Served {
+                message: "a `left serve` holds the store, and forget does not go through it yet"
+                    .into(),
+                hint: Some("stop `left serve`, run `left forget` again, then start it".into()),
+            }
+            .into())
+        }
+    };
+    let share = share_root(&store_dir, &store)?;
+    let mut rels = Vec::with_capacity(args.paths.len());
+    for given in &args.paths {
+        let abs = absolute(given)?;
+        // The path may be gone from disk (a frozen file deleted here): resolve its folder only.
+        let resolved = match (abs.parent(), abs.file_name()) {
+            (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+                .map(|p| p.join(name))
+                .unwrap_or(abs.clone()),
+            _ => abs.clone(),
+        };
+        let rel = resolved
+            .strip_prefix(&share)
+            .or_else(|_| abs.strip_prefix(&share))
+            .map_err(|_| CliError::Usage {
+                message: format!(
+                    "{} is outside the share {}",
+                    given.display(),
+                    share.display()
+                ),
+                hint: Some("give paths inside the share".into()),
+            })?;
+        rels.push(rel.to_owned());
+    }
+    let device = Identity::load(&store_dir)
+        .context("cannot read the device key")?
+        .device_id();
+    let opts = AddOptions {
+        message: args.message.unwrap_or_default(),
+        device: device.0,
+        ..AddOptions::default()
+    };
+    let sid = match store.forget(&share, &rels, &opts) {
+        Ok(sid) => sid,
+        Err(
+            e @ (left_store::Error::Invalid(_)
+            | left_store::Error::NotFound { .. }
+            | left_store::Error::PathOutsideShare { .. }),
+        ) => {
+            return Err(CliError::Usage {
+                message: format!("cannot forget: {e}"),
+                hint: Some(
+                    "forget takes paths in the head snapshot that .leftignore covers (frozen); \
+                     `left status` counts them"
+                        .into(),
+                ),
+            }
+            .into())
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot forget")),
+    };
+    out.json(&json!({
+        "snapshot": sid.to_string(),
+        "forgotten": rels.iter().map(|p| fmt::json_path(p)).collect::<Vec<_>>(),
+        "frozen": store.frozen_count().unwrap_or(0),
+    }))?;
+    out.human(format!(
+        "snapshot {}: forgot {} path(s); the files on disk stay, history keeps their old versions",
+        sid.fmt_short(),
+        rels.len()
+    ))?;
+    Ok(EXIT_OK)
 }

@@ -94,6 +94,9 @@ pub enum Command {
     Init(init::InitArgs),
     /// Snapshot the share (or only the given paths inside it) as the new head
     Add(add::AddArgs),
+    /// Drop frozen paths (tracked, now covered by .leftignore) from the snapshot on purpose:
+    /// peers delete them, the files here stay, history keeps their old versions
+    Forget(add::ForgetArgs),
     /// Show the history of snapshots, newest first
     Log(inspect::LogArgs),
     /// List a folder (or one file) of a snapshot
@@ -224,6 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(args) => init::run(&cli.global, &out, args),
         Command::Add(args) => add::run(&cli.global, &out, args),
+        Command::Forget(args) => add::forget(&cli.global, &out, args),
         Command::Log(args) => inspect::log(&cli.global, &out, args),
         Command::Ls(args) => inspect::ls(&cli.global, &out, args),
         Command::Restore(args) => inspect::restore(&cli.global, &out, args),

@@ -242,7 +242,14 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         .map(|v| v["idle"].as_bool().unwrap_or(true))
         .unwrap_or(true);
     let (unwritten, skipped) = super::inspect::local_problems(global, served.as_ref());
+    // Best effort (read-only beside a serving process): tracked paths .leftignore now covers.
+    let (frozen, newly_frozen) = open_store_read(global)
+        .ok()
+        .and_then(|(_, s)| s.frozen_status().ok())
+        .unwrap_or((0, 0));
     out.json(&json!({
+        "frozen": frozen,
+        "newly_frozen": newly_frozen,
         "unwritten": unwritten,
         "skipped": skipped,
         "store": fmt::json_path(&dir),
@@ -307,6 +314,15 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         None => out.data("serving: no")?,
     }
     super::inspect::print_local_problems(out, &unwritten, &skipped)?;
+    if frozen > 0 {
+        out.data(format!(
+            "frozen: {frozen} tracked path(s) that .leftignore covers (kept as last synced; \
+             `left forget PATH` drops one)"
+        ))?;
+    }
+    if let Some(l) = super::add::frozen_warning_line(newly_frozen) {
+        out.data(l)?;
+    }
     for p in &peers {
         let name = p["peer"]
             .as_str()

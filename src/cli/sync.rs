@@ -273,6 +273,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
         .filter(|s| !unwritten_before.contains(&s.path))
         .collect();
     if !out.quiet {
+        super::add::frozen_warning(add.newly_frozen);
         for s in &skipped {
             eprintln!(
                 "left: warning: {}: {} (its previous version is kept)",

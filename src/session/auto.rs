@@ -666,6 +666,13 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
             Err(e) => return Err(format!("cannot write what a checkout left: {e}")),
         }
     }
+    if r.newly_frozen > left_store::FROZEN_WARN {
+        crate::log_line!(
+            "left: warning: {} tracked paths are now ignored by .leftignore: frozen, not deleted \
+             (check .leftignore, or `left forget PATH` to drop one on purpose)",
+            r.newly_frozen
+        );
+    }
     report_skipped(ctx, &r.skipped);
     let unsettled = !r.unsettled.is_empty()
         || r.skipped

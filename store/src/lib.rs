@@ -43,7 +43,7 @@ mod store;
 mod types;
 
 #[doc(hidden)]
-pub use add::{debug_set_read_hook, ReadHook};
+pub use add::{debug_set_read_hook, ReadHook, FROZEN_WARN};
 pub use checkout::{CHECKOUT_MAX_DEPTH, REUSE_MAP_CAP, SETTLE_WINDOW_NS};
 pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};

@@ -98,6 +98,12 @@ pub struct AddReport {
     /// Files modified within [`AddOptions::settle_ns`] of the scan: still being written, so they
     /// kept their previous entry (a new one stayed out) this time.
     pub unsettled: Vec<PathBuf>,
+    /// Tracked paths a `.leftignore` rule now covers: *frozen*, their entries carried forward
+    /// from the head (local edits and deletions of them are not published; `forget` drops one).
+    pub frozen: u64,
+    /// Of those, how many more than after the previous add (more than
+    /// [`crate::FROZEN_WARN`] is worth a warning).
+    pub newly_frozen: u64,
 }
 
 /// A file `add` could not store.

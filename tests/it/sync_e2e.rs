@@ -1128,3 +1128,60 @@ fn a_fifo_skipped_by_automatic_sync_is_reported_in_status_and_the_log() {
         "{log}"
     );
 }
+
+/// `.leftignore` never deletes: B publishes a `.leftignore` of `*` and `!.leftignore`, which
+/// freezes every path it had from A (more than 100: B's add warns). A syncs it: A's files stay on
+/// disk and in A's next snapshot, and A's own add reports the freeze too.
+#[test]
+fn a_peers_leftignore_of_everything_deletes_nothing() {
+    let a = Share::new();
+    for i in 0..120 {
+        a.write(&format!("d{}/f{i}.txt", i % 5), format!("file {i}\n").as_bytes());
+    }
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    server.stop();
+    assert_same_tree(&a.root, &b.root);
+
+    b.write(".leftignore", b"*\n!.leftignore\n");
+    let r = b.left(&["add"]);
+    let add_stderr = r.expect_code(0).stderr;
+    let server = b.serve();
+    let j = a.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(j["head"], Value::String(head_of(&b)), "{j}");
+    server.stop();
+    assert_eq!(fs::read(a.root.join(".leftignore")).unwrap(), b"*\n!.leftignore\n");
+    for i in 0..120 {
+        let p = a.root.join(format!("d{}/f{i}.txt", i % 5));
+        assert_eq!(
+            fs::read(&p).unwrap_or_else(|e| panic!("{} deleted: {e}", p.display())),
+            format!("file {i}\n").as_bytes()
+        );
+    }
+    // B's add warned.
+    assert!(
+        add_stderr.contains("120 tracked paths are now ignored"),
+        "no freeze warning: {add_stderr}"
+    );
+    // A's next add publishes no deletion either, and reports the freeze.
+    a.write("d0/f0.txt", b"edited on A, frozen\n");
+    let add = a.json(&["add"], 0);
+    assert_eq!(add["frozen"], 120, "{add}");
+    assert_eq!(add["newly_frozen"], 120, "{add}");
+    let st = a.json(&["status"], 0);
+    assert_eq!(st["frozen"], 120, "{st}");
+    let ls = a.json(&["ls", "d3"], 0);
+    assert!(ls.to_string().contains("f3.txt"), "{ls}");
+    // `left forget` drops one on purpose; a path it cannot forget is a usage error (exit 2).
+    let r = a.left(&["forget", "d3/nope.txt"]).expect_code(2);
+    assert!(r.stderr.contains("not in the snapshot"), "{}", r.stderr);
+    a.left(&["forget"]).expect_code(2);
+    let j = a.json(&["forget", "d3/f3.txt"], 0);
+    assert_eq!(j["frozen"], 119, "{j}");
+    let ls = a.json(&["ls", "d3"], 0);
+    assert!(!ls.to_string().contains("\"f3.txt\""), "{ls}");
+    assert!(ls.to_string().contains("f8.txt"), "{ls}");
+    assert!(a.root.join("d3/f3.txt").exists(), "forget keeps the file on disk");
+}
