@@ -1270,14 +1270,6 @@ pub(crate) fn arrival_key(id: NodeId) -> Vec<u8> {
     k
 }
 
-/// This machine's clock, ns since the epoch (0 before 1970).
-pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Folder nodes (leaves and index nodes) of the folder rooted at `id`.
 fn index_nodes(s: &Store, id: NodeId) -> Result<HashSet<NodeId>> {
     let mut out = HashSet::new();
