@@ -1025,12 +1025,12 @@ fn gc_keep_within_ignores_a_peers_clock() {
     let x = fx();
     let day = 86_400 * SEC;
     let ids = daily(&x);
-    // A peer's snapshot dated 2200 arrives an hour after day 9, and head merges it: the merge
+    // A peer's snapshot dated 2200 (on day 8) arrives an hour after day 9, and head merges it: the merge
     // inherits the newest parent's time, so head too says 2200.
     let future = 7_258_118_400 * SEC; // 2200-01-01
     let peer = x.snap(
-        &tree(&[("a", f("day 9", T0 + 9 * day)), ("p", f("peer", T0))]),
-        &[ids[9]],
+        &tree(&[("a", f("day 8", T0 + 8 * day)), ("p", f("peer", T0))]),
+        &[ids[8]],
         DEV_B,
         future,
     );
