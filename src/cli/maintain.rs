@@ -170,18 +170,33 @@ pub(crate) fn problem_line(prefix: &str, p: &Problem) -> Vec<u8> {
 /// Runs `left gc`.
 /// Beside a running `left serve`, the serving process collects the garbage.
 pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<u8> {
+    if args.keep_last == Some(0) {
+        return Err(CliError::Usage {
+            message: "gc --keep-last 0 would drop the files of head".into(),
+            hint: Some("keep at least the last snapshot: --keep-last 1 or more".into()),
+        }
+        .into());
+    }
     let report = match open_or_served(global)? {
         Opened::Local(_, store) => {
             let progress = out.progress();
-            let report = store
-                .gc_keep_within(
-                    &GcOptions {
-                        keep_last: args.keep_last,
-                    },
-                    args.keep_within,
-                    &progress,
-                )
-                .context("cannot collect garbage")?;
+            let report = match store.gc_keep_within(
+                &GcOptions {
+                    keep_last: args.keep_last,
+                },
+                args.keep_within,
+                &progress,
+            ) {
+                // A retention policy the store refuses (it would drop head's files): exit 2.
+                Err(left_store::Error::Invalid(message)) => {
+                    return Err(CliError::Usage {
+                        message,
+                        hint: None,
+                    }
+                    .into())
+                }
+                r => r.context("cannot collect garbage")?,
+            };
             drop(progress);
             report
         }

@@ -9,13 +9,21 @@
 //! **gc** marks from the refs: every snapshot node reachable through parents is kept; trees are kept
 //! for all of them, or, when a retention rule is given, only for the snapshots a rule keeps (as
 //! restic combines its `--keep-*` rules: a snapshot is kept if any rule keeps it):
-//! - `keep_last = N`: the last N snapshots of head's first-parent history;
-//! - `keep_within = D` ([`Store::gc_keep_within`]): every snapshot (any branch) whose time is within
-//!   D of head's time (as restic, measured from the latest snapshot, not the clock, so a store left
-//!   alone for a month does not lose its history on the next gc);
+//! - `keep_last = N`: head's first-parent history back to the Nth snapshot that changed the tree
+//!   (a snapshot whose root equals one of its parents' roots does not count, so a flood of
+//!   snapshots that change nothing cannot push real history out); `0` is refused;
+//! - `keep_within = D` ([`Store::gc_keep_within`]): every snapshot (any branch) that arrived here
+//!   within D of head's arrival (as restic, measured from the latest snapshot, not the clock, so a
+//!   store left alone for a month does not lose its history on the next gc). Age is the local
+//!   arrival time (`meta/arrived/<id>`, recorded when a snapshot node is first stored), never the
+//!   time a snapshot declares: a peer's clock (or a merge, which inherits its newest parent's
+//!   time) can say anything. A snapshot with no record (older stores; `add` writes none) is given
+//!   min(declared time, now) by the first gc that looks, and that is recorded;
 //! - always: the tips of all refs, and what merging head with each `peers/*` ref reads: their merge
 //!   base(s), and for a criss-cross the bases the virtual base is built from, so the next merge with
 //!   that peer finds its base tree here.
+//!
+//! A policy that would drop head's tree is refused ([`Error::Invalid`]) before anything changes.
 //!
 //! Dropped trees are recorded (`meta/shallow/<id>`) so verify, ls and restore know those files are
 //! gone on purpose. Then it sweeps unmarked chunks and nodes and, when it deleted anything,
@@ -33,7 +41,7 @@
 use crate::codec;
 use crate::db::{cf, Batch};
 use crate::node::{Child, DirNode, Node, Target};
-use crate::store::shallow_key;
+use crate::store::{arrival_key, shallow_key};
 use crate::*;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -417,6 +425,31 @@ impl Store {
         Ok(())
     }
 
+    /// When each snapshot (with a header) arrived here. A snapshot without a record (stored
+    /// before arrivals were recorded, or written by `add`) gets min(declared time, now), which is
+    /// then recorded (synced), so it never moves again.
+    fn arrivals(&self, snaps: &[(NodeId, Option<Snapshot>)]) -> Result<HashMap<NodeId, i64>> {
+        let now = crate::store::now_ns();
+        let mut out = HashMap::new();
+        let mut b = Batch::default();
+        for (id, s) in snaps {
+            let Some(s) = s else { continue };
+            let t = match self.arrival(*id)? {
+                Some(t) => t,
+                None => {
+                    let t = s.time_ns.min(now);
+                    b.put(&self.db, cf::META, &arrival_key(*id), &t.to_le_bytes());
+                    t
+                }
+            };
+            out.insert(*id, t);
+        }
+        if !b.is_empty() {
+            self.db.write(b.inner, true)?;
+        }
+        Ok(out)
+    }
+
     fn check_node(&self, id: NodeId) -> std::result::Result<(), ProblemKind> {
         match self.get_node(id) {
             Ok(None) => Err(ProblemKind::Missing),
@@ -462,39 +495,56 @@ impl Store {
                 snaps.push((*id, self.snapshot(*id).ok()));
             }
         }
+        if opts.keep_last == Some(0) {
+            return Err(Error::Invalid(
+                "gc --keep-last 0 would drop the files of head: keep at least 1".into(),
+            ));
+        }
         // Which trees to keep.
         let mut keep_tree: HashSet<NodeId> = HashSet::new();
+        let head = self.head()?;
         if opts.keep_last.is_none() && keep_within.is_none() {
             keep_tree.extend(snaps.iter().map(|(id, _)| *id));
         } else {
-            let head = self.head()?;
             if let Some(n) = opts.keep_last {
+                // Only snapshots that changed the tree count: a flood of snapshots that change
+                // nothing (root equal to a parent's) cannot push real history out.
                 let mut cur = head;
                 let mut k = 0;
+                let mut seen = HashSet::new();
                 while let (Some(id), true) = (cur, k < n) {
+                    if !seen.insert(id) {
+                        break;
+                    }
                     keep_tree.insert(id);
-                    k += 1;
-                    cur = self
-                        .snapshot(id)
-                        .ok()
-                        .and_then(|s| s.parents.first().copied());
+                    let s = self.snapshot(id).ok();
+                    let changed = match &s {
+                        Some(s) => !s.parents.iter().any(|p| {
+                            self.snapshot(*p).map(|ps| ps.root == s.root).unwrap_or(false)
+                        }),
+                        None => true,
+                    };
+                    if changed {
+                        k += 1;
+                    }
+                    cur = s.and_then(|s| s.parents.first().copied());
                 }
             }
             if let Some(d) = keep_within {
-                let newest = snaps
-                    .iter()
-                    .filter_map(|(_, s)| s.as_ref().map(|s| s.time_ns))
-                    .max();
-                let reference = match head.map(|h| self.snapshot(h)) {
-                    Some(Ok(s)) => Some(s.time_ns),
-                    _ => newest,
-                };
+                // Ages are measured by when each snapshot arrived here, never by the time it
+                // declares (a peer's clock; a merge inherits its newest parent's).
+                let arrived = self.arrivals(&snaps)?;
+                let newest = arrived.values().copied().max();
+                let reference = head.and_then(|h| arrived.get(&h).copied()).or(newest);
                 if let Some(reference) = reference {
                     let within = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
                     let floor = reference.saturating_sub(within);
-                    keep_tree.extend(snaps.iter().filter_map(|(id, s)| {
-                        s.as_ref().filter(|s| s.time_ns >= floor).map(|_| *id)
-                    }));
+                    keep_tree.extend(
+                        arrived
+                            .iter()
+                            .filter(|(_, t)| **t >= floor)
+                            .map(|(id, _)| *id),
+                    );
                 }
             }
             for (name, id) in self.refs()? {
@@ -504,6 +554,14 @@ impl Store {
                 if let (Some(h), true) = (head, name.starts_with("peers/")) {
                     keep_tree.extend(self.merge_needs(h, id)?);
                 }
+            }
+        }
+        if let Some(h) = head {
+            if !keep_tree.contains(&h) && !self.is_shallow(h)? {
+                return Err(Error::Invalid(
+                    "this retention policy would drop the files of head: keep at least the last snapshot"
+                        .into(),
+                ));
             }
         }
         keep_tree.extend(journaled.iter().copied());
@@ -596,6 +654,16 @@ impl Store {
             if !live_nodes.contains(&NodeId(Hash(arr))) {
                 b.delete(&self.db, cf::COMPLETE, &k);
                 deleted += 1;
+            }
+        }
+        // Arrival records of snapshots that are gone.
+        for r in self.db.iter_prefix(cf::META, b"arrived/") {
+            let (k, _) = r?;
+            let Ok(arr) = <[u8; 32]>::try_from(&k[b"arrived/".len()..]) else {
+                continue;
+            };
+            if !live_nodes.contains(&NodeId(Hash(arr))) {
+                b.delete(&self.db, cf::META, &k);
             }
         }
         // Scan-cache records whose file node is gone.

@@ -1002,6 +1002,7 @@ impl Store {
             }
         }
         let (sid, bytes) = Node::Snapshot(snap.clone()).encode_with_id()?;
+        self.note_arrival(&mut b, sid)?;
         b.put(&self.db, cf::NODES, sid.as_bytes(), &bytes);
         b.put(&self.db, cf::COMPLETE, sid.as_bytes(), b"");
         self.db.write(b.inner, false)?;

@@ -322,6 +322,7 @@ impl Store {
         }
         let (id, bytes) = Node::Snapshot(snap.clone()).encode_with_id()?;
         let mut b = Batch::default();
+        self.note_arrival(&mut b, id)?;
         b.put(&self.db, cf::NODES, id.as_bytes(), &bytes);
         b.put(&self.db, cf::COMPLETE, id.as_bytes(), b"");
         self.db.write(b.inner, false)?;
@@ -509,6 +510,9 @@ impl Store {
         let _g = self.op.read().expect("op lock");
         let node = Node::decode_verified(&id, bytes)?;
         let mut b = Batch::default();
+        if matches!(node, Node::Snapshot(_)) {
+            self.note_arrival(&mut b, id)?;
+        }
         b.put(&self.db, cf::NODES, id.as_bytes(), bytes);
         let complete = self.children_complete(&node)?;
         if complete {
@@ -534,6 +538,7 @@ impl Store {
             return Ok(false);
         }
         let mut b = Batch::default();
+        self.note_arrival(&mut b, id)?;
         b.put(&self.db, cf::NODES, id.as_bytes(), bytes);
         if self.has_nodes(&[snap.root])?[0] {
             b.put(&self.db, cf::COMPLETE, id.as_bytes(), b"");
@@ -542,6 +547,44 @@ impl Store {
         }
         self.db.write(b.inner, false)?;
         Ok(true)
+    }
+
+    /// Adds to `b` the record of when snapshot `id` arrived here (now), unless it has one: the
+    /// first arrival counts, so fetching a snapshot again never makes it younger.
+    pub(crate) fn note_arrival(&self, b: &mut Batch, id: NodeId) -> Result<()> {
+        let k = arrival_key(id);
+        // A snapshot stored before arrivals were recorded gets its record from gc instead.
+        if !self.db.exists(cf::META, &k)? && !self.db.exists(cf::NODES, id.as_bytes())? {
+            b.put(&self.db, cf::META, &k, &now_ns().to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// When snapshot `id` first arrived here (ns since the epoch, this machine's clock), if
+    /// recorded. Snapshots stored before arrivals were recorded, and those `add` writes, have none
+    /// until `gc` records one (see [`Store::gc`]).
+    pub fn arrival(&self, id: NodeId) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .get(cf::META, &arrival_key(id))?
+            .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+            .map(i64::from_le_bytes))
+    }
+
+    /// Test hook: sets the arrival time of a snapshot (as if it had arrived at `ns`).
+    #[doc(hidden)]
+    pub fn debug_set_arrival(&self, id: NodeId, ns: i64) -> Result<()> {
+        let mut b = Batch::default();
+        b.put(&self.db, cf::META, &arrival_key(id), &ns.to_le_bytes());
+        self.db.write(b.inner, false)
+    }
+
+    /// Test hook: forgets the arrival record of a snapshot (as a store made before they existed).
+    #[doc(hidden)]
+    pub fn debug_clear_arrival(&self, id: NodeId) -> Result<()> {
+        let mut b = Batch::default();
+        b.delete(&self.db, cf::META, &arrival_key(id));
+        self.db.write(b.inner, false)
     }
 
     fn children_complete(&self, node: &Node) -> Result<bool> {
@@ -1214,6 +1257,15 @@ const DIFF_EXPAND: usize = 256;
 
 pub(crate) fn shallow_key(id: NodeId) -> Vec<u8> {
     let mut k = b"shallow/".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `meta/arrived/<id>`: when a snapshot node was first stored here (ns since the epoch, i64 little
+/// endian, this machine's clock). Local only: retention measures age by it, never by the time a
+/// snapshot declares (a peer's clock, or a merge's inherited time, can say anything).
+pub(crate) fn arrival_key(id: NodeId) -> Vec<u8> {
+    let mut k = b"arrived/".to_vec();
     k.extend_from_slice(id.as_bytes());
     k
 }

@@ -943,6 +943,7 @@ fn gc_keep_within_counts_from_head_and_combines_with_keep_last() {
             DEV_A,
             T0 + i * day,
         );
+        x.store.debug_set_arrival(id, T0 + i * day).unwrap();
         ids.push(id);
         parent = vec![id];
     }
@@ -953,6 +954,7 @@ fn gc_keep_within_counts_from_head_and_combines_with_keep_last() {
         DEV_B,
         T0 + 8 * day,
     );
+    x.store.debug_set_arrival(side, T0 + 8 * day).unwrap();
     x.store.set_ref("head", ids[9]).unwrap();
     x.store.set_ref("other", side).unwrap();
     // Within 3 days of head (day 9): days 6..=9 and the side branch (day 8).
@@ -977,6 +979,7 @@ fn gc_keep_within_counts_from_head_and_combines_with_keep_last() {
             DEV_A,
             T0 + i * day,
         );
+        y.store.debug_set_arrival(id, T0 + i * day).unwrap();
         ids.push(id);
         parent = vec![id];
     }
@@ -996,6 +999,159 @@ fn gc_keep_within_counts_from_head_and_combines_with_keep_last() {
     assert!(y.store.is_shallow(ids[0]).unwrap());
     // Nothing dropped twice; the kept trees still read.
     assert_eq!(y.flat(ids[5])["a"].3, b"day 5");
+}
+
+/// Ten daily snapshots that arrived here one day apart (as `add` would have made them).
+fn daily(x: &Fx) -> Vec<NodeId> {
+    let day = 86_400 * SEC;
+    let mut ids = Vec::new();
+    let mut parent = vec![];
+    for i in 0..10i64 {
+        let id = x.snap(
+            &tree(&[("a", f(&format!("day {i}"), T0 + i * day))]),
+            &parent,
+            DEV_A,
+            T0 + i * day,
+        );
+        x.store.debug_set_arrival(id, T0 + i * day).unwrap();
+        ids.push(id);
+        parent = vec![id];
+    }
+    ids
+}
+
+#[test]
+fn gc_keep_within_ignores_a_peers_clock() {
+    let x = fx();
+    let day = 86_400 * SEC;
+    let ids = daily(&x);
+    // A peer's snapshot dated 2200 (on day 8) arrives an hour after day 9, and head merges it: the merge
+    // inherits the newest parent's time, so head too says 2200.
+    let future = 7_258_118_400 * SEC; // 2200-01-01
+    let peer = x.snap(
+        &tree(&[("a", f("day 8", T0 + 8 * day)), ("p", f("peer", T0))]),
+        &[ids[8]],
+        DEV_B,
+        future,
+    );
+    x.store.debug_set_arrival(peer, T0 + 9 * day + 3600 * SEC).unwrap();
+    let (m, _) = x.merged(ids[9], peer);
+    assert_eq!(x.store.snapshot(m).unwrap().time_ns, future);
+    x.store.debug_set_arrival(m, T0 + 9 * day + 7200 * SEC).unwrap();
+    x.store.set_ref("head", m).unwrap();
+    x.store.set_ref("peers/bbbb", peer).unwrap();
+    gc(&x, None, Some(Duration::from_secs(3 * 86_400)));
+    let shallow: Vec<bool> = ids
+        .iter()
+        .map(|i| x.store.is_shallow(*i).unwrap())
+        .collect();
+    // Days 7..=9 arrived within 3 days of head's arrival (day 9 + 2h); day 6 did not.
+    assert_eq!(
+        shallow,
+        [true, true, true, true, true, true, true, false, false, false],
+        "retention measured by arrival, not by the declared 2200"
+    );
+    assert_eq!(x.flat(ids[7])["a"].3, b"day 7");
+}
+
+#[test]
+fn snapshots_record_when_they_arrived_not_when_they_say() {
+    let x = fx();
+    let future = 7_258_118_400 * SEC; // 2200-01-01
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let root = x.build(&tree(&[("a", f("x", T0))]));
+    let snap = Snapshot {
+        root,
+        parents: vec![],
+        device: DEV_B,
+        time_ns: future,
+        message: "from the future".into(),
+    };
+    let (id, bytes) = Node::Snapshot(snap.clone()).encode_with_id().unwrap();
+    // As a fetch stores it: the header alone, then (again) as a node.
+    assert!(x.store.put_snapshot_header(id, &bytes).unwrap());
+    let t = x.store.arrival(id).unwrap().expect("recorded");
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
+    x.store.debug_set_arrival(id, T0).unwrap();
+    x.store.put_node(id, &bytes).unwrap();
+    assert_eq!(x.store.arrival(id).unwrap(), Some(T0), "the first arrival counts");
+    // One with no record (as `add` writes them, or an older store's) gets min(declared, now)
+    // from the first gc, recorded so it stays.
+    let old = Snapshot {
+        time_ns: T0,
+        message: "old".into(),
+        ..snap.clone()
+    };
+    let (oid, obytes) = Node::Snapshot(old).encode_with_id().unwrap();
+    x.store.put_node(oid, &obytes).unwrap();
+    x.store.debug_clear_arrival(oid).unwrap();
+    x.store.debug_clear_arrival(id).unwrap();
+    x.store.set_ref("head", oid).unwrap();
+    x.store.set_ref("peers/bbbb", id).unwrap();
+    gc(&x, None, Some(Duration::from_secs(86_400)));
+    assert_eq!(x.store.arrival(oid).unwrap(), Some(T0));
+    let t = x.store.arrival(id).unwrap().expect("recorded by gc");
+    assert!(t >= after && t < future, "future clamped to now: {t}");
+}
+
+#[test]
+fn gc_keep_last_counts_only_snapshots_that_change_the_tree() {
+    let x = fx();
+    let mut ids = Vec::new();
+    let mut parent = vec![];
+    for i in 0..5i64 {
+        let id = x.snap(
+            &tree(&[("a", f(&format!("v{i}"), T0))]),
+            &parent,
+            DEV_A,
+            T0 + i * SEC,
+        );
+        ids.push(id);
+        parent = vec![id];
+    }
+    // A peer floods 50 snapshots that change nothing, and head follows them.
+    let same = tree(&[("a", f("v4", T0))]);
+    let mut top = ids[4];
+    for i in 0..50i64 {
+        top = x.snap(&same, &[top], DEV_B, T0 + (10 + i) * SEC);
+    }
+    x.store.set_ref("head", top).unwrap();
+    gc(&x, Some(3), None);
+    let shallow: Vec<bool> = ids
+        .iter()
+        .map(|i| x.store.is_shallow(*i).unwrap())
+        .collect();
+    assert_eq!(shallow, [true, true, false, false, false]);
+    assert_eq!(x.flat(ids[2])["a"].3, b"v2");
+}
+
+#[test]
+fn gc_refuses_a_policy_that_drops_heads_files() {
+    let x = fx();
+    let ids = daily(&x);
+    x.store.set_ref("head", ids[9]).unwrap();
+    match x
+        .store
+        .gc_keep_within(&GcOptions { keep_last: Some(0) }, None, &NoProgress)
+    {
+        Err(Error::Invalid(m)) => assert!(m.contains("head"), "{m}"),
+        o => panic!("gc --keep-last 0 must be refused: {o:?}"),
+    }
+    for id in &ids {
+        assert!(!x.store.is_shallow(*id).unwrap(), "nothing dropped");
+    }
+    assert_eq!(x.flat(ids[9])["a"].3, b"day 9");
+    // Zero within: head (and only head's first-parent line up to now) is still kept.
+    gc(&x, None, Some(Duration::ZERO));
+    assert!(!x.store.is_shallow(ids[9]).unwrap());
+    assert!(x.store.is_shallow(ids[8]).unwrap());
 }
 
 // ----------------------------------------------------------------------------- property test

@@ -470,6 +470,27 @@ fn gc_keeps_what_snapshots_need() {
 }
 
 #[test]
+fn gc_refuses_a_policy_that_drops_heads_files() {
+    let share = Share::new();
+    share.write("f.bin", &random_bytes(31, 1 << 20));
+    share.add(&[]);
+    share.write("f.bin", &random_bytes(32, 1 << 20));
+    share.add(&[]);
+    let r = share.left(&["gc", "--keep-last", "0"]).expect_code(2);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("--keep-last 0") && err.contains("head"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Nothing was dropped: both snapshots still restore.
+    share.verify_clean();
+    for (spec, dir) in [("head", "h"), ("head~1", "h1")] {
+        let target = share.scratch(dir);
+        share
+            .left(&["restore", spec, "--to", target.to_str().unwrap()])
+            .expect_code(0);
+    }
+}
+
+#[test]
 fn help_documents_exit_codes_and_usage_errors_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let help = run(left_in(tmp.path()).arg("--help")).expect_code(0);
