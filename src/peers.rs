@@ -28,13 +28,13 @@
 //! dropped); pins and revocations are written at once.
 #![warn(missing_docs)]
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -267,8 +267,7 @@ impl PeerBook {
     ) -> Result<bool> {
         let now = unix_now();
         let new = self.get(&device).is_none() && !self.pending.contains_key(&device);
-        if self.pending.len() < self.limits.max_seen.max(1) || self.pending.contains_key(&device)
-        {
+        if self.pending.len() < self.limits.max_seen.max(1) || self.pending.contains_key(&device) {
             self.pending.insert(device, (now, addr));
         }
         self.dir.get_or_insert_with(|| store_dir.to_owned());
@@ -406,7 +405,8 @@ fn apply_seen(
 /// seen for `max_age`, then the least recently seen beyond `max_seen`. Order is kept.
 fn prune(records: &mut Vec<PeerRecord>, limits: &Limits, now: i64) {
     let max_age = i64::try_from(limits.max_age.as_secs()).unwrap_or(i64::MAX);
-    records.retain(|r| r.is_kept() || r.last_seen == 0 || now.saturating_sub(r.last_seen) <= max_age);
+    records
+        .retain(|r| r.is_kept() || r.last_seen == 0 || now.saturating_sub(r.last_seen) <= max_age);
     let mut seen: Vec<(i64, usize)> = records
         .iter()
         .enumerate()
@@ -764,13 +764,20 @@ mod tests {
         };
         write_file(
             &d.join(PEERS_FILE),
-            &[rec(1, false, false), rec(2, true, false), rec(3, false, true)],
+            &[
+                rec(1, false, false),
+                rec(2, true, false),
+                rec(3, false, true),
+            ],
         )
         .unwrap();
         let mut book = load_now(d);
         book.record_seen(d, device(4), addr(4)).unwrap();
         let back = PeerBook::load(d).unwrap();
-        assert!(back.get(&device(1)).is_none(), "an old seen-only record stays");
+        assert!(
+            back.get(&device(1)).is_none(),
+            "an old seen-only record stays"
+        );
         for n in [2, 3, 4] {
             assert!(back.get(&device(n)).is_some(), "record {n} went");
         }
@@ -820,7 +827,10 @@ mod tests {
         write_file(&d.join(PEERS_FILE), &records).unwrap();
         let size = fs::metadata(d.join(PEERS_FILE)).unwrap().len();
         assert!(size > MAX_FILE_BYTES, "{size}");
-        assert!(matches!(read_file(&d.join(PEERS_FILE)), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            read_file(&d.join(PEERS_FILE)),
+            Err(Error::Malformed { .. })
+        ));
         let mut book = PeerBook::load(d).unwrap();
         assert!(book.pin_mode());
         assert!(book.allows(&device(105)) && !book.allows(&device(106)));

@@ -11,10 +11,10 @@ mod auto;
 mod auto_sim;
 #[path = "it/badpeer.rs"]
 mod badpeer;
-#[path = "it/badpeer_tree.rs"]
-mod badpeer_tree;
 #[path = "it/badpeer_transport.rs"]
 mod badpeer_transport;
+#[path = "it/badpeer_tree.rs"]
+mod badpeer_tree;
 #[path = "it/cli.rs"]
 mod cli;
 #[path = "it/control.rs"]

@@ -23,8 +23,8 @@ use left::identity::{self, DeviceId, Identity};
 use left::session::{
     self, Endpoints, FetchConfig, FetchProgress, FetchReport, PeerFailure, Target,
 };
-use left::sync::PullConfig;
 use left::sync::integrate::{integrate, IntegrateOptions, Integrated};
+use left::sync::PullConfig;
 use left_store::{AddOptions, CheckoutOptions, CheckoutReport, NodeId, Progress, Store};
 use serde_json::json;
 
@@ -45,7 +45,9 @@ pub(crate) fn bad_address(given: &str, why: &str) -> anyhow::Error {
     }
     CliError::Usage {
         message: format!("bad peer address {given:?}: {why}"),
-        hint: Some("give HOST:PORT, a host (port 22001), or an IP address ([::1]:22001, ::1)".into()),
+        hint: Some(
+            "give HOST:PORT, a host (port 22001), or an IP address ([::1]:22001, ::1)".into(),
+        ),
     }
     .into()
 }

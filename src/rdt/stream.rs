@@ -1127,7 +1127,10 @@ mod tests {
         assert!(ev.contains(&Event::StreamWritable { id }), "{ev:?}");
         let room = (1 << 20) - s.send_buffered();
         assert!(room > 0 && room <= acked);
-        assert_eq!(s.write(id, Bytes::from(vec![7u8; 1 << 20])).unwrap() as u64, room);
+        assert_eq!(
+            s.write(id, Bytes::from(vec![7u8; 1 << 20])).unwrap() as u64,
+            room
+        );
         // A reset gives everything back.
         s.reset(id, 1).unwrap();
         assert_eq!(s.send_buffered(), 0);
@@ -1143,7 +1146,10 @@ mod tests {
         for _ in 0..768 {
             assert_eq!(a.write(ia, Bytes::from(vec![1u8; 1024])).unwrap(), 1024);
         }
-        assert_eq!(b.write(ib, Bytes::from(vec![2u8; 768 << 10])).unwrap(), 256 << 10);
+        assert_eq!(
+            b.write(ib, Bytes::from(vec![2u8; 768 << 10])).unwrap(),
+            256 << 10
+        );
         assert_eq!(budget.used(), 1 << 20);
         assert_eq!(budget.room(), 0);
         // `a` frees some: the budget says so once, and `b`'s writer is woken by the endpoint.

@@ -600,7 +600,9 @@ fn handle(
                 // valid Hello. The book write is the policy's (rate-limited) business.
                 let policy = inner.policy.clone();
                 let (device, addr) = (conn.peer_key(), conn.remote_addr());
-                drop(tokio::task::spawn_blocking(move || policy.seen(&device, addr)));
+                drop(tokio::task::spawn_blocking(move || {
+                    policy.seen(&device, addr)
+                }));
             }
             *greeted |= is_hello;
             Ok(())

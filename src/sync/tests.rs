@@ -1442,7 +1442,10 @@ fn chatter_does_not_hide_a_stall_and_peer_errors_stay_one_line() {
         }
     }
     let r = failed.expect("no peer left");
-    assert!(r.contains(r"peer sent error 7: disk\nfailed\x1b[31m"), "{r}");
+    assert!(
+        r.contains(r"peer sent error 7: disk\nfailed\x1b[31m"),
+        "{r}"
+    );
     assert!(!r.chars().any(|c| c.is_control()), "{r:?}");
 }
 

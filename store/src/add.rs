@@ -54,6 +54,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const READ_BLOCK: usize = 1 << 20;
 const BATCH_BYTES: usize = 4 << 20;
@@ -485,6 +486,13 @@ impl Store {
         // Paths a checkout could not write: while the disk shows what it saw there, the head's
         // entry (the version it meant to write) is kept, so the old bytes are not published.
         let unwritten = self.unwritten()?;
+        let links = Links::new(
+            self,
+            &share,
+            &store_dir,
+            opts.follow_links,
+            head_snap.as_ref().map(|s| s.root),
+        )?;
         let mut ents: Vec<Ent> = Vec::new();
         let mut scan_roots: Vec<(PathBuf, Option<usize>)> = Vec::new();
         for rel in &roots {
@@ -492,7 +500,7 @@ impl Store {
                 &share,
                 &store_dir,
                 rel,
-                opts,
+                &links,
                 !only.is_empty(),
                 &unwritten,
                 &mut ents,
@@ -724,19 +732,14 @@ impl Store {
         share: &Path,
         store_dir: &Path,
         rel: &Path,
-        opts: &AddOptions,
+        links: &Links,
         parents: bool,
         unwritten: &[(PathBuf, crate::checkout::Seen)],
         ents: &mut Vec<Ent>,
         report: &mut AddReport,
     ) -> Result<Option<usize>> {
         let abs = share.join(rel);
-        let meta = if opts.follow_links {
-            fs::metadata(&abs)
-        } else {
-            fs::symlink_metadata(&abs)
-        };
-        let meta = match meta {
+        let meta = match links.metadata(rel, &abs) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&abs, e)),
@@ -752,19 +755,36 @@ impl Store {
         let mut dirs: HashMap<PathBuf, usize> = HashMap::new();
         dirs.insert(rel.to_path_buf(), root);
         let store_dir = store_dir.to_path_buf();
+        // Links that must stay links while the walk follows the others: left out of the walk
+        // (so it does not descend into them) and recorded verbatim after it.
+        let unfollowed: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
         let mut wb = ignore::WalkBuilder::new(&abs);
+        let policy = links.follow.then(|| (links.clone(), unfollowed.clone()));
+        let share_dir = share.to_path_buf();
         wb.standard_filters(false)
             .hidden(false)
             .parents(parents)
-            .follow_links(opts.follow_links)
+            .follow_links(links.follow)
             .add_custom_ignore_filename(".leftignore")
             .filter_entry(move |e| {
-                e.file_name() != ".left"
+                let keep = e.file_name() != ".left"
                     && !e
                         .file_name()
                         .as_bytes()
                         .starts_with(crate::checkout::TMP_PREFIX.as_bytes())
-                    && e.path() != store_dir
+                    && e.path() != store_dir;
+                if let (true, Some((links, unfollowed))) = (keep && e.path_is_symlink(), &policy) {
+                    if let Ok(r) = e.path().strip_prefix(&share_dir) {
+                        if e.depth() > 0 && !links.follows(r, e.path()) {
+                            unfollowed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(r.to_path_buf());
+                            return false;
+                        }
+                    }
+                }
+                keep
             });
         for r in wb.build() {
             let de = match r {
@@ -792,11 +812,7 @@ impl Store {
             let r = r.to_path_buf();
             let parent = r.parent().and_then(|p| dirs.get(p).copied());
             let Some(parent) = parent else { continue };
-            let meta = match if opts.follow_links {
-                fs::metadata(de.path())
-            } else {
-                fs::symlink_metadata(de.path())
-            } {
+            let meta = match links.metadata(&r, de.path()) {
                 Ok(m) => m,
                 // Deleted since it was listed: a deletion, not a skip.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -812,6 +828,26 @@ impl Store {
             if ents[i].kind == EntryKind::Dir && !ents[i].skipped {
                 dirs.insert(r, i);
             }
+        }
+        let unfollowed = std::mem::take(&mut *unfollowed.lock().unwrap_or_else(|p| p.into_inner()));
+        for r in unfollowed {
+            let parent = r.parent().and_then(|p| dirs.get(p).copied());
+            let Some(parent) = parent else { continue };
+            let abs = share.join(&r);
+            let meta = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    skip_path(ents, &dirs, r, one_line(&e.to_string()), report);
+                    continue;
+                }
+            };
+            let name = r
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default();
+            let i = push_ent(ents, r, name, &meta, &abs, report)?;
+            ents[parent].children.push(i);
         }
         for (p, seen) in unwritten {
             if p.as_os_str().is_empty() || !p.starts_with(rel) {
@@ -1028,6 +1064,75 @@ impl Store {
 
 fn one_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
+}
+
+/// Which symlinks `add --follow-links` follows. Never one whose target leaves the share (or
+/// lies in the store), and never one that the head records as a link: a link a peer planted
+/// (`photos -> ~/.ssh/id_rsa`) arrives as a link and stays one, so its target is not published.
+/// Without `--follow-links`, no link is followed.
+#[derive(Clone, Default)]
+struct Links {
+    follow: bool,
+    /// The share and the store, canonical.
+    share: PathBuf,
+    store: PathBuf,
+    /// Paths the head's tree holds as symlinks.
+    verbatim: Arc<HashSet<PathBuf>>,
+}
+
+impl Links {
+    fn new(
+        store: &Store,
+        share: &Path,
+        store_dir: &Path,
+        follow: bool,
+        head_root: Option<NodeId>,
+    ) -> Result<Links> {
+        if !follow {
+            return Ok(Links::default());
+        }
+        let mut verbatim = HashSet::new();
+        let mut stack: Vec<(NodeId, PathBuf)> =
+            head_root.into_iter().map(|r| (r, PathBuf::new())).collect();
+        while let Some((id, rel)) = stack.pop() {
+            for e in store.dir_entries(id)? {
+                let path = rel.join(std::ffi::OsStr::from_bytes(&e.name));
+                match (&e.kind, &e.target) {
+                    (EntryKind::Symlink, _) => {
+                        verbatim.insert(path);
+                    }
+                    (EntryKind::Dir, Target::Node(d)) => stack.push((*d, path)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Links {
+            follow,
+            share: share.to_path_buf(),
+            store: store_dir.to_path_buf(),
+            verbatim: Arc::new(verbatim),
+        })
+    }
+
+    /// Whether the symlink at `rel` (`abs` on disk) is followed.
+    fn follows(&self, rel: &Path, abs: &Path) -> bool {
+        if !self.follow || self.verbatim.contains(rel) {
+            return false;
+        }
+        match fs::canonicalize(abs) {
+            Ok(t) => t.starts_with(&self.share) && !t.starts_with(&self.store),
+            Err(_) => false,
+        }
+    }
+
+    /// The metadata `add` records for `abs`: the link's own unless it is followed.
+    fn metadata(&self, rel: &Path, abs: &Path) -> std::io::Result<fs::Metadata> {
+        let m = fs::symlink_metadata(abs)?;
+        if m.file_type().is_symlink() && self.follows(rel, abs) {
+            return fs::metadata(abs);
+        }
+        Ok(m)
+    }
 }
 
 fn push_ent(

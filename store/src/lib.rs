@@ -49,7 +49,8 @@ pub use error::{Error, Result};
 pub use ids::{ChunkId, Hash, NodeId};
 pub use maint::RepairPlan;
 pub use merge::{
-    base32_lower, conflict_name, AUTHOR_DEPTH, MERGE_MESSAGE, VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES,
+    base32_lower, conflict_name, AUTHOR_DEPTH, CONFLICT_NAME_MAX, MERGE_MESSAGE,
+    VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES,
 };
 pub use store::{ObjectId, Store, ANCESTOR_LIMIT, STORE_MODE};
 pub use types::*;

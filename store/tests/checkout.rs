@@ -1975,13 +1975,25 @@ fn a_malformed_tree_is_refused_before_the_journal_and_jams_nothing() {
     s.put_chunk(cid, &codec::encode(&chunk)).unwrap();
     let leaf = Node::ChunkList(left_store::node::ChunkListNode {
         level: 0,
-        entries: vec![ChunkRef { id: cid.0, len: 16384 }; 64],
+        entries: vec![
+            ChunkRef {
+                id: cid.0,
+                len: 16384
+            };
+            64
+        ],
     });
     let (leaf_id, b) = leaf.encode_with_id().unwrap();
     s.put_node(leaf_id, &b).unwrap();
     let top = Node::ChunkList(left_store::node::ChunkListNode {
         level: 1,
-        entries: vec![ChunkRef { id: leaf_id.0, len: 64 }; 16],
+        entries: vec![
+            ChunkRef {
+                id: leaf_id.0,
+                len: 64
+            };
+            16
+        ],
     });
     let (top_id, b) = top.encode_with_id().unwrap();
     s.put_node(top_id, &b).unwrap();
@@ -2016,7 +2028,13 @@ fn a_malformed_tree_is_refused_before_the_journal_and_jams_nothing() {
         let to = put_snap(s, put_dir(s, vec![bad, f2]), Some(head));
         let before = picture(&p.b);
         let e = s
-            .checkout(&p.b, Some(head), to, &CheckoutOptions::default(), &NoProgress)
+            .checkout(
+                &p.b,
+                Some(head),
+                to,
+                &CheckoutOptions::default(),
+                &NoProgress,
+            )
             .unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains(what), "{e}");
@@ -2057,7 +2075,11 @@ fn journaled_checkouts_do_not_block_gc_and_can_be_aborted() {
     assert_eq!(fs::read(p.b.join("f")).unwrap(), b"v2 only in to");
     assert_eq!(s.head().unwrap(), Some(to));
     // Abort: head stays, the folder keeps what it has, the next add records it.
-    let to2 = put_snap(s, put_dir(s, vec![file_entry(s, "f", b"v3", None)]), Some(to));
+    let to2 = put_snap(
+        s,
+        put_dir(s, vec![file_entry(s, "f", b"v3", None)]),
+        Some(to),
+    );
     s.debug_write_journal(Some(to), to2).unwrap();
     assert_eq!(s.abort_checkout().unwrap(), Some((Some(to), to2)));
     assert_eq!(s.pending_checkout().unwrap(), None);

@@ -316,31 +316,59 @@ fn scan_cache_only_paths_ignore_and_history() {
     assert_eq!(fs::read(out.join("small")).unwrap(), b"hello");
 }
 
+/// Symlinks are stored verbatim; `--follow-links` follows only a link that stays inside the share
+/// and that the head does not already hold as a link. Before the fix it followed every link, so
+/// a link a peer planted (`photos -> ~/.ssh/id_rsa`, checked out here as a link) published the
+/// target's bytes at the next `add --follow-links`.
 #[test]
 fn symlinks_verbatim_or_followed() {
     let (tmp, share, store) = setup();
+    let follow = AddOptions {
+        follow_links: true,
+        ..Default::default()
+    };
+    // Under chunk_min: one chunk, named by the hash of the whole.
+    let secret = rand_bytes(3, 900);
     let outside = tmp.path().join("outside.bin");
-    fs::write(&outside, rand_bytes(3, 5000)).unwrap();
-    std::os::unix::fs::symlink(&outside, share.join("link")).unwrap();
+    fs::write(&outside, &secret).unwrap();
+    fs::create_dir(tmp.path().join("outdir")).unwrap();
+    fs::write(tmp.path().join("outdir/key"), &secret).unwrap();
+    fs::create_dir(share.join("docs")).unwrap();
+    fs::write(share.join("docs/a.txt"), b"inside").unwrap();
+    // What a peer planted: in the head as a link.
+    std::os::unix::fs::symlink(&outside, share.join("planted")).unwrap();
+    std::os::unix::fs::symlink("docs/a.txt", share.join("planted-inside")).unwrap();
     let s = add(&store, &share).snapshot.unwrap();
-    let e = &store.ls(s, Path::new("link")).unwrap()[0];
+    let e = &store.ls(s, Path::new("planted")).unwrap()[0];
     assert_eq!(e.kind, EntryKind::Symlink);
     assert_eq!(e.link_target.as_deref(), Some(outside.as_os_str()));
-    let s2 = store
-        .add(
-            &share,
-            &[],
-            &AddOptions {
-                follow_links: true,
-                ..Default::default()
-            },
-            &NoProgress,
-        )
+    // New links: out of the share (a file, a folder, through a link inside), and inside it.
+    std::os::unix::fs::symlink(&outside, share.join("escape")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("outdir"), share.join("escape-dir")).unwrap();
+    std::os::unix::fs::symlink("../escape", share.join("docs/via")).unwrap();
+    std::os::unix::fs::symlink("docs/a.txt", share.join("inside")).unwrap();
+    std::os::unix::fs::symlink("docs", share.join("inside-dir")).unwrap();
+    let s2 = store.add(&share, &[], &follow, &NoProgress).unwrap().snapshot.unwrap();
+    let kind = |p: &str| {
+        let e = &store.ls(s2, Path::new(p)).unwrap()[0];
+        (e.kind, e.size)
+    };
+    for p in ["planted", "planted-inside", "escape", "escape-dir", "docs/via"] {
+        assert_eq!(kind(p).0, EntryKind::Symlink, "{p} was followed");
+    }
+    assert_eq!(kind("inside"), (EntryKind::File, 6));
+    assert_eq!(kind("inside-dir").0, EntryKind::Dir);
+    assert_eq!(kind("inside-dir/a.txt"), (EntryKind::File, 6));
+    // No chunk of the secret reached the store.
+    let chunk = ChunkId(Hash::of(&secret));
+    assert_eq!(store.has_chunks(&[chunk]).unwrap(), vec![false], "the link's target was stored");
+    // The same `only` a path: a planted link named directly stays a link too.
+    let s3 = store
+        .add(&share, &[PathBuf::from("planted")], &follow, &NoProgress)
         .unwrap()
         .snapshot
-        .unwrap();
-    let e = &store.ls(s2, Path::new("link")).unwrap()[0];
-    assert_eq!((e.kind, e.size), (EntryKind::File, 5000));
+        .unwrap_or(s2);
+    assert_eq!(store.ls(s3, Path::new("planted")).unwrap()[0].kind, EntryKind::Symlink);
 }
 
 /// Child side: runs as an unprivileged user (see below) in the folder named by the environment.

@@ -28,7 +28,13 @@ struct RawPeer {
 impl RawPeer {
     /// Connects to `server` as device `device_n` (endpoint seed `n`) granting `window` bytes of flow-control credit (connection and
     /// stream), and sends Hello. Panics if the handshake does not complete within 10 s.
-    fn connect(share_key: [u8; 32], server: SocketAddr, device_n: u64, n: u64, window: u64) -> RawPeer {
+    fn connect(
+        share_key: [u8; 32],
+        server: SocketAddr,
+        device_n: u64,
+        n: u64,
+        window: u64,
+    ) -> RawPeer {
         let secret: [u8; 32] = random_bytes(0x7a77_0000 + device_n, 32).try_into().unwrap();
         let device = left::identity::Identity::from_secret(secret).device_id().0;
         let mut cfg = EndpointConfig::new(secret, share_key, n);
@@ -72,7 +78,11 @@ impl RawPeer {
     /// Queues `bytes` on the control stream (all of it: the server's window is large).
     fn write(&mut self, bytes: &[u8]) {
         let n = self.conn().write(StreamId::CONTROL, bytes).unwrap();
-        assert_eq!(n, bytes.len(), "the server's credit took only part of a request");
+        assert_eq!(
+            n,
+            bytes.len(),
+            "the server's credit took only part of a request"
+        );
     }
 
     /// Runs the endpoint honestly (receive, timers, send, acknowledge) until `done` or `limit`.

@@ -72,7 +72,11 @@ fn a_crafted_tree_is_refused_and_the_store_keeps_working() {
         );
         let r = share.sync(&[bad.addr()], &["--timeout", "15"], &[]);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-        assert_ne!(r.code, Some(0), "{case}: the crafted snapshot was checked out");
+        assert_ne!(
+            r.code,
+            Some(0),
+            "{case}: the crafted snapshot was checked out"
+        );
         assert!(
             r.stderr.contains("bad.bin"),
             "{case}: the error does not name the path: {}",

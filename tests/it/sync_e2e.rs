@@ -535,7 +535,8 @@ fn an_unwritten_path_is_listed_in_status_and_written_by_the_next_sync_without_ne
     let r = Run::from_output(r).expect_code(0);
     assert!(r.out().contains("up to date"), "{}", r.out());
     assert!(
-        r.out().contains("wrote 1 path an earlier checkout could not"),
+        r.out()
+            .contains("wrote 1 path an earlier checkout could not"),
         "{}",
         r.out()
     );
@@ -596,7 +597,10 @@ fn joining_with_files_already_there_merges_them() {
         fs::read(b.root.join(copies[0])).unwrap(),
     ];
     versions.sort();
-    assert_eq!(versions, vec![b"A's version\n".to_vec(), b"B's version\n".to_vec()]);
+    assert_eq!(
+        versions,
+        vec![b"A's version\n".to_vec(), b"B's version\n".to_vec()]
+    );
     assert_eq!(fs::read(b.root.join("only-b/y.txt")).unwrap(), b"from B\n");
     assert_eq!(j["head"].as_str(), b.head().as_deref(), "{j}");
     server.stop();
@@ -635,7 +639,10 @@ fn diverged_heads_are_merged_by_the_automatic_rules() {
     assert_eq!(j["fetched_head"], Value::String(head_of(&a)), "{j}");
     assert_eq!(u(&j["merged"], "merges"), 1, "{j}");
     assert_eq!(j["merged"]["conflicts"], serde_json::json!([]), "{j}");
-    assert_eq!(fs::read(b.root.join("common.txt")).unwrap(), b"changed on A\n");
+    assert_eq!(
+        fs::read(b.root.join("common.txt")).unwrap(),
+        b"changed on A\n"
+    );
     assert_eq!(fs::read(b.root.join("mine.txt")).unwrap(), b"made on B\n");
     let merge = head_of(&b);
     assert_ne!(merge, b_head);
@@ -1028,7 +1035,11 @@ fn sync_records_its_peer_and_without_arguments_uses_the_known_ones() {
     assert!(r.stderr.contains("hint: name one"), "{}", r.stderr);
     for bad in ["localhost:notaport", "host:99999", ""] {
         let r = b.left(&["sync", bad]).expect_code(2);
-        assert!(one_error_line(&r).contains("bad peer address"), "{}", r.stderr);
+        assert!(
+            one_error_line(&r).contains("bad peer address"),
+            "{}",
+            r.stderr
+        );
     }
     let r = b
         .left(&["sync", &server.addr(), "--timeout", "0"])
@@ -1085,7 +1096,11 @@ fn sigint_during_a_sync_exits_130_and_the_same_command_resumes() {
     assert!(r.stdout.is_empty(), "{}", r.out());
     slow.stop();
     let have = stored(&b, &all);
-    assert!(have > 0 && have < all.len(), "{have} of {} chunks", all.len());
+    assert!(
+        have > 0 && have < all.len(),
+        "{have} of {} chunks",
+        all.len()
+    );
     b.verify_clean();
 
     let fast = a.serve();
@@ -1111,10 +1126,14 @@ fn a_fifo_skipped_by_automatic_sync_is_reported_in_status_and_the_log() {
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let server = a.serve_on("127.0.0.1:0", &["--auto", "--settle", "0.1"], &[]);
     let mut st = Value::Null;
-    wait_for("the scan to report the FIFO", Duration::from_secs(30), || {
-        st = a.json(&["status"], 0);
-        st["skipped"].as_array().is_some_and(|s| !s.is_empty())
-    });
+    wait_for(
+        "the scan to report the FIFO",
+        Duration::from_secs(30),
+        || {
+            st = a.json(&["status"], 0);
+            st["skipped"].as_array().is_some_and(|s| !s.is_empty())
+        },
+    );
     assert_eq!(st["skipped"][0]["path"], "pipe", "{st}");
     let human = a.left(&["status"]).expect_code(0).out();
     assert!(
@@ -1123,7 +1142,9 @@ fn a_fifo_skipped_by_automatic_sync_is_reported_in_status_and_the_log() {
     );
     let log = server.stop();
     assert_eq!(
-        log.lines().filter(|l| l.contains("pipe:") && l.contains("warning")).count(),
+        log.lines()
+            .filter(|l| l.contains("pipe:") && l.contains("warning"))
+            .count(),
         1,
         "{log}"
     );
@@ -1184,4 +1205,30 @@ fn a_peers_leftignore_of_everything_deletes_nothing() {
     assert!(!ls.to_string().contains("\"f3.txt\""), "{ls}");
     assert!(ls.to_string().contains("f8.txt"), "{ls}");
     assert!(a.root.join("d3/f3.txt").exists(), "forget keeps the file on disk");
+}
+
+/// A freshly joined peer has only the head's history that the sync fetched (headers, some of
+/// them without trees, the oldest parents not at all): that is normal, not damage. `verify`
+/// passes and says where local history starts, and `left log` says so too. Before, verify
+/// reported `missing node …` and "cannot be restored", exit 1, on every new peer.
+#[test]
+fn verify_on_a_fresh_joiner_passes_and_says_where_history_starts() {
+    let a = Share::new();
+    for i in 0..5 {
+        a.write(&format!("f{i}.txt"), format!("{i}\n").as_bytes());
+        a.add(&["-m", &format!("snapshot {i}")]);
+    }
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    assert_same_tree(&a.root, &b.root);
+    let r = b.left(&["verify"]);
+    assert!(!r.stderr.contains("missing node"), "{}", r.stderr);
+    let r = r.expect_code(0);
+    eprintln!("{}", r.out());
+    let j = b.json(&["verify"], 0);
+    assert_eq!(j["ok"], Value::Bool(true), "{j}");
+    let log = b.json(&["log"], 0);
+    eprintln!("{log}");
+    server.stop();
 }
