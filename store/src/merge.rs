@@ -81,7 +81,7 @@
 //! reading throughout, so gc cannot drop what the merge is reading.
 
 use crate::db::{cf, Batch};
-use crate::node::{build_dir, check_name, Content, DirEntry, DirNode, Node, Target, MAX_NAME};
+use crate::node::{build_dir, check_name, Content, DirEntry, DirNode, Node, Target};
 use crate::*;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -657,7 +657,7 @@ fn cut(b: &[u8], max: usize) -> &[u8] {
 }
 
 /// The longest conflict-copy name: one path component on the common file systems (NAME_MAX).
-/// The store accepts longer names ([`MAX_NAME`]), but a copy the folder cannot hold would live
+/// The store accepts longer names ([`MAX_NAME`](crate::node::MAX_NAME)), but a copy the folder cannot hold would live
 /// only in the store.
 pub const CONFLICT_NAME_MAX: usize = 255;
 

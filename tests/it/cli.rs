@@ -477,7 +477,7 @@ fn gc_refuses_a_policy_that_drops_heads_files() {
     share.write("f.bin", &random_bytes(32, 1 << 20));
     share.add(&[]);
     let r = share.left(&["gc", "--keep-last", "0"]).expect_code(2);
-    let err = String::from_utf8_lossy(&r.stderr);
+    let err = r.stderr.clone();
     assert!(err.contains("--keep-last 0") && err.contains("head"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // Nothing was dropped: both snapshots still restore.
