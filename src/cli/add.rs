@@ -27,7 +27,9 @@ pub struct AddArgs {
     /// tree is kept as in the previous snapshot
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
-    /// Store what symlinks point to instead of the links themselves
+    /// Store what symlinks point to instead of the links themselves. Only links whose target
+    /// stays inside the share are followed; a link that leaves the share, or that the last
+    /// snapshot already holds as a link (links synced from peers arrive so), stays a link
     #[arg(long)]
     follow_links: bool,
     /// Read and hash every file, even those the scan cache says are unchanged
@@ -286,14 +288,14 @@ pub(crate) fn forget(global: &Global, out: &Output, args: ForgetArgs) -> anyhow:
         device: device.0,
         ..AddOptions::default()
     };
-    let sid = match store.forget(&share, &rels, &opts) {
-        Ok(sid) => sid,
-        Err(
-            e @ (left_store::Error::Invalid(_)
-            | left_store::Error::NotFound { .. }
-            | left_store::Error::PathOutsideShare { .. }),
-        ) => {
-            return Err(CliError::Usage {
+    let sid =
+        match store.forget(&share, &rels, &opts) {
+            Ok(sid) => sid,
+            Err(
+                e @ (left_store::Error::Invalid(_)
+                | left_store::Error::NotFound { .. }
+                | left_store::Error::PathOutsideShare { .. }),
+            ) => return Err(CliError::Usage {
                 message: format!("cannot forget: {e}"),
                 hint: Some(
                     "forget takes paths in the head snapshot that .leftignore covers (frozen); \
@@ -301,10 +303,9 @@ pub(crate) fn forget(global: &Global, out: &Output, args: ForgetArgs) -> anyhow:
                         .into(),
                 ),
             }
-            .into())
-        }
-        Err(e) => return Err(anyhow::Error::new(e).context("cannot forget")),
-    };
+            .into()),
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot forget")),
+        };
     out.json(&json!({
         "snapshot": sid.to_string(),
         "forgotten": rels.iter().map(|p| fmt::json_path(p)).collect::<Vec<_>>(),

@@ -77,7 +77,9 @@ pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Resul
             .context("cannot read the history")?,
         None => Vec::new(),
     };
+    let bounds = store.history_bounds().context("cannot read the history")?;
     out.json(&json!({
+        "history_starts": bounds.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
         "snapshots": entries.iter().map(|(id, s)| json!({
             "id": id.to_string(),
             "root": s.root.to_string(),
@@ -124,6 +126,12 @@ pub(crate) fn log(global: &Global, out: &Output, args: LogArgs) -> anyhow::Resul
             fmt::time(s.time_ns),
         );
         out.data(line.trim_end())?;
+        if bounds.contains(id) {
+            out.human(format!(
+                "(local history starts at {}: older snapshots were never fetched here)",
+                id.fmt_short()
+            ))?;
+        }
     }
     Ok(EXIT_OK)
 }

@@ -103,6 +103,9 @@ pub(crate) fn verify(global: &Global, out: &Output, args: VerifyArgs) -> anyhow:
         "nodes_checked": report.nodes_checked,
         "bytes_checked": report.bytes_checked,
         "problems": report.problems.iter().map(problem_json).collect::<Vec<_>>(),
+        "snapshots": report.snapshots,
+        "shallow": report.shallow,
+        "history_starts": report.history_starts.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
     }))?;
     for p in &report.problems {
         out.data(problem_line("", p))?;
@@ -119,7 +122,30 @@ pub(crate) fn verify(global: &Global, out: &Output, args: VerifyArgs) -> anyhow:
         fmt::bytes(report.bytes_checked),
         report.nodes_checked
     ))?;
+    out.human(history_line(&report))?;
     Ok(EXIT_OK)
+}
+
+/// Where local history starts, for `verify`: shallow history is normal on a joiner.
+fn history_line(r: &left_store::VerifyReport) -> String {
+    let mut line = format!(
+        "history: {} snapshot(s) here, {} with their files",
+        r.snapshots,
+        r.snapshots - r.shallow
+    );
+    if r.shallow > 0 {
+        line.push_str(
+            " (the others are headers only; `left restore SNAPSHOT --from PEER` fetches one)",
+        );
+    }
+    if !r.history_starts.is_empty() {
+        let ids: Vec<String> = r.history_starts.iter().map(|id| id.fmt_short()).collect();
+        line.push_str(&format!(
+            "; local history starts at {} (older snapshots were never fetched here)",
+            ids.join(", ")
+        ));
+    }
+    line
 }
 
 /// "chunk" or "node".

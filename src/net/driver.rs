@@ -503,7 +503,11 @@ impl Connection {
             .wait(|state, h| {
                 // Skip streams the core already released (the peer reset them unread).
                 while let Some(id) = state.slots.get_mut(&h).and_then(|s| s.opened.pop_front()) {
-                    if state.core.connection_ref(h).is_some_and(|c| c.has_stream(id)) {
+                    if state
+                        .core
+                        .connection_ref(h)
+                        .is_some_and(|c| c.has_stream(id))
+                    {
                         return Some(Ok(id));
                     }
                 }
@@ -1115,7 +1119,8 @@ mod stream_churn {
             let mut cfg = EndpointConfig::new([2u8; 32], psk, 2);
             cfg.accept = false;
             let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(1)))
+                .unwrap();
             let mut ep = rdt::Endpoint::new(cfg);
             let h = ep.connect(Instant::now(), server_addr);
             let (mut buf, mut recv) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
@@ -1123,7 +1128,10 @@ mod stream_churn {
             let mut opened = 0u64;
             let mut connected = false;
             while opened < STREAMS {
-                assert!(Instant::now() < deadline, "only {opened} streams opened in 60 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "only {opened} streams opened in 60 s"
+                );
                 while let Ok((n, from)) = sock.recv_from(&mut recv) {
                     ep.handle_datagram(Instant::now(), from, BytesMut::from(&recv[..n]));
                 }
@@ -1165,10 +1173,22 @@ mod stream_churn {
             .await
             .unwrap();
         let state = server.shared.lock();
-        let queued = state.slots.get(&conn.inner.handle).expect("slot").opened.len();
-        let stats = state.core.connection_ref(conn.inner.handle).unwrap().stats();
+        let queued = state
+            .slots
+            .get(&conn.inner.handle)
+            .expect("slot")
+            .opened
+            .len();
+        let stats = state
+            .core
+            .connection_ref(conn.inner.handle)
+            .unwrap()
+            .stats();
         println!("opened-stream queue: {queued} ids after {STREAMS} streams; {stats:?}");
         // The server released all but the last few (the client could open STREAMS of them).
-        assert!(queued <= 8 + 1, "{queued} stream ids queued, max_streams is 8");
+        assert!(
+            queued <= 8 + 1,
+            "{queued} stream ids queued, max_streams is 8"
+        );
     }
 }

@@ -406,7 +406,10 @@ impl ResetKey {
     /// probability 2^-32).
     pub fn issued(&self, cid: u64) -> bool {
         let high = cid & 0xffff_ffff_0000_0000;
-        ct_eq(&self.cid_tag(high).to_be_bytes(), &(cid as u32).to_be_bytes())
+        ct_eq(
+            &self.cid_tag(high).to_be_bytes(),
+            &(cid as u32).to_be_bytes(),
+        )
     }
 
     fn cid_tag(&self, high: u64) -> u32 {

@@ -526,8 +526,14 @@ mod tests {
         let production = || EndpointConfig::with_seed(secret, psk, crate::net::os_seed());
         let a = first_initial(production());
         let b = first_initial(production());
-        assert_ne!(a.0, b.0, "two production endpoints chose the same connection id");
-        assert_ne!(a.1, b.1, "two production endpoints chose the same ephemeral key");
+        assert_ne!(
+            a.0, b.0,
+            "two production endpoints chose the same connection id"
+        );
+        assert_ne!(
+            a.1, b.1,
+            "two production endpoints chose the same ephemeral key"
+        );
         assert_eq!(
             first_initial(EndpointConfig::new(secret, psk, 77)),
             first_initial(EndpointConfig::new(secret, psk, 77)),
@@ -593,13 +599,20 @@ mod reset_tests {
         let mut restarted = Endpoint::new(EndpointConfig::new(SECRET, PSK, 2));
         restarted.handle_datagram(now, from, data_packet(ours, 100));
         let r = resets(&mut restarted, now);
-        assert_eq!(r.len(), 1, "a restarted endpoint resets its old connections");
+        assert_eq!(
+            r.len(),
+            1,
+            "a restarted endpoint resets its old connections"
+        );
         assert!(r[0].len() < 100);
         assert_eq!(r[0][9..], crypto::ResetKey::new(&SECRET, 0).token(ours));
         // A cid nobody issued: no reset, so no token for it (before: its valid token).
         for arbitrary in [0x1111_2222_3333_4444_u64, ours ^ 1, ours ^ (1 << 63)] {
             restarted.handle_datagram(now, from, data_packet(arbitrary, 100));
-            assert!(resets(&mut restarted, now).is_empty(), "a reset for {arbitrary:#x}");
+            assert!(
+                resets(&mut restarted, now).is_empty(),
+                "a reset for {arbitrary:#x}"
+            );
         }
         // Another endpoint of the same device (another scope: serve vs sync) gives nothing.
         let mut cfg = EndpointConfig::new(SECRET, PSK, 3);
@@ -619,9 +632,17 @@ mod reset_tests {
             restarted.handle_datagram(now, from, data_packet(ours, 100));
             sent += resets(&mut restarted, now).len();
         }
-        assert_eq!(sent as u32, RESETS_PER_SECOND - 1, "one was sent this second already");
+        assert_eq!(
+            sent as u32,
+            RESETS_PER_SECOND - 1,
+            "one was sent this second already"
+        );
         let later = now + std::time::Duration::from_secs(1);
         restarted.handle_datagram(later, from, data_packet(ours, 100));
-        assert_eq!(resets(&mut restarted, later).len(), 1, "the next second allows more");
+        assert_eq!(
+            resets(&mut restarted, later).len(),
+            1,
+            "the next second allows more"
+        );
     }
 }

@@ -661,7 +661,11 @@ impl Store {
                 // The walk visits only folders that changed: after a full scan that is every
                 // frozen path (the scan left each out); after an add of `only` paths, the frozen
                 // paths elsewhere were not visited, so the count can only grow.
-                let n = if only.is_empty() { n } else { n.max(frozen_before) };
+                let n = if only.is_empty() {
+                    n
+                } else {
+                    n.max(frozen_before)
+                };
                 (r.expect("a root folder"), n)
             }
             None => (new_root, 0),
@@ -2390,7 +2394,12 @@ impl Store {
     /// purpose: a new snapshot without them, so peers delete them; the files on disk stay. A path
     /// that is not in the head, or not ignored (the next add would record it again), is refused.
     /// Returns the new snapshot.
-    pub fn forget(&self, share_root: &Path, paths: &[PathBuf], opts: &AddOptions) -> Result<NodeId> {
+    pub fn forget(
+        &self,
+        share_root: &Path,
+        paths: &[PathBuf],
+        opts: &AddOptions,
+    ) -> Result<NodeId> {
         self.writable()?;
         self.resume_checkout(share_root, &CheckoutOptions::default(), &NoProgress)?;
         let _g = self.op.read().expect("op lock");
@@ -2430,7 +2439,10 @@ impl Store {
                     "forget needs a path inside the share, not the share itself".into(),
                 ));
             }
-            let rel: PathBuf = comps.iter().map(|c| std::ffi::OsStr::from_bytes(c)).collect();
+            let rel: PathBuf = comps
+                .iter()
+                .map(|c| std::ffi::OsStr::from_bytes(c))
+                .collect();
             let e = self.lookup(root, &rel)?.ok_or_else(|| {
                 Error::not_found(format!("{} is not in the snapshot", rel.display()))
             })?;

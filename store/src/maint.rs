@@ -82,19 +82,42 @@ impl RepairPlan {
 }
 
 impl Store {
-    /// Every snapshot reachable from the refs (through parents), newest first.
+    /// Every snapshot reachable from the refs (through parents), newest first. A parent whose
+    /// header is not stored here is left out: history fetched from a peer stops somewhere
+    /// (see [`Store::history_bounds`]); a ref whose snapshot is absent or damaged is listed
+    /// with `None`.
     pub(crate) fn all_snapshots(&self) -> Result<Vec<(NodeId, Option<Snapshot>)>> {
+        Ok(self.walk_snapshots()?.0)
+    }
+
+    /// Stored snapshots some of whose parents are not stored here: where local history starts
+    /// (a joiner fetched the newest headers only, or the peer it fetched from had no older
+    /// ones). Oldest first.
+    pub fn history_bounds(&self) -> Result<Vec<NodeId>> {
+        Ok(self.walk_snapshots()?.1)
+    }
+
+    fn walk_snapshots(&self) -> Result<(Vec<(NodeId, Option<Snapshot>)>, Vec<NodeId>)> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        let mut stack: Vec<NodeId> = self.refs()?.into_iter().map(|(_, id)| id).collect();
-        while let Some(id) = stack.pop() {
+        let mut bounds = Vec::new();
+        // (id, child that names it as a parent; None for a ref)
+        let mut stack: Vec<(NodeId, Option<NodeId>)> =
+            self.refs()?.into_iter().map(|(_, id)| (id, None)).collect();
+        while let Some((id, child)) = stack.pop() {
             if !seen.insert(id) {
                 continue;
             }
             match self.snapshot(id) {
                 Ok(s) => {
-                    stack.extend(s.parents.iter().copied());
+                    stack.extend(s.parents.iter().map(|p| (*p, Some(id))));
                     out.push((id, Some(s)));
+                }
+                Err(Error::NotFound { .. }) if child.is_some() => {
+                    let c = child.expect("checked");
+                    if !bounds.contains(&c) {
+                        bounds.push(c);
+                    }
                 }
                 Err(Error::NotFound { .. }) | Err(Error::Corrupt { .. }) => out.push((id, None)),
                 Err(e) => return Err(e),
@@ -103,7 +126,14 @@ impl Store {
         out.sort_by_key(|(_, s)| {
             std::cmp::Reverse(s.as_ref().map(|s| s.time_ns).unwrap_or(i64::MIN))
         });
-        Ok(out)
+        let time = |id: &NodeId| {
+            out.iter()
+                .find(|(s, _)| s == id)
+                .and_then(|(_, s)| s.as_ref().map(|s| s.time_ns))
+                .unwrap_or(i64::MIN)
+        };
+        bounds.sort_by_key(time);
+        Ok((out, bounds))
     }
 
     /// Re-hashes every chunk and node reachable from refs.
@@ -124,7 +154,9 @@ impl Store {
         let mut seen_chunks: HashSet<ChunkId> = HashSet::new();
         progress.start("verify", None);
         let max = self.cfg.chunk_max as usize;
-        for (sid, snap) in self.all_snapshots()? {
+        let (snaps, bounds) = self.walk_snapshots()?;
+        rep.history_starts = bounds;
+        for (sid, snap) in snaps {
             let root = PathBuf::new();
             let check = self.check_node(sid);
             rep.nodes_checked += 1;
@@ -134,7 +166,9 @@ impl Store {
                 continue;
             }
             let Some(snap) = snap else { continue };
+            rep.snapshots += 1;
             if self.is_shallow(sid)? {
+                rep.shallow += 1;
                 continue;
             }
             // Depth-first walk with paths; `top` marks the root node of a folder (not a lower
@@ -520,7 +554,9 @@ impl Store {
                     let s = self.snapshot(id).ok();
                     let changed = match &s {
                         Some(s) => !s.parents.iter().any(|p| {
-                            self.snapshot(*p).map(|ps| ps.root == s.root).unwrap_or(false)
+                            self.snapshot(*p)
+                                .map(|ps| ps.root == s.root)
+                                .unwrap_or(false)
                         }),
                         None => true,
                     };

@@ -192,6 +192,14 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     /// Every missing or corrupt object.
     pub problems: Vec<Problem>,
+    /// Snapshot headers stored here (reachable from refs).
+    pub snapshots: u64,
+    /// Of those, the ones whose files are not here (history fetched as headers only, or trees
+    /// `gc --keep-last` dropped): normal, not damage; `restore --from PEER` fetches them.
+    pub shallow: u64,
+    /// Snapshots whose parents are not stored here, oldest first: local history starts there.
+    /// Normal on a peer that joined after those snapshots were made.
+    pub history_starts: Vec<NodeId>,
 }
 
 /// Kind of stored object.

@@ -92,8 +92,16 @@ fn local_edits_and_deletions_of_frozen_files_are_not_published() {
     fs::remove_file(f.share().join("sub/y.log")).unwrap();
     f.add();
     let h = f.head();
-    assert_eq!(f.entry(h, "x.log"), f.entry(s1, "x.log"), "edit not published");
-    assert_eq!(f.entry(h, "sub/y.log"), f.entry(s1, "sub/y.log"), "deletion not published");
+    assert_eq!(
+        f.entry(h, "x.log"),
+        f.entry(s1, "x.log"),
+        "edit not published"
+    );
+    assert_eq!(
+        f.entry(h, "sub/y.log"),
+        f.entry(s1, "sub/y.log"),
+        "deletion not published"
+    );
     // Deleting the whole folder that holds a frozen file does not publish its deletion either.
     fs::remove_dir(f.share().join("sub")).unwrap();
     f.add();
@@ -128,8 +136,16 @@ fn forget_drops_a_frozen_path_on_purpose_and_history_keeps_it() {
     assert_eq!(f.head(), sid);
     assert_eq!(f.store.snapshot(sid).unwrap().parents, vec![before]);
     assert_eq!(f.entry(sid, "x.log"), None, "forgotten");
-    assert_eq!(f.entry(sid, "sub/y.log"), f.entry(s1, "sub/y.log"), "still frozen");
-    assert_eq!(f.entry(before, "x.log"), f.entry(s1, "x.log"), "history keeps it");
+    assert_eq!(
+        f.entry(sid, "sub/y.log"),
+        f.entry(s1, "sub/y.log"),
+        "still frozen"
+    );
+    assert_eq!(
+        f.entry(before, "x.log"),
+        f.entry(s1, "x.log"),
+        "history keeps it"
+    );
     assert!(f.share().join("x.log").exists(), "the file on disk stays");
     // The next add does not bring it back.
     f.write("a.txt", "a2");
@@ -154,7 +170,10 @@ fn a_peers_change_to_a_frozen_path_merged_into_head_is_kept() {
     let theirs = f.head();
     f.store.set_ref("head", ours).unwrap();
     let merged = match f.store.merge(ours, theirs).unwrap() {
-        MergeOutcome::Merged { snapshot, conflicts } => {
+        MergeOutcome::Merged {
+            snapshot,
+            conflicts,
+        } => {
             assert!(conflicts.is_empty(), "{conflicts:?}");
             snapshot
         }
@@ -168,7 +187,11 @@ fn a_peers_change_to_a_frozen_path_merged_into_head_is_kept() {
     f.write("a.txt", "a2");
     let r = f.add();
     assert!(r.snapshot.is_some());
-    assert_eq!(f.entry(f.head(), "x.log"), peers, "the peer's change is kept");
+    assert_eq!(
+        f.entry(f.head(), "x.log"),
+        peers,
+        "the peer's change is kept"
+    );
 }
 
 #[test]

@@ -1075,10 +1075,14 @@ fn gc_keep_within_ignores_a_peers_clock() {
         DEV_B,
         future,
     );
-    x.store.debug_set_arrival(peer, T0 + 9 * day + 3600 * SEC).unwrap();
+    x.store
+        .debug_set_arrival(peer, T0 + 9 * day + 3600 * SEC)
+        .unwrap();
     let (m, _) = x.merged(ids[9], peer);
     assert_eq!(x.store.snapshot(m).unwrap().time_ns, future);
-    x.store.debug_set_arrival(m, T0 + 9 * day + 7200 * SEC).unwrap();
+    x.store
+        .debug_set_arrival(m, T0 + 9 * day + 7200 * SEC)
+        .unwrap();
     x.store.set_ref("head", m).unwrap();
     x.store.set_ref("peers/bbbb", peer).unwrap();
     gc(&x, None, Some(Duration::from_secs(3 * 86_400)));
@@ -1122,7 +1126,11 @@ fn snapshots_record_when_they_arrived_not_when_they_say() {
     assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
     x.store.debug_set_arrival(id, T0).unwrap();
     x.store.put_node(id, &bytes).unwrap();
-    assert_eq!(x.store.arrival(id).unwrap(), Some(T0), "the first arrival counts");
+    assert_eq!(
+        x.store.arrival(id).unwrap(),
+        Some(T0),
+        "the first arrival counts"
+    );
     // One with no record (as `add` writes them, or an older store's) gets min(declared, now)
     // from the first gc, recorded so it stays.
     let old = Snapshot {

@@ -348,27 +348,45 @@ fn symlinks_verbatim_or_followed() {
     std::os::unix::fs::symlink("../escape", share.join("docs/via")).unwrap();
     std::os::unix::fs::symlink("docs/a.txt", share.join("inside")).unwrap();
     std::os::unix::fs::symlink("docs", share.join("inside-dir")).unwrap();
-    let s2 = store.add(&share, &[], &follow, &NoProgress).unwrap().snapshot.unwrap();
+    let s2 = store
+        .add(&share, &[], &follow, &NoProgress)
+        .unwrap()
+        .snapshot
+        .unwrap();
     let kind = |p: &str| {
         let e = &store.ls(s2, Path::new(p)).unwrap()[0];
         (e.kind, e.size)
     };
-    for p in ["planted", "planted-inside", "escape", "escape-dir", "docs/via"] {
+    for p in [
+        "planted",
+        "planted-inside",
+        "escape",
+        "escape-dir",
+        "docs/via",
+    ] {
         assert_eq!(kind(p).0, EntryKind::Symlink, "{p} was followed");
     }
     assert_eq!(kind("inside"), (EntryKind::File, 6));
-    assert_eq!(kind("inside-dir").0, EntryKind::Dir);
+    let listed = store.ls(s2, Path::new("inside-dir")).unwrap();
+    assert_eq!(listed.len(), 2, "the followed folder lists a.txt and via");
     assert_eq!(kind("inside-dir/a.txt"), (EntryKind::File, 6));
     // No chunk of the secret reached the store.
     let chunk = ChunkId(Hash::of(&secret));
-    assert_eq!(store.has_chunks(&[chunk]).unwrap(), vec![false], "the link's target was stored");
+    assert_eq!(
+        store.has_chunks(&[chunk]).unwrap(),
+        vec![false],
+        "the link's target was stored"
+    );
     // The same `only` a path: a planted link named directly stays a link too.
     let s3 = store
         .add(&share, &[PathBuf::from("planted")], &follow, &NoProgress)
         .unwrap()
         .snapshot
         .unwrap_or(s2);
-    assert_eq!(store.ls(s3, Path::new("planted")).unwrap()[0].kind, EntryKind::Symlink);
+    assert_eq!(
+        store.ls(s3, Path::new("planted")).unwrap()[0].kind,
+        EntryKind::Symlink
+    );
 }
 
 /// Child side: runs as an unprivileged user (see below) in the folder named by the environment.

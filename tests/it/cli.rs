@@ -478,7 +478,10 @@ fn gc_refuses_a_policy_that_drops_heads_files() {
     share.add(&[]);
     let r = share.left(&["gc", "--keep-last", "0"]).expect_code(2);
     let err = r.stderr.clone();
-    assert!(err.contains("--keep-last 0") && err.contains("head"), "{err}");
+    assert!(
+        err.contains("--keep-last 0") && err.contains("head"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     // Nothing was dropped: both snapshots still restore.
     share.verify_clean();
@@ -537,23 +540,35 @@ fn closed_stdout_exits_quietly() {
     );
 }
 
+/// `add --follow-links` stores what a link inside the share points to; a link whose target
+/// leaves the share stays a link (its target's bytes are never published).
 #[test]
-fn follow_links_stores_what_links_point_to() {
+fn follow_links_stores_what_links_point_to_inside_the_share_only() {
     let share = Share::new();
     let outside = share.scratch("data");
+    let secret = random_bytes(30, 300_000);
+    fs::write(outside.join("secret.bin"), &secret).unwrap();
     let data = random_bytes(31, 300_000);
-    fs::write(outside.join("payload.bin"), &data).unwrap();
-    symlink(outside.join("payload.bin"), share.root.join("payload.bin")).unwrap();
+    share.write("data/payload.bin", &data);
+    symlink("data/payload.bin", share.root.join("payload.bin")).unwrap();
+    symlink(outside.join("secret.bin"), share.root.join("secret.bin")).unwrap();
 
-    // By default the link itself is stored, verbatim.
-    share.add(&[]);
-    let ls = share.json(&["ls"], 0);
-    assert_eq!(ls["entries"][0]["kind"], "symlink", "{ls}");
-
-    // With --follow-links the file it points to is stored, and restores as a regular file.
+    let kind = |ls: &Value, name: &str| {
+        ls["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+    };
+    // With --follow-links the file inside the share is stored, and restores as a regular file;
+    // the link that leaves the share stays a link.
     let v = share.add(&["--follow-links"]);
     assert!(v["snapshot"].is_string(), "{v}");
-    assert_eq!(u(&v, "symlinks"), 0, "{v}");
+    assert_eq!(u(&v, "symlinks"), 1, "{v}");
+    let ls = share.json(&["ls"], 0);
+    assert_eq!(kind(&ls, "payload.bin").as_deref(), Some("file"), "{ls}");
+    assert_eq!(kind(&ls, "secret.bin").as_deref(), Some("symlink"), "{ls}");
     let target = share.scratch("restored");
     share
         .left(&["restore", "head", "--to", target.to_str().unwrap()])
@@ -561,6 +576,10 @@ fn follow_links_stores_what_links_point_to() {
     let restored = target.join("payload.bin");
     assert!(fs::symlink_metadata(&restored).unwrap().is_file());
     assert!(fs::read(&restored).unwrap() == data);
+    assert!(fs::symlink_metadata(target.join("secret.bin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 /// `left share-key` on one device, `left init --join` on another: same share id, new device key.

@@ -1157,7 +1157,10 @@ fn a_fifo_skipped_by_automatic_sync_is_reported_in_status_and_the_log() {
 fn a_peers_leftignore_of_everything_deletes_nothing() {
     let a = Share::new();
     for i in 0..120 {
-        a.write(&format!("d{}/f{i}.txt", i % 5), format!("file {i}\n").as_bytes());
+        a.write(
+            &format!("d{}/f{i}.txt", i % 5),
+            format!("file {i}\n").as_bytes(),
+        );
     }
     a.add(&[]);
     let server = a.serve();
@@ -1173,7 +1176,10 @@ fn a_peers_leftignore_of_everything_deletes_nothing() {
     let j = a.sync_ok(&[server.addr()], &[], &[]);
     assert_eq!(j["head"], Value::String(head_of(&b)), "{j}");
     server.stop();
-    assert_eq!(fs::read(a.root.join(".leftignore")).unwrap(), b"*\n!.leftignore\n");
+    assert_eq!(
+        fs::read(a.root.join(".leftignore")).unwrap(),
+        b"*\n!.leftignore\n"
+    );
     for i in 0..120 {
         let p = a.root.join(format!("d{}/f{i}.txt", i % 5));
         assert_eq!(
@@ -1204,7 +1210,10 @@ fn a_peers_leftignore_of_everything_deletes_nothing() {
     let ls = a.json(&["ls", "d3"], 0);
     assert!(!ls.to_string().contains("\"f3.txt\""), "{ls}");
     assert!(ls.to_string().contains("f8.txt"), "{ls}");
-    assert!(a.root.join("d3/f3.txt").exists(), "forget keeps the file on disk");
+    assert!(
+        a.root.join("d3/f3.txt").exists(),
+        "forget keeps the file on disk"
+    );
 }
 
 /// A freshly joined peer has only the head's history that the sync fetched (headers, some of
@@ -1225,10 +1234,32 @@ fn verify_on_a_fresh_joiner_passes_and_says_where_history_starts() {
     let r = b.left(&["verify"]);
     assert!(!r.stderr.contains("missing node"), "{}", r.stderr);
     let r = r.expect_code(0);
-    eprintln!("{}", r.out());
+    assert!(r.out().contains("history: "), "{}", r.out());
     let j = b.json(&["verify"], 0);
     assert_eq!(j["ok"], Value::Bool(true), "{j}");
+    assert!(j["snapshots"].as_u64().unwrap() >= 1, "{j}");
     let log = b.json(&["log"], 0);
-    eprintln!("{log}");
+    let starts = j["history_starts"].as_array().unwrap();
+    assert!(
+        !starts.is_empty(),
+        "a joiner's history starts somewhere: {j}"
+    );
+    assert_eq!(log["history_starts"], j["history_starts"], "{log}");
+    // Every snapshot local history starts at is in the log, and its missing parents are not.
+    let ids: Vec<&Value> = log["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["id"])
+        .collect();
+    for s in starts {
+        assert!(ids.contains(&s), "{log}");
+    }
+    let human = b.left(&["log"]).expect_code(0);
+    assert!(
+        human.out().contains("local history starts at"),
+        "{}",
+        human.out()
+    );
     server.stop();
 }
