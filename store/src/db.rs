@@ -13,7 +13,7 @@
 //! | `complete` | node id | empty: the node *and its whole subtree* are stored |
 //! | `refs` | name (`head`, later `peers/<id>`) | 32-byte snapshot node id |
 //! | `scan` | path bytes relative to the share | scan-cache record (written by `add` and `checkout`: size, mtime, ctime, inode, mode, file node) |
-//! | `meta` | `format`, `config`, `shallow/<snapshot id>`, `checkout`, `checkout-settle/<end ns BE><to>` | u32 LE version; JSON [`crate::StoreConfig`]; snapshots whose trees gc dropped; the journal of a running checkout (postcard `{from, to}`); finished unsynced checkouts to re-check after a reboot (postcard `{from, to, start_ns, end_ns, boot id}`) |
+//! | `meta` | `format`, `config`, `shallow/<snapshot id>`, `arrived/<snapshot id>`, `frozen`, `checkout`, `checkout-settle/<end ns BE><to>` | u32 LE version; JSON [`crate::StoreConfig`]; snapshots whose trees are not here (gc dropped them, or history fetched as headers); when the snapshot first arrived here (i64 LE ns, local clock: what retention reads); frozen paths (u64 LE count, u64 LE newly frozen at its last change); the journal of a running checkout (postcard `{from, to}`); finished unsynced checkouts to re-check after a reboot (postcard `{from, to, start_ns, end_ns, boot id}`) |
 //!
 //! RocksDB's own block compression is off: chunks are compressed by us, once, and the encoded form is
 //! what travels on the wire.
