@@ -59,6 +59,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
 /// Default [`ServerConfig::max_per_device`].
 pub const DEFAULT_MAX_PER_DEVICE: usize = 4;
 
+/// How long a session that ends with an Error waits for the peer to acknowledge it before the
+/// close (which drops unacknowledged data). 1 s was too short on a loaded machine; a peer that
+/// never acknowledges holds its session slot this long at most.
+const ERROR_LINGER: Duration = Duration::from_secs(3);
+
 impl ServerConfig {
     /// Defaults around `hello`.
     pub fn new(hello: Message) -> ServerConfig {
@@ -517,7 +522,7 @@ async fn run_session(
                 }
                 Some(e) => {
                     // Let the Error reach the peer before the close.
-                    writer.finish_and_wait(Duration::from_secs(1)).await;
+                    writer.finish_and_wait(ERROR_LINGER).await;
                     return Err(e);
                 }
             }
@@ -631,8 +636,8 @@ async fn malformed(writer: &mut FrameWriter, e: ReadError) -> SessionEnd {
         code,
         message: reason.clone(),
     });
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.flush()).await;
-    writer.finish_and_wait(Duration::from_secs(1)).await;
+    let _ = tokio::time::timeout(ERROR_LINGER, writer.flush()).await;
+    writer.finish_and_wait(ERROR_LINGER).await;
     SessionEnd::protocol(reason)
 }
 
