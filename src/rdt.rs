@@ -106,6 +106,12 @@ pub use stream::{StreamError, StreamId};
 
 /// Smallest datagram payload every path must carry (and the size of the first client packet).
 pub const INITIAL_DATAGRAM_SIZE: u16 = 1200;
+/// Until a new peer address answers a path challenge, a connection sends to it at most this many
+/// times the bytes of the authenticated packets it received from it (RFC 9000 sections 8 and 9).
+pub const PATH_AMPLIFICATION: u64 = 3;
+/// Path challenges sent to a new peer address (the first and its retransmissions, the gap
+/// doubling from one probe timeout) before giving up on it; the connection keeps its old path.
+pub const PATH_CHALLENGES: u32 = 4;
 /// Default probing ceiling: 1500-byte Ethernet MTU minus IPv6 (40) and UDP (8) headers.
 pub const DEFAULT_MAX_DATAGRAM_SIZE: u16 = 1452;
 
