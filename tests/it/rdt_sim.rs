@@ -1285,6 +1285,69 @@ fn spoofed_replay_is_not_reflected() {
     );
 }
 
+/// A replayed packet from a spoofed address while the real client is silent: the server
+/// retransmits its challenge a bounded number of times within 3x what came from there, gives up,
+/// and keeps the old path, which works again once the client is heard from.
+#[test]
+fn unanswered_challenges_stop_within_the_budget() {
+    let seed = 15;
+    eprintln!("unanswered_challenges_stop_within_the_budget: seed {seed}");
+    let mut sim = Sim::pair(seed);
+    sim.set_all(|i| {
+        i.rate = 40_000_000;
+        i.queue_bytes = 200_000;
+    });
+    sim.nodes[0].app.plan = vec![10_000_000];
+    sim.connect(0, 1);
+    assert!(sim.run(Duration::from_secs(5), |s| received(s, 1) > 500_000));
+    // The attacker takes a client packet off the wire and sends it from a spoofed address.
+    let spoofed: SocketAddr = "10.9.9.8:6000".parse().unwrap();
+    let fresh = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<u8>>));
+    let f2 = fresh.clone();
+    // From the first one taken, the server hears nothing more from the client; the attacker
+    // keeps the last (newest) packet.
+    sim.hook = Some(Box::new(move |from, to, d| {
+        if from == 0 && to == 1 && d[0] & 0x0f == 4 {
+            *f2.borrow_mut() = Some(d.to_vec());
+        }
+        if from == 0 && f2.borrow().is_some() {
+            return Verdict::Drop;
+        }
+        Verdict::Pass
+    }));
+    let f3 = fresh.clone();
+    assert!(sim.run(Duration::from_secs(2), move |_| f3.borrow().is_some()));
+    // The client is cut off (both ways): nobody answers a challenge. What is in flight lands.
+    sim.set_all(|i| i.up = false);
+    let _ = sim.run(Duration::from_millis(100), |_| false);
+    sim.hook = None;
+    let copy = fresh.borrow_mut().take().unwrap();
+    sim.inject(spoofed, 1, &copy);
+    let server = sim.app(1).conn.unwrap();
+    let _ = sim.run(Duration::from_secs(10), |_| false);
+    let st = sim.nodes[1].ep.connection_ref(server).unwrap().stats();
+    let reflected = sim.stray.get(&spoofed).copied().unwrap_or(0);
+    eprintln!(
+        "unanswered_challenges_stop_within_the_budget: {} bytes from {spoofed}, {reflected} sent \
+         to it in {} challenges",
+        copy.len(),
+        st.path_challenges
+    );
+    assert!(reflected > 0, "the new address was challenged");
+    assert!(reflected <= 3 * copy.len() as u64, "{reflected} bytes for {}", copy.len());
+    assert!(st.path_challenges <= u64::from(left::rdt::PATH_CHALLENGES));
+    assert_eq!(st.path_abandoned, 1, "{st:?}");
+    assert_eq!(st.path_validations, 0);
+    let conn = sim.nodes[1].ep.connection_ref(server).unwrap();
+    assert_eq!(conn.remote_address(), addr(0));
+    assert!(
+        conn.poll_timeout().is_some(),
+        "the connection is alive and waits for the peer"
+    );
+    sim.set_all(|i| i.up = true);
+    expect_done(&mut sim, Duration::from_secs(60));
+}
+
 /// A NAT rebinding mid-transfer: the client's address changes and packets to the old one are
 /// lost. The server validates the new address and the transfer completes, every byte checked.
 #[test]
