@@ -40,6 +40,14 @@
 //!   to 1200 bytes.
 //! - Before a responder has validated the initiator's address it sends at most 3x the bytes it
 //!   received, and under load ([`RetryPolicy`]) it answers with a stateless retry token first.
+//! - Path validation (RFC 9000 sections 8.2 and 9): an authenticated packet from a new peer
+//!   address (a NAT rebinding, or an attacker's copy) does not move the connection. The new
+//!   address gets a PATH_CHALLENGE (8 random bytes) and nothing else, at most
+//!   [`PATH_AMPLIFICATION`] (3) times the bytes received from it, retried up to
+//!   [`PATH_CHALLENGES`] (4) times with a doubling gap from one probe timeout; data keeps going to
+//!   the old address. A PATH_RESPONSE with the same bytes moves the connection there (and probes
+//!   at once, since what went to the old address is likely lost); no answer, or a newer packet
+//!   from the old address, abandons it.
 //!
 //! The buffer given to `poll_transmit` must hold at least one datagram of
 //! [`TransportConfig::max_datagram_size`] bytes (1452 by default); a buffer of `n` datagrams lets
@@ -68,8 +76,10 @@
 //! - *Replays*: a 4096-packet sliding window per connection rejects duplicates and replays, and
 //!   anything older than the window; it is updated only after authentication.
 //! - *Amplification*: before the initiator's address is validated (by message 3 or a retry token)
-//!   a responder sends at most 3x the bytes it received from it. Retry and Reset packets are
-//!   smaller than the packets that cause them.
+//!   a responder sends at most 3x the bytes it received from it, and so does either side to a new
+//!   peer address until it answers a path challenge: someone who races a captured packet from a
+//!   spoofed address gets only challenges sent there, and the connection stays on its path.
+//!   Retry and Reset packets are smaller than the packets that cause them.
 //! - *Restarts*: each side tells the other, inside the handshake, a reset token for its connection
 //!   id: an HMAC of the id under a key derived from its static secret. A restarted endpoint answers
 //!   packets for ids it does not know with that token, and the peer closes at once
@@ -79,10 +89,11 @@
 //!   handshakes in progress by [`EndpointConfig::max_pending_handshakes`].
 //!
 //! # What it does not do
-//! No sockets, timers or threads (that is `src/net`); no path validation when the peer's address
-//! changes (we follow the source address of the newest authenticated packet, which handles NAT
-//! rebinding but lets an on-path attacker who can race genuine packets redirect them); no 0-RTT;
-//! no unreliable datagrams; no key update (a connection must not send 2^64 packets).
+//! No sockets, timers or threads (that is `src/net`); no active migration (we never change our
+//! own address on purpose, and a new peer path keeps the old path's congestion and RTT state,
+//! which suits a NAT rebinding); an attacker who can both race packets and forward the challenge
+//! to the real peer can still move the connection to its own address (it is then on path, where
+//! it could drop packets anyway); no 0-RTT; no unreliable datagrams; no key update (a connection must not send 2^64 packets).
 #![warn(missing_docs)]
 
 pub mod congestion;
@@ -106,6 +117,12 @@ pub use stream::{StreamError, StreamId};
 
 /// Smallest datagram payload every path must carry (and the size of the first client packet).
 pub const INITIAL_DATAGRAM_SIZE: u16 = 1200;
+/// Until a new peer address answers a path challenge, a connection sends to it at most this many
+/// times the bytes of the authenticated packets it received from it (RFC 9000 sections 8 and 9).
+pub const PATH_AMPLIFICATION: u64 = 3;
+/// Path challenges sent to a new peer address (the first and its retransmissions, the gap
+/// doubling from one probe timeout) before giving up on it; the connection keeps its old path.
+pub const PATH_CHALLENGES: u32 = 4;
 /// Default probing ceiling: 1500-byte Ethernet MTU minus IPv6 (40) and UDP (8) headers.
 pub const DEFAULT_MAX_DATAGRAM_SIZE: u16 = 1452;
 

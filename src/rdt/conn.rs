@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use core::net::SocketAddr;
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::rdt::congestion::Controller;
@@ -81,6 +81,13 @@ pub struct ConnectionStats {
     pub black_holes: u64,
     /// Handshake packets retransmitted.
     pub handshake_retransmits: u64,
+    /// PATH_CHALLENGE packets sent to a new peer address.
+    pub path_challenges: u64,
+    /// New peer addresses validated (the connection moved to them).
+    pub path_validations: u64,
+    /// New peer addresses abandoned: no answer to [`PATH_CHALLENGES`](crate::rdt::PATH_CHALLENGES)
+    /// challenges, or the old address sent the newest packet.
+    pub path_abandoned: u64,
 }
 
 /// Keys and policy shared by every connection of an endpoint.
@@ -243,6 +250,24 @@ struct Mtud {
     black_hole_losses: u32,
 }
 
+/// A new peer address being validated (RFC 9000 section 8.2): until `challenge` comes back in a
+/// PATH_RESPONSE, only challenges go there, at most `PATH_AMPLIFICATION` x `recv_bytes`.
+#[derive(Debug)]
+struct PathCheck {
+    addr: SocketAddr,
+    challenge: [u8; 8],
+    /// Bytes of authenticated datagrams received from `addr`, and bytes we sent there.
+    recv_bytes: u64,
+    sent_bytes: u64,
+    sends: u32,
+    send_pending: bool,
+    /// When to send the challenge again (or give up after the last one).
+    timer: Option<Instant>,
+}
+
+/// Size of a datagram that carries only a PATH_CHALLENGE.
+const CHALLENGE_PACKET_LEN: usize = DATA_HEADER_LEN + 9 + TAG_LEN;
+
 const MTU_SEARCH_DONE_GAP: u16 = 20;
 /// Longest probe timeout after backoff (unless one base PTO is longer).
 const MAX_PTO_PERIOD: Duration = Duration::from_secs(4);
@@ -292,6 +317,11 @@ pub struct Connection {
     remote_cid: u64,
     initial_dcid: u64,
     remote: SocketAddr,
+    /// A new peer address not yet validated, and the RNG for its challenge.
+    path_check: Option<PathCheck>,
+    path_rng: ChaCha20Rng,
+    /// A PATH_CHALLENGE's bytes to echo in our next packet.
+    path_response: Option<[u8; 8]>,
     state: State,
     hs: Option<Box<Handshake>>,
     confirmed: bool,
@@ -374,6 +404,15 @@ impl Connection {
             remote_cid,
             initial_dcid,
             remote,
+            path_check: None,
+            path_rng: {
+                // The handshake's seed on another ChaCha stream: replayable, independent of the
+                // ephemeral key drawn from stream 0.
+                let mut r = ChaCha20Rng::from_seed(hs.seed);
+                r.set_stream(1);
+                r
+            },
+            path_response: None,
             state: State::Handshake,
             hs: Some(hs),
             confirmed: false,
@@ -679,6 +718,18 @@ impl Connection {
         if self.state != State::Established {
             return;
         }
+        if let Some(p) = self.path_check.as_mut() {
+            if p.timer.is_some_and(|t| now >= t) {
+                p.timer = None;
+                if p.sends >= crate::rdt::PATH_CHALLENGES {
+                    tracing::debug!(addr = %p.addr, "rdt: new peer address never answered; keeping the old one");
+                    self.path_check = None;
+                    self.stats.path_abandoned += 1;
+                } else {
+                    p.send_pending = true;
+                }
+            }
+        }
         if self.ack_deadline.is_some_and(|t| now >= t) {
             self.ack_now = true;
             self.ack_deadline = None;
@@ -713,6 +764,9 @@ impl Connection {
                 return Some(self.transmit(n, None));
             }
             _ => return None,
+        }
+        if let Some(t) = self.write_challenge(now, buf) {
+            return Some(t);
         }
         if let Some(size) = self.mtud.due(now) {
             if buf.len() >= usize::from(size) && self.can_send_eliciting(now, u64::from(size)) {
@@ -769,6 +823,7 @@ impl Connection {
             at(hs.timer);
         }
         at(Some(self.idle_deadline));
+        at(self.path_check.as_ref().and_then(|p| p.timer));
         at(self.ack_deadline);
         at(self.loss_time.or_else(|| self.pto_deadline()));
         // Keep-alive only matters when nothing is in flight; otherwise the PTO probes the path.
@@ -1184,12 +1239,11 @@ impl Connection {
             self.hs = None;
         }
         let largest_before = self.received.max();
-        if largest_before.is_none_or(|l| pn > l) {
+        let newest = largest_before.is_none_or(|l| pn > l);
+        if newest {
             self.largest_recv_time = Some(now);
-            if from != self.remote {
-                self.remote = from;
-            }
         }
+        self.on_packet_from(from, datagram_len, newest);
         let out_of_order = largest_before.is_some_and(|l| pn < l || pn > l + 1);
         self.received.insert_one(pn);
         self.received.truncate_low(64);
@@ -1228,6 +1282,101 @@ impl Connection {
                 self.ack_deadline = Some(now + self.config.max_ack_delay);
             }
         }
+    }
+
+    /// Path validation for an authenticated datagram of `len` bytes from `from` (`newest`: it
+    /// carried the highest packet number yet). A new address is challenged, never followed at
+    /// once: an attacker who races a captured packet from a spoofed address gets only challenges
+    /// sent there, at most `PATH_AMPLIFICATION` times what it sent.
+    fn on_packet_from(&mut self, from: SocketAddr, len: u64, newest: bool) {
+        if from == self.remote {
+            // The peer is still where it was: a pending check was a stray copy (or an old path).
+            if newest && self.path_check.take().is_some() {
+                self.stats.path_abandoned += 1;
+            }
+            return;
+        }
+        match self.path_check.as_mut() {
+            Some(p) if p.addr == from => p.recv_bytes = p.recv_bytes.saturating_add(len),
+            _ if newest => {
+                if self.path_check.is_some() {
+                    self.stats.path_abandoned += 1;
+                }
+                let mut challenge = [0u8; 8];
+                self.path_rng.fill_bytes(&mut challenge);
+                self.path_check = Some(PathCheck {
+                    addr: from,
+                    challenge,
+                    recv_bytes: len,
+                    sent_bytes: 0,
+                    sends: 0,
+                    send_pending: true,
+                    timer: None,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A PATH_RESPONSE: if it echoes the pending challenge, move to the new address.
+    fn on_path_response(&mut self, data: [u8; 8]) {
+        let Some(p) = self.path_check.as_ref() else {
+            return;
+        };
+        if !crypto::ct_eq(&p.challenge, &data) {
+            return;
+        }
+        tracing::debug!(from = %self.remote, to = %p.addr, "rdt: peer address validated");
+        self.remote = p.addr;
+        self.path_check = None;
+        self.stats.path_validations += 1;
+        // What was sent to the old address while the peer moved (a NAT rebinding) is likely
+        // gone: probe the new path now instead of after a backed-off timeout.
+        if self.eliciting_in_flight > 0 {
+            self.pto_count = 0;
+            self.probes = self.probes.max(1);
+            self.requeue_oldest();
+        }
+    }
+
+    /// Writes a datagram carrying only the pending PATH_CHALLENGE, addressed to the new address,
+    /// if the amplification budget allows it.
+    fn write_challenge(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let pto = self.pto_base();
+        let p = self.path_check.as_mut()?;
+        if !p.send_pending || buf.len() < CHALLENGE_PACKET_LEN {
+            return None;
+        }
+        let budget = p.recv_bytes.saturating_mul(crate::rdt::PATH_AMPLIFICATION);
+        if p.sent_bytes + CHALLENGE_PACKET_LEN as u64 > budget {
+            // Sent once more bytes arrive from there (or given up on at the timer).
+            return None;
+        }
+        let key = self.send_key.as_mut()?;
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let mut w = Writer::new(buf, DATA_HEADER_LEN);
+        w.u8(frame::ty::PATH_CHALLENGE);
+        w.slice(&p.challenge);
+        let len = w.pos;
+        packet::write_data_header(buf, self.remote_cid, pn);
+        let n = key.seal(pn, buf, DATA_HEADER_LEN, len);
+        p.sent_bytes += n as u64;
+        p.send_pending = false;
+        p.timer = Some(now + pto.max(Duration::from_millis(1)) * (1 << p.sends.min(8)));
+        p.sends += 1;
+        let destination = p.addr;
+        // Not counted in flight: a challenge is answered by a PATH_RESPONSE, not retransmitted.
+        self.sent.push_back(None);
+        self.trim_sent();
+        self.stats.sent_packets += 1;
+        self.stats.sent_bytes += n as u64;
+        self.stats.path_challenges += 1;
+        Some(Transmit {
+            destination,
+            size: n,
+            segment_size: None,
+        })
     }
 
     fn handle_frame(
@@ -1309,6 +1458,10 @@ impl Connection {
                     return Err("handshake-done from the initiator");
                 }
             }
+            // Echoed in our next packet, on our current path (the peer answered from the address
+            // it challenged, or from the one we use; either way only we can read the challenge).
+            Frame::PathChallenge(data) => self.path_response = Some(data),
+            Frame::PathResponse(data) => self.on_path_response(data),
         }
         Ok(())
     }
@@ -1580,8 +1733,11 @@ impl Connection {
         let limit = buf.len();
         let eliciting_ok = self.has_eliciting_to_send() || probe.is_some();
         let can_elicit = eliciting_ok && self.can_send_eliciting(now, limit as u64);
-        let ack = self.ack_due(now) || (can_elicit && self.ack_pending);
-        if !ack && !can_elicit {
+        // A path response goes out at once, whatever the congestion window: the peer is waiting
+        // for it to send anything to us at all (9 bytes, not retransmitted: the peer re-challenges).
+        let respond = self.path_response.is_some() && probe.is_none();
+        let ack = self.ack_due(now) || ((can_elicit || respond) && self.ack_pending);
+        if !ack && !can_elicit && !respond {
             if !eliciting_ok {
                 self.app_limited = true;
             }
@@ -1600,6 +1756,12 @@ impl Connection {
                 self.ack_now = false;
                 self.ack_eliciting_since_ack = 0;
                 self.ack_deadline = None;
+            }
+        }
+        if respond && w.remaining() >= 9 {
+            if let Some(data) = self.path_response.take() {
+                w.u8(frame::ty::PATH_RESPONSE);
+                w.slice(&data);
             }
         }
         let mut eliciting = false;

@@ -18,6 +18,10 @@ pub(crate) mod ty {
     pub const MAX_DATA: u8 = 0x10;
     pub const MAX_STREAM_DATA: u8 = 0x11;
     pub const MAX_STREAMS: u8 = 0x12;
+    /// 8 random bytes sent to a new peer address; the peer echoes them in a PATH_RESPONSE.
+    pub const PATH_CHALLENGE: u8 = 0x1a;
+    /// The 8 bytes of a PATH_CHALLENGE, echoed: the new address is the peer's.
+    pub const PATH_RESPONSE: u8 = 0x1b;
     pub const CLOSE: u8 = 0x1c;
     pub const HANDSHAKE_DONE: u8 = 0x1e;
 }
@@ -226,6 +230,16 @@ pub enum Frame<'a> {
     },
     /// The responder confirms the handshake.
     HandshakeDone,
+    /// Type 0x1a, then 8 bytes: sent (alone) to a new, unvalidated peer address; answered with a
+    /// [`Frame::PathResponse`] carrying the same bytes. Only the peer's keys can read it, so an
+    /// answer proves the peer receives at that address (RFC 9000 section 8.2).
+    PathChallenge([u8; 8]),
+    /// Type 0x1b, then the 8 bytes of a PATH_CHALLENGE received.
+    PathResponse([u8; 8]),
+}
+
+fn eight(r: &mut Reader<'_>) -> Result<[u8; 8], FrameError> {
+    r.bytes(8)?.try_into().map_err(|_| FrameError::Truncated)
 }
 
 /// Decodes the frames of a packet body one at a time.
@@ -320,6 +334,8 @@ impl<'a> Decoder<'a> {
                 }
             }
             ty::HANDSHAKE_DONE => Frame::HandshakeDone,
+            ty::PATH_CHALLENGE => Frame::PathChallenge(eight(r)?),
+            ty::PATH_RESPONSE => Frame::PathResponse(eight(r)?),
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -465,6 +481,10 @@ mod tests {
         w.varint(100);
         w.u8(ty::PING);
         w.u8(ty::HANDSHAKE_DONE);
+        w.u8(ty::PATH_CHALLENGE);
+        w.slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        w.u8(ty::PATH_RESPONSE);
+        w.slice(&[9; 8]);
         w.u8(ty::PADDING);
         w.u8(ty::PADDING);
         let n = w.pos;
@@ -500,7 +520,17 @@ mod tests {
         );
         assert_eq!(
             &frames[5..],
-            &[Frame::Ping, Frame::HandshakeDone, Frame::Padding]
+            &[
+                Frame::Ping,
+                Frame::HandshakeDone,
+                Frame::PathChallenge([1, 2, 3, 4, 5, 6, 7, 8]),
+                Frame::PathResponse([9; 8]),
+                Frame::Padding
+            ]
+        );
+        assert_eq!(
+            Decoder::new(&[ty::PATH_CHALLENGE, 1, 2, 3]).next(),
+            Some(Err(FrameError::Truncated))
         );
         // Every truncation of a stream frame is an error, not a panic.
         for cut in 1..6 {
