@@ -780,3 +780,31 @@ fn forgetting_or_revoking_a_device_lets_gc_free_what_its_snapshot_pinned() {
         "{r}"
     );
 }
+
+/// Beside a running `left serve` (which holds the store), `peers --revoke` drops the device's
+/// ref through the control socket and gc, run by the serving process, reports and frees.
+#[test]
+fn beside_a_serve_revoking_a_device_drops_its_ref_and_gc_frees_it() {
+    let share = Share::new();
+    let dev = left::identity::DeviceId([9; 32]).to_string();
+    share.write("big.bin", &random_bytes(43, 4 << 20));
+    let s1 = share.add(&[])["snapshot"].as_str().unwrap().to_owned();
+    plant_peer_ref(&share, &dev, &s1);
+    fs::remove_file(share.root.join("big.bin")).unwrap();
+    share.add(&[]);
+    let server = share.serve();
+    let gc = share.json(&["gc", "--keep-last", "1"], 0);
+    let k = gc["kept_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == format!("peers/{dev}"))
+        .unwrap_or_else(|| panic!("{gc}"));
+    assert!(u(k, "only_bytes") > 3 << 20, "{gc}");
+    let r = share.json(&["peers", "--revoke", &dev], 0);
+    assert_eq!(r["dropped_ref"], Value::String(s1), "{r}");
+    let gc = share.json(&["gc", "--keep-last", "1"], 0);
+    assert!(u(&gc, "chunks_removed") > 0, "{gc}");
+    server.stop();
+    share.verify_clean();
+}
