@@ -31,6 +31,18 @@
 //! nothing deleted it does not compact, so it never grows a store).
 //! gc holds the store's operation lock for writing: no add or put runs meanwhile.
 //!
+//! **What keeps bytes alive** ([`GcReport::kept_by`]): the *roots* are every ref (`head`, each
+//! `peers/<device>`, any other), the trees of a journaled checkout (`checkout`) and the
+//! retention rules' trees beyond the refs' own (`retention`; head's own tree counts as head's).
+//! Without a rule a ref keeps its snapshot and all its ancestors; with one, its own snapshot
+//! and, for a peer's ref, the merge bases with head. Marking gives each node and chunk an
+//! owner: the one root that reaches it, or "shared"; owners only move none → one root → shared,
+//! so a node is read at most twice (trees kept by several roots are marked first). A chunk
+//! owned by one root is what gc would free without that root: the report gives, per root, its
+//! snapshots and those chunks with their stored bytes. The store drops no ref itself:
+//! [`Store::drop_peer_ref`] is for the caller (`left` drops a device's ref when it is revoked or
+//! forgotten, and before each gc those of revoked devices).
+//!
 //! **repair** ([`Store::repair_plan`], [`Store::apply_repair_plan`]) prepares the store so a
 //! fetch can bring back what verify found missing or corrupt: damaged objects are removed and the
 //! completeness marks above them cleared, so a pull walks down to them.
