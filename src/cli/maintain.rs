@@ -340,7 +340,13 @@ fn gc_root_line(k: &GcRoot, book: Option<&PeerBook>) -> String {
         fmt::bytes(k.only_bytes)
     );
     if let (Some(d), true) = (peer_device(k), k.only_bytes > 0) {
-        line.push_str(&format!("; `left peers --forget {d}` drops it"));
+        if book.and_then(|b| b.get(&d.0)).is_some_and(|r| r.pinned) {
+            line.push_str(&format!(
+                "; `left peers --unpin {d}`, then `--forget {d}`, drops it"
+            ));
+        } else {
+            line.push_str(&format!("; `left peers --forget {d}` drops it"));
+        }
     }
     line
 }
