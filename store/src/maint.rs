@@ -553,10 +553,7 @@ impl Store {
         let head = self.head()?;
         let checkout_root = refs.len() as u32;
         let retention_root = checkout_root + 1;
-        let head_root = refs
-            .iter()
-            .position(|(n, _)| n == "head")
-            .map(|i| i as u32);
+        let head_root = refs.iter().position(|(n, _)| n == "head").map(|i| i as u32);
         let mut keepers: HashMap<NodeId, Vec<u32>> = HashMap::new();
         if opts.keep_last.is_none() && keep_within.is_none() {
             // Every tree is kept, each by the refs whose history reaches it.
@@ -739,7 +736,9 @@ impl Store {
             let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
                 continue;
             };
-            if !chunk_owner.contains_key(&ChunkId(Hash(arr))) && !self.db.exists(cf::CHUNK_INDEX, &k)? {
+            if !chunk_owner.contains_key(&ChunkId(Hash(arr)))
+                && !self.db.exists(cf::CHUNK_INDEX, &k)?
+            {
                 b.delete(&self.db, cf::CHUNKS, &k);
                 deleted += 1;
             }

@@ -51,7 +51,10 @@ fn a_peer_ref_pins_a_file_head_deleted_until_it_is_dropped() {
     let r = store
         .gc(&GcOptions { keep_last: Some(1) }, &NoProgress)
         .unwrap();
-    assert_eq!(r.chunks_removed, 0, "the peer's ref keeps the big file: {r:?}");
+    assert_eq!(
+        r.chunks_removed, 0,
+        "the peer's ref keeps the big file: {r:?}"
+    );
     let peer = root(&r, &format!("peers/{DEV}")).unwrap_or_else(|| panic!("{r:?}"));
     assert_eq!(peer.snapshot, Some(s1));
     assert_eq!(peer.snapshots, 1, "its own snapshot (also the merge base)");
@@ -63,7 +66,10 @@ fn a_peer_ref_pins_a_file_head_deleted_until_it_is_dropped() {
     assert_eq!((head.snapshot, head.snapshots), (Some(s2), 1), "{head:?}");
     assert_eq!(head.only_bytes, 0, "keep is in both trees: {head:?}");
     assert_eq!(r.kept_by[0].name, "head", "head comes first: {r:?}");
-    assert!(root(&r, "retention").is_none(), "keep_last 1 keeps only head's own tree");
+    assert!(
+        root(&r, "retention").is_none(),
+        "keep_last 1 keeps only head's own tree"
+    );
     // Asked again, gc says the same (the report is about what stays).
     let again = store
         .gc(&GcOptions { keep_last: Some(1) }, &NoProgress)
@@ -108,7 +114,10 @@ fn an_unmerged_peer_snapshot_is_reported_and_freed_once_its_ref_goes() {
     let r = store.gc(&GcOptions::default(), &NoProgress).unwrap();
     assert_eq!((r.chunks_removed, r.nodes_removed), (0, 0), "{r:?}");
     let peer = root(&r, &format!("peers/{DEV}")).unwrap();
-    assert_eq!(peer.snapshots, 2, "its snapshot and ours below it: {peer:?}");
+    assert_eq!(
+        peer.snapshots, 2,
+        "its snapshot and ours below it: {peer:?}"
+    );
     assert!(peer.only_bytes >= BIG as u64 * 9 / 10, "{peer:?}");
     let head = root(&r, "head").unwrap();
     assert_eq!(head.snapshots, 1, "{head:?}");
@@ -127,7 +136,10 @@ fn an_unmerged_peer_snapshot_is_reported_and_freed_once_its_ref_goes() {
     assert!(r.chunks_removed > 100, "{r:?}");
     assert!(r.bytes_after + (BIG as u64 / 2) < r.bytes_before, "{r:?}");
     let head = root(&r, "head").unwrap();
-    assert!(head.only_bytes >= 30_000 / 2, "ours is head's alone now: {head:?}");
+    assert!(
+        head.only_bytes >= 30_000 / 2,
+        "ours is head's alone now: {head:?}"
+    );
     assert!(store.verify(&NoProgress).unwrap().problems.is_empty());
     restores(&store, q, &ours, &tmp.path().join("out"));
 }
@@ -149,7 +161,10 @@ fn retention_is_reported_as_a_root() {
         .unwrap();
     let rule = root(&r, "retention").unwrap_or_else(|| panic!("{r:?}"));
     assert_eq!((rule.snapshot, rule.snapshots), (None, 1), "{rule:?}");
-    assert!(rule.only_bytes >= 150_000, "the first version is the rule's: {rule:?}");
+    assert!(
+        rule.only_bytes >= 150_000,
+        "the first version is the rule's: {rule:?}"
+    );
     let head = root(&r, "head").unwrap();
     assert_eq!(head.snapshots, 1);
     assert!(head.only_bytes >= 150_000, "{head:?}");

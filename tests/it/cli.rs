@@ -740,15 +740,23 @@ fn forgetting_or_revoking_a_device_lets_gc_free_what_its_snapshot_pinned() {
     let human = share.left(&["gc", "--keep-last", "1"]).expect_code(0).out();
     let short: String = dev1.chars().take(8).collect();
     assert!(
-        human.contains(&format!("kept alive by peers/{short} (not in the peer book): 1 snapshot, "))
-            && human.contains(&format!("`left peers --forget {dev1}` drops it")),
+        human.contains(&format!(
+            "kept alive by peers/{short} (not in the peer book): 1 snapshot, "
+        )) && human.contains(&format!("`left peers --forget {dev1}` drops it")),
         "{human}"
     );
     let r = share.json(&["peers", "--forget", &dev1], 0);
     assert_eq!(r["dropped_ref"], Value::String(s1), "{r}");
     let gc = share.json(&["gc", "--keep-last", "1"], 0);
     assert!(u(&gc, "chunks_removed") > 0, "{gc}");
-    assert!(gc["kept_by"].as_array().unwrap().iter().all(|k| k["name"] == "head"), "{gc}");
+    assert!(
+        gc["kept_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["name"] == "head"),
+        "{gc}"
+    );
 
     // Revoked first, ref stored after (a sync that was running): gc drops it.
     share.json(&["peers", "--revoke", &dev2], 0);
@@ -758,7 +766,11 @@ fn forgetting_or_revoking_a_device_lets_gc_free_what_its_snapshot_pinned() {
     fs::remove_file(share.root.join("big2.bin")).unwrap();
     share.add(&[]);
     let gc = share.json(&["gc", "--keep-last", "1"], 0);
-    assert_eq!(gc["dropped_refs"], serde_json::json!([format!("peers/{dev2}")]), "{gc}");
+    assert_eq!(
+        gc["dropped_refs"],
+        serde_json::json!([format!("peers/{dev2}")]),
+        "{gc}"
+    );
     assert!(u(&gc, "chunks_removed") > 0, "{gc}");
     share.verify_clean();
     let out = share.scratch("restored");
@@ -769,14 +781,26 @@ fn forgetting_or_revoking_a_device_lets_gc_free_what_its_snapshot_pinned() {
 
     // Forgetting a revoked device keeps it revoked; a pinned one is refused.
     let r = share.json(&["peers", "--forget", &dev2], 0);
-    let rec = r["peers"].as_array().unwrap().iter().find(|p| p["device"] == dev2.as_str());
-    assert_eq!(rec.map(|p| p["revoked"].clone()), Some(Value::Bool(true)), "{r}");
+    let rec = r["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["device"] == dev2.as_str());
+    assert_eq!(
+        rec.map(|p| p["revoked"].clone()),
+        Some(Value::Bool(true)),
+        "{r}"
+    );
     share.json(&["peers", "--pin", &dev1], 0);
     let r = share.left(&["peers", "--forget", &dev1]).expect_code(1);
     assert!(one_error_line(&r).contains("pinned"), "{}", r.stderr);
     let r = share.json(&["peers"], 0);
     assert!(
-        r["peers"].as_array().unwrap().iter().any(|p| p["device"] == dev1.as_str() && p["pinned"] == true),
+        r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["device"] == dev1.as_str() && p["pinned"] == true),
         "{r}"
     );
 }

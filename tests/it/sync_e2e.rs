@@ -1293,13 +1293,21 @@ fn a_revoked_devices_last_snapshot_no_longer_pins_bytes() {
     fs::remove_file(b.root.join("big.bin")).unwrap();
     b.add(&[]);
     let gc = b.json(&["gc", "--keep-last", "1"], 0);
-    assert_eq!(u(&gc, "chunks_removed"), 0, "the peer's snapshot keeps big.bin: {gc}");
+    assert_eq!(
+        u(&gc, "chunks_removed"),
+        0,
+        "the peer's snapshot keeps big.bin: {gc}"
+    );
     let k = kept_by(&gc, &peer_ref).unwrap_or_else(|| panic!("no {peer_ref} in {gc}"));
     assert_eq!(k["snapshot"], Value::String(theirs.clone()), "{k}");
     assert_eq!(k["device"], Value::String(device.clone()), "{k}");
     assert_eq!(k["in_peer_book"], Value::Bool(true), "{k}");
     assert!(u(k, "only_bytes") >= BIG as u64 * 9 / 10, "{k}");
-    assert_eq!(u(kept_by(&gc, "head").expect("head"), "only_bytes"), 0, "{gc}");
+    assert_eq!(
+        u(kept_by(&gc, "head").expect("head"), "only_bytes"),
+        0,
+        "{gc}"
+    );
     let human = b.left(&["gc", "--keep-last", "1"]).expect_code(0).out();
     let short: String = device.chars().take(8).collect();
     assert!(
@@ -1312,7 +1320,10 @@ fn a_revoked_devices_last_snapshot_no_longer_pins_bytes() {
     let r = b.json(&["peers", "--revoke", &device], 0);
     assert_eq!(r["dropped_ref"], Value::String(theirs), "{r}");
     let gc = b.json(&["gc", "--keep-last", "1"], 0);
-    assert!(u(&gc, "chunks_removed") >= (BIG / (256 << 10)) as u64, "{gc}");
+    assert!(
+        u(&gc, "chunks_removed") >= (BIG / (256 << 10)) as u64,
+        "{gc}"
+    );
     assert!(
         u(&gc, "bytes_after") + (BIG as u64 / 2) < u(&gc, "bytes_before"),
         "the disk got big.bin back: {gc}"
