@@ -82,6 +82,12 @@ pub enum Request {
         #[serde(default)]
         keep_within_secs: Option<u64>,
     },
+    /// Drop the ref `peers/<device>` (a device forgotten or revoked): its last snapshot no
+    /// longer keeps bytes alive, so the next gc frees what only it held.
+    DropPeerRef {
+        /// The device id, as `left id` prints it.
+        device: String,
+    },
     /// The server's status (a JSON object; see [`StoreHandler`] for the keys it always has).
     Status,
     /// Stop serving.
@@ -95,6 +101,8 @@ pub enum Response {
     Add(AddReply),
     /// What `Gc` did.
     Gc(GcReply),
+    /// What `DropPeerRef` did: the snapshot the ref named (`None`: there was no such ref).
+    PeerRefDropped(Option<NodeId>),
     /// The server's status.
     Status(serde_json::Value),
     /// The server is stopping.
@@ -145,6 +153,10 @@ pub struct GcReply {
     pub nodes_removed: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    #[serde(default)]
+    pub kept_by: Vec<left_store::GcRoot>,
+    #[serde(default)]
+    pub dropped_refs: Vec<String>,
 }
 
 impl From<AddReport> for AddReply {
@@ -206,6 +218,8 @@ impl From<GcReport> for GcReply {
             nodes_removed: r.nodes_removed,
             bytes_before: r.bytes_before,
             bytes_after: r.bytes_after,
+            kept_by: r.kept_by,
+            dropped_refs: r.dropped_refs,
         }
     }
 }
@@ -217,6 +231,8 @@ impl From<GcReply> for GcReport {
             nodes_removed: r.nodes_removed,
             bytes_before: r.bytes_before,
             bytes_after: r.bytes_after,
+            kept_by: r.kept_by,
+            dropped_refs: r.dropped_refs,
         }
     }
 }
@@ -463,7 +479,7 @@ pub fn call(store_dir: &Path, req: &Request) -> Result<Option<Response>, Control
         }
     };
     let answer_timeout = match req {
-        Request::Status | Request::Stop => Some(IO_TIMEOUT),
+        Request::Status | Request::Stop | Request::DropPeerRef { .. } => Some(IO_TIMEOUT),
         Request::Add { .. } | Request::Gc { .. } => None,
     };
     stream
@@ -621,11 +637,21 @@ impl StoreHandler {
                 let mut result = None;
                 let within = keep_within_secs.map(std::time::Duration::from_secs);
                 let mut gc = || {
-                    result = Some(self.store.gc_keep_within(
-                        &GcOptions { keep_last },
-                        within,
-                        &NoProgress,
-                    ))
+                    // Revoked devices' refs go first, so their last snapshots pin nothing.
+                    let book = crate::peers::PeerBook::load(self.store.dir()).ok();
+                    let dropped = match &book {
+                        Some(b) => crate::peers::drop_revoked_refs(b, &self.store),
+                        None => Ok(Vec::new()),
+                    };
+                    result = Some(dropped.and_then(|dropped| {
+                        let mut r = self.store.gc_keep_within(
+                            &GcOptions { keep_last },
+                            within,
+                            &NoProgress,
+                        )?;
+                        r.dropped_refs = dropped;
+                        Ok(r)
+                    }))
                 };
                 match &self.exclusive {
                     Some(exclusive) => exclusive(&mut gc),
@@ -637,6 +663,10 @@ impl StoreHandler {
                     None => error("gc did not run".into(), None),
                 }
             }
+            Request::DropPeerRef { device } => match self.store.drop_peer_ref(&device) {
+                Ok(snapshot) => Response::PeerRefDropped(snapshot),
+                Err(e) => store_error(&format!("cannot drop the ref peers/{device}"), &e),
+            },
             Request::Status => {
                 let mut value = (self.status)();
                 if let serde_json::Value::Object(map) = &mut value {

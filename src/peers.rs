@@ -98,6 +98,12 @@ pub enum Error {
         /// The device.
         device: DeviceId,
     },
+    /// [`PeerBook::forget`] of a pinned device.
+    #[error("device {device} is pinned: forgetting it would change who may connect; unpin it first (`left peers --unpin`)")]
+    Pinned {
+        /// The device.
+        device: DeviceId,
+    },
 }
 
 /// Result alias for this module.
@@ -305,6 +311,26 @@ impl PeerBook {
         self.change(store_dir, |records| {
             existing(records, device)?.pinned = false;
             Ok(())
+        })
+    }
+
+    /// Forgets `device`: removes its record (and a sighting waiting to be written); saves.
+    /// Returns whether a record was removed. A revoked record stays (forgetting must not let a
+    /// revoked device back in), and a pinned one is refused with [`Error::Pinned`] (it would
+    /// change who may connect; unpin it first). Its `peers/<device>` ref is the caller's to
+    /// drop (`left_store::Store::drop_peer_ref`).
+    pub fn forget(&mut self, store_dir: &Path, device: &DeviceId) -> Result<bool> {
+        self.pending.remove(&device.0);
+        self.change(store_dir, |records| {
+            match records.iter().position(|r| r.device == *device) {
+                Some(i) if records[i].pinned => Err(Error::Pinned { device: *device }),
+                Some(i) if records[i].revoked => Ok(false),
+                Some(i) => {
+                    records.remove(i);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
         })
     }
 
@@ -673,6 +699,34 @@ impl BookLock {
             }
         }
     }
+}
+
+/// Drops the `peers/<device>` ref of every device `book` lists as revoked, so the last snapshot
+/// it published no longer keeps bytes alive here (a revocation made while the store was busy,
+/// or a sync that stored the ref just after it, can leave one behind). `left gc` calls it
+/// first. Refs of devices the book does not list are kept (the book ages out records that were
+/// only seen, and such a ref may still hold a head not yet merged): gc reports them, and
+/// `left peers --forget DEVICE` drops one. `head` and refs outside `peers/` are never touched.
+/// Returns the names of the refs dropped.
+pub fn drop_revoked_refs(
+    book: &PeerBook,
+    store: &left_store::Store,
+) -> left_store::Result<Vec<String>> {
+    let mut dropped = Vec::new();
+    for (name, _) in store.refs()? {
+        let Some(d) = name.strip_prefix("peers/") else {
+            continue;
+        };
+        let revoked = d
+            .parse::<DeviceId>()
+            .ok()
+            .and_then(|dev| book.get(&dev.0))
+            .is_some_and(|r| r.revoked);
+        if revoked && store.drop_peer_ref(d)?.is_some() {
+            dropped.push(name);
+        }
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]

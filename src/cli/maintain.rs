@@ -6,7 +6,9 @@ use std::os::unix::ffi::OsStrExt;
 use anyhow::Context;
 use clap::Args;
 use left::control;
-use left_store::{GcOptions, GcReport, ObjectKind, Problem, ProblemKind};
+use left::identity::DeviceId;
+use left::peers::PeerBook;
+use left_store::{GcOptions, GcReport, GcRoot, ObjectKind, Problem, ProblemKind};
 use serde_json::json;
 
 use super::{
@@ -203,10 +205,21 @@ pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<
         }
         .into());
     }
-    let report = match open_or_served(global)? {
-        Opened::Local(_, store) => {
+    let (dir, report) = match open_or_served(global)? {
+        Opened::Local(dir, store) => {
+            // A revoked device's last snapshot pins nothing: its ref goes first.
+            let dropped = match PeerBook::load(&dir) {
+                Ok(book) => left::peers::drop_revoked_refs(&book, &store)
+                    .context("cannot drop the refs of revoked devices")?,
+                Err(e) => {
+                    eprintln!(
+                        "left: warning: cannot read the peer book ({e}); refs of revoked devices are kept"
+                    );
+                    Vec::new()
+                }
+            };
             let progress = out.progress();
-            let report = match store.gc_keep_within(
+            let mut report = match store.gc_keep_within(
                 &GcOptions {
                     keep_last: args.keep_last,
                 },
@@ -224,29 +237,42 @@ pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<
                 r => r.context("cannot collect garbage")?,
             };
             drop(progress);
-            report
+            report.dropped_refs = dropped;
+            (dir, report)
         }
         Opened::Served(dir, _) => {
             let req = control::Request::Gc {
                 keep_last: args.keep_last,
                 keep_within_secs: args.keep_within.map(|d| d.as_secs()),
             };
-            match call_served(&dir, &req)? {
+            let report = match call_served(&dir, &req)? {
                 control::Response::Gc(reply) => reply.into(),
                 other => return Err(answer_error(other, "Gc")),
-            }
+            };
+            (dir, report)
         }
     };
-    print_gc(out, &report)?;
+    let book = PeerBook::load(&dir).ok();
+    print_gc(out, &report, book.as_ref())?;
     Ok(EXIT_OK)
 }
 
-fn print_gc(out: &Output, report: &GcReport) -> anyhow::Result<()> {
+fn print_gc(out: &Output, report: &GcReport, book: Option<&PeerBook>) -> anyhow::Result<()> {
     out.json(&json!({
         "chunks_removed": report.chunks_removed,
         "nodes_removed": report.nodes_removed,
         "bytes_before": report.bytes_before,
         "bytes_after": report.bytes_after,
+        "dropped_refs": report.dropped_refs,
+        "kept_by": report.kept_by.iter().map(|k| json!({
+            "name": k.name,
+            "snapshot": k.snapshot.map(|s| s.to_string()),
+            "snapshots": k.snapshots,
+            "only_chunks": k.only_chunks,
+            "only_bytes": k.only_bytes,
+            "device": peer_device(k).map(|d| d.to_string()),
+            "in_peer_book": peer_device(k).map(|d| book.is_some_and(|b| b.get(&d.0).is_some())),
+        })).collect::<Vec<_>>(),
     }))?;
     out.human(format!(
         "gc: removed {} chunks and {} nodes; store {} -> {}",
@@ -255,7 +281,74 @@ fn print_gc(out: &Output, report: &GcReport) -> anyhow::Result<()> {
         fmt::bytes(report.bytes_before),
         fmt::bytes(report.bytes_after)
     ))?;
+    for name in &report.dropped_refs {
+        out.human(format!(
+            "dropped {name}: the device is revoked, so its last snapshot keeps nothing alive"
+        ))?;
+    }
+    for k in &report.kept_by {
+        out.human(gc_root_line(k, book))?;
+    }
     Ok(())
+}
+
+/// The device of a `peers/<device>` root.
+fn peer_device(k: &GcRoot) -> Option<DeviceId> {
+    k.name.strip_prefix("peers/")?.parse().ok()
+}
+
+/// "kept alive by peers/abcd1234 (last seen ...): 1 snapshot, 1.2 GiB only it holds; ..."
+fn gc_root_line(k: &GcRoot, book: Option<&PeerBook>) -> String {
+    let plural = if k.snapshots == 1 { "" } else { "s" };
+    let (label, about) = match k.name.as_str() {
+        "head" => ("head".to_owned(), String::new()),
+        "checkout" => (
+            "checkout".to_owned(),
+            " (an interrupted checkout: `left checkout` finishes it, `left checkout --abort` drops it)"
+                .to_owned(),
+        ),
+        "retention" => (
+            "retention".to_owned(),
+            " (--keep-last / --keep-within)".to_owned(),
+        ),
+        name => match (peer_device(k), name.strip_prefix("peers/")) {
+            (Some(d), _) => {
+                let short: String = d.to_string().chars().take(8).collect();
+                let about = match book.and_then(|b| b.get(&d.0)) {
+                    Some(r) if r.last_seen > 0 => {
+                        let mut s = format!(
+                            " (last seen {}",
+                            fmt::time(r.last_seen.saturating_mul(1_000_000_000))
+                        );
+                        if let Some(a) = r.last_addr {
+                            s.push_str(&format!(" from {a}"));
+                        }
+                        s.push(')');
+                        s
+                    }
+                    Some(_) => " (never seen)".to_owned(),
+                    None => " (not in the peer book)".to_owned(),
+                };
+                (format!("peers/{short}"), about)
+            }
+            _ => (name.to_owned(), String::new()),
+        },
+    };
+    let mut line = format!(
+        "kept alive by {label}{about}: {} snapshot{plural}, {} only it holds",
+        k.snapshots,
+        fmt::bytes(k.only_bytes)
+    );
+    if let (Some(d), true) = (peer_device(k), k.only_bytes > 0) {
+        if book.and_then(|b| b.get(&d.0)).is_some_and(|r| r.pinned) {
+            line.push_str(&format!(
+                "; `left peers --unpin {d}`, then `--forget {d}`, drops it"
+            ));
+        } else {
+            line.push_str(&format!("; `left peers --forget {d}` drops it"));
+        }
+    }
+    line
 }
 
 #[cfg(test)]

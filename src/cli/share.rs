@@ -9,7 +9,12 @@ use left::identity::{self, DeviceId, Identity};
 use left::peers::{PeerBook, PeerRecord};
 use serde_json::{json, Value};
 
-use super::{answer_error, fmt, open_store_read, store_dir, Global, Output, EXIT_OK};
+use left_store::NodeId;
+
+use super::{
+    answer_error, call_served, fmt, open_or_served, open_store_read, store_dir, Global, Opened,
+    Output, EXIT_OK,
+};
 
 /// Arguments of `left peers`.
 #[derive(Debug, Args)]
@@ -17,7 +22,9 @@ use super::{answer_error, fmt, open_store_read, store_dir, Global, Output, EXIT_
     after_help = "DEVICE is a device id as `left id` prints it, or a unique prefix of one \
 in the list. Revoked devices are always refused. Once any device is pinned, only pinned devices \
 may connect; unpin them all to accept every device holding the share key again. A running \
-`left serve` picks changes up for new connections."
+`left serve` picks changes up for new connections. --revoke and --forget also drop the last \
+snapshot fetched from the device (its ref peers/DEVICE), so the next `left gc` frees what only \
+that snapshot held; `left gc` drops such refs of revoked devices too."
 )]
 #[group(multiple = false)]
 pub struct PeersArgs {
@@ -33,6 +40,10 @@ pub struct PeersArgs {
     /// Lift the revocation of DEVICE
     #[arg(long, value_name = "DEVICE")]
     unrevoke: Option<String>,
+    /// Forget DEVICE: drop its record and the last snapshot fetched from it (its
+    /// `peers/<device>` ref, so the next gc frees what only that held); a revocation stays
+    #[arg(long, value_name = "DEVICE")]
+    forget: Option<String>,
 }
 
 /// Runs `left share-key`.
@@ -57,10 +68,14 @@ pub(crate) fn peers(global: &Global, out: &Output, args: PeersArgs) -> anyhow::R
         (args.unpin, Change::Unpin),
         (args.revoke, Change::Revoke),
         (args.unrevoke, Change::Unrevoke),
+        (args.forget, Change::Forget),
     ]
     .into_iter()
     .find_map(|(arg, change)| arg.map(|a| (a, change)));
     let mut done = None;
+    // Forgotten or revoked: the device's last snapshot (ref `peers/<device>`) goes too.
+    let mut dropped: Option<Option<NodeId>> = None;
+    let mut kept_revoked = false;
     if let Some((given, change)) = change {
         let device = resolve_device(&book, &given, change)?;
         match change {
@@ -68,20 +83,52 @@ pub(crate) fn peers(global: &Global, out: &Output, args: PeersArgs) -> anyhow::R
             Change::Unpin => book.unpin(&store, &device),
             Change::Revoke => book.revoke(&store, &device),
             Change::Unrevoke => book.unrevoke(&store, &device),
+            Change::Forget => {
+                if book.get(&device.0).is_some_and(|r| r.pinned) {
+                    // Refused before the ref goes (PeerBook::forget says why).
+                    book.forget(&store, &device)
+                        .map(|_| ())
+                        .context("cannot forget the device")?;
+                }
+                // The ref first: if the store cannot be reached, nothing changed.
+                dropped = Some(
+                    drop_peer_ref(global, &device)
+                        .context("cannot drop the device's last snapshot; nothing was forgotten")?,
+                );
+                book.forget(&store, &device).map(|removed| {
+                    kept_revoked = !removed && book.get(&device.0).is_some_and(|r| r.revoked);
+                })
+            }
         }
         .context("cannot change the peer book")?;
+        if matches!(change, Change::Revoke) {
+            // The revocation holds whatever happens here; a ref left behind (the store busy)
+            // is dropped by the next `left gc`.
+            match drop_peer_ref(global, &device) {
+                Ok(d) => dropped = Some(d),
+                Err(e) => eprintln!(
+                    "left: warning: cannot drop the last snapshot of {device} now ({e:#}); the next `left gc` drops it"
+                ),
+            }
+        }
         done = Some((change, device));
     }
-    out.json(&json!({
+    let mut j = json!({
         "pin_mode": book.pin_mode(),
         "peers": book.records().iter().map(record_json).collect::<Vec<_>>(),
-    }))?;
+    });
+    if let Some(d) = &dropped {
+        j["dropped_ref"] = json!(d.map(|s| s.to_string()));
+    }
+    out.json(&j)?;
     if let Some((change, device)) = done {
         let what = match change {
             Change::Pin => "pinned",
             Change::Unpin => "unpinned",
             Change::Revoke => "revoked",
             Change::Unrevoke => "no longer revoked:",
+            Change::Forget if kept_revoked => "forgot (it stays revoked)",
+            Change::Forget => "forgot",
         };
         let mode = if book.pin_mode() {
             "only pinned devices may connect"
@@ -89,6 +136,12 @@ pub(crate) fn peers(global: &Global, out: &Output, args: PeersArgs) -> anyhow::R
             "every device holding the share key may connect, unless revoked"
         };
         out.human(format!("{what} {device}; {mode}"))?;
+        if let Some(Some(snap)) = dropped {
+            let short: String = snap.to_string().chars().take(12).collect();
+            out.human(format!(
+                "dropped its last snapshot {short} (ref peers/{device}): the next `left gc` frees what only it held"
+            ))?;
+        }
         return Ok(EXIT_OK);
     }
     if book.records().is_empty() {
@@ -106,6 +159,24 @@ enum Change {
     Unpin,
     Revoke,
     Unrevoke,
+    Forget,
+}
+
+/// Drops the ref `peers/<device>` (through a running `left serve` when there is one). Returns
+/// the snapshot it named (`None`: there was none).
+fn drop_peer_ref(global: &Global, device: &DeviceId) -> anyhow::Result<Option<NodeId>> {
+    match open_or_served(global)? {
+        Opened::Local(_, store) => Ok(store.drop_peer_ref(&device.to_string())?),
+        Opened::Served(dir, _) => {
+            let req = control::Request::DropPeerRef {
+                device: device.to_string(),
+            };
+            match call_served(&dir, &req)? {
+                control::Response::PeerRefDropped(s) => Ok(s),
+                other => Err(answer_error(other, "DropPeerRef")),
+            }
+        }
+    }
 }
 
 /// A device given on the command line: a unique prefix of one in the book, or (to pin or revoke a
@@ -115,7 +186,7 @@ fn resolve_device(book: &PeerBook, given: &str, change: Change) -> anyhow::Resul
         Ok(Some(device)) => Ok(device),
         Err(ambiguous) => Err(anyhow::anyhow!(ambiguous)),
         Ok(None) => match (change, given.parse::<DeviceId>()) {
-            (Change::Pin | Change::Revoke, Ok(device)) => Ok(device),
+            (Change::Pin | Change::Revoke | Change::Forget, Ok(device)) => Ok(device),
             _ => Err(anyhow::anyhow!(
                 "no device in the peer book has an id starting with {given:?} \
                  (`left peers` lists them; a device never seen needs its full id)"

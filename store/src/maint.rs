@@ -31,6 +31,18 @@
 //! nothing deleted it does not compact, so it never grows a store).
 //! gc holds the store's operation lock for writing: no add or put runs meanwhile.
 //!
+//! **What keeps bytes alive** ([`GcReport::kept_by`]): the *roots* are every ref (`head`, each
+//! `peers/<device>`, any other), the trees of a journaled checkout (`checkout`) and the
+//! retention rules' trees beyond the refs' own (`retention`; head's own tree counts as head's).
+//! Without a rule a ref keeps its snapshot and all its ancestors; with one, its own snapshot
+//! and, for a peer's ref, the merge bases with head. Marking gives each node and chunk an
+//! owner: the one root that reaches it, or "shared"; owners only move none → one root → shared,
+//! so a node is read at most twice (trees kept by several roots are marked first). A chunk
+//! owned by one root is what gc would free without that root: the report gives, per root, its
+//! snapshots and those chunks with their stored bytes. The store drops no ref itself:
+//! [`Store::drop_peer_ref`] is for the caller (`left` drops a device's ref when it is revoked or
+//! forgotten, and before each gc those of revoked devices).
+//!
 //! **repair** ([`Store::repair_plan`], [`Store::apply_repair_plan`]) prepares the store so a
 //! fetch can bring back what verify found missing or corrupt: damaged objects are removed and the
 //! completeness marks above them cleared, so a pull walks down to them.
@@ -39,7 +51,7 @@
 //! of unique data).
 
 use crate::codec;
-use crate::db::{cf, Batch};
+use crate::db::{cf, Batch, IndexEntry};
 use crate::node::{Child, DirNode, Node, Target};
 use crate::store::{arrival_key, shallow_key};
 use crate::*;
@@ -534,12 +546,40 @@ impl Store {
                 "gc --keep-last 0 would drop the files of head: keep at least 1".into(),
             ));
         }
-        // Which trees to keep.
-        let mut keep_tree: HashSet<NodeId> = HashSet::new();
+        // Which trees to keep, and who keeps each: the roots are every ref (by index in
+        // `refs`), then the checkout journal, then the retention rules. The report says per
+        // root what it keeps and what only it keeps (what would go without it).
+        let refs = self.refs()?;
         let head = self.head()?;
+        let checkout_root = refs.len() as u32;
+        let retention_root = checkout_root + 1;
+        let head_root = refs.iter().position(|(n, _)| n == "head").map(|i| i as u32);
+        let mut keepers: HashMap<NodeId, Vec<u32>> = HashMap::new();
         if opts.keep_last.is_none() && keep_within.is_none() {
-            keep_tree.extend(snaps.iter().map(|(id, _)| *id));
+            // Every tree is kept, each by the refs whose history reaches it.
+            let parents: HashMap<NodeId, &[NodeId]> = snaps
+                .iter()
+                .filter_map(|(id, s)| s.as_ref().map(|s| (*id, s.parents.as_slice())))
+                .collect();
+            for (i, (_, tip)) in refs.iter().enumerate() {
+                let mut seen = HashSet::new();
+                let mut stack = vec![*tip];
+                while let Some(id) = stack.pop() {
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    claim(&mut keepers, id, i as u32);
+                    if let Some(ps) = parents.get(&id) {
+                        stack.extend(ps.iter().copied());
+                    }
+                }
+            }
         } else {
+            // Head's own tree counts as head's, not the rule's.
+            let by_rule = |id: NodeId| match head_root {
+                Some(r) if Some(id) == head => r,
+                _ => retention_root,
+            };
             if let Some(n) = opts.keep_last {
                 // Only snapshots that changed the tree count: a flood of snapshots that change
                 // nothing (root equal to a parent's) cannot push real history out.
@@ -550,7 +590,7 @@ impl Store {
                     if !seen.insert(id) {
                         break;
                     }
-                    keep_tree.insert(id);
+                    claim(&mut keepers, id, by_rule(id));
                     let s = self.snapshot(id).ok();
                     let changed = match &s {
                         Some(s) => !s.parents.iter().any(|p| {
@@ -575,62 +615,90 @@ impl Store {
                 if let Some(reference) = reference {
                     let within = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
                     let floor = reference.saturating_sub(within);
-                    keep_tree.extend(
-                        arrived
-                            .iter()
-                            .filter(|(_, t)| **t >= floor)
-                            .map(|(id, _)| *id),
-                    );
+                    for (id, t) in &arrived {
+                        if *t >= floor {
+                            claim(&mut keepers, *id, by_rule(*id));
+                        }
+                    }
                 }
             }
-            for (name, id) in self.refs()? {
+            for (i, (name, id)) in refs.iter().enumerate() {
                 if name != "head" {
-                    keep_tree.insert(id);
+                    claim(&mut keepers, *id, i as u32);
                 }
                 if let (Some(h), true) = (head, name.starts_with("peers/")) {
-                    keep_tree.extend(self.merge_needs(h, id)?);
+                    for b in self.merge_needs(h, *id)? {
+                        claim(&mut keepers, b, i as u32);
+                    }
                 }
             }
         }
         if let Some(h) = head {
-            if !keep_tree.contains(&h) && !self.is_shallow(h)? {
+            if !keepers.contains_key(&h) && !self.is_shallow(h)? {
                 return Err(Error::Invalid(
                     "this retention policy would drop the files of head: keep at least the last snapshot"
                         .into(),
                 ));
             }
-        }
-        keep_tree.extend(journaled.iter().copied());
-        let mut live_nodes: HashSet<NodeId> = HashSet::new();
-        let mut live_chunks: HashSet<ChunkId> = HashSet::new();
-        let mut newly_shallow = Vec::new();
-        for (sid, snap) in &snaps {
-            live_nodes.insert(*sid);
-            let Some(snap) = snap else { continue };
-            if !keep_tree.contains(sid) || self.is_shallow(*sid)? {
-                if !self.is_shallow(*sid)? {
-                    newly_shallow.push(*sid);
-                }
-                continue;
+            // Head always keeps its own tree (also when a peer's ref names the same snapshot).
+            if let Some(r) = head_root {
+                claim(&mut keepers, h, r);
             }
-            let mut stack = vec![snap.root];
-            while let Some(id) = stack.pop() {
-                if !live_nodes.insert(id) {
+        }
+        for id in &journaled {
+            claim(&mut keepers, *id, checkout_root);
+        }
+        // Mark. Each tree node and chunk gets an owner: the one root that reaches it, or
+        // SHARED. Owners only move None -> one root -> SHARED, so a node is read at most twice;
+        // trees kept by several roots go first, so what they reach is read once.
+        let mut headers: HashSet<NodeId> = HashSet::new();
+        let mut node_owner: HashMap<NodeId, u32> = HashMap::new();
+        let mut chunk_owner: HashMap<ChunkId, u32> = HashMap::new();
+        let mut kept_snapshots = vec![0u64; retention_root as usize + 1];
+        let mut newly_shallow = Vec::new();
+        let mut trees: Vec<(u32, NodeId)> = Vec::new();
+        for (sid, snap) in &snaps {
+            headers.insert(*sid);
+            let Some(snap) = snap else { continue };
+            let shallow = self.is_shallow(*sid)?;
+            match keepers.get(sid).filter(|_| !shallow) {
+                Some(k) => {
+                    for r in k {
+                        kept_snapshots[*r as usize] += 1;
+                    }
+                    trees.push((if k.len() == 1 { k[0] } else { SHARED }, snap.root));
+                }
+                None if !shallow => newly_shallow.push(*sid),
+                None => {}
+            }
+        }
+        trees.sort_by_key(|(owner, _)| std::cmp::Reverse(*owner));
+        for (owner, root) in trees {
+            let mut stack = vec![(root, owner)];
+            while let Some((id, x)) = stack.pop() {
+                let old = node_owner.get(&id).copied();
+                let new = join(old, x);
+                if old == Some(new) {
                     continue;
                 }
+                node_owner.insert(id, new);
                 let Ok(node) = self.read_node(id) else {
                     continue;
                 };
                 for c in node.children() {
                     match c {
-                        Child::Node(n) => stack.push(n),
+                        Child::Node(n) => stack.push((n, new)),
                         Child::Chunk(c, _) => {
-                            live_chunks.insert(c);
+                            let o = chunk_owner.get(&c).copied();
+                            chunk_owner.insert(c, join(o, new));
                         }
                     }
                 }
             }
         }
+        let live_node = |id: &NodeId| headers.contains(id) || node_owner.contains_key(id);
+        // (chunks, stored bytes) only each root keeps.
+        let mut only = vec![(0u64, 0u64); retention_root as usize + 1];
         // Record dropped trees first (synced), then sweep.
         if !newly_shallow.is_empty() {
             let mut b = Batch::default();
@@ -642,11 +710,17 @@ impl Store {
         let mut b = Batch::default();
         let mut deleted = 0u64;
         for r in self.db.iter(cf::CHUNK_INDEX) {
-            let (k, _) = r?;
+            let (k, v) = r?;
             let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
                 continue;
             };
-            if !live_chunks.contains(&ChunkId(Hash(arr))) {
+            let owner = chunk_owner.get(&ChunkId(Hash(arr))).copied();
+            if let Some(o) = owner.filter(|o| *o != SHARED) {
+                let e = &mut only[o as usize];
+                e.0 += 1;
+                e.1 += IndexEntry::from_bytes(&v).map_or(0, |ie| u64::from(ie.enc_len));
+            }
+            if owner.is_none() {
                 b.delete(&self.db, cf::CHUNKS, &k);
                 b.delete(&self.db, cf::CHUNK_INDEX, &k);
                 rep.chunks_removed += 1;
@@ -662,7 +736,9 @@ impl Store {
             let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
                 continue;
             };
-            if !live_chunks.contains(&ChunkId(Hash(arr))) && !self.db.exists(cf::CHUNK_INDEX, &k)? {
+            if !chunk_owner.contains_key(&ChunkId(Hash(arr)))
+                && !self.db.exists(cf::CHUNK_INDEX, &k)?
+            {
                 b.delete(&self.db, cf::CHUNKS, &k);
                 deleted += 1;
             }
@@ -672,7 +748,7 @@ impl Store {
             let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
                 continue;
             };
-            if !live_nodes.contains(&NodeId(Hash(arr))) {
+            if !live_node(&NodeId(Hash(arr))) {
                 b.delete(&self.db, cf::NODES, &k);
                 b.delete(&self.db, cf::COMPLETE, &k);
                 rep.nodes_removed += 1;
@@ -687,7 +763,7 @@ impl Store {
             let Ok(arr) = <[u8; 32]>::try_from(&*k) else {
                 continue;
             };
-            if !live_nodes.contains(&NodeId(Hash(arr))) {
+            if !live_node(&NodeId(Hash(arr))) {
                 b.delete(&self.db, cf::COMPLETE, &k);
                 deleted += 1;
             }
@@ -698,7 +774,7 @@ impl Store {
             let Ok(arr) = <[u8; 32]>::try_from(&k[b"arrived/".len()..]) else {
                 continue;
             };
-            if !live_nodes.contains(&NodeId(Hash(arr))) {
+            if !live_node(&NodeId(Hash(arr))) {
                 b.delete(&self.db, cf::META, &k);
             }
         }
@@ -707,7 +783,7 @@ impl Store {
             let (k, v) = r?;
             let keep = v.len() == 68 && {
                 let arr: [u8; 32] = v[36..].try_into().expect("32");
-                live_nodes.contains(&NodeId(Hash(arr)))
+                live_node(&NodeId(Hash(arr)))
             };
             if !keep {
                 b.delete(&self.db, cf::SCAN, &k);
@@ -724,6 +800,41 @@ impl Store {
         }
         progress.finish();
         rep.bytes_after = self.disk_usage()?;
+        let root = |r: u32, name: &str, snapshot: Option<NodeId>| GcRoot {
+            name: name.to_owned(),
+            snapshot,
+            snapshots: kept_snapshots[r as usize],
+            only_chunks: only[r as usize].0,
+            only_bytes: only[r as usize].1,
+        };
+        for (i, (name, id)) in refs.iter().enumerate() {
+            rep.kept_by.push(root(i as u32, name, Some(*id)));
+        }
+        rep.kept_by.sort_by_key(|r| r.name != "head");
+        for (r, name) in [(checkout_root, "checkout"), (retention_root, "retention")] {
+            if kept_snapshots[r as usize] > 0 {
+                rep.kept_by.push(root(r, name, None));
+            }
+        }
         Ok(rep)
+    }
+}
+
+/// The owner of a node or chunk reached from the trees of several roots.
+const SHARED: u32 = u32::MAX;
+
+/// The owner of something reached again, from root `x`.
+fn join(old: Option<u32>, x: u32) -> u32 {
+    match old {
+        None => x,
+        Some(o) if o == x => o,
+        Some(_) => SHARED,
+    }
+}
+
+fn claim(keepers: &mut HashMap<NodeId, Vec<u32>>, id: NodeId, root: u32) {
+    let k = keepers.entry(id).or_default();
+    if !k.contains(&root) {
+        k.push(root);
     }
 }

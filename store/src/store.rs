@@ -342,6 +342,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes the ref `peers/<device>` (the last head fetched from that device) in a synced
+    /// batch, so what only that snapshot held is freed by the next gc. Call it when a device is
+    /// revoked or forgotten. `device` is a bare device id: a name with `/` (or an empty one) is
+    /// refused, so this never touches `head` or any ref outside `peers/`. A checkout journal
+    /// keeps its own trees whatever the refs say (gc's `checkout` root), so dropping the ref of
+    /// the snapshot a checkout is moving to loses nothing. Returns the snapshot the ref named, or
+    /// `None` when there was no such ref.
+    pub fn drop_peer_ref(&self, device: &str) -> Result<Option<NodeId>> {
+        self.writable()?;
+        if device.is_empty() || device.contains('/') {
+            return Err(Error::Invalid(format!(
+                "{device:?} is not a device id: only a peers/<device> ref can be dropped"
+            )));
+        }
+        let name = format!("peers/{device}");
+        let Some(id) = self.get_ref(&name)? else {
+            return Ok(None);
+        };
+        let mut b = Batch::default();
+        b.delete(&self.db, cf::REFS, name.as_bytes());
+        self.db.write(b.inner, true)?;
+        Ok(Some(id))
+    }
+
     // ---------------------------------------------------------------- objects
 
     /// Batched presence of chunks (from the index: never loads a chunk).

@@ -252,6 +252,31 @@ pub struct GcReport {
     pub bytes_before: u64,
     /// Store size on disk after.
     pub bytes_after: u64,
+    /// What keeps the remaining bytes alive: one entry per ref (`head`, each `peers/<device>`,
+    /// any other), then `checkout` (the trees of a journaled checkout) and `retention` (trees a
+    /// `keep_last`/`keep_within` rule keeps beyond the refs' own), those two only when they keep
+    /// something.
+    pub kept_by: Vec<GcRoot>,
+    /// Refs the caller dropped just before this gc ([`crate::Store::drop_peer_ref`]; `left`
+    /// drops the `peers/<device>` refs of revoked devices). The store's gc itself drops no ref.
+    pub dropped_refs: Vec<String>,
+}
+
+/// One thing that keeps bytes alive in a gc ([`GcReport::kept_by`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcRoot {
+    /// `head`, `peers/<device>`, another ref's name, `checkout` or `retention`.
+    pub name: String,
+    /// The snapshot a ref names (`None` for `checkout` and `retention`).
+    pub snapshot: Option<NodeId>,
+    /// Snapshots whose trees it keeps, alone or with others. Without a retention rule a ref
+    /// keeps its snapshot and every ancestor; with one, its own snapshot and, for a
+    /// `peers/<device>` ref, the merge bases with head.
+    pub snapshots: u64,
+    /// Chunks that only it keeps: without it, gc would remove them.
+    pub only_chunks: u64,
+    /// The stored (encoded) bytes of those chunks: about what the disk would get back.
+    pub only_bytes: u64,
 }
 
 /// Options of [`crate::Store::checkout`].

@@ -714,3 +714,121 @@ fn peers_pin_revoke_and_list() {
         .left(&["peers", "--pin", &other_id, "--revoke", &other_id])
         .expect_code(2);
 }
+
+/// Sets `peers/<device>` to `snap` in the share's store, as a sync would.
+fn plant_peer_ref(share: &Share, device: &str, snap: &str) {
+    let store = left_store::Store::open(&share.store).unwrap();
+    let id = store.resolve(snap).unwrap();
+    store.set_ref(&format!("peers/{device}"), id).unwrap();
+}
+
+/// `left peers --forget DEVICE` drops the device's ref (also of a device the book no longer
+/// lists), so gc frees what only its last snapshot held; gc drops the ref of a device revoked
+/// while the ref was left behind; forgetting keeps a revocation and refuses a pinned device.
+#[test]
+fn forgetting_or_revoking_a_device_lets_gc_free_what_its_snapshot_pinned() {
+    let share = Share::new();
+    let dev1 = left::identity::DeviceId([7; 32]).to_string();
+    let dev2 = left::identity::DeviceId([8; 32]).to_string();
+    share.write("keep.txt", b"keep");
+    share.write("big1.bin", &random_bytes(41, 4 << 20));
+    let s1 = share.add(&[])["snapshot"].as_str().unwrap().to_owned();
+    plant_peer_ref(&share, &dev1, &s1);
+    fs::remove_file(share.root.join("big1.bin")).unwrap();
+    share.add(&[]);
+
+    let human = share.left(&["gc", "--keep-last", "1"]).expect_code(0).out();
+    let short: String = dev1.chars().take(8).collect();
+    assert!(
+        human.contains(&format!(
+            "kept alive by peers/{short} (not in the peer book): 1 snapshot, "
+        )) && human.contains(&format!("`left peers --forget {dev1}` drops it")),
+        "{human}"
+    );
+    let r = share.json(&["peers", "--forget", &dev1], 0);
+    assert_eq!(r["dropped_ref"], Value::String(s1), "{r}");
+    let gc = share.json(&["gc", "--keep-last", "1"], 0);
+    assert!(u(&gc, "chunks_removed") > 0, "{gc}");
+    assert!(
+        gc["kept_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["name"] == "head"),
+        "{gc}"
+    );
+
+    // Revoked first, ref stored after (a sync that was running): gc drops it.
+    share.json(&["peers", "--revoke", &dev2], 0);
+    share.write("big2.bin", &random_bytes(42, 4 << 20));
+    let s3 = share.add(&[])["snapshot"].as_str().unwrap().to_owned();
+    plant_peer_ref(&share, &dev2, &s3);
+    fs::remove_file(share.root.join("big2.bin")).unwrap();
+    share.add(&[]);
+    let gc = share.json(&["gc", "--keep-last", "1"], 0);
+    assert_eq!(
+        gc["dropped_refs"],
+        serde_json::json!([format!("peers/{dev2}")]),
+        "{gc}"
+    );
+    assert!(u(&gc, "chunks_removed") > 0, "{gc}");
+    share.verify_clean();
+    let out = share.scratch("restored");
+    share
+        .left(&["restore", "head", "--to", out.to_str().unwrap()])
+        .expect_code(0);
+    assert_same_tree(&share.root, &out);
+
+    // Forgetting a revoked device keeps it revoked; a pinned one is refused.
+    let r = share.json(&["peers", "--forget", &dev2], 0);
+    let rec = r["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["device"] == dev2.as_str());
+    assert_eq!(
+        rec.map(|p| p["revoked"].clone()),
+        Some(Value::Bool(true)),
+        "{r}"
+    );
+    share.json(&["peers", "--pin", &dev1], 0);
+    let r = share.left(&["peers", "--forget", &dev1]).expect_code(1);
+    assert!(one_error_line(&r).contains("pinned"), "{}", r.stderr);
+    let r = share.json(&["peers"], 0);
+    assert!(
+        r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["device"] == dev1.as_str() && p["pinned"] == true),
+        "{r}"
+    );
+}
+
+/// Beside a running `left serve` (which holds the store), `peers --revoke` drops the device's
+/// ref through the control socket and gc, run by the serving process, reports and frees.
+#[test]
+fn beside_a_serve_revoking_a_device_drops_its_ref_and_gc_frees_it() {
+    let share = Share::new();
+    let dev = left::identity::DeviceId([9; 32]).to_string();
+    share.write("big.bin", &random_bytes(43, 4 << 20));
+    let s1 = share.add(&[])["snapshot"].as_str().unwrap().to_owned();
+    plant_peer_ref(&share, &dev, &s1);
+    fs::remove_file(share.root.join("big.bin")).unwrap();
+    share.add(&[]);
+    let server = share.serve();
+    let gc = share.json(&["gc", "--keep-last", "1"], 0);
+    let k = gc["kept_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == format!("peers/{dev}"))
+        .unwrap_or_else(|| panic!("{gc}"));
+    assert!(u(k, "only_bytes") > 3 << 20, "{gc}");
+    let r = share.json(&["peers", "--revoke", &dev], 0);
+    assert_eq!(r["dropped_ref"], Value::String(s1), "{r}");
+    let gc = share.json(&["gc", "--keep-last", "1"], 0);
+    assert!(u(&gc, "chunks_removed") > 0, "{gc}");
+    server.stop();
+    share.verify_clean();
+}

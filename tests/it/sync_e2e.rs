@@ -1263,3 +1263,75 @@ fn verify_on_a_fresh_joiner_passes_and_says_where_history_starts() {
     );
     server.stop();
 }
+
+fn kept_by<'a>(gc: &'a Value, name: &str) -> Option<&'a Value> {
+    gc["kept_by"]
+        .as_array()
+        .expect("kept_by array")
+        .iter()
+        .find(|k| k["name"] == name)
+}
+
+/// A device's last snapshot (ref `peers/<device>`) holds a big file we deleted since: gc keeps
+/// it and says that ref is what keeps it; once the device is revoked the ref is gone and the
+/// next gc frees the bytes, while head's files still restore and verify is clean.
+#[test]
+fn a_revoked_devices_last_snapshot_no_longer_pins_bytes() {
+    const BIG: usize = 8 << 20;
+    let a = Share::new();
+    a.write("keep.txt", b"kept by everyone");
+    a.write("big.bin", &random_bytes(19, BIG));
+    a.add(&[]);
+    let server = a.serve();
+    let b = a.join();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    let device = server.hello["device"].as_str().expect("device").to_owned();
+    server.stop();
+    let peer_ref = format!("peers/{device}");
+    let theirs = a.head().expect("a head");
+
+    fs::remove_file(b.root.join("big.bin")).unwrap();
+    b.add(&[]);
+    let gc = b.json(&["gc", "--keep-last", "1"], 0);
+    assert_eq!(
+        u(&gc, "chunks_removed"),
+        0,
+        "the peer's snapshot keeps big.bin: {gc}"
+    );
+    let k = kept_by(&gc, &peer_ref).unwrap_or_else(|| panic!("no {peer_ref} in {gc}"));
+    assert_eq!(k["snapshot"], Value::String(theirs.clone()), "{k}");
+    assert_eq!(k["device"], Value::String(device.clone()), "{k}");
+    assert_eq!(k["in_peer_book"], Value::Bool(true), "{k}");
+    assert!(u(k, "only_bytes") >= BIG as u64 * 9 / 10, "{k}");
+    assert_eq!(
+        u(kept_by(&gc, "head").expect("head"), "only_bytes"),
+        0,
+        "{gc}"
+    );
+    let human = b.left(&["gc", "--keep-last", "1"]).expect_code(0).out();
+    let short: String = device.chars().take(8).collect();
+    assert!(
+        human.contains(&format!("kept alive by peers/{short} (last seen "))
+            && human.contains("only it holds")
+            && human.contains(&format!("`left peers --forget {device}` drops it")),
+        "{human}"
+    );
+
+    let r = b.json(&["peers", "--revoke", &device], 0);
+    assert_eq!(r["dropped_ref"], Value::String(theirs), "{r}");
+    let gc = b.json(&["gc", "--keep-last", "1"], 0);
+    assert!(
+        u(&gc, "chunks_removed") >= (BIG / (256 << 10)) as u64,
+        "{gc}"
+    );
+    assert!(
+        u(&gc, "bytes_after") + (BIG as u64 / 2) < u(&gc, "bytes_before"),
+        "the disk got big.bin back: {gc}"
+    );
+    assert!(kept_by(&gc, &peer_ref).is_none(), "{gc}");
+    b.verify_clean();
+    let out = b.scratch("restored");
+    b.left(&["restore", "head", "--to", out.to_str().unwrap()])
+        .expect_code(0);
+    assert_same_tree(&b.root, &out);
+}
