@@ -368,6 +368,16 @@ impl Pull {
         })
     }
 
+    /// What `peer` was asked for longest ago and still owes, if anything (for error messages:
+    /// a peer that withholds one object is named with it).
+    pub fn oldest_owed(&self, peer: PeerId) -> Option<ObjectId> {
+        let p = self.peers.get(&peer)?;
+        p.items
+            .iter()
+            .min_by_key(|(key, t)| (**t, **key))
+            .map(|(key, _)| *key)
+    }
+
     /// Estimated bytes in flight over all peers.
     pub fn in_flight_bytes(&self) -> u64 {
         self.in_flight_bytes
@@ -510,15 +520,7 @@ impl Pull {
         for peer in stalled {
             let secs = self.cfg.stall_timeout.as_secs_f64();
             // Name what it owes longest: a peer that withholds one object is seen for what it is.
-            let owed = self.peers[&peer]
-                .items
-                .iter()
-                .min_by_key(|(key, t)| (**t, **key))
-                .map(|(key, _)| match key {
-                    ObjectId::Node(n) => format!(" (it still owes node {})", n.fmt_short()),
-                    ObjectId::Chunk(c) => format!(" (it still owes chunk {})", c.fmt_short()),
-                })
-                .unwrap_or_default();
+            let owed = owed_note(self.oldest_owed(peer));
             self.drop_peer(
                 peer,
                 format!("peer stalled: no reply for {secs:.1} s{owed}"),
@@ -1283,6 +1285,15 @@ impl Pull {
             }
         };
         Some((keys, message))
+    }
+}
+
+/// " (it still owes chunk abcdef012345)", or nothing: the tail of a stall's one-line reason.
+pub fn owed_note(owed: Option<ObjectId>) -> String {
+    match owed {
+        Some(ObjectId::Node(n)) => format!(" (it still owes node {})", n.fmt_short()),
+        Some(ObjectId::Chunk(c)) => format!(" (it still owes chunk {})", c.fmt_short()),
+        None => String::new(),
     }
 }
 

@@ -1782,7 +1782,11 @@ fn a_peer_withholding_a_chunk_every_leaf_shares_cannot_grow_the_walk() {
     // Every open node but the head and every waiting id holds a reference.
     assert!(out.worst.outstanding <= bound + 1, "{:?}", out.worst);
     // The walk stopped at its bound: most of the tree was never asked for.
-    assert!(out.stats.nodes_fetched < 4 * bound as u64, "{:?}", out.stats);
+    assert!(
+        out.stats.nodes_fetched < 4 * bound as u64,
+        "{:?}",
+        out.stats
+    );
 }
 
 /// The same 24 000-file tree from an honest peer, and a random one with shared chunks, sync
