@@ -46,8 +46,8 @@
 //! references (65 536 by default, about 150 bytes each at worst: ~10 MiB). Past a quarter of that
 //! it opens nothing new and finishes the subtrees it has, depth-first, so a peer that answers
 //! every node request but withholds a chunk every leaf shares holds the walk at the bound until
-//! the stall timeout drops it (the reason names the chunk), and an honest tree of any size is
-//! walked in that space. A 100 GiB tree (1.6 million chunks) is walked in that space.
+//! the stall timeout drops it (the reason names the chunk), while an honest tree far larger than
+//! the bound is walked within it. A 100 GiB tree (1.6 million chunks) is walked in that space.
 #![warn(missing_docs)]
 
 pub mod agent;
