@@ -41,10 +41,13 @@
 //!
 //! Memory is bounded by [`PullConfig`], not by the tree: at most `max_outstanding` ids are queued
 //! or in flight; the nodes being walked are kept as ids with a cursor (the decoded form is re-read
-//! from the store, with a small cache of `node_cache` nodes); the walk is depth-first, so the walk
-//! state holds the open nodes along the current paths: at most about
-//! `(max_outstanding + fanout) x depth` small records (ids and counters, about 100 bytes each),
-//! with depth capped by `max_depth`. A 100 GiB tree (1.6 million chunks) is walked in that space.
+//! from the store, with a small cache of `node_cache` nodes); every open node and waiting id is
+//! held by a reference from its parent, and the walk never tracks more than `max_pending_refs`
+//! references (65 536 by default, about 150 bytes each at worst: ~10 MiB). Past a quarter of that
+//! it opens nothing new and finishes the subtrees it has, depth-first, so a peer that answers
+//! every node request but withholds a chunk every leaf shares holds the walk at the bound until
+//! the stall timeout drops it (the reason names the chunk), while an honest tree far larger than
+//! the bound is walked within it. A 100 GiB tree (1.6 million chunks) is walked in that space.
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -56,7 +59,7 @@ mod serve;
 pub use agent::{Agent, AgentConfig, ExchangeOutcome, ScanOutcome, Task};
 pub use answer::{Answer, ObjectSource};
 pub use pull::{
-    DropCause, Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats,
+    owed_note, DropCause, Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats,
 };
 pub use serve::{ServeSession, SessionError};
 

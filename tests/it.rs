@@ -11,6 +11,8 @@ mod auto;
 mod auto_sim;
 #[path = "it/badpeer.rs"]
 mod badpeer;
+#[path = "it/badpeer_pull.rs"]
+mod badpeer_pull;
 #[path = "it/badpeer_transport.rs"]
 mod badpeer_transport;
 #[path = "it/badpeer_tree.rs"]

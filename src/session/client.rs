@@ -1135,11 +1135,12 @@ async fn run_pull(
                 let secs = cfg.timeout.as_secs_f64();
                 for p in pull.peers().collect::<Vec<_>>() {
                     let slot = p.0 as usize;
+                    let owed = crate::sync::owed_note(pull.oldest_owed(p));
                     peer_errors.push((
                         conns[slot].0,
                         PeerError::retry(
                             PeerFailure::Unreachable,
-                            format!("stalled: no object arrived from it for {secs:.1} s"),
+                            format!("stalled: no object arrived from it for {secs:.1} s{owed}"),
                         ),
                     ));
                 }

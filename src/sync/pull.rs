@@ -15,8 +15,18 @@ pub struct PeerId(pub u64);
 /// Limits and timers of a [`Pull`].
 #[derive(Clone, Debug)]
 pub struct PullConfig {
-    /// Most ids queued or in flight at once (the memory bound of the walk).
+    /// Most ids queued or in flight at once.
     pub max_outstanding: usize,
+    /// Most references the walk tracks at once, never exceeded: one per reference from a node
+    /// being walked to a child that is not stored (complete) yet, so it bounds the open nodes
+    /// and the waiting ids too (each has a reference, the head aside). The walk classifies
+    /// children while fewer than a quarter of this are tracked (new nodes while fewer than an
+    /// eighth, so what arrives has room to be walked), then finishes the subtrees it has
+    /// (depth-first) instead of opening more; a peer that withholds an object holds the walk
+    /// there until the stall timeout drops it. Only while nothing at all is in flight (so no
+    /// peer can hold it there) does the walk go on past a quarter, depth-first, a batch at a
+    /// time; a tree that needs more than this fails with a clear error.
+    pub max_pending_refs: usize,
     /// Most ids in flight at one peer.
     pub max_items_per_peer: usize,
     /// Most bytes (estimated) in flight at one peer; raised to fit at least one chunk.
@@ -48,6 +58,7 @@ impl Default for PullConfig {
     fn default() -> Self {
         PullConfig {
             max_outstanding: 16 * 1024,
+            max_pending_refs: 64 * 1024,
             max_items_per_peer: 512,
             max_bytes_per_peer: 16 * 1024 * 1024,
             max_bytes_in_flight: 64 * 1024 * 1024,
@@ -78,6 +89,8 @@ impl PullConfig {
 const NODE_ESTIMATE: u64 = 16 * 1024;
 /// Children classified per expansion step (one batched store query).
 const EXPAND_BATCH: usize = 256;
+/// The walk goes on freely below `max_pending_refs / REFS_SOFT_DIVISOR` references.
+const REFS_SOFT_DIVISOR: usize = 4;
 /// Longest pause a `Working` reply can impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -180,6 +193,8 @@ pub struct InFlight {
 pub struct MemoryUse {
     /// Ids queued or in flight (at most `max_outstanding`).
     pub outstanding: usize,
+    /// References from open nodes to children not stored yet (at most `max_pending_refs`).
+    pub refs: usize,
     /// Nodes fetched or found whose subtree is not complete yet.
     pub open_nodes: usize,
     /// Nodes whose children are not all classified yet.
@@ -246,6 +261,11 @@ pub struct Pull {
     open: HashMap<NodeId, Open>,
     stack: Vec<NodeId>,
     waiting: HashMap<ObjectId, Wait>,
+    /// Entries in the `parents` lists of `open` and `waiting` (bounded by `max_pending_refs`).
+    refs: usize,
+    /// The walk stopped at `max_pending_refs` with requests in flight (nothing new to ask for
+    /// until they are answered).
+    blocked: bool,
     want_nodes: VecDeque<NodeId>,
     want_chunks: VecDeque<ChunkId>,
     cache: HashMap<NodeId, Arc<Node>>,
@@ -266,6 +286,7 @@ impl Pull {
         cfg.max_bytes_per_peer = cfg.max_bytes_per_peer.max(min_peer_bytes);
         cfg.max_bytes_in_flight = cfg.max_bytes_in_flight.max(cfg.max_bytes_per_peer);
         cfg.max_outstanding = cfg.max_outstanding.max(1);
+        cfg.max_pending_refs = cfg.max_pending_refs.max(1);
         cfg.max_items_per_peer = cfg.max_items_per_peer.max(1);
         cfg.max_nodes_per_request = cfg.max_nodes_per_request.clamp(1, MAX_IDS_PER_REQUEST);
         cfg.max_chunks_per_request = cfg.max_chunks_per_request.clamp(1, MAX_IDS_PER_REQUEST);
@@ -279,6 +300,8 @@ impl Pull {
             open: HashMap::new(),
             stack: Vec::new(),
             waiting: HashMap::new(),
+            refs: 0,
+            blocked: false,
             want_nodes: VecDeque::new(),
             want_chunks: VecDeque::new(),
             cache: HashMap::new(),
@@ -345,6 +368,16 @@ impl Pull {
         })
     }
 
+    /// What `peer` was asked for longest ago and still owes, if anything (for error messages:
+    /// a peer that withholds one object is named with it).
+    pub fn oldest_owed(&self, peer: PeerId) -> Option<ObjectId> {
+        let p = self.peers.get(&peer)?;
+        p.items
+            .iter()
+            .min_by_key(|(key, t)| (**t, **key))
+            .map(|(key, _)| *key)
+    }
+
     /// Estimated bytes in flight over all peers.
     pub fn in_flight_bytes(&self) -> u64 {
         self.in_flight_bytes
@@ -359,6 +392,7 @@ impl Pull {
     pub fn memory(&self) -> MemoryUse {
         MemoryUse {
             outstanding: self.waiting.len(),
+            refs: self.refs,
             open_nodes: self.open.len(),
             walk_stack: self.stack.len(),
             cached_nodes: self.cache.len(),
@@ -485,9 +519,11 @@ impl Pull {
             .collect();
         for peer in stalled {
             let secs = self.cfg.stall_timeout.as_secs_f64();
+            // Name what it owes longest: a peer that withholds one object is seen for what it is.
+            let owed = owed_note(self.oldest_owed(peer));
             self.drop_peer(
                 peer,
-                format!("peer stalled: no reply for {secs:.1} s"),
+                format!("peer stalled: no reply for {secs:.1} s{owed}"),
                 DropCause::Stalled,
                 true,
             );
@@ -597,9 +633,31 @@ impl Pull {
                 }
             }
         }
+        self.blocked = false;
+        let hard = self.cfg.max_pending_refs;
+        let soft = (hard / REFS_SOFT_DIVISOR).max(1);
         while self.state == State::Running && self.waiting.len() < self.cfg.max_outstanding {
             let Some(&top) = self.stack.last() else { break };
-            self.expand(top, local)?;
+            if self.expand(top, local, soft, (soft / 2).max(1))? {
+                continue;
+            }
+            // At the bound. What is in flight completes subtrees and frees references; a peer
+            // that never answers is dropped by the stall timeout.
+            if !self.waiting.is_empty() {
+                self.blocked = true;
+                break;
+            }
+            // Nothing is in flight, so no reply can free a reference: go on depth-first (the
+            // top of the stack is the deepest node), a batch at a time, up to the hard limit.
+            let limit = self.refs.saturating_add(EXPAND_BATCH).min(hard);
+            if !self.expand(top, local, limit, limit)? {
+                self.fail(format!(
+                    "the tree under {} needs more than {hard} references tracked at once \
+                     (the pull's max_pending_refs); a peer shaped it to defeat the depth-first \
+                     walk, or the bound is too small for it",
+                    self.head.fmt_short()
+                ));
+            }
         }
         if self.state == State::Running && self.peers.is_empty() && !self.waiting.is_empty() {
             let why = if self.dropped.is_empty() {
@@ -616,8 +674,21 @@ impl Pull {
         Ok(())
     }
 
-    /// Classifies the next batch of `top`'s children.
-    fn expand(&mut self, top: NodeId, local: &dyn LocalObjects) -> Result<(), left_store::Error> {
+    /// Classifies the next batch of `top`'s children, stopping before a child that would take
+    /// `refs` to `limit` (to `node_limit` for a node not open or waiting yet). Returns whether
+    /// the walk moved (false: `top` is held at the limit).
+    fn expand(
+        &mut self,
+        top: NodeId,
+        local: &dyn LocalObjects,
+        limit: usize,
+        node_limit: usize,
+    ) -> Result<bool, left_store::Error> {
+        // A stale entry: `top` was promoted above it and classified (or completed) since.
+        if self.open.get(&top).is_none_or(|o| o.cursor == o.children) {
+            self.stack.pop();
+            return Ok(true);
+        }
         let node = match self.cache.get(&top) {
             Some(n) => n.clone(),
             None => match local.node(top)? {
@@ -627,7 +698,7 @@ impl Pull {
                         "node {} vanished from the local store after it was stored",
                         top.fmt_short()
                     ));
-                    return Ok(());
+                    return Ok(true);
                 }
             },
         };
@@ -649,9 +720,25 @@ impl Pull {
         let have = local.has_many(&ids)?;
         let mut pending = 0u32;
         let mut to_push = Vec::new();
-        for (child, have) in batch.iter().zip(have) {
+        // Open nodes referenced again that are not classified yet: walked next, so what waits on
+        // them is not held while the walk goes elsewhere.
+        let mut promote = Vec::new();
+        let mut end = end;
+        for (i, (child, have)) in batch.iter().zip(have).enumerate() {
             if have {
                 continue;
+            }
+            let tracked = self.refs + pending as usize;
+            let new_node = |n: &NodeId| {
+                !self.open.contains_key(n) && !self.waiting.contains_key(&ObjectId::Node(*n))
+            };
+            let full = match child {
+                Child::Node(n) if new_node(n) => tracked >= node_limit,
+                _ => tracked >= limit,
+            };
+            if full {
+                end = cursor + i;
+                break;
             }
             match *child {
                 Child::Chunk(c, len) => {
@@ -679,13 +766,16 @@ impl Pull {
                     let key = ObjectId::Node(n);
                     if let Some(o) = self.open.get_mut(&n) {
                         o.parents.push(top);
+                        if o.cursor < o.children {
+                            promote.push(n);
+                        }
                     } else if let Some(w) = self.waiting.get_mut(&key) {
                         w.parents.push(top);
                     } else if let Some(stored) = local.node(n)? {
                         // Stored by an earlier pull but not complete: walk it without fetching.
                         if depth + 1 > self.cfg.max_depth {
                             self.fail(self.too_deep());
-                            return Ok(());
+                            return Ok(true);
                         }
                         let node = Arc::new(stored);
                         let kids = node.children().len();
@@ -715,9 +805,13 @@ impl Pull {
                 }
             }
         }
+        if end == cursor {
+            return Ok(false);
+        }
         let o = self.open.get_mut(&top).expect("stack holds open nodes");
         o.pending += pending;
         o.cursor = end;
+        self.refs += pending as usize;
         let done_classifying = end == children.len();
         if done_classifying {
             // `top` is the stack's last element: nothing was pushed above it yet.
@@ -726,10 +820,15 @@ impl Pull {
         for (n, node) in to_push {
             self.push_open(n, node);
         }
+        for n in promote {
+            if self.open.get(&n).is_some_and(|o| o.cursor < o.children) {
+                self.stack.push(n);
+            }
+        }
         if done_classifying {
             self.check_complete(top);
         }
-        Ok(())
+        Ok(true)
     }
 
     fn too_deep(&self) -> String {
@@ -802,6 +901,7 @@ impl Pull {
                 continue;
             }
             let o = self.open.remove(&id).expect("checked above");
+            self.refs -= o.parents.len();
             if let Some(_n) = self.cache.remove(&id) {
                 self.cache_order.retain(|x| *x != id);
             }
@@ -892,6 +992,7 @@ impl Pull {
         };
         self.stats.chunks_fetched += 1;
         self.stats.chunk_bytes_fetched += plain_len;
+        self.refs -= w.parents.len();
         self.effects
             .push_back(Effect::StoreChunk(id, bytes, plain_len as u32));
         let mut work = Vec::new();
@@ -956,6 +1057,7 @@ impl Pull {
         self.state = State::Finished;
         self.effects.push_back(last);
         self.waiting.clear();
+        self.refs = 0;
         self.open.clear();
         self.stack.clear();
         self.want_nodes.clear();
@@ -988,7 +1090,7 @@ impl Pull {
 
     /// Nothing new to ask for: every wanted id is in flight and the walk has nothing left.
     fn is_endgame(&self) -> bool {
-        self.stack.is_empty()
+        (self.stack.is_empty() || self.blocked)
             && !self
                 .want_nodes
                 .iter()
@@ -1183,6 +1285,15 @@ impl Pull {
             }
         };
         Some((keys, message))
+    }
+}
+
+/// " (it still owes chunk abcdef012345)", or nothing: the tail of a stall's one-line reason.
+pub fn owed_note(owed: Option<ObjectId>) -> String {
+    match owed {
+        Some(ObjectId::Node(n)) => format!(" (it still owes node {})", n.fmt_short()),
+        Some(ObjectId::Chunk(c)) => format!(" (it still owes chunk {})", c.fmt_short()),
+        None => String::new(),
     }
 }
 

@@ -304,6 +304,8 @@ enum Behaviour {
     WorkingOnce,
     /// Answers every request with a chunk of random bytes under a random id.
     Garbage,
+    /// Answers everything except this chunk, which it never sends (nor says it lacks).
+    Withhold(ChunkId),
 }
 
 struct SimPeer {
@@ -388,6 +390,16 @@ impl Net {
                 });
             }
             _ => {
+                let msg = match (&msg, p.behaviour) {
+                    (Message::GetChunks { ids }, Behaviour::Withhold(x)) => {
+                        let ids: Vec<ChunkId> = ids.iter().copied().filter(|c| *c != x).collect();
+                        if ids.is_empty() {
+                            return;
+                        }
+                        Message::GetChunks { ids }
+                    }
+                    _ => msg,
+                };
                 let mut a = Answer::new(&msg).expect("the pull sends only requests");
                 while let Some(r) = a.poll(&p.src).unwrap() {
                     replies.push(r);
@@ -430,6 +442,8 @@ struct Outcome {
     elapsed: Duration,
     /// Largest items in flight seen at any one peer.
     max_items_seen: usize,
+    /// The largest size of each part of the engine's state seen after any output.
+    worst: MemoryUse,
 }
 
 /// Runs `pull` against `peers` until it finishes (or, with `stop_after_chunks`, until the local
@@ -448,13 +462,15 @@ fn run(
     let mut max_items_seen = 0;
     let cfg = pull.config().clone();
     let ids: Vec<PeerId> = (0..peers.len() as u64).map(PeerId).collect();
-    let outcome = |pull: &Pull, result, requested, now: Instant, max_items_seen| Outcome {
+    let mut worst = MemoryUse::default();
+    let outcome = |pull: &Pull, result, requested, now: Instant, max_items_seen, worst| Outcome {
         result,
         stats: pull.stats().clone(),
         dropped: pull.dropped().to_vec(),
         requested,
         elapsed: now - start,
         max_items_seen,
+        worst,
     };
     for step in 0.. {
         assert!(step < 2_000_000, "pull did not finish");
@@ -464,10 +480,10 @@ fn run(
                     local.apply(&e);
                     match e {
                         Effect::Done(h) => {
-                            return outcome(pull, Ok(h), requested, now, max_items_seen)
+                            return outcome(pull, Ok(h), requested, now, max_items_seen, worst)
                         }
                         Effect::Failed(r) => {
-                            return outcome(pull, Err(r), requested, now, max_items_seen)
+                            return outcome(pull, Err(r), requested, now, max_items_seen, worst)
                         }
                         _ => {}
                     }
@@ -496,10 +512,24 @@ fn run(
                 }
             }
             assert!(pull.in_flight_bytes() <= cfg.max_bytes_in_flight);
-            assert!(pull.memory().outstanding <= cfg.max_outstanding);
+            let m = pull.memory();
+            assert!(m.outstanding <= cfg.max_outstanding);
+            worst.outstanding = worst.outstanding.max(m.outstanding);
+            worst.refs = worst.refs.max(m.refs);
+            worst.open_nodes = worst.open_nodes.max(m.open_nodes);
+            worst.walk_stack = worst.walk_stack.max(m.walk_stack);
+            worst.cached_nodes = worst.cached_nodes.max(m.cached_nodes);
+            worst.queued = worst.queued.max(m.queued);
         }
         if stop_after_chunks.is_some_and(|n| local.chunks.len() >= n) {
-            return outcome(pull, Err("stopped".into()), requested, now, max_items_seen);
+            return outcome(
+                pull,
+                Err("stopped".into()),
+                requested,
+                now,
+                max_items_seen,
+                worst,
+            );
         }
         let next_msg = net.queue.keys().next().map(|k| k.0);
         let next_timer = pull.poll_timeout();
@@ -901,6 +931,7 @@ fn memory_stays_bounded_on_a_wide_tree() {
             }
             let m = pull.memory();
             worst.outstanding = worst.outstanding.max(m.outstanding);
+            worst.refs = worst.refs.max(m.refs);
             worst.open_nodes = worst.open_nodes.max(m.open_nodes);
             worst.walk_stack = worst.walk_stack.max(m.walk_stack);
             worst.cached_nodes = worst.cached_nodes.max(m.cached_nodes);
@@ -1651,4 +1682,167 @@ fn chunks_checked_by_the_driver_are_trusted_as_checked() {
         "{:?}",
         pull.dropped()
     );
+}
+
+// ---------------------------------------------------------------------- walk bound (issue 10.6)
+
+/// A share of `dirs` folders of `files` files each; every file is the chunk `x` followed by a
+/// chunk of its own, so every leaf of the tree waits on `x`. Returns the share, its head and `x`.
+fn shared_chunk_share(dirs: usize, files: usize) -> (Mem, NodeId, ChunkId) {
+    let mut mem = Mem::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut g = TreeGen {
+        rng: &mut rng,
+        mem: &mut mem,
+        pool: Vec::new(),
+        next_name: 0,
+    };
+    let chunk = |g: &mut TreeGen, plain: &[u8]| {
+        let id = ChunkId(Hash::of(plain));
+        g.mem.chunks.insert(id, left_store::codec::encode(plain));
+        ChunkRef {
+            id: id.0,
+            len: plain.len() as u64,
+        }
+    };
+    let x = chunk(&mut g, b"the chunk every file shares");
+    let mut top = Vec::new();
+    for d in 0..dirs {
+        let mut entries = Vec::new();
+        for f in 0..files {
+            let own = chunk(&mut g, format!("file {f} of folder {d}").as_bytes());
+            let content = build_content(vec![x.clone(), own.clone()], &mut |_, _| {
+                unreachable!("two chunks are listed inline")
+            })
+            .unwrap();
+            let (id, b) = Node::File(FileNode {
+                size: x.len + own.len,
+                mode: 0o644,
+                mtime_ns: 1,
+                content,
+            })
+            .encode_with_id()
+            .unwrap();
+            g.put(id, b);
+            entries.push(DirEntry {
+                name: format!("f{f:05}").into_bytes(),
+                kind: EntryKind::File,
+                mode: 0o644,
+                mtime_ns: 1,
+                size: x.len + own.len,
+                target: Target::Node(id),
+            });
+        }
+        let id = g.dir_of(entries);
+        top.push(DirEntry {
+            name: format!("d{d:05}").into_bytes(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            mtime_ns: 1,
+            size: 0,
+            target: Target::Node(id),
+        });
+    }
+    let root = g.dir_of(top);
+    let head = g.snapshot(root, Vec::new());
+    assert!(mem.mark_complete(head));
+    (mem, head, ChunkId(x.id))
+}
+
+/// Issue 10.6: a peer answers every node request but never sends the one chunk that every leaf
+/// of a 24 000-file tree shares. The walk stops opening nodes at its bound instead of holding
+/// every leaf, and the pull ends with the stall naming the chunk.
+#[test]
+fn a_peer_withholding_a_chunk_every_leaf_shares_cannot_grow_the_walk() {
+    let (src, head, x) = shared_chunk_share(120, 200);
+    let start = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut peers = vec![SimPeer::new(&src, Behaviour::Withhold(x), 5, start)];
+    let mut local = Mem::default();
+    let bound = 2_000;
+    let cfg = PullConfig {
+        max_pending_refs: bound,
+        ..PullConfig::default()
+    };
+    let mut pull = Pull::new(head, &peer_ids(1), start, cfg);
+    let out = run(&mut pull, &mut local, &mut peers, &mut rng, start, None);
+    println!("worst {:?} stats {:?}", out.worst, out.stats);
+    let err = out.result.unwrap_err();
+    assert!(err.contains("stalled"), "{err}");
+    assert!(
+        err.contains(&format!("owes chunk {}", x.fmt_short())),
+        "the error names the withheld chunk: {err}"
+    );
+    assert!(
+        out.worst.open_nodes <= bound,
+        "the walk held {} open nodes (bound {bound})",
+        out.worst.open_nodes
+    );
+    assert!(out.worst.refs <= bound, "{:?}", out.worst);
+    // Every open node but the head and every waiting id holds a reference.
+    assert!(out.worst.outstanding <= bound + 1, "{:?}", out.worst);
+    // The walk stopped at its bound: most of the tree was never asked for.
+    assert!(
+        out.stats.nodes_fetched < 4 * bound as u64,
+        "{:?}",
+        out.stats
+    );
+}
+
+/// The same 24 000-file tree from an honest peer, and a random one with shared chunks, sync
+/// completely under a bound far smaller than the tree.
+#[test]
+fn an_honest_tree_larger_than_the_walk_bound_syncs_within_it() {
+    let (src, head, _) = shared_chunk_share(120, 200);
+    let start = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let bound = 2_000;
+    let cfg = PullConfig {
+        max_pending_refs: bound,
+        ..PullConfig::default()
+    };
+    let mut peers = vec![SimPeer::new(&src, Behaviour::Good, 5, start)];
+    let mut local = Mem::default();
+    let mut pull = Pull::new(head, &peer_ids(1), start, cfg);
+    let out = run(&mut pull, &mut local, &mut peers, &mut rng, start, None);
+    println!("shared chunk: worst {:?} stats {:?}", out.worst, out.stats);
+    assert_eq!(out.result, Ok(head));
+    assert_identical(&local, &src, head);
+    assert!(out.worst.refs <= bound, "{:?}", out.worst);
+    assert!(out.worst.open_nodes <= bound, "{:?}", out.worst);
+    assert_eq!(out.stats.duplicates, 0);
+
+    // Random trees (shared chunks, big files with chunk-list nodes, nested folders) under a
+    // bound of 64 references, less than one big file's list: past a quarter of it the walk
+    // goes on only depth-first while nothing is in flight, and never past it.
+    let seed = seed_from_env();
+    println!("seed={seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for round in 0..4 {
+        let (src, head) = random_share(&mut rng, 3, 12, 300);
+        let (nodes, chunks) = src.reachable(head);
+        let bound = 64;
+        let cfg = PullConfig {
+            max_pending_refs: bound,
+            ..PullConfig::default()
+        };
+        let peers_n = 1 + round % 2;
+        let mut peers: Vec<SimPeer> = (0..peers_n)
+            .map(|i| SimPeer::new(&src, Behaviour::Good, 5 + 10 * i as u64, start))
+            .collect();
+        let mut local = Mem::default();
+        let mut pull = Pull::new(head, &peer_ids(peers_n), start, cfg);
+        let out = run(&mut pull, &mut local, &mut peers, &mut rng, start, None);
+        println!(
+            "round {round}: {} nodes {} chunks, worst {:?}",
+            nodes.len(),
+            chunks.len(),
+            out.worst
+        );
+        assert_eq!(out.result, Ok(head));
+        assert_identical(&local, &src, head);
+        assert!(out.worst.refs <= bound, "{:?}", out.worst);
+        assert!(out.worst.open_nodes <= bound, "{:?}", out.worst);
+        assert!(nodes.len() + chunks.len() > 4 * bound);
+    }
 }

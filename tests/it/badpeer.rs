@@ -1190,7 +1190,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 /// process from before the exec, which is as big as whatever other tests hold at the time.
 // The child is reaped by wait4, not by Child::wait.
 #[allow(clippy::zombie_processes)]
-fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, u64) {
+pub fn run_with_peak_rss(cmd: &mut std::process::Command, limit: Duration) -> (Run, u64) {
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
