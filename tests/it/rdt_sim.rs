@@ -1256,7 +1256,11 @@ fn spoofed_replay_is_not_reflected() {
         injected += pkt.len() as u64;
         rounds += 1;
         let _ = sim.run(Duration::from_millis(150), |_| false);
-        let remote = sim.nodes[1].ep.connection_ref(server).unwrap().remote_address();
+        let remote = sim.nodes[1]
+            .ep
+            .connection_ref(server)
+            .unwrap()
+            .remote_address();
         if remote != addr(0) {
             moved.push((round, remote));
         }
@@ -1274,13 +1278,20 @@ fn spoofed_replay_is_not_reflected() {
         reflected <= 3 * injected,
         "{reflected} bytes reflected to {spoofed} for {injected} received from it ({ratio:.1}x)"
     );
-    assert!(moved.is_empty(), "the server followed the spoofed address: {moved:?}");
+    assert!(
+        moved.is_empty(),
+        "the server followed the spoofed address: {moved:?}"
+    );
     assert_eq!(rounds, 20, "the client kept sending");
     let st = sim.nodes[1].ep.connection_ref(server).unwrap().stats();
     eprintln!("spoofed_replay_is_not_reflected: server {st:?}");
     expect_done(&mut sim, Duration::from_secs(60));
     assert_eq!(
-        sim.nodes[1].ep.connection_ref(server).unwrap().remote_address(),
+        sim.nodes[1]
+            .ep
+            .connection_ref(server)
+            .unwrap()
+            .remote_address(),
         addr(0)
     );
 }
@@ -1334,7 +1345,11 @@ fn unanswered_challenges_stop_within_the_budget() {
         st.path_challenges
     );
     assert!(reflected > 0, "the new address was challenged");
-    assert!(reflected <= 3 * copy.len() as u64, "{reflected} bytes for {}", copy.len());
+    assert!(
+        reflected <= 3 * copy.len() as u64,
+        "{reflected} bytes for {}",
+        copy.len()
+    );
     assert!(st.path_challenges <= u64::from(left::rdt::PATH_CHALLENGES));
     assert_eq!(st.path_abandoned, 1, "{st:?}");
     assert_eq!(st.path_validations, 0);
@@ -1357,7 +1372,9 @@ fn nat_rebinding_mid_transfer_completes() {
         Err(_) => (0..12).collect(),
     };
     for seed in seeds {
-        eprintln!("nat_rebinding_mid_transfer_completes: seed {seed} (LEFT_SIM_SEED={seed} replays)");
+        eprintln!(
+            "nat_rebinding_mid_transfer_completes: seed {seed} (LEFT_SIM_SEED={seed} replays)"
+        );
         let mut sim = Sim::pair(seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let loss = rng.random_range(0.0..0.02);
@@ -1371,7 +1388,8 @@ fn nat_rebinding_mid_transfer_completes() {
         sim.connect(0, 1);
         let at = rng.random_range(200_000..1_500_000);
         assert!(
-            sim.run(Duration::from_secs(20), |s| received(s, 1) + received(s, 0) > at),
+            sim.run(Duration::from_secs(20), |s| received(s, 1) + received(s, 0)
+                > at),
             "seed {seed}: {}",
             sim.describe()
         );
@@ -1381,7 +1399,11 @@ fn nat_rebinding_mid_transfer_completes() {
         assert!(sim.app(0).lost.is_none() && sim.app(1).lost.is_none());
         let server = sim.app(1).conn.unwrap();
         let conn = sim.nodes[1].ep.connection_ref(server).unwrap();
-        assert_eq!(conn.remote_address(), moved, "seed {seed}: the server follows the rebinding");
+        assert_eq!(
+            conn.remote_address(),
+            moved,
+            "seed {seed}: the server follows the rebinding"
+        );
         eprintln!(
             "nat_rebinding_mid_transfer_completes: seed {seed} done at {:?}, {:?}",
             sim.elapsed(),
