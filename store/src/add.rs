@@ -44,6 +44,7 @@
 use crate::codec::Encoder;
 use crate::db::{cf, Batch, IndexEntry};
 use crate::node::{build_dir, ChunkRef, ContentBuilder, DirEntry, FileNode, Node, Target};
+use crate::scan::{Stat, RACY_MARGIN_NS, REC_CUT_HERE, REC_RACY};
 use crate::store::{now_ns, rel_components};
 use crate::*;
 use rayon::prelude::*;
@@ -82,37 +83,11 @@ const RESYNC_BULK: u64 = 1 << 20;
 /// small near changes and as large as the bytes read allow elsewhere.
 const REUSE_GROUP: usize = 64;
 
-/// A scan record is *racy* when the file's mtime is within this of the moment its read started
-/// (or later): 2 s. A write right after the read changes the stat only if it gets a new mtime (and
-/// ctime), and a timestamp is the filesystem's clock when the write starts, rounded to its
-/// granularity: ext4, xfs and btrfs take it from the kernel's coarse clock (a tick of 1-10 ms);
-/// ext3, HFS+ and some NFS servers keep whole seconds, FAT and exFAT 2 s for mtime. So a file
-/// whose mtime is more than 2 s before its read started gets a different mtime from any later
-/// write. Costs one re-read of each file written within 2 s before an add, at the next add.
-///
-/// The ctime is not looked at (as git's racy check): a later write that then puts the mtime back
-/// (`cp -p`, `rsync -t`, `tar x`) changes the ctime, which the stat compares, unless all of it
-/// happens in the very tick of the ctime recorded, with the same size and the very same old mtime.
-/// Counting a recent ctime as racy would instead re-read, once, every file recently linked,
-/// renamed, chmodded or put in place with its old mtime (a hard-linked benchmark input, every file
-/// a checkout writes): a cost on every such add for a race that needs a writer to restore the
-/// exact mtime within one clock tick.
-pub(crate) const RACY_MARGIN_NS: i64 = 2_000_000_000;
-
 impl Store {
     /// How recent (ns) a file's mtime may be, relative to the start of its read, for its
     /// scan record to be marked racy (read again by the next add even if its stat matches).
     pub const RACY_MARGIN_NS: i64 = RACY_MARGIN_NS;
 }
-
-/// Scan record flags, kept in the high bits of the mode word (a mode never uses bits above
-/// 0o7777), so a record stays 68 bytes (gc keeps only 68-byte records) and old records read as
-/// "no flags". The record may be stale: read the file again even if its stat matches.
-const REC_RACY: u32 = 1 << 31;
-/// The record's file node was cut by this store's `add` (FastCDC with the store's sizes), so its
-/// cuts may be reused ([`chunker::CutCheck`]); not set by checkout, whose nodes come from peers.
-const REC_CUT_HERE: u32 = 1 << 30;
-const REC_FLAGS: u32 = REC_RACY | REC_CUT_HERE;
 
 /// Test hook: called by the reader thread after the first block of each read attempt of a file,
 /// with the file's path and the attempt number (0 = first read).
@@ -145,85 +120,6 @@ impl Store {
 #[doc(hidden)]
 pub fn debug_set_read_hook(hook: Option<ReadHook>) {
     *READ_HOOK.write().expect("hook lock") = hook;
-}
-
-/// What the scan cache records of a file (and compares to decide it is unchanged).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Stat {
-    pub(crate) size: u64,
-    pub(crate) mtime_ns: i64,
-    pub(crate) ctime_ns: i64,
-    pub(crate) ino: u64,
-    pub(crate) mode: u32,
-}
-
-impl Stat {
-    pub(crate) fn of(m: &fs::Metadata) -> Stat {
-        Stat {
-            size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-            ino: m.ino(),
-            mode: m.mode() & 0o7777,
-        }
-    }
-    /// From a raw `stat` (as `fstatat` fills it).
-    pub(crate) fn of_raw(st: &libc::stat) -> Stat {
-        Stat {
-            size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
-            ino: st.st_ino,
-            mode: st.st_mode & 0o7777,
-        }
-    }
-    /// A scan record without flags (not racy, node not known to be cut here).
-    pub(crate) fn cache_bytes(&self, node: NodeId) -> [u8; 68] {
-        self.record_bytes(node, 0)
-    }
-    /// A scan record with `flags` (`REC_*`) in the high bits of the mode word.
-    fn record_bytes(&self, node: NodeId, flags: u32) -> [u8; 68] {
-        let mut b = [0u8; 68];
-        b[..8].copy_from_slice(&self.size.to_le_bytes());
-        b[8..16].copy_from_slice(&self.mtime_ns.to_le_bytes());
-        b[16..24].copy_from_slice(&self.ctime_ns.to_le_bytes());
-        b[24..32].copy_from_slice(&self.ino.to_le_bytes());
-        b[32..36].copy_from_slice(&((self.mode & !REC_FLAGS) | (flags & REC_FLAGS)).to_le_bytes());
-        b[36..].copy_from_slice(node.as_bytes());
-        b
-    }
-    /// The stat and node of a scan record, and whether it is racy (its file may have changed
-    /// within its timestamp tick after it was read).
-    pub(crate) fn from_cache_racy(b: &[u8]) -> Option<(Stat, NodeId, bool)> {
-        Stat::from_record(b).map(|(st, node, f)| (st, node, f & REC_RACY != 0))
-    }
-    /// The stat, node and flags (`REC_*`) of a scan record.
-    fn from_record(b: &[u8]) -> Option<(Stat, NodeId, u32)> {
-        if b.len() != 68 {
-            return None;
-        }
-        let u = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8"));
-        let mode = u32::from_le_bytes(b[32..36].try_into().expect("4"));
-        Some((
-            Stat {
-                size: u(0..8),
-                mtime_ns: u(8..16) as i64,
-                ctime_ns: u(16..24) as i64,
-                ino: u(24..32),
-                mode: mode & !REC_FLAGS,
-            },
-            NodeId(Hash(b[36..].try_into().expect("32"))),
-            mode & REC_FLAGS,
-        ))
-    }
-    /// Whether a record of this stat, for a read that started at `started` and ended at `ended`
-    /// (ns), is racy: its mtime is not clearly older than the read ([`RACY_MARGIN_NS`]). An mtime
-    /// far in the future (a clock set back, a `touch -d`) is not racy: a later write gets a
-    /// timestamp of now, which differs from it.
-    fn racy(&self, started: i64, ended: i64) -> bool {
-        self.mtime_ns >= started.saturating_sub(RACY_MARGIN_NS)
-            && self.mtime_ns <= ended.saturating_add(RACY_MARGIN_NS)
-    }
 }
 
 struct Ent {
@@ -738,7 +634,7 @@ impl Store {
         rel: &Path,
         links: &Links,
         parents: bool,
-        unwritten: &[(PathBuf, crate::checkout::Seen)],
+        unwritten: &[(PathBuf, crate::scan::Seen)],
         ents: &mut Vec<Ent>,
         report: &mut AddReport,
     ) -> Result<Option<usize>> {
@@ -775,7 +671,7 @@ impl Store {
                     && !e
                         .file_name()
                         .as_bytes()
-                        .starts_with(crate::checkout::TMP_PREFIX.as_bytes())
+                        .starts_with(crate::scan::TMP_PREFIX.as_bytes())
                     && e.path() != store_dir;
                 if let (true, Some((links, unfollowed))) = (keep && e.path_is_symlink(), &policy) {
                     if let Ok(r) = e.path().strip_prefix(&share_dir) {
@@ -858,7 +754,7 @@ impl Store {
                 continue;
             }
             let m = fs::symlink_metadata(share.join(p)).ok();
-            if crate::checkout::Seen::of_meta(m.as_ref()) != *seen {
+            if crate::scan::Seen::of_meta(m.as_ref()) != *seen {
                 continue;
             }
             let reason: String =

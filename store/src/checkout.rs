@@ -92,9 +92,11 @@
 //! Before writing, the bytes to write are compared with the free space of the share's file system
 //! (`statvfs`): not enough is [`Error::DiskFull`] with nothing touched.
 
-use crate::add::Stat;
 use crate::db::{cf, checkout_step, Batch};
 use crate::node::{check_name, ChunkRef, Content, DirEntry, FileNode, Node, Target};
+use crate::release::{release, Release, Releaser, RELEASE_MIN};
+pub use crate::scan::TMP_PREFIX;
+use crate::scan::{Seen, Stat};
 use crate::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -107,8 +109,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Prefix of the temporary files of checkout and restore (never scanned by `add`).
-pub const TMP_PREFIX: &str = ".left-tmp-";
 /// Most chunks of an old file indexed for reuse (~60 bytes each); a bigger file's later chunks
 /// come from the store.
 pub const REUSE_MAP_CAP: usize = 1 << 18;
@@ -127,15 +127,9 @@ const KEPT_MAX: usize = 10_000;
 pub const PREALLOCATE_MIN: u64 = 1 << 20;
 /// Bytes copied per step when `copy_file_range` is unavailable.
 const COPY_STEP: usize = 1 << 20;
-/// Replaced files at least this big are released on the checkout's release thread
-/// ([`Releaser`]); smaller ones are closed in place.
-const RELEASE_MIN: u64 = 8 << 20;
 /// Bytes of a run copied from an old file per `copy_file_range` step (progress is reported
 /// between steps).
 const COPY_RUN_STEP: u64 = 64 << 20;
-/// Messages queued to the release thread at most (bounds the open descriptors it holds).
-const RELEASE_QUEUE: usize = 64;
-
 /// Moves the staged file at `path` into the folder `dfd` under a new temporary name, if it is a
 /// plain file of `want` bytes (`size`, what the stage recorded, must agree): the temporary file,
 /// open. `None` (the file is then written the usual way) if anything is off, for example a stage
@@ -174,56 +168,6 @@ fn adopt_staged(path: &Path, size: u64, want: u64, dfd: RawFd) -> Option<(CStrin
 
 /// Prefix of the records of paths a checkout could not write, in `meta` (`unwritten/<path>`).
 const UNWRITTEN_PREFIX: &[u8] = b"unwritten/";
-
-/// What a checkout saw on disk at a path it could not write (`present: false`: nothing there).
-/// While the disk still shows exactly this, `add` keeps the head's entry for the path (the
-/// version the checkout meant to write) instead of publishing the old bytes as a local change,
-/// and every later checkout tries the path again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Seen {
-    present: bool,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    ino: u64,
-    mode: u32,
-}
-
-impl Seen {
-    /// Nothing there.
-    const ABSENT: Seen = Seen {
-        present: false,
-        size: 0,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        ino: 0,
-        mode: 0,
-    };
-
-    fn present(s: Stat, mode: u32) -> Seen {
-        Seen {
-            present: true,
-            size: s.size,
-            mtime_ns: s.mtime_ns,
-            ctime_ns: s.ctime_ns,
-            ino: s.ino,
-            mode,
-        }
-    }
-
-    /// From `lstat` (`None`: nothing there).
-    pub(crate) fn of(st: Option<&libc::stat>) -> Seen {
-        st.map_or(Seen::ABSENT, |st| {
-            Seen::present(Stat::of_raw(st), st.st_mode)
-        })
-    }
-
-    /// The same from `fs::symlink_metadata`.
-    pub(crate) fn of_meta(m: Option<&std::fs::Metadata>) -> Seen {
-        use std::os::unix::fs::MetadataExt;
-        m.map_or(Seen::ABSENT, |m| Seen::present(Stat::of(m), m.mode()))
-    }
-}
 
 /// An error that concerns one path, which cannot be written here (a read-only folder, a name the
 /// file system refuses), not the checkout as a whole: its reason.
@@ -414,125 +358,6 @@ pub(crate) fn check_space(plan: &Plan, avail: u64, share: &Path) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Work for the release thread.
-enum Release {
-    /// The last handle of a replaced file: closing it frees its blocks.
-    Close(File),
-}
-
-/// The release thread of a store's checkouts. Freeing a replaced big file costs about 0.2 s per
-/// GiB on ext4 (its page cache, then its blocks), most of it waiting: the checkout hands the file's
-/// last descriptor here and goes on, and this thread hands it on to a grandchild process
-/// ([`close_detached`]). Dropping the releaser waits for everything queued
-/// ([`Store::wait_released`], the next checkout, or the store's drop).
-pub(crate) struct Releaser {
-    tx: Option<crossbeam_channel::Sender<Release>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Releaser {
-    /// A new release thread; `None` if no thread can be started (then work is done in place).
-    fn start() -> Option<Releaser> {
-        let (tx, rx) = crossbeam_channel::bounded::<Release>(RELEASE_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("left-release".into())
-            .spawn(move || {
-                for r in rx.iter() {
-                    match r {
-                        Release::Close(f) => close_detached(f),
-                    }
-                }
-            })
-            .ok()?;
-        Some(Releaser {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
-    }
-}
-
-/// Queues `r` to the release thread, or does it here without one.
-fn release(tx: Option<&crossbeam_channel::Sender<Release>>, r: Release) {
-    let r = match tx {
-        Some(t) => match t.send(r) {
-            Ok(()) => return,
-            Err(crossbeam_channel::SendError(r)) => r,
-        },
-        None => r,
-    };
-    match r {
-        Release::Close(f) => drop(f),
-    }
-}
-
-/// Closes the last descriptor of a replaced big file in a short-lived grandchild process, so its
-/// blocks and cached pages are freed there: freeing 1 GiB on ext4 takes ~0.15 s of kernel time
-/// that would otherwise hold up this thread, and with it the exit of a one-shot command (`left
-/// sync`), whose store's drop waits for this thread. The grandchild keeps only that descriptor
-/// and the read end of a pipe (everything else it inherited, the store's lock included, is closed
-/// at once), waits until this process has closed its own descriptor of the file (the pipe's write
-/// end is closed right after it), and exits: its exit is the last close. Where that cannot be
-/// done, the file is closed here.
-fn close_detached(f: File) {
-    let fd = f.as_raw_fd();
-    let mut pipe = [0 as libc::c_int; 2];
-    // SAFETY: a valid two-element array for pipe2.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        drop(f);
-        return;
-    }
-    let (rd, wr) = (pipe[0], pipe[1]);
-    // SAFETY: between fork and _exit the child and grandchild make only async-signal-safe system
-    // calls (fork, close, close_range, read, _exit) on integers and a stack byte; the parent
-    // reaps its child at once.
-    unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
-            if libc::fork() == 0 {
-                // Keep `fd` and `rd`; close everything else.
-                let (lo, hi) = (fd.min(rd), fd.max(rd));
-                if lo > 0 {
-                    libc::syscall(libc::SYS_close_range, 0u32, (lo - 1) as u32, 0u32);
-                }
-                if hi - lo > 1 {
-                    libc::syscall(
-                        libc::SYS_close_range,
-                        (lo + 1) as u32,
-                        (hi - 1) as u32,
-                        0u32,
-                    );
-                }
-                libc::syscall(libc::SYS_close_range, (hi + 1) as u32, u32::MAX, 0u32);
-                // EOF once the parent closed the write end (after its copy of `fd`).
-                let mut b = 0u8;
-                while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0
-                    && *libc::__errno_location() == libc::EINTR
-                {}
-            }
-            libc::_exit(0);
-        }
-        libc::close(rd);
-        if pid > 0 {
-            let mut status = 0;
-            while libc::waitpid(pid, &mut status, 0) < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {
-            }
-        }
-        drop(f);
-        libc::close(wr);
-    }
-}
-
-impl Drop for Releaser {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 // ------------------------------------------------------------------ system calls
@@ -941,7 +766,7 @@ impl Ctx<'_> {
             if g.is_none() {
                 *g = Releaser::start();
             }
-            self.release = Some(g.as_ref().and_then(|r| r.tx.clone()));
+            self.release = Some(g.as_ref().and_then(|r| r.sender()));
         }
         self.release.clone().flatten()
     }

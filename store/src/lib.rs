@@ -38,7 +38,9 @@ mod ids;
 mod maint;
 mod merge;
 pub mod node;
+mod release;
 mod restore;
+mod scan;
 mod store;
 mod types;
 

@@ -40,7 +40,7 @@ pub struct Store {
     /// Test hook: the boot id checkout records instead of the kernel's.
     pub(crate) boot_override: std::sync::Mutex<Option<String>>,
     /// Releases the files checkouts replaced, off their thread (see [`Store::wait_released`]).
-    pub(crate) releaser: std::sync::Mutex<Option<crate::checkout::Releaser>>,
+    pub(crate) releaser: std::sync::Mutex<Option<crate::release::Releaser>>,
 }
 
 /// Mode of the store folder: only its owner may enter it.
