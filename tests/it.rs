@@ -23,6 +23,8 @@ mod cli;
 mod control;
 #[path = "it/faults.rs"]
 mod faults;
+#[path = "it/golden.rs"]
+mod golden;
 #[path = "it/net.rs"]
 mod net;
 #[path = "it/rdt_sim.rs"]
