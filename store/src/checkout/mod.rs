@@ -96,6 +96,7 @@ mod apply;
 mod journal;
 mod plan;
 mod settle;
+pub mod stage;
 mod unwritten;
 mod write;
 
