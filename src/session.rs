@@ -44,7 +44,7 @@
 pub mod auto;
 mod client;
 mod server;
-pub mod stage;
+pub use left_store::checkout::stage;
 pub mod wire;
 
 pub use client::{

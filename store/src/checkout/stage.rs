@@ -1,5 +1,5 @@
 //! Staging: big new files written out while their chunks are fetched, so the checkout that
-//! follows renames them into place instead of reading, decoding and verifying every chunk again
+//! follows renames them into place ([`CheckoutOptions::staged`](crate::CheckoutOptions::staged)) instead of reading, decoding and verifying every chunk again
 //! (for a fresh 1 GiB file that second pass was most of the checkout).
 //!
 //! The pull driver tells the [`Stager`] about every node it stores (in the order the engine walks
@@ -22,8 +22,8 @@
 //! stages before it), so staging does not fill a disk the store writes to. Every list's entries
 //! must add up to what its parent says (and a file's to its size): offsets come from them. Every write error just gives up that stage.
 
-use left_store::node::{Content, Node};
-use left_store::{ChunkId, NodeId, StagedFiles};
+use crate::node::{Content, Node};
+use crate::{ChunkId, NodeId, StagedFiles};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -311,7 +311,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 impl Inner {
     /// Entries of a chunk list (or a file node's inline list, `level` 0) starting at `off` of
     /// stage `i`: chunks await their bytes, child lists their node.
-    fn place(&mut self, i: usize, mut off: u64, level: u8, entries: &[left_store::node::ChunkRef]) {
+    fn place(&mut self, i: usize, mut off: u64, level: u8, entries: &[crate::node::ChunkRef]) {
         if self.files[i].failed {
             return;
         }
@@ -378,8 +378,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use left_store::node::{ChunkListNode, ChunkRef, FileNode};
-    use left_store::Hash;
+    use crate::node::{ChunkListNode, ChunkRef, FileNode};
+    use crate::Hash;
 
     fn chunk(seed: u8, len: usize) -> (ChunkId, Vec<u8>) {
         let b: Vec<u8> = (0..len)
