@@ -1,8 +1,7 @@
 //! What keeps bytes alive in a gc (`GcReport::kept_by`) and dropping a peer's ref
 //! (`Store::drop_peer_ref`): a stale `peers/<device>` ref must not pin deleted bytes unseen.
 
-mod common;
-use common::*;
+use crate::common::*;
 use left_store::*;
 use std::fs;
 use std::path::Path;

@@ -5,8 +5,7 @@
 //! The property test is seeded: it prints its seed, and `LEFT_FASTPATH_SEED=<n>` replays one
 //! (`LEFT_FASTPATH_CASES` sets the case count).
 
-mod common;
-use common::*;
+use crate::common::*;
 use left_store::chunker::{cut_all, ChunkSizes};
 use left_store::node::{build_content, ChunkRef, FileNode, Node};
 use left_store::*;

@@ -96,3 +96,19 @@ pub fn add(store: &Store, share: &Path) -> AddReport {
         )
         .unwrap()
 }
+
+/// Snapshots `share` with message `msg`; the new snapshot (`None`: nothing changed).
+pub fn add_msg(store: &Store, share: &Path, msg: &str) -> Option<NodeId> {
+    store
+        .add(
+            share,
+            &[],
+            &AddOptions {
+                message: msg.into(),
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .unwrap()
+        .snapshot
+}

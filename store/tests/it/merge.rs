@@ -1,9 +1,7 @@
 //! Three-way merge of snapshots (`Store::merge`, `Store::merge_bases`) and the gc retention that
 //! keeps what merging needs. Snapshots are built directly from small trees (no share folder).
 
-mod common;
-
-use common::small_cfg;
+use crate::common::small_cfg;
 use left_store::node::{Content, DirEntry, FileNode, Node, Target};
 use left_store::*;
 use proptest::prelude::*;

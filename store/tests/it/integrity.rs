@@ -1,8 +1,7 @@
 //! Bad input and failure: fault hooks (disk full, crash), corrupt chunks, the store lock, gc, and the
 //! sync object API (missing/diff against a plain set difference).
 
-mod common;
-use common::*;
+use crate::common::*;
 use left_store::node::{Child, Node};
 use left_store::*;
 use std::collections::HashSet;
@@ -34,7 +33,12 @@ fn fault_child() {
 
 fn run_child(dir: &Path, fault: &str) -> (std::process::ExitStatus, String) {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "fault_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "integrity::fault_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("LEFT_TEST_CHILD_DIR", dir)
         .env("LEFT_FAULT", fault)
         .output()

@@ -2,8 +2,7 @@
 //! is read again from the start (reusing from scratch) and stored whole and exactly as a full
 //! FastCDC pass cuts it. Uses the reader's test hook, so this binary holds only this test.
 
-mod common;
-use common::*;
+use crate::common::*;
 use left_store::chunker::{cut_all, ChunkSizes};
 use left_store::*;
 use std::fs;

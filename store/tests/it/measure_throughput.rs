@@ -1,5 +1,5 @@
 //! Throughput check on a big file, run by hand:
-//! `LEFT_BENCH_FILE=/var/tmp/bench/base.bin cargo test --release -p left-store --test measure_throughput -- --nocapture`
+//! `LEFT_BENCH_FILE=/var/tmp/bench/base.bin cargo test --release --workspace --test store measure_throughput -- --nocapture`
 //! These are measurements, not checks, so they are ignored by default; run with `--ignored` and the
 //! variable set. The CI-sized and full-size figures come from benches/store_e2e.py.
 
@@ -154,7 +154,7 @@ fn mutation_growth() {
 
 /// Per-chunk cost of storing pulled chunks one at a time (`put_chunk_verified`) against batches
 /// (`put_chunks_verified`): 16384 distinct 64 KiB incompressible chunks (1 GiB) per round, each
-/// round into a fresh store; batch sizes alternate so noise from other work shows. Run: `cargo test --release -p left-store --test measure_throughput -- --ignored
+/// round into a fresh store; batch sizes alternate so noise from other work shows. Run: `cargo test --release --workspace --test store measure_throughput -- --ignored
 /// --nocapture put_chunks_batched`.
 #[test]
 #[ignore = "measurement: run by hand with --ignored"]
@@ -207,7 +207,7 @@ fn put_chunks_batched() {
 /// `add` of a big file changed slightly (the update benchmark's first step on the sending peer):
 /// base.bin is added once, then each mutation is copied over it and added, and base.bin again
 /// (every add has a change to read). Run: `LEFT_BENCH_MUT_DIR=/var/tmp/left-bench/e2e-1073741824
-/// cargo test --release -p left-store --test measure_throughput -- --ignored --nocapture
+/// cargo test --release --workspace --test store measure_throughput -- --ignored --nocapture
 /// add_of_changed_file`.
 #[test]
 #[ignore = "measurement: run by hand with LEFT_BENCH_MUT_DIR set and --ignored"]

@@ -1,8 +1,7 @@
 //! A file that changes while it is read is re-read, and skipped (with a reason) when it never holds
 //! still; it is never stored torn. Uses the reader's test hook, so this binary holds only this test.
 
-mod common;
-use common::*;
+use crate::common::*;
 use left_store::*;
 use std::fs;
 use std::io::Write;

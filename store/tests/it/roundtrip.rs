@@ -1,8 +1,7 @@
 //! Round trips: add then restore gives identical bytes, modes, mtimes and links; scan cache;
 //! `only` paths; `.leftignore`; no-change adds.
 
-mod common;
-use common::*;
+use crate::common::*;
 use left_store::*;
 use proptest::prelude::*;
 use std::ffi::OsStr;
@@ -497,7 +496,7 @@ fn unreadable_file_is_skipped_and_snapshot_made() {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        "unreadable_child",
+        "roundtrip::unreadable_child",
         "--nocapture",
         "--test-threads=1",
     ])

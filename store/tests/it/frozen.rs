@@ -2,9 +2,7 @@
 //! is carried forward from head, local edits and deletions of it are not published), and
 //! `Store::forget` drops one on purpose.
 
-mod common;
-
-use common::small_cfg;
+use crate::common::small_cfg;
 use left_store::*;
 use std::fs;
 use std::path::{Path, PathBuf};

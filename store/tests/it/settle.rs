@@ -1,9 +1,7 @@
 //! `AddOptions::settle_ns`: a file modified just now is taken as still being written and is not
 //! snapshotted yet; it keeps its previous version, or stays out when it is new.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use left_store::*;
 use std::fs;
 
