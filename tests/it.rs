@@ -25,7 +25,7 @@ mod control;
 mod faults;
 #[path = "it/net.rs"]
 mod net;
-#[path = "it/rdt_sim.rs"]
+#[path = "it/rdt_sim/mod.rs"]
 mod rdt_sim;
 #[path = "it/repair.rs"]
 mod repair;
