@@ -44,7 +44,7 @@ mod faults;
 mod golden;
 #[path = "it/net.rs"]
 mod net;
-#[path = "it/rdt_sim.rs"]
+#[path = "it/rdt_sim/mod.rs"]
 mod rdt_sim;
 #[path = "it/repair.rs"]
 mod repair;

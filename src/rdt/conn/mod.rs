@@ -1,5 +1,5 @@
-//! One connection's state machine: handshake, packet protection, loss recovery, congestion
-//! control, pacing, path-MTU discovery, acknowledgements and streams.
+//! One connection's state machine: its state, its public API, and the packet loop that ties the
+//! parts together (authenticating and dispatching received frames, assembling Data packets).
 //!
 //! A `Connection` is owned by an [`Endpoint`](crate::rdt::Endpoint), which routes datagrams to it
 //! by connection id; applications reach it through `Endpoint::connection` to use streams.
@@ -8,15 +8,18 @@
 //! methods (`open`, `write`, `finish`, `read`, `reset`, `close`) are the application's API. Nothing
 //! here reads a clock: every method that needs the time takes `now`.
 //!
-//! Loss recovery follows RFC 9002: a packet is lost when a packet sent 3 or more packet numbers
-//! later is acknowledged, or when it is older than 9/8 of the RTT and something sent later was
-//! acknowledged; when nothing is acknowledged for a probe timeout (PTO, doubled on each expiry) the
-//! sender sends up to two probe packets, which may exceed the congestion window. Lost *frames* are
-//! requeued (stream ranges, credit updates, resets), never whole packets.
+//! The jobs live one per file, each an `impl Connection` block over the same state:
+//! - `handshake.rs`: the Noise handshake (the constructors `new_initiator` and `new_responder`,
+//!   messages 2 and 3, Retry, the packet keys, handshake retransmission and anti-amplification);
+//! - `recovery.rs`: sent-packet tracking, ACK processing, loss detection, the probe timeout, when an
+//!   ACK is due, and the congestion and pacing gate (RFC 9002);
+//! - `path.rs`: path-MTU discovery and black-hole fallback, and path validation of a new peer
+//!   address (PATH_CHALLENGE / PATH_RESPONSE);
+//! - `params.rs`: the transport parameters exchanged in the handshake and their encoding.
 //!
-//! Acknowledgements are sent after `ack_frequency` ack-eliciting packets, immediately when a packet
-//! arrives out of order, or after `max_ack_delay`; they are written when the driver next polls, so
-//! one ACK covers a whole received batch.
+//! What this is not: stream buffers, reassembly and flow control (`stream.rs`); frame and packet
+//! formats (`frame.rs`, `packet.rs`); routing, accepting and stateless replies (`endpoint.rs`);
+//! any IO (`src/net`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,19 +31,28 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::rdt::congestion::Controller;
-use crate::rdt::crypto::{self, CipherSuite, PacketKey};
-use crate::rdt::frame::{self, Decoder, Frame, Reader, Writer};
+use crate::rdt::crypto::{self, PacketKey};
+use crate::rdt::frame::{self, Decoder, Frame, Writer};
 use crate::rdt::pacing::Pacer;
 use crate::rdt::packet::{self, Kind, ReplayWindow, DATA_HEADER_LEN, TAG_LEN};
 use crate::rdt::range_set::RangeSet;
 use crate::rdt::rtt::RttEstimator;
-use crate::rdt::stream::{
-    Limits, SendBudget, StreamError, StreamId, StreamMeta, Streams, Violation,
-};
+use crate::rdt::stream::{SendBudget, StreamError, StreamId, Streams, Violation};
 use crate::rdt::{
     ConnectionError, Event, Transmit, TransportConfig, CODE_ENCRYPTION_MISMATCH, CODE_KEY_REFUSED,
     CODE_PROTOCOL_VIOLATION, INITIAL_DATAGRAM_SIZE,
 };
+
+mod handshake;
+mod params;
+mod path;
+mod recovery;
+
+pub(crate) use params::Params;
+
+use handshake::Handshake;
+use path::{Mtud, PathCheck};
+use recovery::{Retx, SentPacket};
 
 /// Which end of the handshake a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,85 +120,6 @@ impl Identity {
     }
 }
 
-/// Parameters carried in handshake payloads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Params {
-    /// The sender's connection id. Carried here, inside the authenticated Noise payload, because
-    /// the clear header's copy is not authenticated: a corrupted or forged cid in a handshake
-    /// header must not redirect the connection.
-    pub cid: u64,
-    /// The token a restarted sender would put in a Reset for `cid`.
-    pub reset_token: [u8; 16],
-    pub encryption: bool,
-    pub suite: CipherSuite,
-    pub limits: Limits,
-    /// How long the sender may delay an acknowledgement (the peer's PTO and RTT use it).
-    pub max_ack_delay: Duration,
-}
-
-const PARAMS_VERSION: u8 = 1;
-
-impl Params {
-    pub fn from_config(c: &TransportConfig, cid: u64, reset_token: [u8; 16]) -> Self {
-        Self {
-            cid,
-            reset_token,
-            encryption: c.encryption,
-            suite: c.cipher,
-            limits: Limits {
-                max_data: c.connection_window,
-                max_stream_data: c.stream_window,
-                max_streams: c.max_streams,
-            },
-            max_ack_delay: c.max_ack_delay,
-        }
-    }
-
-    pub fn encode(&self, out: &mut [u8; 64]) -> usize {
-        let mut w = Writer::new(out, 0);
-        w.u8(PARAMS_VERSION);
-        w.slice(&self.cid.to_be_bytes());
-        w.slice(&self.reset_token);
-        w.u8(u8::from(self.encryption));
-        w.u8(self.suite.to_byte());
-        w.varint(self.limits.max_data.min(frame::VARINT_MAX));
-        w.varint(self.limits.max_stream_data.min(frame::VARINT_MAX));
-        w.varint(self.limits.max_streams.min(frame::VARINT_MAX));
-        w.varint((self.max_ack_delay.as_micros() as u64).min(frame::VARINT_MAX));
-        w.pos
-    }
-
-    pub fn decode(b: &[u8]) -> Option<Self> {
-        let mut r = Reader::new(b);
-        if r.u8().ok()? != PARAMS_VERSION {
-            return None;
-        }
-        let cid = u64::from_be_bytes(r.bytes(8).ok()?.try_into().ok()?);
-        let reset_token = r.bytes(16).ok()?.try_into().ok()?;
-        let encryption = match r.u8().ok()? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
-        let suite = CipherSuite::from_byte(r.u8().ok()?)?;
-        let limits = Limits {
-            max_data: r.varint().ok()?,
-            max_stream_data: r.varint().ok()?,
-            max_streams: r.varint().ok()?,
-        };
-        // Capped so a peer cannot stretch our timers without bound.
-        let max_ack_delay = Duration::from_micros(r.varint().ok()?.min(1_000_000));
-        Some(Self {
-            cid,
-            reset_token,
-            encryption,
-            suite,
-            limits,
-            max_ack_delay,
-        })
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Handshake,
@@ -194,118 +127,6 @@ enum State {
     Closing { until: Instant },
     Draining { until: Instant },
     Drained,
-}
-
-/// Retransmittable content of a sent packet.
-#[derive(Debug, Clone, Copy)]
-enum Retx {
-    Stream(StreamMeta),
-    MaxData,
-    MaxStreams,
-    Credit(u64),
-    Reset(u64),
-    HandshakeDone,
-}
-
-#[derive(Debug)]
-struct SentPacket {
-    time: Instant,
-    size: u16,
-    ack_eliciting: bool,
-    mtu_probe: bool,
-    retx: Vec<Retx>,
-}
-
-struct Handshake {
-    noise: Option<snow::HandshakeState>,
-    /// Seed of the handshake's ephemeral key, to rebuild the state after a failed read.
-    seed: [u8; 32],
-    /// Our parameters payload, and (responder) the initiator's first message, for the rebuild.
-    our_payload: Vec<u8>,
-    peer_msg1: Vec<u8>,
-    /// The last handshake message we sent, resent on loss.
-    msg: Vec<u8>,
-    token: Vec<u8>,
-    send_pending: bool,
-    timer: Option<Instant>,
-    backoff: u32,
-    first_sent: Option<Instant>,
-    retransmitted: bool,
-    deadline: Instant,
-    recv_bytes: u64,
-    sent_bytes: u64,
-    validated: bool,
-}
-
-/// Path MTU discovery state (a binary search between the current and the maximum size).
-#[derive(Debug)]
-struct Mtud {
-    current: u16,
-    max: u16,
-    lo: u16,
-    hi: u16,
-    probe: Option<(u64, u16)>,
-    fails: u8,
-    next_probe: Option<Instant>,
-    black_hole_losses: u32,
-}
-
-/// A new peer address being validated (RFC 9000 section 8.2): until `challenge` comes back in a
-/// PATH_RESPONSE, only challenges go there, at most `PATH_AMPLIFICATION` x `recv_bytes`.
-#[derive(Debug)]
-struct PathCheck {
-    addr: SocketAddr,
-    challenge: [u8; 8],
-    /// Bytes of authenticated datagrams received from `addr`, and bytes we sent there.
-    recv_bytes: u64,
-    sent_bytes: u64,
-    sends: u32,
-    send_pending: bool,
-    /// When to send the challenge again (or give up after the last one).
-    timer: Option<Instant>,
-}
-
-/// Size of a datagram that carries only a PATH_CHALLENGE.
-const CHALLENGE_PACKET_LEN: usize = DATA_HEADER_LEN + 9 + TAG_LEN;
-
-const MTU_SEARCH_DONE_GAP: u16 = 20;
-/// Longest probe timeout after backoff (unless one base PTO is longer).
-const MAX_PTO_PERIOD: Duration = Duration::from_secs(4);
-const BLACK_HOLE_THRESHOLD: u32 = 5;
-
-impl Mtud {
-    fn new(max: u16) -> Self {
-        let max = max.max(INITIAL_DATAGRAM_SIZE);
-        Self {
-            current: INITIAL_DATAGRAM_SIZE,
-            max,
-            lo: INITIAL_DATAGRAM_SIZE,
-            hi: max + 1,
-            probe: None,
-            fails: 0,
-            next_probe: None,
-            black_hole_losses: 0,
-        }
-    }
-
-    fn candidate(&self) -> Option<u16> {
-        if self.hi - self.lo <= MTU_SEARCH_DONE_GAP || self.current >= self.max {
-            return None;
-        }
-        // Try the maximum first (the common case on a clean path), then bisect.
-        Some(if self.hi == self.max + 1 {
-            self.max
-        } else {
-            self.lo + (self.hi - self.lo) / 2
-        })
-    }
-
-    fn due(&self, now: Instant) -> Option<u16> {
-        if self.probe.is_some() || self.next_probe.is_none_or(|t| t > now) {
-            return None;
-        }
-        self.candidate()
-    }
 }
 
 /// A connection. See the module docs.
@@ -456,124 +277,6 @@ impl Connection {
         }
     }
 
-    /// Starts a handshake towards `remote`.
-    pub(crate) fn new_initiator(
-        config: Arc<TransportConfig>,
-        identity: Arc<Identity>,
-        local_cid: u64,
-        initial_dcid: u64,
-        remote: SocketAddr,
-        seed: [u8; 32],
-        now: Instant,
-    ) -> Result<Self, snow::Error> {
-        let mut noise = crypto::build_handshake(
-            true,
-            &identity.static_secret,
-            &identity.static_pub,
-            &identity.psk,
-            seed,
-        )?;
-        let mut payload = [0u8; 64];
-        let token = identity.reset_key.token(local_cid);
-        let n = Params::from_config(&config, local_cid, token).encode(&mut payload);
-        let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
-        let len = noise.write_message(&payload[..n], &mut msg)?;
-        msg.truncate(len);
-        let hs = Box::new(Handshake {
-            noise: Some(noise),
-            seed,
-            our_payload: payload[..n].to_vec(),
-            peer_msg1: Vec::new(),
-            msg,
-            token: Vec::new(),
-            send_pending: true,
-            timer: None,
-            backoff: 0,
-            first_sent: None,
-            retransmitted: false,
-            deadline: now + config.handshake_timeout,
-            recv_bytes: 0,
-            sent_bytes: 0,
-            validated: true,
-        });
-        Ok(Self::base(
-            Side::Initiator,
-            config,
-            identity,
-            local_cid,
-            initial_dcid,
-            initial_dcid,
-            remote,
-            now,
-            hs,
-        ))
-    }
-
-    /// Answers a first handshake message that already passed the PSK check in `noise`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new_responder(
-        config: Arc<TransportConfig>,
-        identity: Arc<Identity>,
-        mut noise: snow::HandshakeState,
-        seed: [u8; 32],
-        peer_msg1: &[u8],
-        peer: Params,
-        local_cid: u64,
-        remote_cid: u64,
-        initial_dcid: u64,
-        remote: SocketAddr,
-        recv_bytes: u64,
-        validated: bool,
-        now: Instant,
-    ) -> Result<Self, snow::Error> {
-        let mut payload = [0u8; 64];
-        let ours = Params::from_config(&config, local_cid, identity.reset_key.token(local_cid));
-        let n = ours.encode(&mut payload);
-        let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
-        let len = noise.write_message(&payload[..n], &mut msg)?;
-        msg.truncate(len);
-        let hs = Box::new(Handshake {
-            noise: Some(noise),
-            seed,
-            our_payload: payload[..n].to_vec(),
-            peer_msg1: peer_msg1.to_vec(),
-            msg,
-            token: Vec::new(),
-            send_pending: true,
-            timer: None,
-            backoff: 0,
-            first_sent: None,
-            retransmitted: false,
-            deadline: now + config.handshake_timeout,
-            recv_bytes,
-            sent_bytes: 0,
-            validated,
-        });
-        let mut c = Self::base(
-            Side::Responder,
-            config,
-            identity,
-            local_cid,
-            remote_cid,
-            initial_dcid,
-            remote,
-            now,
-            hs,
-        );
-        c.peer_params = Some(peer);
-        if peer.encryption != ours.encryption {
-            // Answer anyway so the initiator learns our setting and fails with the same error.
-            c.fail(
-                now,
-                ConnectionError::EncryptionMismatch {
-                    local: ours.encryption,
-                    peer: peer.encryption,
-                },
-            );
-        }
-        Ok(c)
-    }
-
     // ---- Application API ----
 
     /// Opens a new bidirectional stream. It is released when both sides have finished (or reset)
@@ -706,41 +409,12 @@ impl Connection {
             self.lost(ConnectionError::TimedOut);
             return;
         }
-        if let Some(hs) = self.hs.as_mut() {
-            if hs.timer.is_some_and(|t| now >= t) {
-                hs.send_pending = true;
-                hs.retransmitted = true;
-                hs.backoff = (hs.backoff + 1).min(6);
-                hs.timer = None;
-                self.stats.handshake_retransmits += 1;
-            }
-        }
+        self.on_handshake_timer(now);
         if self.state != State::Established {
             return;
         }
-        if let Some(p) = self.path_check.as_mut() {
-            if p.timer.is_some_and(|t| now >= t) {
-                p.timer = None;
-                if p.sends >= crate::rdt::PATH_CHALLENGES {
-                    tracing::debug!(addr = %p.addr, "rdt: new peer address never answered; keeping the old one");
-                    self.path_check = None;
-                    self.stats.path_abandoned += 1;
-                } else {
-                    p.send_pending = true;
-                }
-            }
-        }
-        if self.ack_deadline.is_some_and(|t| now >= t) {
-            self.ack_now = true;
-            self.ack_deadline = None;
-        }
-        if self.loss_time.is_some_and(|t| now >= t) {
-            self.detect_lost(now);
-        } else if self.pto_deadline().is_some_and(|t| now >= t) {
-            self.pto_count = (self.pto_count + 1).min(16);
-            self.probes = 2;
-            self.requeue_oldest();
-        }
+        self.on_path_timer(now);
+        self.on_recovery_timeout(now);
         if let Some(k) = self.config.keep_alive {
             if self.eliciting_in_flight == 0 && now >= self.last_sent + k {
                 self.ping_pending = true;
@@ -953,25 +627,6 @@ impl Connection {
             segment_size,
         }
     }
-
-    fn pto_base(&self) -> Duration {
-        self.rtt.pto_base()
-            + self
-                .peer_params
-                .map_or(self.config.max_ack_delay, |p| p.max_ack_delay)
-    }
-
-    fn pto_deadline(&self) -> Option<Instant> {
-        if self.eliciting_in_flight == 0 {
-            return None;
-        }
-        let base = self.pto_base();
-        let backoff = 1u32 << self.pto_count.min(16);
-        // Exponential backoff, capped so a long run of losses cannot stall the path for minutes.
-        let period = (base * backoff).min(base.max(MAX_PTO_PERIOD));
-        Some(self.last_eliciting_sent? + period)
-    }
-
     /// Ends the connection without sending anything.
     fn lost(&mut self, reason: ConnectionError) {
         if self.state != State::Drained {
@@ -1013,193 +668,6 @@ impl Connection {
             reason.as_bytes(),
             ConnectionError::ProtocolViolation { reason },
         );
-    }
-
-    // ---- Internals: handshake ----
-
-    fn handle_retry(&mut self, data: &[u8]) {
-        if self.side != Side::Initiator || self.state != State::Handshake {
-            return;
-        }
-        let Ok(p) = packet::parse_long(data) else {
-            return;
-        };
-        let Some(hs) = self.hs.as_mut() else { return };
-        // A new token replaces an expired one; the same token again changes nothing.
-        if p.src != self.initial_dcid || p.token.is_empty() || p.token == hs.token.as_slice() {
-            return;
-        }
-        let tag = crypto::retry_tag(&self.identity.psk, &data[..p.tagged_len]);
-        if !crypto::ct_eq(&tag, p.payload) {
-            self.stats.auth_failures += 1;
-            return;
-        }
-        hs.token = p.token.to_vec();
-        hs.send_pending = true;
-    }
-
-    fn handle_handshake(&mut self, now: Instant, data: &[u8]) {
-        let Ok(p) = packet::parse_long(data) else {
-            return;
-        };
-        let Some(hs) = self.hs.as_mut() else { return };
-        let Some(noise) = hs.noise.as_mut() else {
-            return;
-        };
-        if self.state != State::Handshake || noise.is_my_turn() {
-            return;
-        }
-        let mut payload = [0u8; packet::MAX_NOISE_LEN];
-        match self.side {
-            Side::Initiator => {
-                // Message 2: the responder's ephemeral and static keys and its parameters.
-                let Ok(n) = noise.read_message(p.payload, &mut payload) else {
-                    hs.noise = rebuild(&self.identity, Side::Initiator, hs);
-                    self.stats.auth_failures += 1;
-                    return;
-                };
-                let Some(peer) = Params::decode(&payload[..n]) else {
-                    self.lost(ConnectionError::ProtocolViolation {
-                        reason: "bad handshake parameters",
-                    });
-                    return;
-                };
-                if let (Some(t), false) = (hs.first_sent, hs.retransmitted) {
-                    self.rtt
-                        .update(Duration::ZERO, now.saturating_duration_since(t));
-                }
-                self.remote_cid = peer.cid;
-                if peer.encryption != self.config.encryption {
-                    self.lost(ConnectionError::EncryptionMismatch {
-                        local: self.config.encryption,
-                        peer: peer.encryption,
-                    });
-                    return;
-                }
-                let Some(key) = remote_static(noise) else {
-                    return;
-                };
-                let mut msg = vec![0u8; packet::MAX_NOISE_LEN];
-                let Ok(len) = noise.write_message(&[], &mut msg) else {
-                    return;
-                };
-                msg.truncate(len);
-                let (k_i2r, k_r2i) = noise.dangerously_get_raw_split();
-                hs.noise = None;
-                hs.msg = msg;
-                hs.send_pending = true;
-                hs.backoff = 0;
-                hs.retransmitted = false;
-                hs.timer = None;
-                let suite = self.config.cipher;
-                self.establish(now, key, &k_i2r, &k_r2i, suite, peer);
-            }
-            Side::Responder => {
-                // Message 3: the initiator's static key.
-                let Ok(_) = noise.read_message(p.payload, &mut payload) else {
-                    hs.noise = rebuild(&self.identity, Side::Responder, hs);
-                    self.stats.auth_failures += 1;
-                    return;
-                };
-                let Some(key) = remote_static(noise) else {
-                    return;
-                };
-                let (k_i2r, k_r2i) = noise.dangerously_get_raw_split();
-                if let (Some(t), false) = (hs.first_sent, hs.retransmitted) {
-                    self.rtt
-                        .update(Duration::ZERO, now.saturating_duration_since(t));
-                }
-                self.hs = None;
-                let Some(peer) = self.peer_params else { return };
-                self.handshake_done_pending = true;
-                self.establish(now, key, &k_r2i, &k_i2r, peer.suite, peer);
-            }
-        }
-    }
-
-    fn establish(
-        &mut self,
-        now: Instant,
-        key: [u8; 32],
-        send: &[u8; 32],
-        recv: &[u8; 32],
-        suite: CipherSuite,
-        peer: Params,
-    ) {
-        let enc = self.config.encryption;
-        self.send_key = Some(PacketKey::new(suite, send, enc));
-        self.recv_key = Some(PacketKey::new(suite, recv, enc));
-        self.peer_key = Some(key);
-        let local = Params::from_config(&self.config, self.local_cid, [0; 16]).limits;
-        self.streams = Some(
-            Streams::new(self.side == Side::Initiator, local, peer.limits)
-                .with_budget(self.identity.send_budget.clone()),
-        );
-        self.peer_params = Some(peer);
-        self.state = State::Established;
-        self.idle_deadline = now + self.config.idle_timeout;
-        if let Some(hs) = &self.hs {
-            // An initiator keeps resending message 3 until the responder confirms; give that the
-            // whole handshake budget even if the idle timeout is shorter.
-            self.idle_deadline = self.idle_deadline.max(hs.deadline);
-        }
-        self.mtud.next_probe = Some(now);
-        if !self.identity.allows(&key) {
-            tracing::debug!("rdt: refusing peer device key");
-            self.close_with(
-                now,
-                CODE_KEY_REFUSED,
-                b"device key not allowed",
-                ConnectionError::PeerKeyRefused { key },
-            );
-            return;
-        }
-        self.events.push_back(Event::Connected { peer_key: key });
-    }
-
-    fn write_handshake(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let pto = self.pto_base();
-        let side = self.side;
-        let (local, remote) = (self.local_cid, self.remote_cid);
-        let hs = self.hs.as_mut()?;
-        if !hs.send_pending {
-            return None;
-        }
-        if matches!(self.state, State::Drained | State::Draining { .. }) {
-            return None;
-        }
-        let initial = side == Side::Initiator && hs.noise.is_some();
-        let kind = if initial {
-            Kind::Initial
-        } else {
-            Kind::Handshake
-        };
-        let mut n = packet::write_long(buf, kind, remote, local, &hs.token, &hs.msg)?;
-        if initial {
-            let pad = usize::from(INITIAL_DATAGRAM_SIZE);
-            if buf.len() < pad {
-                return None;
-            }
-            buf[n..pad].fill(0);
-            n = pad;
-        }
-        if !hs.validated && hs.sent_bytes + n as u64 > 3 * hs.recv_bytes {
-            // Anti-amplification: wait for more bytes from the unvalidated peer.
-            return None;
-        }
-        hs.sent_bytes += n as u64;
-        hs.send_pending = false;
-        if hs.first_sent.is_none() {
-            hs.first_sent = Some(now);
-        }
-        if side == Side::Initiator {
-            let period = (pto.max(Duration::from_millis(1)) * (1 << hs.backoff))
-                .min(pto.max(MAX_PTO_PERIOD));
-            hs.timer = Some(now + period);
-        }
-        self.stats.sent_packets += 1;
-        self.stats.sent_bytes += n as u64;
-        Some(n)
     }
 
     // ---- Internals: data packets ----
@@ -1282,101 +750,6 @@ impl Connection {
                 self.ack_deadline = Some(now + self.config.max_ack_delay);
             }
         }
-    }
-
-    /// Path validation for an authenticated datagram of `len` bytes from `from` (`newest`: it
-    /// carried the highest packet number yet). A new address is challenged, never followed at
-    /// once: an attacker who races a captured packet from a spoofed address gets only challenges
-    /// sent there, at most `PATH_AMPLIFICATION` times what it sent.
-    fn on_packet_from(&mut self, from: SocketAddr, len: u64, newest: bool) {
-        if from == self.remote {
-            // The peer is still where it was: a pending check was a stray copy (or an old path).
-            if newest && self.path_check.take().is_some() {
-                self.stats.path_abandoned += 1;
-            }
-            return;
-        }
-        match self.path_check.as_mut() {
-            Some(p) if p.addr == from => p.recv_bytes = p.recv_bytes.saturating_add(len),
-            _ if newest => {
-                if self.path_check.is_some() {
-                    self.stats.path_abandoned += 1;
-                }
-                let mut challenge = [0u8; 8];
-                self.path_rng.fill_bytes(&mut challenge);
-                self.path_check = Some(PathCheck {
-                    addr: from,
-                    challenge,
-                    recv_bytes: len,
-                    sent_bytes: 0,
-                    sends: 0,
-                    send_pending: true,
-                    timer: None,
-                });
-            }
-            _ => {}
-        }
-    }
-
-    /// A PATH_RESPONSE: if it echoes the pending challenge, move to the new address.
-    fn on_path_response(&mut self, data: [u8; 8]) {
-        let Some(p) = self.path_check.as_ref() else {
-            return;
-        };
-        if !crypto::ct_eq(&p.challenge, &data) {
-            return;
-        }
-        tracing::debug!(from = %self.remote, to = %p.addr, "rdt: peer address validated");
-        self.remote = p.addr;
-        self.path_check = None;
-        self.stats.path_validations += 1;
-        // What was sent to the old address while the peer moved (a NAT rebinding) is likely
-        // gone: probe the new path now instead of after a backed-off timeout.
-        if self.eliciting_in_flight > 0 {
-            self.pto_count = 0;
-            self.probes = self.probes.max(1);
-            self.requeue_oldest();
-        }
-    }
-
-    /// Writes a datagram carrying only the pending PATH_CHALLENGE, addressed to the new address,
-    /// if the amplification budget allows it.
-    fn write_challenge(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let pto = self.pto_base();
-        let p = self.path_check.as_mut()?;
-        if !p.send_pending || buf.len() < CHALLENGE_PACKET_LEN {
-            return None;
-        }
-        let budget = p.recv_bytes.saturating_mul(crate::rdt::PATH_AMPLIFICATION);
-        if p.sent_bytes + CHALLENGE_PACKET_LEN as u64 > budget {
-            // Sent once more bytes arrive from there (or given up on at the timer).
-            return None;
-        }
-        let key = self.send_key.as_mut()?;
-        let pn = self.next_pn;
-        self.next_pn += 1;
-        let mut w = Writer::new(buf, DATA_HEADER_LEN);
-        w.u8(frame::ty::PATH_CHALLENGE);
-        w.slice(&p.challenge);
-        let len = w.pos;
-        packet::write_data_header(buf, self.remote_cid, pn);
-        let n = key.seal(pn, buf, DATA_HEADER_LEN, len);
-        p.sent_bytes += n as u64;
-        p.send_pending = false;
-        p.timer = Some(now + pto.max(Duration::from_millis(1)) * (1 << p.sends.min(8)));
-        p.sends += 1;
-        let destination = p.addr;
-        // Not counted in flight: a challenge is answered by a PATH_RESPONSE, not retransmitted.
-        self.sent.push_back(None);
-        self.trim_sent();
-        self.stats.sent_packets += 1;
-        self.stats.sent_bytes += n as u64;
-        self.stats.path_challenges += 1;
-        Some(Transmit {
-            destination,
-            size: n,
-            segment_size: None,
-        })
     }
 
     fn handle_frame(
@@ -1466,221 +839,6 @@ impl Connection {
         Ok(())
     }
 
-    fn on_ack(&mut self, now: Instant, ack: frame::AckFrame<'_>) -> Result<(), &'static str> {
-        if ack.largest >= self.next_pn {
-            return Err("ack of an unsent packet");
-        }
-        if self.largest_acked.is_none_or(|l| ack.largest > l) {
-            self.largest_acked = Some(ack.largest);
-        }
-        let mut newly_eliciting = false;
-        let mut largest_newly: Option<Instant> = None;
-        let end = self.sent_base + self.sent.len() as u64;
-        for r in ack.iter() {
-            let lo = r.start.max(self.sent_base);
-            let hi = r.end.min(end);
-            for pn in lo..hi {
-                let idx = (pn - self.sent_base) as usize;
-                let Some(p) = self.sent[idx].take() else {
-                    continue;
-                };
-                if pn == ack.largest {
-                    largest_newly = Some(p.time);
-                }
-                newly_eliciting |= p.ack_eliciting;
-                self.on_packet_acked(now, p);
-            }
-        }
-        if let (Some(sent), true) = (largest_newly, newly_eliciting) {
-            let max = self
-                .peer_params
-                .map_or(self.config.max_ack_delay, |p| p.max_ack_delay);
-            let delay = Duration::from_micros(ack.delay_us).min(max);
-            self.rtt.update(delay, now.saturating_duration_since(sent));
-        }
-        if largest_newly.is_some() || newly_eliciting {
-            self.pto_count = 0;
-        }
-        self.detect_lost(now);
-        self.trim_sent();
-        Ok(())
-    }
-
-    fn on_packet_acked(&mut self, now: Instant, mut p: SentPacket) {
-        if p.ack_eliciting {
-            self.in_flight -= u64::from(p.size);
-            self.eliciting_in_flight -= 1;
-            self.cc
-                .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
-        }
-        if p.mtu_probe {
-            self.mtud.probe = None;
-            self.mtud.lo = p.size;
-            self.mtud.fails = 0;
-            self.mtud.current = p.size;
-            self.mtud.next_probe = Some(now);
-            self.cc.on_mtu_update(p.size);
-        }
-        if p.size > INITIAL_DATAGRAM_SIZE {
-            self.mtud.black_hole_losses = 0;
-        }
-        let events = &mut self.events;
-        for r in p.retx.drain(..) {
-            if let (Retx::Stream(m), Some(s)) = (r, self.streams.as_mut()) {
-                s.on_frame_acked(&m, events);
-            } else if let (Retx::Reset(id), Some(s)) = (r, self.streams.as_mut()) {
-                s.on_reset_result(id, true);
-            }
-        }
-        self.retx_pool.push(p.retx);
-    }
-
-    fn detect_lost(&mut self, now: Instant) {
-        self.loss_time = None;
-        let Some(largest) = self.largest_acked else {
-            return;
-        };
-        let delay = (self.rtt.latest().max(self.rtt.get()) * 9 / 8).max(Duration::from_millis(1));
-        let mut lost_newest: Option<Instant> = None;
-        // RFC 9002 section 7.6: a contiguous run of lost ack-eliciting packets spanning more than
-        // three PTOs (with an RTT sample taken) is persistent congestion.
-        let persistent_span = self.pto_base() * 3;
-        let mut run: Option<(usize, Instant)> = None;
-        let mut persistent = false;
-        // Whether this pass declared lost a full-size (current, above 1200) non-probe packet.
-        let mut large_lost = false;
-        let mut idx = 0;
-        while idx < self.sent.len() {
-            let pn = self.sent_base + idx as u64;
-            if pn > largest {
-                break;
-            }
-            let Some(p) = &self.sent[idx] else {
-                idx += 1;
-                continue;
-            };
-            if p.time + delay <= now || largest >= pn + 3 {
-                let p = self.sent[idx].take().expect("checked above");
-                if !p.mtu_probe {
-                    lost_newest = Some(lost_newest.map_or(p.time, |t| t.max(p.time)));
-                    large_lost |= p.size > INITIAL_DATAGRAM_SIZE && p.size == self.mtud.current;
-                }
-                if p.ack_eliciting && !p.mtu_probe {
-                    run = match run {
-                        Some((last, start)) if last + 1 == idx => {
-                            persistent |= self.rtt.has_sample()
-                                && p.time.saturating_duration_since(start) > persistent_span;
-                            Some((idx, start))
-                        }
-                        _ => Some((idx, p.time)),
-                    };
-                }
-                self.on_packet_lost(now, p);
-            } else {
-                let t = p.time + delay;
-                self.loss_time = Some(self.loss_time.map_or(t, |x| x.min(t)));
-            }
-            idx += 1;
-        }
-        if large_lost {
-            self.on_large_loss(now);
-        }
-        if let Some(sent) = lost_newest {
-            self.stats.congestion_events += 1;
-            self.stats.persistent_congestion += u64::from(persistent);
-            self.cc.on_congestion_event(now, sent, persistent);
-        }
-    }
-
-    /// One loss-detection pass declared full-size packets lost. A burst of losses counts once
-    /// (a congestion drop on a bulk transfer loses many full-size packets at once, and is no
-    /// sign of a black hole); only [`BLACK_HOLE_THRESHOLD`] such passes in a row, with no
-    /// full-size packet acknowledged in between, fall back to 1200 bytes.
-    fn on_large_loss(&mut self, now: Instant) {
-        self.mtud.black_hole_losses += 1;
-        if self.mtud.black_hole_losses >= BLACK_HOLE_THRESHOLD {
-            // Large packets keep disappearing while the path once carried them: fall back.
-            tracing::debug!("rdt: path MTU black hole, falling back to 1200");
-            self.stats.black_holes += 1;
-            self.mtud.current = INITIAL_DATAGRAM_SIZE;
-            self.mtud.lo = INITIAL_DATAGRAM_SIZE;
-            self.mtud.hi = self.mtud.max + 1;
-            self.mtud.black_hole_losses = 0;
-            self.mtud.next_probe = Some(now + self.config.mtu_probe_retry);
-            self.cc.on_mtu_update(INITIAL_DATAGRAM_SIZE);
-        }
-    }
-
-    fn on_packet_lost(&mut self, now: Instant, mut p: SentPacket) {
-        self.stats.lost_packets += 1;
-        if p.ack_eliciting {
-            self.in_flight -= u64::from(p.size);
-            self.eliciting_in_flight -= 1;
-        }
-        if p.mtu_probe {
-            self.mtud.probe = None;
-            self.mtud.fails += 1;
-            if self.mtud.fails >= 3 {
-                self.mtud.hi = p.size;
-                self.mtud.fails = 0;
-            }
-            self.mtud.next_probe = Some(now);
-        }
-        for r in p.retx.drain(..) {
-            match r {
-                Retx::Stream(m) => {
-                    if let Some(s) = self.streams.as_mut() {
-                        s.on_frame_lost(&m);
-                    }
-                }
-                Retx::MaxData => {
-                    if let Some(s) = self.streams.as_mut() {
-                        s.max_data_pending = true;
-                    }
-                }
-                Retx::MaxStreams => {
-                    if let Some(s) = self.streams.as_mut() {
-                        s.max_streams_pending = true;
-                    }
-                }
-                Retx::Credit(id) => {
-                    if let Some(s) = self.streams.as_mut() {
-                        s.on_credit_lost(id);
-                    }
-                }
-                Retx::Reset(id) => {
-                    if let Some(s) = self.streams.as_mut() {
-                        s.on_reset_result(id, false);
-                    }
-                }
-                Retx::HandshakeDone => self.handshake_done_pending = true,
-            }
-        }
-        self.retx_pool.push(p.retx);
-    }
-
-    /// On a probe timeout, queue the oldest in-flight packet's stream data again (without declaring
-    /// it lost), so the probes carry data rather than only a PING (RFC 9002 section 6.2.4).
-    fn requeue_oldest(&mut self) {
-        let Some(p) = self.sent.iter().flatten().find(|p| p.ack_eliciting) else {
-            return;
-        };
-        if let Some(s) = self.streams.as_mut() {
-            for r in &p.retx {
-                if let Retx::Stream(m) = r {
-                    s.on_frame_lost(m);
-                }
-            }
-        }
-    }
-
-    fn trim_sent(&mut self) {
-        while let Some(None) = self.sent.front() {
-            self.sent.pop_front();
-            self.sent_base += 1;
-        }
-    }
-
     fn has_eliciting_to_send(&self) -> bool {
         self.probes > 0
             || self.ping_pending
@@ -1689,42 +847,6 @@ impl Connection {
                 .streams
                 .as_ref()
                 .is_some_and(|s| s.has_pending() || s.max_data_pending || s.max_streams_pending)
-    }
-
-    fn ack_due(&self, now: Instant) -> bool {
-        self.ack_pending
-            && (self.ack_now
-                || self.ack_eliciting_since_ack >= self.config.ack_frequency
-                || self.ack_deadline.is_some_and(|t| now >= t))
-    }
-
-    /// Whether congestion control and pacing allow an ack-eliciting packet of `size` now.
-    fn can_send_eliciting(&mut self, now: Instant, size: u64) -> bool {
-        if self.probes > 0 {
-            return true;
-        }
-        if self.in_flight + size > self.cc.window() {
-            // An acknowledgement, not a timer, unblocks this.
-            self.app_limited = false;
-            self.pace_until = None;
-            return false;
-        }
-        if self.config.pacing {
-            let rtt = if self.rtt.has_sample() {
-                self.rtt.get()
-            } else {
-                self.config.initial_rtt
-            };
-            if let Some(t) = self
-                .pacer
-                .delay(now, size, self.mtud.current, self.cc.window(), rtt)
-            {
-                self.pace_until = Some(t);
-                return false;
-            }
-        }
-        self.pace_until = None;
-        true
     }
 
     /// Writes one Data packet into `buf` (whose length is the datagram limit). `probe` is the size
@@ -1895,55 +1017,7 @@ impl Connection {
     }
 }
 
-/// Rebuilds a handshake state to where it was before a failed read.
-///
-/// snow 0.10 rolls back only the hash and chaining key when `read_message` fails, not the cipher
-/// key or nonce, so one corrupted message 2 or 3 would poison the state and every retransmission
-/// after it would fail too. The ephemeral key comes from a seeded RNG, so replaying our own side of
-/// the transcript (and the stored message 1, for a responder) reproduces the exact state. This costs
-/// up to three X25519 operations, and only for a packet that reached a handshaking connection and
-/// failed authentication.
-fn rebuild(identity: &Identity, side: Side, hs: &Handshake) -> Option<snow::HandshakeState> {
-    let id = identity;
-    let mut noise = crypto::build_handshake(
-        side == Side::Initiator,
-        &id.static_secret,
-        &id.static_pub,
-        &id.psk,
-        hs.seed,
-    )
-    .ok()?;
-    let mut buf = [0u8; packet::MAX_NOISE_LEN];
-    if side == Side::Responder {
-        noise.read_message(&hs.peer_msg1, &mut buf).ok()?;
-    }
-    noise.write_message(&hs.our_payload, &mut buf).ok()?;
-    Some(noise)
-}
-
-fn remote_static(noise: &snow::HandshakeState) -> Option<[u8; 32]> {
-    noise.get_remote_static()?.try_into().ok()
-}
-
 /// Draws a random connection id.
 pub(crate) fn random_cid(rng: &mut ChaCha20Rng) -> u64 {
     rng.next_u64()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn params_round_trip_and_reject() {
-        let p = Params::from_config(&TransportConfig::default(), 77, [5; 16]);
-        let mut b = [0u8; 64];
-        let n = p.encode(&mut b);
-        assert_eq!(Params::decode(&b[..n]), Some(p));
-        for cut in 0..n {
-            assert_eq!(Params::decode(&b[..cut]), None);
-        }
-        b[25] = 7;
-        assert_eq!(Params::decode(&b[..n]), None);
-    }
 }
