@@ -179,6 +179,37 @@ pub struct PullStats {
     pub peers_dropped: u64,
 }
 
+/// Sums every counter: the totals of a fetch made of several pulls. The destructuring names every
+/// field, so a counter added later cannot be forgotten here.
+impl std::ops::AddAssign<&PullStats> for PullStats {
+    fn add_assign(&mut self, s: &PullStats) {
+        let PullStats {
+            requests,
+            nodes_requested,
+            chunks_requested,
+            endgame_requests,
+            nodes_fetched,
+            chunks_fetched,
+            payload_bytes_received,
+            chunk_bytes_discovered,
+            chunk_bytes_fetched,
+            duplicates,
+            peers_dropped,
+        } = s;
+        self.requests += requests;
+        self.nodes_requested += nodes_requested;
+        self.chunks_requested += chunks_requested;
+        self.endgame_requests += endgame_requests;
+        self.nodes_fetched += nodes_fetched;
+        self.chunks_fetched += chunks_fetched;
+        self.payload_bytes_received += payload_bytes_received;
+        self.chunk_bytes_discovered += chunk_bytes_discovered;
+        self.chunk_bytes_fetched += chunk_bytes_fetched;
+        self.duplicates += duplicates;
+        self.peers_dropped += peers_dropped;
+    }
+}
+
 /// What is in flight at one peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {

@@ -416,7 +416,7 @@ async fn attempt(
                 let mut idx = run.idx;
                 idx.sort_unstable();
                 let before = report.stats.clone();
-                add_stats(&mut report.stats, &result.stats);
+                report.stats += &result.stats;
                 if report.stats.nodes_fetched > before.nodes_fetched
                     || report.stats.chunks_fetched > before.chunks_fetched
                 {
@@ -510,18 +510,4 @@ fn record_fetched(
             entry.1.sort_unstable();
         }
     }
-}
-
-fn add_stats(total: &mut PullStats, s: &PullStats) {
-    total.requests += s.requests;
-    total.nodes_requested += s.nodes_requested;
-    total.chunks_requested += s.chunks_requested;
-    total.endgame_requests += s.endgame_requests;
-    total.nodes_fetched += s.nodes_fetched;
-    total.chunks_fetched += s.chunks_fetched;
-    total.payload_bytes_received += s.payload_bytes_received;
-    total.chunk_bytes_discovered += s.chunk_bytes_discovered;
-    total.chunk_bytes_fetched += s.chunk_bytes_fetched;
-    total.duplicates += s.duplicates;
-    total.peers_dropped += s.peers_dropped;
 }
