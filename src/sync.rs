@@ -52,6 +52,7 @@
 
 pub mod agent;
 mod answer;
+mod config;
 pub mod integrate;
 mod pull;
 mod serve;
