@@ -52,7 +52,6 @@
 
 pub mod agent;
 mod answer;
-pub mod integrate;
 mod pull;
 mod serve;
 

@@ -7,12 +7,12 @@
 //!
 //! - **Scan**: `Store::add` on a blocking thread, under the folder lock (the control socket's
 //!   `add` takes it too, so two snapshots never race for the head).
-//! - **Exchange**: [`super::fetch`] with the chosen peers (our `Have`, or `Update` when our head
+//! - **Exchange**: [`crate::session::fetch`] with the chosen peers (our `Have`, or `Update` when our head
 //!   changed, goes out on the way, so they hear of it; what they offer that we lack is pulled,
 //!   swarm-style from every peer offering the same head), then the ancestry headers of each
-//!   fetched head ([`super::fetch_history`], so merge bases can be found), then
-//!   [`crate::sync::integrate`] on a blocking thread (scan, fast-forward or merge, checkout). A
-//!   merge base whose tree is missing is pulled ([`super::FetchConfig::want`]) and the
+//!   fetched head ([`super::history`], so merge bases can be found), then
+//!   [`super::integrate`] on a blocking thread (scan, fast-forward or merge, checkout). A
+//!   merge base whose tree is missing is pulled ([`crate::session::FetchConfig::want`]) and the
 //!   integration retried once; otherwise the agent asks again later.
 //!
 //! Outgoing connections leave from the serving endpoint, so a peer sees us at our listening
@@ -33,10 +33,10 @@ use left_store::{CheckoutOptions, NoProgress, NodeId, Store};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use super::client::{fetch, fetch_history, Endpoints, FetchConfig, FetchProgress, Target};
-use super::HISTORY_LIMIT;
+use super::history::{fetch_ancestry, fetch_missing};
+use super::integrate::{integrate, IntegrateOptions, Integrated};
 use crate::identity::DeviceId;
-use crate::sync::integrate::{integrate, IntegrateOptions, Integrated};
+use crate::session::{fetch, Endpoints, FetchConfig, FetchProgress, Target};
 use crate::sync::{Agent, AgentConfig, ExchangeOutcome, ScanOutcome, Task};
 
 /// Settings of [`run`].
@@ -529,12 +529,9 @@ fn find_peer(known: &[Peer], addr: SocketAddr, device: [u8; 32]) -> Option<usize
         })
 }
 
-/// Whether `head` is ours or behind ours (nothing to fetch or merge).
+/// Whether `head` is ours or behind ours (nothing to fetch or merge): [`super::decide::holds`].
 fn holds(store: &Store, head: NodeId) -> bool {
-    match store.head() {
-        Ok(Some(ours)) => ours == head || store.is_ancestor(head, ours).unwrap_or(false),
-        _ => false,
-    }
+    super::decide::holds(store, store.head().ok().flatten(), head)
 }
 
 /// Counters since the start.
@@ -703,8 +700,8 @@ fn report_skipped(ctx: &Ctx, skipped: &[left_store::Skipped]) {
         // A name may have come from a peer: no control characters reach the log.
         eprintln!(
             "left: warning: {}: {} (not synced; it keeps its previous version)",
-            super::sanitize(&s.path),
-            super::sanitize(&s.reason)
+            crate::sanitize::field(&s.path),
+            crate::sanitize::field(&s.reason)
         );
     }
     st.skipped = now;
@@ -810,25 +807,8 @@ async fn exchange(
     }
     // Their ancestry, so merge bases can be found.
     for (h, idx) in &heads {
-        for &k in idx {
-            let Some(addr) = report.peers[k].addr else {
-                continue;
-            };
-            if fetch_history(
-                &ctx.endpoints,
-                addr,
-                &fcfg,
-                &ctx.store,
-                *h,
-                i64::MIN,
-                HISTORY_LIMIT,
-            )
-            .await
-            .is_ok()
-            {
-                break;
-            }
-        }
+        let addrs: Vec<SocketAddr> = idx.iter().filter_map(|&k| report.peers[k].addr).collect();
+        fetch_ancestry(&ctx.endpoints, &fcfg, &ctx.store, *h, &addrs).await;
     }
     let heads_list: Vec<NodeId> = heads.keys().copied().collect();
     let sources: Vec<Target> = heads
@@ -848,44 +828,16 @@ async fn exchange(
     for round in 0..3 {
         last = integrate_blocking(&ctx, heads_list.clone(), report.staged.clone()).await;
         let Ok(ig) = &last else { break };
-        total = Some(match total.take() {
-            None => ig.clone(),
-            Some(mut t) => {
-                t.after = ig.after;
-                t.scanned |= ig.scanned;
-                t.unsettled = ig.unsettled;
-                t.merges += ig.merges;
-                t.fast_forwards += ig.fast_forwards;
-                t.conflicts.extend(ig.conflicts.iter().cloned());
-                t.kept += ig.kept;
-                t.unwritten.extend(ig.unwritten.iter().cloned());
-                t.files_written += ig.files_written;
-                t.files_removed += ig.files_removed;
-                t.need_trees = ig.need_trees.clone();
-                t.need_headers = ig.need_headers.clone();
-                t.errors = ig.errors.clone();
-                t
-            }
-        });
+        match &mut total {
+            None => total = Some(ig.clone()),
+            Some(t) => t.add_round(ig),
+        }
         if (ig.need_trees.is_empty() && ig.need_headers.is_empty()) || round == 2 {
             break;
         }
-        for id in ig.need_headers.clone() {
-            let (p, c) = fetch_headers(&ctx, &sources, &fcfg, id).await;
-            rep.payload_bytes += p;
-            rep.chunks += c;
-        }
-        for base in ig.need_trees.clone() {
-            let mut want = fcfg.clone();
-            want.want = Some(base);
-            want.announce = false;
-            // A merge base is not checked out (and a stager would empty the stage folder the
-            // head's staged files are waiting in).
-            want.stage = false;
-            let r = fetch(&ctx.endpoints, ctx.store.clone(), &sources, &want, &()).await;
-            rep.payload_bytes += r.stats.payload_bytes_received;
-            rep.chunks += r.stats.chunks_fetched;
-        }
+        let (p, c) = fetch_missing(&ctx.endpoints, &ctx.store, &sources, &fcfg, ig).await;
+        rep.payload_bytes += p;
+        rep.chunks += c;
     }
     match (last, total) {
         (Ok(_), Some(ig)) => {
@@ -940,47 +892,6 @@ fn short_list(ids: &[NodeId]) -> String {
         .map(|h| h.fmt_short())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Fetches the snapshot header `id` and its missing ancestry from the first of `sources` that
-/// has it; returns (payload bytes, chunks) for the counters.
-async fn fetch_headers(
-    ctx: &Arc<Ctx>,
-    sources: &[Target],
-    cfg: &FetchConfig,
-    id: NodeId,
-) -> (u64, u64) {
-    for t in sources {
-        let Ok(mut s) = super::NodeSession::open(&ctx.endpoints, t.addr, cfg, &ctx.store).await
-        else {
-            continue;
-        };
-        let store = ctx.store.clone();
-        let mut bytes = 0u64;
-        let mut keep = |nid: NodeId, b: &[u8]| -> Result<(), String> {
-            bytes += b.len() as u64;
-            store
-                .put_snapshot_header(nid, b)
-                .map(drop)
-                .map_err(|e| format!("snapshot {}: {e}", nid.fmt_short()))
-        };
-        let got = s.get_nodes(&[id], &mut keep).await;
-        s.close().await;
-        if matches!(&got, Ok(g) if g.contains(&id)) {
-            let _ = fetch_history(
-                &ctx.endpoints,
-                t.addr,
-                cfg,
-                &ctx.store,
-                id,
-                i64::MIN,
-                HISTORY_LIMIT,
-            )
-            .await;
-            return (bytes, 0);
-        }
-    }
-    (0, 0)
 }
 
 async fn integrate_blocking(
