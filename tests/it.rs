@@ -5,6 +5,8 @@
 //! add + restore on arbitrary trees. `util` holds the helpers. `net` runs the tokio driver and sockets over loopback; `rdt_sim` is the deterministic network simulator of the rdt
 //! transport core (scripted faults and seeded chaos; `LEFT_SIM_SEEDS`, `LEFT_SIM_SEED`).
 
+#[path = "it/app.rs"]
+mod app;
 #[path = "it/auto.rs"]
 mod auto;
 #[path = "it/auto_sim.rs"]

@@ -20,8 +20,13 @@
 //! (added to the agent's peers) the same way. Every device we reach is checked against the peer
 //! book right after its handshake.
 //!
-//! The loop publishes an [`AutoStatus`] for `left status`; `idle` is the agent's (nothing to
-//! scan, fetch or check out).
+//! The loop publishes an [`AutoStatus`] for `left status` ([`status`]); `idle` is the agent's
+//! (nothing to scan, fetch or check out).
+//!
+//! What it is not: it decides nothing the agent decides (when to scan, whom to ask, backoff);
+//! the history fetch is [`super::history`]'s and the merge [`super::integrate`]'s. It is the
+//! one use case that still prints: with [`AutoConfig::log`] it logs each update, merge, conflict
+//! and unreadable path on stderr itself (a typed event stream for them is left to do).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,8 +35,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use left_store::{CheckoutOptions, NoProgress, NodeId, Store};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
+
+mod status;
+
+use status::{publish, Totals};
+pub use status::{AutoPeerStatus, AutoStatus, SkippedStatus, TransferStatus};
 
 use super::history::{fetch_ancestry, fetch_missing};
 use super::integrate::{integrate, IntegrateOptions, Integrated};
@@ -70,89 +79,6 @@ pub enum AutoInput {
         /// Its head.
         head: Option<NodeId>,
     },
-}
-
-/// One peer in [`AutoStatus`].
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AutoPeerStatus {
-    /// As configured (or the address it reached us from).
-    pub peer: String,
-    /// Its address.
-    pub addr: String,
-    /// Its device id, once known.
-    pub device: Option<String>,
-    /// The last exchange with it succeeded, or it talked to us since.
-    pub connected: bool,
-    /// Its head as last heard.
-    pub head: Option<String>,
-    /// Its head is ours.
-    pub in_sync: bool,
-    /// How far we are behind it: plain chunk bytes still to fetch while a pull runs, 0 when we
-    /// hold its head (in sync, or it is behind us), `None` when not known yet.
-    pub lag_bytes: Option<u64>,
-    /// Seconds since we last heard from it.
-    pub last_seen_secs: Option<f64>,
-    /// The last failure, one line.
-    pub last_error: Option<String>,
-    /// Configured with `--peer` (not learned).
-    pub configured: bool,
-}
-
-/// A pull running now.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct TransferStatus {
-    /// Plain chunk bytes found missing so far.
-    pub bytes_discovered: u64,
-    /// Of which fetched.
-    pub bytes_fetched: u64,
-}
-
-/// What automatic sync is doing, for `left status`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AutoStatus {
-    /// Nothing to scan, fetch or check out.
-    pub idle: bool,
-    /// `"scan"`, `"exchange"` or null.
-    pub running: Option<String>,
-    /// Our head.
-    pub head: Option<String>,
-    /// The peers.
-    pub peers: Vec<AutoPeerStatus>,
-    /// The pull running now.
-    pub transfer: Option<TransferStatus>,
-    /// The last error, one line.
-    pub last_error: Option<String>,
-    /// Scans run.
-    pub scans: u64,
-    /// Exchanges run.
-    pub exchanges: u64,
-    /// Merge snapshots made.
-    pub merges: u64,
-    /// Conflicts kept as copies so far.
-    pub conflicts: u64,
-    /// Fast-forwards made.
-    pub fast_forwards: u64,
-    /// Node and chunk bytes received from peers since the start (ecp payload), for tests and
-    /// `status`: a resumed or delta transfer shows here how little it moved.
-    pub payload_bytes_fetched: u64,
-    /// Chunks received and stored since the start (not counting copies that arrived twice).
-    pub chunks_fetched: u64,
-    /// Plain bytes of those chunks: what actually had to travel, without the endgame's copies.
-    pub chunk_bytes_fetched: u64,
-    /// Replies that arrived twice (the endgame asks a slow peer's last chunks elsewhere too).
-    pub duplicates: u64,
-    /// Paths the last scan could not read (a FIFO, a file it may not read), each keeping its
-    /// previous version: listed by `left status`, and logged when first met.
-    pub skipped: Vec<SkippedStatus>,
-}
-
-/// A path a scan could not read, in [`AutoStatus`].
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct SkippedStatus {
-    /// Relative to the share root.
-    pub path: String,
-    /// Why, one line.
-    pub reason: String,
 }
 
 /// A peer as the driver knows it.
@@ -532,80 +458,6 @@ fn find_peer(known: &[Peer], addr: SocketAddr, device: [u8; 32]) -> Option<usize
 /// Whether `head` is ours or behind ours (nothing to fetch or merge): [`super::decide::holds`].
 fn holds(store: &Store, head: NodeId) -> bool {
     super::decide::holds(store, store.head().ok().flatten(), head)
-}
-
-/// Counters since the start.
-#[derive(Default, Clone, Copy)]
-struct Totals {
-    merges: u64,
-    conflicts: u64,
-    fast_forwards: u64,
-    payload: u64,
-    chunks: u64,
-    chunk_bytes: u64,
-    duplicates: u64,
-}
-
-fn publish(
-    ctx: &Ctx,
-    agent: &Agent,
-    known: &[Peer],
-    totals: Totals,
-    last_error: &Option<String>,
-    cache: &mut HoldsCache,
-) {
-    let head = ctx.store.head().ok().flatten();
-    let now = Instant::now();
-    let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
-    let (scans, exchanges) = agent.counts();
-    st.idle = agent.is_idle();
-    st.running = agent.running().map(str::to_string);
-    st.head = head.map(|h| h.to_string());
-    st.scans = scans;
-    st.exchanges = exchanges;
-    st.merges = totals.merges;
-    st.conflicts = totals.conflicts;
-    st.fast_forwards = totals.fast_forwards;
-    st.payload_bytes_fetched = totals.payload;
-    st.chunks_fetched = totals.chunks;
-    st.chunk_bytes_fetched = totals.chunk_bytes;
-    st.duplicates = totals.duplicates;
-    st.last_error = last_error.clone();
-    if st.running.is_none() {
-        st.transfer = None;
-    }
-    // Bytes still to fetch of the pull running now (its peers are the ones we lag behind).
-    let pending = st
-        .transfer
-        .as_ref()
-        .map(|t| t.bytes_discovered.saturating_sub(t.bytes_fetched));
-    st.peers = known
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| p.configured || !agent.is_retired(*i))
-        .map(|(_, p)| {
-            let in_sync = p.head.is_some() && p.head == head;
-            let behind_us = p
-                .head
-                .is_some_and(|h| head.is_some() && holds_cached(&ctx.store, h, cache));
-            AutoPeerStatus {
-                peer: p.target.label.clone(),
-                addr: p.target.addr.to_string(),
-                device: p.device.map(|d| DeviceId(d).to_string()),
-                connected: p.connected,
-                head: p.head.map(|h| h.to_string()),
-                in_sync,
-                lag_bytes: if in_sync || behind_us {
-                    Some(0)
-                } else {
-                    pending
-                },
-                last_seen_secs: p.last_seen.map(|t| now.duration_since(t).as_secs_f64()),
-                last_error: p.last_error.clone(),
-                configured: p.configured,
-            }
-        })
-        .collect();
 }
 
 fn start(
