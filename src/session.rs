@@ -41,7 +41,6 @@
 //! session with `Error { MALFORMED }` and a one-line reason.
 #![warn(missing_docs)]
 
-pub mod auto;
 mod client;
 mod server;
 pub use left_store::checkout::stage;

@@ -53,7 +53,6 @@
 pub mod agent;
 mod answer;
 mod config;
-pub mod integrate;
 mod pull;
 mod serve;
 

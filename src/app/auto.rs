@@ -7,12 +7,12 @@
 //!
 //! - **Scan**: `Store::add` on a blocking thread, under the folder lock (the control socket's
 //!   `add` takes it too, so two snapshots never race for the head).
-//! - **Exchange**: [`super::fetch`] with the chosen peers (our `Have`, or `Update` when our head
+//! - **Exchange**: [`crate::session::fetch`] with the chosen peers (our `Have`, or `Update` when our head
 //!   changed, goes out on the way, so they hear of it; what they offer that we lack is pulled,
 //!   swarm-style from every peer offering the same head), then the ancestry headers of each
-//!   fetched head ([`super::fetch_history`], so merge bases can be found), then
-//!   [`crate::sync::integrate`] on a blocking thread (scan, fast-forward or merge, checkout). A
-//!   merge base whose tree is missing is pulled ([`super::FetchConfig::want`]) and the
+//!   fetched head ([`super::history`], so merge bases can be found), then
+//!   [`super::integrate`] on a blocking thread (scan, fast-forward or merge, checkout). A
+//!   merge base whose tree is missing is pulled ([`crate::session::FetchConfig::want`]) and the
 //!   integration retried once; otherwise the agent asks again later.
 //!
 //! Outgoing connections leave from the serving endpoint, so a peer sees us at our listening
@@ -20,8 +20,13 @@
 //! (added to the agent's peers) the same way. Every device we reach is checked against the peer
 //! book right after its handshake.
 //!
-//! The loop publishes an [`AutoStatus`] for `left status`; `idle` is the agent's (nothing to
-//! scan, fetch or check out).
+//! The loop publishes an [`AutoStatus`] for `left status` ([`status`]); `idle` is the agent's
+//! (nothing to scan, fetch or check out).
+//!
+//! What it is not: it decides nothing the agent decides (when to scan, whom to ask, backoff);
+//! the history fetch is [`super::history`]'s and the merge [`super::integrate`]'s. It is the
+//! one use case that still prints: with [`AutoConfig::log`] it logs each update, merge, conflict
+//! and unreadable path on stderr itself (a typed event stream for them is left to do).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,13 +35,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use left_store::{CheckoutOptions, NoProgress, NodeId, Store};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use super::client::{fetch, fetch_history, Endpoints, FetchConfig, FetchProgress, Target};
-use super::HISTORY_LIMIT;
+mod status;
+
+use status::{publish, Totals};
+pub use status::{AutoPeerStatus, AutoStatus, SkippedStatus, TransferStatus};
+
+use super::history::{fetch_ancestry, fetch_missing};
+use super::integrate::{integrate, IntegrateOptions, Integrated};
 use crate::identity::DeviceId;
-use crate::sync::integrate::{integrate, IntegrateOptions, Integrated};
+use crate::session::{fetch, Endpoints, FetchConfig, FetchProgress, Target};
 use crate::sync::{Agent, AgentConfig, ExchangeOutcome, ScanOutcome, Task};
 
 /// Settings of [`run`].
@@ -70,89 +79,6 @@ pub enum AutoInput {
         /// Its head.
         head: Option<NodeId>,
     },
-}
-
-/// One peer in [`AutoStatus`].
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AutoPeerStatus {
-    /// As configured (or the address it reached us from).
-    pub peer: String,
-    /// Its address.
-    pub addr: String,
-    /// Its device id, once known.
-    pub device: Option<String>,
-    /// The last exchange with it succeeded, or it talked to us since.
-    pub connected: bool,
-    /// Its head as last heard.
-    pub head: Option<String>,
-    /// Its head is ours.
-    pub in_sync: bool,
-    /// How far we are behind it: plain chunk bytes still to fetch while a pull runs, 0 when we
-    /// hold its head (in sync, or it is behind us), `None` when not known yet.
-    pub lag_bytes: Option<u64>,
-    /// Seconds since we last heard from it.
-    pub last_seen_secs: Option<f64>,
-    /// The last failure, one line.
-    pub last_error: Option<String>,
-    /// Configured with `--peer` (not learned).
-    pub configured: bool,
-}
-
-/// A pull running now.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct TransferStatus {
-    /// Plain chunk bytes found missing so far.
-    pub bytes_discovered: u64,
-    /// Of which fetched.
-    pub bytes_fetched: u64,
-}
-
-/// What automatic sync is doing, for `left status`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AutoStatus {
-    /// Nothing to scan, fetch or check out.
-    pub idle: bool,
-    /// `"scan"`, `"exchange"` or null.
-    pub running: Option<String>,
-    /// Our head.
-    pub head: Option<String>,
-    /// The peers.
-    pub peers: Vec<AutoPeerStatus>,
-    /// The pull running now.
-    pub transfer: Option<TransferStatus>,
-    /// The last error, one line.
-    pub last_error: Option<String>,
-    /// Scans run.
-    pub scans: u64,
-    /// Exchanges run.
-    pub exchanges: u64,
-    /// Merge snapshots made.
-    pub merges: u64,
-    /// Conflicts kept as copies so far.
-    pub conflicts: u64,
-    /// Fast-forwards made.
-    pub fast_forwards: u64,
-    /// Node and chunk bytes received from peers since the start (ecp payload), for tests and
-    /// `status`: a resumed or delta transfer shows here how little it moved.
-    pub payload_bytes_fetched: u64,
-    /// Chunks received and stored since the start (not counting copies that arrived twice).
-    pub chunks_fetched: u64,
-    /// Plain bytes of those chunks: what actually had to travel, without the endgame's copies.
-    pub chunk_bytes_fetched: u64,
-    /// Replies that arrived twice (the endgame asks a slow peer's last chunks elsewhere too).
-    pub duplicates: u64,
-    /// Paths the last scan could not read (a FIFO, a file it may not read), each keeping its
-    /// previous version: listed by `left status`, and logged when first met.
-    pub skipped: Vec<SkippedStatus>,
-}
-
-/// A path a scan could not read, in [`AutoStatus`].
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct SkippedStatus {
-    /// Relative to the share root.
-    pub path: String,
-    /// Why, one line.
-    pub reason: String,
 }
 
 /// A peer as the driver knows it.
@@ -529,86 +455,9 @@ fn find_peer(known: &[Peer], addr: SocketAddr, device: [u8; 32]) -> Option<usize
         })
 }
 
-/// Whether `head` is ours or behind ours (nothing to fetch or merge).
+/// Whether `head` is ours or behind ours (nothing to fetch or merge): [`super::decide::holds`].
 fn holds(store: &Store, head: NodeId) -> bool {
-    match store.head() {
-        Ok(Some(ours)) => ours == head || store.is_ancestor(head, ours).unwrap_or(false),
-        _ => false,
-    }
-}
-
-/// Counters since the start.
-#[derive(Default, Clone, Copy)]
-struct Totals {
-    merges: u64,
-    conflicts: u64,
-    fast_forwards: u64,
-    payload: u64,
-    chunks: u64,
-    chunk_bytes: u64,
-    duplicates: u64,
-}
-
-fn publish(
-    ctx: &Ctx,
-    agent: &Agent,
-    known: &[Peer],
-    totals: Totals,
-    last_error: &Option<String>,
-    cache: &mut HoldsCache,
-) {
-    let head = ctx.store.head().ok().flatten();
-    let now = Instant::now();
-    let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
-    let (scans, exchanges) = agent.counts();
-    st.idle = agent.is_idle();
-    st.running = agent.running().map(str::to_string);
-    st.head = head.map(|h| h.to_string());
-    st.scans = scans;
-    st.exchanges = exchanges;
-    st.merges = totals.merges;
-    st.conflicts = totals.conflicts;
-    st.fast_forwards = totals.fast_forwards;
-    st.payload_bytes_fetched = totals.payload;
-    st.chunks_fetched = totals.chunks;
-    st.chunk_bytes_fetched = totals.chunk_bytes;
-    st.duplicates = totals.duplicates;
-    st.last_error = last_error.clone();
-    if st.running.is_none() {
-        st.transfer = None;
-    }
-    // Bytes still to fetch of the pull running now (its peers are the ones we lag behind).
-    let pending = st
-        .transfer
-        .as_ref()
-        .map(|t| t.bytes_discovered.saturating_sub(t.bytes_fetched));
-    st.peers = known
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| p.configured || !agent.is_retired(*i))
-        .map(|(_, p)| {
-            let in_sync = p.head.is_some() && p.head == head;
-            let behind_us = p
-                .head
-                .is_some_and(|h| head.is_some() && holds_cached(&ctx.store, h, cache));
-            AutoPeerStatus {
-                peer: p.target.label.clone(),
-                addr: p.target.addr.to_string(),
-                device: p.device.map(|d| DeviceId(d).to_string()),
-                connected: p.connected,
-                head: p.head.map(|h| h.to_string()),
-                in_sync,
-                lag_bytes: if in_sync || behind_us {
-                    Some(0)
-                } else {
-                    pending
-                },
-                last_seen_secs: p.last_seen.map(|t| now.duration_since(t).as_secs_f64()),
-                last_error: p.last_error.clone(),
-                configured: p.configured,
-            }
-        })
-        .collect();
+    super::decide::holds(store, store.head().ok().flatten(), head)
 }
 
 fn start(
@@ -703,8 +552,8 @@ fn report_skipped(ctx: &Ctx, skipped: &[left_store::Skipped]) {
         // A name may have come from a peer: no control characters reach the log.
         eprintln!(
             "left: warning: {}: {} (not synced; it keeps its previous version)",
-            super::sanitize(&s.path),
-            super::sanitize(&s.reason)
+            crate::sanitize::field(&s.path),
+            crate::sanitize::field(&s.reason)
         );
     }
     st.skipped = now;
@@ -810,25 +659,8 @@ async fn exchange(
     }
     // Their ancestry, so merge bases can be found.
     for (h, idx) in &heads {
-        for &k in idx {
-            let Some(addr) = report.peers[k].addr else {
-                continue;
-            };
-            if fetch_history(
-                &ctx.endpoints,
-                addr,
-                &fcfg,
-                &ctx.store,
-                *h,
-                i64::MIN,
-                HISTORY_LIMIT,
-            )
-            .await
-            .is_ok()
-            {
-                break;
-            }
-        }
+        let addrs: Vec<SocketAddr> = idx.iter().filter_map(|&k| report.peers[k].addr).collect();
+        fetch_ancestry(&ctx.endpoints, &fcfg, &ctx.store, *h, &addrs).await;
     }
     let heads_list: Vec<NodeId> = heads.keys().copied().collect();
     let sources: Vec<Target> = heads
@@ -848,44 +680,16 @@ async fn exchange(
     for round in 0..3 {
         last = integrate_blocking(&ctx, heads_list.clone(), report.staged.clone()).await;
         let Ok(ig) = &last else { break };
-        total = Some(match total.take() {
-            None => ig.clone(),
-            Some(mut t) => {
-                t.after = ig.after;
-                t.scanned |= ig.scanned;
-                t.unsettled = ig.unsettled;
-                t.merges += ig.merges;
-                t.fast_forwards += ig.fast_forwards;
-                t.conflicts.extend(ig.conflicts.iter().cloned());
-                t.kept += ig.kept;
-                t.unwritten.extend(ig.unwritten.iter().cloned());
-                t.files_written += ig.files_written;
-                t.files_removed += ig.files_removed;
-                t.need_trees = ig.need_trees.clone();
-                t.need_headers = ig.need_headers.clone();
-                t.errors = ig.errors.clone();
-                t
-            }
-        });
+        match &mut total {
+            None => total = Some(ig.clone()),
+            Some(t) => t.add_round(ig),
+        }
         if (ig.need_trees.is_empty() && ig.need_headers.is_empty()) || round == 2 {
             break;
         }
-        for id in ig.need_headers.clone() {
-            let (p, c) = fetch_headers(&ctx, &sources, &fcfg, id).await;
-            rep.payload_bytes += p;
-            rep.chunks += c;
-        }
-        for base in ig.need_trees.clone() {
-            let mut want = fcfg.clone();
-            want.want = Some(base);
-            want.announce = false;
-            // A merge base is not checked out (and a stager would empty the stage folder the
-            // head's staged files are waiting in).
-            want.stage = false;
-            let r = fetch(&ctx.endpoints, ctx.store.clone(), &sources, &want, &()).await;
-            rep.payload_bytes += r.stats.payload_bytes_received;
-            rep.chunks += r.stats.chunks_fetched;
-        }
+        let (p, c) = fetch_missing(&ctx.endpoints, &ctx.store, &sources, &fcfg, ig).await;
+        rep.payload_bytes += p;
+        rep.chunks += c;
     }
     match (last, total) {
         (Ok(_), Some(ig)) => {
@@ -940,47 +744,6 @@ fn short_list(ids: &[NodeId]) -> String {
         .map(|h| h.fmt_short())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Fetches the snapshot header `id` and its missing ancestry from the first of `sources` that
-/// has it; returns (payload bytes, chunks) for the counters.
-async fn fetch_headers(
-    ctx: &Arc<Ctx>,
-    sources: &[Target],
-    cfg: &FetchConfig,
-    id: NodeId,
-) -> (u64, u64) {
-    for t in sources {
-        let Ok(mut s) = super::NodeSession::open(&ctx.endpoints, t.addr, cfg, &ctx.store).await
-        else {
-            continue;
-        };
-        let store = ctx.store.clone();
-        let mut bytes = 0u64;
-        let mut keep = |nid: NodeId, b: &[u8]| -> Result<(), String> {
-            bytes += b.len() as u64;
-            store
-                .put_snapshot_header(nid, b)
-                .map(drop)
-                .map_err(|e| format!("snapshot {}: {e}", nid.fmt_short()))
-        };
-        let got = s.get_nodes(&[id], &mut keep).await;
-        s.close().await;
-        if matches!(&got, Ok(g) if g.contains(&id)) {
-            let _ = fetch_history(
-                &ctx.endpoints,
-                t.addr,
-                cfg,
-                &ctx.store,
-                id,
-                i64::MIN,
-                HISTORY_LIMIT,
-            )
-            .await;
-            return (bytes, 0);
-        }
-    }
-    (0, 0)
 }
 
 async fn integrate_blocking(

@@ -1,5 +1,7 @@
 //! [`integrate`]: bring heads fetched from peers into the share folder (the local half of
-//! automatic sync: the store and the folder, no network, no clock).
+//! automatic sync and of a one-shot sync of diverged heads: the store and the folder, no
+//! network, no clock). It lives in app, not in the IO-free `sync` engine, because it scans and
+//! writes the share folder through the store.
 //!
 //! For each fetched head, in id order (so every peer takes the same steps for the same input):
 //!
@@ -86,6 +88,24 @@ impl Integrated {
     /// The head moved.
     pub fn moved(&self) -> bool {
         self.before != self.after
+    }
+
+    /// Adds a later round of the same integration (made after fetching what this one lacked):
+    /// counts add up; the head after, what is still needed and the errors are the later round's.
+    pub fn add_round(&mut self, ig: &Integrated) {
+        self.after = ig.after;
+        self.scanned |= ig.scanned;
+        self.unsettled = ig.unsettled;
+        self.merges += ig.merges;
+        self.fast_forwards += ig.fast_forwards;
+        self.conflicts.extend(ig.conflicts.iter().cloned());
+        self.kept += ig.kept;
+        self.unwritten.extend(ig.unwritten.iter().cloned());
+        self.files_written += ig.files_written;
+        self.files_removed += ig.files_removed;
+        self.need_trees = ig.need_trees.clone();
+        self.need_headers = ig.need_headers.clone();
+        self.errors = ig.errors.clone();
     }
 }
 
