@@ -106,35 +106,6 @@ pub fn object_id(p: &Problem) -> ObjectId {
     }
 }
 
-/// Sums pull counters. Every field: the one copy until `PullStats` sums itself in `sync`.
-pub fn add_stats(total: &mut PullStats, s: &PullStats) {
-    // Destructured so that a new field cannot be forgotten here.
-    let PullStats {
-        requests,
-        nodes_requested,
-        chunks_requested,
-        endgame_requests,
-        nodes_fetched,
-        chunks_fetched,
-        payload_bytes_received,
-        chunk_bytes_discovered,
-        chunk_bytes_fetched,
-        duplicates,
-        peers_dropped,
-    } = s;
-    total.requests += requests;
-    total.nodes_requested += nodes_requested;
-    total.chunks_requested += chunks_requested;
-    total.endgame_requests += endgame_requests;
-    total.nodes_fetched += nodes_fetched;
-    total.chunks_fetched += chunks_fetched;
-    total.payload_bytes_received += payload_bytes_received;
-    total.chunk_bytes_discovered += chunk_bytes_discovered;
-    total.chunk_bytes_fetched += chunk_bytes_fetched;
-    total.duplicates += duplicates;
-    total.peers_dropped += peers_dropped;
-}
-
 /// Repairs the store at `dir` (opened by the caller, who holds its lock). `progress` makes the
 /// progress sink of each verify.
 pub fn run(
@@ -282,7 +253,7 @@ async fn repair_fetch(
         let bar = meters();
         let report = session::fetch(eps, store.clone(), &live, &cfg, &*bar).await;
         bar.finish();
-        add_stats(&mut done.stats, &report.stats);
+        done.stats += &report.stats;
         if let Some(e) = &report.local_error {
             return Err(Error::Other(format!("cannot repair: {e}")));
         }
