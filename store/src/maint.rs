@@ -54,7 +54,10 @@ use crate::codec;
 use crate::db::{cf, Batch, IndexEntry};
 use crate::node::{Child, DirNode, Node, Target};
 use crate::store::{arrival_key, shallow_key};
-use crate::*;
+use crate::{
+    ChunkId, EntryKind, Error, GcOptions, GcReport, GcRoot, Hash, NodeId, ObjectId, ObjectKind,
+    Problem, ProblemKind, Progress, Result, Snapshot, Store, VerifyReport,
+};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
