@@ -32,6 +32,7 @@ mod add;
 pub mod checkout;
 pub mod chunker;
 pub mod codec;
+pub mod date;
 pub mod db;
 mod error;
 mod fs;
