@@ -1,6 +1,6 @@
 //! Object-level operations, what the sync engine needs: batched presence (`has_chunks`,
-//! `has_nodes`, `has_many`), reading and writing chunks and nodes (`get_*`, `read_*`, `put_*`),
-//! snapshot arrival times, completeness marks
+//! `has_nodes`, `has_many`), reading and writing chunks and nodes (`get_*`, `read_*`, `put_*`,
+//! every chunk write through [`Batch::put_chunk`]), snapshot arrival times, completeness marks
 //! (`mark_complete`), and the bounded walks that list what a tree lacks (`missing`) or what one
 //! tree has that another lacks (`diff`).
 //!
@@ -90,13 +90,7 @@ impl Store {
             return Ok(false);
         }
         let mut b = Batch::default();
-        b.put(&self.db, cf::CHUNKS, id.as_bytes(), encoded);
-        let ie = IndexEntry {
-            len: plain.len() as u32,
-            codec: encoded[0],
-            enc_len: encoded.len() as u32,
-        };
-        b.put(&self.db, cf::CHUNK_INDEX, id.as_bytes(), &ie.to_bytes());
+        b.put_chunk(&self.db, id, encoded, plain.len() as u32);
         self.db.write(b.inner, false)?;
         Ok(true)
     }
@@ -113,13 +107,7 @@ impl Store {
             return Ok(false);
         }
         let mut b = Batch::default();
-        b.put(&self.db, cf::CHUNKS, id.as_bytes(), encoded);
-        let ie = IndexEntry {
-            len: plain_len,
-            codec: encoded[0],
-            enc_len: encoded.len() as u32,
-        };
-        b.put(&self.db, cf::CHUNK_INDEX, id.as_bytes(), &ie.to_bytes());
+        b.put_chunk(&self.db, id, encoded, plain_len);
         self.db.write(b.inner, false)?;
         Ok(true)
     }
@@ -147,13 +135,7 @@ impl Store {
             if had || !seen.insert(*id) {
                 continue;
             }
-            b.put(&self.db, cf::CHUNKS, id.as_bytes(), enc);
-            let ie = IndexEntry {
-                len: *plain_len,
-                codec: enc[0],
-                enc_len: enc.len() as u32,
-            };
-            b.put(&self.db, cf::CHUNK_INDEX, id.as_bytes(), &ie.to_bytes());
+            b.put_chunk(&self.db, *id, enc, *plain_len);
             new += 1;
         }
         if new > 0 {
