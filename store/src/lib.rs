@@ -36,6 +36,7 @@ pub mod date;
 pub mod db;
 mod error;
 mod fs;
+mod gc;
 mod ids;
 mod maint;
 mod merge;

@@ -3,7 +3,7 @@
 //! (`resolve`, `snapshot`, `log`, `is_ancestor` within [`ANCESTOR_LIMIT`], `is_shallow`).
 //!
 //! Not here: the tree under a snapshot (see [`crate::store`]), merge bases (see `merge`), and
-//! which snapshots gc keeps (see [`crate::maint`]).
+//! which snapshots gc keeps (see [`crate::gc`]).
 
 use crate::db::{cf, Batch};
 use crate::node::Node;

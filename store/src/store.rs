@@ -5,9 +5,9 @@
 //! Not here: refs and history (`head`, `set_ref`, `resolve`, `log`, `is_ancestor`) are in
 //! [`crate::refs`]; object access for sync (`has_many`, `missing`, `diff`, `get_*`/`put_*`,
 //! arrivals, completeness) in [`crate::objects`]; test hooks in [`crate::testing`]; `add` in
-//! [`crate::add`], `restore` in [`crate::restore`], `verify` and `gc` in [`crate::maint`]. Every
-//! method takes `&self`; a store-wide read/write lock keeps `gc` from running while an `add` or a
-//! `put_*` is writing objects it has not referenced yet.
+//! [`crate::add`], `restore` in [`crate::restore`], `verify` and repair in [`crate::maint`], `gc`
+//! in [`crate::gc`]. Every method takes `&self`; a store-wide read/write lock keeps `gc` from
+//! running while an `add` or a `put_*` is writing objects it has not referenced yet.
 
 use crate::chunker;
 use crate::db::{cf, Batch, Db, FORMAT_VERSION};
