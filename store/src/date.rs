@@ -48,7 +48,6 @@ mod tests {
         assert_eq!(utc(-1), (1969, 12, 31, 23, 59, 59));
     }
 
-
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));

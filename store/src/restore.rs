@@ -11,7 +11,9 @@
 
 use crate::codec;
 use crate::node::{self, Content, DirEntry, Node, Target};
-use crate::{ChunkId, EntryKind, Error, NodeId, Progress, RestoreOptions, RestoreReport, Result, Store};
+use crate::{
+    ChunkId, EntryKind, Error, NodeId, Progress, RestoreOptions, RestoreReport, Result, Store,
+};
 use rayon::prelude::*;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};

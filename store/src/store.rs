@@ -464,7 +464,6 @@ impl Store {
         }
         walk(&self.dir).map_err(|e| Error::io(&self.dir, e))
     }
-
 }
 
 /// Deepest folder nesting the recursive walks accept (a path cannot be longer than 4096 bytes).

@@ -82,9 +82,7 @@
 
 use crate::db::{cf, Batch};
 use crate::node::{self, build_dir, check_name, Content, DirEntry, DirNode, Node, Target};
-use crate::{
-    Conflict, EntryKind, Error, MergeOutcome, MergeSide, NodeId, Result, Snapshot, Store,
-};
+use crate::{Conflict, EntryKind, Error, MergeOutcome, MergeSide, NodeId, Result, Snapshot, Store};
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -109,7 +107,6 @@ pub const VIRTUAL_MERGES: usize = 64;
 pub const AUTHOR_DEPTH: usize = 64;
 /// Deepest folder nesting merged (the depth checkout accepts).
 const MERGE_MAX_DEPTH: usize = crate::checkout::CHECKOUT_MAX_DEPTH;
-
 
 /// Who wrote each side of a tree merge, and whether it is the real merge or a virtual base.
 struct Sides {
