@@ -49,6 +49,7 @@
 //! read-only folder would (tests run as root, whom permissions do not stop).
 
 use crate::error::{Error, Result};
+use crate::ids::ChunkId;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
     IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
@@ -480,6 +481,18 @@ impl Batch {
     pub fn put(&mut self, db: &Db, cf: &str, key: &[u8], value: &[u8]) {
         self.bytes += value.len() as u64;
         self.inner.put_cf(db.cf(cf), key, value);
+    }
+    /// Puts a chunk: its encoded bytes (`encoded`, codec byte first, never empty) under `chunks`,
+    /// then its [`IndexEntry`] (`plain_len` decoded bytes) under `chunk_index`. Every chunk write
+    /// (add, the sync engine's puts) goes through here, so the two families agree.
+    pub fn put_chunk(&mut self, db: &Db, id: ChunkId, encoded: &[u8], plain_len: u32) {
+        self.put(db, cf::CHUNKS, id.as_bytes(), encoded);
+        let ie = IndexEntry {
+            len: plain_len,
+            codec: encoded[0],
+            enc_len: encoded.len() as u32,
+        };
+        self.put(db, cf::CHUNK_INDEX, id.as_bytes(), &ie.to_bytes());
     }
     /// Deletes a key.
     pub fn delete(&mut self, db: &Db, cf: &str, key: &[u8]) {

@@ -32,17 +32,23 @@ mod add;
 pub mod checkout;
 pub mod chunker;
 pub mod codec;
+pub mod date;
 pub mod db;
 mod error;
 mod fs;
+mod gc;
 mod ids;
 mod maint;
 mod merge;
 pub mod node;
+mod objects;
+mod refs;
 mod release;
 mod restore;
 mod scan;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 mod types;
 
 #[doc(hidden)]
@@ -55,5 +61,6 @@ pub use merge::{
     base32_lower, conflict_name, AUTHOR_DEPTH, CONFLICT_NAME_MAX, MERGE_MESSAGE,
     VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES,
 };
-pub use store::{ObjectId, Store, ANCESTOR_LIMIT, STORE_MODE};
+pub use refs::ANCESTOR_LIMIT;
+pub use store::{ObjectId, Store, STORE_MODE};
 pub use types::*;

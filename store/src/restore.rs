@@ -10,8 +10,10 @@
 //! from an older version, or deleting files in the target that the snapshot does not have.
 
 use crate::codec;
-use crate::node::{Content, DirEntry, Node, Target};
-use crate::*;
+use crate::node::{self, Content, DirEntry, Node, Target};
+use crate::{
+    ChunkId, EntryKind, Error, NodeId, Progress, RestoreOptions, RestoreReport, Result, Store,
+};
 use rayon::prelude::*;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};

@@ -95,26 +95,6 @@ impl Store {
     pub const RACY_MARGIN_NS: i64 = RACY_MARGIN_NS;
 }
 
-impl Store {
-    /// Test hook: writes the scan record of `rel` (in the share at `share`) as if the file as it
-    /// is now had been read as `node`, racy or not: what a write within the timestamp tick
-    /// right after a read leaves behind.
-    #[doc(hidden)]
-    pub fn debug_forge_scan_record(
-        &self,
-        share: &Path,
-        rel: &Path,
-        node: NodeId,
-        racy: bool,
-    ) -> Result<()> {
-        let m = fs::symlink_metadata(share.join(rel)).map_err(|e| Error::io(share.join(rel), e))?;
-        let rec = Stat::of(&m).record_bytes(node, if racy { REC_RACY } else { 0 });
-        let mut b = Batch::default();
-        b.put(&self.db, cf::SCAN, rel.as_os_str().as_bytes(), &rec);
-        self.db.write(b.inner, false)
-    }
-}
-
 struct Ent {
     rel: PathBuf,
     name: Vec<u8>,

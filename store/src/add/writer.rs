@@ -4,7 +4,7 @@
 //!
 //! It is not the durability rule (the snapshot and `head` writes in `mod.rs`; see [`crate::db`]).
 
-use crate::db::{cf, Batch, IndexEntry};
+use crate::db::{cf, Batch};
 use crate::node::{ContentBuilder, FileNode, Node};
 use crate::scan::Stat;
 use crate::{AddReport, ChunkId, Error, Hash, NodeId, Result, Store};
@@ -46,19 +46,7 @@ impl Writer<'_> {
         }
         self.report.bytes_new += len as u64;
         self.report.bytes_stored += enc.len() as u64;
-        self.batch
-            .put(&self.store.db, cf::CHUNKS, id.as_bytes(), enc);
-        let ie = IndexEntry {
-            len: len as u32,
-            codec: enc[0],
-            enc_len: enc.len() as u32,
-        };
-        self.batch.put(
-            &self.store.db,
-            cf::CHUNK_INDEX,
-            id.as_bytes(),
-            &ie.to_bytes(),
-        );
+        self.batch.put_chunk(&self.store.db, id, enc, len as u32);
     }
 
     pub(super) fn flush(&mut self) -> Result<()> {

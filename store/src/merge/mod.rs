@@ -13,9 +13,9 @@
 //! ancestors of other candidates are dropped. Times never decrease from parent to child (`add`
 //! makes a child newer than its parent, a merge takes its newest parent's time), so the walk stops
 //! as soon as one side has nothing unpainted left above the time level being walked: the work is
-//! the history since the merge base, at most [`ANCESTOR_LIMIT`] snapshots. Only headers are read,
+//! the history since the merge base, at most [`ANCESTOR_LIMIT`](crate::ANCESTOR_LIMIT) snapshots. Only headers are read,
 //! so shallow snapshots are fine. A parent header that is not stored ends its branch and is
-//! reported ([`MergeBases::missing`]); [`Store::merge`] then refuses with [`Error::NeedHeaders`]
+//! reported ([`MergeBases::missing`](crate::MergeBases::missing)); [`Store::merge`] then refuses with [`Error::NeedHeaders`]
 //! rather than merge against a base that may be wrong.
 //!
 //! # The merge snapshot
@@ -81,13 +81,19 @@
 //! reading throughout, so gc cannot drop what the merge is reading.
 
 use crate::db::{cf, Batch};
-use crate::node::{build_dir, check_name, Content, DirEntry, DirNode, Node, Target};
-use crate::*;
+use crate::node::{self, build_dir, check_name, Content, DirEntry, DirNode, Node, Target};
+use crate::{Conflict, EntryKind, Error, MergeOutcome, MergeSide, NodeId, Result, Snapshot, Store};
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+mod bases;
+mod naming;
+
+use bases::complete;
+pub use naming::{base32_lower, conflict_name, CONFLICT_NAME_MAX};
 
 /// The message of every merge snapshot.
 pub const MERGE_MESSAGE: &str = "merge";
@@ -101,100 +107,6 @@ pub const VIRTUAL_MERGES: usize = 64;
 pub const AUTHOR_DEPTH: usize = 64;
 /// Deepest folder nesting merged (the depth checkout accepts).
 const MERGE_MAX_DEPTH: usize = crate::checkout::CHECKOUT_MAX_DEPTH;
-
-const P1: u8 = 1;
-const P2: u8 = 2;
-const STALE: u8 = 4;
-
-/// One snapshot seen by the ancestor walk.
-struct Seen {
-    flags: u8,
-    time: i64,
-    /// `None`: the header is not stored.
-    parents: Option<Vec<NodeId>>,
-    queued: bool,
-}
-
-/// The painting walk of [`Store::lca`].
-struct Paint<'a> {
-    store: &'a Store,
-    seen: HashMap<NodeId, Seen>,
-    heap: BinaryHeap<(i64, NodeId)>,
-    /// Queued, not stale, carrying P1 (resp. P2).
-    live: [usize; 2],
-}
-
-fn live_of(flags: u8) -> [usize; 2] {
-    if flags & STALE != 0 {
-        [0, 0]
-    } else {
-        [usize::from(flags & P1 != 0), usize::from(flags & P2 != 0)]
-    }
-}
-
-impl Paint<'_> {
-    fn count(&mut self, flags: u8, add: bool) {
-        let l = live_of(flags);
-        for (c, d) in self.live.iter_mut().zip(l) {
-            if add {
-                *c += d;
-            } else {
-                *c -= d;
-            }
-        }
-    }
-
-    /// Adds `flags` to `id`, queueing it when its flags grew (headers loaded on first sight).
-    fn paint(&mut self, id: NodeId, flags: u8, start: bool) -> Result<()> {
-        if let Some(s) = self.seen.get_mut(&id) {
-            let (old, new) = (s.flags, s.flags | flags);
-            if new == old {
-                return Ok(());
-            }
-            s.flags = new;
-            if s.parents.is_none() {
-                return Ok(());
-            }
-            let (queued, time) = (s.queued, s.time);
-            s.queued = true;
-            if queued {
-                self.count(old, false);
-            } else {
-                self.heap.push((time, id));
-            }
-            self.count(new, true);
-            return Ok(());
-        }
-        match self.store.snapshot(id) {
-            Ok(s) => {
-                self.seen.insert(
-                    id,
-                    Seen {
-                        flags,
-                        time: s.time_ns,
-                        parents: Some(s.parents),
-                        queued: true,
-                    },
-                );
-                self.heap.push((s.time_ns, id));
-                self.count(flags, true);
-            }
-            Err(Error::NotFound { .. }) if !start => {
-                self.seen.insert(
-                    id,
-                    Seen {
-                        flags,
-                        time: i64::MIN,
-                        parents: None,
-                        queued: false,
-                    },
-                );
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(())
-    }
-}
 
 /// Who wrote each side of a tree merge, and whether it is the real merge or a virtual base.
 struct Sides {
@@ -588,243 +500,7 @@ fn loser(e: &DirEntry, winner: MergeSide, sides: &Sides) -> Loser {
     }
 }
 
-/// The bases of a complete walk; [`Error::NeedHeaders`] or [`Error::Invalid`] otherwise.
-fn complete(m: MergeBases) -> Result<Vec<NodeId>> {
-    if !m.missing.is_empty() {
-        return Err(Error::NeedHeaders(m.missing));
-    }
-    if m.truncated {
-        return Err(Error::Invalid(format!(
-            "the histories are too long to find a merge base (more than {ANCESTOR_LIMIT} snapshots)"
-        )));
-    }
-    Ok(m.bases)
-}
-
-/// Lowercase RFC 4648 base32 without padding (what `left id` prints for a device).
-pub fn base32_lower(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let (mut buffer, mut bits) = (0u32, 0);
-    for &b in bytes {
-        buffer = (buffer << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-/// UTC calendar date and time of `ns` since the epoch: (year, month, day, hour, minute, second).
-fn utc(ns: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = ns.div_euclid(1_000_000_000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
-/// Cuts `b` to at most `max` bytes, not inside a UTF-8 sequence.
-fn cut(b: &[u8], max: usize) -> &[u8] {
-    if b.len() <= max {
-        return b;
-    }
-    let mut n = max;
-    while n > 0 && b[n] & 0xC0 == 0x80 {
-        n -= 1;
-    }
-    &b[..n]
-}
-
-/// The longest conflict-copy name: one path component on the common file systems (NAME_MAX).
-/// The store accepts longer names ([`MAX_NAME`](crate::node::MAX_NAME)), but a copy the folder cannot hold would live
-/// only in the store.
-pub const CONFLICT_NAME_MAX: usize = 255;
-
-/// The longest tail after the last dot still kept as an extension in a conflict name.
-pub const CONFLICT_EXT_MAX: usize = 32;
-
-/// The name a conflicting version of `name` is kept under (Syncthing's pattern):
-/// `stem.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.ext`, where `ext` is what follows the last dot of
-/// `name` when that dot is not its first character (otherwise there is no extension), the date
-/// and time are `mtime_ns` in UTC, and `DEVICE` is the first 8 characters of the lowercase base32
-/// of `device` (as `left id` prints it). `n` > 1 appends `-n` before the extension (the name was
-/// taken). The result is at most [`CONFLICT_NAME_MAX`] (255) bytes, what ext4, XFS, btrfs and
-/// APFS accept in one path component: a longer one gets its stem (then its extension) cut at a
-/// UTF-8 boundary. An "extension" longer than [`CONFLICT_EXT_MAX`] bytes is treated as part of
-/// the stem. A pure function of its inputs, so merges stay deterministic; two long names cut to
-/// the same prefix are told apart by `n` (the caller counts up while a name is taken).
-pub fn conflict_name(name: &[u8], mtime_ns: i64, device: &[u8; 32], n: u32) -> Vec<u8> {
-    let (stem, ext) = match name.iter().rposition(|&c| c == b'.') {
-        Some(i) if i > 0 && name.len() - i <= CONFLICT_EXT_MAX => (&name[..i], &name[i..]),
-        _ => (name, &name[name.len()..]),
-    };
-    let (y, mo, d, h, mi, s) = utc(mtime_ns);
-    let mut mid = format!(
-        ".sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}",
-        &base32_lower(device)[..8]
-    );
-    if n > 1 {
-        mid.push_str(&format!("-{n}"));
-    }
-    let ext = cut(ext, CONFLICT_NAME_MAX - mid.len());
-    let stem = cut(stem, CONFLICT_NAME_MAX - mid.len() - ext.len());
-    let mut out = Vec::with_capacity(stem.len() + mid.len() + ext.len());
-    out.extend_from_slice(stem);
-    out.extend_from_slice(mid.as_bytes());
-    out.extend_from_slice(ext);
-    out
-}
-
 impl Store {
-    /// The lowest common ancestors of snapshots `a` and `b` over the snapshot-header DAG, sorted
-    /// by id (see the module doc of `merge`). Reads headers only. `a` and `b` must be stored
-    /// (else [`Error::NotFound`]); a parent header that is not stored ends its branch and is
-    /// listed in [`MergeBases::missing`], in which case the bases may be wrong.
-    pub fn merge_bases(&self, a: NodeId, b: NodeId) -> Result<MergeBases> {
-        self.lca(&[a], &[b])
-    }
-
-    /// Lowest common ancestors of the set `one` (together) and the set `two`.
-    fn lca(&self, one: &[NodeId], two: &[NodeId]) -> Result<MergeBases> {
-        let mut p = Paint {
-            store: self,
-            seen: HashMap::new(),
-            heap: BinaryHeap::new(),
-            live: [0, 0],
-        };
-        for id in one {
-            p.paint(*id, P1, true)?;
-        }
-        for id in two {
-            p.paint(*id, P2, true)?;
-        }
-        let mut candidates = Vec::new();
-        let mut visited = 0usize;
-        let mut truncated = false;
-        let mut level = i64::MAX;
-        loop {
-            if p.live == [0, 0] {
-                break;
-            }
-            // When one side has nothing unpainted left, no new common ancestor can appear once the
-            // current time level is done (parents are never newer than their children).
-            if (p.live[0] == 0 || p.live[1] == 0) && p.heap.peek().is_none_or(|&(t, _)| t < level) {
-                break;
-            }
-            let Some((t, id)) = p.heap.pop() else { break };
-            visited += 1;
-            if visited > ANCESTOR_LIMIT {
-                truncated = true;
-                break;
-            }
-            level = t;
-            let s = p.seen.get_mut(&id).expect("queued nodes are seen");
-            s.queued = false;
-            let mut f = s.flags;
-            let parents = s.parents.clone().unwrap_or_default();
-            p.count(f, false);
-            if f & (P1 | P2) == P1 | P2 && f & STALE == 0 {
-                candidates.push(id);
-                f |= STALE;
-                p.seen.get_mut(&id).expect("seen").flags = f;
-            }
-            for q in parents {
-                p.paint(q, f, false)?;
-            }
-        }
-        let mut missing: Vec<NodeId> = p
-            .seen
-            .iter()
-            .filter(|(_, s)| s.parents.is_none() && s.flags & STALE == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        missing.sort();
-        // Drop candidates that are ancestors of other candidates.
-        let mut bases = Vec::with_capacity(candidates.len());
-        for c in &candidates {
-            let mut redundant = false;
-            for d in &candidates {
-                if d != c && self.is_ancestor(*c, *d)? {
-                    redundant = true;
-                    break;
-                }
-            }
-            if !redundant {
-                bases.push(*c);
-            }
-        }
-        bases.sort();
-        Ok(MergeBases {
-            bases,
-            missing,
-            truncated,
-        })
-    }
-
-    /// The device that wrote snapshot `id`: its own, or for a merge (zero device) that of its
-    /// parent with the greatest `(time_ns, id)`, recursively; zeros when a header is missing.
-    pub fn author(&self, id: NodeId) -> Result<[u8; 32]> {
-        let mut cur = id;
-        for _ in 0..AUTHOR_DEPTH {
-            let s = match self.snapshot(cur) {
-                Ok(s) => s,
-                Err(Error::NotFound { .. }) => return Ok([0; 32]),
-                Err(e) => return Err(e),
-            };
-            if s.device != [0; 32] {
-                return Ok(s.device);
-            }
-            let mut best: Option<(i64, NodeId)> = None;
-            for p in s.parents {
-                let ps = match self.snapshot(p) {
-                    Ok(ps) => ps,
-                    Err(Error::NotFound { .. }) => return Ok([0; 32]),
-                    Err(e) => return Err(e),
-                };
-                best = best.max(Some((ps.time_ns, p)));
-            }
-            match best {
-                Some((_, p)) => cur = p,
-                None => return Ok([0; 32]),
-            }
-        }
-        Ok([0; 32])
-    }
-
-    /// The author of a set of snapshots merged together (a virtual merge): that of the one with
-    /// the greatest `(time_ns, id)`.
-    fn author_of_set(&self, set: &[NodeId]) -> Result<[u8; 32]> {
-        let mut best: Option<(i64, NodeId)> = None;
-        for id in set {
-            best = best.max(Some((self.snapshot(*id)?.time_ns, *id)));
-        }
-        match best {
-            Some((_, id)) => self.author(id),
-            None => Ok([0; 32]),
-        }
-    }
-
     /// The root of a snapshot's tree, which must be completely stored (else [`Error::NeedTree`]).
     fn merge_tree_of(&self, snap: NodeId) -> Result<NodeId> {
         let s = self.snapshot(snap)?;
@@ -832,11 +508,6 @@ impl Store {
             return Err(Error::NeedTree(snap));
         }
         Ok(s.root)
-    }
-
-    /// Merge bases as [`Store::lca`], refusing an incomplete walk.
-    fn lca_complete(&self, one: &[NodeId], two: &[NodeId]) -> Result<Vec<NodeId>> {
-        complete(self.lca(one, two)?)
     }
 
     /// The base tree for merging two heads whose merge bases are `bases` (sorted): `None` is the
@@ -1019,99 +690,5 @@ impl Store {
         b.put(&self.db, cf::COMPLETE, sid.as_bytes(), b"");
         self.db.write(b.inner, false)?;
         Ok(sid)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(0), (1970, 1, 1, 0, 0, 0));
-        // 2024-02-29 12:34:56 UTC
-        assert_eq!(
-            utc(1_709_210_096 * 1_000_000_000 + 5),
-            (2024, 2, 29, 12, 34, 56)
-        );
-        assert_eq!(utc(-1), (1969, 12, 31, 23, 59, 59));
-    }
-
-    #[test]
-    fn base32_matches_left_id() {
-        assert_eq!(base32_lower(&[0; 32]), "a".repeat(52));
-        assert_eq!(base32_lower(b"f"), "my");
-        assert_eq!(base32_lower(b"foobar"), "mzxw6ytboi");
-    }
-
-    #[test]
-    fn conflict_names() {
-        let dev = [0xffu8; 32];
-        let t = 1_709_210_096 * 1_000_000_000;
-        assert_eq!(
-            conflict_name(b"notes.txt", t, &dev, 1),
-            b"notes.sync-conflict-20240229-123456-77777777.txt"
-        );
-        assert_eq!(
-            conflict_name(b"a.tar.gz", t, &dev, 3),
-            b"a.tar.sync-conflict-20240229-123456-77777777-3.gz"
-        );
-        assert_eq!(
-            conflict_name(b".bashrc", t, &dev, 1),
-            b".bashrc.sync-conflict-20240229-123456-77777777"
-        );
-        assert_eq!(
-            conflict_name(b"Makefile", t, &dev, 2),
-            b"Makefile.sync-conflict-20240229-123456-77777777-2"
-        );
-        // Too long: the stem is shortened, never inside a UTF-8 character.
-        let mut long = "é".repeat(2047).into_bytes();
-        long.extend_from_slice(b".md");
-        let c = conflict_name(&long, t, &dev, 1);
-        assert!(c.len() <= CONFLICT_NAME_MAX, "{}", c.len());
-        check_name(&c).unwrap();
-        assert!(std::str::from_utf8(&c).unwrap().ends_with("-77777777.md"));
-        // Names that ext4 holds (up to 255 bytes) give copies that it holds too, cut at a
-        // character boundary whatever the cut point, and the counter survives the cut.
-        for len in [200usize, 213, 214, 215, 254, 255] {
-            for unit in ["a", "é", "日", "😀"] {
-                let mut name = unit.repeat(len / unit.len()).into_bytes();
-                name.truncate(len - 4);
-                while std::str::from_utf8(&name).is_err() {
-                    name.pop();
-                }
-                name.extend_from_slice(b".txt");
-                for n in [1, 2, 1000] {
-                    let c = conflict_name(&name, t, &dev, n);
-                    assert!(
-                        c.len() <= CONFLICT_NAME_MAX,
-                        "{len} {unit} {n}: {}",
-                        c.len()
-                    );
-                    let s = std::str::from_utf8(&c).expect("cut inside a character");
-                    let tail = if n > 1 {
-                        format!("-77777777-{n}.txt")
-                    } else {
-                        "-77777777.txt".into()
-                    };
-                    assert!(s.ends_with(&tail), "{s}");
-                    assert!(s.starts_with(unit), "{s}");
-                }
-                assert_ne!(
-                    conflict_name(&name, t, &dev, 1),
-                    conflict_name(&name, t, &dev, 2)
-                );
-            }
-        }
-        // A long tail after a dot is not an extension: the copy still keeps some of the stem.
-        let mut odd = b"x.".to_vec();
-        odd.extend(std::iter::repeat_n(b'y', 250));
-        let c = conflict_name(&odd, t, &dev, 1);
-        assert!(
-            c.len() <= CONFLICT_NAME_MAX && c.starts_with(b"x.yyy"),
-            "{}",
-            String::from_utf8_lossy(&c)
-        );
-        assert!(c.ends_with(b"-77777777"));
     }
 }
