@@ -229,29 +229,13 @@ impl<'de> serde::Deserialize<'de> for DeviceId {
     }
 }
 
-/// The store's encoder (conflict copies name devices the same way).
+/// The project's one base32 (conflict copies name devices the same way).
 fn base32_encode(bytes: &[u8]) -> String {
-    left_store::base32_lower(bytes)
+    left_store::base32::encode(bytes)
 }
 
 fn base32_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 5 / 8);
-    let mut buffer: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c.to_ascii_lowercase() {
-            c @ b'a'..=b'z' => c - b'a',
-            c @ b'2'..=b'7' => c - b'2' + 26,
-            _ => return None,
-        };
-        buffer = (buffer << 5) | u32::from(v);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    Some(out)
+    left_store::base32::decode(s)
 }
 
 fn random_bytes() -> Result<[u8; KEY_LEN]> {

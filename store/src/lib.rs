@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod add;
+pub mod base32;
 pub mod checkout;
 pub mod chunker;
 pub mod codec;

@@ -6,24 +6,8 @@
 
 use crate::date::utc;
 
-/// Lowercase RFC 4648 base32 without padding (what `left id` prints for a device).
-pub fn base32_lower(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let (mut buffer, mut bits) = (0u32, 0);
-    for &b in bytes {
-        buffer = (buffer << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
+/// Lowercase RFC 4648 base32 without padding (what `left id` prints for a device): [`crate::base32::encode`].
+pub use crate::base32::encode as base32_lower;
 
 /// Cuts `b` to at most `max` bytes, not inside a UTF-8 sequence.
 fn cut(b: &[u8], max: usize) -> &[u8] {
