@@ -1,11 +1,13 @@
-//! The file system beneath the share root: every call is relative to a folder descriptor and takes
-//! one checked name, never following a symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`); see "Never
-//! outside the share" in [`crate::checkout`]. The mechanism is this per-component walk (a path is
-//! opened one folder at a time, each with `O_NOFOLLOW`), not `openat2`/`RESOLVE_BENEATH`. Also the
-//! few whole-file calls checkout needs (`copy_file_range` with its fallback, `fallocate`,
-//! `fstatvfs`/`statvfs`, `renameat2(RENAME_NOREPLACE)` of a staged file). Every call goes through
-//! `rustix`'s safe wrappers; errors come back as `io::Error` with the same `raw_os_error()` the
-//! C calls give. It is not a path resolver, and it knows nothing of trees or the store.
+//! The file system beneath the share root: every call there is relative to a folder descriptor and
+//! takes one checked name, never following a symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`); see
+//! "Never outside the share" in [`crate::checkout`]. The mechanism is this per-component walk (a
+//! path is opened one folder at a time, each with `O_NOFOLLOW`), not `openat2`/`RESOLVE_BENEATH`.
+//! Also the few whole-file calls checkout needs (`copy_file_range` with its fallback, `fallocate`,
+//! `fstatvfs`) and the three that take a whole path from [`CWD`]: opening the share root (the
+//! user's choice, links allowed), opening and `renameat2(RENAME_NOREPLACE)`-ing a staged file into
+//! the share, `statvfs` of the stage folder. Every call goes through `rustix`'s safe wrappers;
+//! errors come back as `io::Error` with the same `raw_os_error()` the C calls give. It is not a
+//! path resolver, and it knows nothing of trees or the store.
 
 use crate::{node, Error, Result};
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
