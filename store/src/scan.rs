@@ -64,11 +64,11 @@ impl Stat {
         }
     }
     /// From a raw `stat` (as `fstatat` fills it).
-    pub(crate) fn of_raw(st: &libc::stat) -> Stat {
+    pub(crate) fn of_raw(st: &crate::fs::RawStat) -> Stat {
         Stat {
             size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
             ino: st.st_ino,
             mode: st.st_mode & 0o7777,
         }
@@ -159,7 +159,7 @@ impl Seen {
     }
 
     /// From `lstat` (`None`: nothing there).
-    pub(crate) fn of(st: Option<&libc::stat>) -> Seen {
+    pub(crate) fn of(st: Option<&crate::fs::RawStat>) -> Seen {
         st.map_or(Seen::ABSENT, |st| {
             Seen::present(Stat::of_raw(st), st.st_mode)
         })

@@ -12,12 +12,12 @@ use super::unwritten::{denied, path_error};
 use super::{disk_kind, safe_mode, Ctx, DiskKind, CHANGED_LOCALLY, CHECKOUT_MAX_DEPTH, UNTRACKED};
 use crate::fs::{
     cstring, fchmod, fstat, fsync, futimens, list_dir, lstat_at, open_dir_at, open_file_at,
-    readlink_at, unlink_at,
+    readlink_at, unlink_at, RawStat,
 };
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -41,12 +41,12 @@ impl Store {
             )));
         }
         if cx.recovery {
-            for n in list_dir(fd.as_raw_fd()).map_err(|e| cx.io(rel, e))? {
+            for n in list_dir(fd.as_fd()).map_err(|e| cx.io(rel, e))? {
                 if n.starts_with(TMP_PREFIX.as_bytes()) {
                     let c = cstring(&n)?;
-                    if let Some(st) = lstat_at(fd.as_raw_fd(), &c).map_err(|e| cx.io(rel, e))? {
+                    if let Some(st) = lstat_at(fd.as_fd(), &c).map_err(|e| cx.io(rel, e))? {
                         if disk_kind(&st) != DiskKind::Dir {
-                            let _ = unlink_at(fd.as_raw_fd(), &c, false);
+                            let _ = unlink_at(fd.as_fd(), &c, false);
                         }
                     }
                 }
@@ -64,15 +64,15 @@ impl Store {
             }
             let c = cstring(&name)?;
             match self.apply_entry(cx, fd, &path, &c, x.as_ref(), y.as_ref(), depth) {
-                Ok(()) => cx.clear_unwritten(fd.as_raw_fd(), &c, &path)?,
+                Ok(()) => cx.clear_unwritten(fd.as_fd(), &c, &path)?,
                 Err(e) => match path_error(&e) {
-                    Some(why) => cx.fail_path(fd.as_raw_fd(), &c, &path, &why)?,
+                    Some(why) => cx.fail_path(fd.as_fd(), &c, &path, &why)?,
                     None => return Err(e),
                 },
             }
         }
         if cx.opts.fsync {
-            fsync(fd.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+            fsync(fd.as_fd()).map_err(|e| cx.io(rel, e))?;
         }
         Ok(())
     }
@@ -89,7 +89,7 @@ impl Store {
         y: Option<&DirEntry>,
         depth: usize,
     ) -> Result<()> {
-        let dfd = dir.as_raw_fd();
+        let dfd = dir.as_fd();
         let disk = lstat_at(dfd, name).map_err(|e| cx.io(rel, e))?;
         // Still what an earlier checkout could not replace: not a local change (the scan record
         // names the old version); the retry pass at the end brings it to `to`.
@@ -222,9 +222,9 @@ impl Store {
                 if let (Some((f, _, xid)), EntryKind::File) = (&old, y.kind) {
                     if self.same_content(*xid, node_id(y)?)? {
                         let yid = node_id(y)?;
-                        fchmod(f.as_raw_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
-                        futimens(f.as_raw_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
-                        let now = fstat(f.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                        fchmod(f.as_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
+                        futimens(f.as_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
+                        let now = fstat(f.as_fd()).map_err(|e| cx.io(rel, e))?;
                         cx.record(rel, Stat::of_raw(&now), yid)?;
                         return Ok(());
                     }
@@ -250,10 +250,10 @@ impl Store {
     fn at_version(
         &self,
         cx: &mut Ctx<'_>,
-        dfd: RawFd,
+        dfd: BorrowedFd<'_>,
         rel: &Path,
         name: &CStr,
-        st: &libc::stat,
+        st: &RawStat,
         y: &DirEntry,
         rehash: bool,
     ) -> Result<bool> {
@@ -284,7 +284,7 @@ impl Store {
                 if !self.file_matches(&f, &fnode)? {
                     return Ok(false);
                 }
-                let now = Stat::of_raw(&fstat(f.as_raw_fd()).map_err(|e| cx.io(rel, e))?);
+                let now = Stat::of_raw(&fstat(f.as_fd()).map_err(|e| cx.io(rel, e))?);
                 if now != s {
                     return Ok(false);
                 }
@@ -326,10 +326,10 @@ impl Store {
     fn at_from_version(
         &self,
         cx: &mut Ctx<'_>,
-        dfd: RawFd,
+        dfd: BorrowedFd<'_>,
         rel: &Path,
         name: &CStr,
-        st: &libc::stat,
+        st: &RawStat,
         x: &DirEntry,
     ) -> Result<Option<Option<File>>> {
         let found = self.at_from_version_exact(cx, dfd, rel, name, st, x)?;
@@ -364,10 +364,10 @@ impl Store {
     fn at_from_version_exact(
         &self,
         cx: &mut Ctx<'_>,
-        dfd: RawFd,
+        dfd: BorrowedFd<'_>,
         rel: &Path,
         name: &CStr,
-        st: &libc::stat,
+        st: &RawStat,
         x: &DirEntry,
     ) -> Result<Option<Option<File>>> {
         match (&x.target, disk_kind(st)) {
@@ -386,7 +386,7 @@ impl Store {
                     Ok(f) => f,
                     Err(_) => return Ok(None),
                 };
-                let now = fstat(f.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                let now = fstat(f.as_fd()).map_err(|e| cx.io(rel, e))?;
                 if Stat::of_raw(&now) != cs {
                     return Ok(None);
                 }
@@ -419,7 +419,7 @@ impl Store {
         y: Option<&DirEntry>,
         depth: usize,
     ) -> Result<()> {
-        let sub = match open_dir_at(dir.as_raw_fd(), name) {
+        let sub = match open_dir_at(dir.as_fd(), name) {
             Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
                 cx.keep(
@@ -430,7 +430,7 @@ impl Store {
             }
             Err(e) => return Err(cx.io(rel, e)),
         };
-        let before = fstat(sub.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+        let before = fstat(sub.as_fd()).map_err(|e| cx.io(rel, e))?;
         let (xa, yb) = (
             x.and_then(|x| dir_id(&Some(x.clone()))),
             y.and_then(|y| dir_id(&Some(y.clone()))),
@@ -438,19 +438,19 @@ impl Store {
         // Writable while it is changed (as the owner; root needs no bit).
         let orig_mode = before.st_mode & 0o7777;
         if orig_mode & 0o700 != 0o700 {
-            fchmod(sub.as_raw_fd(), orig_mode | 0o700).map_err(|e| cx.io(rel, e))?;
+            fchmod(sub.as_fd(), orig_mode | 0o700).map_err(|e| cx.io(rel, e))?;
         }
         if xa != yb {
             self.apply_dir(cx, &sub, rel, xa, yb, depth + 1)?;
         }
         match y {
             Some(y) => {
-                fchmod(sub.as_raw_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
-                futimens(sub.as_raw_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
+                fchmod(sub.as_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
+                futimens(sub.as_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
             }
             None => {
                 if orig_mode & 0o700 != 0o700 {
-                    let _ = fchmod(sub.as_raw_fd(), orig_mode);
+                    let _ = fchmod(sub.as_fd(), orig_mode);
                 }
             }
         }

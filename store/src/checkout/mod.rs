@@ -101,16 +101,17 @@ mod unwritten;
 mod write;
 
 use crate::db::{cf, Batch};
-use crate::fs::{cstring, free_bytes, fstat, fsync, open_at};
+use crate::fs::{cstring, free_bytes, fstat, fsync, open_at, RawStat, CWD};
 use crate::release::{Release, Releaser};
 pub use crate::scan::TMP_PREFIX;
 use crate::scan::{Seen, Stat};
 use crate::{CheckoutOptions, CheckoutReport, Error, NodeId, Progress, Result, Skipped, Store};
 use plan::{check_space, Plan, TreeCheck};
+use rustix::fs::{Mode as FileMode, OFlags};
 pub use settle::SETTLE_WINDOW_NS;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 #[doc(hidden)]
@@ -165,7 +166,7 @@ enum DiskKind {
     Other,
 }
 
-fn disk_kind(st: &libc::stat) -> DiskKind {
+fn disk_kind(st: &RawStat) -> DiskKind {
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => DiskKind::File,
         libc::S_IFDIR => DiskKind::Dir,
@@ -279,7 +280,7 @@ impl Ctx<'_> {
 
     /// Re-checking after a reboot: whether the settled checkout wrote this inode last (its ctime
     /// lies within that checkout's run).
-    fn written_by_settled(&self, st: &libc::stat) -> bool {
+    fn written_by_settled(&self, st: &RawStat) -> bool {
         let c = Stat::of_raw(st).ctime_ns;
         self.settle
             .as_ref()
@@ -366,10 +367,10 @@ impl Store {
         // The share root itself is the user's choice (it may be reached through a link); nothing
         // beneath it is.
         let root = open_at(
-            libc::AT_FDCWD,
+            CWD,
             &root_c,
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            FileMode::empty(),
         )
         .map_err(|e| Error::io(share_root, e))?;
         let share = std::fs::canonicalize(share_root).map_err(|e| Error::io(share_root, e))?;
@@ -398,14 +399,14 @@ impl Store {
             }
             Err(e) => return Err(e),
         }
-        let avail = free_bytes(root.as_raw_fd()).map_err(|e| Error::io(share_root, e))?;
+        let avail = free_bytes(root.as_fd()).map_err(|e| Error::io(share_root, e))?;
         // (Finishing or re-checking: most of the plan is usually done already, and refusing would
         // leave the folder half-way; a real shortage still fails each write with DiskFull.)
         if matches!(mode, Mode::Normal) {
             // Staged files are on disk already: renaming them in takes no space (when they are
             // on the share's file system; otherwise they are written as usual).
             if let Some(st) = &opts.staged {
-                let root_dev = fstat(root.as_raw_fd()).map(|s| s.st_dev).ok();
+                let root_dev = fstat(root.as_fd()).map(|s| s.st_dev).ok();
                 if st.dev().is_some() && st.dev() == root_dev {
                     plan.write = plan.write.saturating_sub(st.bytes());
                 }
@@ -471,7 +472,7 @@ impl Store {
         cx.flush_scan(true)?;
         r?;
         if opts.fsync {
-            fsync(root.as_raw_fd()).map_err(|e| Error::io(share_root, e))?;
+            fsync(root.as_fd()).map_err(|e| Error::io(share_root, e))?;
         }
         let mut b = Batch::default();
         match &mode {

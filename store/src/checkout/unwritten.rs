@@ -13,7 +13,7 @@ use crate::{
 use std::ffi::{CStr, OsStr};
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::{disk_kind, Ctx, DiskKind, KEPT_MAX};
@@ -146,7 +146,7 @@ impl Store {
                     ok = false;
                     break;
                 }
-                let at = dir.as_ref().map_or(root.as_raw_fd(), |d| d.as_raw_fd());
+                let at = dir.as_ref().map_or(root.as_fd(), |d| d.as_fd());
                 match open_dir_at(at, &cstring(n)?) {
                     Ok(d) => dir = Some(d),
                     Err(_) => {
@@ -165,7 +165,7 @@ impl Store {
                 Some(d) => d,
                 None => root.try_clone().map_err(|e| Error::io(&cx.share, e))?,
             };
-            let disk = lstat_at(pfd.as_raw_fd(), &c).map_err(|e| cx.io(&rel, e))?;
+            let disk = lstat_at(pfd.as_fd(), &c).map_err(|e| cx.io(&rel, e))?;
             if Seen::of(disk.as_ref()) != seen || cx.reserved(&rel, &name) {
                 cx.scan.delete(&self.db, cf::META, &key);
                 continue;
@@ -180,9 +180,9 @@ impl Store {
                     // A file is opened so that an edit made while the new one is written is
                     // seen right before the rename (its bytes are not reused).
                     let old = match disk.as_ref().map(disk_kind) {
-                        Some(DiskKind::File) => match open_file_at(pfd.as_raw_fd(), &c) {
+                        Some(DiskKind::File) => match open_file_at(pfd.as_fd(), &c) {
                             Ok(f) => {
-                                let st = fstat(f.as_raw_fd()).map_err(|e| cx.io(&rel, e))?;
+                                let st = fstat(f.as_fd()).map_err(|e| cx.io(&rel, e))?;
                                 let id = match &y.target {
                                     Target::Node(n) => *n,
                                     _ => NodeId(Hash([0; 32])),
@@ -202,7 +202,7 @@ impl Store {
                     Err(cx.io(&rel, io::Error::from_raw_os_error(libc::EACCES)))
                 }
                 (Some(DiskKind::File | DiskKind::Symlink), None) => {
-                    unlink_at(pfd.as_raw_fd(), &c, false).map_err(|e| cx.io(&rel, e))
+                    unlink_at(pfd.as_fd(), &c, false).map_err(|e| cx.io(&rel, e))
                 }
                 (Some(DiskKind::Dir), Some(y)) if y.kind == EntryKind::Dir => {
                     self.enter_dir(cx, &pfd, &rel, &c, None, Some(y), depth)
@@ -218,13 +218,13 @@ impl Store {
                         if let Some(pe) = self.entry_at(to, parent)? {
                             if pe.kind == EntryKind::Dir {
                                 // Best effort: a folder we may write in but not re-time.
-                                let _ = futimens(pfd.as_raw_fd(), pe.mtime_ns);
+                                let _ = futimens(pfd.as_fd(), pe.mtime_ns);
                             }
                         }
                     }
                 }
                 Err(e) => match path_error(&e) {
-                    Some(why) => cx.fail_path(pfd.as_raw_fd(), &c, &rel, &why)?,
+                    Some(why) => cx.fail_path(pfd.as_fd(), &c, &rel, &why)?,
                     None => return Err(e),
                 },
             }
@@ -238,7 +238,7 @@ impl Ctx<'_> {
     /// disk there now) and reported, and the checkout goes on.
     pub(super) fn fail_path(
         &mut self,
-        dfd: RawFd,
+        dfd: BorrowedFd<'_>,
         name: &CStr,
         rel: &Path,
         why: &str,
@@ -270,7 +270,12 @@ impl Ctx<'_> {
 
     /// `rel` was dealt with: its record (if any) goes, unless the disk still shows what the
     /// failed checkout saw (then the retry pass deals with it).
-    pub(super) fn clear_unwritten(&mut self, dfd: RawFd, name: &CStr, rel: &Path) -> Result<()> {
+    pub(super) fn clear_unwritten(
+        &mut self,
+        dfd: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &Path,
+    ) -> Result<()> {
         let Some(seen) = self.unwritten.get(rel).copied() else {
             return Ok(());
         };

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -22,10 +22,11 @@ use super::unwritten::denied;
 use super::{safe_mode, Ctx, CHANGED_LOCALLY, REUSE_MAP_CAP};
 use crate::fs::{
     copy_range, cstring, fchmod, fstat, futimens, lstat_at, mkdir_at, open_at, preallocate,
-    rename_at, symlink_at, unlink_at, utimens_at,
+    rename_at, rename_noreplace, symlink_at, unlink_at, utimens_at, CWD,
 };
 use crate::release::{release, Release, RELEASE_MIN};
 use crate::restore;
+use rustix::fs::{Mode, OFlags};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Files at least this big get their blocks allocated (`fallocate`) before they are written: a
@@ -51,47 +52,36 @@ pub(crate) fn tmp_name() -> String {
 /// plain file of `want` bytes (`size`, what the stage recorded, must agree): the temporary file,
 /// open. `None` (the file is then written the usual way) if anything is off, for example a stage
 /// on another file system than the share.
-fn adopt_staged(path: &Path, size: u64, want: u64, dfd: RawFd) -> Option<(CString, File)> {
+fn adopt_staged(path: &Path, size: u64, want: u64, dfd: BorrowedFd<'_>) -> Option<(CString, File)> {
     if size != want {
         return None;
     }
     let from = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let fd = open_at(libc::AT_FDCWD, &from, libc::O_RDWR | libc::O_NOFOLLOW, 0).ok()?;
+    let fd = open_at(CWD, &from, OFlags::RDWR | OFlags::NOFOLLOW, Mode::empty()).ok()?;
     let f = File::from(fd);
-    let st = fstat(f.as_raw_fd()).ok()?;
+    let st = fstat(f.as_fd()).ok()?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 != want || st.st_nlink != 1 {
         return None;
     }
     loop {
         let name = CString::new(tmp_name()).expect("no NUL");
-        // SAFETY: both names are NUL-terminated and live across the call.
-        let r = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                dfd,
-                name.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if r == 0 {
-            return Some((name, f));
-        }
-        if io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
-            return None;
+        match rename_noreplace(&from, dfd, &name) {
+            Ok(()) => return Some((name, f)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(_) => return None,
         }
     }
 }
 
 /// Creates a new temporary file in `dir` (exclusive, not following links), mode 0600.
-fn create_tmp(dir: RawFd) -> io::Result<(CString, File)> {
+fn create_tmp(dir: BorrowedFd<'_>) -> io::Result<(CString, File)> {
     loop {
         let name = CString::new(tmp_name()).expect("no NUL");
         match open_at(
             dir,
             &name,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
         ) {
             Ok(fd) => return Ok((name, File::from(fd))),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
@@ -116,7 +106,7 @@ impl Store {
         replaces: Option<u64>,
         depth: usize,
     ) -> Result<()> {
-        let dfd = dir.as_raw_fd();
+        let dfd = dir.as_fd();
         if denied(rel) {
             return Err(cx.io(rel, io::Error::from_raw_os_error(libc::EACCES)));
         }
@@ -215,14 +205,14 @@ impl Store {
                     )
                 };
                 let r = r.and_then(|reused| {
-                    fchmod(tmp.as_raw_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
-                    futimens(tmp.as_raw_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
+                    fchmod(tmp.as_fd(), safe_mode(y.mode)).map_err(|e| cx.io(rel, e))?;
+                    futimens(tmp.as_fd(), y.mtime_ns).map_err(|e| cx.io(rel, e))?;
                     if cx.opts.fsync {
                         tmp.sync_all().map_err(|e| cx.io(rel, e))?;
                     }
                     // The old file must still be the checked version right before it is replaced.
                     if let Some((of, ost, _)) = &old {
-                        let now = fstat(of.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                        let now = fstat(of.as_fd()).map_err(|e| cx.io(rel, e))?;
                         if Stat::of_raw(&now) != *ost {
                             return Ok(None);
                         }
@@ -241,7 +231,7 @@ impl Store {
                                 release(cx.release_tx().as_ref(), Release::Close(of));
                             }
                         }
-                        let now = fstat(tmp.as_raw_fd()).map_err(|e| cx.io(rel, e))?;
+                        let now = fstat(tmp.as_fd()).map_err(|e| cx.io(rel, e))?;
                         cx.record(rel, Stat::of_raw(&now), *id)?;
                         cx.report.files_written += 1;
                         cx.report.bytes_written += f.size;
