@@ -15,10 +15,9 @@ use crate::{
     ChunkId, EntryKind, Error, NodeId, Progress, RestoreOptions, RestoreReport, Result, Store,
 };
 use rayon::prelude::*;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -26,20 +25,21 @@ use std::path::Path;
 pub(crate) const WINDOW: usize = 64;
 
 fn set_times(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid("path contains NUL".into()))?;
-    let ts = libc::timespec {
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    let ts = Timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000) as _,
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
     };
-    let times = [ts, ts];
-    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-    // SAFETY: valid C string and a two-element timespec array.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
-    if r != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(())
+    let times = Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    };
+    let flags = if follow {
+        AtFlags::empty()
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    utimensat(CWD, path, &times, flags).map_err(|e| Error::io(path, e.into()))
 }
 
 /// Removes whatever is at `p` (file, link or folder tree) if it is not a folder.

@@ -18,7 +18,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::RwLock;
 
@@ -83,18 +82,15 @@ fn lock(dir: &Path) -> Result<File> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    // SAFETY: flock on a valid descriptor owned by `f`.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    if let Err(e) = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if e == rustix::io::Errno::WOULDBLOCK {
             let mut s = String::new();
             let _ = f.read_to_string(&mut s);
             return Err(Error::Locked {
                 pid: s.trim().parse().unwrap_or(0),
             });
         }
-        return Err(Error::io(&path, err));
+        return Err(Error::io(&path, e.into()));
     }
     f.set_len(0).map_err(|e| Error::io(&path, e))?;
     write!(f, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
