@@ -67,8 +67,8 @@ impl Stat {
     pub(crate) fn of_raw(st: &crate::fs::RawStat) -> Stat {
         Stat {
             size: st.st_size as u64,
-            mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
-            ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64,
             ino: st.st_ino,
             mode: st.st_mode & 0o7777,
         }
