@@ -4,12 +4,30 @@
 # copied over it, `sync; sleep 1` lets the disk settle, and `left --json add` is timed.
 # Prints: mutation, binary, wall, user, sys (s), bytes_new.
 #
+# With LEFT_BENCH_TREE=DIR (a folder of many files, e.g. /var/tmp/left-bench/many-100000 made by
+# many_files.py), each round instead gives every binary a fresh store over a hard-linked copy of
+# DIR and times its first `add`, then an unchanged rescan. Prints: tree, binary, wall, user, sys
+# (s) of the first add, then the same for the rescan.
+#
 # Usage: benches/ab_add.sh ROUNDS LEFT_BINARY... (data and work folder as ab_initial_sync.sh)
 set -euo pipefail
 ROUNDS=$1; shift
 D=${LEFT_BENCH_DATA:-/var/tmp/left-bench/e2e-1073741824}
 W=${WORK:-/var/tmp/left-ab}
 mkdir -p "$W"
+if [ -n "${LEFT_BENCH_TREE:-}" ]; then
+  for r in $(seq "$ROUNDS"); do
+    for L in "$@"; do
+      S="$W/tree"; rm -rf "$S"; mkdir -p "$S"; "$L" init -q "$S"; cp -al "$LEFT_BENCH_TREE" "$S/t"
+      sync; sleep 1; cd "$S"
+      /usr/bin/time -f "%e %U %S" -o "$W/t1.txt" "$L" add -q
+      /usr/bin/time -f "%e %U %S" -o "$W/t2.txt" "$L" add -q
+      echo "tree $L first $(cat "$W/t1.txt") rescan $(cat "$W/t2.txt")"
+      cd "$W"
+    done
+  done
+  exit 0
+fi
 n=0
 for L in "$@"; do
   n=$((n + 1)); S="$W/add-$n"

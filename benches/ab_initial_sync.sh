@@ -7,7 +7,8 @@
 #
 # Usage: benches/ab_initial_sync.sh ROUNDS LEFT_BINARY... (data: $LEFT_BENCH_DATA, default
 # /var/tmp/left-bench/e2e-1073741824, made by update_bench.py; work folder: $WORK, default
-# /var/tmp/left-ab)
+# /var/tmp/left-ab). With LEFT_BENCH_TREE=DIR, A shares a hard-linked copy of the folder DIR
+# instead of base.bin, and B's tree is compared with `diff -r`.
 set -euo pipefail
 ROUNDS=$1; shift
 D=${LEFT_BENCH_DATA:-/var/tmp/left-bench/e2e-1073741824}
@@ -17,7 +18,9 @@ mkdir -p "$W"
 for r in $(seq "$ROUNDS"); do
   for L in "$@"; do
     rm -rf "$W/a" "$W/b"; mkdir -p "$W/a" "$W/b"
-    "$L" init -q "$W/a"; cp "$D/base.bin" "$W/a/f.bin"; (cd "$W/a" && "$L" add -q)
+    "$L" init -q "$W/a"
+    if [ -n "${LEFT_BENCH_TREE:-}" ]; then cp -al "$LEFT_BENCH_TREE" "$W/a/t"; else cp "$D/base.bin" "$W/a/f.bin"; fi
+    (cd "$W/a" && "$L" add -q)
     (cd "$W/a" && exec "$L" serve --listen $PORT >"$W/serve.log" 2>&1) &
     SP=$!
     KEY=$(cd "$W/a" && "$L" share-key)
@@ -26,7 +29,7 @@ for r in $(seq "$ROUNDS"); do
     (cd "$W/b" && /usr/bin/time -f "%e %U %S" -o "$W/t.txt" "$L" --json sync $PORT > "$W/out.json")
     A=$(cut -d' ' -f14,15 /proc/$SP/stat)
     kill $SP; wait $SP 2>/dev/null || true
-    cmp "$W/a/f.bin" "$W/b/f.bin"
+    if [ -n "${LEFT_BENCH_TREE:-}" ]; then diff -r "$W/a/t" "$W/b/t"; else cmp "$W/a/f.bin" "$W/b/f.bin"; fi
     read -r wall usr sys < "$W/t.txt"
     python3 - "$W/out.json" "$L" "$wall" "$usr" "$sys" "$A" <<'PY'
 import json, sys

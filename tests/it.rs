@@ -1,9 +1,26 @@
-//! Integration tests: the real `left` binary driven in temporary folders.
+//! Integration tests: one test binary (`cargo test --release --test it`) with a module per area.
 //!
-//! One test binary (`cargo test --release --test it`) with a module per area: `cli` for the commands
-//! on good input, `faults` for bad input, failures and crashes, `roundtrip` for a property test of
-//! add + restore on arbitrary trees. `util` holds the helpers. `net` runs the tokio driver and sockets over loopback; `rdt_sim` is the deterministic network simulator of the rdt
-//! transport core (scripted faults and seeded chaos; `LEFT_SIM_SEEDS`, `LEFT_SIM_SEED`).
+//! - `cli`, `faults` and `roundtrip` drive the real `left` binary in temp folders: good input,
+//!   bad input and crashes (fault hooks and SIGKILL), a proptest of add + restore on arbitrary
+//!   trees. Faults are injected deterministically: `LEFT_FAULT=fail-write:N` (the N-th store write
+//!   fails as on a full disk), `abort-write:N` (the process aborts before it, as a crash would),
+//!   `abort-checkout:N` (abort right after the N-th path of a checkout is renamed into place);
+//!   network faults come from the seeded impairment layer (`LEFT_IMPAIR`).
+//! - `rdt_sim` is the deterministic network simulator of the rdt core (virtual clock, per-link
+//!   seeded impairment, scripted faults, chaos seeds: `LEFT_SIM_SEEDS`, `LEFT_SIM_SEED`); `net`
+//!   runs the tokio driver and sockets over loopback.
+//! - `sync_e2e` runs `left serve` and `left sync` as processes (resume after SIGKILL with exact
+//!   chunk counts, a server killed and restarted, 5% loss, diverged heads, IPv6); `auto` runs three
+//!   `left serve --peer` on 127.X.Y.1/2/3; `auto_sim` drives real agents, pulls, merges and
+//!   checkouts on real stores through a simulated network (`LEFT_AUTO_SIM_SEED(S)`).
+//! - `repair` damages a store through its test hooks and repairs it from a peer; `badpeer*` is a
+//!   fake peer built on the library serving crafted frames, nodes and chunks (bad ids, escaping
+//!   trees, a 1 PB file, a zstd bomb, stalls, floods) to the real binary; `control` drives the
+//!   binary beside an in-process control server.
+//! - `golden` pins the text formats other versions read; `layout` checks the structure
+//!   ARCHITECTURE.md promises (layers, imports, IO-free engine, file sizes) from the sources.
+//! - `util` holds the helpers. Store-level tests are in store/tests/; the ecp and sync engine
+//!   tests at the bottom of their modules.
 
 #[path = "it/auto.rs"]
 mod auto;
