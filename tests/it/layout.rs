@@ -7,7 +7,8 @@
 //! - the store crate's top-level modules import each other without a cycle, and none does
 //!   `use crate::*`;
 //! - `unsafe` in the store is rare and each block says why it is sound;
-//! - every file is within the size rule.
+//! - every file is within the size rule;
+//! - ARCHITECTURE.md is within its budget and every test it names exists.
 //!
 //! Comments are ignored (a doc may name `Store::add`); a file's inline `#[cfg(test)]` module at
 //! its bottom counts as test code.
@@ -381,4 +382,109 @@ fn files_are_within_the_size_rule() {
         "files over the size rule (split them along a seam):\n{}",
         over.join("\n")
     );
+}
+
+/// Every `fn` name defined in the `.rs` files under `dir`, by file.
+fn fns_in(dir: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for f in rust_files(dir) {
+        let src = fs::read_to_string(&f).unwrap();
+        for (i, _) in src.match_indices("fn ") {
+            let name: String = src[i + 3..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push((rel(&f), name));
+            }
+        }
+    }
+    out
+}
+
+/// Whether the test `reference` (as ARCHITECTURE.md writes it: `it::mod::name`,
+/// `store::mod::name`, `lib::path::name`, or a bare `name` continuing a list) exists.
+fn test_exists(reference: &str, fns: &[(String, String)]) -> bool {
+    let parts: Vec<&str> = reference.split("::").collect();
+    let name = *parts.last().unwrap();
+    let in_file = |pred: &dyn Fn(&str) -> bool| fns.iter().any(|(f, n)| n == name && pred(f));
+    match parts.as_slice() {
+        ["it", m, ..] => in_file(&|f| {
+            f == format!("tests/it/{m}.rs") || f.starts_with(&format!("tests/it/{m}/"))
+        }),
+        ["store", m, ..] => in_file(&|f| {
+            f.starts_with("store/tests/")
+                && (f.ends_with(&format!("/{m}.rs")) || f.contains(&format!("/{m}/")))
+        }),
+        ["lib", m, ..] => in_file(&|f| {
+            f == format!("src/{m}.rs") || f.starts_with(&format!("src/{m}/"))
+        }),
+        [_] => in_file(&|f| !f.starts_with("benches/")),
+        _ => false,
+    }
+}
+
+/// ARCHITECTURE.md stays within its budget, and every test it names exists: each invariant,
+/// layer rule, durability rule and threat line points at a test that checks it.
+#[test]
+fn architecture_is_within_budget_and_names_real_tests() {
+    let doc = fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let lines: Vec<&str> = doc.lines().collect();
+    assert!(lines.len() <= 200, "ARCHITECTURE.md has {} lines (at most 200)", lines.len());
+    let mut sections: Vec<(String, Vec<&str>)> = Vec::new();
+    for l in &lines {
+        if let Some(h) = l.strip_prefix("## ") {
+            sections.push((h.to_string(), Vec::new()));
+        } else if let Some(s) = sections.last_mut() {
+            s.1.push(l);
+        }
+    }
+    let budget = |name: &str, max: usize| {
+        let s = sections.iter().find(|(h, _)| h.starts_with(name));
+        let s = s.unwrap_or_else(|| panic!("ARCHITECTURE.md has no `## {name}` section"));
+        assert!(s.1.len() <= max, "section `{}` has {} lines (at most {max})", s.0, s.1.len());
+    };
+    budget("Threat model", 30);
+    budget("Durability", 25);
+    budget("Invariants", 40);
+
+    let mut fns = Vec::new();
+    for dir in ["src", "store/src", "tests", "store/tests"] {
+        fns.extend(fns_in(dir));
+    }
+    let is_test_ref = |t: &str| {
+        t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':')
+            && t.matches('_').count() >= 2
+            && !t.ends_with(':')
+    };
+    let mut missing = Vec::new();
+    for (heading, body) in &sections {
+        let checked = ["The map", "Invariants", "Durability", "Threat model"];
+        if !checked.iter().any(|c| heading.starts_with(c)) {
+            continue;
+        }
+        // One entry per bullet (continuation lines joined); a bullet of a rules section must name a test.
+        let mut entries: Vec<String> = Vec::new();
+        for l in body {
+            if l.starts_with("- ") || l.starts_with("**") || entries.is_empty() {
+                entries.push(l.to_string());
+            } else {
+                entries.last_mut().unwrap().push_str(l);
+            }
+        }
+        for e in entries {
+            let refs: Vec<&str> = e.split('`').skip(1).step_by(2).filter(|t| is_test_ref(t)).collect();
+            for r in &refs {
+                if !test_exists(r, &fns) {
+                    missing.push(format!("{heading}: `{r}` names no test"));
+                }
+            }
+            let rule = (heading.starts_with("Invariants") || heading.starts_with("Durability"))
+                && e.starts_with("- ");
+            if rule && refs.is_empty() {
+                missing.push(format!("{heading}: a rule names no test: {}", &e[..e.len().min(80)]));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "ARCHITECTURE.md:\n{}", missing.join("\n"));
 }
