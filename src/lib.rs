@@ -4,7 +4,9 @@
 //! (sans-IO), its tokio driver, the ecp message protocol and the sync engine (sans-IO). The store is
 //! its own crate, `left_store`. ARCHITECTURE.md is the map.
 
+pub mod app;
 pub mod control;
+pub mod duration;
 pub mod ecp;
 pub mod identity;
 pub mod net;

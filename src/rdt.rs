@@ -5,7 +5,7 @@
 //! sans-IO design: the core never touches a socket, never reads a clock and never uses a global
 //! RNG. The caller feeds it datagrams and the current time and drains what it wants sent, when it
 //! wants to be woken, and what happened. That makes it deterministic: the network simulator in
-//! `tests/it/rdt_sim.rs` replays any run from a seed.
+//! `tests/it/rdt_sim/` replays any run from a seed.
 //!
 //! # Driving it
 //! One [`Endpoint`] per UDP socket. The driver loop is:

@@ -41,10 +41,9 @@
 //! session with `Error { MALFORMED }` and a one-line reason.
 #![warn(missing_docs)]
 
-pub mod auto;
 mod client;
 mod server;
-pub mod stage;
+pub use left_store::checkout::stage;
 pub mod wire;
 
 pub use client::{

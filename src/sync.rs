@@ -52,7 +52,7 @@
 
 pub mod agent;
 mod answer;
-pub mod integrate;
+mod config;
 mod pull;
 mod serve;
 

@@ -22,6 +22,8 @@
 //! - `util` holds the helpers. Store-level tests are in store/tests/; the ecp and sync engine
 //!   tests at the bottom of their modules.
 
+#[path = "it/app.rs"]
+mod app;
 #[path = "it/auto.rs"]
 mod auto;
 #[path = "it/auto_sim.rs"]
@@ -46,7 +48,7 @@ mod golden;
 mod layout;
 #[path = "it/net.rs"]
 mod net;
-#[path = "it/rdt_sim.rs"]
+#[path = "it/rdt_sim/mod.rs"]
 mod rdt_sim;
 #[path = "it/repair.rs"]
 mod repair;

@@ -61,7 +61,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "PEER")]
     pub(crate) from: Option<String>,
     /// Encrypt packets (on|off); the peer must use the same setting
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = super::serve::parse_on_off, action = clap::ArgAction::Set, requires = "from")]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = super::args::parse_on_off, action = clap::ArgAction::Set, requires = "from")]
     pub(crate) encryption: bool,
     /// Give up on the peer after this many seconds without progress
     #[arg(long, value_name = "SECS", default_value_t = 60.0, requires = "from")]
@@ -192,9 +192,7 @@ pub(crate) fn ls(global: &Global, out: &Output, args: LsArgs) -> anyhow::Result<
 
 /// Runs `left restore`.
 pub(crate) fn restore(global: &Global, out: &Output, args: RestoreArgs) -> anyhow::Result<u8> {
-    if args.from.is_some() {
-        return super::remote::restore_from(global, out, args);
-    }
+    // With --from, `remote::restore_from` runs instead (see `super::run`).
     let (_, store) = open_store_read(global)?;
     let snapshot = resolve(&store, &args.snapshot)?;
     let path = args.path.as_deref().map(snapshot_path);
@@ -218,7 +216,7 @@ pub(crate) fn restore_into(
     path: Option<&Path>,
     to: &Path,
     force: bool,
-    fetched: Option<super::remote::Fetched>,
+    fetched: Option<left::app::restore::Fetched>,
 ) -> anyhow::Result<u8> {
     let target = absolute(to)?;
     let progress = out.progress();

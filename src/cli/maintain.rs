@@ -36,7 +36,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "A,B,C", value_delimiter = ',', requires = "repair")]
     pub(crate) ip: Vec<String>,
     /// Encrypt packets (on|off); the peers must use the same setting
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = super::serve::parse_on_off, action = clap::ArgAction::Set, requires = "repair")]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = super::args::parse_on_off, action = clap::ArgAction::Set, requires = "repair")]
     pub(crate) encryption: bool,
     /// Give up on the peers after this many seconds without progress
     #[arg(long, value_name = "SECS", default_value_t = 60.0, requires = "repair")]
@@ -51,50 +51,13 @@ pub struct GcArgs {
     keep_last: Option<usize>,
     /// Also keep the files of every snapshot at most this much older than the head (e.g. 30d,
     /// 12h, 90m, 2w, 1y); with --keep-last, a snapshot either rule keeps is kept
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = left::duration::parse_retention)]
     keep_within: Option<std::time::Duration>,
 }
 
-/// Parses a retention duration: a number and a unit (s, m, h, d, w, y), or several such
-/// (`1d12h`).
-pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("{s:?} is not a duration like 30d, 12h, 90m, 2w or 1y");
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            'y' => 365 * 86_400,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|x| total.checked_add(x))
-            .ok_or_else(bad)?;
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs(total))
-}
-
 /// Runs `left verify`: exit 0 when clean, else every problem on stdout and exit 1.
-pub(crate) fn verify(global: &Global, out: &Output, args: VerifyArgs) -> anyhow::Result<u8> {
-    if args.repair {
-        return super::remote::verify_repair(global, out, args);
-    }
+pub(crate) fn verify(global: &Global, out: &Output) -> anyhow::Result<u8> {
+    // With --repair, `remote::verify_repair` runs instead (see `super::run`).
     let (_, store) = open_store_read(global)?;
     let progress = out.progress();
     let report = store.verify(&progress).context("cannot verify the store")?;
@@ -349,22 +312,4 @@ fn gc_root_line(k: &GcRoot, book: Option<&PeerBook>) -> String {
         }
     }
     line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn retention_durations_parse() {
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("1d12h"), Ok(Duration::from_secs(36 * 3600)));
-        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
-        assert_eq!(parse_duration("1y"), Ok(Duration::from_secs(365 * 86_400)));
-        for bad in ["", "d", "30", "3x", "1.5d", "99999999999999999999y"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -17,11 +17,13 @@
 //! beside a serve they say so in one line, with what to do.
 
 mod add;
+mod args;
 mod checkout;
 mod fmt;
 mod init;
 mod inspect;
 mod maintain;
+mod peer_hints;
 mod progress;
 mod remote;
 mod serve;
@@ -46,7 +48,6 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_PARTIAL: u8 = 3;
 /// Exit code: `left sync` fetched a snapshot but did not check it out, because both sides changed
 /// since they last agreed and the history needed to merge them could not be fetched.
-#[allow(dead_code)] // Returned by `left sync`.
 pub const EXIT_DIVERGED: u8 = 4;
 /// Exit code: interrupted by Ctrl-C (SIGINT), 128 + 2 as shells report it.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -230,8 +231,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Forget(args) => add::forget(&cli.global, &out, args),
         Command::Log(args) => inspect::log(&cli.global, &out, args),
         Command::Ls(args) => inspect::ls(&cli.global, &out, args),
+        Command::Restore(args) if args.from.is_some() => {
+            remote::restore_from(&cli.global, &out, args)
+        }
         Command::Restore(args) => inspect::restore(&cli.global, &out, args),
-        Command::Verify(args) => maintain::verify(&cli.global, &out, args),
+        Command::Verify(args) if args.repair => remote::verify_repair(&cli.global, &out, args),
+        Command::Verify(_) => maintain::verify(&cli.global, &out),
         Command::Gc(args) => maintain::gc(&cli.global, &out, args),
         Command::Id => init::id(&cli.global, &out),
         Command::ShareKey => share::share_key(&cli.global, &out),
@@ -245,8 +250,17 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 
 /// Whether the error is a usage error (exit 2) rather than a failure (exit 1).
 pub fn is_usage(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|c| matches!(c.downcast_ref::<CliError>(), Some(CliError::Usage { .. })))
+    err.chain().any(|c| {
+        matches!(c.downcast_ref::<CliError>(), Some(CliError::Usage { .. }))
+            || matches!(
+                c.downcast_ref::<left::app::Error>(),
+                Some(left::app::Error::Usage { .. })
+            )
+            || matches!(
+                c.downcast_ref::<left::app::Error>(),
+                Some(left::app::Error::BadAddress { why, .. }) if !why.starts_with("cannot resolve")
+            )
+    })
 }
 
 /// A hint on what to do next for the error, if one is known.
@@ -282,6 +296,28 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
                 ),
                 _ => None,
             };
+        }
+        if let Some(e) = cause.downcast_ref::<left::app::Error>() {
+            match e {
+                left::app::Error::BadAddress { why, .. } => {
+                    // A well-formed name the resolver cannot answer for (it may be the network)
+                    // is an error, not a usage error.
+                    return Some(if why.starts_with("cannot resolve") {
+                        "check the host name, or give its IP address".into()
+                    } else {
+                        "give HOST:PORT, a host (port 22001), or an IP address ([::1]:22001, ::1)"
+                            .into()
+                    });
+                }
+                left::app::Error::Peers { hint, .. } | left::app::Error::Usage { hint, .. } => {
+                    return hint.clone()
+                }
+                left::app::Error::PeersFailed { peers, .. } => {
+                    return peer_hints::failure_hint(peers)
+                }
+                // The cause (a store or identity error) may have a hint: read on.
+                _ => continue,
+            }
         }
         if let Some(e) = cause.downcast_ref::<left_store::Error>() {
             return match e {
@@ -363,15 +399,6 @@ pub(crate) fn store_dir(global: &Global) -> anyhow::Result<PathBuf> {
         }
     }
     Err(CliError::NotInShare { cwd }.into())
-}
-
-/// Opens the store found by [`store_dir`].
-#[allow(dead_code)] // For `left serve` and `left sync`, which need it writable and to themselves.
-pub(crate) fn open_store(global: &Global) -> anyhow::Result<(PathBuf, Store)> {
-    let dir = store_dir(global)?;
-    let store =
-        Store::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
-    Ok((dir, store))
 }
 
 /// Opens the store for reading: normally, or read-only when another process (a running

@@ -93,3 +93,59 @@ impl Drop for Bar {
         }
     }
 }
+
+/// The fetch's progress bar on stderr: chunk bytes fetched against those found missing so far
+/// (the total grows while the walk goes on), with rate and ETA. Drawn only on a terminal, without
+/// -q, and only once the fetch has run for a second.
+pub(crate) struct FetchBar {
+    bar: Option<indicatif::ProgressBar>,
+    shown: AtomicBool,
+}
+
+impl FetchBar {
+    pub(crate) fn new(enabled: bool) -> FetchBar {
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+            if let Ok(style) = ProgressStyle::with_template(
+                "   fetch [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        FetchBar {
+            bar,
+            shown: AtomicBool::new(false),
+        }
+    }
+
+    /// A maker of one bar per fetch, for the use cases ([`left::app::Meters`]).
+    pub(crate) fn maker(enabled: bool) -> impl Fn() -> Box<dyn left::app::Meter> + Sync {
+        move || Box::new(FetchBar::new(enabled))
+    }
+}
+
+impl left::app::Meter for FetchBar {
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            if self.shown.load(Ordering::Relaxed) {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl left::app::FetchProgress for FetchBar {
+    fn update(&self, discovered: u64, fetched: u64) {
+        let Some(bar) = &self.bar else { return };
+        bar.set_length(discovered.max(fetched));
+        bar.set_position(fetched);
+        if !self.shown.load(Ordering::Relaxed)
+            && bar.elapsed() >= SHOW_AFTER
+            && !self.shown.swap(true, Ordering::Relaxed)
+        {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+    }
+}

@@ -236,16 +236,16 @@ impl ImpairmentConfig {
                 "duplicate" => config.duplicate = prob()?,
                 "corrupt" => config.corrupt = prob()?,
                 "delay" => {
-                    config.delay =
-                        parse_duration(value).ok_or_else(|| bad("not a duration like 5ms"))?
+                    config.delay = crate::duration::parse_precise(value)
+                        .ok_or_else(|| bad("not a duration like 5ms"))?
                 }
                 "jitter" => {
-                    config.jitter =
-                        parse_duration(value).ok_or_else(|| bad("not a duration like 1ms"))?
+                    config.jitter = crate::duration::parse_precise(value)
+                        .ok_or_else(|| bad("not a duration like 1ms"))?
                 }
                 "reorder_delay" => {
-                    config.reorder_delay =
-                        parse_duration(value).ok_or_else(|| bad("not a duration like 1ms"))?
+                    config.reorder_delay = crate::duration::parse_precise(value)
+                        .ok_or_else(|| bad("not a duration like 1ms"))?
                 }
                 "rate" => {
                     config.rate_limit_bytes_per_s = Some(
@@ -520,28 +520,6 @@ fn propagation_delay(rng: &mut ChaCha8Rng, delay: Duration, jitter: Duration) ->
     let offset = rng.random_range(-jitter_ns..=jitter_ns);
     let total = (delay.as_nanos() as i128 + offset).max(0);
     Duration::from_nanos(total as u64)
-}
-
-/// Parses `5ms`, `200us`, `1s`, `10ns`, `0`.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let scale = match unit {
-        "s" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        _ => return None,
-    };
-    let secs = number * scale;
-    (0.0..1e6)
-        .contains(&secs)
-        .then(|| Duration::from_secs_f64(secs))
 }
 
 /// Parses `256k`, `4m`, `1g`, `1200` into bytes (decimal prefixes).

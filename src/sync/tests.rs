@@ -1851,3 +1851,40 @@ fn an_honest_tree_larger_than_the_walk_bound_syncs_within_it() {
         assert!(out.worst.open_nodes <= bound, "{:?}", out.worst);
     }
 }
+
+/// `+=` on [`PullStats`] sums every counter: each field distinct and non-zero (a struct literal
+/// without `..`, so a new field must be named here), added twice to the default.
+#[test]
+fn pull_stats_add_assign_sums_every_field() {
+    let s = PullStats {
+        requests: 1,
+        nodes_requested: 2,
+        chunks_requested: 3,
+        endgame_requests: 4,
+        nodes_fetched: 5,
+        chunks_fetched: 6,
+        payload_bytes_received: 7,
+        chunk_bytes_discovered: 8,
+        chunk_bytes_fetched: 9,
+        duplicates: 10,
+        peers_dropped: 11,
+    };
+    let mut total = PullStats::default();
+    total += &s;
+    assert_eq!(total, s);
+    total += &s;
+    let doubled = PullStats {
+        requests: 2,
+        nodes_requested: 4,
+        chunks_requested: 6,
+        endgame_requests: 8,
+        nodes_fetched: 10,
+        chunks_fetched: 12,
+        payload_bytes_received: 14,
+        chunk_bytes_discovered: 16,
+        chunk_bytes_fetched: 18,
+        duplicates: 20,
+        peers_dropped: 22,
+    };
+    assert_eq!(total, doubled);
+}

@@ -34,6 +34,7 @@ pub mod chunker;
 pub mod codec;
 pub mod db;
 mod error;
+mod fs;
 mod ids;
 mod maint;
 mod merge;

@@ -171,3 +171,68 @@ impl Seen {
         m.map_or(Seen::ABSENT, |m| Seen::present(Stat::of(m), m.mode()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat() -> Stat {
+        Stat {
+            size: 123_456,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_001_000_000_001,
+            ino: 987_654,
+            mode: 0o4755,
+        }
+    }
+
+    #[test]
+    fn scan_records_keep_their_format() {
+        let node = NodeId(Hash::of(b"node"));
+        // A record as add wrote it before flags existed (and as checkout writes it).
+        let mut old = Vec::new();
+        old.extend_from_slice(&123_456u64.to_le_bytes());
+        old.extend_from_slice(&1_700_000_000_123_456_789i64.to_le_bytes());
+        old.extend_from_slice(&1_700_000_001_000_000_001i64.to_le_bytes());
+        old.extend_from_slice(&987_654u64.to_le_bytes());
+        old.extend_from_slice(&0o4755u32.to_le_bytes());
+        old.extend_from_slice(node.as_bytes());
+        assert_eq!(old.len(), 68);
+        assert_eq!(stat().cache_bytes(node).to_vec(), old);
+        assert_eq!(Stat::from_record(&old), Some((stat(), node, 0)));
+        for flags in [REC_CUT_HERE, REC_RACY | REC_CUT_HERE, REC_RACY] {
+            let b = stat().record_bytes(node, flags);
+            assert_eq!(b.len(), 68, "gc keeps only 68-byte records");
+            assert_eq!(Stat::from_record(&b), Some((stat(), node, flags)));
+            // Checkout's view: the stat without the flags, and whether the record is racy.
+            assert_eq!(
+                Stat::from_cache_racy(&b),
+                Some((stat(), node, flags & REC_RACY != 0))
+            );
+        }
+        assert_eq!(Stat::from_record(&old[..67]), None);
+    }
+
+    #[test]
+    fn racy_is_a_time_near_the_read() {
+        let s = 1_000_000_000_000i64;
+        let e = s + 5_000_000;
+        let at = |m: i64, c: i64| Stat {
+            mtime_ns: m,
+            ctime_ns: c,
+            ..stat()
+        };
+        let old = s - RACY_MARGIN_NS - 1;
+        assert!(!at(old, old).racy(s, e));
+        assert!(
+            at(s - RACY_MARGIN_NS, old).racy(s, e),
+            "mtime at the margin"
+        );
+        assert!(at(s - 1, old).racy(s, e), "mtime just before the read");
+        assert!(at(e, e).racy(s, e), "changed during the read");
+        // Only the mtime counts (see RACY_MARGIN_NS).
+        assert!(!at(old, e).racy(s, e), "recent ctime, old mtime");
+        // Far in the future (a clock set back, touch -d): a later write changes it anyway.
+        assert!(!at(e + RACY_MARGIN_NS + 1, old).racy(s, e));
+    }
+}

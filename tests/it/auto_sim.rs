@@ -22,8 +22,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use left::app::integrate::{integrate, IntegrateOptions};
 use left::ecp::{Message, ShareId, PROTOCOL_VERSION};
-use left::sync::integrate::{integrate, IntegrateOptions};
 use left::sync::{
     apply_to_store, Agent, AgentConfig, Effect, ExchangeOutcome, Output, PeerId, Pull, PullConfig,
     ScanOutcome, ServeSession, Task,
