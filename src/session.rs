@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod objects;
 mod server;
 pub use left_store::checkout::stage;
 pub mod wire;
@@ -50,6 +51,7 @@ pub use client::{
     fetch, fetch_history, heads, DevicePolicy, Endpoints, FetchConfig, FetchProgress, FetchReport,
     NodeSession, NodeSink, OpenError, PeerFailure, PeerOutcome, Target, HISTORY_LIMIT,
 };
+pub use objects::apply_to_store;
 pub use server::{AllowAll, PeerPolicy, PeerStatus, Server, ServerConfig, ServerEvent};
 
 use crate::ecp::{Message, ShareId, PROTOCOL_VERSION};

@@ -25,8 +25,9 @@
 //! [`Pull::poll_timeout`] has come, and after every input drain [`Pull::poll`] until it returns
 //! `None`, sending each [`Output::Send`] to its peer and applying each [`Output::Effect`] to the
 //! store *before* calling `poll` again (the engine asks the store about what it just handed out).
-//! [`apply_to_store`] applies an effect to a [`Store`]. A driver may gather consecutive
-//! [`Effect::StoreChunk`]s and store them in one write ([`Store::put_chunks_verified`]), as long
+//! `session::apply_to_store` applies an effect to the store (the engine's traits are
+//! implemented for the store in `session`, so this module never touches it). A driver may gather
+//! consecutive [`Effect::StoreChunk`]s and store them in one write (`Store::put_chunks_verified`), as long
 //! as it does so before applying any other effect and before polling while
 //! [`Pull::has_effects`] is false (queued effects come out without a store lookup). The pull ends with exactly one
 //! [`Effect::Done`] or [`Effect::Failed`]. It fails as soon as no peer is left; a driver that
@@ -64,28 +65,16 @@ pub use pull::{
 pub use serve::{ServeSession, SessionError};
 
 use left_store::node::Node;
-use left_store::{NodeId, ObjectId, Store};
+use left_store::{NodeId, ObjectId};
 
-/// What the pull asks the local store. Implemented for [`Store`]; tests use an in-memory set.
+/// What the pull asks the local store. Implemented for the store in `session`; tests use an
+/// in-memory set.
 pub trait LocalObjects {
     /// For each id: for a chunk, is it stored; for a node, is it complete (its whole subtree
     /// stored)? Same order and length as `ids`.
     fn has_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>, left_store::Error>;
     /// The stored node (complete or not), decoded, or `None` when it is not stored.
     fn node(&self, id: NodeId) -> Result<Option<Node>, left_store::Error>;
-}
-
-impl LocalObjects for Store {
-    fn has_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>, left_store::Error> {
-        Store::has_many(self, ids)
-    }
-
-    fn node(&self, id: NodeId) -> Result<Option<Node>, left_store::Error> {
-        match self.get_node(id)? {
-            Some(bytes) => Node::decode_verified(&id, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
 }
 
 /// A server's answer to a peer's `Have` or `Update` given its own head: `Same` when the heads are
@@ -96,18 +85,6 @@ pub fn answer_have(ours: Option<NodeId>, theirs: Option<NodeId>) -> Option<crate
         Some(h) if Some(h) == theirs => Some(crate::ecp::Message::Same),
         Some(h) => Some(crate::ecp::Message::Excess { head: h }),
         None => None,
-    }
-}
-
-/// Applies a pull's effect to a store. `Done`, `Failed` and `PeerDropped` change nothing here.
-pub fn apply_to_store(store: &Store, effect: &Effect) -> Result<(), left_store::Error> {
-    match effect {
-        Effect::StoreNode(id, bytes) => store.put_node(*id, bytes).map(drop),
-        Effect::StoreChunk(id, encoded, plain_len) => {
-            store.put_chunk_verified(*id, encoded, *plain_len).map(drop)
-        }
-        Effect::MarkComplete(id) => store.mark_complete(*id).map(drop),
-        Effect::Done(_) | Effect::Failed(_) | Effect::PeerDropped { .. } => Ok(()),
     }
 }
 

@@ -1,26 +1,16 @@
 //! The serving side: turn one `GetNodes` / `GetChunks` into replies, one message at a time.
 
 use crate::ecp::{Message, ObjectRef, MAX_CHUNK_BYTES, MAX_NODES_PER_REPLY, MAX_NODE_BYTES};
-use left_store::{ChunkId, NodeId, Store};
+use left_store::{ChunkId, NodeId};
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 
-/// Where a server reads objects in their stored form. Implemented for [`Store`].
+/// Where a server reads objects in their stored form. Implemented for the store in `session`.
 pub trait ObjectSource {
     /// The encoded node, or `None` when it is not stored.
     fn node_bytes(&self, id: NodeId) -> Result<Option<Vec<u8>>, left_store::Error>;
     /// The encoded chunk (codec byte and payload), or `None` when it is not stored.
     fn chunk_bytes(&self, id: ChunkId) -> Result<Option<Vec<u8>>, left_store::Error>;
-}
-
-impl ObjectSource for Store {
-    fn node_bytes(&self, id: NodeId) -> Result<Option<Vec<u8>>, left_store::Error> {
-        self.get_node(id)
-    }
-
-    fn chunk_bytes(&self, id: ChunkId) -> Result<Option<Vec<u8>>, left_store::Error> {
-        self.get_chunk(id)
-    }
 }
 
 enum Wanted {

@@ -73,16 +73,6 @@ impl Default for PullConfig {
     }
 }
 
-impl PullConfig {
-    /// The defaults, with the chunk size limit taken from the local store's configuration.
-    pub fn for_store(store: &left_store::Store) -> PullConfig {
-        PullConfig {
-            max_chunk_size: store.config().chunk_max as usize,
-            ..PullConfig::default()
-        }
-    }
-}
-
 /// Counters of a pull (for `--json` and tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PullStats {

@@ -4,7 +4,7 @@
 use super::*;
 use crate::ecp::{Message, ObjectRef};
 use left_store::node::{build_content, build_dir, Child, ChunkRef, DirEntry, FileNode, Target};
-use left_store::{ChunkId, EntryKind, Hash, Snapshot};
+use left_store::{ChunkId, EntryKind, Hash, Snapshot, Store};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1184,7 +1184,7 @@ fn pull_into_a_real_store() {
         while let Some(out) = pull.poll(now, &store) {
             match out {
                 Output::Effect(e) => {
-                    apply_to_store(&store, &e).unwrap();
+                    crate::session::apply_to_store(&store, &e).unwrap();
                     match e {
                         Effect::Done(h) => break 'outer h,
                         Effect::Failed(r) => panic!("{r}"),

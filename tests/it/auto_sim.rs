@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use left::app::integrate::{integrate, IntegrateOptions};
 use left::ecp::{Message, ShareId, PROTOCOL_VERSION};
+use left::session::apply_to_store;
 use left::sync::{
-    apply_to_store, Agent, AgentConfig, Effect, ExchangeOutcome, Output, PeerId, Pull, PullConfig,
-    ScanOutcome, ServeSession, Task,
+    Agent, AgentConfig, Effect, ExchangeOutcome, Output, PeerId, Pull, PullConfig, ScanOutcome,
+    ServeSession, Task,
 };
 use left_store::{AddOptions, Hash, NoProgress, NodeId, Store, StoreConfig};
 use rand::{Rng, SeedableRng};

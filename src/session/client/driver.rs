@@ -216,7 +216,7 @@ pub(super) async fn run_pull(
                         Effect::Done(_) => finished = Some(Ok(())),
                         Effect::Failed(r) => finished = Some(Err(r)),
                         other => {
-                            if let Err(err) = crate::sync::apply_to_store(store, &other) {
+                            if let Err(err) = crate::session::apply_to_store(store, &other) {
                                 finished = Some(Err(format!("local store: {err}")));
                                 break;
                             }
