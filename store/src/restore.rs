@@ -16,6 +16,7 @@ use crate::{
 };
 use rayon::prelude::*;
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
