@@ -16,9 +16,9 @@ use crate::{
 };
 use rayon::prelude::*;
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -198,7 +198,7 @@ impl Store {
                     return Err(Error::corrupt(format!("node {id} is not a file")));
                 };
                 let dir = p.parent().unwrap_or(Path::new("."));
-                let tmp = dir.join(crate::checkout::tmp_name());
+                let tmp = dir.join(crate::scan::tmp_name());
                 let r = self.write_file(&f.content, &tmp, progress).and_then(|n| {
                     if n != f.size {
                         return Err(Error::corrupt(format!(

@@ -6,7 +6,8 @@
 //!   flags ([`REC_RACY`], [`REC_CUT_HERE`]) in the mode word's high bits.
 //! - [`Seen`] is what a checkout saw at a path it could not write (`meta/unwritten/<path>`), which
 //!   `add` compares to decide the disk still shows the old version.
-//! - [`TMP_PREFIX`] names the temporary files of checkout and restore, which a scan never reads.
+//! - [`TMP_PREFIX`] names the temporary files of checkout and restore ([`tmp_name`]), which a scan
+//!   never reads.
 //!
 //! What this module is not: it reads no folder and writes no record itself (add's walk and the
 //! checkout do, in their own batches); it decides nothing about racy reads beyond [`Stat::racy`].
@@ -14,6 +15,18 @@ use crate::ids::{Hash, NodeId};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A unique hidden temporary name: `.left-tmp-<16 hex>`.
+pub(crate) fn tmp_name() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut seed = Vec::with_capacity(32);
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    seed.extend_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    seed.extend_from_slice(&crate::store::now_ns().to_le_bytes());
+    let h = Hash::of(&seed);
+    format!("{TMP_PREFIX}{}", &h.to_string()[..16])
+}
 
 /// A scan record is *racy* when the file's mtime is within this of the moment its read started
 /// (or later): 2 s. A write right after the read changes the stat only if it gets a new mtime (and
@@ -175,6 +188,14 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tmp_names_are_hidden_and_unique() {
+        let a = tmp_name();
+        let b = tmp_name();
+        assert!(a.starts_with(TMP_PREFIX) && a.len() == TMP_PREFIX.len() + 16);
+        assert_ne!(a, b);
+    }
 
     fn stat() -> Stat {
         Stat {

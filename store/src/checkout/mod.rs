@@ -116,7 +116,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 #[doc(hidden)]
 pub use unwritten::{debug_set_deny_hook, DenyHook};
-pub(crate) use write::tmp_name;
 pub use write::PREALLOCATE_MIN;
 
 /// Most chunks of an old file indexed for reuse (~60 bytes each); a bigger file's later chunks

@@ -7,7 +7,7 @@
 
 use crate::db::checkout_step;
 use crate::node::{ChunkRef, DirEntry, FileNode, Node, Target};
-use crate::scan::{Stat, TMP_PREFIX};
+use crate::scan::Stat;
 use crate::{EntryKind, Error, Hash, NodeId, Result, Store};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -26,8 +26,8 @@ use crate::fs::{
 };
 use crate::release::{release, Release, RELEASE_MIN};
 use crate::restore;
+use crate::scan::tmp_name;
 use rustix::fs::{Mode, OFlags};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Files at least this big get their blocks allocated (`fallocate`) before they are written: a
 /// full disk shows before any work, and the rename over the old file does not have to flush the
@@ -36,17 +36,6 @@ pub const PREALLOCATE_MIN: u64 = 1 << 20;
 /// Bytes of a run copied from an old file per `copy_file_range` step (progress is reported
 /// between steps).
 const COPY_RUN_STEP: u64 = 64 << 20;
-
-/// A unique hidden temporary name: `.left-tmp-<16 hex>`.
-pub(crate) fn tmp_name() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let mut seed = Vec::with_capacity(32);
-    seed.extend_from_slice(&std::process::id().to_le_bytes());
-    seed.extend_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    seed.extend_from_slice(&crate::store::now_ns().to_le_bytes());
-    let h = Hash::of(&seed);
-    format!("{TMP_PREFIX}{}", &h.to_string()[..16])
-}
 
 /// Moves the staged file at `path` into the folder `dfd` under a new temporary name, if it is a
 /// plain file of `want` bytes (`size`, what the stage recorded, must agree): the temporary file,
@@ -390,18 +379,5 @@ impl Store {
         }
         tmp.set_len(f.size).map_err(|e| cx.io(rel, e))?;
         Ok(reused)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tmp_names_are_hidden_and_unique() {
-        let a = tmp_name();
-        let b = tmp_name();
-        assert!(a.starts_with(TMP_PREFIX) && a.len() == TMP_PREFIX.len() + 16);
-        assert_ne!(a, b);
     }
 }
