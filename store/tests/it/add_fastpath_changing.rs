@@ -1,6 +1,7 @@
 //! A changed file whose previous cuts are being reused, and which changes again while it is read,
 //! is read again from the start (reusing from scratch) and stored whole and exactly as a full
-//! FastCDC pass cuts it. Uses the reader's test hook, so this binary holds only this test.
+//! FastCDC pass cuts it. Uses the reader's test hook
+//! (`common::with_read_hook`: only on this test's share, one hook user at a time).
 
 use crate::common::*;
 use left_store::chunker::{cut_all, ChunkSizes};
@@ -11,7 +12,7 @@ use std::path::Path;
 
 /// During the first read attempt of "f": overwrite a few bytes near its end (same size).
 fn poke(path: &Path, attempt: usize) {
-    if path.file_name().unwrap() == "f" && attempt == 0 {
+    if hooked(path) && path.file_name().unwrap() == "f" && attempt == 0 {
         let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
         let len = f.metadata().unwrap().len();
         f.seek(SeekFrom::Start(len - 5000)).unwrap();
@@ -39,9 +40,9 @@ fn a_file_changing_while_its_cuts_are_reused_is_read_again() {
     data[1 << 20..(1 << 20) + 300].copy_from_slice(&rand_bytes(2, 300));
     fs::write(&f, &data).unwrap();
 
-    debug_set_read_hook(Some(poke));
-    let res = store.debug_add_with_stats(&share, &[], &AddOptions::default(), &NoProgress);
-    debug_set_read_hook(None);
+    let res = with_read_hook(&share, poke, || {
+        store.debug_add_with_stats(&share, &[], &AddOptions::default(), &NoProgress)
+    });
     let (r, stats) = res.unwrap();
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     // Read twice: the first attempt saw the change.

@@ -112,3 +112,37 @@ pub fn add_msg(store: &Store, share: &Path, msg: &str) -> Option<NodeId> {
         .unwrap()
         .snapshot
 }
+
+/// Tests that install the reader's test hook hold this while they do: the hook is process-wide.
+static HOOK_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The share the installed hook acts on.
+static HOOK_ROOT: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+/// Uninstalls the hook when dropped (also when the test panics).
+struct HookGuard<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, ()>);
+
+impl Drop for HookGuard<'_> {
+    fn drop(&mut self) {
+        debug_set_read_hook(None);
+        *HOOK_ROOT.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Runs `f` with the reader's test hook set to `hook` for files under `root`. All store tests
+/// share one process, so hook users take turns, and a hook must call [`hooked`] first to leave
+/// other tests' files alone.
+pub fn with_read_hook<T>(root: &Path, hook: ReadHook, f: impl FnOnce() -> T) -> T {
+    let _guard = HookGuard(HOOK_USERS.lock().unwrap_or_else(|e| e.into_inner()));
+    *HOOK_ROOT.write().unwrap_or_else(|e| e.into_inner()) = Some(root.to_path_buf());
+    debug_set_read_hook(Some(hook));
+    f()
+}
+
+/// Whether `path` is under the share of the test that installed the hook.
+pub fn hooked(path: &Path) -> bool {
+    HOOK_ROOT
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        .is_some_and(|root| path.starts_with(root))
+}
