@@ -8,7 +8,9 @@
 # Usage: benches/ab_initial_sync.sh ROUNDS LEFT_BINARY... (data: $LEFT_BENCH_DATA, default
 # /var/tmp/left-bench/e2e-1073741824, made by update_bench.py; work folder: $WORK, default
 # /var/tmp/left-ab). With LEFT_BENCH_TREE=DIR, A shares a hard-linked copy of the folder DIR
-# instead of base.bin, and B's tree is compared with `diff -r`.
+# instead of base.bin, and B's tree is compared with `diff -r`. With LEFT_BENCH_DROP_CACHES=1 (root),
+# every run starts after `sync` and dropping the page, dentry and inode caches, so one run's deletes
+# and cached metadata do not land in the next run's time.
 set -euo pipefail
 ROUNDS=$1; shift
 D=${LEFT_BENCH_DATA:-/var/tmp/left-bench/e2e-1073741824}
@@ -18,6 +20,7 @@ mkdir -p "$W"
 for r in $(seq "$ROUNDS"); do
   for L in "$@"; do
     rm -rf "$W/a" "$W/b"; mkdir -p "$W/a" "$W/b"
+    if [ -n "${LEFT_BENCH_DROP_CACHES:-}" ]; then sync; echo 3 > /proc/sys/vm/drop_caches; fi
     "$L" init -q "$W/a"
     if [ -n "${LEFT_BENCH_TREE:-}" ]; then cp -al "$LEFT_BENCH_TREE" "$W/a/t"; else cp "$D/base.bin" "$W/a/f.bin"; fi
     (cd "$W/a" && "$L" add -q)

@@ -30,7 +30,8 @@ pub mod restore;
 pub mod sync;
 
 pub use crate::session::{
-    FetchProgress, FetchReport, PeerFailure, PeerOutcome, ServerEvent, Target,
+    FetchProgress, FetchReport, LocalError, PeerError, PeerFailure, PeerOutcome, ServerEvent,
+    Target,
 };
 pub use crate::sync::{AgentConfig, PullStats};
 pub use peer_setup::DEFAULT_PORT;

@@ -21,18 +21,16 @@
 //! server), so the caller can fall back to opening the store itself.
 //!
 //! Paths inside requests and replies travel as text when they are UTF-8 and as a byte array
-//! otherwise, so non-UTF-8 names survive the trip. Reports mirror the store's [`AddReport`] and
-//! [`GcReport`] and convert both ways, so the command line prints a reply exactly as it prints a
-//! local result.
+//! otherwise ([`left_store::serde_path`]), so non-UTF-8 names survive the trip. The `Add` and `Gc`
+//! replies are the store's own [`AddReport`] and [`GcReport`], so the command line prints a reply
+//! exactly as it prints a local result.
 //!
 //! A socket path longer than `sun_path` allows (about 108 bytes) is reached through
 //! `/proc/self/fd/N/control.sock`, N being a descriptor of the store folder.
 #![warn(missing_docs)]
 
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
@@ -40,7 +38,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use left_store::{AddOptions, AddReport, GcOptions, GcReport, NoProgress, NodeId, Skipped, Store};
+use left_store::{AddOptions, AddReport, GcOptions, GcReport, NoProgress, NodeId, Store};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -65,7 +63,7 @@ pub enum Request {
     /// Snapshot the share (or only `paths`, relative to the share root; empty: everything).
     Add {
         /// Paths relative to the share root (no `..`, not absolute).
-        #[serde(with = "wire_paths")]
+        #[serde(with = "left_store::serde_path::many")]
         paths: Vec<PathBuf>,
         /// Snapshot message.
         message: String,
@@ -98,9 +96,9 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// What `Add` did.
-    Add(AddReply),
+    Add(AddReport),
     /// What `Gc` did.
-    Gc(GcReply),
+    Gc(GcReport),
     /// What `DropPeerRef` did: the snapshot the ref named (`None`: there was no such ref).
     PeerRefDropped(Option<NodeId>),
     /// The server's status.
@@ -114,127 +112,6 @@ pub enum Response {
         /// What to do about it, if known.
         hint: Option<String>,
     },
-}
-
-/// [`AddReport`] on the wire.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)] // The fields are AddReport's.
-pub struct AddReply {
-    pub snapshot: Option<NodeId>,
-    pub head: Option<NodeId>,
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub bytes_read: u64,
-    pub bytes_new: u64,
-    pub bytes_stored: u64,
-    pub skipped: Vec<SkippedPath>,
-    #[serde(default)]
-    pub frozen: u64,
-    #[serde(default)]
-    pub newly_frozen: u64,
-}
-
-/// [`Skipped`] on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SkippedPath {
-    /// Path relative to the share root.
-    #[serde(with = "wire_path")]
-    pub path: PathBuf,
-    /// Why it was skipped.
-    pub reason: String,
-}
-
-/// [`GcReport`] on the wire.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)] // The fields are GcReport's.
-pub struct GcReply {
-    pub chunks_removed: u64,
-    pub nodes_removed: u64,
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-    #[serde(default)]
-    pub kept_by: Vec<left_store::GcRoot>,
-    #[serde(default)]
-    pub dropped_refs: Vec<String>,
-}
-
-impl From<AddReport> for AddReply {
-    fn from(r: AddReport) -> AddReply {
-        AddReply {
-            snapshot: r.snapshot,
-            head: r.head,
-            files: r.files,
-            dirs: r.dirs,
-            symlinks: r.symlinks,
-            bytes_read: r.bytes_read,
-            bytes_new: r.bytes_new,
-            bytes_stored: r.bytes_stored,
-            skipped: r
-                .skipped
-                .into_iter()
-                .map(|s| SkippedPath {
-                    path: s.path,
-                    reason: s.reason,
-                })
-                .collect(),
-            frozen: r.frozen,
-            newly_frozen: r.newly_frozen,
-        }
-    }
-}
-
-impl From<AddReply> for AddReport {
-    fn from(r: AddReply) -> AddReport {
-        AddReport {
-            snapshot: r.snapshot,
-            head: r.head,
-            files: r.files,
-            dirs: r.dirs,
-            symlinks: r.symlinks,
-            bytes_read: r.bytes_read,
-            bytes_new: r.bytes_new,
-            bytes_stored: r.bytes_stored,
-            skipped: r
-                .skipped
-                .into_iter()
-                .map(|s| Skipped {
-                    path: s.path,
-                    reason: s.reason,
-                })
-                .collect(),
-            // `add` through the socket never waits for files to settle.
-            unsettled: Vec::new(),
-            frozen: r.frozen,
-            newly_frozen: r.newly_frozen,
-        }
-    }
-}
-
-impl From<GcReport> for GcReply {
-    fn from(r: GcReport) -> GcReply {
-        GcReply {
-            chunks_removed: r.chunks_removed,
-            nodes_removed: r.nodes_removed,
-            bytes_before: r.bytes_before,
-            bytes_after: r.bytes_after,
-            kept_by: r.kept_by,
-            dropped_refs: r.dropped_refs,
-        }
-    }
-}
-
-impl From<GcReply> for GcReport {
-    fn from(r: GcReply) -> GcReport {
-        GcReport {
-            chunks_removed: r.chunks_removed,
-            nodes_removed: r.nodes_removed,
-            bytes_before: r.bytes_before,
-            bytes_after: r.bytes_after,
-            kept_by: r.kept_by,
-            dropped_refs: r.dropped_refs,
-        }
-    }
 }
 
 /// What can go wrong on the client side of the socket.
@@ -600,7 +477,7 @@ impl StoreHandler {
                         f();
                     }
                 }
-                Response::Add(report.into())
+                Response::Add(report)
             }
             Err(e) => store_error(
                 &format!("cannot snapshot {}", self.share_root.display()),
@@ -658,7 +535,7 @@ impl StoreHandler {
                     None => gc(),
                 }
                 match result {
-                    Some(Ok(report)) => Response::Gc(report.into()),
+                    Some(Ok(report)) => Response::Gc(report),
                     Some(Err(e)) => store_error("cannot collect garbage", &e),
                     None => error("gc did not run".into(), None),
                 }
@@ -740,57 +617,12 @@ pub fn store_error_hint(e: &left_store::Error) -> Option<String> {
     }
 }
 
-/// A path on the wire: its text when UTF-8, else its bytes.
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum WirePath {
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-impl WirePath {
-    fn of(p: &Path) -> WirePath {
-        match p.to_str() {
-            Some(s) => WirePath::Text(s.to_owned()),
-            None => WirePath::Bytes(p.as_os_str().as_bytes().to_vec()),
-        }
-    }
-
-    fn into_path(self) -> PathBuf {
-        match self {
-            WirePath::Text(s) => PathBuf::from(s),
-            WirePath::Bytes(b) => PathBuf::from(OsString::from_vec(b)),
-        }
-    }
-}
-
-mod wire_path {
-    use super::*;
-
-    pub fn serialize<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-        WirePath::of(p).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-        WirePath::deserialize(d).map(WirePath::into_path)
-    }
-}
-
-mod wire_paths {
-    use super::*;
-
-    pub fn serialize<S: serde::Serializer>(ps: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(ps.iter().map(|p| WirePath::of(p)))
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-        Vec::<WirePath>::deserialize(d).map(|v| v.into_iter().map(WirePath::into_path).collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use left_store::Skipped;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
 
     struct Echo;
 
@@ -798,16 +630,16 @@ mod tests {
         fn handle(&self, req: Request) -> Response {
             match req {
                 Request::Status => Response::Status(serde_json::json!({ "ok": true })),
-                Request::Add { paths, .. } => Response::Add(AddReply {
+                Request::Add { paths, .. } => Response::Add(AddReport {
                     files: paths.len() as u64,
                     skipped: paths
                         .into_iter()
-                        .map(|path| SkippedPath {
+                        .map(|path| Skipped {
                             path,
                             reason: "echo".into(),
                         })
                         .collect(),
-                    ..AddReply::default()
+                    ..AddReport::default()
                 }),
                 _ => error("no".into(), Some("hint".into())),
             }
@@ -949,12 +781,12 @@ mod tests {
             serde_json::to_string(&Request::Status).unwrap(),
             r#""Status""#
         );
-        let p = SkippedPath {
+        let p = Skipped {
             path: PathBuf::from(OsString::from_vec(vec![0xff, b'a'])),
             reason: "r".into(),
         };
         let text = serde_json::to_string(&p).unwrap();
         assert_eq!(text, r#"{"path":[255,97],"reason":"r"}"#);
-        assert_eq!(serde_json::from_str::<SkippedPath>(&text).unwrap(), p);
+        assert_eq!(serde_json::from_str::<Skipped>(&text).unwrap(), p);
     }
 }

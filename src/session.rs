@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod error;
 mod objects;
 mod server;
 pub use left_store::checkout::stage;
@@ -49,8 +50,9 @@ pub mod wire;
 
 pub use client::{
     fetch, fetch_history, heads, DevicePolicy, Endpoints, FetchConfig, FetchProgress, FetchReport,
-    NodeSession, NodeSink, OpenError, PeerFailure, PeerOutcome, Target, HISTORY_LIMIT,
+    NodeSession, NodeSink, PeerOutcome, Target, HISTORY_LIMIT,
 };
+pub use error::{Error, LocalError, PeerError, PeerFailure};
 pub use objects::apply_to_store;
 pub use server::{AllowAll, PeerPolicy, PeerStatus, Server, ServerConfig, ServerEvent};
 

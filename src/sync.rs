@@ -60,7 +60,8 @@ mod serve;
 pub use agent::{Agent, AgentConfig, ExchangeOutcome, ScanOutcome, Task};
 pub use answer::{Answer, ObjectSource};
 pub use pull::{
-    owed_note, DropCause, Effect, InFlight, MemoryUse, Output, PeerId, Pull, PullConfig, PullStats,
+    owed_note, DropCause, Effect, Failure, InFlight, LocalError, MemoryUse, Output, PeerId, Pull,
+    PullConfig, PullStats,
 };
 pub use serve::{ServeSession, SessionError};
 

@@ -24,9 +24,9 @@
 //! (nothing to scan, fetch or check out).
 //!
 //! What it is not: it decides nothing the agent decides (when to scan, whom to ask, backoff);
-//! the history fetch is [`super::history`]'s and the merge [`super::integrate`]'s. It is the
-//! one use case that still prints: with [`AutoConfig::log`] it logs each update, merge, conflict
-//! and unreadable path on stderr itself (a typed event stream for them is left to do).
+//! the history fetch is [`super::history`]'s and the merge [`super::integrate`]'s. It prints
+//! nothing: each update, merge, conflict and unreadable path goes to the caller as an
+//! [`AutoEvent`], and the caller decides what reaches the log.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,8 +37,10 @@ use std::time::{Duration, Instant};
 use left_store::{CheckoutOptions, NoProgress, NodeId, Store};
 use tokio::sync::{mpsc, watch};
 
+mod event;
 mod status;
 
+pub use event::{AutoEvent, OnAutoEvent};
 use status::{publish, Totals};
 pub use status::{AutoPeerStatus, AutoStatus, SkippedStatus, TransferStatus};
 
@@ -59,9 +61,8 @@ pub struct AutoConfig {
     pub device: [u8; 32],
     /// Checkout settings.
     pub checkout: CheckoutOptions,
-    /// Print a line on stderr for each update, merge and conflict.
-    pub log: bool,
 }
+
 
 /// Something the driver is told.
 #[derive(Clone, Debug)]
@@ -98,6 +99,7 @@ struct Ctx {
     share: PathBuf,
     endpoints: Endpoints,
     cfg: AutoConfig,
+    on_event: OnAutoEvent,
     /// Held by every task that scans or moves the head (and by the control socket's `add`).
     folder: Arc<Mutex<()>>,
     status: Arc<Mutex<AutoStatus>>,
@@ -140,6 +142,7 @@ pub async fn run(
     mut inputs: mpsc::UnboundedReceiver<AutoInput>,
     status: Arc<Mutex<AutoStatus>>,
     folder: Arc<Mutex<()>>,
+    on_event: OnAutoEvent,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut agent = Agent::new(Instant::now(), cfg.agent.clone(), peers.len());
@@ -160,6 +163,7 @@ pub async fn run(
         share,
         endpoints,
         cfg,
+        on_event,
         folder,
         status,
         settle_off: std::sync::atomic::AtomicBool::new(false),
@@ -351,9 +355,7 @@ pub async fn run(
                             agent.retire(i);
                         }
                     }
-                    if ctx.cfg.log {
-                        log_exchange(&rep, &known);
-                    }
+                    report_exchange(&ctx, &rep, &known);
                 }
                 Err(e) => {
                     last_error = Some(format!("a sync task failed: {e}"));
@@ -407,8 +409,8 @@ fn holds_cached(store: &Store, head: NodeId, cache: &mut HoldsCache) -> bool {
         .or_insert_with(|| holds(store, head))
 }
 
-/// One stderr line for what an exchange brought in (nothing when it brought nothing).
-fn log_exchange(rep: &ExchangeReport, known: &[Peer]) {
+/// The events of what an exchange brought in (none when it brought nothing).
+fn report_exchange(ctx: &Ctx, rep: &ExchangeReport, known: &[Peer]) {
     let Some(ig) = &rep.integrated else { return };
     if !ig.moved() {
         return;
@@ -419,27 +421,19 @@ fn log_exchange(rep: &ExchangeReport, known: &[Peer]) {
         .filter(|(_, _, h, e)| e.is_none() && h.is_some() && *h != ig.before)
         .map(|(i, ..)| known[*i].target.label.as_str())
         .collect();
-    let what = if ig.merges > 0 {
-        format!("merged with {}", from.join(", "))
-    } else {
-        format!("updated from {}", from.join(", "))
-    };
-    crate::log_line!(
-        "left: {what}: now at {} ({} file(s) written, {} removed{})",
-        ig.after.map(|h| h.fmt_short()).unwrap_or_default(),
-        ig.files_written,
-        ig.files_removed,
-        if ig.kept > 0 {
-            format!(", {} local change(s) kept for the next snapshot", ig.kept)
-        } else {
-            String::new()
-        }
-    );
+    (ctx.on_event)(AutoEvent::Updated {
+        merged: ig.merges > 0,
+        from,
+        now: ig.after,
+        written: ig.files_written,
+        removed: ig.files_removed,
+        kept: ig.kept,
+    });
     for (path, copy) in &ig.conflicts {
-        crate::log_line!("left: conflict: {path} was changed on two devices; the other version is kept as {copy}");
+        (ctx.on_event)(AutoEvent::Conflict { path, copy });
     }
     for u in &ig.unwritten {
-        crate::log_line!("left: warning: {u}");
+        (ctx.on_event)(AutoEvent::Unwritten(u));
     }
 }
 
@@ -505,10 +499,7 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
             Ok(Some(c)) => {
                 let still: Vec<_> = c.unwritten.iter().map(|u| &u.path).collect();
                 for p in before.iter().filter(|p| !still.contains(p)) {
-                    crate::log_line!(
-                        "left: {} is written now (it could not be before)",
-                        p.display()
-                    );
+                    (ctx.on_event)(AutoEvent::WrittenNow(p));
                 }
             }
             Ok(None) => {}
@@ -516,11 +507,7 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
         }
     }
     if r.newly_frozen > left_store::FROZEN_WARN {
-        crate::log_line!(
-            "left: warning: {} tracked paths are now ignored by .leftignore: frozen, not deleted \
-             (check .leftignore, or `left forget PATH` to drop one on purpose)",
-            r.newly_frozen
-        );
+        (ctx.on_event)(AutoEvent::NewlyFrozen(r.newly_frozen));
     }
     report_skipped(ctx, &r.skipped);
     let unsettled = !r.unsettled.is_empty()
@@ -534,7 +521,7 @@ fn scan(ctx: &Ctx) -> Result<ScanOutcome, String> {
     })
 }
 
-/// Publishes the paths a scan could not read in the status and logs those not skipped at the
+/// Publishes the paths a scan could not read in the status and reports those not skipped at the
 /// scan before (a file still being written is not one: it is taken once it settles; nor is a
 /// path a checkout could not write, which status lists as unwritten).
 fn report_skipped(ctx: &Ctx, skipped: &[left_store::Skipped]) {
@@ -547,16 +534,22 @@ fn report_skipped(ctx: &Ctx, skipped: &[left_store::Skipped]) {
             reason: s.reason.clone(),
         })
         .collect();
-    let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
-    for s in now.iter().filter(|s| !st.skipped.contains(s)) {
-        // A name may have come from a peer: no control characters reach the log.
-        eprintln!(
-            "left: warning: {}: {} (not synced; it keeps its previous version)",
-            crate::sanitize::field(&s.path),
-            crate::sanitize::field(&s.reason)
-        );
+    let fresh: Vec<SkippedStatus> = {
+        let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = now
+            .iter()
+            .filter(|s| !st.skipped.contains(s))
+            .cloned()
+            .collect();
+        st.skipped = now;
+        fresh
+    };
+    for s in &fresh {
+        (ctx.on_event)(AutoEvent::Skipped {
+            path: &s.path,
+            reason: &s.reason,
+        });
     }
-    st.skipped = now;
 }
 
 /// The agent's settle time, as `AddOptions::settle_ns` (0 once files have been unsettled for
@@ -613,7 +606,12 @@ async fn exchange(
     rep.duplicates += report.stats.duplicates;
     for (k, p) in report.peers.iter().enumerate() {
         let i = targets[k].0;
-        rep.peers.push((i, p.device, p.head, p.error.clone()));
+        rep.peers.push((
+            i,
+            p.device,
+            p.head,
+            p.error.as_ref().map(|e| e.reason.clone()),
+        ));
         if p.error.is_none() || p.fetched {
             rep.outcome.reached.push(i);
         } else {

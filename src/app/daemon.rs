@@ -11,9 +11,9 @@
 //! peers get `Bye`, connections close with code 0, the control socket is removed, and [`run`]
 //! returns.
 //!
-//! What it is not: it prints nothing of its own (the listening line, peers coming and going and
-//! watcher warnings go to the caller as [`Event`]s; the automatic loop logs its own lines when
-//! [`DaemonOptions::log`] is set) and handles no signal (the caller's `shutdown` does).
+//! What it is not: it prints nothing (the listening line, peers coming and going, watcher
+//! warnings and the automatic loop's updates, conflicts and warnings go to the caller as
+//! [`Event`]s) and handles no signal (the caller's `shutdown` does).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use left_store::{CheckoutOptions, Store};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use super::auto::{self, AutoConfig, AutoInput, AutoStatus};
+use super::auto::{self, AutoConfig, AutoEvent, AutoInput, AutoStatus};
 use super::peer_setup::{bind, endpoint_config, runtime, BookPolicy};
 use super::{io_error, Context, Error, Result};
 use crate::control::{self, StoreHandler};
@@ -54,8 +54,6 @@ pub struct DaemonOptions {
     pub watch: bool,
     /// fsync every file a checkout writes.
     pub fsync: bool,
-    /// Let the automatic loop log each update, merge and conflict on stderr.
-    pub log: bool,
 }
 
 /// Something the daemon tells its caller.
@@ -77,6 +75,8 @@ pub enum Event<'a> {
     WatchUnavailable(&'a str),
     /// Watching the folder failed (each distinct error once in a row).
     WatchError(&'a str),
+    /// What the automatic loop did or could not do.
+    Auto(AutoEvent<'a>),
 }
 
 /// The caller's event sink.
@@ -179,7 +179,6 @@ pub fn run(
                     fsync: opts.fsync,
                     ..Default::default()
                 },
-                log: opts.log,
             };
             if opts.watch {
                 let (wtx, mut wrx) = mpsc::unbounded_channel::<()>();
@@ -226,6 +225,13 @@ pub fn run(
                 auto_rx,
                 auto_status.clone(),
                 folder.clone(),
+                {
+                    let on_event = on_event.clone();
+                    // A line the caller cannot print is not worth stopping the loop for.
+                    Arc::new(move |e: AutoEvent<'_>| {
+                        let _ = on_event(Event::Auto(e));
+                    })
+                },
                 stop_rx.clone(),
             )));
         } else {

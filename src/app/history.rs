@@ -44,12 +44,12 @@ pub async fn fetch_headers(
             continue;
         };
         let mut bytes = 0u64;
-        let mut keep = |nid: NodeId, b: &[u8]| -> Result<(), String> {
+        let mut keep = |nid: NodeId, b: &[u8]| -> Result<(), session::Error> {
             bytes += b.len() as u64;
             store
                 .put_snapshot_header(nid, b)
                 .map(drop)
-                .map_err(|e| format!("snapshot {}: {e}", nid.fmt_short()))
+                .map_err(Into::into)
         };
         let got = s.get_nodes(&[id], &mut keep).await;
         s.close().await;

@@ -21,7 +21,7 @@ use left_store::{
 
 use super::peer_setup::{add_book_targets, runtime, Net};
 use super::{Context, Error, Meters, Result};
-use crate::session::{self, Endpoints, FetchConfig, NodeSession, PeerOutcome, Target};
+use crate::session::{self, Endpoints, FetchConfig, NodeSession, PeerError, PeerOutcome, Target};
 use crate::sync::PullStats;
 
 /// Settings of [`run`].
@@ -204,7 +204,7 @@ async fn repair_fetch(
         .apply_repair_plan(plan)
         .context("cannot prepare the store for the repair")?;
     let mut done = Fetched::default();
-    let note = |peers: &mut Vec<PeerOutcome>, label: &str, error: String| {
+    let note = |peers: &mut Vec<PeerOutcome>, label: &str, error: PeerError| {
         if let Some(p) = peers.iter_mut().find(|p| p.label == label) {
             p.error = Some(error);
         }
@@ -217,17 +217,14 @@ async fn repair_fetch(
         }
         let mut s = match NodeSession::open(eps, t.addr, fcfg, store).await {
             Ok(s) => s,
-            Err((_, e)) => {
+            Err(e) => {
                 note(&mut peers, &t.label, e);
                 continue;
             }
         };
         let got = s
             .get_nodes(&headers, &mut |id, bytes| {
-                store
-                    .put_node(id, bytes)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                store.put_node(id, bytes).map(drop).map_err(Into::into)
             })
             .await;
         s.close().await;
@@ -236,7 +233,10 @@ async fn repair_fetch(
                 done.headers += got.len();
                 headers.retain(|h| !got.contains(h));
             }
-            Err(e) => note(&mut peers, &t.label, e),
+            Err(session::Error::Peer(e)) => note(&mut peers, &t.label, e),
+            Err(session::Error::Local(e)) => {
+                return Err(Error::Other(format!("cannot repair: {e}")));
+            }
         }
     }
     // Trees: each damaged snapshot pulled again (only what is missing travels); one whose

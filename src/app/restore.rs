@@ -114,12 +114,11 @@ impl Lazy<'_> {
         if self.session.is_none() {
             let s = NodeSession::open(self.eps, self.target.addr, self.cfg, self.store)
                 .await
-                .map_err(|(kind, e)| Error::PeersFailed {
+                .map_err(|e| Error::PeersFailed {
                     message: format!("cannot reach {}: {e}", self.target.label),
                     peers: vec![PeerOutcome {
                         label: self.target.label.clone(),
                         error: Some(e),
-                        failure: Some(kind),
                         ..PeerOutcome::default()
                     }],
                 })?;
@@ -136,15 +135,15 @@ impl Lazy<'_> {
             .session()
             .await?
             .get_nodes(ids, &mut |id, bytes| {
-                store
-                    .put_node(id, bytes)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                store.put_node(id, bytes).map(drop).map_err(Into::into)
             })
             .await
-            .map_err(|e| Error::Peers {
-                message: format!("cannot fetch from {label}: {e}"),
-                hint: None,
+            .map_err(|e| match e {
+                session::Error::Local(e) => Error::Other(format!("cannot fetch from {label}: {e}")),
+                session::Error::Peer(e) => Error::Peers {
+                    message: format!("cannot fetch from {label}: {e}"),
+                    hint: None,
+                },
             })?;
         self.nodes += got.len() as u64;
         Ok(ids.iter().copied().filter(|i| !got.contains(i)).collect())

@@ -61,7 +61,7 @@ pub enum Event<'a> {
         /// The peer, as given.
         peer: &'a str,
         /// Why not.
-        error: &'a str,
+        error: &'a session::Error,
     },
     /// The peer book could not record a peer that answered (a warning, never a failure): the
     /// text after `warning: `.
@@ -85,8 +85,8 @@ pub enum Event<'a> {
 /// folder; what was fetched is kept).
 #[derive(Debug)]
 pub enum Refusal {
-    /// The local store failed while storing what peers sent (its message).
-    LocalStore(String),
+    /// The local store failed while storing what peers sent.
+    LocalStore(session::LocalError),
     /// The checkout found the disk full.
     NoSpace {
         /// The head it was checking out.

@@ -89,7 +89,7 @@ fn run_served(
         follow_links: args.follow_links,
     };
     match call_served(store_dir, &req)? {
-        control::Response::Add(reply) => finish(out, &reply.into()),
+        control::Response::Add(reply) => finish(out, &reply),
         other => Err(answer_error(other, "Add")),
     }
 }

@@ -209,7 +209,7 @@ pub(crate) fn gc(global: &Global, out: &Output, args: GcArgs) -> anyhow::Result<
                 keep_within_secs: args.keep_within.map(|d| d.as_secs()),
             };
             let report = match call_served(&dir, &req)? {
-                control::Response::Gc(reply) => reply.into(),
+                control::Response::Gc(reply) => reply,
                 other => return Err(answer_error(other, "Gc")),
             };
             (dir, report)

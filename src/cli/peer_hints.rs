@@ -33,7 +33,7 @@ pub(crate) fn hint_for(kind: PeerFailure) -> Option<&'static str> {
 pub(crate) fn failure_hint(peers: &[PeerOutcome]) -> Option<String> {
     let mut kinds: Vec<(PeerFailure, Vec<&str>)> = Vec::new();
     for p in peers.iter().filter(|p| p.error.is_some()) {
-        let kind = p.failure.unwrap_or(PeerFailure::Other);
+        let kind = p.error.as_ref().map_or(PeerFailure::Other, |e| e.kind);
         match kinds.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, labels)) => labels.push(&p.label),
             None => kinds.push((kind, vec![&p.label])),
@@ -63,7 +63,7 @@ pub(crate) fn peers_json(peers: &[PeerOutcome]) -> serde_json::Value {
             "peer": p.label,
             "addr": p.addr.map(|a| a.to_string()),
             "device": p.device.map(|d| DeviceId(d).to_string()),
-            "error": p.error,
+            "error": p.error.as_ref().map(|e| &e.reason),
         }))
         .collect::<Vec<_>>())
 }
@@ -71,13 +71,13 @@ pub(crate) fn peers_json(peers: &[PeerOutcome]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use left::app::PeerError;
 
     #[test]
     fn each_kind_of_failure_gets_its_own_hint() {
         let peer = |label: &str, failure: PeerFailure| PeerOutcome {
             label: label.into(),
-            error: Some("it failed".into()),
-            failure: Some(failure),
+            error: Some(PeerError::retry(failure, "it failed")),
             ..PeerOutcome::default()
         };
         let hint = |peers: Vec<PeerOutcome>| failure_hint(&peers);

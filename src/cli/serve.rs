@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use left::app::auto::AutoEvent;
 use left::app::daemon::{DaemonOptions, Event};
 use left::app::peer_setup::given_targets;
 use left::app::{AgentConfig, ServerEvent, Target};
@@ -109,7 +110,6 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
         agent,
         watch: !args.no_watch,
         fsync: args.fsync,
-        log: !out.quiet,
     };
     let (json, quiet, rescan) = (out.json, out.quiet, args.rescan);
     let on_event = Arc::new(move |e: Event<'_>| -> std::io::Result<()> {
@@ -159,10 +159,73 @@ pub(crate) fn run(global: &Global, out: &Output, args: ServeArgs) -> anyhow::Res
                 }
                 Ok(())
             }
+            Event::Auto(e) => {
+                // Updates, merges and conflicts are news (`-q` silences them); the warnings
+                // are not.
+                let news = matches!(
+                    e,
+                    AutoEvent::Updated { .. }
+                        | AutoEvent::Conflict { .. }
+                        | AutoEvent::Unwritten(_)
+                );
+                if !(news && quiet) {
+                    left::log_line!("{}", describe_auto(&e));
+                }
+                Ok(())
+            }
         }
     });
     left::app::daemon::run(&dir, store, &share, opts, on_event, wait_for_signal())?;
     Ok(EXIT_OK)
+}
+
+/// One log line for an event of the automatic loop.
+fn describe_auto(e: &AutoEvent<'_>) -> String {
+    match e {
+        AutoEvent::Updated {
+            merged,
+            from,
+            now,
+            written,
+            removed,
+            kept,
+        } => {
+            let what = if *merged {
+                "merged with"
+            } else {
+                "updated from"
+            };
+            let kept = if *kept > 0 {
+                format!(", {kept} local change(s) kept for the next snapshot")
+            } else {
+                String::new()
+            };
+            format!(
+                "left: {what} {}: now at {} ({written} file(s) written, {removed} removed{kept})",
+                from.join(", "),
+                now.map(|h| h.fmt_short()).unwrap_or_default(),
+            )
+        }
+        AutoEvent::Conflict { path, copy } => format!(
+            "left: conflict: {path} was changed on two devices; the other version is kept as {copy}"
+        ),
+        AutoEvent::Unwritten(u) => format!("left: warning: {u}"),
+        AutoEvent::WrittenNow(p) => {
+            format!(
+                "left: {} is written now (it could not be before)",
+                p.display()
+            )
+        }
+        AutoEvent::NewlyFrozen(n) => format!(
+            "left: warning: {n} tracked paths are now ignored by .leftignore: frozen, not deleted \
+             (check .leftignore, or `left forget PATH` to drop one on purpose)"
+        ),
+        AutoEvent::Skipped { path, reason } => format!(
+            "left: warning: {}: {} (not synced; it keeps its previous version)",
+            left::sanitize::field(path),
+            left::sanitize::field(reason)
+        ),
+    }
 }
 
 /// One log line for a server event.

@@ -13,6 +13,7 @@ use clap::Args;
 use left::app::decide::Decision;
 use left::app::peer_setup::{add_book_targets, check_timeout, given_peers};
 use left::app::sync::{Event, Outcome, Refusal, SyncOptions};
+use left::app::LocalError;
 use left::identity::DeviceId;
 use serde_json::json;
 
@@ -212,7 +213,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
             "peer": p.label,
             "device": p.device.map(|d| DeviceId(d).to_string()),
             "head": p.head.map(|h| h.to_string()),
-            "error": p.error,
+            "error": p.error.as_ref().map(|e| &e.reason),
         })).collect::<Vec<_>>(),
     }))?;
     if failed {
@@ -353,9 +354,9 @@ fn refused(r: &Refusal, share: &std::path::Path) -> u8 {
     }
 }
 
-/// What to do about a local store failure during the fetch (the text is the store error's).
-fn local_error_hint(error: &str) -> &'static str {
-    if error.contains("disk full") {
+/// What to do about a local store failure during the fetch.
+fn local_error_hint(error: &LocalError) -> &'static str {
+    if error.disk_full {
         "free some disk space and run `left sync` again: what was fetched is kept and is not fetched again"
     } else {
         "run `left verify` to check the local store; what was fetched so far is kept"
@@ -396,8 +397,15 @@ mod tests {
 
     #[test]
     fn local_store_failures_get_their_own_hint() {
-        assert!(local_error_hint("local store: disk full while writing /x")
-            .contains("free some disk space"));
-        assert!(local_error_hint("local store: chunk 1a2b is corrupt").contains("left verify"));
+        let full = LocalError {
+            message: "disk full while writing /x".into(),
+            disk_full: true,
+        };
+        assert!(local_error_hint(&full).contains("free some disk space"));
+        let corrupt = LocalError {
+            message: "chunk 1a2b is corrupt".into(),
+            disk_full: false,
+        };
+        assert!(local_error_hint(&corrupt).contains("left verify"));
     }
 }

@@ -19,7 +19,7 @@ mod fetch;
 mod history;
 mod nodes;
 
-pub use connect::{Endpoints, PeerFailure, Target};
+pub use connect::{Endpoints, Target};
 pub use fetch::{fetch, DevicePolicy, FetchConfig, FetchProgress, FetchReport, PeerOutcome};
 pub use history::{fetch_history, heads, HISTORY_LIMIT};
-pub use nodes::{NodeSession, NodeSink, OpenError};
+pub use nodes::{NodeSession, NodeSink};

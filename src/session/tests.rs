@@ -313,7 +313,8 @@ async fn a_peer_sending_bad_chunks_is_dropped_and_the_pull_completes() {
     let bad = &report.peers[1];
     assert!(
         bad.error
-            .as_deref()
+            .as_ref()
+            .map(|e| e.reason.as_str())
             .is_some_and(|e| e.contains("bad chunk")),
         "{report:?}"
     );
@@ -342,7 +343,11 @@ async fn a_revoked_device_is_refused_with_a_reason() {
     let eps = client(2, true);
     let started = Instant::now();
     let report = fetch(&eps, b, &targets(&[srv.addr]), &fetch_config(2, true), &()).await;
-    let err = report.peers[0].error.clone().unwrap_or_default();
+    let err = report.peers[0]
+        .error
+        .clone()
+        .map(|e| e.reason)
+        .unwrap_or_default();
     assert!(err.contains("not allowed"), "{report:?}");
     assert!(report.all_failed());
     // Refusal is final: no retrying until the timeout.
@@ -367,7 +372,11 @@ async fn an_encryption_mismatch_is_reported_on_both_sides() {
     let srv = serve(a, 1, true, Arc::new(AllowAll));
     let eps = client(2, false);
     let report = fetch(&eps, b, &targets(&[srv.addr]), &fetch_config(2, false), &()).await;
-    let err = report.peers[0].error.clone().unwrap_or_default();
+    let err = report.peers[0]
+        .error
+        .clone()
+        .map(|e| e.reason)
+        .unwrap_or_default();
     assert!(
         err.contains("encryption") && err.contains("ours is off") && err.contains("peer's is on"),
         "{report:?}"
@@ -416,7 +425,8 @@ async fn an_unreachable_peer_is_retried_then_reported() {
     assert!(
         report.peers[0]
             .error
-            .as_deref()
+            .as_ref()
+            .map(|e| e.reason.as_str())
             .is_some_and(|e| e.contains("no answer")),
         "{report:?}"
     );
@@ -553,7 +563,11 @@ async fn misbehaving_servers_are_dropped_with_a_reason_and_not_retried() {
             &(),
         )
         .await;
-        let err = report.peers[0].error.clone().unwrap_or_default();
+        let err = report.peers[0]
+            .error
+            .clone()
+            .map(|e| e.reason)
+            .unwrap_or_default();
         assert!(err.contains(expect), "{how:?}: {report:?}");
         assert_eq!(
             err.matches("malformed").count(),
@@ -562,7 +576,7 @@ async fn misbehaving_servers_are_dropped_with_a_reason_and_not_retried() {
         );
         assert!(!err.contains("Serde"), "{how:?}: {err}");
         assert_eq!(
-            report.peers[0].failure,
+            report.peers[0].error.as_ref().map(|e| e.kind),
             Some(crate::session::PeerFailure::Misbehaved),
             "{how:?}: {report:?}"
         );
@@ -673,7 +687,8 @@ async fn a_dead_peer_listed_beside_a_live_one_holds_nothing_up() {
     assert!(
         report.peers[0]
             .error
-            .as_deref()
+            .as_ref()
+            .map(|e| e.reason.as_str())
             .is_some_and(|e| e.contains("no answer")),
         "{report:?}"
     );
@@ -876,13 +891,17 @@ async fn a_server_busy_forever_is_given_up_on_after_the_timeout() {
     let took = started.elapsed();
     assert!(report.all_failed(), "{report:?}");
     assert!(!complete(&b, head));
-    let err = report.peers[0].error.clone().unwrap_or_default();
+    let err = report.peers[0]
+        .error
+        .clone()
+        .map(|e| e.reason)
+        .unwrap_or_default();
     assert!(
         err.contains("stalled: no object arrived from it for 1.5 s"),
         "{err}"
     );
     assert_eq!(
-        report.peers[0].failure,
+        report.peers[0].error.as_ref().map(|e| e.kind),
         Some(crate::session::PeerFailure::Unreachable)
     );
     assert!(took >= Duration::from_millis(1500), "{took:?}");

@@ -44,7 +44,45 @@ pub enum Effect {
     /// The head and everything beneath it are stored and marked complete. Last effect.
     Done(NodeId),
     /// The pull cannot finish (every peer dropped, or a local store error). Last effect.
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why a pull cannot finish ([`Effect::Failed`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The local store failed: no peer can fix it, so a driver stops at once.
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// No peer can finish the pull (each one dropped, or none has the head), or the tree defeats
+    /// the walk's bounds: the reason, one line.
+    #[error("{0}")]
+    Peers(String),
+}
+
+/// A failure of the local store while objects arrive, kept as its message and whether the disk
+/// is full (the one case with its own remedy): `left_store::Error` is neither `Clone` nor `Eq`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("local store: {message}")]
+pub struct LocalError {
+    /// The store error's text.
+    pub message: String,
+    /// The store ran out of space ([`left_store::Error::DiskFull`]).
+    pub disk_full: bool,
+}
+
+impl From<&left_store::Error> for LocalError {
+    fn from(e: &left_store::Error) -> LocalError {
+        LocalError {
+            message: e.to_string(),
+            disk_full: matches!(e, left_store::Error::DiskFull { .. }),
+        }
+    }
+}
+
+impl From<left_store::Error> for LocalError {
+    fn from(e: left_store::Error) -> LocalError {
+        LocalError::from(&e)
+    }
 }
 
 /// Why the engine dropped a peer.
@@ -468,7 +506,7 @@ impl Pull {
         }
         self.now = self.now.max(now);
         if let Err(e) = self.advance(local) {
-            self.fail(format!("local store: {e}"));
+            self.finish(Effect::Failed(Failure::Local(e.into())));
         }
         if let Some(e) = self.effects.pop_front() {
             return Some(Output::Effect(e));
@@ -921,7 +959,7 @@ impl Pull {
     }
 
     fn fail(&mut self, reason: String) {
-        self.finish(Effect::Failed(reason));
+        self.finish(Effect::Failed(Failure::Peers(reason)));
     }
 
     fn finish(&mut self, last: Effect) {

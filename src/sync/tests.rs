@@ -483,7 +483,14 @@ fn run(
                             return outcome(pull, Ok(h), requested, now, max_items_seen, worst)
                         }
                         Effect::Failed(r) => {
-                            return outcome(pull, Err(r), requested, now, max_items_seen, worst)
+                            return outcome(
+                                pull,
+                                Err(r.to_string()),
+                                requested,
+                                now,
+                                max_items_seen,
+                                worst,
+                            )
                         }
                         _ => {}
                     }
@@ -809,10 +816,47 @@ fn no_peers_fails_at_once() {
     let mut pull = Pull::new(head, &[], Instant::now(), PullConfig::default());
     let local = Mem::default();
     match pull.poll(Instant::now(), &local) {
-        Some(Output::Effect(Effect::Failed(r))) => assert!(r.contains("no peer has the head")),
+        Some(Output::Effect(Effect::Failed(Failure::Peers(r)))) => {
+            assert!(r.contains("no peer has the head"))
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(pull.poll(Instant::now(), &local), None);
+}
+
+/// A local store whose every lookup fails with a full disk.
+struct FullDisk;
+
+impl LocalObjects for FullDisk {
+    fn has_many(&self, _: &[ObjectId]) -> Result<Vec<bool>, left_store::Error> {
+        Err(left_store::Error::DiskFull {
+            path: "/s/db".into(),
+        })
+    }
+
+    fn node(&self, _: NodeId) -> Result<Option<Node>, left_store::Error> {
+        Err(left_store::Error::DiskFull {
+            path: "/s/db".into(),
+        })
+    }
+}
+
+#[test]
+fn a_store_failure_ends_the_pull_as_a_typed_local_failure() {
+    let mut rng = ChaCha8Rng::seed_from_u64(61);
+    let (_, head) = random_share(&mut rng, 0, 1, 1);
+    let mut pull = Pull::new(head, &[PeerId(0)], Instant::now(), PullConfig::default());
+    let mut last = None;
+    while let Some(out) = pull.poll(Instant::now(), &FullDisk) {
+        last = Some(out);
+    }
+    match last {
+        Some(Output::Effect(Effect::Failed(Failure::Local(e)))) => {
+            assert!(e.disk_full, "{e:?}");
+            assert_eq!(e.to_string(), "local store: disk full while writing /s/db");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -1469,7 +1513,7 @@ fn chatter_does_not_hide_a_stall_and_peer_errors_stay_one_line() {
     let mut failed = None;
     while let Some(out) = pull.poll(late, &local) {
         if let Output::Effect(Effect::Failed(r)) = out {
-            failed = Some(r);
+            failed = Some(r.to_string());
         }
     }
     let r = failed.expect("no peer left");

@@ -1,7 +1,10 @@
 //! The file system beneath the share root: every call there is relative to a folder descriptor and
 //! takes one checked name, never following a symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`); see
-//! "Never outside the share" in [`crate::checkout`]. The mechanism is this per-component walk (a
-//! path is opened one folder at a time, each with `O_NOFOLLOW`), not `openat2`/`RESOLVE_BENEATH`.
+//! "Never outside the share" in [`crate::checkout`]. The mechanism is the per-component walk (a
+//! path is opened one folder at a time, each with `O_NOFOLLOW`); the one call that opens a
+//! folder several components down, [`open_dir_beneath`], does it in one `openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` where the kernel has it (Linux 5.6+) and falls back to
+//! that walk where it does not (`ENOSYS`, remembered), with the same answer either way.
 //! Also the few whole-file calls checkout needs (`copy_file_range` with its fallback, `fallocate`,
 //! `fstatvfs`) and the three that take a whole path from [`CWD`]: opening the share root (the
 //! user's choice, links allowed), opening and `renameat2(RENAME_NOREPLACE)`-ing a staged file into
@@ -10,7 +13,9 @@
 //! path resolver, and it knows nothing of trees or the store.
 
 use crate::{node, Error, Result};
-use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::fs::{
+    AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps,
+};
 use rustix::io::Errno;
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -18,6 +23,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What `fstatat`/`fstat` fill (rustix's `struct stat`).
 pub(crate) use rustix::fs::Stat as RawStat;
@@ -54,6 +60,57 @@ pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedF
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
         Mode::empty(),
     )
+}
+
+/// Whether `openat2` may be tried: cleared for good by the first `ENOSYS` (an older kernel, or a
+/// seccomp filter that refuses it).
+static OPENAT2: AtomicBool = AtomicBool::new(true);
+
+/// Opens the folder `names` (each a checked name, none `.` or `..`) beneath `root` without
+/// following any symlink on the way or at the end, nor leaving `root`: one `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` where the kernel has it, else
+/// one [`open_dir_at`] per component. A symlink anywhere, a component that is not a folder, or
+/// a name that is not one plain component (empty, `.`, `..`, a `/` or NUL in it) is an error
+/// either way; no names opens `root` again.
+pub(crate) fn open_dir_beneath(root: BorrowedFd<'_>, names: &[&[u8]]) -> io::Result<OwnedFd> {
+    open_dir_beneath_with(root, names, OPENAT2.load(Ordering::Relaxed))
+}
+
+/// [`open_dir_beneath`], trying `openat2` first only when `openat2` is set (the fallback's tests
+/// pass false).
+fn open_dir_beneath_with(
+    root: BorrowedFd<'_>,
+    names: &[&[u8]],
+    openat2: bool,
+) -> io::Result<OwnedFd> {
+    if names
+        .iter()
+        .any(|n| n.is_empty() || *n == b"." || *n == b".." || n.contains(&b'/') || n.contains(&0))
+    {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    if names.is_empty() {
+        return open_dir_at(root, c".");
+    }
+    if openat2 {
+        let path = names.join(&b'/');
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat2(root, path.as_slice(), flags, Mode::empty(), resolve) {
+            Err(Errno::NOSYS) => OPENAT2.store(false, Ordering::Relaxed),
+            // `EAGAIN`: a rename raced the lookup (`RESOLVE_BENEATH` refuses to guess); walk.
+            Err(Errno::AGAIN) => {}
+            r => return Ok(r?),
+        }
+    }
+    let mut dir: Option<OwnedFd> = None;
+    for n in names {
+        let name = CString::new(*n).expect("checked above: no NUL");
+        let at = dir.as_ref().map_or(root, |d| d.as_fd());
+        dir = Some(open_dir_at(at, &name)?);
+    }
+    Ok(dir.expect("names is not empty"))
 }
 
 /// Opens a regular file beneath `dir` for reading without following a symlink (and without
@@ -245,4 +302,57 @@ pub(crate) fn copy_slow(
         left -= n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// Opens `names` beneath `root` both ways; both must agree. Returns whether it opened and,
+    /// when it did, the inode opened.
+    fn both(root: &Path, names: &[&[u8]]) -> Option<u64> {
+        let r = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let ino = |x: io::Result<OwnedFd>| x.ok().map(|fd| fstat(fd).unwrap().st_ino);
+        let fast = ino(open_dir_beneath_with(r.as_fd(), names, true));
+        let walk = ino(open_dir_beneath_with(r.as_fd(), names, false));
+        assert_eq!(fast, walk, "openat2 and the walk disagree on {names:?}");
+        fast
+    }
+
+    #[test]
+    fn openat2_and_the_per_component_walk_agree_and_never_follow_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(t.path().join("outside/c")).unwrap();
+        std::fs::write(root.join("a/file"), b"x").unwrap();
+        symlink(t.path().join("outside"), root.join("a/out")).unwrap();
+        symlink("b", root.join("a/rel")).unwrap();
+        symlink("..", root.join("a/up")).unwrap();
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        use std::os::unix::fs::MetadataExt;
+
+        assert_eq!(
+            both(&root, &[b"a", b"b", b"c"]),
+            Some(ino(&root.join("a/b/c")))
+        );
+        assert_eq!(both(&root, &[b"a"]), Some(ino(&root.join("a"))));
+        assert_eq!(both(&root, &[]), Some(ino(&root)));
+        // A link anywhere on the way, pointing out or in, at the end or in the middle.
+        assert_eq!(both(&root, &[b"a", b"out"]), None);
+        assert_eq!(both(&root, &[b"a", b"out", b"c"]), None);
+        assert_eq!(both(&root, &[b"a", b"rel"]), None);
+        assert_eq!(both(&root, &[b"a", b"rel", b"c"]), None);
+        assert_eq!(both(&root, &[b"a", b"up", b"a"]), None);
+        // Not a folder, or missing.
+        assert_eq!(both(&root, &[b"a", b"file"]), None);
+        assert_eq!(both(&root, &[b"a", b"nope"]), None);
+        // Names that are not one plain component are refused by both, even where they would
+        // stay inside.
+        for bad in [&b".."[..], b".", b"", b"a/b", b"a\0"] {
+            assert_eq!(both(&root, &[b"a", bad]), None, "{bad:?}");
+        }
+        assert_eq!(both(&root, &[b".."]), None);
+    }
 }

@@ -47,6 +47,7 @@ mod refs;
 mod release;
 mod restore;
 mod scan;
+pub mod serde_path;
 mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -73,8 +73,9 @@ pub struct AddOptions {
     pub time_ns: Option<i64>,
 }
 
-/// What [`crate::Store::add`] did.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What [`crate::Store::add`] did. Its JSON (serde) is the control socket's `Add` reply: fields
+/// added later take `#[serde(default)]` so older replies still parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddReport {
     /// The new snapshot; `None` when nothing changed.
     pub snapshot: Option<NodeId>,
@@ -97,19 +98,24 @@ pub struct AddReport {
     pub skipped: Vec<Skipped>,
     /// Files modified within [`AddOptions::settle_ns`] of the scan: still being written, so they
     /// kept their previous entry (a new one stayed out) this time.
+    /// Not on the control socket: an `add` through it never waits for files to settle.
+    #[serde(skip)]
     pub unsettled: Vec<PathBuf>,
     /// Tracked paths a `.leftignore` rule now covers: *frozen*, their entries carried forward
     /// from the head (local edits and deletions of them are not published; `forget` drops one).
+    #[serde(default)]
     pub frozen: u64,
     /// Of those, how many more than after the previous add (more than
     /// [`crate::FROZEN_WARN`] is worth a warning).
+    #[serde(default)]
     pub newly_frozen: u64,
 }
 
 /// A file `add` could not store.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skipped {
     /// Path relative to the share root.
+    #[serde(with = "crate::serde_path")]
     pub path: PathBuf,
     /// Why (one line).
     pub reason: String,
@@ -241,8 +247,8 @@ pub struct GcOptions {
     pub keep_last: Option<usize>,
 }
 
-/// What [`crate::Store::gc`] did.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What [`crate::Store::gc`] did. Its JSON (serde) is the control socket's `Gc` reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {
     /// Chunks deleted.
     pub chunks_removed: u64,
@@ -259,6 +265,7 @@ pub struct GcReport {
     pub kept_by: Vec<GcRoot>,
     /// Refs the caller dropped just before this gc ([`crate::Store::drop_peer_ref`]; `left`
     /// drops the `peers/<device>` refs of revoked devices). The store's gc itself drops no ref.
+    #[serde(default)]
     pub dropped_refs: Vec<String>,
 }
 

@@ -23,6 +23,8 @@ struct Daemon {
     addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<left::app::Result<()>>>,
+    /// The automatic loop's events, as `{:?}`.
+    auto_events: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -46,14 +48,19 @@ impl Daemon {
             },
             watch: false,
             fsync: false,
-            log: false,
         };
         let (dir, root) = (share.store.clone(), share.root.clone());
         let addr_tx = std::sync::Mutex::new(addr_tx);
+        let auto_events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let events = auto_events.clone();
         let thread = thread::spawn(move || {
             let on_event: daemon::OnEvent = std::sync::Arc::new(move |e: DaemonEvent<'_>| {
-                if let DaemonEvent::Listening { addr, .. } = e {
-                    let _ = addr_tx.lock().unwrap().send(addr);
+                match e {
+                    DaemonEvent::Listening { addr, .. } => {
+                        let _ = addr_tx.lock().unwrap().send(addr);
+                    }
+                    DaemonEvent::Auto(e) => events.lock().unwrap().push(format!("{e:?}")),
+                    _ => {}
                 }
                 Ok(())
             });
@@ -68,6 +75,7 @@ impl Daemon {
             addr,
             stop: Some(stop_tx),
             thread: Some(thread),
+            auto_events,
         }
     }
 
@@ -266,9 +274,22 @@ fn automatic_loop_converges_on_the_peers_head() {
         Duration::from_secs(60),
         || std::fs::read(&done).is_ok_and(|d| d.len() == 600_000),
     );
+    let label = serving.target().label;
+    let events = auto.auto_events.clone();
+    // The files are out before the exchange's report reaches the loop.
+    wait_for("the loop's report of the exchange", Duration::from_secs(30), || {
+        !events.lock().unwrap().is_empty()
+    });
     auto.stop();
     serving.stop();
     assert_same_tree(&a.root, &b.root);
     let (ha, hb) = (a.head(), b.head());
     assert_eq!(ha, hb);
+    // The loop printed nothing: it told its caller, once, what it brought in and from whom.
+    let events = events.lock().unwrap().clone();
+    let want = format!(
+        "Updated {{ merged: false, from: [{label:?}], now: Some({}), written: 3, removed: 0, kept: 0 }}",
+        ha.clone().unwrap()
+    );
+    assert_eq!(events, vec![want]);
 }

@@ -142,7 +142,7 @@ fn pull(
                     apply_to_store(dst, &e).map_err(|e| e.to_string())?;
                     match e {
                         Effect::Done(_) => return Ok(()),
-                        Effect::Failed(r) => return Err(r),
+                        Effect::Failed(r) => return Err(r.to_string()),
                         _ => {}
                     }
                 }

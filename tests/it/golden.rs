@@ -7,9 +7,10 @@
 
 use std::path::PathBuf;
 
-use left::control::{AddReply, GcReply, Request, Response, SkippedPath};
+use left::control::{Request, Response};
 use left::identity::{format_share_key, parse_share_key, DeviceId, Identity};
 use left_store::{base32_lower, conflict_name, Hash, NodeId};
+use left_store::{AddReport, GcReport, Skipped};
 
 /// RFC 7748 section 6.1: Alice's private key and public key.
 const RFC7748_SECRET: &str = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
@@ -215,7 +216,7 @@ fn control_socket_lines_are_stable() {
     let node_json = format!("{:?}", seq32()).replace(' ', "");
     let responses: Vec<(Response, String)> = vec![
         (
-            Response::Add(AddReply {
+            Response::Add(AddReport {
                 snapshot: Some(node),
                 head: None,
                 files: 1,
@@ -224,7 +225,8 @@ fn control_socket_lines_are_stable() {
                 bytes_read: 4,
                 bytes_new: 5,
                 bytes_stored: 6,
-                skipped: vec![SkippedPath { path: "x".into(), reason: "gone".into() }],
+                skipped: vec![Skipped { path: "x".into(), reason: "gone".into() }],
+                unsettled: vec![],
                 frozen: 7,
                 newly_frozen: 8,
             }),
@@ -233,7 +235,7 @@ fn control_socket_lines_are_stable() {
             ),
         ),
         (
-            Response::Gc(GcReply {
+            Response::Gc(GcReport {
                 chunks_removed: 1,
                 nodes_removed: 2,
                 bytes_before: 3,

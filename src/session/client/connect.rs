@@ -18,7 +18,7 @@ use crate::ecp::{check_hello, DecodeError, ErrorCode, HelloMismatch, Message};
 use crate::net::driver::{Connection, Endpoint, NetError, CODE_NO_ERROR, CODE_REFUSED};
 use crate::rdt::ConnectionError;
 use crate::session::wire::{FrameReader, FrameWriter, ReadError};
-use crate::session::{sanitize, CODE_PROTOCOL_ERROR};
+use crate::session::{sanitize, PeerError, PeerFailure, CODE_PROTOCOL_ERROR};
 
 /// A peer to pull from: how the user named it and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,53 +61,6 @@ impl Endpoints {
     pub async fn close(&self) {
         for e in [&self.v4, &self.v6].into_iter().flatten() {
             e.close().await;
-        }
-    }
-}
-
-/// A peer's failure, by what the user can do about it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PeerFailure {
-    /// It could not be reached or stopped answering (not running, wrong address or port, a
-    /// firewall, a stall, a server shutting down).
-    Unreachable,
-    /// It sent data that failed verification or broke the protocol (a chunk or node that does
-    /// not match its id, a malformed frame, `NotFound` for what it offered). Nothing unverified
-    /// from it was kept.
-    Misbehaved,
-    /// It refuses this device, or this side refuses its device (pinned or revoked devices).
-    Refused,
-    /// Its `--encryption` setting differs from ours.
-    Encryption,
-    /// It serves another share (another share key).
-    OtherShare,
-    /// It speaks another protocol or wire version.
-    Version,
-    /// Anything else (an error it reported, a local problem with its address).
-    Other,
-}
-
-/// A failure of one peer; `fatal` ones are not retried (the peer refuses us, or lies).
-#[derive(Debug, Clone)]
-pub(super) struct PeerError {
-    pub(super) reason: String,
-    pub(super) fatal: bool,
-    pub(super) kind: PeerFailure,
-}
-
-impl PeerError {
-    pub(super) fn retry(kind: PeerFailure, reason: impl Into<String>) -> PeerError {
-        PeerError {
-            reason: reason.into(),
-            fatal: false,
-            kind,
-        }
-    }
-    pub(super) fn fatal(kind: PeerFailure, reason: impl Into<String>) -> PeerError {
-        PeerError {
-            reason: reason.into(),
-            fatal: true,
-            kind,
         }
     }
 }

@@ -13,15 +13,15 @@ use std::time::Instant;
 use left_store::{NodeId, Store};
 use tokio::sync::mpsc;
 
-use super::connect::{error_kind, net_error, read_error, PeerError, PeerFailure, Session};
+use super::connect::{error_kind, net_error, read_error, Session};
 use super::fetch::{FetchConfig, FetchProgress};
 use crate::ecp::{ErrorCode, Message};
 use crate::net::driver::{Connection, CODE_NO_ERROR};
-use crate::session::{sanitize, CODE_PROTOCOL_ERROR};
+use crate::session::{sanitize, Error, LocalError, PeerError, PeerFailure, CODE_PROTOCOL_ERROR};
 use crate::sync::{DropCause, Effect, Output, PeerId, Pull, PullStats};
 
 pub(super) struct PullResult {
-    pub(super) outcome: Result<(), String>,
+    pub(super) outcome: Result<(), Error>,
     pub(super) stats: PullStats,
     /// When the last node or chunk arrived.
     pub(super) last_arrival: Option<Instant>,
@@ -157,7 +157,7 @@ pub(super) async fn run_pull(
             // again, and before any other effect (a completeness mark) is applied.
             if !pull.has_effects() && !chunks.is_empty() {
                 if let Err(err) = store_chunks(store, &mut chunks) {
-                    finished = Some(Err(format!("local store: {err}")));
+                    finished = Some(Err(Error::Local(LocalError::from(err))));
                     break;
                 }
             }
@@ -177,7 +177,7 @@ pub(super) async fn run_pull(
                     // The gathered chunks go first: the effect may mark their files complete.
                     if !matches!(e, Effect::PeerDropped { .. }) && !chunks.is_empty() {
                         if let Err(err) = store_chunks(store, &mut chunks) {
-                            finished = Some(Err(format!("local store: {err}")));
+                            finished = Some(Err(Error::Local(LocalError::from(err))));
                             break;
                         }
                     }
@@ -214,10 +214,10 @@ pub(super) async fn run_pull(
                             writers[slot] = None;
                         }
                         Effect::Done(_) => finished = Some(Ok(())),
-                        Effect::Failed(r) => finished = Some(Err(r)),
+                        Effect::Failed(f) => finished = Some(Err(f.into())),
                         other => {
                             if let Err(err) = crate::session::apply_to_store(store, &other) {
-                                finished = Some(Err(format!("local store: {err}")));
+                                finished = Some(Err(Error::Local(LocalError::from(err))));
                                 break;
                             }
                             // Before the engine can ask for the node's children.
@@ -294,7 +294,10 @@ pub(super) async fn run_pull(
                         ),
                     ));
                 }
-                break Err(format!("no progress for {secs:.1} s"));
+                break Err(Error::Peer(PeerError::retry(
+                    PeerFailure::Other,
+                    format!("no progress for {secs:.1} s"),
+                )));
             }
         }
     };

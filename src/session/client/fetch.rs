@@ -17,13 +17,13 @@ use left_store::{NodeId, Store};
 use tokio::sync::mpsc;
 
 use super::connect::{
-    close_session, open_session, Answer, Endpoints, Greeting, PeerError, PeerFailure, Session,
-    Target, NO_ANSWER_CAUSES,
+    close_session, open_session, Answer, Endpoints, Greeting, Session, Target, NO_ANSWER_CAUSES,
 };
 use super::driver::{run_pull, Baseline, PullResult};
 use crate::ecp::Message;
 use crate::identity::DeviceId;
 use crate::session::stage::Stager;
+use crate::session::{Error, LocalError, PeerError, PeerFailure};
 use crate::sync::{PullConfig, PullStats};
 
 /// Settings of [`fetch`].
@@ -108,10 +108,9 @@ pub struct PeerOutcome {
     pub same: bool,
     /// Its head is now complete in our store (ref `peers/<device>` set).
     pub fetched: bool,
-    /// Why it failed, one line (`None` when it did not).
-    pub error: Option<String>,
-    /// What kind of failure `error` is (set with it), so the caller can say what to do about it.
-    pub failure: Option<PeerFailure>,
+    /// Why it failed (`None` when it did not): a one-line reason and its [`PeerFailure`] kind, so
+    /// the caller can say what to do about it.
+    pub error: Option<PeerError>,
 }
 
 /// Progress of a fetch, for a bar.
@@ -136,7 +135,7 @@ pub struct FetchReport {
     /// Attempts made (1 when the first one settled everything).
     pub attempts: u32,
     /// The local store failed (disk full, ...): the fetch stopped at once, whatever the peers.
-    pub local_error: Option<String>,
+    pub local_error: Option<LocalError>,
     /// Big new files written out whole while they were fetched (with [`FetchConfig::stage`]):
     /// give them to the checkout ([`left_store::CheckoutOptions::staged`]).
     pub staged: Option<Arc<left_store::StagedFiles>>,
@@ -283,8 +282,10 @@ async fn attempt(
         }
         let addr = targets[i].addr;
         let Some(ep) = endpoints.for_addr(addr).cloned() else {
-            report.peers[i].error = Some("no local endpoint for its address family".into());
-            report.peers[i].failure = Some(PeerFailure::Other);
+            report.peers[i].error = Some(PeerError::fatal(
+                PeerFailure::Other,
+                "no local endpoint for its address family",
+            ));
             settled[i] = true;
             continue;
         };
@@ -356,11 +357,8 @@ async fn attempt(
                 let mut s = match r {
                     Ok(s) => s,
                     Err(e) => {
-                        out.error = Some(e.reason);
-                        out.failure = Some(e.kind);
-                        if e.fatal {
-                            settled[i] = true;
-                        }
+                        settled[i] |= e.fatal;
+                        out.error = Some(e);
                         continue;
                     }
                 };
@@ -383,7 +381,6 @@ async fn attempt(
                     }
                 }
                 out.error = None;
-                out.failure = None;
                 match s.answer {
                     Answer::Same | Answer::Nothing => {
                         out.same = matches!(s.answer, Answer::Same);
@@ -427,12 +424,9 @@ async fn attempt(
                 }
                 let mut dropped = Vec::new();
                 for (i, err) in result.peer_errors {
-                    report.peers[i].error = Some(err.reason);
-                    report.peers[i].failure = Some(err.kind);
+                    settled[i] |= err.fatal;
+                    report.peers[i].error = Some(err);
                     dropped.push(i);
-                    if err.fatal {
-                        settled[i] = true;
-                    }
                 }
                 match result.outcome {
                     Ok(()) => {
@@ -447,15 +441,15 @@ async fn attempt(
                         report.heads.push((run.head, Vec::new()));
                         record_fetched(store, report, settled, run.head, &ok, cfg.want.is_none());
                     }
-                    Err(reason) if reason.starts_with("local store") => {
-                        report.local_error = Some(reason);
+                    Err(Error::Local(e)) => {
+                        report.local_error = Some(e);
                         break;
                     }
-                    Err(reason) => {
+                    Err(Error::Peer(e)) => {
+                        let e = PeerError { kind: PeerFailure::Other, ..e };
                         for &i in &idx {
                             if report.peers[i].error.is_none() {
-                                report.peers[i].error = Some(reason.clone());
-                                report.peers[i].failure = Some(PeerFailure::Other);
+                                report.peers[i].error = Some(e.clone());
                             }
                         }
                     }
@@ -468,11 +462,13 @@ async fn attempt(
     connects.abort_all();
     for i in pending {
         if report.peers[i].error.is_none() {
-            report.peers[i].error = Some(format!(
-                "no answer within {:.1} s, while the other peers were done",
-                ANSWER_GRACE.as_secs_f64()
+            report.peers[i].error = Some(PeerError::retry(
+                PeerFailure::Unreachable,
+                format!(
+                    "no answer within {:.1} s, while the other peers were done",
+                    ANSWER_GRACE.as_secs_f64()
+                ),
             ));
-            report.peers[i].failure = Some(PeerFailure::Unreachable);
         }
     }
     for (_, sessions) in queued {
@@ -497,12 +493,13 @@ fn record_fetched(
         let p = &mut report.peers[i];
         p.fetched = true;
         p.error = None;
-        p.failure = None;
         if let Some(d) = p.device.filter(|_| set_ref) {
             let name = format!("peers/{}", DeviceId(d));
             if let Err(e) = store.set_ref(&name, head) {
-                p.error = Some(format!("cannot record the fetched head: {e}"));
-                p.failure = Some(PeerFailure::Other);
+                p.error = Some(PeerError::retry(
+                    PeerFailure::Other,
+                    format!("cannot record the fetched head: {e}"),
+                ));
             }
         }
         if let Some(entry) = report.heads.iter_mut().find(|(h, _)| *h == head) {

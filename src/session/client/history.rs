@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 
 use left_store::{NodeId, Store};
 
-use super::connect::{close_session, open_session, Endpoints, Greeting, PeerFailure, Target};
+use super::connect::{close_session, open_session, Endpoints, Greeting, Target};
 use super::fetch::{FetchConfig, PeerOutcome, ANSWER_GRACE};
 use super::nodes::{request_nodes, NodeSession};
+use crate::session::{Error, PeerError, PeerFailure};
 
 /// Most snapshot headers [`fetch_history`] fetches in one call.
 pub const HISTORY_LIMIT: usize = 10_000;
@@ -35,16 +36,16 @@ pub async fn fetch_history(
     head: NodeId,
     floor_ns: i64,
     limit: usize,
-) -> Result<usize, String> {
-    let unknown_parents = |ids: &[NodeId]| -> Result<Vec<NodeId>, String> {
+) -> Result<usize, Error> {
+    let unknown_parents = |ids: &[NodeId]| -> Result<Vec<NodeId>, Error> {
         let mut out = Vec::new();
         for id in ids {
-            let snap = store.snapshot(*id).map_err(|e| e.to_string())?;
+            let snap = store.snapshot(*id)?;
             if snap.time_ns < floor_ns {
                 continue;
             }
             for p in snap.parents {
-                if store.get_node(p).map_err(|e| e.to_string())?.is_none() && !out.contains(&p) {
+                if store.get_node(p)?.is_none() && !out.contains(&p) {
                     out.push(p);
                 }
             }
@@ -57,15 +58,14 @@ pub async fn fetch_history(
     }
     let endpoint = endpoints
         .for_addr(addr)
-        .ok_or_else(|| format!("no endpoint for {addr}"))?;
+        .ok_or_else(|| PeerError::fatal(PeerFailure::Other, format!("no endpoint for {addr}")))?;
     let mut device = None;
     let mut s = tokio::time::timeout(
         cfg.connect_timeout,
         open_session(endpoint, addr, &Greeting::new(cfg, store), &mut device),
     )
     .await
-    .map_err(|_| "no answer".to_string())?
-    .map_err(|e| e.reason)?;
+    .map_err(|_| PeerError::retry(PeerFailure::Unreachable, "no answer"))??;
     let mut stored = 0;
     let stall = cfg.pull.stall_timeout;
     let result = async {
@@ -74,7 +74,7 @@ pub async fn fetch_history(
             let got = request_nodes(&mut s, &want, stall, &mut |id, bytes| {
                 if store
                     .put_snapshot_header(id, bytes)
-                    .map_err(|e| format!("snapshot {}: {e}", id.fmt_short()))?
+                    .map_err(|e| header_error(id, e))?
                 {
                     stored += 1;
                 }
@@ -83,11 +83,23 @@ pub async fn fetch_history(
             .await?;
             want = unknown_parents(&got)?;
         }
-        Ok::<(), String>(())
+        Ok::<(), Error>(())
     }
     .await;
     close_session(s).await;
     result.map(|()| stored)
+}
+
+/// A header the store refused: a local failure when the store failed, else the peer's (the header
+/// does not decode as a snapshot).
+fn header_error(id: NodeId, e: left_store::Error) -> Error {
+    match e {
+        left_store::Error::Corrupt { .. } => {
+            let why = format!("snapshot {}: {e}", id.fmt_short());
+            PeerError::fatal(PeerFailure::Misbehaved, why).into()
+        }
+        other => other.into(),
+    }
 }
 
 /// Asks every target for its head at once (handshake, `Hello`, `Have`), fetching nothing: one
@@ -119,10 +131,7 @@ pub async fn heads(
                         out.same = s.head().is_some() && s.head() == local_head;
                         s.close().await;
                     }
-                    Err((kind, reason)) => {
-                        out.error = Some(reason);
-                        out.failure = Some(kind);
-                    }
+                    Err(e) => out.error = Some(e),
                 }
                 out
             }) as Fut<'_>
@@ -167,11 +176,13 @@ pub async fn heads(
             o.unwrap_or_else(|| PeerOutcome {
                 label: t.label.clone(),
                 addr: Some(t.addr),
-                error: Some(format!(
-                    "no answer within {:.1} s, while the other peers were done",
-                    ANSWER_GRACE.as_secs_f64()
+                error: Some(PeerError::retry(
+                    PeerFailure::Unreachable,
+                    format!(
+                        "no answer within {:.1} s, while the other peers were done",
+                        ANSWER_GRACE.as_secs_f64()
+                    ),
                 )),
-                failure: Some(PeerFailure::Unreachable),
                 ..PeerOutcome::default()
             })
         })

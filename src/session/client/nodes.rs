@@ -11,16 +11,16 @@ use std::time::Duration;
 use left_store::{NodeId, Store};
 
 use super::connect::{
-    close_session, open_session, read_error, Answer, Endpoints, Greeting, PeerFailure, Session,
+    close_session, error_kind, open_session, read_error, Answer, Endpoints, Greeting, Session,
     NO_ANSWER_CAUSES,
 };
 use super::fetch::FetchConfig;
 use crate::ecp::Message;
-use crate::session::sanitize;
+use crate::session::{sanitize, Error, PeerError, PeerFailure};
 
 /// Takes each node a peer sent, already checked against its id (stores it, say); an error ends
-/// the request with that reason.
-pub type NodeSink<'a> = dyn FnMut(NodeId, &[u8]) -> Result<(), String> + Send + 'a;
+/// the request with that error.
+pub type NodeSink<'a> = dyn FnMut(NodeId, &[u8]) -> Result<(), Error> + Send + 'a;
 
 /// Asks the peer for the nodes `want` (at most [`crate::ecp::MAX_IDS_PER_REQUEST`]) and hands
 /// each one, checked against its id, to `keep`. Returns the ids received; the others the peer
@@ -31,26 +31,38 @@ pub(super) async fn request_nodes(
     want: &[NodeId],
     stall: Duration,
     keep: &mut NodeSink<'_>,
-) -> Result<Vec<NodeId>, String> {
+) -> Result<Vec<NodeId>, Error> {
+    let lost = |e: crate::session::wire::WriteError| {
+        PeerError::retry(PeerFailure::Unreachable, e.to_string())
+    };
     s.writer
         .send(&Message::GetNodes { ids: want.to_vec() })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(lost)?;
     let mut got = Vec::new();
     let mut answered = 0;
     while answered < want.len() {
         let msg = tokio::time::timeout(stall, s.reader.next())
             .await
-            .map_err(|_| format!("stalled: no answer for {:.1} s", stall.as_secs_f64()))?
-            .map_err(|e| read_error(&e).reason)?
-            .ok_or_else(|| "the peer ended the session".to_string())?;
+            .map_err(|_| {
+                PeerError::retry(
+                    PeerFailure::Unreachable,
+                    format!("stalled: no answer for {:.1} s", stall.as_secs_f64()),
+                )
+            })?
+            .map_err(|e| read_error(&e))?
+            .ok_or_else(|| {
+                PeerError::retry(PeerFailure::Unreachable, "the peer ended the session")
+            })?;
         match msg {
             Message::Nodes { nodes } => {
                 for (id, bytes) in nodes {
                     if !want.contains(&id) || got.contains(&id) {
-                        return Err(format!("the peer sent node {} unasked", id.fmt_short()));
+                        let why = format!("the peer sent node {} unasked", id.fmt_short());
+                        return Err(PeerError::fatal(PeerFailure::Misbehaved, why).into());
                     }
-                    crate::ecp::verify_node(&id, &bytes).map_err(|e| e.to_string())?;
+                    crate::ecp::verify_node(&id, &bytes)
+                        .map_err(|e| PeerError::fatal(PeerFailure::Misbehaved, e.to_string()))?;
                     keep(id, &bytes)?;
                     got.push(id);
                     answered += 1;
@@ -62,12 +74,13 @@ pub(super) async fn request_nodes(
                 s.writer
                     .send(&Message::GetNodes { ids: want.to_vec() })
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(lost)?;
                 got.clear();
                 answered = 0;
             }
-            Message::Error { message, .. } => {
-                return Err(format!("the peer refused: {}", sanitize(&message)))
+            Message::Error { code, message } => {
+                let why = format!("the peer refused: {}", sanitize(&message));
+                return Err(PeerError::retry(error_kind(code), why).into());
             }
             // Repeated hellos and heads need no answer here.
             _ => {}
@@ -75,9 +88,6 @@ pub(super) async fn request_nodes(
     }
     Ok(got)
 }
-
-/// One peer's answer to [`NodeSession::open`] failing: what kind of failure, and why (one line).
-pub type OpenError = (PeerFailure, String);
 
 /// A session with one peer outside a [`crate::sync::Pull`]: the head it offered in the `Have` exchange, and
 /// nodes asked by id (`GetNodes`), each checked against its id before it is handed over. For the
@@ -98,11 +108,11 @@ impl NodeSession {
         addr: SocketAddr,
         cfg: &FetchConfig,
         store: &Store,
-    ) -> Result<NodeSession, OpenError> {
+    ) -> Result<NodeSession, PeerError> {
         let endpoint = endpoints.for_addr(addr).ok_or_else(|| {
-            (
+            PeerError::fatal(
                 PeerFailure::Other,
-                "no local endpoint for its address family".to_string(),
+                "no local endpoint for its address family",
             )
         })?;
         let greeting = Greeting::new(cfg, store);
@@ -113,15 +123,14 @@ impl NodeSession {
         )
         .await
         .map_err(|_| {
-            (
+            PeerError::retry(
                 PeerFailure::Unreachable,
                 format!(
                     "no answer within {:.1} s ({NO_ANSWER_CAUSES})",
                     cfg.connect_timeout.as_secs_f64()
                 ),
             )
-        })?
-        .map_err(|e| (e.kind, e.reason))?;
+        })??;
         let head = match s.answer {
             Answer::Excess(h) => Some(h),
             Answer::Same => greeting.local_head,
@@ -152,7 +161,7 @@ impl NodeSession {
         &mut self,
         ids: &[NodeId],
         keep: &mut NodeSink<'_>,
-    ) -> Result<Vec<NodeId>, String> {
+    ) -> Result<Vec<NodeId>, Error> {
         let mut got = Vec::new();
         for part in ids.chunks(crate::ecp::MAX_IDS_PER_REQUEST) {
             got.extend(request_nodes(&mut self.s, part, self.stall, keep).await?);

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::{disk_kind, Ctx, DiskKind, KEPT_MAX};
-use crate::fs::{cstring, fstat, futimens, lstat_at, open_dir_at, open_file_at, unlink_at};
+use crate::fs::{cstring, fstat, futimens, lstat_at, open_dir_beneath, open_file_at, unlink_at};
 use crate::NoProgress;
 use std::path::{Path, PathBuf};
 
@@ -136,35 +136,24 @@ impl Store {
         left.sort_by(|a, b| a.0.cmp(&b.0));
         for (rel, seen) in left {
             let key = [UNWRITTEN_PREFIX, rel.as_os_str().as_bytes()].concat();
-            // The parent, one checked component at a time; gone or not a folder: stale.
-            let mut dir: Option<OwnedFd> = None;
-            let mut ok = true;
+            // The parent, every component a checked name, opened beneath the root without
+            // following a link; gone, not a folder or a link on the way: stale.
             let parent = rel.parent().unwrap_or(Path::new(""));
-            for c in parent.components() {
-                let n = c.as_os_str().as_bytes();
-                if check_name(n).is_err() {
-                    ok = false;
-                    break;
-                }
-                let at = dir.as_ref().map_or(root.as_fd(), |d| d.as_fd());
-                match open_dir_at(at, &cstring(n)?) {
-                    Ok(d) => dir = Some(d),
-                    Err(_) => {
-                        ok = false;
-                        break;
-                    }
-                }
-            }
+            let names: Vec<&[u8]> = parent
+                .components()
+                .map(|c| c.as_os_str().as_bytes())
+                .collect();
+            let ok = names.iter().all(|n| check_name(n).is_ok());
             let name = rel.file_name().map(|n| n.as_bytes().to_vec());
-            let (Some(name), true) = (name, ok) else {
+            let pfd = match (ok, &name) {
+                (true, Some(_)) => open_dir_beneath(root.as_fd(), &names).ok(),
+                _ => None,
+            };
+            let (Some(name), Some(pfd)) = (name, pfd) else {
                 cx.scan.delete(&self.db, cf::META, &key);
                 continue;
             };
             let c = cstring(&name)?;
-            let pfd = match dir {
-                Some(d) => d,
-                None => root.try_clone().map_err(|e| Error::io(&cx.share, e))?,
-            };
             let disk = lstat_at(pfd.as_fd(), &c).map_err(|e| cx.io(&rel, e))?;
             if Seen::of(disk.as_ref()) != seen || cx.reserved(&rel, &name) {
                 cx.scan.delete(&self.db, cf::META, &key);
