@@ -86,6 +86,13 @@ pub enum Request {
         /// The device id, as `left id` prints it.
         device: String,
     },
+    /// Decide on a snapshot the deletion guard holds (`left hold accept|reject ID`).
+    Hold {
+        /// The held head, a full id or a unique prefix.
+        id: String,
+        /// Accept (check it out); else reject (keep our files).
+        accept: bool,
+    },
     /// The server's status (a JSON object; see [`StoreHandler`] for the keys it always has).
     Status,
     /// Stop serving.
@@ -101,6 +108,15 @@ pub enum Response {
     Gc(GcReport),
     /// What `DropPeerRef` did: the snapshot the ref named (`None`: there was no such ref).
     PeerRefDropped(Option<NodeId>),
+    /// What `Hold` did: the head after, and the files the checkout wrote and removed.
+    Decided {
+        /// The head after.
+        head: Option<NodeId>,
+        /// Files written.
+        files_written: u64,
+        /// Files removed.
+        files_removed: u64,
+    },
     /// The server's status.
     Status(serde_json::Value),
     /// The server is stopping.
@@ -357,7 +373,7 @@ pub fn call(store_dir: &Path, req: &Request) -> Result<Option<Response>, Control
     };
     let answer_timeout = match req {
         Request::Status | Request::Stop | Request::DropPeerRef { .. } => Some(IO_TIMEOUT),
-        Request::Add { .. } | Request::Gc { .. } => None,
+        Request::Add { .. } | Request::Gc { .. } | Request::Hold { .. } => None,
     };
     stream
         .set_write_timeout(Some(IO_TIMEOUT))
@@ -409,7 +425,12 @@ pub struct StoreHandler {
     exclusive: Option<Exclusive>,
     /// Called after an `add` that made a snapshot (automatic sync then tells the peers).
     on_snapshot: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Decides on a held snapshot (see [`StoreHandler::with_hold`]).
+    on_hold: Option<HoldFn>,
 }
+
+/// The serving process's answer to `Hold { id, accept }` (it runs under the folder lock).
+pub type HoldFn = Box<dyn Fn(&str, bool) -> Response + Send + Sync>;
 
 /// Runs the work it is given while peers' object requests are held off (the serving process
 /// passes [`crate::session::Server::busy_while`]).
@@ -433,6 +454,7 @@ impl StoreHandler {
             ops: Arc::new(Mutex::new(())),
             exclusive: None,
             on_snapshot: None,
+            on_hold: None,
         }
     }
 
@@ -440,6 +462,12 @@ impl StoreHandler {
     /// sync scans and checks out under the same lock), so two snapshots never race for the head.
     pub fn with_folder_lock(mut self, lock: Arc<Mutex<()>>) -> StoreHandler {
         self.ops = lock;
+        self
+    }
+
+    /// Answers `Hold` requests with `f`, called under the folder lock.
+    pub fn with_hold(mut self, f: HoldFn) -> StoreHandler {
+        self.on_hold = Some(f);
         self
     }
 
@@ -573,6 +601,19 @@ impl StoreHandler {
                 }
                 Response::Status(value)
             }
+            Request::Hold { id, accept } => match &self.on_hold {
+                Some(f) => {
+                    let _one = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+                    let r = f(&id, accept);
+                    if matches!(r, Response::Decided { .. }) {
+                        if let Some(f) = &self.on_snapshot {
+                            f();
+                        }
+                    }
+                    r
+                }
+                None => error("this server cannot decide on held snapshots".into(), None),
+            },
             Request::Stop => {
                 (self.stop)();
                 Response::Stopping
@@ -583,7 +624,10 @@ impl StoreHandler {
 
 impl Handler for StoreHandler {
     fn handle(&self, req: Request) -> Response {
-        let heavy = matches!(req, Request::Add { .. } | Request::Gc { .. });
+        let heavy = matches!(
+            req,
+            Request::Add { .. } | Request::Gc { .. } | Request::Hold { .. }
+        );
         let response = self.run(req);
         if heavy {
             // The store raises glibc's trim threshold (db.rs) so chunk buffers are not mapped

@@ -1,7 +1,7 @@
 //! The `left` binary: parse the command line, run it, map the outcome to an exit code.
 //!
 //! Exit codes (also in `left --help`): 0 success, 1 error, 2 usage error, 3 finished but some files
-//! were skipped, 4 sync fetched but could not merge, 130 interrupted by Ctrl-C. Errors print as one line, `left: <what failed>: <cause>`, followed where useful by a
+//! were skipped, 4 sync fetched but could not merge, 5 sync fetched a snapshot the deletion guard held, 130 interrupted by Ctrl-C. Errors print as one line, `left: <what failed>: <cause>`, followed where useful by a
 //! `hint:` line saying what to do next. A closed stdout (`left log | head`) ends the program quietly
 //! with 0, as other Unix tools do.
 

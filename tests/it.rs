@@ -44,6 +44,8 @@ mod control;
 mod faults;
 #[path = "it/golden.rs"]
 mod golden;
+#[path = "it/guard.rs"]
+mod guard;
 #[path = "it/layout.rs"]
 mod layout;
 #[path = "it/net.rs"]

@@ -63,7 +63,6 @@ pub struct AutoConfig {
     pub checkout: CheckoutOptions,
 }
 
-
 /// Something the driver is told.
 #[derive(Clone, Debug)]
 pub enum AutoInput {
@@ -412,6 +411,9 @@ fn holds_cached(store: &Store, head: NodeId, cache: &mut HoldsCache) -> bool {
 /// The events of what an exchange brought in (none when it brought nothing).
 fn report_exchange(ctx: &Ctx, rep: &ExchangeReport, known: &[Peer]) {
     let Some(ig) = &rep.integrated else { return };
+    for h in &ig.held {
+        (ctx.on_event)(AutoEvent::Held(h));
+    }
     if !ig.moved() {
         return;
     }
@@ -449,9 +451,11 @@ fn find_peer(known: &[Peer], addr: SocketAddr, device: [u8; 32]) -> Option<usize
         })
 }
 
-/// Whether `head` is ours or behind ours (nothing to fetch or merge): [`super::decide::holds`].
+/// Whether `head` is ours or behind ours (nothing to fetch or merge, [`super::decide::holds`]),
+/// or held by the deletion guard (not pulled again until the user decides).
 fn holds(store: &Store, head: NodeId) -> bool {
     super::decide::holds(store, store.head().ok().flatten(), head)
+        || super::guard::GuardState::load(store.dir()).is_ok_and(|g| g.is_held(head))
 }
 
 fn start(
@@ -694,6 +698,11 @@ async fn exchange(
             rep.outcome.new_head = ig.moved() || ig.scanned;
             let incomplete = !ig.need_trees.is_empty() || !ig.need_headers.is_empty();
             rep.outcome.incomplete = incomplete || !ig.errors.is_empty();
+            for h in &ig.held {
+                if let Ok(id) = h.id.parse::<NodeId>() {
+                    rep.stuck.push(id);
+                }
+            }
             if let Some((h, e)) = ig.errors.first() {
                 rep.stuck.extend(ig.errors.iter().map(|(h, _)| *h));
                 rep.error = Some(format!("cannot bring in {}: {e}", h.fmt_short()));
@@ -761,6 +770,7 @@ async fn integrate_blocking(
             },
             settle_ns: settle_ns(&ctx),
             time_ns: None,
+            accept: Vec::new(),
         };
         let r = integrate(&ctx.store, &ctx.share, &heads, &opts, &NoProgress)
             .map_err(|e| format!("cannot bring in what peers have: {e}"));

@@ -328,7 +328,32 @@ pub fn run(
         };
         let mut handler = StoreHandler::new(store.clone(), share.clone(), device.0, status, stop)
             .with_exclusive(exclusive)
-            .with_folder_lock(folder.clone());
+            .with_folder_lock(folder.clone())
+            .with_hold({
+                let (store, share) = (store.clone(), share.clone());
+                let checkout = CheckoutOptions {
+                    fsync: opts.fsync,
+                    ..Default::default()
+                };
+                Box::new(move |id: &str, accept: bool| {
+                    match super::guard::decide(&store, &share, device.0, id, accept, &checkout) {
+                        Ok(d) => control::Response::Decided {
+                            head: d.head,
+                            files_written: d.files_written,
+                            files_removed: d.files_removed,
+                        },
+                        Err(e) => control::Response::Error {
+                            message: e.to_string(),
+                            hint: match &e {
+                                Error::Usage { hint, .. } | Error::Peers { hint, .. } => {
+                                    hint.clone()
+                                }
+                                _ => None,
+                            },
+                        },
+                    }
+                })
+            });
         if automatic {
             let tx = auto_tx.clone();
             handler = handler.on_snapshot(Box::new(move || {

@@ -20,6 +20,10 @@
 //!    differs from what we had, it is written beside it under a conflict name, so neither edit is
 //!    lost: the next scan snapshots both (the local one keeps the name).
 //!
+//! Before step 3 the deletion guard ([`super::guard`]) measures what the checkout would take
+//! away; a head it holds is listed in [`Integrated::held`] and neither checked out nor merged
+//! into the head, unless it is in [`IntegrateOptions::accept`].
+//!
 //! A head that fails (an error reading it, a checkout that cannot write a path) is reported in
 //! [`Integrated::errors`] and the others are still integrated.
 //!
@@ -47,6 +51,8 @@ pub struct IntegrateOptions {
     /// The time of a snapshot the scan makes ([`AddOptions::time_ns`]; `None`: the clock).
     #[doc(hidden)]
     pub time_ns: Option<i64>,
+    /// Heads the user accepted: checked out whatever the deletion guard says.
+    pub accept: Vec<NodeId>,
 }
 
 /// What [`integrate`] did.
@@ -82,6 +88,8 @@ pub struct Integrated {
     /// Paths the checkouts could not write here (`path: reason`, one line each); they keep the
     /// synced version in snapshots and are tried again at the next checkout.
     pub unwritten: Vec<String>,
+    /// Heads the deletion guard held (not checked out; `left hold` decides).
+    pub held: Vec<super::guard::Hold>,
 }
 
 impl Integrated {
@@ -106,6 +114,11 @@ impl Integrated {
         self.need_trees = ig.need_trees.clone();
         self.need_headers = ig.need_headers.clone();
         self.errors = ig.errors.clone();
+        for h in &ig.held {
+            if !self.held.contains(h) {
+                self.held.push(h.clone());
+            }
+        }
     }
 }
 
@@ -219,6 +232,12 @@ fn integrate_one(
             }
         };
     if let Some(to) = target {
+        if !opts.accept.contains(&theirs) {
+            if let super::guard::Verdict::Held(h) = super::guard::check(store, ours, theirs, to)? {
+                out.held.push(*h);
+                return Ok(());
+            }
+        }
         let r = store.checkout(share, ours, to, &opts.checkout, progress)?;
         out.kept += r.kept.len();
         out.unwritten.extend(

@@ -41,6 +41,8 @@ pub struct SyncOptions {
     pub fsync: bool,
     /// Seconds without progress before giving up.
     pub timeout: f64,
+    /// Check out what the deletion guard would hold ([`super::guard`]): the user said yes.
+    pub yes: bool,
 }
 
 /// Something worth telling the user while a sync runs, in the order it happens.
@@ -96,6 +98,9 @@ pub enum Refusal {
         /// How much it needs against what is free, when that can be found.
         space: Option<Space>,
     },
+    /// The deletion guard held the fetched head: it would delete or replace too many files
+    /// here. It is recorded for `left hold`; `yes` checks it out.
+    Held(Box<super::guard::Hold>),
     /// The fetched tree is malformed (refused before anything was written).
     Corrupt {
         /// The head.
@@ -309,6 +314,14 @@ pub fn run(
     let mut diverged = false;
     match &decision {
         Decision::Checkout(to) => {
+            if !opts.yes {
+                let verdict = super::guard::check(&store, local_head, *to, *to)
+                    .context("cannot measure what the checkout takes away")?;
+                if let super::guard::Verdict::Held(h) = verdict {
+                    rt.block_on(eps.close());
+                    return Ok(Outcome::Refused(Refusal::Held(h)));
+                }
+            }
             let r = match store.checkout(share, local_head, *to, &copts, progress) {
                 Ok(r) => r,
                 Err(error @ left_store::Error::DiskFull { .. }) => {
@@ -344,6 +357,11 @@ pub fn run(
                 checkout: copts.clone(),
                 settle_ns: 0,
                 time_ns: None,
+                accept: if opts.yes {
+                    report.heads.iter().map(|(h, _)| *h).collect()
+                } else {
+                    Vec::new()
+                },
             };
             let heads: Vec<NodeId> = report.heads.iter().map(|(h, _)| *h).collect();
             let ig = rt
@@ -365,6 +383,10 @@ pub fn run(
             for (path, copy) in &ig.conflicts {
                 on_event(Event::Conflict { path, copy });
             }
+            if let Some(h) = ig.held.first() {
+                rt.block_on(eps.close());
+                return Ok(Outcome::Refused(Refusal::Held(Box::new(h.clone()))));
+            }
             merged = Some(ig);
         }
         Decision::UpToDate | Decision::Failed => {}
@@ -374,6 +396,13 @@ pub fn run(
     drop(rt);
     let checkout_seconds = checkout_started.elapsed().as_secs_f64();
     let head = store.head().ok().flatten();
+    if opts.yes && head != local_head {
+        // The user said yes to what the guard would have held: nothing of it is held any more,
+        // and the guard counts from here.
+        for (h, _) in &report.heads {
+            super::guard::accepted(&store, *h, head).context("cannot update the deletion guard")?;
+        }
+    }
     // What is still not written here, after the retry and the checkout.
     let unwritten = store
         .unwritten_paths()

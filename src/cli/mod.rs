@@ -20,6 +20,7 @@ mod add;
 mod args;
 mod checkout;
 mod fmt;
+mod hold;
 mod init;
 mod inspect;
 mod maintain;
@@ -49,6 +50,9 @@ pub const EXIT_PARTIAL: u8 = 3;
 /// Exit code: `left sync` fetched a snapshot but did not check it out, because both sides changed
 /// since they last agreed and the history needed to merge them could not be fetched.
 pub const EXIT_DIVERGED: u8 = 4;
+/// Exit code: `left sync` fetched a snapshot but the deletion guard held it (it would delete or
+/// replace too many files here); nothing was checked out. `left hold` decides, `--yes` skips.
+pub const EXIT_HELD: u8 = 5;
 /// Exit code: interrupted by Ctrl-C (SIGINT), 128 + 2 as shells report it.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -62,6 +66,8 @@ Exit codes:
   2  usage error (bad option or argument, a malformed peer address, no peer to talk to)
   3  finished, but some files were skipped or could not be written (listed on stderr, and in --json)
   4  fetched, but not checked out: both sides changed and their merge base is on no peer reached
+  5  fetched, but held by the deletion guard: it would delete or replace many files here
+     (`left hold` shows it and decides; `left sync --yes` checks it out)
   130  interrupted (Ctrl-C): nothing is lost; run the same command to resume";
 
 /// left: peer-to-peer file sync on a content-addressed store.
@@ -127,6 +133,9 @@ pub enum Command {
     Sync(sync::SyncArgs),
     /// Finish a checkout that was cut short, or drop it (--abort)
     Checkout(checkout::CheckoutArgs),
+    /// List the snapshots the deletion guard holds (a peer's change that would delete or
+    /// replace many files here), accept or reject one, or set the guard's thresholds
+    Hold(hold::HoldArgs),
 }
 
 /// Errors of the command line itself; each carries the hint shown under it.
@@ -245,6 +254,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(args) => serve::run(&cli.global, &out, args),
         Command::Sync(args) => sync::run(&cli.global, &out, args),
         Command::Checkout(args) => checkout::run(&cli.global, &out, args),
+        Command::Hold(args) => hold::run(&cli.global, &out, args),
     }
 }
 
@@ -541,6 +551,7 @@ mod tests {
             "2  usage",
             "3  finished",
             "4  fetched",
+            "5  fetched, but held",
             "130  interrupted",
         ] {
             assert!(help.contains(code), "missing {code:?} in help:\n{help}");

@@ -210,6 +210,14 @@ fn describe_auto(e: &AutoEvent<'_>) -> String {
             "left: conflict: {path} was changed on two devices; the other version is kept as {copy}"
         ),
         AutoEvent::Unwritten(u) => format!("left: warning: {u}"),
+        AutoEvent::Held(h) => format!(
+            "left: held snapshot {} from {}: {}; nothing was checked out (`left hold` shows it, \
+             `left hold accept|reject {}` decides)",
+            &h.id[..12.min(h.id.len())],
+            h.device,
+            h.why,
+            &h.id[..12.min(h.id.len())]
+        ),
         AutoEvent::WrittenNow(p) => {
             format!(
                 "left: {} is written now (it could not be before)",

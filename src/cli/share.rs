@@ -318,7 +318,11 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         .ok()
         .and_then(|(_, s)| s.frozen_status().ok())
         .unwrap_or((0, 0));
+    // The deletion guard's holds (a file the serving process rewrites atomically).
+    let guard = left::app::guard::GuardState::load(&dir).unwrap_or_default();
     out.json(&json!({
+        "held": guard.held,
+        "guard": if guard.config.off { "off" } else { "on" },
         "frozen": frozen,
         "newly_frozen": newly_frozen,
         "unwritten": unwritten,
@@ -385,6 +389,14 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         None => out.data("serving: no")?,
     }
     super::inspect::print_local_problems(out, &unwritten, &skipped)?;
+    for h in &guard.held {
+        out.data(super::hold::describe(h))?;
+    }
+    if !guard.held.is_empty() {
+        out.data(
+            "  held: not checked out here; `left hold accept ID` or `left hold reject ID` decides",
+        )?;
+    }
     if frozen > 0 {
         out.data(format!(
             "frozen: {frozen} tracked path(s) that .leftignore covers (kept as last synced; \

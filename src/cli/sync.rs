@@ -42,6 +42,10 @@ pub struct SyncArgs {
     /// Give up after this many seconds without progress (retrying unreachable peers meanwhile)
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     timeout: f64,
+    /// Check out what the deletion guard would hold (a change that deletes or replaces many
+    /// files here) without asking
+    #[arg(long, short = 'y')]
+    yes: bool,
 }
 
 /// Runs `left sync`.
@@ -68,11 +72,12 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     let (dir, store) = super::open_store_exclusive(global, "sync", "sync")?;
     let share = share_root(&dir, &store)?;
     let progress = out.progress();
-    let opts = SyncOptions {
+    let mut opts = SyncOptions {
         targets,
         encryption: args.encryption,
         fsync: args.fsync,
         timeout: args.timeout,
+        yes: args.yes,
     };
     let quiet = out.quiet;
     let mut on_event = |e: Event<'_>| {
@@ -118,18 +123,45 @@ pub(crate) fn run(global: &Global, out: &Output, args: SyncArgs) -> anyhow::Resu
     }
     };
     let meters = FetchBar::maker(!out.quiet);
-    let outcome = left::app::sync::run(
-        &dir,
-        store,
-        &share,
-        &opts,
-        &progress,
-        &meters,
-        &mut on_event,
-    )?;
+    let mut store = Some(store);
+    let outcome = loop {
+        let store = match store.take() {
+            Some(s) => s,
+            None => super::open_store_exclusive(global, "sync", "sync")?.1,
+        };
+        let outcome = left::app::sync::run(
+            &dir,
+            store,
+            &share,
+            &opts,
+            &progress,
+            &meters,
+            &mut on_event,
+        )?;
+        // Held: a person at a terminal is asked; a script gets exit 5 and `left hold`.
+        if let Outcome::Refused(Refusal::Held(h)) = &outcome {
+            if !opts.yes && !out.json && !out.quiet && ask(h) {
+                opts.yes = true;
+                continue;
+            }
+        }
+        break outcome;
+    };
     drop(progress);
     let synced = match outcome {
         Outcome::Synced(s) => s,
+        Outcome::Refused(Refusal::Held(h)) => {
+            out.json(&json!({ "held": *h }))?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "left: {}
+hint: nothing was checked out; `left hold accept|reject {}` decides, \
+                 `left sync --yes` checks it out",
+                super::hold::describe(&h),
+                &h.id[..12.min(h.id.len())]
+            );
+            return Ok(super::EXIT_HELD);
+        }
         Outcome::Refused(r) => return Ok(refused(&r, &share)),
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -316,6 +348,10 @@ fn refuse(line: &str, hint: Option<&str>) -> u8 {
 fn refused(r: &Refusal, share: &std::path::Path) -> u8 {
     match r {
         Refusal::LocalStore(e) => refuse(&format!("cannot sync: {e}"), Some(local_error_hint(e))),
+        Refusal::Held(h) => {
+            refuse(&super::hold::describe(h), Some("`left hold` decides"));
+            super::EXIT_HELD
+        }
         Refusal::NoSpace { to, error, space } => {
             let line = format!(
                 "cannot check out {} into {}",
@@ -352,6 +388,21 @@ fn refused(r: &Refusal, share: &std::path::Path) -> u8 {
             ),
         ),
     }
+}
+
+/// Asks at a terminal whether to check out what the guard held; false when stdin is not one.
+fn ask(h: &left::app::guard::Hold) -> bool {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!(
+        "left: {}
+check it out anyway? [y/N] ",
+        super::hold::describe(h)
+    );
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
 }
 
 /// What to do about a local store failure during the fetch.

@@ -45,6 +45,7 @@ pub mod node;
 mod objects;
 mod refs;
 mod release;
+mod removals;
 mod restore;
 mod scan;
 pub mod serde_path;
@@ -64,5 +65,6 @@ pub use merge::{
     VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES,
 };
 pub use refs::ANCESTOR_LIMIT;
+pub use removals::{Removals, TOP_FOLDERS};
 pub use store::{ObjectId, Store, STORE_MODE};
 pub use types::*;

@@ -125,6 +125,7 @@ fn one_shot_sync(b: &Share, target: Target) -> Box<sync::Synced> {
         encryption: true,
         fsync: false,
         timeout: 20.0,
+        yes: false,
     };
     let mut events = Vec::new();
     let outcome = sync::run(
@@ -277,9 +278,11 @@ fn automatic_loop_converges_on_the_peers_head() {
     let label = serving.target().label;
     let events = auto.auto_events.clone();
     // The files are out before the exchange's report reaches the loop.
-    wait_for("the loop's report of the exchange", Duration::from_secs(30), || {
-        !events.lock().unwrap().is_empty()
-    });
+    wait_for(
+        "the loop's report of the exchange",
+        Duration::from_secs(30),
+        || !events.lock().unwrap().is_empty(),
+    );
     auto.stop();
     serving.stop();
     assert_same_tree(&a.root, &b.root);

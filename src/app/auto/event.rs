@@ -30,6 +30,8 @@ pub enum AutoEvent<'a> {
         /// The name the other version is kept under.
         copy: &'a str,
     },
+    /// The deletion guard held a fetched head (nothing was checked out).
+    Held(&'a crate::app::guard::Hold),
     /// A path the checkout could not write (its one-line warning).
     Unwritten(&'a str),
     /// A path a checkout could not write before is written now.

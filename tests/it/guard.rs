@@ -1,0 +1,224 @@
+//! The deletion guard (`left::app::guard`): a peer's snapshot that would delete or replace many
+//! files here is held, not checked out, until `left hold accept|reject` (or `sync --yes`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::{wait_for, Share};
+
+/// A share with `n` small files in two folders, snapshotted.
+fn with_files(n: usize) -> Share {
+    let a = Share::new();
+    for i in 0..n {
+        a.write(
+            &format!("d{}/f{i:03}.txt", i % 2),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    a.add(&[]);
+    a
+}
+
+fn delete(share: &Share, range: std::ops::Range<usize>) {
+    for i in range {
+        std::fs::remove_file(share.root.join(format!("d{}/f{i:03}.txt", i % 2))).unwrap();
+    }
+    share.add(&[]);
+}
+
+fn count_files(root: &Path) -> usize {
+    ["d0", "d1"]
+        .iter()
+        .map(|d| std::fs::read_dir(root.join(d)).map_or(0, |r| r.count()))
+        .sum()
+}
+
+/// Files a sync's checkout (or merge) removed and wrote, from its `--json`.
+fn removed(j: &serde_json::Value) -> u64 {
+    j["checkout"]["files_removed"]
+        .as_u64()
+        .or(j["merged"]["files_removed"].as_u64())
+        .unwrap_or(0)
+}
+
+fn written(j: &serde_json::Value) -> u64 {
+    j["checkout"]["files_written"]
+        .as_u64()
+        .or(j["merged"]["files_written"].as_u64())
+        .unwrap_or(0)
+}
+
+fn held(share: &Share) -> Vec<serde_json::Value> {
+    share.json(&["hold"], 0)["held"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_mass_deletion_is_held_then_accepted() {
+    let a = with_files(40);
+    let b = a.join();
+    let server = a.serve();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(count_files(&b.root), 40);
+    // 60 % deleted in one snapshot.
+    delete(&a, 0..24);
+    let a_head = a.head().unwrap();
+    let r = b.sync(&[server.addr()], &[], &[]).expect_code(5);
+    assert!(r.stderr.contains("held"), "{}", r.stderr);
+    assert_eq!(r.json()["held"]["deleted_files"], 24, "{}", r.out());
+    assert_eq!(count_files(&b.root), 40, "nothing was checked out");
+    assert_ne!(b.head(), Some(a_head.clone()));
+    // Status and hold say what is held, from whom, and how to decide.
+    let holds = held(&b);
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0]["id"], a_head.as_str());
+    assert_eq!(holds[0]["replaced_files"], 0);
+    let status = b.json(&["status"], 0);
+    assert_eq!(status["held"][0]["id"], a_head.as_str(), "{status}");
+    let human = b.left(&["status"]).expect_code(0).out();
+    assert!(human.contains("left hold accept"), "{human}");
+    // Syncing again does not check it out either.
+    b.sync(&[server.addr()], &[], &[]).expect_code(5);
+    // Accept: the deletions happen, the hold goes, the guard counts from here.
+    let j = b.json(&["hold", "accept", &a_head[..10]], 0);
+    assert_eq!(j["files_removed"], 24, "{j}");
+    assert_eq!(count_files(&b.root), 16);
+    assert_eq!(b.head(), Some(a_head.clone()));
+    assert!(held(&b).is_empty());
+    // The deleted files are still in history.
+    let back = b.scratch("back");
+    b.left(&["restore", "head~1", "--to", back.to_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(count_files(&back), 40);
+    server.stop();
+}
+
+#[test]
+fn small_deletions_add_up_until_they_are_held() {
+    let a = with_files(100);
+    let b = a.join();
+    let server = a.serve();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    // 30 %, then steps of 5 %: each passes alone; the one that reaches half of the files since
+    // the last confirmation is held.
+    delete(&a, 0..30);
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(removed(&j), 30, "{j}");
+    for step in 0..3 {
+        delete(&a, 30 + step * 5..35 + step * 5);
+        b.sync_ok(&[server.addr()], &[], &[]);
+    }
+    delete(&a, 45..50);
+    let r = b.sync(&[server.addr()], &[], &[]).expect_code(5);
+    assert_eq!(r.json()["held"]["deleted_files"], 5, "{}", r.out());
+    assert!(r.stderr.contains("50 of 100 files"), "{}", r.stderr);
+    assert_eq!(count_files(&b.root), 55);
+    // `--yes` checks it out and the count starts again from the 50 files left.
+    let j = b.sync_ok(&[server.addr()], &["--yes"], &[]);
+    assert_eq!(removed(&j), 5, "{j}");
+    assert_eq!(count_files(&b.root), 50);
+    assert!(held(&b).is_empty());
+    delete(&a, 50..60);
+    b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(count_files(&b.root), 40);
+    server.stop();
+}
+
+#[test]
+fn local_deletions_do_not_count_and_reject_brings_the_files_back_for_everyone() {
+    let a = with_files(40);
+    let b = a.join();
+    let c = a.join();
+    let server = a.serve();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    c.sync_ok(&[server.addr()], &[], &[]);
+    // A first change sets each device's base (its 40 files).
+    a.write("new.txt", b"new\n");
+    a.add(&[]);
+    b.sync_ok(&[server.addr()], &[], &[]);
+    c.sync_ok(&[server.addr()], &[], &[]);
+    // B deletes 20 of its own files; A deletes 12 others. B merges: only A's 12 count against
+    // B's limit of 20 (counting B's own would make 32 and hold).
+    delete(&b, 20..40);
+    delete(&a, 0..12);
+    let j = b.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(removed(&j), 12, "{j}");
+    assert_eq!(count_files(&b.root), 8);
+    // C still has all 40: A's 12 and 24 more hold there.
+    delete(&a, 12..36);
+    let a_head = a.head().unwrap();
+    c.sync(&[server.addr()], &[], &[]).expect_code(5);
+    let j = c.json(&["hold", "reject", &a_head[..10]], 0);
+    let kept = j["head"].as_str().unwrap().to_owned();
+    assert_eq!(count_files(&c.root), 40);
+    assert!(held(&c).is_empty());
+    server.stop();
+    // A pulls C's rejecting snapshot: a fast-forward that brings the 36 files back.
+    let c_server = c.serve();
+    let j = a.sync_ok(&[c_server.addr()], &[], &[]);
+    assert_eq!(written(&j), 36, "{j}");
+    assert_eq!(count_files(&a.root), 40);
+    assert_eq!(a.head(), Some(kept));
+    c_server.stop();
+}
+
+#[test]
+fn one_huge_file_rewritten_is_held_by_bytes() {
+    let a = Share::new();
+    a.write("small.txt", b"small\n");
+    a.write("disk.img", &crate::util::random_bytes(3, 3 << 20));
+    a.add(&[]);
+    let b = a.join();
+    let server = a.serve();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    // This device holds from 1 MiB (the default floor, 64 MiB, is for real disk images).
+    b.left(&["hold", "--min-bytes", "1048576"]).expect_code(0);
+    a.write("disk.img", &vec![0u8; 3 << 20]);
+    a.add(&[]);
+    let r = b.sync(&[server.addr()], &[], &[]).expect_code(5);
+    let h = &r.json()["held"];
+    assert_eq!(
+        (h["replaced_files"].as_u64(), h["deleted_files"].as_u64()),
+        (Some(1), Some(0)),
+        "{h}"
+    );
+    assert!(h["why"].as_str().unwrap().contains("bytes"), "{h}");
+    let img = std::fs::read(b.root.join("disk.img")).unwrap();
+    assert!(img.iter().any(|&x| x != 0), "the image was not overwritten");
+    // The guard off: everything goes through.
+    b.left(&["hold", "--off"]).expect_code(0);
+    b.sync_ok(&[server.addr()], &[], &[]);
+    assert!(std::fs::read(b.root.join("disk.img"))
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0));
+    server.stop();
+}
+
+#[test]
+fn the_automatic_loop_holds_and_the_serving_process_decides() {
+    let a = with_files(40);
+    let b = a.join();
+    let a_server = a.serve();
+    b.sync_ok(&[a_server.addr()], &[], &[]);
+    let b_server = b.serve_on(
+        "127.0.0.1:0",
+        &["--peer", &a_server.addr(), "--interval", "1", "--no-watch"],
+        &[],
+    );
+    delete(&a, 0..30);
+    let a_head = a.head().unwrap();
+    wait_for("B's loop to hold A's head", Duration::from_secs(60), || {
+        held(&b).iter().any(|h| h["id"] == a_head.as_str())
+    });
+    assert_eq!(count_files(&b.root), 40);
+    // Through the control socket of the running serve.
+    b.json(&["hold", "accept", &a_head[..10]], 0);
+    assert_eq!(count_files(&b.root), 10);
+    assert_eq!(b.head(), Some(a_head));
+    let log = b_server.stop();
+    assert!(log.contains("held snapshot"), "{log}");
+    a_server.stop();
+}
