@@ -351,7 +351,6 @@ pub fn accepted(store: &Store, id: NodeId, head: Option<NodeId>) -> left_store::
 /// files come back for them, and a merge with `id` is up to date here from now on. Returns the
 /// new head.
 pub fn reject(store: &Store, id: NodeId, device: [u8; 32]) -> left_store::Result<NodeId> {
-    let dir = store.dir().to_path_buf();
     let ours = store.head()?.ok_or_else(|| left_store::Error::NotFound {
         what: "no head to keep".into(),
     })?;

@@ -57,6 +57,12 @@ impl Cluster {
         for _ in 1..n {
             shares.push(Share::join_key(&key));
         }
+        // Phase 3 rewrites most of a 256 MiB file: what the deletion guard holds by bytes
+        // (tests/it/guard.rs). These phases are about convergence, so the bytes rule steps
+        // aside; the files rule stays.
+        for s in &shares {
+            s.left(&["hold", "--bytes-percent", "100"]).expect_code(0);
+        }
         let peers = shares
             .into_iter()
             .enumerate()

@@ -202,6 +202,12 @@ impl Sim {
                 let mut c = small_store();
                 c.share_root = Some(share.clone());
                 Store::create(&store_dir, c).unwrap();
+                // Random edits delete and rewrite freely: the deletion guard would hold them
+                // (its own tests are in tests/it/guard.rs); this simulation proves convergence
+                // without it.
+                let mut guard = left::app::guard::GuardState::default();
+                guard.config.off = true;
+                guard.save(&store_dir).unwrap();
                 let mut device = [0u8; 32];
                 rng.fill(&mut device);
                 SimPeer {
