@@ -10,14 +10,14 @@
 //!
 //! What app may import: the store, [`crate::session`], [`crate::sync`], [`crate::net`],
 //! [`crate::rdt`], [`crate::peers`], [`crate::identity`], [`crate::control`]. What it must not do:
-//! print (events go to the caller's callback; the automatic loop's log lines are the one
-//! exception left, see [`auto`]), exit, or parse command-line flags. Human hints that are part of
+//! print (events go to the caller's callback, the automatic loop's too: [`auto::AutoEvent`]),
+//! exit, or parse command-line flags. Human hints that are part of
 //! an error's meaning travel in the error ([`Error::Peers`]) so the CLI prints them unchanged.
 //!
 //! Map: [`peer_setup`] (addresses, endpoints, fetch settings: the one copy), [`decide`] (the
 //! fast-forward decision), [`history`] (the history fetch), [`sync`] (one-shot sync),
-//! [`repair`], [`restore`], [`integrate`], [`auto`] (the automatic loop), [`daemon`] (the wiring of
-//! `left serve`).
+//! [`repair`], [`restore`], [`integrate`], [`guard`] (the deletion guard before every checkout),
+//! [`auto`] (the automatic loop), [`daemon`] (the wiring of `left serve`).
 
 pub mod auto;
 pub mod daemon;
