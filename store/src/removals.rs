@@ -8,14 +8,14 @@
 //! size of the share. What this module is not: it decides nothing (the thresholds are the
 //! caller's) and writes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::node::{DirEntry, Target};
+use crate::node::{DirEntry, Node, Target};
 use crate::store::MAX_DEPTH;
-use crate::{EntryKind, Error, NodeId, Result, Store};
+use crate::{EntryKind, Error, Hash, NodeId, Result, Store};
 
 /// The files a checkout would delete or replace, measured against a base (see
 /// [`Store::removals`]).
@@ -27,7 +27,8 @@ pub struct Removals {
     pub deleted_bytes: u64,
     /// Files (and links) whose content the target replaces.
     pub replaced_files: u64,
-    /// Their bytes, as in the base.
+    /// The bytes of their old content that the new content no longer holds (chunk by chunk: a
+    /// small edit of a big file counts the chunks it changed, a file zeroed counts whole).
     pub replaced_bytes: u64,
     /// Deleted plus replaced files per top-level folder (`""` for files at the root), largest
     /// first, at most [`TOP_FOLDERS`].
@@ -48,6 +49,10 @@ impl Removals {
 
 /// Most top-level folders listed in [`Removals::top`].
 pub const TOP_FOLDERS: usize = 5;
+
+/// Most chunks of a new version remembered to compare an old version with (about 10 MB); a
+/// bigger file counts its whole old size as replaced.
+pub const REPLACED_CHUNKS_CAP: usize = 1 << 18;
 
 /// An entry's identity for the comparison: kind and target (content), not time or mode.
 fn same(a: Option<&DirEntry>, b: &DirEntry) -> bool {
@@ -77,7 +82,8 @@ impl Store {
     /// still has them as `base` had them: what checking out `to` would take away from this
     /// device that it did not change itself. A path changed or deleted in `ours` since `base`
     /// is ours to decide and not counted; files `to` adds are not counted either. Metadata
-    /// (mode, time) does not count as a replacement. The three trees must be stored.
+    /// (mode, time) does not count as a replacement, and a replaced file counts the bytes of its
+    /// old chunks that the new version no longer holds. The three trees must be stored.
     pub fn removals(&self, base: NodeId, ours: NodeId, to: NodeId) -> Result<Removals> {
         let root = |s: NodeId| self.snapshot(s).map(|s| s.root);
         let (b, o, t) = (root(base)?, root(ours)?, root(to)?);
@@ -141,8 +147,11 @@ impl Store {
             }
             match t {
                 Some(t) if t.kind == e.kind => {
+                    let Some(lost) = self.replaced(e, t)? else {
+                        continue;
+                    };
                     out.replaced_files += 1;
-                    out.replaced_bytes += e.size;
+                    out.replaced_bytes += lost;
                 }
                 _ => {
                     out.deleted_files += 1;
@@ -157,6 +166,44 @@ impl Store {
             .or_default() += 1;
         }
         Ok(())
+    }
+
+    /// What replacing entry `old` by `new` (same kind, another target) takes away: `None` when
+    /// only the metadata changed, else the bytes of `old`'s chunks that `new` does not hold.
+    fn replaced(&self, old: &DirEntry, new: &DirEntry) -> Result<Option<u64>> {
+        let (Target::Node(a), Target::Node(b)) = (&old.target, &new.target) else {
+            // Links: the target is the content.
+            return Ok(Some(old.size));
+        };
+        let (Node::File(fa), Node::File(fb)) = (self.read_node(*a)?, self.read_node(*b)?) else {
+            return Ok(Some(old.size));
+        };
+        if fa.content == fb.content {
+            return Ok(None);
+        }
+        let mut held: HashSet<Hash> = HashSet::new();
+        let mut over = false;
+        self.file_chunks(&fb.content, &mut |refs| {
+            if held.len() + refs.len() > REPLACED_CHUNKS_CAP {
+                over = true;
+            } else {
+                held.extend(refs.iter().map(|r| r.id));
+            }
+            Ok(())
+        })?;
+        if over {
+            return Ok(Some(old.size));
+        }
+        let mut lost = 0u64;
+        self.file_chunks(&fa.content, &mut |refs| {
+            lost += refs
+                .iter()
+                .filter(|r| !held.contains(&r.id))
+                .map(|r| r.len)
+                .sum::<u64>();
+            Ok(())
+        })?;
+        Ok(Some(lost))
     }
 
     /// The files (and links) of snapshot `snapshot` and their bytes.

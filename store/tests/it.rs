@@ -24,6 +24,8 @@ mod measure_throughput;
 mod merge;
 #[path = "it/objects.rs"]
 mod objects;
+#[path = "it/removals.rs"]
+mod removals;
 #[path = "it/roundtrip.rs"]
 mod roundtrip;
 #[path = "it/settle.rs"]
