@@ -22,6 +22,7 @@
 pub mod auto;
 pub mod daemon;
 pub mod decide;
+pub mod folder;
 pub mod guard;
 pub mod history;
 pub mod integrate;

@@ -42,6 +42,8 @@ mod cli;
 mod control;
 #[path = "it/faults.rs"]
 mod faults;
+#[path = "it/folder_type.rs"]
+mod folder_type;
 #[path = "it/golden.rs"]
 mod golden;
 #[path = "it/guard.rs"]

@@ -183,7 +183,57 @@ fn integrate_one(
     progress: &dyn Progress,
     out: &mut Integrated,
 ) -> left_store::Result<()> {
+    if store.receive_only()? {
+        return integrate_receive_only(store, share, theirs, opts, progress, out);
+    }
     let ours = store.head()?;
+    let target = merge_target(store, store.head()?, theirs, out)?;
+    check_out(store, share, ours, theirs, target, opts, progress, out)
+}
+
+/// On a receive-only device: the share's version (ref `share`) moves to `theirs` as any
+/// device's head would (fast-forward or the same deterministic merge); the folder, whose local
+/// changes live in `head` only, gets it by a local merge of `head` with the new share's version
+/// (a path changed on both sides keeps both versions, one under a conflict name). The local
+/// merge is never announced, so it cannot make peers ping-pong.
+fn integrate_receive_only(
+    store: &Store,
+    share: &Path,
+    theirs: NodeId,
+    opts: &IntegrateOptions,
+    progress: &dyn Progress,
+    out: &mut Integrated,
+) -> left_store::Result<()> {
+    let published = store.get_ref(left_store::SHARE_REF)?;
+    let Some(new_share) = merge_target(store, published, theirs, out)? else {
+        return Ok(());
+    };
+    let ours = store.head()?;
+    let target = if ours.is_none() || ours == published {
+        Some(new_share)
+    } else {
+        let mut local = Integrated::default();
+        let t = merge_target(store, ours, new_share, &mut local)?;
+        out.conflicts.extend(local.conflicts);
+        out.need_trees.extend(local.need_trees);
+        out.need_headers.extend(local.need_headers);
+        t
+    };
+    let held = out.held.len();
+    check_out(store, share, ours, theirs, target, opts, progress, out)?;
+    if out.held.len() == held {
+        store.set_ref(left_store::SHARE_REF, new_share)?;
+    }
+    Ok(())
+}
+
+/// What checking out `theirs` over `ours` moves the folder to (`None`: nothing).
+fn merge_target(
+    store: &Store,
+    ours: Option<NodeId>,
+    theirs: NodeId,
+    out: &mut Integrated,
+) -> left_store::Result<Option<NodeId>> {
     let target =
         match ours {
             None => Some(theirs),
@@ -231,6 +281,21 @@ fn integrate_one(
                 }
             }
         };
+    Ok(target)
+}
+
+/// Checks out `target` (if any) over `ours` after the deletion guard's say.
+#[allow(clippy::too_many_arguments)]
+fn check_out(
+    store: &Store,
+    share: &Path,
+    ours: Option<NodeId>,
+    theirs: NodeId,
+    target: Option<NodeId>,
+    opts: &IntegrateOptions,
+    progress: &dyn Progress,
+    out: &mut Integrated,
+) -> left_store::Result<()> {
     if let Some(to) = target {
         if !opts.accept.contains(&theirs) {
             if let super::guard::Verdict::Held(h) = super::guard::check(store, ours, theirs, to)? {

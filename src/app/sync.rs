@@ -345,6 +345,15 @@ pub fn run(
                     ))
                 }
             };
+            if store
+                .receive_only()
+                .context("cannot read the folder type")?
+            {
+                // The folder had no local changes: the share's version moves with it.
+                store
+                    .set_ref(left_store::SHARE_REF, *to)
+                    .context("cannot record the share's version")?;
+            }
             checkout = Some(r);
         }
         Decision::Diverged(peer) => {

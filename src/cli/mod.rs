@@ -20,6 +20,7 @@ mod add;
 mod args;
 mod checkout;
 mod fmt;
+mod folder;
 mod hold;
 mod init;
 mod inspect;
@@ -136,6 +137,11 @@ pub enum Command {
     /// List the snapshots the deletion guard holds (a peer's change that would delete or
     /// replace many files here), accept or reject one, or set the guard's thresholds
     Hold(hold::HoldArgs),
+    /// Show or set this device's folder type: send-receive (default) or receive-only (local
+    /// changes are never published)
+    FolderType(folder::FolderTypeArgs),
+    /// Bring a receive-only folder back to the share's version (local changes stay in history)
+    Revert(folder::RevertArgs),
 }
 
 /// Errors of the command line itself; each carries the hint shown under it.
@@ -255,6 +261,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Sync(args) => sync::run(&cli.global, &out, args),
         Command::Checkout(args) => checkout::run(&cli.global, &out, args),
         Command::Hold(args) => hold::run(&cli.global, &out, args),
+        Command::FolderType(args) => folder::run_type(&cli.global, &out, args),
+        Command::Revert(args) => folder::run_revert(&cli.global, &out, args),
     }
 }
 

@@ -320,7 +320,12 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         .unwrap_or((0, 0));
     // The deletion guard's holds (a file the serving process rewrites atomically).
     let guard = left::app::guard::GuardState::load(&dir).unwrap_or_default();
+    let folder_type = open_store_read(global)
+        .ok()
+        .and_then(|(_, s)| left::app::folder::FolderType::of(&s).ok())
+        .unwrap_or(left::app::folder::FolderType::SendReceive);
     out.json(&json!({
+        "folder_type": folder_type.name(),
         "held": guard.held,
         "guard": if guard.config.off { "off" } else { "on" },
         "frozen": frozen,
@@ -357,6 +362,12 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         short(device.map(|d| d.to_string()).as_deref(), 8),
         if book.pin_mode() { "; pin mode" } else { "" }
     ))?;
+    if folder_type != left::app::folder::FolderType::SendReceive {
+        out.data(format!(
+            "folder type {}: local changes are not published",
+            folder_type.name()
+        ))?;
+    }
     match &served {
         Some(v) => {
             let state = if v["automatic"].as_bool() == Some(true) {

@@ -24,8 +24,19 @@ impl LocalObjects for Store {
 }
 
 impl ObjectSource for Store {
+    /// A receive-only device never serves a snapshot of its local changes
+    /// ([`Store::may_serve_snapshot`]): to the asking peer it is not here.
     fn node_bytes(&self, id: NodeId) -> Result<Option<Vec<u8>>, left_store::Error> {
-        self.get_node(id)
+        let Some(bytes) = self.get_node(id)? else {
+            return Ok(None);
+        };
+        if self.receive_only()?
+            && matches!(Node::decode_verified(&id, &bytes), Ok(Node::Snapshot(_)))
+            && !self.may_serve_snapshot(id)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(bytes))
     }
 
     fn chunk_bytes(&self, id: ChunkId) -> Result<Option<Vec<u8>>, left_store::Error> {

@@ -594,7 +594,7 @@ fn handle(
     // A request arriving while busy is answered with `Working` at once.
     session.set_busy(inner.gate.lock().busy());
     let head = if matches!(msg, Message::Have { .. } | Message::Update { .. }) {
-        inner.store.head().ok().flatten()
+        inner.store.published().ok().flatten()
     } else {
         None
     };

@@ -17,6 +17,56 @@ impl Store {
         self.get_ref("head")
     }
 
+    /// The head this device announces and serves: `head`, except on a receive-only device
+    /// ([`Store::receive_only`]), whose `head` holds its local scans (never announced) and which
+    /// announces the ref `share`, the share's version it last took from its peers (`None` until
+    /// it took one).
+    pub fn published(&self) -> Result<Option<NodeId>> {
+        if self.receive_only()? {
+            self.get_ref(SHARE_REF)
+        } else {
+            self.head()
+        }
+    }
+
+    /// Whether this device is receive-only: its local changes are never published.
+    pub fn receive_only(&self) -> Result<bool> {
+        Ok(self.db.get(cf::META, RECEIVE_ONLY_KEY)?.is_some())
+    }
+
+    /// Makes this device receive-only (`true`: the share's version starts as the current head)
+    /// or not (`false`: `head`, local changes included, is announced again). Synced batch.
+    pub fn set_receive_only(&self, on: bool) -> Result<()> {
+        self.writable()?;
+        let mut b = Batch::default();
+        if on {
+            if self.receive_only()? {
+                return Ok(());
+            }
+            b.put(&self.db, cf::META, RECEIVE_ONLY_KEY, b"");
+            match self.head()? {
+                Some(h) => b.put(&self.db, cf::REFS, SHARE_REF.as_bytes(), h.as_bytes()),
+                None => b.delete(&self.db, cf::REFS, SHARE_REF.as_bytes()),
+            }
+        } else {
+            b.delete(&self.db, cf::META, RECEIVE_ONLY_KEY);
+            b.delete(&self.db, cf::REFS, SHARE_REF.as_bytes());
+        }
+        self.db.write(b.inner, true)
+    }
+
+    /// Whether a peer may be served snapshot `id`: on a receive-only device only the share's
+    /// version and its history, never a snapshot of local changes.
+    pub fn may_serve_snapshot(&self, id: NodeId) -> Result<bool> {
+        if !self.receive_only()? {
+            return Ok(true);
+        }
+        match self.get_ref(SHARE_REF)? {
+            Some(p) => self.is_ancestor(id, p),
+            None => Ok(false),
+        }
+    }
+
     /// Reads a ref.
     pub fn get_ref(&self, name: &str) -> Result<Option<NodeId>> {
         match self.db.get(cf::REFS, name.as_bytes())? {
@@ -254,6 +304,10 @@ impl Store {
         self.db.exists(cf::META, &shallow_key(snapshot))
     }
 }
+
+/// The ref a receive-only device announces (see [`Store::published`]).
+pub const SHARE_REF: &str = "share";
+const RECEIVE_ONLY_KEY: &[u8] = b"receive-only";
 
 /// Most snapshots [`Store::is_ancestor`] visits.
 pub const ANCESTOR_LIMIT: usize = 1 << 20;

@@ -162,7 +162,7 @@ pub(super) struct Greeting {
 
 impl Greeting {
     pub(super) fn new(cfg: &FetchConfig, store: &Store) -> Greeting {
-        let local_head = store.head().ok().flatten();
+        let local_head = store.published().ok().flatten();
         let announce = match (cfg.announce, local_head) {
             (true, Some(h)) => Some(
                 store

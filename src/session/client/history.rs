@@ -114,7 +114,7 @@ pub async fn heads(
     store: &Store,
 ) -> Vec<PeerOutcome> {
     type Fut<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = PeerOutcome> + Send + 'a>>;
-    let local_head = store.head().ok().flatten();
+    let local_head = store.published().ok().flatten();
     let mut futs: Vec<Fut<'_>> = targets
         .iter()
         .map(|t| {
