@@ -16,7 +16,7 @@
 //!
 //! Map: [`peer_setup`] (addresses, endpoints, fetch settings: the one copy), [`decide`] (the
 //! fast-forward decision), [`history`] (the history fetch), [`sync`] (one-shot sync),
-//! [`repair`], [`restore`], [`integrate`], [`guard`] (the deletion guard before every checkout),
+//! [`repair`], [`restore`], [`integrate`], [`guard`], [`folder`] (folder types), [`send_only`] (the deletion guard before every checkout),
 //! [`auto`] (the automatic loop), [`daemon`] (the wiring of `left serve`).
 
 pub mod auto;
@@ -29,6 +29,7 @@ pub mod integrate;
 pub mod peer_setup;
 pub mod repair;
 pub mod restore;
+pub mod send_only;
 pub mod sync;
 
 pub use crate::session::{

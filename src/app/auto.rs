@@ -395,17 +395,23 @@ struct HoldsCache {
     known: std::collections::HashMap<NodeId, bool>,
 }
 
-/// [`holds`], remembered until our head moves (at most 4096 answers).
+/// [`holds`], its yes remembered until our head moves (at most 4096 answers).
 fn holds_cached(store: &Store, head: NodeId, cache: &mut HoldsCache) -> bool {
     let ours = store.head().ok().flatten();
     if cache.ours != ours || cache.known.len() > 4096 {
         cache.ours = ours;
         cache.known.clear();
     }
-    *cache
-        .known
-        .entry(head)
-        .or_insert_with(|| holds(store, head))
+    if let Some(&k) = cache.known.get(&head) {
+        return k;
+    }
+    // Only a yes is kept: a no can turn into a yes without our head moving (a send-only
+    // device stored the header, the guard held it).
+    let k = holds(store, head);
+    if k {
+        cache.known.insert(head, k);
+    }
+    k
 }
 
 /// The events of what an exchange brought in (none when it brought nothing).
@@ -453,7 +459,11 @@ fn find_peer(known: &[Peer], addr: SocketAddr, device: [u8; 32]) -> Option<usize
 
 /// Whether `head` is ours or behind ours (nothing to fetch or merge, [`super::decide::holds`]),
 /// or held by the deletion guard (not pulled again until the user decides).
+/// On a send-only device: or whose header is stored (it is looked at, never taken).
 fn holds(store: &Store, head: NodeId) -> bool {
+    if store.send_only().unwrap_or(false) && super::send_only::knows(store, head) {
+        return true;
+    }
     super::decide::holds(store, store.head().ok().flatten(), head)
         || super::guard::GuardState::load(store.dir()).is_ok_and(|g| g.is_held(head))
 }
@@ -600,6 +610,26 @@ async fn exchange(
     // Big new files are written out as they arrive, for the checkout of the integration.
     fcfg.stage = true;
     let list: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
+    if ctx.store.send_only().unwrap_or(false) {
+        // Send-only: the peers hear our head; theirs is only looked at (headers), never taken.
+        let looked = super::send_only::look(&ctx.endpoints, &ctx.store, &list, &fcfg).await;
+        rep.payload_bytes += looked.header_bytes;
+        for (k, p) in looked.peers.iter().enumerate() {
+            let i = targets[k].0;
+            rep.peers.push((
+                i,
+                p.device,
+                p.head,
+                p.error.as_ref().map(|e| e.reason.clone()),
+            ));
+            if p.error.is_none() {
+                rep.outcome.reached.push(i);
+            } else {
+                rep.outcome.failed.push(i);
+            }
+        }
+        return rep;
+    }
     let bar = Bar {
         status: ctx.status.clone(),
     };

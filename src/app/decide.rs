@@ -21,6 +21,8 @@ pub enum Decision {
     Checkout(NodeId),
     /// Both sides changed; `peer` names one peer whose head diverged.
     Diverged(String),
+    /// A send-only device: the peers' heads were looked at (headers), nothing taken.
+    SendOnly,
 }
 
 /// Whether `head` is `ours` or behind it (nothing to fetch or merge). No head of ours: `false`.

@@ -1,4 +1,5 @@
-//! Folder types (per device): send-receive, the default, and receive-only, whose local changes
+//! Folder types (per device): send-receive, the default; send-only, which publishes and never
+//! takes (see [`super::send_only`]); and receive-only, whose local changes
 //! are snapshotted into `head` but never announced or served (the store's
 //! [`Store::published`] is the ref `share`, the share's version this device last took from its
 //! peers), and [`revert`], which brings a receive-only folder back to the share's version.
@@ -24,6 +25,9 @@ pub enum FolderType {
     SendReceive,
     /// Checks out the peers' changes; its own are never published.
     ReceiveOnly,
+    /// Publishes its changes; never takes the peers' (it fetches their heads' headers only;
+    /// `left override` makes the share match it).
+    SendOnly,
 }
 
 impl FolderType {
@@ -31,6 +35,8 @@ impl FolderType {
     pub fn of(store: &Store) -> left_store::Result<FolderType> {
         Ok(if store.receive_only()? {
             FolderType::ReceiveOnly
+        } else if store.send_only()? {
+            FolderType::SendOnly
         } else {
             FolderType::SendReceive
         })
@@ -38,8 +44,17 @@ impl FolderType {
 
     /// Sets it (a synced write). Receive-only starts with the current head as the share's
     /// version; leaving it publishes `head`, local changes included, at the next announcement.
+    /// Send-only keeps `head`; leaving it for send-receive merges what the peers have at the
+    /// next exchange.
     pub fn set(self, store: &Store) -> left_store::Result<()> {
-        store.set_receive_only(self == FolderType::ReceiveOnly)
+        match self {
+            FolderType::SendReceive => {
+                store.set_receive_only(false)?;
+                store.set_send_only(false)
+            }
+            FolderType::ReceiveOnly => store.set_receive_only(true),
+            FolderType::SendOnly => store.set_send_only(true),
+        }
     }
 
     /// Its name as `status` and `--json` show it.
@@ -47,6 +62,7 @@ impl FolderType {
         match self {
             FolderType::SendReceive => "send-receive",
             FolderType::ReceiveOnly => "receive-only",
+            FolderType::SendOnly => "send-only",
         }
     }
 }

@@ -346,14 +346,31 @@ pub fn accepted(store: &Store, id: NodeId, head: Option<NodeId>) -> left_store::
     st.save(dir)
 }
 
-/// Rejects the held head `id`: a snapshot whose tree is our head's, with our head and `id` as
-/// parents, becomes the head (nothing in the folder changes). Peers fast-forward to it, so the
-/// files come back for them, and a merge with `id` is up to date here from now on. Returns the
-/// new head.
-pub fn reject(store: &Store, id: NodeId, device: [u8; 32]) -> left_store::Result<NodeId> {
+/// Rejects the held head `id`: a snapshot with our head and `id` as parents becomes the head.
+/// Its tree is ours plus what the change adds ([`Store::keep_adding`] over the tree the
+/// checkout would have produced: `id`'s on a fast-forward, the merge's otherwise): every file
+/// it would delete or replace keeps our version, the files it adds stay. Peers fast-forward to
+/// it, so the files come back for them, and a merge with `id` is up to date here from now on.
+/// Returns (our head before, the new head); the caller checks the additions out.
+pub fn reject(store: &Store, id: NodeId, device: [u8; 32]) -> left_store::Result<(NodeId, NodeId)> {
     let ours = store.head()?.ok_or_else(|| left_store::Error::NotFound {
         what: "no head to keep".into(),
     })?;
+    // A receive-only device keeps its files locally; the share's version (what it announces)
+    // still moves to the rejected head, as it would have on accept, so it is not pulled again
+    // and the device keeps converging with its peers.
+    let new_share = if store.receive_only()? {
+        match store.get_ref(left_store::SHARE_REF)? {
+            None => Some(id),
+            Some(p) => match store.merge(p, id)? {
+                left_store::MergeOutcome::UpToDate => None,
+                left_store::MergeOutcome::FastForward(t) => Some(t),
+                left_store::MergeOutcome::Merged { snapshot, .. } => Some(snapshot),
+            },
+        }
+    } else {
+        None
+    };
     let root = store.snapshot(ours)?.root;
     let snap = Snapshot {
         root,
@@ -362,10 +379,26 @@ pub fn reject(store: &Store, id: NodeId, device: [u8; 32]) -> left_store::Result
         time_ns: now_ns(),
         message: format!("kept the files {} would delete or replace", id.fmt_short()),
     };
-    let new = store.put_snapshot(&snap)?;
+    let target = match store.merge(ours, id) {
+        Ok(left_store::MergeOutcome::FastForward(t)) => Some(t),
+        Ok(left_store::MergeOutcome::Merged { snapshot, .. }) => Some(snapshot),
+        // Up to date, or a merge that lacks history or trees: keep our tree as it is.
+        _ => None,
+    };
+    let new = match target {
+        Some(t) => match store.keep_adding(ours, t, snap.clone()) {
+            Ok(n) => n,
+            Err(left_store::Error::NeedTree(_)) => store.put_snapshot(&snap)?,
+            Err(e) => return Err(e),
+        },
+        None => store.put_snapshot(&snap)?,
+    };
     store.set_ref("head", new)?;
+    if let Some(sh) = new_share {
+        store.set_ref(left_store::SHARE_REF, sh)?;
+    }
     accepted(store, id, Some(new))?;
-    Ok(new)
+    Ok((ours, new))
 }
 
 /// What [`decide`] did.
@@ -404,10 +437,15 @@ pub fn decide(
         .parse()
         .map_err(|_| super::Error::Other(format!("the hold {} has a bad id", hold.id)))?;
     if !accept {
-        let head = reject(store, id, device).context("cannot keep the files")?;
+        let (before, head) = reject(store, id, device).context("cannot keep the files")?;
+        // What the change adds is written here; nothing of ours is deleted or replaced.
+        let r = store
+            .checkout(share, Some(before), head, checkout, &left_store::NoProgress)
+            .context("cannot write the files the rejected change adds")?;
         return Ok(Decided {
             head: Some(head),
-            ..Decided::default()
+            files_written: r.files_written,
+            files_removed: r.files_removed,
         });
     }
     let opts = super::integrate::IntegrateOptions {

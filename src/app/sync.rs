@@ -150,6 +150,8 @@ pub struct Synced {
     pub fetch_seconds: f64,
     /// Seconds of the decision, checkout or merge, and closing the endpoints.
     pub checkout_seconds: f64,
+    /// On a send-only device: the peers' heads as seen now ([`Decision::SendOnly`]).
+    pub seen: Vec<super::send_only::Seen>,
 }
 
 impl Synced {
@@ -240,6 +242,11 @@ pub fn run(
             .context("cannot write the paths an earlier checkout could not")?
     };
     let local_head = store.head().context("cannot read the head")?;
+    if store.send_only().context("cannot read the folder type")? {
+        return send_only(
+            dir, store, opts, identity, share_key, policy, retried, skipped, on_event,
+        );
+    }
 
     // 3. Fetch.
     let fetch_started = Instant::now();
@@ -398,7 +405,7 @@ pub fn run(
             }
             merged = Some(ig);
         }
-        Decision::UpToDate | Decision::Failed => {}
+        Decision::UpToDate | Decision::Failed | Decision::SendOnly => {}
     }
     let udp = eps.udp_bytes();
     rt.block_on(eps.close());
@@ -429,6 +436,71 @@ pub fn run(
         head,
         fetch_seconds,
         checkout_seconds,
+        seen: Vec::new(),
+    })))
+}
+
+/// One-shot sync on a send-only device: the local changes were snapshotted; the peers' heads
+/// are looked at (their headers stored, under `seen/<device>`), nothing is fetched or checked
+/// out.
+#[allow(clippy::too_many_arguments)]
+fn send_only(
+    dir: &Path,
+    store: Arc<Store>,
+    opts: &SyncOptions,
+    identity: Identity,
+    share_key: [u8; 32],
+    policy: BookPolicy,
+    retried: Option<CheckoutReport>,
+    skipped: Vec<Skipped>,
+    on_event: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let net = Net::new(
+        identity,
+        share_key,
+        policy.allowed_peers(),
+        &store,
+        opts.encryption,
+        opts.timeout,
+    );
+    let rt = runtime()?;
+    let (looked, udp) = rt.block_on(async {
+        let eps = net.endpoints(&opts.targets)?;
+        let looked = super::send_only::look(&eps, &store, &opts.targets, &net.fcfg).await;
+        let udp = eps.udp_bytes();
+        eps.close().await;
+        Ok::<_, Error>((looked, udp))
+    })?;
+    drop(rt);
+    let report = FetchReport {
+        peers: looked.peers,
+        ..FetchReport::default()
+    };
+    record_peers(dir, &report, on_event);
+    let decision = if report.all_failed() {
+        Decision::Failed
+    } else {
+        Decision::SendOnly
+    };
+    let seen = super::send_only::seen(&store).context("cannot read the peers' heads")?;
+    let unwritten = store
+        .unwritten_paths()
+        .context("cannot read the paths the checkout could not write")?;
+    Ok(Outcome::Synced(Box::new(Synced {
+        decision,
+        fetch: report,
+        udp,
+        checkout: None,
+        merged: None,
+        diverged: false,
+        retried,
+        skipped,
+        unwritten,
+        head: store.head().ok().flatten(),
+        fetch_seconds: started.elapsed().as_secs_f64(),
+        checkout_seconds: 0.0,
+        seen,
     })))
 }
 

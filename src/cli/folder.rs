@@ -1,5 +1,6 @@
-//! `left folder-type` (show or set this device's folder type) and `left revert` (a
-//! receive-only folder back to the share's version).
+//! `left folder-type` (show or set this device's folder type), `left revert` (a receive-only
+//! folder back to the share's version) and `left override` (the share made to match a
+//! send-only folder).
 
 use anyhow::Context;
 use clap::Args;
@@ -16,11 +17,16 @@ use super::{open_store_exclusive, open_store_read, share_root, Global, Output, E
 Examples:
   left folder-type                  show this device's folder type
   left folder-type receive-only     take the peers' changes, never publish this folder's
-  left folder-type send-receive     publish again (local changes made meanwhile included)
+  left folder-type send-only        publish this folder's changes, never take the peers'
+  left folder-type send-receive     publish and take again (local changes made meanwhile included)
 
 A receive-only folder keeps its local changes in local history only: peers never see them.
 A peer's change to a path changed here keeps both versions (one under a conflict name);
-`left revert` brings the folder back to the share's version.")]
+`left revert` brings the folder back to the share's version.
+
+A send-only folder publishes its changes and looks at the peers' heads (snapshot headers
+only, never their files); `left status` says which peers have changes not taken here, and
+`left override` makes the share match this folder.")]
 pub struct FolderTypeArgs {
     /// The new type (without it: show the current one).
     #[arg(value_enum)]
@@ -33,6 +39,51 @@ pub struct FolderTypeArgs {
 Examples:
   left revert        undo this receive-only folder's local changes (they stay in history)")]
 pub struct RevertArgs {}
+
+/// `left override` arguments.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  left sync PEER     look at the peers' heads first (send-only takes nothing)
+  left override      make the share match this send-only folder
+
+The override is a snapshot of this folder whose parents are this device's head and the
+peers' heads it has seen (`left status` lists them): each peer fast-forwards to it, so
+what it changed since is undone there (its versions stay in history), unless its deletion
+guard holds the change for `left hold`.")]
+pub struct OverrideArgs {}
+
+/// Runs `left override`.
+pub(crate) fn run_override(
+    global: &Global,
+    out: &Output,
+    _args: OverrideArgs,
+) -> anyhow::Result<u8> {
+    let (dir, store) = open_store_exclusive(global, "override", "override")?;
+    let share = share_root(&dir, &store)?;
+    let device = Identity::load(&dir)
+        .context("cannot read the device key")?
+        .device_id();
+    let r = left::app::send_only::override_share(&store, &share, device.0, &left_store::NoProgress)
+        .context("cannot override the share")?;
+    out.json(&serde_json::to_value(&r).context("cannot encode the report")?)?;
+    let head = r
+        .head
+        .as_deref()
+        .map(|h| &h[..12.min(h.len())])
+        .unwrap_or("none");
+    if r.made {
+        out.human(format!(
+            "override {head}: on top of {} peer head(s); peers fast-forward to it at their next exchange",
+            r.over.len()
+        ))?;
+    } else {
+        out.human(format!(
+            "nothing to override: no peer head seen here has changes this device lacks (head {head};              `left sync PEER` looks at the peers' heads)"
+        ))?;
+    }
+    Ok(EXIT_OK)
+}
 
 /// Runs `left folder-type`.
 pub(crate) fn run_type(global: &Global, out: &Output, args: FolderTypeArgs) -> anyhow::Result<u8> {
@@ -50,6 +101,9 @@ pub(crate) fn run_type(global: &Global, out: &Output, args: FolderTypeArgs) -> a
         "published": store.published().context("cannot read the refs")?.map(|h| h.to_string()),
     }))?;
     out.human(format!("folder type: {}", kind.name()))?;
+    if kind == FolderType::SendOnly {
+        out.human("the peers' changes are not taken here (`left override` makes the share match this folder)")?;
+    }
     if kind == FolderType::ReceiveOnly {
         let head = store.head().context("cannot read the head")?;
         out.human(if head == share {

@@ -26,6 +26,11 @@ pub struct InitArgs {
     /// a new one; `-` reads the key from stdin
     #[arg(long, value_name = "KEY")]
     join: Option<String>,
+    /// This device's folder type (`left folder-type` changes it later): send-receive publishes
+    /// and takes changes, receive-only takes and never publishes, send-only publishes and never
+    /// takes
+    #[arg(long, value_enum, value_name = "TYPE", default_value = "send-receive")]
+    folder_type: left::app::folder::FolderType,
 }
 
 /// Longest stdin read for `--join -` (a key is 52 characters; allow white space around it).
@@ -71,10 +76,12 @@ pub(crate) fn run(global: &Global, out: &Output, args: InitArgs) -> anyhow::Resu
         share_root: Some(share.clone()),
         ..StoreConfig::default()
     };
-    drop(
-        Store::create(&store, cfg)
-            .with_context(|| format!("cannot create a store at {}", store.display()))?,
-    );
+    let created = Store::create(&store, cfg)
+        .with_context(|| format!("cannot create a store at {}", store.display()))?;
+    args.folder_type
+        .set(&created)
+        .context("cannot set the folder type")?;
+    drop(created);
     let id = Identity::generate()?;
     id.save(&store).context("cannot save the device key")?;
     match &joined {
@@ -91,6 +98,7 @@ pub(crate) fn run(global: &Global, out: &Output, args: InitArgs) -> anyhow::Resu
         "device": device.to_string(),
         "share_id": share_id.0.to_string(),
         "joined": joined.is_some(),
+        "folder_type": args.folder_type.name(),
     }))?;
     out.human(format!(
         "initialised share {} (store {}), device {}{}",

@@ -137,11 +137,14 @@ pub enum Command {
     /// List the snapshots the deletion guard holds (a peer's change that would delete or
     /// replace many files here), accept or reject one, or set the guard's thresholds
     Hold(hold::HoldArgs),
-    /// Show or set this device's folder type: send-receive (default) or receive-only (local
-    /// changes are never published)
+    /// Show or set this device's folder type: send-receive (default), receive-only (local
+    /// changes are never published) or send-only (the peers' changes are never taken)
     FolderType(folder::FolderTypeArgs),
     /// Bring a receive-only folder back to the share's version (local changes stay in history)
     Revert(folder::RevertArgs),
+    /// Make the share match this send-only device: a snapshot of this folder on top of the
+    /// peers' heads, which they fast-forward to
+    Override(folder::OverrideArgs),
 }
 
 /// Errors of the command line itself; each carries the hint shown under it.
@@ -263,6 +266,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Hold(args) => hold::run(&cli.global, &out, args),
         Command::FolderType(args) => folder::run_type(&cli.global, &out, args),
         Command::Revert(args) => folder::run_revert(&cli.global, &out, args),
+        Command::Override(args) => folder::run_override(&cli.global, &out, args),
     }
 }
 

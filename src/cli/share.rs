@@ -324,8 +324,18 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         .ok()
         .and_then(|(_, s)| left::app::folder::FolderType::of(&s).ok())
         .unwrap_or(left::app::folder::FolderType::SendReceive);
+    // A send-only device's view of the peers' heads (headers it looked at, nothing taken).
+    let seen = if folder_type == left::app::folder::FolderType::SendOnly {
+        open_store_read(global)
+            .ok()
+            .and_then(|(_, s)| left::app::send_only::seen(&s).ok())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     out.json(&json!({
         "folder_type": folder_type.name(),
+        "seen": seen,
         "held": guard.held,
         "guard": if guard.config.off { "off" } else { "on" },
         "frozen": frozen,
@@ -362,11 +372,34 @@ pub(crate) fn status(global: &Global, out: &Output) -> anyhow::Result<u8> {
         short(device.map(|d| d.to_string()).as_deref(), 8),
         if book.pin_mode() { "; pin mode" } else { "" }
     ))?;
-    if folder_type != left::app::folder::FolderType::SendReceive {
-        out.data(format!(
-            "folder type {}: local changes are not published",
-            folder_type.name()
-        ))?;
+    match folder_type {
+        left::app::folder::FolderType::SendReceive => {}
+        left::app::folder::FolderType::ReceiveOnly => out.data(
+            "folder type receive-only: local changes are not published (`left revert` drops them)",
+        )?,
+        left::app::folder::FolderType::SendOnly => {
+            out.data("folder type send-only: the peers' changes are not taken here")?;
+            for s in &seen {
+                out.data(format!(
+                    "  {} at {}: {}{}",
+                    &s.device[..8.min(s.device.len())],
+                    &s.head[..12.min(s.head.len())],
+                    if s.has_ours {
+                        "has this device's head"
+                    } else {
+                        "lacks this device's head"
+                    },
+                    if s.behind {
+                        ""
+                    } else {
+                        "; has changes not taken here"
+                    }
+                ))?;
+            }
+            if seen.iter().any(|s| !s.behind) {
+                out.data("  `left override` makes the share match this device")?;
+            }
+        }
     }
     match &served {
         Some(v) => {

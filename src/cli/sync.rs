@@ -240,6 +240,8 @@ hint: nothing was checked out; `left hold accept|reject {}` decides, \
                 "reason": u.reason,
             })).collect::<Vec<_>>(),
         })),
+        "send_only": matches!(decision, Decision::SendOnly),
+        "seen": &synced.seen,
         "peers": report.peers.iter().map(|p| json!({
             "addr": p.addr.map(|a| a.to_string()).unwrap_or_default(),
             "peer": p.label,
@@ -287,6 +289,25 @@ hint: nothing was checked out; `left hold accept|reject {}` decides, \
                 match m.map_or(0, |m| m.conflicts.len()) {
                     0 => String::new(),
                     n => format!("; {n} changed on both sides, both versions kept"),
+                }
+            )
+        }
+        (Decision::SendOnly, _) => {
+            let ahead = synced.seen.iter().filter(|s| !s.behind).count();
+            let lacking = synced.seen.iter().filter(|s| !s.has_ours).count();
+            format!(
+                "send-only at {}: nothing taken; {} peer(s) have changes this device does not take{}{}",
+                head.map(|h| h.fmt_short()).unwrap_or_else(|| "no snapshot".into()),
+                ahead,
+                if lacking > 0 {
+                    format!(", {lacking} lack this device's head (a serving peer pulls it)")
+                } else {
+                    String::new()
+                },
+                if ahead > 0 {
+                    "; `left override` makes the share match this device"
+                } else {
+                    ""
                 }
             )
         }

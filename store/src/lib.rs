@@ -64,7 +64,7 @@ pub use merge::{
     base32_lower, conflict_name, AUTHOR_DEPTH, CONFLICT_NAME_MAX, MERGE_MESSAGE,
     VIRTUAL_BASE_DEPTH, VIRTUAL_MERGES,
 };
-pub use refs::{ANCESTOR_LIMIT, SHARE_REF};
+pub use refs::{ANCESTOR_LIMIT, SEEN_PREFIX, SHARE_REF};
 pub use removals::{Removals, TOP_FOLDERS};
 pub use store::{ObjectId, Store, STORE_MODE};
 pub use types::*;

@@ -34,8 +34,35 @@ impl Store {
         Ok(self.db.get(cf::META, RECEIVE_ONLY_KEY)?.is_some())
     }
 
-    /// Makes this device receive-only (`true`: the share's version starts as the current head)
-    /// or not (`false`: `head`, local changes included, is announced again). Synced batch.
+    /// Whether this device is send-only: it publishes its changes and never takes the peers'
+    /// (it fetches their heads' headers only, under the refs `seen/<device>`).
+    pub fn send_only(&self) -> Result<bool> {
+        Ok(self.db.get(cf::META, SEND_ONLY_KEY)?.is_some())
+    }
+
+    /// Makes this device send-only (`true`; it stops being receive-only) or not. Synced batch.
+    pub fn set_send_only(&self, on: bool) -> Result<()> {
+        self.writable()?;
+        let mut b = Batch::default();
+        if on {
+            b.put(&self.db, cf::META, SEND_ONLY_KEY, b"");
+            b.delete(&self.db, cf::META, RECEIVE_ONLY_KEY);
+            b.delete(&self.db, cf::REFS, SHARE_REF.as_bytes());
+        } else {
+            b.delete(&self.db, cf::META, SEND_ONLY_KEY);
+            // What it saw of the peers' heads goes with the type (a fetch sets `peers/*`).
+            for (name, _) in self.refs()? {
+                if name.starts_with(SEEN_PREFIX) {
+                    b.delete(&self.db, cf::REFS, name.as_bytes());
+                }
+            }
+        }
+        self.db.write(b.inner, true)
+    }
+
+    /// Makes this device receive-only (`true`: the share's version starts as the current head;
+    /// it stops being send-only) or not (`false`: `head`, local changes included, is announced
+    /// again). Synced batch.
     pub fn set_receive_only(&self, on: bool) -> Result<()> {
         self.writable()?;
         let mut b = Batch::default();
@@ -44,6 +71,12 @@ impl Store {
                 return Ok(());
             }
             b.put(&self.db, cf::META, RECEIVE_ONLY_KEY, b"");
+            b.delete(&self.db, cf::META, SEND_ONLY_KEY);
+            for (name, _) in self.refs()? {
+                if name.starts_with(SEEN_PREFIX) {
+                    b.delete(&self.db, cf::REFS, name.as_bytes());
+                }
+            }
             match self.head()? {
                 Some(h) => b.put(&self.db, cf::REFS, SHARE_REF.as_bytes(), h.as_bytes()),
                 None => b.delete(&self.db, cf::REFS, SHARE_REF.as_bytes()),
@@ -93,6 +126,24 @@ impl Store {
         self.db.write(b.inner, true)
     }
 
+    /// Sets the ref `seen/<device>` (see [`SEEN_PREFIX`]) to a snapshot whose header is stored
+    /// here, its tree or not: what a send-only device knows of a peer's head. Synced.
+    pub fn set_seen_ref(&self, device: &str, id: NodeId) -> Result<()> {
+        if device.is_empty() || device.contains('/') {
+            return Err(Error::Invalid(format!("{device:?} is not a device id")));
+        }
+        if self.get_node(id)?.is_none() {
+            return Err(Error::not_found(format!(
+                "snapshot {id} is not stored here"
+            )));
+        }
+        self.snapshot(id)?;
+        let name = format!("{SEEN_PREFIX}{device}");
+        let mut b = Batch::default();
+        b.put(&self.db, cf::REFS, name.as_bytes(), id.as_bytes());
+        self.db.write(b.inner, true)
+    }
+
     /// Writes a snapshot node (e.g. a merge made by the sync engine) whose root tree is complete, and
     /// returns its id. Does not move any ref (see [`Store::set_ref`]).
     pub fn put_snapshot(&self, snap: &Snapshot) -> Result<NodeId> {
@@ -125,8 +176,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes the ref `peers/<device>` (the last head fetched from that device) in a synced
-    /// batch, so what only that snapshot held is freed by the next gc. Call it when a device is
+    /// Deletes the refs `peers/<device>` (the last head fetched from that device) and
+    /// `seen/<device>` (its head as a send-only device saw it) in a synced batch, so what only that snapshot held is freed by the next gc. Call it when a device is
     /// revoked or forgotten. `device` is a bare device id: a name with `/` (or an empty one) is
     /// refused, so this never touches `head` or any ref outside `peers/`. A checkout journal
     /// keeps its own trees whatever the refs say (gc's `checkout` root), so dropping the ref of
@@ -140,13 +191,17 @@ impl Store {
             )));
         }
         let name = format!("peers/{device}");
-        let Some(id) = self.get_ref(&name)? else {
+        let seen = format!("{SEEN_PREFIX}{device}");
+        let id = self.get_ref(&name)?;
+        let seen_id = self.get_ref(&seen)?;
+        if id.is_none() && seen_id.is_none() {
             return Ok(None);
-        };
+        }
         let mut b = Batch::default();
         b.delete(&self.db, cf::REFS, name.as_bytes());
+        b.delete(&self.db, cf::REFS, seen.as_bytes());
         self.db.write(b.inner, true)?;
-        Ok(Some(id))
+        Ok(id.or(seen_id))
     }
 
     /// Resolves "head", "head~N" (first parent), a full hex id, or a unique hex prefix of >= 4 chars.
@@ -308,6 +363,9 @@ impl Store {
 /// The ref a receive-only device announces (see [`Store::published`]).
 pub const SHARE_REF: &str = "share";
 const RECEIVE_ONLY_KEY: &[u8] = b"receive-only";
+const SEND_ONLY_KEY: &[u8] = b"send-only";
+/// The prefix of the refs a send-only device keeps its peers' heads under (headers only).
+pub const SEEN_PREFIX: &str = "seen/";
 
 /// Most snapshots [`Store::is_ancestor`] visits.
 pub const ANCESTOR_LIMIT: usize = 1 << 20;

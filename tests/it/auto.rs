@@ -903,3 +903,106 @@ fn a_path_that_cannot_be_written_does_not_stop_automatic_sync() {
     assert!(err.contains("locked.txt: cannot be written here"), "{err}");
     c.stop("A");
 }
+
+/// The phases with folder types: A send-receive, B receive-only, C send-only, all serving with
+/// each other as peers. A's change reaches B and not C; C's change reaches A and B; B's change
+/// reaches nobody while B still takes A's; C's override brings A and B to C's folder (B keeps
+/// its local file). Afterwards the send-receive peer's head is C's override and B publishes it.
+#[test]
+fn typed_peers_take_and_publish_as_their_folder_types_say() {
+    let mut c = Cluster::new(3, 3, "yes");
+    c.share("B").json(&["folder-type", "receive-only"], 0);
+    c.share("C").json(&["folder-type", "send-only"], 0);
+    for n in ["A", "B", "C"] {
+        c.start(n);
+    }
+    let seen_head = |c: &Cluster, of: &str| -> Option<String> {
+        let dev = c.share(of).json(&["id"], 0)["device"].as_str()?.to_owned();
+        let st = c.status("C");
+        st["seen"].as_array()?.iter().find_map(|s| {
+            (s["device"].as_str() == Some(dev.as_str()))
+                .then(|| s["head"].as_str().unwrap().to_owned())
+        })
+    };
+
+    // Phase 1: A adds a file: the receive-only peer takes it, the send-only peer only sees it.
+    c.share("A").write("hello.txt", b"hello from A\n");
+    c.wait_file("B", "hello.txt", b"hello from A\n", LIMIT);
+    wait_for("C to see A's head", LIMIT, || {
+        let a = c.status("A")["head"].as_str().map(str::to_owned);
+        a.is_some() && seen_head(&c, "A") == a
+    });
+    assert!(
+        !c.share("C").root.join("hello.txt").exists(),
+        "C took A's file"
+    );
+
+    // Phase 2: C adds files: A and B take them.
+    c.share("C").write("c.txt", b"from C\n");
+    c.share("C")
+        .write("folder/c2.txt", &random_bytes(7, 50_000));
+    c.wait_file("A", "c.txt", b"from C\n", LIMIT);
+    c.wait_file("B", "folder/c2.txt", &random_bytes(7, 50_000), LIMIT);
+    c.wait_file("A", "hello.txt", b"hello from A\n", LIMIT);
+
+    // Phase 3: B changes its folder: nobody takes it, and B still takes A's next change.
+    c.share("B").write("b-local.txt", b"only on B\n");
+    wait_for("B to snapshot its local change", LIMIT, || {
+        let st = c.status("B");
+        let published = c.share("B").json(&["folder-type"], 0)["published"].clone();
+        st["head"].is_string() && st["head"] != published && st["idle"] == Value::Bool(true)
+    });
+    c.share("A").write("a2.txt", b"second from A\n");
+    c.wait_file("B", "a2.txt", b"second from A\n", LIMIT);
+    wait_for("A to be idle", LIMIT, || {
+        c.status("A")["idle"] == Value::Bool(true)
+    });
+    for n in ["A", "C"] {
+        assert!(
+            !c.share(n).root.join("b-local.txt").exists(),
+            "{n} took B's local file"
+        );
+    }
+    assert_eq!(
+        fs::read(c.share("B").root.join("b-local.txt")).unwrap(),
+        b"only on B\n"
+    );
+
+    // Phase 4: C overrides once it has seen A's last head: A and B come to C's folder.
+    wait_for("C to see A's last head", LIMIT, || {
+        let st = c.status("A");
+        st["idle"] == Value::Bool(true) && seen_head(&c, "A").as_deref() == st["head"].as_str()
+    });
+    let a_before = c.status("A")["head"].as_str().unwrap().to_owned();
+    c.stop("C");
+    let j = c.share("C").json(&["override"], 0);
+    assert_eq!(j["made"], true, "{j}");
+    let o = j["head"].as_str().unwrap().to_owned();
+    c.start("C");
+    wait_for("A to fast-forward to C's override", LIMIT, || {
+        c.status("A")["head"].as_str() == Some(o.as_str())
+    });
+    wait_for("B to publish C's override", LIMIT, || {
+        c.share("B").json(&["folder-type"], 0)["published"].as_str() == Some(o.as_str())
+            && !c.share("B").root.join("hello.txt").exists()
+    });
+    c.wait_file("A", "c.txt", b"from C\n", LIMIT);
+    wait_for("A to remove what C lacks", LIMIT, || {
+        !c.share("A").root.join("hello.txt").exists() && !c.share("A").root.join("a2.txt").exists()
+    });
+    assert_same_tree(&c.share("C").root, &c.share("A").root);
+    assert_eq!(
+        fs::read(c.share("B").root.join("b-local.txt")).unwrap(),
+        b"only on B\n",
+        "B keeps its local file"
+    );
+    // What the override took away from A is in A's history.
+    let back = c.share("A").scratch("before-override");
+    c.share("A")
+        .left(&["restore", &a_before, "--to", back.to_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(fs::read(back.join("a2.txt")).unwrap(), b"second from A\n");
+    for n in ["A", "B", "C"] {
+        c.stop(n);
+    }
+}

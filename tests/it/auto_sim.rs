@@ -22,6 +22,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use left::app::guard::GuardState;
 use left::app::integrate::{integrate, IntegrateOptions};
 use left::ecp::{Message, ShareId, PROTOCOL_VERSION};
 use left::session::apply_to_store;
@@ -29,7 +30,7 @@ use left::sync::{
     Agent, AgentConfig, Effect, ExchangeOutcome, Output, PeerId, Pull, PullConfig, ScanOutcome,
     ServeSession, Task,
 };
-use left_store::{AddOptions, Hash, NoProgress, NodeId, Store, StoreConfig};
+use left_store::{AddOptions, CheckoutOptions, Hash, NoProgress, NodeId, Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -78,7 +79,16 @@ enum Pending {
     },
 }
 
+/// A simulated device's folder type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    SendReceive,
+    ReceiveOnly,
+    SendOnly,
+}
+
 struct SimPeer {
+    kind: Kind,
     share: PathBuf,
     store_dir: PathBuf,
     device: [u8; 32],
@@ -95,6 +105,9 @@ impl SimPeer {
     fn head(&self) -> Option<NodeId> {
         self.store.as_ref().and_then(|s| s.head().unwrap())
     }
+    fn published(&self) -> Option<NodeId> {
+        self.store.as_ref().and_then(|s| s.published().unwrap())
+    }
 }
 
 struct Sim {
@@ -108,12 +121,17 @@ struct Sim {
     _tmp: tempfile::TempDir,
 }
 
-/// Whether `head` is `ours` or behind it.
+/// Whether `head` needs nothing more here: ours or behind it, held by the deletion guard, or
+/// on a send-only device its header stored (what the real loop's `holds` says).
 fn holds(store: &Store, head: NodeId) -> bool {
-    match store.head().unwrap() {
+    if store.send_only().unwrap() {
+        return store.get_node(head).unwrap().is_some();
+    }
+    let behind = match store.head().unwrap() {
         Some(o) => o == head || store.is_ancestor(head, o).unwrap(),
         None => false,
-    }
+    };
+    behind || GuardState::load(store.dir()).is_ok_and(|g| g.is_held(head))
 }
 
 /// Pulls `head` from `src` into `dst` through the real engines; `cut` (0-1) is the chance that
@@ -130,7 +148,7 @@ fn pull(
     let peer = PeerId(1);
     let mut serve = ServeSession::new(hello(src_device), 8);
     serve
-        .handle_message(hello([0xAA; 32]), src.head().unwrap())
+        .handle_message(hello([0xAA; 32]), src.published().unwrap())
         .map_err(|e| e.to_string())?;
     while serve.poll_message(src).unwrap().is_some() {}
     let mut p = Pull::new(head, &[peer], now, PullConfig::for_store(dst));
@@ -148,7 +166,7 @@ fn pull(
                 }
                 Output::Send { message, .. } => {
                     serve
-                        .handle_message(message, src.head().unwrap())
+                        .handle_message(message, src.published().unwrap())
                         .map_err(|e| e.to_string())?;
                 }
             }
@@ -189,6 +207,16 @@ fn copy_history(dst: &Store, src: &Store, head: NodeId) {
 
 impl Sim {
     fn new(seed: u64, n: usize) -> Sim {
+        Sim::build(seed, n, false)
+    }
+
+    /// Peer 0 send-receive, the others of random folder types; the deletion guard on with low
+    /// limits everywhere, so random deletions are held and decided.
+    fn typed(seed: u64, n: usize) -> Sim {
+        Sim::build(seed, n, true)
+    }
+
+    fn build(seed: u64, n: usize, typed: bool) -> Sim {
         let tmp = tempfile::tempdir().unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let t0 = Instant::now();
@@ -201,16 +229,35 @@ impl Sim {
                 let store_dir = root.join("store");
                 let mut c = small_store();
                 c.share_root = Some(share.clone());
-                Store::create(&store_dir, c).unwrap();
-                // Random edits delete and rewrite freely: the deletion guard would hold them
-                // (its own tests are in tests/it/guard.rs); this simulation proves convergence
-                // without it.
-                let mut guard = left::app::guard::GuardState::default();
-                guard.config.off = true;
+                let store = Store::create(&store_dir, c).unwrap();
+                let mut guard = GuardState::default();
+                let kind = if typed && i > 0 {
+                    [Kind::SendReceive, Kind::ReceiveOnly, Kind::SendOnly][rng.random_range(0..3)]
+                } else {
+                    Kind::SendReceive
+                };
+                match kind {
+                    Kind::SendReceive => {}
+                    Kind::ReceiveOnly => store.set_receive_only(true).unwrap(),
+                    Kind::SendOnly => store.set_send_only(true).unwrap(),
+                }
+                drop(store);
+                if typed {
+                    // Low limits: random deletions are held, and decided at random.
+                    guard.config.min_files = 2;
+                    guard.config.files_percent = 25;
+                    guard.config.bytes_percent = 100;
+                } else {
+                    // Random edits delete and rewrite freely: the deletion guard would hold them
+                    // (its own tests are in tests/it/guard.rs); this run proves convergence
+                    // without it.
+                    guard.config.off = true;
+                }
                 guard.save(&store_dir).unwrap();
                 let mut device = [0u8; 32];
                 rng.fill(&mut device);
                 SimPeer {
+                    kind,
                     share,
                     store_dir,
                     device,
@@ -409,7 +456,7 @@ impl Sim {
         let mut reached = Vec::new();
         let mut failed = Vec::new();
         let mut heads = Vec::new();
-        let our_head = self.peers[i].head();
+        let our_head = self.peers[i].published();
         for &k in peers {
             let j = Sim::other(i, k);
             if !self.peers[j].up() || !self.link_up(i, j) || self.rng.random_bool(0.03) {
@@ -425,7 +472,7 @@ impl Sim {
                     self.peers[j].agent.as_mut().unwrap().heard(now, idx);
                 }
             }
-            let their = self.peers[j].head();
+            let their = self.peers[j].published();
             let Some(h) = their else {
                 reached.push(k);
                 continue;
@@ -437,6 +484,14 @@ impl Sim {
                 continue;
             }
             let src_store = src.store.as_ref().unwrap();
+            if dst.kind == Kind::SendOnly {
+                // Headers only, under `seen/<device>`.
+                copy_history(dst_store, src_store, h);
+                let dev = left::identity::DeviceId(src.device).to_string();
+                dst_store.set_seen_ref(&dev, h).unwrap();
+                reached.push(k);
+                continue;
+            }
             let r = pull(
                 dst_store,
                 src_store,
@@ -571,6 +626,9 @@ impl Sim {
                         ig.need_trees = again.need_trees;
                         ig.kept += again.kept;
                     }
+                    for h in &ig.held {
+                        self.note(format!("peer {i}: held {}", &h.id[..12]));
+                    }
                     if ig.moved() || ig.scanned {
                         self.note(format!(
                             "peer {i}: integrated {} heads: {} merges, {} ff, conflicts {:?} -> {}",
@@ -647,6 +705,123 @@ impl Sim {
     fn heads(&self) -> Vec<Option<NodeId>> {
         self.peers.iter().map(|p| p.head()).collect()
     }
+
+    /// The heads and the published heads (what a stable run must not move).
+    fn all_heads(&self) -> Vec<(Option<NodeId>, Option<NodeId>)> {
+        self.peers
+            .iter()
+            .map(|p| (p.head(), p.published()))
+            .collect()
+    }
+
+    /// Held snapshots of peer `i` (an up peer).
+    fn held(&self, i: usize) -> Vec<String> {
+        GuardState::load(&self.peers[i].store_dir)
+            .unwrap()
+            .held
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+    }
+
+    /// Decides every hold of every up peer at random (accept or reject), as a user would.
+    fn decide_holds(&mut self) {
+        for i in 0..self.peers.len() {
+            if !self.peers[i].up() {
+                continue;
+            }
+            for id in self.held(i) {
+                let accept = self.rng.random_bool(0.5);
+                let p = &self.peers[i];
+                let r = left::app::guard::decide(
+                    p.store.as_ref().unwrap(),
+                    &p.share,
+                    p.device,
+                    &id,
+                    accept,
+                    &CheckoutOptions::default(),
+                );
+                let verb = if accept { "accept" } else { "reject" };
+                match r {
+                    Ok(d) => self.note(format!(
+                        "peer {i}: {verb} {} -> {}",
+                        &id[..12],
+                        d.head.map(|h| h.fmt_short()).unwrap_or_default()
+                    )),
+                    Err(e) => self.note(format!("peer {i}: {verb} {} failed: {e}", &id[..12])),
+                }
+                let now = self.now;
+                self.peers[i].agent.as_mut().unwrap().head_changed(now);
+            }
+        }
+    }
+
+    /// `left override` on a random up send-only peer.
+    fn override_random(&mut self) {
+        let so: Vec<usize> = (0..self.peers.len())
+            .filter(|&i| self.peers[i].kind == Kind::SendOnly && self.peers[i].up())
+            .collect();
+        if so.is_empty() {
+            return;
+        }
+        let i = so[self.rng.random_range(0..so.len())];
+        let p = &self.peers[i];
+        let r = left::app::send_only::override_share(
+            p.store.as_ref().unwrap(),
+            &p.share,
+            p.device,
+            &NoProgress,
+        );
+        match r {
+            Ok(o) if o.made => self.note(format!("peer {i}: override over {:?}", o.over)),
+            Ok(_) => {}
+            Err(e) => self.note(format!("peer {i}: override failed: {e}")),
+        }
+        let now = self.now;
+        self.peers[i].agent.as_mut().unwrap().head_changed(now);
+    }
+
+    /// Convergence with folder types: the send-receive peers on one head with equal folders, no
+    /// hold left, each receive-only peer publishing that head, each send-only peer's head that
+    /// head or an ancestor of it. `Err` says what is still off.
+    fn typed_converged(&self) -> Result<NodeId, String> {
+        let sr: Vec<usize> = (0..self.peers.len())
+            .filter(|&i| self.peers[i].kind == Kind::SendReceive)
+            .collect();
+        let h = self.peers[sr[0]].head().ok_or("no head on peer 0")?;
+        for &i in &sr {
+            if self.peers[i].head() != Some(h) {
+                return Err(format!("send-receive peer {i} is not on {}", h.fmt_short()));
+            }
+        }
+        let s0 = self.peers[sr[0]].store.as_ref().unwrap();
+        for (i, p) in self.peers.iter().enumerate() {
+            if !self.held(i).is_empty() {
+                return Err(format!("peer {i} holds {:?}", self.held(i)));
+            }
+            match p.kind {
+                Kind::SendReceive => {}
+                Kind::ReceiveOnly if p.published() != Some(h) => {
+                    return Err(format!(
+                        "receive-only peer {i} does not publish {}",
+                        h.fmt_short()
+                    ))
+                }
+                Kind::ReceiveOnly => {}
+                Kind::SendOnly => {
+                    let o = p.head().ok_or(format!("send-only peer {i} has no head"))?;
+                    if o != h && !s0.is_ancestor(o, h).unwrap() {
+                        return Err(format!(
+                            "send-only peer {i}'s head {} is not in {}",
+                            o.fmt_short(),
+                            h.fmt_short()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(h)
+    }
 }
 
 /// Opens a simulated peer's store again after a kill. Other tests of this process spawn
@@ -692,9 +867,18 @@ fn files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// One seeded run: edits, faults, then healing; asserts convergence.
-fn run_seed(seed: u64, n: usize, ops: usize) {
-    let mut sim = Sim::new(seed, n);
+/// One seeded run: edits, faults, then healing; asserts convergence. `typed`: random folder
+/// types, the deletion guard on, holds accepted and rejected at random, overrides.
+fn run_seed(seed: u64, n: usize, ops: usize, typed: bool) {
+    let mut sim = if typed {
+        Sim::typed(seed, n)
+    } else {
+        Sim::new(seed, n)
+    };
+    if typed {
+        let kinds: Vec<Kind> = sim.peers.iter().map(|p| p.kind).collect();
+        sim.note(format!("folder types {kinds:?}"));
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for _ in 0..ops {
             let gap = Duration::from_millis(sim.rng.random_range(0..600));
@@ -716,6 +900,8 @@ fn run_seed(seed: u64, n: usize, ops: usize) {
                     sim.down.insert((a.min(b), a.max(b)), until);
                     sim.note(format!("link {a}-{b} down"));
                 }
+                2 if typed => sim.decide_holds(),
+                3 if typed => sim.override_random(),
                 _ => {
                     let i = sim.rng.random_range(0..n);
                     sim.edit(i);
@@ -737,6 +923,19 @@ fn run_seed(seed: u64, n: usize, ops: usize) {
         loop {
             let until = sim.now + step;
             sim.run_until(until);
+            if typed {
+                // The user decides what the guard held.
+                sim.decide_holds();
+                let r = sim.typed_converged();
+                if sim.quiet() && r.is_ok() {
+                    break;
+                }
+                assert!(
+                    sim.now < limit,
+                    "no convergence in 600 s of virtual time: {r:?}"
+                );
+                continue;
+            }
             let heads = sim.heads();
             if sim.quiet() && heads.windows(2).all(|w| w[0] == w[1]) && heads[0].is_some() {
                 break;
@@ -744,16 +943,27 @@ fn run_seed(seed: u64, n: usize, ops: usize) {
             assert!(sim.now < limit, "no convergence in 600 s of virtual time");
         }
         // Stable: one more exchange period changes nothing (no merge ping-pong).
-        let settled = sim.heads();
+        let settled = sim.all_heads();
         let until = sim.now + cfg().exchange_interval * 3;
         sim.run_until(until);
-        assert_eq!(sim.heads(), settled, "the heads moved after quiescence");
-        for i in 1..n {
-            assert_same_tree(&sim.peers[0].share, &sim.peers[i].share);
+        assert_eq!(sim.all_heads(), settled, "the heads moved after quiescence");
+        if typed {
+            sim.typed_converged().unwrap();
+        }
+        let same: Vec<usize> = (0..n)
+            .filter(|&i| sim.peers[i].kind == Kind::SendReceive)
+            .collect();
+        for &i in &same[1..] {
+            assert_same_tree(&sim.peers[same[0]].share, &sim.peers[i].share);
         }
         let count = |w: &str| sim.log.iter().filter(|l| l.contains(w)).count();
         eprintln!(
-            "auto_sim seed {seed}: {} edits, {} kills, {} link failures, {} snapshots, {} integrations, {} merges, {} files at the end, {:.1} s virtual",
+            "auto_sim seed {seed}{}: {} holds ({} accepted, {} rejected), {} overrides, {} edits, {} kills, {} link failures, {} snapshots, {} integrations, {} merges, {} files at the end, {:.1} s virtual",
+            if typed { " typed" } else { "" },
+            count(": held"),
+            count(": accept"),
+            count(": reject"),
+            count(": override over"),
             count(": write") + count(": modify") + count(": rename") + count(": delete") + count(": rm -r"),
             count("killed"),
             count("down"),
@@ -810,7 +1020,31 @@ fn three_peers_converge_after_random_edits_and_faults() {
         all[all.len() - 1]
     );
     for seed in all {
-        run_seed(seed, 3, 40);
+        run_seed(seed, 3, 40, false);
+    }
+}
+
+/// Three and four peers of random folder types (send-receive, receive-only, send-only), the
+/// deletion guard on with low limits, holds accepted and rejected at random, send-only
+/// overrides: the send-receive peers end on one head, every other peer's head (or published
+/// head) is in it, nothing stays held, and nothing moves after quiescence.
+#[test]
+fn typed_peers_with_holds_converge() {
+    // Seeds 2001.. (a replayed seed is taken as given).
+    let offset = if std::env::var_os("LEFT_AUTO_SIM_SEED").is_some() {
+        0
+    } else {
+        2000
+    };
+    let all: Vec<u64> = seeds().into_iter().map(|s| s + offset).collect();
+    eprintln!(
+        "auto_sim typed: seeds {}..={} (LEFT_AUTO_SIM_SEED=N replays one)",
+        all[0],
+        all[all.len() - 1]
+    );
+    for seed in all {
+        let n = if seed % 3 == 0 { 4 } else { 3 };
+        run_seed(seed, n, 40, true);
     }
 }
 
@@ -818,7 +1052,7 @@ fn three_peers_converge_after_random_edits_and_faults() {
 #[test]
 fn four_peers_converge() {
     for seed in seeds().into_iter().take(8) {
-        run_seed(seed + 1000, 4, 25);
+        run_seed(seed + 1000, 4, 25, false);
     }
 }
 

@@ -115,3 +115,93 @@ fn a_receive_only_peer_keeps_its_edits_to_itself_and_reverts_to_the_share() {
     let j = b.json(&["revert"], 0);
     assert!(j["local"].is_null(), "{j}");
 }
+
+/// A send-only device publishes its changes, looks at the peers' heads without taking a file
+/// (their trees are not even stored), and `left override` makes the share match it: the peer
+/// fast-forwards to a snapshot of the send-only folder, and its own versions stay in history.
+#[test]
+fn a_send_only_peer_publishes_takes_nothing_and_overrides_the_share() {
+    let a = Share::new();
+    a.write("x.txt", b"x from a\n");
+    a.write("docs/y.txt", b"y from a\n");
+    a.add(&[]);
+    let c = a.join();
+    let server = a.serve();
+    c.sync_ok(&[server.addr()], &[], &[]);
+    server.stop();
+    let j = c.json(&["folder-type", "send-only"], 0);
+    assert_eq!(j["folder_type"], "send-only", "{j}");
+    let c_start = c.head().unwrap();
+
+    // A changes a file and adds one: C looks, takes nothing.
+    a.write("x.txt", b"x edited on a\n");
+    a.write("a.txt", b"new on a\n");
+    a.add(&[]);
+    let a_head = a.head().unwrap();
+    let server = a.serve();
+    let j = c.sync_ok(&[server.addr()], &[], &[]);
+    assert_eq!(j["send_only"], true, "{j}");
+    assert_eq!(j["chunks_fetched"], 0, "{j}");
+    assert_eq!(c.head().unwrap(), c_start, "C's head did not move: {j}");
+    assert_eq!(std::fs::read(c.root.join("x.txt")).unwrap(), b"x from a\n");
+    assert!(!c.root.join("a.txt").exists());
+    let seen = j["seen"].as_array().expect("seen");
+    assert_eq!(seen.len(), 1, "{j}");
+    assert_eq!(seen[0]["head"], a_head.as_str(), "{j}");
+    assert_eq!(seen[0]["has_ours"], true, "{j}");
+    assert_eq!(seen[0]["behind"], false, "{j}");
+    let status = c.json(&["status"], 0);
+    assert_eq!(status["folder_type"], "send-only", "{status}");
+    assert_eq!(status["seen"][0]["head"], a_head.as_str(), "{status}");
+    // Only the header came: A's tree is not here, so it cannot be restored from C's store.
+    let to = c.scratch("a-head");
+    let r = c.left(&["restore", &a_head, "--to", to.to_str().unwrap()]);
+    assert_ne!(r.code, Some(0), "C holds A's files: {}", r.out());
+    server.stop();
+
+    // C's own change is published: A merges it and keeps its own.
+    c.write("c.txt", b"from c\n");
+    c.add(&[]);
+    let c_server = c.serve();
+    a.sync_ok(&[c_server.addr()], &[], &[]);
+    c_server.stop();
+    assert_eq!(std::fs::read(a.root.join("c.txt")).unwrap(), b"from c\n");
+    assert_eq!(
+        std::fs::read(a.root.join("x.txt")).unwrap(),
+        b"x edited on a\n"
+    );
+    let a_merged = a.head().unwrap();
+
+    // Override: C looks at A's head again, then makes the share match its folder.
+    let server = a.serve();
+    c.sync_ok(&[server.addr()], &[], &[]);
+    server.stop();
+    let j = c.json(&["override"], 0);
+    assert_eq!(j["made"], true, "{j}");
+    assert_eq!(j["over"][0], a_merged.as_str(), "{j}");
+    let o = c.head().unwrap();
+    assert_eq!(j["head"], o.as_str());
+    let c_server = c.serve();
+    let j = a.sync_ok(&[c_server.addr()], &[], &[]);
+    assert_eq!(a.head().unwrap(), o, "A fast-forwards to the override: {j}");
+    assert_same_tree(&c.root, &a.root);
+    assert!(!a.root.join("a.txt").exists());
+    // What A had is still in its history.
+    let back = a.scratch("before-override");
+    a.left(&["restore", &a_merged, "--to", back.to_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(std::fs::read(back.join("a.txt")).unwrap(), b"new on a\n");
+    c_server.stop();
+
+    // Nothing more to override: A's head is C's.
+    let server = a.serve();
+    c.sync_ok(&[server.addr()], &[], &[]);
+    server.stop();
+    let j = c.json(&["override"], 0);
+    assert_eq!(j["made"], false, "{j}");
+    assert_eq!(c.head().unwrap(), o);
+    // Override is for send-only folders.
+    let r = a.left(&["override"]);
+    assert_ne!(r.code, Some(0), "{}", r.out());
+    assert!(r.out().contains("send-only"), "{}", r.out());
+}

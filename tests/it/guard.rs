@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{wait_for, Share};
+use crate::util::{assert_same_tree, wait_for, Share};
 
 /// A share with `n` small files in two folders, snapshotted.
 fn with_files(n: usize) -> Share {
@@ -146,21 +146,35 @@ fn local_deletions_do_not_count_and_reject_brings_the_files_back_for_everyone() 
     let j = b.sync_ok(&[server.addr()], &[], &[]);
     assert_eq!(removed(&j), 12, "{j}");
     assert_eq!(count_files(&b.root), 8);
-    // C still has all 40: A's 12 and 24 more hold there.
+    // C still has all 40: A's 12 and 24 more hold there. The same change adds a file and
+    // edits one.
+    a.write("d0/added.txt", b"added with the deletions\n");
+    a.write("d1/f037.txt", b"edited with the deletions\n");
     delete(&a, 12..36);
     let a_head = a.head().unwrap();
     c.sync(&[server.addr()], &[], &[]).expect_code(5);
     let j = c.json(&["hold", "reject", &a_head[..10]], 0);
     let kept = j["head"].as_str().unwrap().to_owned();
-    assert_eq!(count_files(&c.root), 40);
+    // The reject keeps every file of C and takes what the change adds.
+    assert_eq!(count_files(&c.root), 41);
+    assert_eq!(
+        std::fs::read(c.root.join("d0/added.txt")).unwrap(),
+        b"added with the deletions\n"
+    );
+    assert_eq!(
+        std::fs::read(c.root.join("d1/f037.txt")).unwrap(),
+        b"file 37\n"
+    );
     assert!(held(&c).is_empty());
     server.stop();
-    // A pulls C's rejecting snapshot: a fast-forward that brings the 36 files back.
+    // A pulls C's rejecting snapshot: a fast-forward that brings the 36 files (and the old
+    // version of the edited one) back and keeps A's addition.
     let c_server = c.serve();
     let j = a.sync_ok(&[c_server.addr()], &[], &[]);
-    assert_eq!(written(&j), 36, "{j}");
-    assert_eq!(count_files(&a.root), 40);
+    assert_eq!(written(&j), 37, "{j}");
+    assert_eq!(count_files(&a.root), 41);
     assert_eq!(a.head(), Some(kept));
+    assert_same_tree(&c.root, &a.root);
     c_server.stop();
 }
 

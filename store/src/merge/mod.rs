@@ -90,6 +90,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 mod bases;
+mod keep;
 mod naming;
 
 use bases::complete;

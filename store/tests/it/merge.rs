@@ -1537,3 +1537,59 @@ fn wide_folders_merge_reusing_unchanged_leaves() {
     );
     assert_eq!(x.flat(m2), expect(&want2));
 }
+
+/// `keep_adding` (a rejected change): every path of ours stays as it is (deleted, edited,
+/// turned into a folder there: ours wins), and what the other tree adds is taken, beneath
+/// folders both have and in folders only it has.
+#[test]
+fn keep_adding_keeps_all_of_ours_and_takes_only_additions() {
+    let x = fx();
+    let ours = tree(&[
+        ("a", f("a ours", T0)),
+        ("d/b", f("b", T0)),
+        ("d/sub/c", f("c", T0)),
+        ("p", f("p is a file here", T0)),
+        ("gone-there", f("deleted on their side", T0)),
+    ]);
+    let so = x.snap(&ours, &[], DEV_A, T0);
+    let theirs = tree(&[
+        ("a", f("a edited there", T0 + SEC)),
+        ("d/b", f("b", T0)),
+        ("d/sub/new", f("added in a shared folder", T0 + SEC)),
+        ("p/inner", f("a folder there", T0 + SEC)),
+        ("e/f", f("added in a new folder", T0 + SEC)),
+        ("top", f("added at the top", T0 + SEC)),
+    ]);
+    let st = x.snap(&theirs, &[so], DEV_B, T0 + SEC);
+    let header = Snapshot {
+        root: NodeId(Hash([0; 32])),
+        parents: vec![so, st],
+        device: DEV_A,
+        time_ns: T0 + 2 * SEC,
+        message: "kept".into(),
+    };
+    let k = x.store.keep_adding(so, st, header).unwrap();
+    let s = x.store.snapshot(k).unwrap();
+    assert_eq!(s.parents, vec![so, st]);
+    assert_eq!(s.message, "kept");
+    let mut want = ours.clone();
+    want.insert("d/sub/new".into(), f("added in a shared folder", T0 + SEC));
+    want.insert("e/f".into(), f("added in a new folder", T0 + SEC));
+    want.insert("top".into(), f("added at the top", T0 + SEC));
+    assert_eq!(x.flat(k), expect(&want));
+    // Complete: it can be checked out and merged like any snapshot.
+    assert!(x.store.has_nodes(&[k]).unwrap()[0]);
+    // Nothing to add: the tree is ours, whole.
+    let header = Snapshot {
+        root: NodeId(Hash([0; 32])),
+        parents: vec![so],
+        device: DEV_A,
+        time_ns: T0 + 3 * SEC,
+        message: "same".into(),
+    };
+    let same = x.store.keep_adding(so, so, header).unwrap();
+    assert_eq!(
+        x.store.snapshot(same).unwrap().root,
+        x.store.snapshot(so).unwrap().root
+    );
+}
