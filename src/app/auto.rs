@@ -38,7 +38,10 @@ use left_store::{CheckoutOptions, NoProgress, NodeId, Store};
 use tokio::sync::{mpsc, watch};
 
 mod event;
+mod holds;
 mod status;
+
+use holds::{holds, holds_cached, HoldsCache};
 
 pub use event::{AutoEvent, OnAutoEvent};
 use status::{publish, Totals};
@@ -387,33 +390,6 @@ const LEARNED_RETRIES: u32 = 3;
 /// Most peers known (configured and learned).
 const MAX_PEERS: usize = 256;
 
-/// Answers of [`holds`] for our current head (an announcement of an old snapshot would
-/// otherwise cost a history walk each time it is repeated).
-#[derive(Default)]
-struct HoldsCache {
-    ours: Option<NodeId>,
-    known: std::collections::HashMap<NodeId, bool>,
-}
-
-/// [`holds`], its yes remembered until our head moves (at most 4096 answers).
-fn holds_cached(store: &Store, head: NodeId, cache: &mut HoldsCache) -> bool {
-    let ours = store.head().ok().flatten();
-    if cache.ours != ours || cache.known.len() > 4096 {
-        cache.ours = ours;
-        cache.known.clear();
-    }
-    if let Some(&k) = cache.known.get(&head) {
-        return k;
-    }
-    // Only a yes is kept: a no can turn into a yes without our head moving (a send-only
-    // device stored the header, the guard held it).
-    let k = holds(store, head);
-    if k {
-        cache.known.insert(head, k);
-    }
-    k
-}
-
 /// The events of what an exchange brought in (none when it brought nothing).
 fn report_exchange(ctx: &Ctx, rep: &ExchangeReport, known: &[Peer]) {
     let Some(ig) = &rep.integrated else { return };
@@ -455,17 +431,6 @@ fn find_peer(known: &[Peer], addr: SocketAddr, device: [u8; 32]) -> Option<usize
                 .iter()
                 .position(|p| p.target.addr == addr && p.device.is_none())
         })
-}
-
-/// Whether `head` is ours or behind ours (nothing to fetch or merge, [`super::decide::holds`]),
-/// or held by the deletion guard (not pulled again until the user decides).
-/// On a send-only device: or whose header is stored (it is looked at, never taken).
-fn holds(store: &Store, head: NodeId) -> bool {
-    if store.send_only().unwrap_or(false) && super::send_only::knows(store, head) {
-        return true;
-    }
-    super::decide::holds(store, store.head().ok().flatten(), head)
-        || super::guard::GuardState::load(store.dir()).is_ok_and(|g| g.is_held(head))
 }
 
 fn start(

@@ -958,8 +958,12 @@ fn run_seed(seed: u64, n: usize, ops: usize, typed: bool) {
         }
         let count = |w: &str| sim.log.iter().filter(|l| l.contains(w)).count();
         eprintln!(
-            "auto_sim seed {seed}{}: {} holds ({} accepted, {} rejected), {} overrides, {} edits, {} kills, {} link failures, {} snapshots, {} integrations, {} merges, {} files at the end, {:.1} s virtual",
-            if typed { " typed" } else { "" },
+            "auto_sim seed {seed}{}: {} hold reports ({} accepted, {} rejected), {} overrides, {} edits, {} kills, {} link failures, {} snapshots, {} integrations, {} merges, {} files at the end, {:.1} s virtual",
+            if typed {
+                format!(" {:?}", sim.peers.iter().map(|p| p.kind).collect::<Vec<_>>())
+            } else {
+                String::new()
+            },
             count(": held"),
             count(": accept"),
             count(": reject"),
@@ -1027,7 +1031,8 @@ fn three_peers_converge_after_random_edits_and_faults() {
 /// Three and four peers of random folder types (send-receive, receive-only, send-only), the
 /// deletion guard on with low limits, holds accepted and rejected at random, send-only
 /// overrides: the send-receive peers end on one head, every other peer's head (or published
-/// head) is in it, nothing stays held, and nothing moves after quiescence.
+/// head) is in it, nothing stays held, and nothing moves after quiescence. A seed replays its
+/// operations and decisions; the snapshots a decision or an override makes take the real clock.
 #[test]
 fn typed_peers_with_holds_converge() {
     // Seeds 2001.. (a replayed seed is taken as given).

@@ -202,6 +202,6 @@ fn a_send_only_peer_publishes_takes_nothing_and_overrides_the_share() {
     assert_eq!(c.head().unwrap(), o);
     // Override is for send-only folders.
     let r = a.left(&["override"]);
-    assert_ne!(r.code, Some(0), "{}", r.out());
-    assert!(r.out().contains("send-only"), "{}", r.out());
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("send-only"), "{}", r.stderr);
 }

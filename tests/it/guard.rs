@@ -236,3 +236,89 @@ fn the_automatic_loop_holds_and_the_serving_process_decides() {
     assert!(log.contains("held snapshot"), "{log}");
     a_server.stop();
 }
+
+/// A pseudo-terminal (master, slave), for a child whose stdin must be a terminal.
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::FromRawFd;
+    // SAFETY: plain libc calls on a descriptor this function owns; the name buffer is sized
+    // and NUL-terminated by ptsname_r.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let master = std::fs::File::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut buf = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(name)
+            .unwrap();
+        (master, slave)
+    }
+}
+
+/// Runs `left sync ADDR` in `share` with its stdin and stderr on a terminal, answering
+/// `answer`; returns (exit code, what the terminal showed).
+fn sync_at_a_terminal(share: &Share, addr: &str, answer: &str) -> (Option<i32>, String) {
+    use std::io::{Read, Write};
+    use std::os::unix::io::AsRawFd;
+    let (mut master, slave) = pty();
+    let mut child = share
+        .cmd(&["sync", addr])
+        .stdin(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The line waits in the terminal until the prompt reads it.
+    master.write_all(answer.as_bytes()).unwrap();
+    let status = crate::util::wait_timeout(&mut child, Duration::from_secs(60))
+        .expect("left sync did not end");
+    // SAFETY: fcntl on a descriptor we own; the slave stays open here, so reading what the
+    // child wrote gives the bytes and then EAGAIN, never EIO.
+    unsafe {
+        let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        shown.extend_from_slice(&buf[..n]);
+    }
+    drop(slave);
+    (status.code(), String::from_utf8_lossy(&shown).into_owned())
+}
+
+/// At a terminal, `left sync` asks before checking out what the guard holds: "n" keeps the
+/// files (exit 5, the hold listed), "y" checks it out (exit 0).
+#[test]
+fn at_a_terminal_sync_asks_before_a_held_checkout() {
+    let a = with_files(40);
+    let b = a.join();
+    let server = a.serve();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    delete(&a, 0..30);
+    let (code, shown) = sync_at_a_terminal(&b, &server.addr(), "n\n");
+    assert!(shown.contains("check it out anyway? [y/N]"), "{shown}");
+    assert_eq!(code, Some(5), "{shown}");
+    assert_eq!(count_files(&b.root), 40);
+    assert_eq!(held(&b).len(), 1);
+    let (code, shown) = sync_at_a_terminal(&b, &server.addr(), "y\n");
+    assert!(shown.contains("check it out anyway? [y/N]"), "{shown}");
+    assert_eq!(code, Some(0), "{shown}");
+    assert_eq!(count_files(&b.root), 10);
+    assert!(held(&b).is_empty());
+    assert_eq!(b.head(), a.head());
+    server.stop();
+}
