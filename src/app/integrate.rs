@@ -187,14 +187,15 @@ fn integrate_one(
         return integrate_receive_only(store, share, theirs, opts, progress, out);
     }
     let ours = store.head()?;
-    let target = merge_target(store, store.head()?, theirs, out)?;
+    let target = merge_target(store, store.head()?, theirs, None, out)?;
     check_out(store, share, ours, theirs, target, opts, progress, out)
 }
 
 /// On a receive-only device: the share's version (ref `share`) moves to `theirs` as any
 /// device's head would (fast-forward or the same deterministic merge); the folder, whose local
 /// changes live in `head` only, gets it by a local merge of `head` with the new share's version
-/// (a path changed on both sides keeps both versions, one under a conflict name). The local
+/// (a path changed on both sides keeps both versions: the share's under the name, the local
+/// edit under a conflict name). The local
 /// merge is never announced, so it cannot make peers ping-pong.
 fn integrate_receive_only(
     store: &Store,
@@ -205,7 +206,7 @@ fn integrate_receive_only(
     out: &mut Integrated,
 ) -> left_store::Result<()> {
     let published = store.get_ref(left_store::SHARE_REF)?;
-    let Some(new_share) = merge_target(store, published, theirs, out)? else {
+    let Some(new_share) = merge_target(store, published, theirs, None, out)? else {
         return Ok(());
     };
     let ours = store.head()?;
@@ -213,7 +214,9 @@ fn integrate_receive_only(
         Some(new_share)
     } else {
         let mut local = Integrated::default();
-        let t = merge_target(store, ours, new_share, &mut local)?;
+        // The share's version keeps the name; the local edit becomes the conflict copy.
+        let prefer = Some(left_store::MergeSide::Theirs);
+        let t = merge_target(store, ours, new_share, prefer, &mut local)?;
         out.conflicts.extend(local.conflicts);
         out.need_trees.extend(local.need_trees);
         out.need_headers.extend(local.need_headers);
@@ -227,11 +230,14 @@ fn integrate_receive_only(
     Ok(())
 }
 
-/// What checking out `theirs` over `ours` moves the folder to (`None`: nothing).
+/// What checking out `theirs` over `ours` moves the folder to (`None`: nothing). `prefer`: the
+/// side that keeps the name in a conflict ([`Store::merge_preferring`]; `None`: the symmetric
+/// merge every peer computes alike).
 fn merge_target(
     store: &Store,
     ours: Option<NodeId>,
     theirs: NodeId,
+    prefer: Option<left_store::MergeSide>,
     out: &mut Integrated,
 ) -> left_store::Result<Option<NodeId>> {
     let target =
@@ -246,7 +252,11 @@ fn merge_target(
                 } else if ours_empty && !store.is_ancestor(theirs, o)? {
                     Some(theirs)
                 } else {
-                    match store.merge(o, theirs) {
+                    let merged = match prefer {
+                        None => store.merge(o, theirs),
+                        Some(p) => store.merge_preferring(o, theirs, p),
+                    };
+                    match merged {
                         Ok(left_store::MergeOutcome::UpToDate) => None,
                         Ok(left_store::MergeOutcome::FastForward(t)) => {
                             out.fast_forwards += 1;

@@ -1,8 +1,8 @@
 //! Folder types: a receive-only device takes the peers' changes, never publishes its own (its
 //! local snapshot is neither announced nor served), keeps both versions of a path changed on
-//! both sides, and `left revert` brings it back to the share's version.
+//! both sides (the share's under the name, the local edit as the conflict copy), and `left revert` brings it back to the share's version.
 
-use crate::util::{assert_same_tree, Share};
+use crate::util::{assert_same_tree, set_mtime, Share};
 
 #[test]
 fn a_receive_only_peer_keeps_its_edits_to_itself_and_reverts_to_the_share() {
@@ -22,6 +22,8 @@ fn a_receive_only_peer_keeps_its_edits_to_itself_and_reverts_to_the_share() {
 
     // Local changes on B: snapshotted into B's head, not published.
     b.write("x.txt", b"x edited on b\n");
+    // Newer than A's later edit: the symmetric merge rule would let B's version keep the name.
+    set_mtime(&b.root.join("x.txt"), 4_000_000_000 * 1_000_000_000);
     b.write("local.txt", b"only on b\n");
     b.add(&[]);
     let b_local = b.head().unwrap();
@@ -85,6 +87,11 @@ fn a_receive_only_peer_keeps_its_edits_to_itself_and_reverts_to_the_share() {
         versions,
         vec![b"x edited on a\n".to_vec(), b"x edited on b\n".to_vec()],
         "both versions of x.txt are kept"
+    );
+    // The share's version keeps the name; the local edit is the conflict copy.
+    assert_eq!(
+        std::fs::read(b.root.join("x.txt")).unwrap(),
+        b"x edited on a\n"
     );
     let j = b.json(&["folder-type"], 0);
     assert_eq!(

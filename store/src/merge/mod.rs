@@ -116,6 +116,9 @@ struct Sides {
     /// The real merge: conflicts keep both versions and are reported. In a virtual base a
     /// conflicting name is left out instead (see the module doc).
     real: bool,
+    /// The side whose file keeps the name in a content conflict, whatever the times
+    /// ([`Store::merge_preferring`]); `None`: the symmetric rule.
+    prefer: Option<MergeSide>,
 }
 
 /// A version kept under a conflict name.
@@ -444,6 +447,11 @@ impl Ctx<'_> {
                 if !sides.real {
                     return Ok((None, None));
                 }
+                let ord = match sides.prefer {
+                    Some(MergeSide::Theirs) => Ordering::Less,
+                    Some(MergeSide::Ours) => Ordering::Greater,
+                    None => ord,
+                };
                 Ok(if ord == Ordering::Less {
                     (Some(t.clone()), Some(loser(o, MergeSide::Theirs, sides)))
                 } else {
@@ -541,6 +549,7 @@ impl Store {
                 dev_o: self.author_of_set(&set)?,
                 dev_t: self.author(c)?,
                 real: false,
+                prefer: None,
             };
             acc = ctx.merge_dir(base, Some(acc), Some(ct), &sides, Path::new(""), 0)?;
             set.push(c);
@@ -598,6 +607,28 @@ impl Store {
     /// (fetch those headers and retry), [`Error::NeedTree`] when the tree of a head or a merge base
     /// is not (fetch it and retry); never a merge against a wrong base.
     pub fn merge(&self, ours: NodeId, theirs: NodeId) -> Result<MergeOutcome> {
+        self.merge_with(ours, theirs, None)
+    }
+
+    /// [`Store::merge`], except that in a conflict between two files (or links) the `prefer`
+    /// side keeps the name and the other goes under the conflict name, whatever their times.
+    /// Not symmetric, so never for a snapshot peers merge: a receive-only device's local merge
+    /// (the share's version keeps the name, the local edit becomes the conflict copy).
+    pub fn merge_preferring(
+        &self,
+        ours: NodeId,
+        theirs: NodeId,
+        prefer: MergeSide,
+    ) -> Result<MergeOutcome> {
+        self.merge_with(ours, theirs, Some(prefer))
+    }
+
+    fn merge_with(
+        &self,
+        ours: NodeId,
+        theirs: NodeId,
+        prefer: Option<MergeSide>,
+    ) -> Result<MergeOutcome> {
         if ours == theirs {
             return Ok(MergeOutcome::UpToDate);
         }
@@ -627,6 +658,7 @@ impl Store {
             dev_o: self.author(ours)?,
             dev_t: self.author(theirs)?,
             real: true,
+            prefer,
         };
         let root = ctx.merge_dir(base, Some(ro), Some(rt), &sides, Path::new(""), 0)?;
         let mut parents = vec![ours, theirs];
