@@ -322,3 +322,36 @@ fn at_a_terminal_sync_asks_before_a_held_checkout() {
     assert_eq!(b.head(), a.head());
     server.stop();
 }
+
+/// Sixty snapshots that each delete 1 % of the files are caught as one that deletes 60 %: the
+/// measure adds up since the last decision, so the 50th deletion (50 % of 100 files) is held,
+/// and none before it.
+#[test]
+fn sixty_one_percent_deletions_are_held_like_one_sixty_percent_deletion() {
+    let a = with_files(100);
+    let b = a.join();
+    let server = a.serve();
+    b.sync_ok(&[server.addr()], &[], &[]);
+    let mut held_at = None;
+    for i in 0..60 {
+        delete(&a, i..i + 1);
+        let r = b.sync(&[server.addr()], &[], &[]);
+        match r.code {
+            Some(0) => assert!(held_at.is_none(), "a sync went through after the hold"),
+            Some(5) => {
+                held_at.get_or_insert(i + 1);
+            }
+            c => panic!("sync exited {c:?}: {}", r.stderr),
+        }
+        if held_at.is_some() {
+            break;
+        }
+    }
+    assert_eq!(held_at, Some(50), "held after {held_at:?} deletions of 1 %");
+    assert_eq!(
+        count_files(&b.root),
+        51,
+        "the held 50th deletion is not checked out"
+    );
+    server.stop();
+}
